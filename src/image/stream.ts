@@ -1,0 +1,206 @@
+// The image stream: a header, then typed, length-prefixed, checksummed
+// records, written and read strictly in order (no seeking), so an image can
+// go through a pipe. docs/image-format.md documents the layout.
+import fs from 'node:fs';
+import { ImageError, StasisError } from '../sys/errno';
+import { crc32 } from './crc32';
+
+export const MAGIC = Buffer.from('STASIS\0\n', 'latin1');
+export const FORMAT_VERSION = 1;
+export const HEADER_SIZE = 16;
+export const RECORD_HEADER_SIZE = 24;
+/** Largest payload a reader accepts: guards against a corrupt length. */
+export const MAX_RECORD = 1 << 30;
+
+export enum RecordType {
+  /** JSON: the process (see schema.ts ImageProcess) */
+  Process = 1,
+  /** binary: runs of page contents (addresses + raw bytes) */
+  Pages = 2,
+  /** JSON: end marker with counts; its absence means a truncated image */
+  End = 0x7fffffff,
+}
+
+export function recordTypeName(t: number): string {
+  return RecordType[t] ?? `unknown(${t})`;
+}
+
+function writeAll(fd: number, buf: Buffer): void {
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EAGAIN') {
+        // A non-blocking pipe is full: give the reader a moment.
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+        continue;
+      }
+      throw new StasisError(`writing the image: ${code ?? (e as Error).message}`);
+    }
+  }
+}
+
+export class ImageWriter {
+  private readonly fd: number;
+  records = 0;
+  bytes = 0;
+
+  constructor(fd: number) {
+    this.fd = fd;
+    const h = Buffer.alloc(HEADER_SIZE);
+    MAGIC.copy(h, 0);
+    h.writeUInt32LE(FORMAT_VERSION, 8);
+    h.writeUInt32LE(crc32(h.subarray(0, 12)), 12);
+    this.put(h);
+  }
+
+  private put(b: Buffer): void {
+    writeAll(this.fd, b);
+    this.bytes += b.length;
+  }
+
+  /** One record; the payload may be given in parts (no concatenation). */
+  record(type: RecordType, parts: Buffer[]): void {
+    let len = 0;
+    let crc = 0;
+    for (const p of parts) {
+      len += p.length;
+      crc = crc32(p, crc);
+    }
+    const h = Buffer.alloc(RECORD_HEADER_SIZE);
+    h.writeUInt32LE(type, 0);
+    h.writeUInt32LE(0, 4);
+    h.writeBigUInt64LE(BigInt(len), 8);
+    h.writeUInt32LE(crc, 16);
+    h.writeUInt32LE(crc32(h.subarray(0, 20)), 20);
+    this.put(h);
+    for (const p of parts) this.put(p);
+    this.records++;
+  }
+
+  json(type: RecordType, value: unknown): void {
+    this.record(type, [Buffer.from(JSON.stringify(value), 'utf8')]);
+  }
+
+  /** Close the stream: the End record lets a reader prove it saw everything. */
+  end(extra: Record<string, unknown> = {}): void {
+    this.json(RecordType.End, { records: this.records, ...extra });
+  }
+}
+
+export interface ImageRecord {
+  type: number;
+  offset: number;
+  payload: Buffer;
+}
+
+/** Reads exactly n bytes or reports how far the stream got. */
+class StreamSource {
+  private readonly fd: number;
+  offset = 0;
+  constructor(fd: number) {
+    this.fd = fd;
+  }
+  read(n: number): Buffer | null {
+    const b = Buffer.allocUnsafe(n);
+    let got = 0;
+    while (got < n) {
+      let r: number;
+      try {
+        r = fs.readSync(this.fd, b, got, n - got, null);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EAGAIN') {
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+          continue;
+        }
+        throw new ImageError(`reading the image at byte ${this.offset + got}: ${code ?? (e as Error).message}`);
+      }
+      if (r === 0) break;
+      got += r;
+    }
+    this.offset += got;
+    if (got === 0) return null;
+    if (got < n) throw new ImageError(`image is truncated: needed ${n} bytes at byte ${this.offset - got}, the stream ended after ${got}`);
+    return b;
+  }
+}
+
+/**
+ * Read and verify a whole image: header, every record's checksums, and the
+ * End record. Nothing is trusted before all of it checks out.
+ */
+export function readImage(fd: number, source = 'the image'): ImageRecord[] {
+  const src = new StreamSource(fd);
+  const h = src.read(HEADER_SIZE);
+  if (!h) throw new ImageError(`${source} is empty`);
+  if (!h.subarray(0, 8).equals(MAGIC)) throw new ImageError(`${source} is not a stasis image (bad magic)`);
+  if (h.readUInt32LE(12) !== crc32(h.subarray(0, 12))) throw new ImageError(`${source}: header checksum mismatch (corrupted)`);
+  const version = h.readUInt32LE(8);
+  if (version !== FORMAT_VERSION) {
+    throw new ImageError(`${source} has format version ${version}; this stasis reads version ${FORMAT_VERSION}${version < FORMAT_VERSION ? " (run 'stasis convert')" : ' (upgrade stasis)'}`);
+  }
+  const records: ImageRecord[] = [];
+  for (;;) {
+    const offset = src.offset;
+    const rh = src.read(RECORD_HEADER_SIZE);
+    if (!rh) throw new ImageError(`${source} is truncated: it ends after ${records.length} records without an End record`);
+    if (rh.readUInt32LE(20) !== crc32(rh.subarray(0, 20))) {
+      throw new ImageError(`${source} is corrupted: record header at byte ${offset} fails its checksum`);
+    }
+    const type = rh.readUInt32LE(0);
+    const len = Number(rh.readBigUInt64LE(8));
+    if (len > MAX_RECORD) throw new ImageError(`${source} is corrupted: record at byte ${offset} claims ${len} bytes`);
+    const payload = len ? src.read(len) : Buffer.alloc(0);
+    if (!payload) throw new ImageError(`${source} is truncated: record ${recordTypeName(type)} at byte ${offset} has no payload`);
+    if (crc32(payload) !== rh.readUInt32LE(16)) {
+      throw new ImageError(`${source} is corrupted: ${recordTypeName(type)} record at byte ${offset} (${len} bytes) fails its checksum`);
+    }
+    if (type === RecordType.End) {
+      const end = JSON.parse(payload.toString('utf8')) as { records: number };
+      if (end.records !== records.length) {
+        throw new ImageError(`${source} is inconsistent: End record counts ${end.records} records, found ${records.length}`);
+      }
+      return records;
+    }
+    if (!(type in RecordType)) throw new ImageError(`${source}: unknown record type ${type} at byte ${offset}`);
+    records.push({ type, offset, payload });
+  }
+}
+
+/** Binary layout of a Pages record: u32 runs, u32 0, (u64 addr, u64 len)*, data. */
+export interface PageRun {
+  addr: number;
+  len: number;
+}
+
+export function encodePagesHeader(runs: PageRun[]): Buffer {
+  const b = Buffer.alloc(8 + runs.length * 16);
+  b.writeUInt32LE(runs.length, 0);
+  runs.forEach((r, i) => {
+    b.writeBigUInt64LE(BigInt(r.addr), 8 + i * 16);
+    b.writeBigUInt64LE(BigInt(r.len), 16 + i * 16);
+  });
+  return b;
+}
+
+export function decodePages(payload: Buffer, where: string): { runs: PageRun[]; data: Buffer } {
+  if (payload.length < 8) throw new ImageError(`${where}: Pages record too short`);
+  const n = payload.readUInt32LE(0);
+  const dataStart = 8 + n * 16;
+  if (dataStart > payload.length) throw new ImageError(`${where}: Pages record lists ${n} runs but is only ${payload.length} bytes`);
+  const runs: PageRun[] = [];
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const addr = Number(payload.readBigUInt64LE(8 + i * 16));
+    const len = Number(payload.readBigUInt64LE(16 + i * 16));
+    runs.push({ addr, len });
+    total += len;
+  }
+  if (dataStart + total !== payload.length) {
+    throw new ImageError(`${where}: Pages record runs add up to ${total} bytes but it carries ${payload.length - dataStart}`);
+  }
+  return { runs, data: payload.subarray(dataStart) };
+}

@@ -1,0 +1,104 @@
+// File descriptors: regular files, directories and a few harmless character
+// devices, at the same numbers, with open flags, offset, close-on-exec and
+// shared open file descriptions (dup'ed fds share one offset).
+import fs from 'node:fs';
+import { listFds, readFdinfo } from '../proc';
+import { ImageFd } from '../image/schema';
+import { Remote, AT_FDCWD } from '../ptrace/remote';
+import { SYS } from '../sys/x86';
+import { syscall } from '../sys/libc';
+import { StasisError, UnsupportedError } from '../sys/errno';
+import { fileIdentity } from './memory';
+
+const O_CLOEXEC = 0o2000000, O_CREAT = 0o100, O_EXCL = 0o200, O_TRUNC = 0o1000, O_PATH = 0o10000000;
+const KCMP_FILE = 0;
+const SEEK_SET = 0;
+
+/** Character devices with no state of their own: reopened by path. */
+const PLAIN_DEVICES: Record<string, string> = {
+  '1:3': '/dev/null', '1:5': '/dev/zero', '1:7': '/dev/full', '1:8': '/dev/random', '1:9': '/dev/urandom',
+};
+
+/** Name the kind of an fd we cannot save, from its /proc link. */
+function describeLink(target: string): string {
+  const m = /^(\w+):\[/.exec(target);
+  if (m) {
+    const kind = m[1];
+    return kind === 'socket' ? 'socket' : kind === 'pipe' ? 'pipe' : `${kind}`;
+  }
+  const anon = /^anon_inode:\[?([\w-]+)\]?/.exec(target);
+  if (anon) return anon[1];
+  if (target.startsWith('/dev/pts/') || target.startsWith('/dev/tty')) return `terminal ${target}`;
+  return target;
+}
+
+export function dumpFds(pid: number): ImageFd[] {
+  const out: ImageFd[] = [];
+  for (const { fd, target } of listFds(pid)) {
+    const where = `fd ${fd}`;
+    if (!target.startsWith('/')) throw new UnsupportedError(`${where}: ${describeLink(target)} is not supported yet`);
+    if (target.endsWith(' (deleted)')) throw new UnsupportedError(`${where}: ${target} is an unlinked file, not supported yet`);
+    let st: fs.BigIntStats;
+    try {
+      st = fs.statSync(`/proc/${pid}/fd/${fd}`, { bigint: true });
+    } catch (e) {
+      throw new StasisError(`${where}: cannot stat ${target} (${(e as NodeJS.ErrnoException).code})`);
+    }
+    const info = readFdinfo(pid, fd);
+    const cloexec = (info.flags & O_CLOEXEC) !== 0;
+    const flags = info.flags & ~O_CLOEXEC;
+    const base = { fd, path: target, flags, pos: info.pos, cloexec };
+    let entry: ImageFd;
+    if (st.isFile()) entry = { ...base, kind: 'file', file: fileIdentity(target) };
+    else if (st.isDirectory()) entry = { ...base, kind: 'dir' };
+    else if (st.isCharacterDevice()) {
+      const dev = `${Number(st.rdev >> 8n) & 0xfff}:${Number(st.rdev & 0xffn)}`;
+      if (!PLAIN_DEVICES[dev]) throw new UnsupportedError(`${where}: character device ${target} (${dev}) is not supported yet`);
+      entry = { ...base, kind: 'chr', path: PLAIN_DEVICES[dev] };
+    } else {
+      throw new UnsupportedError(`${where}: ${describeLink(target)} is not supported yet`);
+    }
+    if (entry.kind === 'file' && entry.file!.ino !== Number(st.ino)) {
+      throw new StasisError(`${where}: ${target} was replaced by another file while open`);
+    }
+    // One open file description behind several fds must stay one.
+    for (const prev of out) {
+      if (prev.path !== entry.path || prev.sameAs !== undefined) continue;
+      if (syscall(SYS.kcmp, 'kcmp', pid, pid, KCMP_FILE, prev.fd, fd) === 0) {
+        entry.sameAs = prev.fd;
+        break;
+      }
+    }
+    out.push(entry);
+  }
+  return out;
+}
+
+/** Restore fds in increasing order; every fd of the fresh task is closed. */
+export function restoreFds(remote: Remote, fds: ImageFd[]): void {
+  for (const f of fds) {
+    const where = `fd ${f.fd} (${f.path})`;
+    remote.reset();
+    if (f.sameAs !== undefined) {
+      remote.call('dup3', SYS.dup3, [f.sameAs, f.fd, f.cloexec ? O_CLOEXEC : 0], where);
+      continue;
+    }
+    const flags = (f.flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | (f.cloexec ? O_CLOEXEC : 0);
+    const got = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(f.path), flags, 0], where);
+    if (got !== f.fd) {
+      remote.call('dup3', SYS.dup3, [got, f.fd, f.cloexec ? O_CLOEXEC : 0], where);
+      remote.call('close', SYS.close, [got], where);
+    }
+    if (f.kind !== 'chr' && !(f.flags & O_PATH) && f.pos) {
+      remote.call('lseek', SYS.lseek, [f.fd, f.pos, SEEK_SET], where);
+    }
+  }
+}
+
+/** Before any process exists: every file an fd names must be there. */
+export function checkFds(fds: ImageFd[]): void {
+  for (const f of fds) {
+    if (f.sameAs !== undefined) continue;
+    if (!fs.existsSync(f.path)) throw new StasisError(`fd ${f.fd}: ${f.path} is missing; restore the file or restart where it exists`);
+  }
+}

@@ -1,0 +1,242 @@
+// Memory: VMAs and their page contents. Dump classifies every mapping,
+// refuses kinds it cannot restore, finds the pages that exist only in memory
+// (pagemap) and streams them; restore maps every VMA at its address and
+// writes the pages back.
+import fs from 'node:fs';
+import { Vma, readPagemap } from '../proc';
+import { FileIdentity, ImageVma } from '../image/schema';
+import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
+import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
+import { SYS, PAGE_SIZE } from '../sys/x86';
+import { StasisError, UnsupportedError } from '../sys/errno';
+
+const SPECIAL: Record<string, ImageVma['kind']> = { '[vdso]': 'vdso', '[vvar]': 'vvar', '[vvar_vclock]': 'vvar_vclock' };
+
+/** VmFlags that mean state we cannot recreate: refused by name. */
+const REFUSED_FLAGS: Record<string, string> = {
+  io: 'a device (VM_IO) mapping',
+  pf: 'a raw PFN mapping',
+  um: 'a userfaultfd-registered range',
+  uw: 'a userfaultfd write-protected range',
+  ss: 'a shadow stack',
+  sl: 'a sealed (mseal) range',
+};
+
+/** VmFlags restored with madvise after mapping. */
+const MADVISE_FOR_FLAG: Record<string, number> = {
+  dd: 16, // MADV_DONTDUMP
+  dc: 10, // MADV_DONTFORK
+  wf: 18, // MADV_WIPEONFORK
+  hg: 14, // MADV_HUGEPAGE
+  nh: 15, // MADV_NOHUGEPAGE
+  mg: 12, // MADV_MERGEABLE
+};
+
+export function fileIdentity(path: string): FileIdentity {
+  const st = fs.statSync(path, { bigint: true });
+  return { path, dev: Number(st.dev), ino: Number(st.ino), size: Number(st.size), mtimeNs: st.mtimeNs.toString() };
+}
+
+/** Refuse a restart when a file the image relies on changed or vanished. */
+export function checkFileIdentity(id: FileIdentity, what: string): void {
+  let now: FileIdentity;
+  try {
+    now = fileIdentity(id.path);
+  } catch (e) {
+    throw new StasisError(`${what}: ${id.path} is missing (${(e as NodeJS.ErrnoException).code}); restore the file or restart where it exists`);
+  }
+  const diffs: string[] = [];
+  if (now.dev !== id.dev || now.ino !== id.ino) diffs.push(`inode ${id.dev}:${id.ino} became ${now.dev}:${now.ino}`);
+  if (now.size !== id.size) diffs.push(`size ${id.size} became ${now.size}`);
+  if (now.mtimeNs !== id.mtimeNs) diffs.push('mtime changed');
+  if (diffs.length) throw new StasisError(`${what}: ${id.path} changed since the checkpoint (${diffs.join(', ')}); refusing to map different contents`);
+}
+
+function vmaLabel(v: { start: number; end: number }, path: string): string {
+  return `vma ${v.start.toString(16)}-${v.end.toString(16)}${path ? ` (${path})` : ''}`;
+}
+
+/** Turn /proc VMAs into image VMAs, refusing what cannot be restored. */
+export function classifyVmas(vmas: Vma[]): ImageVma[] {
+  const out: ImageVma[] = [];
+  for (const v of vmas) {
+    const label = vmaLabel(v, v.path);
+    for (const f of v.vmFlags) {
+      if (REFUSED_FLAGS[f] && !SPECIAL[v.path]) throw new UnsupportedError(`${label}: ${REFUSED_FLAGS[f]} is not supported yet`);
+    }
+    const prot = `${v.prot.read ? 'r' : '-'}${v.prot.write ? 'w' : '-'}${v.prot.exec ? 'x' : '-'}`;
+    const base = { start: v.start, end: v.end, prot, shared: v.shared, offset: v.offset, vmFlags: v.vmFlags, savedPages: 0 };
+    if (SPECIAL[v.path]) {
+      out.push({ ...base, kind: SPECIAL[v.path], name: v.path });
+    } else if (v.path.startsWith('[') || v.path === '') {
+      if (v.path && v.path !== '[heap]' && v.path !== '[stack]' && !v.path.startsWith('[anon:')) {
+        throw new UnsupportedError(`${label}: special mapping ${v.path} is not supported yet`);
+      }
+      if (v.shared) throw new UnsupportedError(`${label}: shared anonymous mapping without a backing object is not supported yet`);
+      out.push({ ...base, kind: 'anon', name: v.path });
+    } else if (v.shared && v.path === '/dev/zero (deleted)') {
+      out.push({ ...base, kind: 'shmem', name: '' });
+    } else if (v.path.startsWith('/SYSV')) {
+      throw new UnsupportedError(`${label}: System V shared memory is not supported yet`);
+    } else if (v.deleted) {
+      throw new UnsupportedError(`${label}: mapping of a deleted file is not supported yet`);
+    } else {
+      let file: FileIdentity;
+      try {
+        file = fileIdentity(v.path);
+      } catch (e) {
+        throw new StasisError(`${label}: cannot stat the mapped file (${(e as NodeJS.ErrnoException).code})`);
+      }
+      if (file.ino !== v.inode) throw new StasisError(`${label}: the file at ${v.path} is no longer the mapped one (inode ${v.inode} vs ${file.ino})`);
+      out.push({ ...base, kind: 'file', name: '', file });
+    }
+  }
+  return out;
+}
+
+/** Pages that exist only in this process's memory, as address runs. */
+export function pagesToSave(pid: number, v: ImageVma): PageRun[] {
+  if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') return [];
+  if (v.kind === 'file' && v.shared) return []; // the file holds them
+  const pm = readPagemap(pid, v.start, v.end);
+  const privateFile = v.kind === 'file';
+  const runs: PageRun[] = [];
+  for (let i = 0; i < pm.length; i++) {
+    const e = pm[i];
+    const present = (e >> 63n) & 1n;
+    const swapped = (e >> 62n) & 1n;
+    const filePage = (e >> 61n) & 1n;
+    // In a private file mapping only copied-on-write (anonymous) pages are
+    // ours; file pages come back from the file.
+    const keep = swapped === 1n || (present === 1n && !(privateFile && filePage === 1n));
+    if (!keep) continue;
+    const addr = v.start + i * PAGE_SIZE;
+    const last = runs[runs.length - 1];
+    if (last && last.addr + last.len === addr) last.len += PAGE_SIZE;
+    else runs.push({ addr, len: PAGE_SIZE });
+  }
+  v.savedPages = runs.reduce((s, r) => s + r.len / PAGE_SIZE, 0);
+  return runs;
+}
+
+const RECORD_BYTES = 16 << 20;
+
+/**
+ * Read the given runs out of the task and write them as Pages records of
+ * bounded size. Readable VMAs go through process_vm_readv in large iovecs;
+ * unreadable ones (PROT_NONE after a write) through /proc/pid/mem.
+ */
+export function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: PageRun[][], writer: ImageWriter): number {
+  let total = 0;
+  let batch: PageRun[] = [];
+  let batchBytes = 0;
+  let batchSlow = false;
+  const flush = () => {
+    if (!batch.length) return;
+    const data = Buffer.allocUnsafe(batchBytes);
+    if (batchSlow) {
+      let off = 0;
+      for (const r of batch) {
+        remote.task.readMem(r.addr, r.len).copy(data, off);
+        off += r.len;
+      }
+    } else {
+      remote.task.readv(data, 0, batch);
+    }
+    writer.record(RecordType.Pages, [encodePagesHeader(batch), data]);
+    total += batchBytes;
+    batch = [];
+    batchBytes = 0;
+  };
+  vmas.forEach((v, i) => {
+    const slow = !v.prot.startsWith('r');
+    for (const run of runsByVma[i]) {
+      for (let off = 0; off < run.len; ) {
+        if (batch.length && (slow !== batchSlow || batchBytes >= RECORD_BYTES)) flush();
+        batchSlow = slow;
+        const len = Math.min(run.len - off, RECORD_BYTES - batchBytes);
+        batch.push({ addr: run.addr + off, len });
+        batchBytes += len;
+        off += len;
+      }
+    }
+  });
+  flush();
+  return total;
+}
+
+function protBits(prot: string): number {
+  return (prot[0] === 'r' ? PROT_READ : 0) | (prot[1] === 'w' ? PROT_WRITE : 0) | (prot[2] === 'x' ? PROT_EXEC : 0);
+}
+
+const O_RDONLY = 0, O_RDWR = 2;
+
+/**
+ * Map every (non-special) VMA of the image at its address. Mappings that
+ * will receive saved pages are made writable for now; `finishVmas` puts the
+ * final protection in place once the pages are written.
+ */
+export function mapVmas(remote: Remote, vmas: ImageVma[]): void {
+  const fds = new Map<string, number>();
+  try {
+    for (const v of vmas) {
+      if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
+      const label = vmaLabel(v, v.file?.path ?? v.name);
+      let prot = protBits(v.prot);
+      if (v.savedPages) prot |= PROT_WRITE;
+      const len = v.end - v.start;
+      let flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE);
+      let fd = -1;
+      if (v.kind === 'file') {
+        // A shared mapping that may become writable needs a writable fd.
+        const mode = v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY;
+        const key = `${mode}:${v.file!.path}`;
+        if (!fds.has(key)) {
+          remote.reset();
+          fds.set(key, remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(v.file!.path), mode, 0], v.file!.path));
+        }
+        fd = fds.get(key)!;
+      } else {
+        flags |= MAP_ANONYMOUS;
+      }
+      if (v.vmFlags.includes('gd')) flags |= MAP_GROWSDOWN;
+      const got = remote.call('mmap', SYS.mmap, [v.start, len, prot, flags, fd, fd >= 0 ? v.offset : 0], label);
+      if (got !== v.start) throw new StasisError(`${label}: mmap placed it at 0x${got.toString(16)}`);
+    }
+  } finally {
+    for (const fd of fds.values()) remote.call('close', SYS.close, [fd]);
+  }
+}
+
+/** Write saved page runs into the task (the VMAs are mapped writable). */
+export function writePages(remote: Remote, runs: PageRun[], data: Buffer): void {
+  remote.task.writev(data, 0, runs);
+}
+
+/** Final protections and VmFlags once the contents are in place. */
+export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
+  for (const v of vmas) {
+    if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
+    const label = vmaLabel(v, v.file?.path ?? v.name);
+    const len = v.end - v.start;
+    if (v.savedPages && v.prot[1] !== 'w') remote.call('mprotect', SYS.mprotect, [v.start, len, protBits(v.prot)], label);
+    for (const f of v.vmFlags) {
+      const advice = MADVISE_FOR_FLAG[f];
+      if (advice !== undefined) remote.call('madvise', SYS.madvise, [v.start, len, advice], `${label}, flag ${f}`);
+    }
+    if (v.vmFlags.includes('lo')) remote.call('mlock2', SYS.mlock2, [v.start, len, v.vmFlags.includes('lf') ? 1 : 0], label);
+  }
+}
+
+/** A free address range of `size` bytes outside every listed range. */
+export function findGap(size: number, taken: Array<{ start: number; end: number }>, from = 0x10000000): number {
+  const sorted = [...taken].sort((a, b) => a.start - b.start);
+  let cand = from;
+  for (const r of sorted) {
+    if (r.end <= cand) continue;
+    if (r.start >= cand + size) break;
+    cand = Math.ceil(r.end / PAGE_SIZE) * PAGE_SIZE;
+  }
+  if (cand + size > 0x7fffffff0000) throw new StasisError(`no free address range of ${size} bytes for stasis's own pages`);
+  return cand;
+}

@@ -1,0 +1,42 @@
+// The mm descriptor: code/data/brk/stack/arg/env bounds, the auxv vector and
+// the exe file, set in one PR_SET_MM_MAP once every VMA exists (the kernel
+// checks that the addresses lie inside mappings).
+import { readStat, readAuxv } from '../proc';
+import fs from 'node:fs';
+import { ImageMm } from '../image/schema';
+import { Remote, AT_FDCWD } from '../ptrace/remote';
+import { SYS } from '../sys/x86';
+import { fileIdentity } from './memory';
+
+const PR_SET_MM = 35, PR_SET_MM_MAP = 14;
+
+export function dumpMm(remote: Remote): ImageMm {
+  const pid = remote.pid;
+  const st = readStat(pid);
+  const brk = remote.call('brk', SYS.brk, [0]);
+  const exePath = fs.readlinkSync(`/proc/${pid}/exe`);
+  return {
+    startCode: st.startCode, endCode: st.endCode, startData: st.startData, endData: st.endData,
+    startBrk: st.startBrk, brk, startStack: st.startStack,
+    argStart: st.argStart, argEnd: st.argEnd, envStart: st.envStart, envEnd: st.envEnd,
+    auxv: readAuxv(pid).toString('base64'),
+    exe: fileIdentity(exePath),
+  };
+}
+
+export function restoreMm(remote: Remote, mm: ImageMm): void {
+  remote.reset();
+  const auxv = Buffer.from(mm.auxv, 'base64');
+  const auxvAddr = remote.putBytes(auxv);
+  const exeFd = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(mm.exe.path), 0, 0], `exe ${mm.exe.path}`);
+  const map = Buffer.alloc(104);
+  [mm.startCode, mm.endCode, mm.startData, mm.endData, mm.startBrk, mm.brk, mm.startStack,
+    mm.argStart, mm.argEnd, mm.envStart, mm.envEnd, auxvAddr].forEach((v, i) => map.writeBigUInt64LE(BigInt(v), i * 8));
+  map.writeUInt32LE(auxv.length, 96);
+  map.writeUInt32LE(exeFd, 100);
+  try {
+    remote.call('prctl', SYS.prctl, [PR_SET_MM, PR_SET_MM_MAP, remote.putBytes(map), map.length, 0], 'PR_SET_MM_MAP');
+  } finally {
+    remote.call('close', SYS.close, [exeFd]);
+  }
+}

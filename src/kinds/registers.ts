@@ -1,0 +1,61 @@
+// CPU state of a thread: general registers (with fs/gs base) and the full
+// XSAVE area (x87, SSE, AVX, AVX-512, AMX), plus how a thread stopped inside
+// a system call must resume in its new process.
+import { Tracee } from '../ptrace/tracee';
+import { Remote } from '../ptrace/remote';
+import { Regs, SYS, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK, EINTR } from '../sys/x86';
+
+const ARCH_GET_XCOMP_PERM = 0x1022;
+const ARCH_REQ_XCOMP_PERM = 0x1023;
+const XFEATURE_XTILEDATA = 18;
+
+export interface CpuState {
+  regs: Regs;
+  xstate: Buffer;
+  inSyscall: number | null;
+}
+
+export function dumpCpu(t: Tracee): CpuState {
+  const regs = t.saved!.clone();
+  const orig = regs.signed('orig_rax');
+  return { regs, xstate: t.getXstate(), inSyscall: orig >= 0n ? Number(orig) : null };
+}
+
+/** Which extended state components the process was granted (AMX). */
+export function dumpXcompPerm(remote: Remote): bigint {
+  const out = remote.alloc(8);
+  remote.call('arch_prctl', SYS.arch_prctl, [ARCH_GET_XCOMP_PERM, out]);
+  return remote.read(out, 8).readBigUInt64LE(0);
+}
+
+export function restoreXcompPerm(remote: Remote, perm: bigint): void {
+  if (perm & (1n << BigInt(XFEATURE_XTILEDATA))) {
+    remote.call('arch_prctl', SYS.arch_prctl, [ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA], 'AMX tile data permission');
+  }
+}
+
+/**
+ * The registers to resume with in a new process. A thread interrupted in a
+ * restartable call re-executes the `syscall` instruction; one interrupted in
+ * a call that needs its restart_block (nanosleep, poll...) cannot be
+ * continued elsewhere and sees EINTR, which the libc and programs retry.
+ */
+export function resumeRegs(saved: Regs): Regs {
+  const r = saved.clone();
+  if (r.signed('orig_rax') >= 0n) {
+    const rax = r.signed('rax');
+    if (rax === -BigInt(ERESTARTSYS) || rax === -BigInt(ERESTARTNOINTR) || rax === -BigInt(ERESTARTNOHAND)) {
+      r.set('rax', r.get('orig_rax'));
+      r.set('rip', r.get('rip') - 2n);
+    } else if (rax === -BigInt(ERESTART_RESTARTBLOCK)) {
+      r.set('rax', -BigInt(EINTR));
+    }
+    r.set('orig_rax', -1n);
+  }
+  return r;
+}
+
+export function restoreCpu(t: Tracee, regs: Regs, xstate: Buffer): void {
+  t.setXstate(xstate);
+  t.setRegs(resumeRegs(regs));
+}

@@ -1,0 +1,251 @@
+// A task under our ptrace control: seize, stop, registers, remote memory,
+// and system calls executed inside it.
+import fs from 'node:fs';
+import {
+  ptrace, ptraceRegset, waitpidSync, PTRACE, NT_X86_XSTATE, PTRACE_EVENT_STOP,
+  WIFSTOPPED, WSTOPSIG, WEVENT, WIFEXITED, WIFSIGNALED, WTERMSIG, WEXITSTATUS, __WALL,
+  processVmReadv, processVmWritev, RemoteRange, addressOf,
+} from '../sys/libc';
+import { StasisError, SyscallError, errnoName } from '../sys/errno';
+import { Regs, SYSCALL_ARGS, USER_REGS_SIZE } from '../sys/x86';
+
+const SIGTRAP = 5;
+const SIGSTOP = 19;
+const XSTATE_MAX = 64 * 1024;
+
+export interface SeizeOptions {
+  /** Kill the task if this process dies (restore stubs only, never targets). */
+  exitKill?: boolean;
+}
+
+export class TaskGoneError extends StasisError {}
+
+export class Tracee {
+  readonly pid: number;
+  private memFd = -1;
+  private attached = false;
+  /** Registers as found when the task was stopped; put back at detach. */
+  saved?: Regs;
+  /** Signals that arrived while we were working; re-sent at detach. */
+  readonly deferredSignals: number[] = [];
+  /** Address of a `syscall` instruction inside the task. */
+  syscallInsn = 0;
+
+  constructor(pid: number) {
+    this.pid = pid;
+  }
+
+  /** PTRACE_SEIZE + PTRACE_INTERRUPT, then wait for the stop. */
+  seize(opts: SeizeOptions = {}): void {
+    const options = opts.exitKill ? 0x100000 : 0;
+    ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
+    this.attached = true;
+    ptrace(PTRACE.INTERRUPT, this.pid, 0, 0, 'INTERRUPT');
+    this.waitStop('the initial stop');
+    this.saved = this.getRegs();
+    this.memFd = fs.openSync(`/proc/${this.pid}/mem`, 'r+');
+  }
+
+  /**
+   * Wait until the task is in a ptrace stop. Signals that arrive first are
+   * remembered and suppressed (they are re-sent at detach) so that the stop
+   * we wait for is ours. Returns the stop signal.
+   */
+  waitStop(what: string, want?: number): number {
+    for (;;) {
+      const { status } = waitpidSync(this.pid, __WALL);
+      if (WIFEXITED(status) || WIFSIGNALED(status)) {
+        this.attached = false;
+        const how = WIFEXITED(status) ? `exited with status ${WEXITSTATUS(status)}` : `was killed by signal ${WTERMSIG(status)}`;
+        throw new TaskGoneError(`pid ${this.pid} ${how} while waiting for ${what}`);
+      }
+      if (!WIFSTOPPED(status)) continue;
+      const sig = WSTOPSIG(status);
+      const event = WEVENT(status);
+      if (event === PTRACE_EVENT_STOP) {
+        // Interrupt or group stop: this is the stop we asked for unless we
+        // wait for a specific signal (a single step).
+        if (want === undefined) return sig;
+        ptrace(PTRACE.SINGLESTEP, this.pid, 0, 0, 'SINGLESTEP');
+        continue;
+      }
+      if (want !== undefined && sig === want) return sig;
+      if (want === undefined) {
+        // A signal-delivery stop before our interrupt landed: keep the signal.
+        this.deferSignal(sig);
+        ptrace(PTRACE.INTERRUPT, this.pid, 0, 0, 'INTERRUPT');
+        ptrace(PTRACE.CONT, this.pid, 0, 0, 'CONT');
+        continue;
+      }
+      this.deferSignal(sig);
+      ptrace(PTRACE.SINGLESTEP, this.pid, 0, 0, 'SINGLESTEP');
+    }
+  }
+
+  private deferSignal(sig: number): void {
+    if (sig !== SIGSTOP && sig !== SIGTRAP) this.deferredSignals.push(sig);
+  }
+
+  getRegs(): Regs {
+    const b = Buffer.alloc(USER_REGS_SIZE);
+    ptrace(PTRACE.GETREGS, this.pid, 0, b, 'GETREGS');
+    return new Regs(b);
+  }
+
+  setRegs(r: Regs): void {
+    ptrace(PTRACE.SETREGS, this.pid, 0, r.buf, 'SETREGS');
+  }
+
+  getXstate(): Buffer {
+    const b = Buffer.alloc(XSTATE_MAX);
+    const n = ptraceRegset(PTRACE.GETREGSET, this.pid, NT_X86_XSTATE, b);
+    return Buffer.from(b.subarray(0, n));
+  }
+
+  setXstate(x: Buffer): void {
+    ptraceRegset(PTRACE.SETREGSET, this.pid, NT_X86_XSTATE, x);
+  }
+
+  getSigmask(): bigint {
+    const b = Buffer.alloc(8);
+    ptrace(PTRACE.GETSIGMASK, this.pid, 8, b, 'GETSIGMASK');
+    return b.readBigUInt64LE(0);
+  }
+
+  setSigmask(mask: bigint): void {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(mask);
+    ptrace(PTRACE.SETSIGMASK, this.pid, 8, b, 'SETSIGMASK');
+  }
+
+  /** Pending signals as raw siginfo_t records (128 bytes each). */
+  peekSiginfo(shared: boolean): Buffer[] {
+    const out: Buffer[] = [];
+    const args = Buffer.alloc(16);
+    const buf = Buffer.alloc(128 * 32);
+    for (let off = 0; ; ) {
+      args.writeBigUInt64LE(BigInt(off), 0);
+      args.writeUInt32LE(shared ? 1 : 0, 8);
+      args.writeInt32LE(32, 12);
+      const n = ptrace(PTRACE.PEEKSIGINFO, this.pid, BigInt(addressOf(args)), buf, 'PEEKSIGINFO');
+      if (n <= 0) break;
+      for (let i = 0; i < n; i++) out.push(Buffer.from(buf.subarray(i * 128, i * 128 + 128)));
+      off += n;
+    }
+    return out;
+  }
+
+  /** rseq area registered by the task, or null. */
+  getRseq(): { addr: bigint; len: number; flags: number; sig: number } | null {
+    const b = Buffer.alloc(32);
+    ptrace(PTRACE.GET_RSEQ_CONFIGURATION, this.pid, 32, b, 'GET_RSEQ_CONFIGURATION');
+    const addr = b.readBigUInt64LE(0);
+    if (addr === 0n) return null;
+    return { addr, len: b.readUInt32LE(8), sig: b.readUInt32LE(12), flags: b.readUInt32LE(16) };
+  }
+
+  readMem(addr: number, len: number): Buffer {
+    const b = Buffer.alloc(len);
+    let done = 0;
+    while (done < len) {
+      let n;
+      try {
+        n = fs.readSync(this.memFd, b, done, len - done, addr + done);
+      } catch (e) {
+        throw new StasisError(`reading memory of pid ${this.pid} at 0x${(addr + done).toString(16)}: ${(e as NodeJS.ErrnoException).code}`);
+      }
+      if (n === 0) throw new StasisError(`reading memory of pid ${this.pid} at 0x${(addr + done).toString(16)}: nothing there`);
+      done += n;
+    }
+    return b;
+  }
+
+  /** Write through /proc/pid/mem: works on read-only and code pages too. */
+  writeMem(addr: number, data: Buffer): void {
+    let done = 0;
+    while (done < data.length) {
+      let n;
+      try {
+        n = fs.writeSync(this.memFd, data, done, data.length - done, addr + done);
+      } catch (e) {
+        throw new StasisError(`writing memory of pid ${this.pid} at 0x${(addr + done).toString(16)}: ${(e as NodeJS.ErrnoException).code}`);
+      }
+      if (n === 0) throw new StasisError(`writing memory of pid ${this.pid} at 0x${(addr + done).toString(16)}: no progress`);
+      done += n;
+    }
+  }
+
+  readv(local: Buffer, off: number, ranges: RemoteRange[]): void {
+    processVmReadv(this.pid, local, off, ranges);
+  }
+
+  writev(local: Buffer, off: number, ranges: RemoteRange[]): void {
+    processVmWritev(this.pid, local, off, ranges);
+  }
+
+  /**
+   * Run one system call inside the stopped task: point rip at a `syscall`
+   * instruction, load the arguments, single-step it, read rax. orig_rax = -1
+   * keeps the kernel's restart logic away from the injected call.
+   * Returns the raw (signed) result; use `call` to get errors thrown.
+   */
+  injectRaw(nr: number, args: Array<number | bigint> = []): bigint {
+    if (!this.syscallInsn) throw new StasisError(`pid ${this.pid}: no syscall instruction located for injection`);
+    const r = this.saved!.clone();
+    r.set('rip', this.syscallInsn);
+    r.set('rax', nr);
+    r.set('orig_rax', -1n);
+    SYSCALL_ARGS.forEach((name, i) => r.set(name, BigInt(args[i] ?? 0)));
+    this.setRegs(r);
+    ptrace(PTRACE.SINGLESTEP, this.pid, 0, 0, 'SINGLESTEP');
+    this.waitStop(`injected syscall ${nr}`, SIGTRAP);
+    return this.getRegs().signed('rax');
+  }
+
+  /** Injected syscall that throws a SyscallError naming the call on failure. */
+  call(name: string, nr: number, args: Array<number | bigint> = [], where?: string): number {
+    const r = this.injectRaw(nr, args);
+    if (r < 0n && r > -4096n) throw new SyscallError(`${name} in pid ${this.pid}`, Number(-r), where);
+    return Number(r);
+  }
+
+  /** Put the saved registers back and let the task go. */
+  detach(restoreRegs = true): void {
+    if (!this.attached) return;
+    try {
+      if (restoreRegs && this.saved) this.setRegs(this.saved);
+    } finally {
+      const sig = this.deferredSignals.shift() ?? 0;
+      try {
+        ptrace(PTRACE.DETACH, this.pid, 0, sig, 'DETACH');
+      } catch (e) {
+        if (!(e instanceof SyscallError && e.code === 'ESRCH')) throw e;
+      }
+      this.attached = false;
+      for (const s of this.deferredSignals.splice(0)) {
+        try { process.kill(this.pid, s); } catch { /* gone */ }
+      }
+      this.closeMem();
+    }
+  }
+
+  /** Kill the task while it is still stopped (it never runs again). */
+  kill(): void {
+    process.kill(this.pid, 'SIGKILL');
+    this.attached = false;
+    this.closeMem();
+  }
+
+  closeMem(): void {
+    if (this.memFd >= 0) fs.closeSync(this.memFd);
+    this.memFd = -1;
+  }
+
+  get isAttached(): boolean {
+    return this.attached;
+  }
+}
+
+export function describeErrno(n: number): string {
+  return errnoName(n);
+}

@@ -1,0 +1,51 @@
+// Error types shared by the whole project: every failure names what failed,
+// where, and (for system calls) the errno by name.
+import koffi from 'koffi';
+
+const errnoNames = new Map<number, string>();
+for (const [name, value] of Object.entries(koffi.os.errno as Record<string, number>)) {
+  // Several names share a number (EAGAIN/EWOULDBLOCK): keep the first, the usual one.
+  if (!errnoNames.has(value)) errnoNames.set(value, name);
+}
+
+export const ERRNO = koffi.os.errno as Record<string, number>;
+
+export function errnoName(errno: number): string {
+  return errnoNames.get(errno) ?? `errno ${errno}`;
+}
+
+/** Any refusal or failure of stasis: a one-line message a user can act on. */
+export class StasisError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StasisError';
+  }
+}
+
+/** A system call failed: carries the errno and says which call, on what. */
+export class SyscallError extends StasisError {
+  readonly errno: number;
+  readonly code: string;
+  constructor(call: string, errno: number, where?: string) {
+    super(`${call} failed${where ? ` (${where})` : ''}: ${errnoName(errno)}`);
+    this.name = 'SyscallError';
+    this.errno = errno;
+    this.code = errnoName(errno);
+  }
+}
+
+/** State the tool cannot save or restore yet: refused by name. */
+export class UnsupportedError extends StasisError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UnsupportedError';
+  }
+}
+
+/** The image is malformed, truncated or from an unknown format. */
+export class ImageError extends StasisError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ImageError';
+  }
+}

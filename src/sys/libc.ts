@@ -1,0 +1,247 @@
+// The one native surface of stasis: libc entry points bound through koffi.
+// Every call here is synchronous and made from the JS main thread, which is
+// what ptrace requires (all requests for a tracee come from the thread that
+// attached it). Wrappers throw SyscallError with the errno named.
+import koffi from 'koffi';
+import { SyscallError } from './errno';
+
+const libc = koffi.load('libc.so.6');
+
+const c = {
+  ptrace: libc.func('long ptrace(int req, int pid, uint64_t addr, void *data)'),
+  ptraceN: libc.func('long ptrace(int req, int pid, uint64_t addr, uint64_t data)'),
+  waitpid: libc.func('int waitpid(int pid, _Out_ int *status, int options)'),
+  processVmReadv: libc.func('intptr_t process_vm_readv(int pid, void *liov, uint64_t liovcnt, void *riov, uint64_t riovcnt, uint64_t flags)'),
+  processVmWritev: libc.func('intptr_t process_vm_writev(int pid, void *liov, uint64_t liovcnt, void *riov, uint64_t riovcnt, uint64_t flags)'),
+  // memset(p, 0, 0) returns p: the cheapest way to learn a Buffer's address.
+  addressOf: libc.func('uint64_t memset(void *p, int c, size_t n)'),
+  syscall6: libc.func('long syscall(long nr, long a, long b, long c, long d, long e, long f)'),
+  posixSpawn: libc.func('int posix_spawn(_Out_ int *pid, const char *path, void *actions, void *attr, const char **argv, const char **envp)'),
+  spawnActionsInit: libc.func('int posix_spawn_file_actions_init(void *fa)'),
+  spawnActionsDestroy: libc.func('int posix_spawn_file_actions_destroy(void *fa)'),
+  spawnActionsAddDup2: libc.func('int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)'),
+  spawnActionsAddOpen: libc.func('int posix_spawn_file_actions_addopen(void *fa, int fd, const char *path, int oflag, uint32_t mode)'),
+  spawnActionsAddClosefrom: libc.func('int posix_spawn_file_actions_addclosefrom_np(void *fa, int from)'),
+  spawnAttrInit: libc.func('int posix_spawnattr_init(void *attr)'),
+  spawnAttrDestroy: libc.func('int posix_spawnattr_destroy(void *attr)'),
+  spawnAttrSetFlags: libc.func('int posix_spawnattr_setflags(void *attr, short flags)'),
+  spawnAttrSetSigDefault: libc.func('int posix_spawnattr_setsigdefault(void *attr, void *set)'),
+  spawnAttrSetSigMask: libc.func('int posix_spawnattr_setsigmask(void *attr, void *set)'),
+  memfdCreate: libc.func('int memfd_create(const char *name, uint32_t flags)'),
+};
+
+// waitpid in a worker thread, for waiting on a restored child without
+// blocking the event loop (not used for traced tasks: see waitpidSync).
+const waitpidAsyncFn = libc.func('int waitpid(int pid, _Out_ int *status, int options)');
+
+function check(ret: number | bigint, call: string, where?: string): number {
+  const r = Number(ret);
+  if (r === -1) throw new SyscallError(call, koffi.errno(), where);
+  return r;
+}
+
+export function addressOf(buf: Buffer | Uint8Array): number {
+  return c.addressOf(buf, 0, 0) as number;
+}
+
+// ---- ptrace --------------------------------------------------------------
+
+export const PTRACE = {
+  PEEKDATA: 2, POKEDATA: 5, CONT: 7, KILL: 8, SINGLESTEP: 9, GETREGS: 12, SETREGS: 13,
+  GETFPREGS: 14, SETFPREGS: 15, ATTACH: 16, DETACH: 17, SETOPTIONS: 0x4200,
+  GETEVENTMSG: 0x4201, GETSIGINFO: 0x4202, SETSIGINFO: 0x4203, GETREGSET: 0x4204,
+  SETREGSET: 0x4205, SEIZE: 0x4206, INTERRUPT: 0x4207, LISTEN: 0x4208,
+  PEEKSIGINFO: 0x4209, GETSIGMASK: 0x420a, SETSIGMASK: 0x420b,
+  GET_RSEQ_CONFIGURATION: 0x420f,
+} as const;
+export const PTRACE_O_TRACESYSGOOD = 1;
+export const PTRACE_O_EXITKILL = 0x100000;
+export const PTRACE_EVENT_STOP = 128;
+export const NT_PRSTATUS = 1;
+export const NT_X86_XSTATE = 0x202;
+
+export function ptrace(req: number, pid: number, addr: number | bigint, data: Buffer | number | bigint | null, what: string): number {
+  let r;
+  if (data === null || typeof data === 'number' || typeof data === 'bigint') {
+    r = c.ptraceN(req, pid, addr, data ?? 0);
+  } else {
+    r = c.ptrace(req, pid, addr, data);
+  }
+  return check(r, `ptrace(${what})`, `pid ${pid}`);
+}
+
+/** PTRACE_GETREGSET/SETREGSET: the kernel reports the length it used. */
+export function ptraceRegset(req: number, pid: number, type: number, buf: Buffer, len = buf.length): number {
+  const iov = Buffer.alloc(16);
+  iov.writeBigUInt64LE(BigInt(addressOf(buf)), 0);
+  iov.writeBigUInt64LE(BigInt(len), 8);
+  const what = `${req === PTRACE.GETREGSET ? 'GETREGSET' : 'SETREGSET'} ${type === NT_X86_XSTATE ? 'NT_X86_XSTATE' : type}`;
+  check(c.ptrace(req, pid, type, iov), `ptrace(${what})`, `pid ${pid}`);
+  return Number(iov.readBigUInt64LE(8));
+}
+
+export interface WaitStatus { pid: number; status: number }
+
+/** waitpid on the main thread (required for ptrace stops). */
+export function waitpidSync(pid: number, options: number): WaitStatus {
+  const st = [0];
+  for (;;) {
+    const r = c.waitpid(pid, st, options) as number;
+    if (r === -1) {
+      const e = koffi.errno();
+      if (e === 4 /* EINTR */) continue;
+      throw new SyscallError('waitpid', e, `pid ${pid}`);
+    }
+    return { pid: r, status: st[0] };
+  }
+}
+
+/** waitpid on a worker thread: for children we no longer trace. */
+export function waitpidAsync(pid: number, options = 0): Promise<WaitStatus> {
+  return new Promise((resolve, reject) => {
+    const st = [0];
+    waitpidAsyncFn.async(pid, st, options, (err: unknown, r: number) => {
+      if (err) return reject(err);
+      if (r === -1) return reject(new SyscallError('waitpid', koffi.errno(), `pid ${pid}`));
+      resolve({ pid: r, status: st[0] });
+    });
+  });
+}
+
+export const __WALL = 0x40000000;
+export const WNOHANG = 1;
+export const WIFEXITED = (s: number) => (s & 0x7f) === 0;
+export const WEXITSTATUS = (s: number) => (s >> 8) & 0xff;
+export const WIFSIGNALED = (s: number) => ((s & 0x7f) + 1) >> 1 > 0 && (s & 0x7f) !== 0x7f && (s & 0x7f) !== 0;
+export const WTERMSIG = (s: number) => s & 0x7f;
+export const WIFSTOPPED = (s: number) => (s & 0xff) === 0x7f;
+export const WSTOPSIG = (s: number) => (s >> 8) & 0xff;
+export const WEVENT = (s: number) => (s >> 16) & 0xff;
+
+// ---- remote memory -------------------------------------------------------
+
+export interface RemoteRange { addr: number; len: number }
+
+function iovecs(parts: Array<{ base: number; len: number }>): Buffer {
+  const b = Buffer.alloc(parts.length * 16);
+  parts.forEach((p, i) => {
+    b.writeBigUInt64LE(BigInt(p.base), i * 16);
+    b.writeBigUInt64LE(BigInt(p.len), i * 16 + 8);
+  });
+  return b;
+}
+
+const IOV_MAX = 1024;
+
+/**
+ * Copy remote ranges into local buffers (one local buffer per range, or one
+ * buffer filled in order). Loops over partial transfers; throws on failure.
+ */
+export function processVmReadv(pid: number, local: Buffer, localOff: number, ranges: RemoteRange[]): void {
+  transferv(c.processVmReadv, 'process_vm_readv', pid, local, localOff, ranges);
+}
+
+export function processVmWritev(pid: number, local: Buffer, localOff: number, ranges: RemoteRange[]): void {
+  transferv(c.processVmWritev, 'process_vm_writev', pid, local, localOff, ranges);
+}
+
+function transferv(fn: typeof c.processVmReadv, name: string, pid: number, local: Buffer, localOff: number, ranges: RemoteRange[]): void {
+  const base = addressOf(local);
+  let off = localOff;
+  for (let i = 0; i < ranges.length; i += IOV_MAX) {
+    let chunk = ranges.slice(i, i + IOV_MAX);
+    let total = chunk.reduce((s, r) => s + r.len, 0);
+    while (total > 0) {
+      if (off + total > local.length) throw new RangeError(`${name}: local buffer too small`);
+      const liov = iovecs([{ base: base + off, len: total }]);
+      const riov = iovecs(chunk.map((r) => ({ base: r.addr, len: r.len })));
+      const n = Number(fn(pid, liov, 1, riov, chunk.length, 0));
+      if (n === -1) {
+        const first = chunk[0];
+        throw new SyscallError(name, koffi.errno(), `pid ${pid}, 0x${first.addr.toString(16)}+${total}`);
+      }
+      if (n === 0) throw new SyscallError(name, 14 /* EFAULT */, `pid ${pid}, 0x${chunk[0].addr.toString(16)}: no progress`);
+      off += n;
+      total -= n;
+      // Drop what was transferred and go on with the remainder.
+      let skip = n;
+      const rest: RemoteRange[] = [];
+      for (const r of chunk) {
+        if (skip >= r.len) { skip -= r.len; continue; }
+        rest.push({ addr: r.addr + skip, len: r.len - skip });
+        skip = 0;
+      }
+      chunk = rest;
+    }
+  }
+}
+
+// ---- raw syscalls from this process ---------------------------------------
+
+export function syscall(nr: number, what: string, ...args: Array<number | bigint | Buffer>): number {
+  const a = [0, 0, 0, 0, 0, 0].map((_, i) => {
+    const v = args[i];
+    if (v === undefined) return 0;
+    if (Buffer.isBuffer(v)) return addressOf(v);
+    return v;
+  });
+  return check(c.syscall6(nr, a[0], a[1], a[2], a[3], a[4], a[5]), what);
+}
+
+export function memfdCreate(name: string, flags: number): number {
+  return check(c.memfdCreate(name, flags), 'memfd_create');
+}
+
+// ---- process creation without libuv ---------------------------------------
+
+export const POSIX_SPAWN_SETSIGMASK = 0x08;
+export const POSIX_SPAWN_SETSIGDEF = 0x04;
+export const POSIX_SPAWN_SETSID = 0x80;
+
+export interface SpawnOptions {
+  /** fd numbers in the child mapped from fds of this process (child fd -> our fd) */
+  fds?: Record<number, number>;
+  setsid?: boolean;
+  env?: string[];
+  /** close every fd from this number up in the child */
+  closeFrom?: number;
+}
+
+/**
+ * posix_spawn: the child is ours but not libuv's, so its ptrace stops and
+ * exit status stay ours to collect with waitpid.
+ */
+export function posixSpawn(path: string, argv: string[], opts: SpawnOptions = {}): number {
+  const fa = Buffer.alloc(128);
+  const attr = Buffer.alloc(512);
+  const sigset = Buffer.alloc(128);
+  let rc = c.spawnActionsInit(fa) as number;
+  if (rc !== 0) throw new SyscallError('posix_spawn_file_actions_init', rc);
+  c.spawnAttrInit(attr);
+  try {
+    for (const [child, ours] of Object.entries(opts.fds ?? {})) {
+      rc = c.spawnActionsAddDup2(fa, ours, Number(child)) as number;
+      if (rc !== 0) throw new SyscallError('posix_spawn_file_actions_adddup2', rc);
+    }
+    if (opts.closeFrom !== undefined) {
+      rc = c.spawnActionsAddClosefrom(fa, opts.closeFrom) as number;
+      if (rc !== 0) throw new SyscallError('posix_spawn_file_actions_addclosefrom_np', rc);
+    }
+    // All signals back to default and none blocked: Node ignores SIGPIPE.
+    sigset.fill(0xff, 0, 8);
+    c.spawnAttrSetSigDefault(attr, sigset);
+    const empty = Buffer.alloc(128);
+    c.spawnAttrSetSigMask(attr, empty);
+    let flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
+    if (opts.setsid) flags |= POSIX_SPAWN_SETSID;
+    c.spawnAttrSetFlags(attr, flags);
+    const pid = [0];
+    const env = opts.env ?? Object.entries(process.env).map(([k, v]) => `${k}=${v}`);
+    rc = c.posixSpawn(pid, path, fa, attr, [...argv, null], [...env, null]) as number;
+    if (rc !== 0) throw new SyscallError('posix_spawn', rc, path);
+    return pid[0];
+  } finally {
+    c.spawnActionsDestroy(fa);
+    c.spawnAttrDestroy(attr);
+  }
+}

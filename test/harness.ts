@@ -1,0 +1,130 @@
+// Shared helpers of the end-to-end tests: build the C targets, start them in
+// a fresh session without libuv, wait for what they print, and end exactly
+// the processes a test started, by pid.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync, spawn } from 'node:child_process';
+import { posixSpawn, waitpidSync, WNOHANG, __WALL } from '../src/sys/libc';
+
+export const ROOT = path.resolve(__dirname, '..', '..');
+export const PROGRAMS = path.join(ROOT, 'test', 'programs');
+const BUILD = path.join(ROOT, 'test', '.build');
+export const CLI = path.join(ROOT, 'bin', 'stasis');
+
+/** Compile test/programs/NAME.c once per content (flags from a `// build:` line). */
+export function build(name: string): string {
+  const src = path.join(PROGRAMS, `${name}.c`);
+  const text = fs.readFileSync(src, 'utf8');
+  const extra = /\/\/ build: (.*)/.exec(text)?.[1].trim().split(/\s+/) ?? [];
+  fs.mkdirSync(BUILD, { recursive: true });
+  const out = path.join(BUILD, name);
+  const stamp = `${out}.src`;
+  if (!fs.existsSync(out) || !fs.existsSync(stamp) || fs.readFileSync(stamp, 'utf8') !== text) {
+    execFileSync('gcc', ['-O1', '-g', '-Wall', '-Wextra', ...extra, '-o', out, src], { stdio: 'inherit' });
+    fs.writeFileSync(stamp, text);
+  }
+  return out;
+}
+
+export function tmpdir(tag: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `stasis-${tag}-`));
+}
+
+/** Every pid a test started; `cleanup` kills and reaps exactly these. */
+export class Procs {
+  private readonly pids = new Set<number>();
+
+  /**
+   * Start a target in a new session with stdout/stderr to `out` and no
+   * other fds; it is our child but not libuv's, so we reap it ourselves.
+   */
+  start(file: string, args: string[], out: string, opts: { cwd?: string } = {}): number {
+    const fd = fs.openSync(out, 'a');
+    const nul = fs.openSync('/dev/null', 'r');
+    try {
+      const argv = [file, ...args];
+      const real = opts.cwd ? '/bin/sh' : file;
+      const realArgv = opts.cwd ? ['sh', '-c', `cd "$0" && exec "$@"`, opts.cwd, ...argv] : argv;
+      const pid = posixSpawn(real, realArgv, { fds: { 0: nul, 1: fd, 2: fd }, setsid: true, closeFrom: 3 });
+      this.pids.add(pid);
+      return pid;
+    } finally {
+      fs.closeSync(fd);
+      fs.closeSync(nul);
+    }
+  }
+
+  add(pid: number): number {
+    this.pids.add(pid);
+    return pid;
+  }
+
+  /** Reap a child of ours that ended (or note that it is still running). */
+  reap(pid: number): boolean {
+    try {
+      return waitpidSync(pid, WNOHANG | __WALL).pid === pid;
+    } catch {
+      return true; // not our child, or already reaped
+    }
+  }
+
+  cleanup(): void {
+    for (const pid of this.pids) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* ended */ }
+      try { waitpidSync(pid, __WALL | WNOHANG); } catch { /* not ours */ }
+    }
+    this.pids.clear();
+  }
+}
+
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return !/\) Z /.test(stat);
+}
+
+/** Wait (polling its output file) until `file` matches `re`; fail after `ms`. */
+export async function waitFor(file: string, re: RegExp, ms = 20000): Promise<string> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+    if (re.test(text)) return text;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${re} in ${file}; it holds:\n${text.slice(-2000)}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Wait until a pid no longer exists (it was killed and reaped by someone). */
+export async function waitGone(pid: number, procs: Procs, ms = 10000): Promise<void> {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    procs.reap(pid);
+    if (!alive(pid)) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error(`pid ${pid} did not end`);
+}
+
+export interface CliResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+/** Run the stasis command line as a child process (libuv's, which is fine: it is not traced). */
+export function cli(args: string[], opts: { input?: Buffer; stdoutFile?: string } = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const outFd = opts.stdoutFile ? fs.openSync(opts.stdoutFile, 'w') : undefined;
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', outFd ?? 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stdout?.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      if (outFd !== undefined) fs.closeSync(outFd);
+      resolve({ code, signal, stdout, stderr });
+    });
+    child.stdin!.end(opts.input);
+  });
+}
