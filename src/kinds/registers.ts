@@ -3,7 +3,7 @@
 // a system call must resume in its new process.
 import { Tracee } from '../ptrace/tracee';
 import { Remote } from '../ptrace/remote';
-import { Regs, SYS, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK, EINTR } from '../sys/x86';
+import { Regs, SYS, ERESTART_RESTARTBLOCK, EINTR } from '../sys/x86';
 
 const ARCH_GET_XCOMP_PERM = 0x1022;
 const ARCH_REQ_XCOMP_PERM = 0x1023;
@@ -35,21 +35,18 @@ export function restoreXcompPerm(remote: Remote, perm: bigint): void {
 }
 
 /**
- * The registers to resume with in a new process. A thread interrupted in a
- * restartable call re-executes the `syscall` instruction; one interrupted in
- * a call that needs its restart_block (nanosleep, poll...) cannot be
- * continued elsewhere and sees EINTR, which the libc and programs retry.
+ * The registers to resume with in a new process. The task resumes from a
+ * signal-delivery stop, so for -ERESTARTSYS/-ERESTARTNOINTR/-ERESTARTNOHAND
+ * the saved registers go back verbatim and the kernel itself decides, as it
+ * would have: restart the call, or return EINTR when a signal with a handler
+ * arrives first (rewinding rip ourselves would lose such a signal's EINTR).
+ * A call that needs its restart_block (nanosleep, poll...) cannot continue
+ * in another process: it returns EINTR, which libc and programs retry.
  */
 export function resumeRegs(saved: Regs): Regs {
   const r = saved.clone();
-  if (r.signed('orig_rax') >= 0n) {
-    const rax = r.signed('rax');
-    if (rax === -BigInt(ERESTARTSYS) || rax === -BigInt(ERESTARTNOINTR) || rax === -BigInt(ERESTARTNOHAND)) {
-      r.set('rax', r.get('orig_rax'));
-      r.set('rip', r.get('rip') - 2n);
-    } else if (rax === -BigInt(ERESTART_RESTARTBLOCK)) {
-      r.set('rax', -BigInt(EINTR));
-    }
+  if (r.signed('orig_rax') >= 0n && r.signed('rax') === -BigInt(ERESTART_RESTARTBLOCK)) {
+    r.set('rax', -BigInt(EINTR));
     r.set('orig_rax', -1n);
   }
   return r;

@@ -1,0 +1,142 @@
+// The `stasis` command: checkpoint, restart, show, check.
+import fs from 'node:fs';
+import tty from 'node:tty';
+import { checkpointSync } from '../checkpoint';
+import { restartSync, loadImage } from '../restart';
+import { showImage } from './show';
+import { runChecks } from './check';
+import { StasisError } from '../sys/errno';
+import { constants as osConstants } from 'node:os';
+
+const USAGE = `usage:
+  stasis checkpoint PID [-o FILE] [--kill] [-v]
+      save process PID into an image (FILE, or stdout when it is not a terminal);
+      the process keeps running unless --kill is given
+  stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [-v]
+      recreate the process from an image (a file, or stdin with - or no FILE);
+      waits for it and returns its exit status unless --detach
+  stasis show FILE [--json]
+      describe an image (--json: all metadata, no page contents)
+  stasis check
+      report the kernel features stasis relies on`;
+
+class UsageError extends Error {}
+
+interface Parsed {
+  positional: string[];
+  flags: Map<string, string | true>;
+}
+
+/** Minimal option parser: known flags, some taking a value. */
+function parse(args: string[], withValue: string[], boolean: string[]): Parsed {
+  const positional: string[] = [];
+  const flags = new Map<string, string | true>();
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === '-' || !a.startsWith('-')) {
+      positional.push(a);
+      continue;
+    }
+    const [name, inline] = a.split(/=(.*)/s, 2);
+    if (withValue.includes(name)) {
+      const v = inline ?? args[++i];
+      if (v === undefined) throw new UsageError(`${name} needs a value`);
+      flags.set(name, v);
+    } else if (boolean.includes(name)) {
+      flags.set(name, true);
+    } else {
+      throw new UsageError(`unknown option ${a}`);
+    }
+  }
+  return { positional, flags };
+}
+
+function logger(verbose: boolean): ((m: string) => void) | undefined {
+  if (!verbose) return undefined;
+  const t0 = process.hrtime.bigint();
+  return (m) => process.stderr.write(`[${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms] ${m}\n`);
+}
+
+function cmdCheckpoint(args: string[]): number {
+  const p = parse(args, ['-o', '--output'], ['--kill', '-v', '--verbose']);
+  if (p.positional.length !== 1) throw new UsageError('checkpoint takes one PID');
+  const pid = Number(p.positional[0]);
+  if (!Number.isInteger(pid) || pid <= 0) throw new UsageError(`not a pid: ${p.positional[0]}`);
+  const file = (p.flags.get('-o') ?? p.flags.get('--output')) as string | undefined;
+  let output: string | number;
+  if (file && file !== '-') output = file;
+  else {
+    if (tty.isatty(1)) throw new StasisError('refusing to write an image to a terminal: give -o FILE or redirect stdout');
+    output = 1;
+  }
+  const r = checkpointSync(pid, output, { kill: p.flags.has('--kill'), log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+  if (p.flags.has('-v') || p.flags.has('--verbose')) {
+    process.stderr.write(`checkpointed pid ${r.pid}: ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
+  }
+  return 0;
+}
+
+function signalName(sig: number): string {
+  return Object.entries(osConstants.signals).find(([, v]) => v === sig)?.[0] ?? String(sig);
+}
+
+async function cmdRestart(args: string[]): Promise<number> {
+  const p = parse(args, ['--pidfile'], ['-d', '--detach', '-v', '--verbose']);
+  if (p.positional.length > 1) throw new UsageError('restart takes at most one image');
+  const src = p.positional[0] ?? '-';
+  const detach = p.flags.has('-d') || p.flags.has('--detach');
+  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+  const pidfile = p.flags.get('--pidfile') as string | undefined;
+  if (pidfile) fs.writeFileSync(pidfile, `${r.pid}\n`);
+  if (detach) {
+    process.stdout.write(`${r.pid}\n`);
+    return 0;
+  }
+  // Foreground: pass our terminating signals on, then mirror its end.
+  const forward = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2'] as const;
+  for (const s of forward) process.on(s, () => { try { process.kill(r.pid, s); } catch { /* ended */ } });
+  const end = await r.wait();
+  for (const s of forward) process.removeAllListeners(s);
+  if (end.signal !== null) {
+    process.stderr.write(`stasis: restored process ${r.pid} was killed by ${signalName(end.signal)}\n`);
+    try { process.kill(process.pid, end.signal); } catch { /* fall through */ }
+    return 128 + end.signal;
+  }
+  return end.code ?? 1;
+}
+
+function cmdShow(args: string[]): number {
+  const p = parse(args, [], ['--json']);
+  if (p.positional.length !== 1) throw new UsageError('show takes one image file (or - for stdin)');
+  const img = loadImage(p.positional[0] === '-' ? 0 : p.positional[0]);
+  process.stdout.write(p.flags.has('--json') ? JSON.stringify(img.process, null, 2) + '\n' : showImage(img));
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [cmd, ...rest] = argv;
+  let code: number;
+  try {
+    switch (cmd) {
+      case 'checkpoint': case 'dump': code = cmdCheckpoint(rest); break;
+      case 'restart': case 'restore': code = await cmdRestart(rest); break;
+      case 'show': code = cmdShow(rest); break;
+      case 'check': code = runChecks(); break;
+      case '-h': case '--help': case 'help': process.stdout.write(USAGE + '\n'); code = 0; break;
+      default: throw new UsageError(cmd ? `unknown command ${cmd}` : 'no command given');
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`stasis: ${e.message}\n${USAGE}\n`);
+      code = 2;
+    } else if (e instanceof StasisError) {
+      process.stderr.write(`stasis: ${e.message}\n`);
+      code = 1;
+    } else {
+      process.stderr.write(`stasis: internal error: ${(e as Error).stack ?? e}\n`);
+      code = 1;
+    }
+  }
+  process.exitCode = code;
+}
+

@@ -1,0 +1,36 @@
+// `stasis show`: a human summary of an image.
+import { LoadedImage } from '../restart';
+import { PAGE_SIZE } from '../sys/x86';
+
+function size(bytes: number): string {
+  if (bytes >= 1 << 30) return `${(bytes / (1 << 30)).toFixed(1)} GiB`;
+  if (bytes >= 1 << 20) return `${(bytes / (1 << 20)).toFixed(1)} MiB`;
+  if (bytes >= 1 << 10) return `${(bytes / (1 << 10)).toFixed(1)} KiB`;
+  return `${bytes} B`;
+}
+
+export function showImage(img: LoadedImage): string {
+  const p = img.process;
+  const lines: string[] = [];
+  const pageBytes = img.pages.reduce((s, r) => s + r.data.length, 0);
+  lines.push(`process ${p.pid} (${p.comm}), exe ${p.mm.exe.path}`);
+  lines.push(`  taken on kernel ${p.kernel}; uid ${p.creds.uid[0]} gid ${p.creds.gid[0]}; cwd ${p.cwd}`);
+  lines.push(`  ${p.threads.length} thread(s), ${p.vmas.length} VMAs, ${p.fds.length} fds, ${size(pageBytes)} of saved pages`);
+  for (const th of p.threads) {
+    const blocked = BigInt(th.signals.blocked);
+    const pending = th.signals.pending.length + th.signals.sharedPending.length;
+    lines.push(`  thread ${th.tid}: ${th.inSyscall !== null ? `in syscall ${th.inSyscall}` : 'in user code'}, blocked mask 0x${blocked.toString(16)}, ${pending} pending signal(s)`);
+  }
+  lines.push('memory:');
+  for (const v of p.vmas) {
+    const name = v.file?.path ?? v.name ?? '';
+    const saved = v.savedPages ? `  ${size(v.savedPages * PAGE_SIZE)} saved` : '';
+    lines.push(`  ${v.start.toString(16).padStart(12, '0')}-${v.end.toString(16).padStart(12, '0')} ${v.prot}${v.shared ? 's' : 'p'} ${size(v.end - v.start).padStart(9)} ${v.kind.padEnd(11)} ${name}${saved}`);
+  }
+  lines.push('files:');
+  for (const f of p.fds) {
+    const how = f.sameAs !== undefined ? `same open file as fd ${f.sameAs}` : `flags 0${f.flags.toString(8)} pos ${f.pos}`;
+    lines.push(`  fd ${String(f.fd).padStart(3)} ${f.kind.padEnd(4)} ${f.path} (${how}${f.cloexec ? ', cloexec' : ''})`);
+  }
+  return lines.join('\n') + '\n';
+}
