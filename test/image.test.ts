@@ -1,0 +1,84 @@
+// Unit tests of the image stream codec (the end-to-end tests cover real images).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { tmpdir } from './harness';
+import { ImageWriter, readImage, RecordType, encodePagesHeader, decodePages, HEADER_SIZE, RECORD_HEADER_SIZE, FORMAT_VERSION } from '../src/image/stream';
+import { crc32 } from '../src/image/crc32';
+import { ImageError } from '../src/sys/errno';
+
+function writeImage(file: string, fill: (w: ImageWriter) => void): Buffer {
+  const fd = fs.openSync(file, 'w');
+  const w = new ImageWriter(fd);
+  fill(w);
+  w.end();
+  fs.closeSync(fd);
+  return fs.readFileSync(file);
+}
+
+function read(file: string, bytes: Buffer) {
+  fs.writeFileSync(file, bytes);
+  const fd = fs.openSync(file, 'r');
+  try {
+    return readImage(fd, 'test image');
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+test('crc32 matches the standard check value', () => {
+  assert.equal(crc32(Buffer.from('123456789')), 0xcbf43926);
+  assert.equal(crc32(Buffer.from('56789'), crc32(Buffer.from('1234'))), 0xcbf43926);
+});
+
+test('records round-trip in order with their payloads', () => {
+  const dir = tmpdir('codec');
+  const data = Buffer.alloc(3 * 4096, 7);
+  const bytes = writeImage(path.join(dir, 'a'), (w) => {
+    w.json(RecordType.Process, { hello: 'world' });
+    w.record(RecordType.Pages, [encodePagesHeader([{ addr: 0x1000, len: 4096 }, { addr: 0x5000, len: 8192 }]), data]);
+  });
+  const recs = read(path.join(dir, 'b'), bytes);
+  assert.equal(recs.length, 2);
+  assert.deepEqual(JSON.parse(recs[0].payload.toString()), { hello: 'world' });
+  const pages = decodePages(recs[1].payload, 'test');
+  assert.deepEqual(pages.runs, [{ addr: 0x1000, len: 4096 }, { addr: 0x5000, len: 8192 }]);
+  assert.ok(pages.data.equals(data));
+  assert.equal(bytes.readUInt32LE(8), FORMAT_VERSION);
+});
+
+test('every truncation point and every flipped byte is detected', () => {
+  const dir = tmpdir('codec');
+  const bytes = writeImage(path.join(dir, 'a'), (w) => {
+    w.json(RecordType.Process, { n: 1 });
+    w.record(RecordType.Pages, [encodePagesHeader([{ addr: 0x1000, len: 64 }]), Buffer.alloc(64, 3)]);
+  });
+  for (let cut = 0; cut < bytes.length; cut++) {
+    assert.throws(() => read(path.join(dir, 'b'), bytes.subarray(0, cut)), ImageError, `cut at ${cut}`);
+  }
+  for (let i = 0; i < bytes.length; i++) {
+    const bad = Buffer.from(bytes);
+    bad[i] ^= 0x01;
+    assert.throws(() => read(path.join(dir, 'b'), bad), ImageError, `flip at ${i}`);
+  }
+});
+
+test('a newer or older format version is refused with what to do', () => {
+  const dir = tmpdir('codec');
+  const bytes = writeImage(path.join(dir, 'a'), () => {});
+  const bumped = Buffer.from(bytes);
+  bumped.writeUInt32LE(FORMAT_VERSION + 1, 8);
+  bumped.writeUInt32LE(crc32(bumped.subarray(0, 12)), 12);
+  assert.throws(() => read(path.join(dir, 'b'), bumped), /format version 2.*upgrade stasis/);
+  assert.equal(HEADER_SIZE + RECORD_HEADER_SIZE < bytes.length, true);
+});
+
+test('a record claiming an absurd length is refused without allocating it', () => {
+  const dir = tmpdir('codec');
+  const bytes = writeImage(path.join(dir, 'a'), (w) => w.json(RecordType.Process, {}));
+  const bad = Buffer.from(bytes);
+  bad.writeBigUInt64LE(1n << 40n, HEADER_SIZE + 8);
+  bad.writeUInt32LE(crc32(bad.subarray(HEADER_SIZE, HEADER_SIZE + 20)), HEADER_SIZE + 20);
+  assert.throws(() => read(path.join(dir, 'b'), bad), /claims/);
+});
