@@ -81,24 +81,80 @@ function preflight(img: LoadedImage): void {
 
 const GADGET_SIZE = PAGE_SIZE + 16 * PAGE_SIZE;
 
-/** Transform the blank task into the image's process. */
-function rebuild(t: Tracee, img: LoadedImage, log: (m: string) => void): void {
-  const p = img.process;
-  const th = p.threads[0];
+// Injection page layout: `syscall; int3` at 0 for ordinary calls; at 16 a
+// clone3 whose child falls into a pause() loop while the parent traps.
+const CLONE_GADGET = 16;
+const GADGET_CODE = Buffer.from([
+  0x0f, 0x05, 0xcc, ...new Array(13).fill(0x90),
+  0x0f, 0x05, // syscall (clone3)
+  0x48, 0x85, 0xc0, // test rax, rax
+  0x75, 0x09, // jnz parent
+  0xb8, 0x22, 0x00, 0x00, 0x00, // child: mov eax, 34 (pause)
+  0x0f, 0x05, // syscall
+  0xeb, 0xf7, // jmp child
+  0xcc, // parent: int3
+]);
+const CLONE_PARENT = 0x8000;
+
+/** Map the injection page and scratch area into a freshly seized blank task. */
+function mapGadget(t: Tracee, img: LoadedImage): Remote {
   const remote = new Remote(t);
   t.syscallInsn = BLANK_SYSCALL;
-  const live = readMaps(t.pid);
-  // Our own page: a `syscall; int3` to inject through, then scratch space.
-  const gadget = findGap(GADGET_SIZE, [...p.vmas, ...live]);
+  const gadget = findGap(GADGET_SIZE, [...img.process.vmas, ...readMaps(t.pid)]);
   remote.call('mmap', SYS.mmap, [gadget, GADGET_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0], 'injection page');
-  t.writeMem(gadget, Buffer.from([0x0f, 0x05, 0xcc]));
+  t.writeMem(gadget, GADGET_CODE);
   t.syscallInsn = gadget;
   remote.scratch = gadget + PAGE_SIZE;
   remote.scratchSize = GADGET_SIZE - PAGE_SIZE;
+  return remote;
+}
+
+/**
+ * Make the task that becomes the restored process carry the original pid:
+ * glibc caches its tid, so raise() and friends would aim at the old one.
+ * clone3 with set_tid (and CLONE_PARENT, so it is our child) creates it;
+ * when the pid is taken the blank task itself is used, under a new pid.
+ */
+function taskAtPid(blank: Remote, pid: number, log: (m: string) => void): Tracee | null {
+  if (pid === blank.pid) return null;
+  const gadget = blank.task.syscallInsn;
+  blank.reset();
+  const tids = Buffer.alloc(4);
+  tids.writeInt32LE(pid);
+  const tidsAddr = blank.putBytes(tids);
+  const args = Buffer.alloc(88); // struct clone_args, up to set_tid_size
+  args.writeBigUInt64LE(BigInt(CLONE_PARENT), 0);
+  args.writeBigUInt64LE(BigInt(tidsAddr), 64);
+  args.writeBigUInt64LE(1n, 72);
+  const argsAddr = blank.putBytes(args);
+  blank.task.syscallInsn = gadget + CLONE_GADGET;
+  let r: bigint;
+  try {
+    r = blank.task.injectRaw(SYS.clone3, [argsAddr, 88]);
+  } finally {
+    blank.task.syscallInsn = gadget;
+  }
+  if (r < 0n) {
+    log(`pid ${pid} is not available (errno ${-r}): restoring under a new pid`);
+    return null;
+  }
+  const child = new Tracee(Number(r));
+  child.seize({ exitKill: true });
+  child.syscallInsn = gadget;
+  return child;
+}
+
+/** Transform the blank task into the image's process. */
+function rebuild(remote: Remote, img: LoadedImage, log: (m: string) => void): void {
+  const p = img.process;
+  const th = p.threads[0];
+  const t = remote.task;
+  const gadget = t.syscallInsn;
+  const live = readMaps(t.pid);
   remote.call('close_range', SYS.close_range, [0, 0xffffffff, 0], 'inherited fds');
   const specials = specialVmas(live);
   for (const v of live) {
-    if (specials.has(v.path)) continue;
+    if (specials.has(v.path) || v.start === gadget) continue;
     remote.call('munmap', SYS.munmap, [v.start, v.end - v.start], `blank mapping ${v.path}`);
   }
   const taken = [...p.vmas, { start: gadget, end: gadget + GADGET_SIZE }, ...specials.values()];
@@ -123,24 +179,39 @@ function rebuild(t: Tracee, img: LoadedImage, log: (m: string) => void): void {
   log('registers set');
 }
 
+/** Kill and reap a task of ours that will not become anything. */
+function discard(t: Tracee): void {
+  try { process.kill(t.pid, 'SIGKILL'); } catch { /* already gone */ }
+  try { waitpidSync(t.pid, __WALL); } catch { /* reaped */ }
+  t.closeMem();
+}
+
 export function restartSync(input: string | number | LoadedImage, opts: RestartOptions = {}): Restarted {
   const log = opts.log ?? (() => {});
   const img = typeof input === 'object' ? input : loadImage(input);
   log(`image of pid ${img.process.pid} (${img.process.comm}) verified`);
   preflight(img);
-  const pid = spawnBlank({ setsid: opts.setsid });
-  const t = new Tracee(pid);
+  const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
+  let target: Tracee | null = null;
   try {
-    t.seize({ exitKill: true });
-    rebuild(t, img, log);
-    t.detach(false);
+    blank.seize({ exitKill: true });
+    const blankRemote = mapGadget(blank, img);
+    target = taskAtPid(blankRemote, img.process.pid, log);
+    if (target) discard(blank);
+    else target = blank;
+    const remote = target === blank ? blankRemote : new Remote(target);
+    // The clone shares the blank's layout: same injection page and scratch.
+    remote.scratch = blankRemote.scratch;
+    remote.scratchSize = blankRemote.scratchSize;
+    rebuild(remote, img, log);
+    target.detach(false);
   } catch (e) {
-    try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
-    try { waitpidSync(pid, __WALL); } catch { /* reaped */ }
-    t.closeMem();
+    discard(blank);
+    if (target && target !== blank) discard(target);
     if (e instanceof StasisError) throw new StasisError(`restart failed, nothing left running: ${e.message}`);
     throw e;
   }
+  const pid = target.pid;
   log(`restored as pid ${pid}`);
   let waited: Promise<ExitInfo> | undefined;
   return {

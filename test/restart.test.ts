@@ -22,6 +22,7 @@ async function checkpointKillRestart(pid: number, dir: string): Promise<Restarte
   await waitGone(pid, procs);
   const r = restartSync(img);
   procs.add(r.pid);
+  assert.equal(r.pid, pid, 'restored under its original pid, which is free again');
   return r;
 }
 
