@@ -1,24 +1,27 @@
-// Checkpoint of one process: stop it, save everything it is into one image
-// stream, then let it go on (or end it with --kill once the image is safe).
-// Any failure detaches the target exactly as it was.
+// Checkpoint of a process tree: freeze it at one instant, save everything
+// every process and thread is into one image stream, then let the tree go
+// on (or end it with --kill once the image is safe). Any failure detaches
+// every task exactly as it was.
 import fs from 'node:fs';
-import { readStat, readVmas, listThreads, listChildren } from './proc';
+import { readStat, readVmas } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Remote } from './ptrace/remote';
-import { ImageWriter, RecordType } from './image/stream';
-import { ImageProcess } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages } from './kinds/memory';
+import { FrozenTree, FrozenProcess } from './ptrace/freeze';
+import { ImageWriter, RecordType, PageRun } from './image/stream';
+import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
+import { classifyVmas, pagesToSave, dumpPages, linkSharedMemory } from './kinds/memory';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
-import { dumpSignals } from './kinds/signals';
+import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
 import { dumpFds } from './kinds/files';
+import { PipeTable } from './kinds/pipes';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
-import { StasisError, UnsupportedError } from './sys/errno';
+import { StasisError } from './sys/errno';
 import { PAGE_SIZE } from './sys/x86';
 
 export interface CheckpointOptions {
-  /** End the process once the image is completely written and flushed. */
+  /** End the tree once the image is completely written and flushed. */
   kill?: boolean;
   /** Step-by-step progress messages. */
   log?: (msg: string) => void;
@@ -26,14 +29,19 @@ export interface CheckpointOptions {
 
 export interface CheckpointResult {
   pid: number;
+  /** processes in the image (zombies included) and threads */
+  processes: number;
+  threads: number;
   /** bytes of the whole image */
   imageBytes: number;
   /** bytes of page contents in it */
   pageBytes: number;
   vmas: number;
   fds: number;
-  /** how long the process was stopped, in milliseconds */
+  /** how long the tree was stopped, in milliseconds */
   frozenMs: number;
+  /** first task stopped to last task stopped, in milliseconds */
+  freezeMs: number;
 }
 
 function checkTarget(pid: number): void {
@@ -46,10 +54,6 @@ function checkTarget(pid: number): void {
     throw new StasisError(`pid ${pid}: no such process`);
   }
   if (state === 'Z') throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
-  const threads = listThreads(pid);
-  if (threads.length > 1) throw new UnsupportedError(`pid ${pid} has ${threads.length} threads: multi-threaded processes are not supported yet`);
-  const children = listChildren(pid);
-  if (children.length) throw new UnsupportedError(`pid ${pid} has child processes (${children.join(', ')}): process trees are not supported yet`);
 }
 
 /** A `syscall` instruction to inject through: where the task stopped, or in its vDSO. */
@@ -79,68 +83,116 @@ function openOutput(output: string | number): { fd: number; close: (ok: boolean)
   };
 }
 
+/** What can be read from /proc and refused before any injection. */
+interface Survey {
+  proc: FrozenProcess;
+  vmas: ImageVma[];
+  fds: ImageFd[];
+}
+
+function dumpZombie(p: FrozenProcess): ImageZombie {
+  const st = readStat(p.pid);
+  return { pid: p.pid, ppid: st.ppid, pgid: st.pgrp, sid: st.session, exitStatus: st.exitCode };
+}
+
+/** Injected system calls: the process-wide state through its main thread, then each thread. */
+function dumpProcess(s: Survey): ImageProcess {
+  const pid = s.proc.pid;
+  const stat = readStat(pid);
+  const attrs = dumpProcessAttrs(pid);
+  const main = s.proc.threads[0];
+  const insn = locateSyscall(main, specialVmas(s.vmas).get('[vdso]'));
+  for (const t of s.proc.threads) t.syscallInsn = insn;
+  const remote = new Remote(main);
+  remote.mapScratch(4 * PAGE_SIZE);
+  try {
+    const sigactions = dumpSigactions(remote);
+    const sharedPending = dumpSharedPending(remote);
+    const xcompPerm = dumpXcompPerm(remote);
+    const mm = dumpMm(remote);
+    const threads: ImageThread[] = s.proc.threads.map((t) => {
+      const r = remote.withTask(t);
+      const cpu = dumpCpu(t);
+      return {
+        tid: t.pid,
+        comm: fs.readFileSync(`/proc/${pid}/task/${t.pid}/comm`, 'utf8').replace(/\n$/, ''),
+        regs: cpu.regs.buf.toString('base64'),
+        xstate: cpu.xstate.toString('base64'),
+        signals: dumpThreadSignals(r),
+        ...dumpThreadAttrs(r),
+        inSyscall: cpu.inSyscall,
+      };
+    });
+    return {
+      pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
+      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: s.fds, threads,
+    };
+  } finally {
+    remote.unmapScratch();
+  }
+}
+
 export function checkpointSync(pid: number, output: string | number, opts: CheckpointOptions = {}): CheckpointResult {
   const log = opts.log ?? (() => {});
   checkTarget(pid);
-  const t = new Tracee(pid);
+  const tree = new FrozenTree(pid);
+  tree.freeze(log);
+  const frozenAt = process.hrtime.bigint();
   let out: ReturnType<typeof openOutput> | undefined;
   let ok = false;
   try {
-    t.seize();
-    const frozenAt = process.hrtime.bigint();
-    log(`pid ${pid} stopped`);
-    checkTarget(pid); // a thread or child created before the stop
-    const vmas = classifyVmas(readVmas(pid));
-    const fds = dumpFds(pid);
-    const attrs = dumpProcessAttrs(pid);
-    log(`${vmas.length} VMAs, ${fds.length} fds`);
-    t.syscallInsn = locateSyscall(t, specialVmas(vmas).get('[vdso]'));
-    const remote = new Remote(t);
-    remote.mapScratch(4 * PAGE_SIZE);
-    let image: ImageProcess;
-    try {
-      const cpu = dumpCpu(t);
-      const signals = dumpSignals(remote);
-      const threadAttrs = dumpThreadAttrs(remote);
-      const xcompPerm = dumpXcompPerm(remote);
-      const mm = dumpMm(remote);
-      image = {
-        pid, ...attrs, xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas, fds,
-        threads: [{
-          tid: pid, regs: cpu.regs.buf.toString('base64'), xstate: cpu.xstate.toString('base64'),
-          signals, ...threadAttrs, inSyscall: cpu.inSyscall,
-        }],
-      };
-    } finally {
-      remote.unmapScratch();
+    // Everything that can be refused is refused before a byte is written.
+    const pipes = new PipeTable();
+    const surveys: Survey[] = [];
+    const zombies: ImageZombie[] = [];
+    for (const p of tree.processes) {
+      if (p.zombie) {
+        if (p.pid === pid) throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
+        zombies.push(dumpZombie(p));
+        continue;
+      }
+      const vmas = classifyVmas(readVmas(p.pid));
+      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })));
+      surveys.push({ proc: p, vmas, fds });
     }
-    const runs = vmas.map((v) => pagesToSave(pid, v));
+    pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)));
+    linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
+    const images = surveys.map((s) => dumpProcess(s));
+    const runs: PageRun[][][] = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v)));
+    const pipeData = pipes.collect();
+    log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes`);
+
     out = openOutput(output);
     const writer = new ImageWriter(out.fd);
-    writer.json(RecordType.Process, image);
-    const pageBytes = dumpPages(remote, vmas, runs, writer);
+    for (const img of images) writer.json(RecordType.Process, img);
+    for (const z of zombies) writer.json(RecordType.Zombie, z);
+    if (pipeData.length) writer.json(RecordType.Pipes, pipeData);
+    let pageBytes = 0;
+    surveys.forEach((s, i) => {
+      pageBytes += dumpPages(new Remote(s.proc.threads[0]), s.vmas, runs[i], writer);
+    });
     writer.end({ pageBytes });
     out.close(true);
     out = undefined;
     log(`image written: ${writer.bytes} bytes, ${pageBytes} of pages`);
     const frozenMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
-    if (opts.kill) {
-      t.kill();
-      log(`pid ${pid} killed`);
-    } else {
-      t.detach();
-    }
+    tree.release(!!opts.kill);
+    log(opts.kill ? 'tree killed' : 'tree resumed');
     ok = true;
-    return { pid, imageBytes: writer.bytes, pageBytes, vmas: vmas.length, fds: fds.length, frozenMs };
+    return {
+      pid, processes: tree.processes.length, threads: tree.tracees.length, imageBytes: writer.bytes, pageBytes,
+      vmas: surveys.reduce((n, s) => n + s.vmas.length, 0), fds: surveys.reduce((n, s) => n + s.fds.length, 0),
+      frozenMs, freezeMs: tree.freezeMs,
+    };
   } finally {
     if (!ok) {
-      try { t.detach(); } catch { /* it is gone */ }
+      try { tree.release(false); } catch { /* gone */ }
       out?.close(false);
     }
   }
 }
 
-/** Library entry point: checkpoint `pid` into a file path or an open fd. */
+/** Library entry point: checkpoint the tree rooted at `pid` into a file path or an open fd. */
 export async function checkpoint(pid: number, output: string | number, opts: CheckpointOptions = {}): Promise<CheckpointResult> {
   return checkpointSync(pid, output, opts);
 }

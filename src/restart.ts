@@ -2,20 +2,21 @@
 // the saved one with system calls injected into it, and let it run. A
 // failure kills the half-made process: nothing is left behind.
 import fs from 'node:fs';
-import { readMaps } from './proc';
+import { readMaps, readStat } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE } from './ptrace/remote';
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { readImage, RecordType, decodePages, PageRun } from './image/stream';
-import { ImageProcess } from './image/schema';
+import { ImageProcess, ImageZombie, ImagePipe } from './image/schema';
 import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity } from './kinds/memory';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
-import { restoreSigactions, restoreSignalState } from './kinds/signals';
+import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
+import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
-import { ImageError, StasisError, UnsupportedError } from './sys/errno';
+import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
 
@@ -38,8 +39,21 @@ export interface Restarted {
 }
 
 export interface LoadedImage {
+  /** live processes, parents before children; the first is the root */
+  processes: ImageProcess[];
+  zombies: ImageZombie[];
+  pipes: ImagePipe[];
+  pages: Array<{ pid: number; runs: PageRun[]; data: Buffer }>;
+  /** the root process */
   process: ImageProcess;
-  pages: Array<{ runs: PageRun[]; data: Buffer }>;
+}
+
+function parseJson<T>(payload: Buffer, what: string): T {
+  try {
+    return JSON.parse(payload.toString('utf8')) as T;
+  } catch (e) {
+    throw new ImageError(`${what} is not valid JSON (${(e as Error).message})`);
+  }
 }
 
 /** Read an image from a path or fd, verifying every record. */
@@ -52,31 +66,56 @@ export function loadImage(input: string | number): LoadedImage {
   } finally {
     if (typeof input !== 'number') fs.closeSync(fd);
   }
-  const procs = records.filter((r) => r.type === RecordType.Process);
-  if (procs.length !== 1) throw new ImageError(`${source}: expected one Process record, found ${procs.length}`);
-  let process: ImageProcess;
-  try {
-    process = JSON.parse(procs[0].payload.toString('utf8')) as ImageProcess;
-  } catch (e) {
-    throw new ImageError(`${source}: Process record is not valid JSON (${(e as Error).message})`);
-  }
+  const processes = records.filter((r) => r.type === RecordType.Process)
+    .map((r) => parseJson<ImageProcess>(r.payload, `${source}: Process record at byte ${r.offset}`));
+  if (!processes.length) throw new ImageError(`${source}: no Process record`);
+  const zombies = records.filter((r) => r.type === RecordType.Zombie)
+    .map((r) => parseJson<ImageZombie>(r.payload, `${source}: Zombie record at byte ${r.offset}`));
+  const pipes = records.filter((r) => r.type === RecordType.Pipes)
+    .flatMap((r) => parseJson<ImagePipe[]>(r.payload, `${source}: Pipes record at byte ${r.offset}`));
   const pages = records.filter((r) => r.type === RecordType.Pages).map((r) => decodePages(r.payload, `${source} at byte ${r.offset}`));
-  return { process, pages };
+  return { processes, zombies, pipes, pages, process: processes[0] };
+}
+
+function pidInUse(pid: number): string | null {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return null;
+  }
 }
 
 /** Everything that can be checked before a process is created. */
 function preflight(img: LoadedImage): void {
-  const p = img.process;
-  if (p.threads.length !== 1) throw new UnsupportedError(`the image has ${p.threads.length} threads: multi-threaded restore is not supported yet`);
-  checkCreds(p.creds);
-  checkFileIdentity(p.mm.exe, 'executable');
-  for (const v of p.vmas) {
-    if (v.kind === 'file') checkFileIdentity(v.file!, `mapping at 0x${v.start.toString(16)}`);
+  const known = new Set<number>([...img.processes.map((p) => p.pid), ...img.zombies.map((z) => z.pid)]);
+  for (const p of img.processes) {
+    checkCreds(p.creds);
+    checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
+    for (const v of p.vmas) {
+      if (v.kind === 'file') checkFileIdentity(v.file!, `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`);
+    }
+    checkFds(p.fds);
+    const saved = p.vmas.reduce((s, v) => s + v.savedPages, 0) * PAGE_SIZE;
+    const carried = img.pages.filter((r) => r.pid === p.pid).reduce((s, r) => s + r.data.length, 0);
+    if (saved !== carried) throw new ImageError(`pid ${p.pid}: the image lists ${saved} bytes of pages but carries ${carried}`);
   }
-  checkFds(p.fds);
-  const saved = p.vmas.reduce((s, v) => s + v.savedPages, 0) * PAGE_SIZE;
-  const carried = img.pages.reduce((s, r) => s + r.data.length, 0);
-  if (saved !== carried) throw new ImageError(`the image lists ${saved} bytes of pages but carries ${carried}`);
+  for (const e of [...img.processes.slice(1), ...img.zombies]) {
+    if (!known.has(e.ppid)) throw new ImageError(`pid ${e.pid}: its parent ${e.ppid} is not in the image`);
+  }
+  if (singleTask(img)) return; // may fall back to a new pid
+  for (const id of [...img.processes.flatMap((p) => p.threads.map((t) => t.tid)), ...img.zombies.map((z) => z.pid)]) {
+    const user = pidInUse(id);
+    if (user !== null) throw new StasisError(`pid ${id} is in use (by ${user}): end that process first`);
+  }
+}
+
+/**
+ * One single-threaded process: restored at its pid when that is free, else
+ * under a new one (the snapshot-and-clone case, with the original still
+ * running). A tree or threads need every pid, or nothing.
+ */
+function singleTask(img: LoadedImage): boolean {
+  return img.processes.length === 1 && !img.zombies.length && img.processes[0].threads.length === 1;
 }
 
 const GADGET_SIZE = PAGE_SIZE + 16 * PAGE_SIZE;
@@ -94,13 +133,17 @@ const GADGET_CODE = Buffer.from([
   0xeb, 0xf7, // jmp child
   0xcc, // parent: int3
 ]);
-const CLONE_PARENT = 0x8000;
+const CLONE_VM = 0x100, CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_SIGHAND = 0x800;
+const CLONE_PARENT = 0x8000, CLONE_THREAD = 0x10000, CLONE_SYSVSEM = 0x40000;
+const SIGCHLD = 17;
+const PR_SET_NAME = 15;
 
 /** Map the injection page and scratch area into a freshly seized blank task. */
 function mapGadget(t: Tracee, img: LoadedImage): Remote {
   const remote = new Remote(t);
   t.syscallInsn = BLANK_SYSCALL;
-  const gadget = findGap(GADGET_SIZE, [...img.process.vmas, ...readMaps(t.pid)]);
+  const everyVma = img.processes.flatMap((p) => p.vmas);
+  const gadget = findGap(GADGET_SIZE, [...everyVma, ...readMaps(t.pid)]);
   remote.call('mmap', SYS.mmap, [gadget, GADGET_SIZE, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0], 'injection page');
   t.writeMem(gadget, GADGET_CODE);
   t.syscallInsn = gadget;
@@ -110,44 +153,40 @@ function mapGadget(t: Tracee, img: LoadedImage): Remote {
 }
 
 /**
- * Make the task that becomes the restored process carry the original pid:
- * glibc caches its tid, so raise() and friends would aim at the old one.
- * clone3 with set_tid (and CLONE_PARENT, so it is our child) creates it;
- * when the pid is taken the blank task itself is used, under a new pid.
+ * clone3 injected into `parent` with set_tid: a new process or thread at
+ * exactly `tid`, parked in the pause() loop of the injection page, seized.
  */
-function taskAtPid(blank: Remote, pid: number, log: (m: string) => void): Tracee | null {
-  if (pid === blank.pid) return null;
-  const gadget = blank.task.syscallInsn;
-  blank.reset();
+function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number, tgid: number): Tracee {
+  const gadget = parent.task.syscallInsn;
+  parent.reset();
   const tids = Buffer.alloc(4);
-  tids.writeInt32LE(pid);
-  const tidsAddr = blank.putBytes(tids);
+  tids.writeInt32LE(tid);
+  const tidsAddr = parent.putBytes(tids);
   const args = Buffer.alloc(88); // struct clone_args, up to set_tid_size
-  args.writeBigUInt64LE(BigInt(CLONE_PARENT), 0);
+  args.writeBigUInt64LE(BigInt(flags), 0);
+  args.writeBigUInt64LE(BigInt(exitSignal), 32);
   args.writeBigUInt64LE(BigInt(tidsAddr), 64);
   args.writeBigUInt64LE(1n, 72);
-  const argsAddr = blank.putBytes(args);
-  blank.task.syscallInsn = gadget + CLONE_GADGET;
+  const argsAddr = parent.putBytes(args);
+  parent.task.syscallInsn = gadget + CLONE_GADGET;
   let r: bigint;
   try {
-    r = blank.task.injectRaw(SYS.clone3, [argsAddr, 88]);
+    r = parent.task.injectRaw(SYS.clone3, [argsAddr, 88]);
   } finally {
-    blank.task.syscallInsn = gadget;
+    parent.task.syscallInsn = gadget;
   }
   if (r < 0n) {
-    log(`pid ${pid} is not available (errno ${-r}): restoring under a new pid`);
-    return null;
+    const why = -r === 17n ? 'it is in use' : `errno ${-r}`;
+    throw new StasisError(`cannot create pid ${tid} (${why}); end the process holding it, or restart in a new pid namespace`);
   }
-  const child = new Tracee(Number(r));
+  const child = new Tracee(Number(r), tgid === 0 ? Number(r) : tgid);
   child.seize({ exitKill: true });
   child.syscallInsn = gadget;
   return child;
 }
 
-/** Transform the blank task into the image's process. */
-function rebuild(remote: Remote, img: LoadedImage, log: (m: string) => void): void {
-  const p = img.process;
-  const th = p.threads[0];
+/** Empty the address space of a blank task and put the vDSO where the image wants it. */
+function clearAddressSpace(remote: Remote, p: ImageProcess, log: (m: string) => void): void {
   const t = remote.task;
   const gadget = t.syscallInsn;
   const live = readMaps(t.pid);
@@ -159,59 +198,164 @@ function rebuild(remote: Remote, img: LoadedImage, log: (m: string) => void): vo
   }
   const taken = [...p.vmas, { start: gadget, end: gadget + GADGET_SIZE }, ...specials.values()];
   moveVdso(remote, p.vmas, live, findGap(64 * PAGE_SIZE, taken));
-  log('address space cleared, vDSO in place');
-  mapVmas(remote, p.vmas);
-  for (const pg of img.pages) writePages(remote, pg.runs, pg.data);
-  finishVmas(remote, p.vmas);
-  log(`${p.vmas.length} VMAs mapped, ${img.pages.reduce((s, r) => s + r.data.length, 0)} bytes of pages written`);
-  restoreMm(remote, p.mm);
-  restoreFds(remote, p.fds);
-  restoreProcessAttrs(remote, p);
-  restoreSigactions(remote, th.signals);
-  restoreXcompPerm(remote, BigInt(p.xcompPerm));
-  restoreThreadAttrs(remote, th);
-  restoreCreds(remote, p.creds);
-  restoreSignalState(remote, th.signals, t.pid);
-  // The last injected call removes the injection page itself; the single
-  // step traps before the next instruction is fetched from it.
-  remote.call('munmap', SYS.munmap, [gadget, GADGET_SIZE], 'injection page');
-  restoreCpu(t, new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64'));
-  log('registers set');
+  log(`pid ${p.pid}: address space cleared, vDSO in place`);
 }
 
-/** Kill and reap a task of ours that will not become anything. */
-function discard(t: Tracee): void {
-  try { process.kill(t.pid, 'SIGKILL'); } catch { /* already gone */ }
-  try { waitpidSync(t.pid, __WALL); } catch { /* reaped */ }
-  t.closeMem();
+/** A live process of the image, being rebuilt. */
+interface Rebuilding {
+  image: ImageProcess;
+  /** main thread first */
+  threads: Tracee[];
+  remote: Remote;
+}
+
+/** Everything of one process but its registers, in its main thread. */
+function rebuildProcess(r: Rebuilding, img: LoadedImage, pipes: PipeKeeper, log: (m: string) => void): void {
+  const p = r.image;
+  const remote = r.remote;
+  clearAddressSpace(remote, p, log);
+  // Signals that reached the blank while the tree was built (SIGCHLD from
+  // zombies made on purpose) are artifacts of the restore, not its state.
+  remote.task.deferredSignals.length = 0;
+  mapVmas(remote, p.vmas);
+  const pages = img.pages.filter((pg) => pg.pid === p.pid);
+  for (const pg of pages) writePages(remote, pg.runs, pg.data);
+  finishVmas(remote, p.vmas);
+  log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written`);
+  restoreMm(remote, p.mm);
+  restoreFds(remote, p.fds, pipes);
+  restoreProcessAttrs(remote, p);
+  restoreSigactions(remote, p.sigactions);
+  restoreXcompPerm(remote, BigInt(p.xcompPerm));
+  // Threads: created at their tids inside this process, then given their state.
+  const cloneFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+  for (const th of p.threads.slice(1)) r.threads.push(cloneAt(remote, th.tid, cloneFlags, 0, p.pid));
+  p.threads.forEach((th, i) => {
+    const tr = remote.withTask(r.threads[i]);
+    restoreThreadAttrs(tr, th);
+    if (i > 0) {
+      tr.reset();
+      tr.call('prctl', SYS.prctl, [PR_SET_NAME, tr.putString(th.comm)], 'thread name');
+    }
+    restoreAltstack(tr, th.signals);
+    restoreCreds(tr, p.creds);
+    restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
+  });
+  // The last injected call removes the injection page itself; the single
+  // step traps before the next instruction is fetched from it.
+  remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
+  p.threads.forEach((th, i) => restoreCpu(r.threads[i], new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64')));
+  log(`pid ${p.pid}: ${p.threads.length} thread(s) ready`);
+}
+
+/** Sessions and groups: leaders first, so members have a group to join. */
+function setSession(remote: Remote, e: { pid: number; pgid: number; sid: number }): void {
+  if (readStat(remote.task.pid).session === remote.task.pid) return; // already leads a session
+  if (e.sid === e.pid) remote.call('setsid', SYS.setsid, [], `pid ${e.pid}: session`);
+  else if (e.pgid === e.pid) remote.call('setpgid', SYS.setpgid, [0, 0], `pid ${e.pid}: process group`);
+}
+
+/** Let a zombie-to-be end the way the saved one ended. */
+function becomeZombie(t: Tracee, exitStatus: number): void {
+  const sig = exitStatus & 0x7f;
+  if (sig) {
+    t.deferredSignals.push(sig); // delivered at detach, with default disposition
+    t.detach(false);
+    return;
+  }
+  const r = t.saved!.clone();
+  r.set('rip', t.syscallInsn);
+  r.set('rax', SYS.exit_group);
+  r.set('rdi', (exitStatus >> 8) & 0xff);
+  r.set('orig_rax', -1n);
+  t.setRegs(r);
+  t.detach(false);
+}
+
+function waitZombie(pid: number): void {
+  const until = Date.now() + 5000;
+  for (;;) {
+    let state = 'gone';
+    try { state = readStat(pid).state; } catch { /* reaped */ }
+    if (state === 'Z') return;
+    if (Date.now() > until) throw new StasisError(`pid ${pid} did not become a zombie (state ${state})`);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+  }
+}
+
+/** Kill and reap (as parent or tracer) tasks that will not become anything. */
+function discard(tasks: Tracee[]): void {
+  for (const t of tasks) {
+    try { process.kill(t.pid, 'SIGKILL'); } catch { /* already gone */ }
+  }
+  for (const t of tasks) {
+    if (t.pid === t.tgid) {
+      try { waitpidSync(t.pid, __WALL); } catch { /* reaped */ }
+    }
+    t.forget();
+  }
 }
 
 export function restartSync(input: string | number | LoadedImage, opts: RestartOptions = {}): Restarted {
   const log = opts.log ?? (() => {});
   const img = typeof input === 'object' ? input : loadImage(input);
-  log(`image of pid ${img.process.pid} (${img.process.comm}) verified`);
+  const root = img.processes[0];
+  log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
   preflight(img);
+  const pipes = new PipeKeeper(img.pipes);
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
-  let target: Tracee | null = null;
+  const created: Tracee[] = [blank];
+  let pid = root.pid;
   try {
     blank.seize({ exitKill: true });
     const blankRemote = mapGadget(blank, img);
-    target = taskAtPid(blankRemote, img.process.pid, log);
-    if (target) discard(blank);
-    else target = blank;
-    const remote = target === blank ? blankRemote : new Remote(target);
-    // The clone shares the blank's layout: same injection page and scratch.
-    remote.scratch = blankRemote.scratch;
-    remote.scratchSize = blankRemote.scratchSize;
-    rebuild(remote, img, log);
-    target.detach(false);
+    // The tree, top down: every task is a copy of the blank until rebuilt.
+    let rootTask: Tracee;
+    if (singleTask(img) && pidInUse(root.pid) !== null) {
+      log(`pid ${root.pid} is in use: restoring under a new pid`);
+      rootTask = blank;
+      pid = blank.pid;
+    } else {
+      rootTask = cloneAt(blankRemote, root.pid, CLONE_PARENT, 0, 0);
+      created.push(rootTask);
+      discard([blank]);
+    }
+    const remotes = new Map<number, Remote>([[root.pid, blankRemote.withTask(rootTask)]]);
+    const entries = [...img.processes, ...img.zombies];
+    setSession(remotes.get(root.pid)!, root);
+    for (let progress = true; progress; ) {
+      progress = false;
+      for (const e of entries) {
+        const parent = remotes.get(e.ppid);
+        if (remotes.has(e.pid) || !parent) continue;
+        const t = cloneAt(parent, e.pid, 0, SIGCHLD, 0);
+        created.push(t);
+        const r = blankRemote.withTask(t);
+        remotes.set(e.pid, r);
+        setSession(r, e);
+        progress = true;
+      }
+    }
+    for (const e of entries) {
+      if (e.sid === e.pid || e.pgid === e.pid) continue;
+      if (readStat(e.pid).pgrp !== e.pgid) remotes.get(e.pid)!.call('setpgid', SYS.setpgid, [0, e.pgid], `pid ${e.pid}: join group ${e.pgid}`);
+    }
+    for (const z of img.zombies) becomeZombie(remotes.get(z.pid)!.task, z.exitStatus);
+    for (const z of img.zombies) waitZombie(z.pid);
+    log(`tree of ${entries.length} processes created`);
+    const live: Rebuilding[] = img.processes.map((p) => ({ image: p, threads: [remotes.get(p.pid)!.task], remote: remotes.get(p.pid)! }));
+    for (const r of live) {
+      rebuildProcess(r, img, pipes, log);
+      created.push(...r.threads.slice(1));
+    }
+    for (const r of live) for (const t of r.threads) t.detach(false);
   } catch (e) {
-    discard(blank);
-    if (target && target !== blank) discard(target);
+    discard(created);
     if (e instanceof StasisError) throw new StasisError(`restart failed, nothing left running: ${e.message}`);
     throw e;
+  } finally {
+    pipes.close();
   }
-  const pid = target.pid;
   log(`restored as pid ${pid}`);
   let waited: Promise<ExitInfo> | undefined;
   return {

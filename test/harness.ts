@@ -99,12 +99,12 @@ export async function waitFor(file: string, re: RegExp, ms = 20000): Promise<str
   }
 }
 
-/** Wait until a pid no longer exists (it was killed and reaped by someone). */
+/** Wait until a pid no longer exists at all (killed and reaped, by us if it is ours). */
 export async function waitGone(pid: number, procs: Procs, ms = 10000): Promise<void> {
   const until = Date.now() + ms;
   while (Date.now() < until) {
     procs.reap(pid);
-    if (!alive(pid)) return;
+    if (!fs.existsSync(`/proc/${pid}`)) return;
     await new Promise((r) => setTimeout(r, 5));
   }
   throw new Error(`pid ${pid} did not end`);

@@ -37,7 +37,7 @@ test('records round-trip in order with their payloads', () => {
   const data = Buffer.alloc(3 * 4096, 7);
   const bytes = writeImage(path.join(dir, 'a'), (w) => {
     w.json(RecordType.Process, { hello: 'world' });
-    w.record(RecordType.Pages, [encodePagesHeader([{ addr: 0x1000, len: 4096 }, { addr: 0x5000, len: 8192 }]), data]);
+    w.record(RecordType.Pages, [encodePagesHeader([{ addr: 0x1000, len: 4096 }, { addr: 0x5000, len: 8192 }], 42), data]);
   });
   const recs = read(path.join(dir, 'b'), bytes);
   assert.equal(recs.length, 2);
@@ -45,6 +45,7 @@ test('records round-trip in order with their payloads', () => {
   const pages = decodePages(recs[1].payload, 'test');
   assert.deepEqual(pages.runs, [{ addr: 0x1000, len: 4096 }, { addr: 0x5000, len: 8192 }]);
   assert.ok(pages.data.equals(data));
+  assert.equal(pages.pid, 42);
   assert.equal(bytes.readUInt32LE(8), FORMAT_VERSION);
 });
 
@@ -52,7 +53,7 @@ test('every truncation point and every flipped byte is detected', () => {
   const dir = tmpdir('codec');
   const bytes = writeImage(path.join(dir, 'a'), (w) => {
     w.json(RecordType.Process, { n: 1 });
-    w.record(RecordType.Pages, [encodePagesHeader([{ addr: 0x1000, len: 64 }]), Buffer.alloc(64, 3)]);
+    w.record(RecordType.Pages, [encodePagesHeader([{ addr: 0x1000, len: 64 }], 42), Buffer.alloc(64, 3)]);
   });
   for (let cut = 0; cut < bytes.length; cut++) {
     assert.throws(() => read(path.join(dir, 'b'), bytes.subarray(0, cut)), ImageError, `cut at ${cut}`);

@@ -1,5 +1,6 @@
 // `stasis show`: a human summary of an image.
 import { LoadedImage } from '../restart';
+import { ImageProcess } from '../image/schema';
 import { PAGE_SIZE } from '../sys/x86';
 
 function size(bytes: number): string {
@@ -10,16 +11,26 @@ function size(bytes: number): string {
 }
 
 export function showImage(img: LoadedImage): string {
-  const p = img.process;
   const lines: string[] = [];
-  const pageBytes = img.pages.reduce((s, r) => s + r.data.length, 0);
+  if (img.processes.length > 1 || img.zombies.length) {
+    lines.push(`tree of ${img.processes.length} process(es) and ${img.zombies.length} zombie(s), ${img.pipes.length} pipe(s)/FIFO(s):`);
+    for (const p of img.processes) lines.push(`  pid ${p.pid} ppid ${p.ppid} pgid ${p.pgid} sid ${p.sid} (${p.comm}), ${p.threads.length} thread(s)`);
+    for (const z of img.zombies) lines.push(`  pid ${z.pid} ppid ${z.ppid} pgid ${z.pgid} sid ${z.sid} zombie, wait status ${z.exitStatus}`);
+  }
+  for (const p of img.processes) lines.push(...showProcess(img, p));
+  return lines.join('\n') + '\n';
+}
+
+function showProcess(img: LoadedImage, p: ImageProcess): string[] {
+  const lines: string[] = [];
+  const pageBytes = img.pages.filter((r) => r.pid === p.pid).reduce((s, r) => s + r.data.length, 0);
   lines.push(`process ${p.pid} (${p.comm}), exe ${p.mm.exe.path}`);
   lines.push(`  taken on kernel ${p.kernel}; uid ${p.creds.uid[0]} gid ${p.creds.gid[0]}; cwd ${p.cwd}`);
   lines.push(`  ${p.threads.length} thread(s), ${p.vmas.length} VMAs, ${p.fds.length} fds, ${size(pageBytes)} of saved pages`);
   for (const th of p.threads) {
     const blocked = BigInt(th.signals.blocked);
-    const pending = th.signals.pending.length + th.signals.sharedPending.length;
-    lines.push(`  thread ${th.tid}: ${th.inSyscall !== null ? `in syscall ${th.inSyscall}` : 'in user code'}, blocked mask 0x${blocked.toString(16)}, ${pending} pending signal(s)`);
+    const pending = th.signals.pending.length + (th.tid === p.pid ? p.sharedPending.length : 0);
+    lines.push(`  thread ${th.tid} (${th.comm}): ${th.inSyscall !== null ? `in syscall ${th.inSyscall}` : 'in user code'}, blocked mask 0x${blocked.toString(16)}, ${pending} pending signal(s)`);
   }
   lines.push('memory:');
   for (const v of p.vmas) {
@@ -32,5 +43,5 @@ export function showImage(img: LoadedImage): string {
     const how = f.sameAs !== undefined ? `same open file as fd ${f.sameAs}` : `flags 0${f.flags.toString(8)} pos ${f.pos}`;
     lines.push(`  fd ${String(f.fd).padStart(3)} ${f.kind.padEnd(4)} ${f.path} (${how}${f.cloexec ? ', cloexec' : ''})`);
   }
-  return lines.join('\n') + '\n';
+  return lines;
 }

@@ -28,13 +28,19 @@ export interface ImageVma {
   offset: number;
   /** VmFlags from smaps, restored where they carry behaviour (gd, dd, hg ...) */
   vmFlags: string[];
+  /**
+   * Shared anonymous memory: the shmem object's inode. The first process
+   * (in image order) mapping an object saves its pages; later ones name it
+   * as `from` and map the same object again.
+   */
+  shmem?: { ino: number; from?: { pid: number; start: number; end: number } };
   /** number of pages saved for this VMA in Pages records */
   savedPages: number;
 }
 
 export interface ImageFd {
   fd: number;
-  kind: 'file' | 'dir' | 'chr';
+  kind: 'file' | 'dir' | 'chr' | 'pipe' | 'fifo';
   path: string;
   /** open flags from fdinfo (O_CLOEXEC stripped; see cloexec) */
   flags: number;
@@ -42,6 +48,10 @@ export interface ImageFd {
   cloexec: boolean;
   /** an earlier fd with the same open file description (dup'ed, not reopened) */
   sameAs?: number;
+  /** the same open file description as an fd of an earlier process (fork) */
+  sharedWith?: { pid: number; fd: number };
+  /** pipe or FIFO: its id in the Pipes record */
+  pipe?: number;
   file?: FileIdentity;
 }
 
@@ -53,17 +63,18 @@ export interface ImageSigaction {
   mask: string;
 }
 
+/** Per-thread signal state. */
 export interface ImageSignals {
-  actions: ImageSigaction[];
   blocked: string;
-  /** raw siginfo_t (128 bytes), base64: thread-private then process-wide */
+  /** raw siginfo_t (128 bytes), base64, pending for this thread */
   pending: string[];
-  sharedPending: string[];
   altstack: { sp: number; flags: number; size: number };
 }
 
 export interface ImageThread {
   tid: number;
+  /** thread name (/proc/pid/task/tid/comm) */
+  comm: string;
   /** struct user_regs_struct, base64 */
   regs: string;
   /** NT_X86_XSTATE regset, base64 */
@@ -99,7 +110,14 @@ export interface ImageCreds {
 
 export interface ImageProcess {
   pid: number;
+  ppid: number;
+  pgid: number;
+  sid: number;
   comm: string;
+  /** signal dispositions, shared by the threads */
+  sigactions: ImageSigaction[];
+  /** raw siginfo_t, base64: signals pending for the whole process */
+  sharedPending: string[];
   /** kernel the image was taken on (uname -r) */
   kernel: string;
   personality: number;
@@ -113,5 +131,28 @@ export interface ImageProcess {
   mm: ImageMm;
   vmas: ImageVma[];
   fds: ImageFd[];
+  /** main thread first */
   threads: ImageThread[];
+}
+
+/** A child that has exited but not been waited for. */
+export interface ImageZombie {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  sid: number;
+  /** wait status as wait() reports it */
+  exitStatus: number;
+}
+
+/** Pipes and FIFOs of the tree, with the bytes in flight (Pipes record). */
+export interface ImagePipe {
+  id: number;
+  kind: 'pipe' | 'fifo';
+  /** FIFO path */
+  path?: string;
+  /** buffer capacity (F_GETPIPE_SZ) */
+  size: number;
+  /** unread bytes, base64 */
+  data: string;
 }

@@ -15,8 +15,12 @@ export const MAX_RECORD = 1 << 30;
 export enum RecordType {
   /** JSON: the process (see schema.ts ImageProcess) */
   Process = 1,
-  /** binary: runs of page contents (addresses + raw bytes) */
+  /** binary: runs of page contents of one process (addresses + raw bytes) */
   Pages = 2,
+  /** JSON: a zombie process (see schema.ts ImageZombie) */
+  Zombie = 3,
+  /** JSON: pipes and FIFOs with their bytes in flight (ImagePipe[]) */
+  Pipes = 4,
   /** JSON: end marker with counts; its absence means a truncated image */
   End = 0x7fffffff,
 }
@@ -170,15 +174,16 @@ export function readImage(fd: number, source = 'the image'): ImageRecord[] {
   }
 }
 
-/** Binary layout of a Pages record: u32 runs, u32 0, (u64 addr, u64 len)*, data. */
+/** Binary layout of a Pages record: u32 runs, u32 pid, (u64 addr, u64 len)*, data. */
 export interface PageRun {
   addr: number;
   len: number;
 }
 
-export function encodePagesHeader(runs: PageRun[]): Buffer {
+export function encodePagesHeader(runs: PageRun[], pid: number): Buffer {
   const b = Buffer.alloc(8 + runs.length * 16);
   b.writeUInt32LE(runs.length, 0);
+  b.writeUInt32LE(pid, 4);
   runs.forEach((r, i) => {
     b.writeBigUInt64LE(BigInt(r.addr), 8 + i * 16);
     b.writeBigUInt64LE(BigInt(r.len), 16 + i * 16);
@@ -186,7 +191,7 @@ export function encodePagesHeader(runs: PageRun[]): Buffer {
   return b;
 }
 
-export function decodePages(payload: Buffer, where: string): { runs: PageRun[]; data: Buffer } {
+export function decodePages(payload: Buffer, where: string): { pid: number; runs: PageRun[]; data: Buffer } {
   if (payload.length < 8) throw new ImageError(`${where}: Pages record too short`);
   const n = payload.readUInt32LE(0);
   const dataStart = 8 + n * 16;
@@ -202,5 +207,5 @@ export function decodePages(payload: Buffer, where: string): { runs: PageRun[]; 
   if (dataStart + total !== payload.length) {
     throw new ImageError(`${where}: Pages record runs add up to ${total} bytes but it carries ${payload.length - dataStart}`);
   }
-  return { runs, data: payload.subarray(dataStart) };
+  return { pid: payload.readUInt32LE(4), runs, data: payload.subarray(dataStart) };
 }

@@ -1,6 +1,7 @@
-// File descriptors: regular files, directories and a few harmless character
-// devices, at the same numbers, with open flags, offset, close-on-exec and
-// shared open file descriptions (dup'ed fds share one offset).
+// File descriptors: regular files, directories, a few harmless character
+// devices, pipes and FIFOs, at the same numbers, with open flags, offset,
+// close-on-exec and shared open file descriptions (dup'ed fds share one
+// offset, within a process and across fork).
 import fs from 'node:fs';
 import { listFds, readFdinfo } from '../proc';
 import { ImageFd } from '../image/schema';
@@ -9,6 +10,7 @@ import { SYS } from '../sys/x86';
 import { syscall } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
 import { fileIdentity } from './memory';
+import { PipeTable, PipeKeeper } from './pipes';
 
 const O_CLOEXEC = 0o2000000, O_CREAT = 0o100, O_EXCL = 0o200, O_TRUNC = 0o1000, O_PATH = 0o10000000;
 const KCMP_FILE = 0;
@@ -32,10 +34,33 @@ function describeLink(target: string): string {
   return target;
 }
 
-export function dumpFds(pid: number): ImageFd[] {
+/** The same open file description: compared by the kernel (kcmp). */
+function sameFile(pidA: number, fdA: number, pidB: number, fdB: number): boolean {
+  return syscall(SYS.kcmp, 'kcmp', pidA, pidB, KCMP_FILE, fdA, fdB) === 0;
+}
+
+function key(f: ImageFd): string {
+  return f.pipe !== undefined ? `pipe:${f.pipe}` : `path:${f.path}`;
+}
+
+/**
+ * The fds of one process. `earlier` holds the fds of processes already
+ * dumped (parents first): an fd inherited through fork is recorded as
+ * shared with theirs.
+ */
+export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: number; fds: ImageFd[] }> = []): ImageFd[] {
   const out: ImageFd[] = [];
   for (const { fd, target } of listFds(pid)) {
-    const where = `fd ${fd}`;
+    const where = pid ? `fd ${fd} of pid ${pid}` : `fd ${fd}`;
+    const pipeLink = /^pipe:\[(\d+)\]$/.exec(target);
+    if (pipeLink) {
+      const info = readFdinfo(pid, fd);
+      out.push(withSharing({
+        fd, kind: 'pipe', path: target, flags: info.flags & ~O_CLOEXEC, pos: 0, cloexec: (info.flags & O_CLOEXEC) !== 0,
+        pipe: pipes.note(pid, fd, 'pipe', Number(pipeLink[1])),
+      }, pid, out, earlier));
+      continue;
+    }
     if (!target.startsWith('/')) throw new UnsupportedError(`${where}: ${describeLink(target)} is not supported yet`);
     if (target.endsWith(' (deleted)')) throw new UnsupportedError(`${where}: ${target} is an unlinked file, not supported yet`);
     let st: fs.BigIntStats;
@@ -51,6 +76,7 @@ export function dumpFds(pid: number): ImageFd[] {
     let entry: ImageFd;
     if (st.isFile()) entry = { ...base, kind: 'file', file: fileIdentity(target) };
     else if (st.isDirectory()) entry = { ...base, kind: 'dir' };
+    else if (st.isFIFO()) entry = { ...base, kind: 'fifo', pos: 0, pipe: pipes.note(pid, fd, 'fifo', Number(st.ino), target) };
     else if (st.isCharacterDevice()) {
       const dev = `${Number(st.rdev >> 8n) & 0xfff}:${Number(st.rdev & 0xffn)}`;
       if (!PLAIN_DEVICES[dev]) throw new UnsupportedError(`${where}: character device ${target} (${dev}) is not supported yet`);
@@ -61,21 +87,33 @@ export function dumpFds(pid: number): ImageFd[] {
     if (entry.kind === 'file' && entry.file!.ino !== Number(st.ino)) {
       throw new StasisError(`${where}: ${target} was replaced by another file while open`);
     }
-    // One open file description behind several fds must stay one.
-    for (const prev of out) {
-      if (prev.path !== entry.path || prev.sameAs !== undefined) continue;
-      if (syscall(SYS.kcmp, 'kcmp', pid, pid, KCMP_FILE, prev.fd, fd) === 0) {
-        entry.sameAs = prev.fd;
-        break;
-      }
-    }
-    out.push(entry);
+    out.push(withSharing(entry, pid, out, earlier));
   }
   return out;
 }
 
-/** Restore fds in increasing order; every fd of the fresh task is closed. */
-export function restoreFds(remote: Remote, fds: ImageFd[]): void {
+/** One open file description behind several fds must stay one. */
+function withSharing(entry: ImageFd, pid: number, mine: ImageFd[], earlier: Array<{ pid: number; fds: ImageFd[] }>): ImageFd {
+  const k = key(entry);
+  for (const prev of mine) {
+    if (key(prev) !== k || prev.sameAs !== undefined || prev.sharedWith) continue;
+    if (sameFile(pid, prev.fd, pid, entry.fd)) return { ...entry, sameAs: prev.fd };
+  }
+  for (const other of earlier) {
+    for (const prev of other.fds) {
+      if (key(prev) !== k || prev.sameAs !== undefined || prev.sharedWith) continue;
+      if (sameFile(other.pid, prev.fd, pid, entry.fd)) return { ...entry, sharedWith: { pid: other.pid, fd: prev.fd } };
+    }
+  }
+  return entry;
+}
+
+/**
+ * Restore fds in increasing order (every fd of the fresh task is closed).
+ * An fd shared with an earlier process is fetched from it with
+ * pidfd_getfd, so both hold one open file description again.
+ */
+export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper): void {
   for (const f of fds) {
     const where = `fd ${f.fd} (${f.path})`;
     remote.reset();
@@ -83,13 +121,22 @@ export function restoreFds(remote: Remote, fds: ImageFd[]): void {
       remote.call('dup3', SYS.dup3, [f.sameAs, f.fd, f.cloexec ? O_CLOEXEC : 0], where);
       continue;
     }
+    if (f.sharedWith) {
+      const pidfd = remote.call('pidfd_open', SYS.pidfd_open, [f.sharedWith.pid, 0], where);
+      const got = remote.call('pidfd_getfd', SYS.pidfd_getfd, [pidfd, f.sharedWith.fd, 0], `${where} from pid ${f.sharedWith.pid}`);
+      remote.call('close', SYS.close, [pidfd]);
+      remote.call('dup3', SYS.dup3, [got, f.fd, f.cloexec ? O_CLOEXEC : 0], where);
+      remote.call('close', SYS.close, [got]);
+      continue;
+    }
+    const path = f.pipe !== undefined ? pipes.pathFor(f.pipe, f.flags) : f.path;
     const flags = (f.flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | (f.cloexec ? O_CLOEXEC : 0);
-    const got = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(f.path), flags, 0], where);
+    const got = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(path), flags, 0], where);
     if (got !== f.fd) {
       remote.call('dup3', SYS.dup3, [got, f.fd, f.cloexec ? O_CLOEXEC : 0], where);
       remote.call('close', SYS.close, [got], where);
     }
-    if (f.kind !== 'chr' && !(f.flags & O_PATH) && f.pos) {
+    if ((f.kind === 'file' || f.kind === 'dir') && !(f.flags & O_PATH) && f.pos) {
       remote.call('lseek', SYS.lseek, [f.fd, f.pos, SEEK_SET], where);
     }
   }
@@ -98,7 +145,7 @@ export function restoreFds(remote: Remote, fds: ImageFd[]): void {
 /** Before any process exists: every file an fd names must be there. */
 export function checkFds(fds: ImageFd[]): void {
   for (const f of fds) {
-    if (f.sameAs !== undefined) continue;
+    if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe') continue;
     if (!fs.existsSync(f.path)) throw new StasisError(`fd ${f.fd}: ${f.path} is missing; restore the file or restart where it exists`);
   }
 }

@@ -75,7 +75,7 @@ export function classifyVmas(vmas: Vma[]): ImageVma[] {
       if (v.shared) throw new UnsupportedError(`${label}: shared anonymous mapping without a backing object is not supported yet`);
       out.push({ ...base, kind: 'anon', name: v.path });
     } else if (v.shared && v.path === '/dev/zero (deleted)') {
-      out.push({ ...base, kind: 'shmem', name: '' });
+      out.push({ ...base, kind: 'shmem', name: '', shmem: { ino: v.inode } });
     } else if (v.path.startsWith('/SYSV')) {
       throw new UnsupportedError(`${label}: System V shared memory is not supported yet`);
     } else if (v.deleted) {
@@ -94,10 +94,27 @@ export function classifyVmas(vmas: Vma[]): ImageVma[] {
   return out;
 }
 
+/**
+ * Shared anonymous memory seen in several processes of a tree is one object:
+ * the first process to map it keeps it, the later ones point at it.
+ */
+export function linkSharedMemory(procs: Array<{ pid: number; vmas: ImageVma[] }>): void {
+  const owners = new Map<number, { pid: number; start: number; end: number }>();
+  for (const p of procs) {
+    for (const v of p.vmas) {
+      if (!v.shmem) continue;
+      const owner = owners.get(v.shmem.ino);
+      if (!owner) owners.set(v.shmem.ino, { pid: p.pid, start: v.start, end: v.end });
+      else if (owner.pid !== p.pid) v.shmem.from = owner;
+    }
+  }
+}
+
 /** Pages that exist only in this process's memory, as address runs. */
 export function pagesToSave(pid: number, v: ImageVma): PageRun[] {
   if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') return [];
   if (v.kind === 'file' && v.shared) return []; // the file holds them
+  if (v.shmem?.from) return []; // saved with the process that maps it first
   const pm = readPagemap(pid, v.start, v.end);
   const privateFile = v.kind === 'file';
   const runs: PageRun[] = [];
@@ -127,6 +144,7 @@ const RECORD_BYTES = 16 << 20;
  * unreadable ones (PROT_NONE after a write) through /proc/pid/mem.
  */
 export function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: PageRun[][], writer: ImageWriter): number {
+  const pid = remote.task.tgid;
   let total = 0;
   let batch: PageRun[] = [];
   let batchBytes = 0;
@@ -143,7 +161,7 @@ export function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: PageRun[]
     } else {
       remote.task.readv(data, 0, batch);
     }
-    writer.record(RecordType.Pages, [encodePagesHeader(batch), data]);
+    writer.record(RecordType.Pages, [encodePagesHeader(batch, pid), data]);
     total += batchBytes;
     batch = [];
     batchBytes = 0;
@@ -187,7 +205,16 @@ export function mapVmas(remote: Remote, vmas: ImageVma[]): void {
       const len = v.end - v.start;
       let flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE);
       let fd = -1;
-      if (v.kind === 'file') {
+      let offset = v.offset;
+      if (v.shmem?.from) {
+        // The same shmem object as an earlier process: open it through
+        // that process's map_files and map it shared again.
+        const f = v.shmem.from;
+        const path = `/proc/${f.pid}/map_files/${f.start.toString(16)}-${f.end.toString(16)}`;
+        remote.reset();
+        fd = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(path), O_RDWR, 0], `${label}: shared memory of pid ${f.pid}`);
+        fds.set(`shmem:${path}:${fd}`, fd);
+      } else if (v.kind === 'file') {
         // A shared mapping that may become writable needs a writable fd.
         const mode = v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY;
         const key = `${mode}:${v.file!.path}`;
@@ -196,11 +223,12 @@ export function mapVmas(remote: Remote, vmas: ImageVma[]): void {
           fds.set(key, remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(v.file!.path), mode, 0], v.file!.path));
         }
         fd = fds.get(key)!;
-      } else {
+      } else if (!v.shmem?.from) {
         flags |= MAP_ANONYMOUS;
       }
       if (v.vmFlags.includes('gd')) flags |= MAP_GROWSDOWN;
-      const got = remote.call('mmap', SYS.mmap, [v.start, len, prot, flags, fd, fd >= 0 ? v.offset : 0], label);
+      if (fd < 0) offset = 0;
+      const got = remote.call('mmap', SYS.mmap, [v.start, len, prot, flags, fd, offset], label);
       if (got !== v.start) throw new StasisError(`${label}: mmap placed it at 0x${got.toString(16)}`);
     }
   } finally {

@@ -19,6 +19,14 @@ export class Remote {
     this.task = task;
   }
 
+  /** Another thread of the same process, sharing this scratch area. */
+  withTask(t: Tracee): Remote {
+    const r = new Remote(t);
+    r.scratch = this.scratch;
+    r.scratchSize = this.scratchSize;
+    return r;
+  }
+
   get pid(): number {
     return this.task.pid;
   }

@@ -31,19 +31,39 @@ export class Tracee {
   /** Address of a `syscall` instruction inside the task. */
   syscallInsn = 0;
 
-  constructor(pid: number) {
+  /** thread group (process) id; equals pid for a main thread */
+  readonly tgid: number;
+
+  constructor(pid: number, tgid = pid) {
     this.pid = pid;
+    this.tgid = tgid;
   }
 
   /** PTRACE_SEIZE + PTRACE_INTERRUPT, then wait for the stop. */
   seize(opts: SeizeOptions = {}): void {
+    this.seizeOnly(opts);
+    this.waitStop('the initial stop');
+    this.afterStop();
+  }
+
+  /** Attach and ask for a stop, without waiting for it (freezing a tree). */
+  seizeOnly(opts: SeizeOptions = {}): void {
     const options = opts.exitKill ? 0x100000 : 0;
     ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
     this.attached = true;
     ptrace(PTRACE.INTERRUPT, this.pid, 0, 0, 'INTERRUPT');
-    this.waitStop('the initial stop');
+  }
+
+  /** Once stopped: remember the registers to put back, open its memory. */
+  afterStop(): void {
     this.saved = this.getRegs();
-    this.memFd = fs.openSync(`/proc/${this.pid}/mem`, 'r+');
+    if (this.memFd < 0) this.memFd = fs.openSync(`/proc/${this.pid}/mem`, 'r+');
+  }
+
+  /** The task is gone or being killed: no ptrace request will work. */
+  forget(): void {
+    this.attached = false;
+    this.closeMem();
   }
 
   /**

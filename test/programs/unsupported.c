@@ -1,7 +1,7 @@
 // unsupported.c
 //
-// Holds both ends of a pipe open (used to test that checkpoint refuses a
-// pipe fd and leaves the process running).  Prints "ready", then every 5 ms
+// Holds both ends of a unix socket pair open (used to test that checkpoint
+// refuses a socket fd and leaves the process running).  Prints "ready", then every 5 ms
 // increments a counter; every 100 iterations it pushes one byte through the
 // pipe and reads it back, then prints "alive <n>" (n = iterations so far:
 // 100, 200, ...).  Runs forever.
@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 static void say(const char *s)
 {
@@ -41,8 +42,8 @@ static void sleep_ms(long ms)
 int main(void)
 {
     int fds[2];
-    if (pipe2(fds, 0) < 0) {
-        say("FAIL: pipe2\n");
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0) {
+        say("FAIL: socketpair\n");
         return 1;
     }
     say("ready\n");
@@ -59,7 +60,7 @@ int main(void)
                 rd = read(fds[0], &r, 1);
             while (rd < 0 && errno == EINTR);
             if (w != 1 || rd != 1 || r != c) {
-                say("FAIL: pipe does not work\n");
+                say("FAIL: socket pair does not work\n");
                 return 1;
             }
             char buf[64];

@@ -1,0 +1,206 @@
+// Stop a whole process tree at one instant. The cgroup v1 freezer stops
+// every task at once; forks that raced with it are found by re-scanning the
+// tree until it is stable; then every thread is seized with ptrace and the
+// cgroup is thawed so each one enters its ptrace stop. Tasks go back to
+// their own freezer cgroup before anything else happens.
+import fs from 'node:fs';
+import path from 'node:path';
+import { readStat, listThreads, listChildren } from '../proc';
+import { Tracee } from './tracee';
+import { waitpidSync, __WALL } from '../sys/libc';
+import { StasisError, UnsupportedError } from '../sys/errno';
+
+const FREEZER = '/sys/fs/cgroup/freezer';
+let serial = 0;
+
+export interface FrozenProcess {
+  pid: number;
+  ppid: number;
+  zombie: boolean;
+  /** main thread first */
+  threads: Tracee[];
+}
+
+function sleepMs(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** Every process of the tree, parents before children (zombies included). */
+export function scanTree(root: number): Array<{ pid: number; ppid: number; zombie: boolean }> {
+  const out: Array<{ pid: number; ppid: number; zombie: boolean }> = [];
+  const queue = [root];
+  const seen = new Set<number>();
+  while (queue.length) {
+    const pid = queue.shift()!;
+    if (seen.has(pid)) continue;
+    seen.add(pid);
+    let st;
+    try {
+      st = readStat(pid);
+    } catch {
+      if (pid === root) throw new StasisError(`pid ${root}: no such process`);
+      continue; // exited and was reaped meanwhile
+    }
+    out.push({ pid, ppid: st.ppid, zombie: st.state === 'Z' });
+    if (st.state !== 'Z') queue.push(...listChildren(pid));
+  }
+  return out;
+}
+
+function freezerCgroupOf(pid: number): string | null {
+  try {
+    const line = fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').find((l) => /^\d+:freezer:/.test(l));
+    return line ? line.replace(/^\d+:freezer:/, '') : null;
+  } catch {
+    return null;
+  }
+}
+
+export class FrozenTree {
+  readonly root: number;
+  readonly processes: FrozenProcess[] = [];
+  /** first to last task stopped, in milliseconds */
+  freezeMs = 0;
+  private cgroup: string | null = null;
+  private readonly home = new Map<number, string>();
+
+  constructor(root: number) {
+    this.root = root;
+  }
+
+  get tracees(): Tracee[] {
+    return this.processes.flatMap((p) => p.threads);
+  }
+
+  /** Freeze, seize every thread, thaw into ptrace stops. Undoes itself on failure. */
+  freeze(log: (m: string) => void): void {
+    try {
+      if (fs.existsSync(path.join(FREEZER, 'freezer.state')) || fs.existsSync(FREEZER)) this.freezeWithCgroup(log);
+      else this.freezeWithPtrace();
+    } catch (e) {
+      this.release(false);
+      throw e;
+    }
+  }
+
+  private writeState(state: 'FROZEN' | 'THAWED'): void {
+    fs.writeFileSync(path.join(this.cgroup!, 'freezer.state'), state);
+    if (state === 'THAWED') return;
+    const until = Date.now() + 10000;
+    while (fs.readFileSync(path.join(this.cgroup!, 'freezer.state'), 'utf8').trim() !== 'FROZEN') {
+      if (Date.now() > until) throw new StasisError('the freezer cgroup did not reach FROZEN within 10 s (a task in uninterruptible sleep?)');
+      sleepMs(1);
+    }
+  }
+
+  private moveIn(pid: number): boolean {
+    const home = freezerCgroupOf(pid);
+    if (home === null) return false;
+    try {
+      fs.writeFileSync(path.join(this.cgroup!, 'cgroup.procs'), String(pid));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ESRCH') return false;
+      throw new StasisError(`moving pid ${pid} into the freezer cgroup: ${(e as NodeJS.ErrnoException).code}`);
+    }
+    this.home.set(pid, home);
+    return true;
+  }
+
+  private freezeWithCgroup(log: (m: string) => void): void {
+    this.cgroup = path.join(FREEZER, `stasis-${process.pid}-${++serial}`);
+    fs.mkdirSync(this.cgroup);
+    // Move, freeze, re-scan: a task forked before its parent moved in is
+    // not frozen; repeat until a scan of the frozen tree finds nothing new.
+    for (let round = 0; ; round++) {
+      const tree = scanTree(this.root);
+      const fresh = tree.filter((p) => !p.zombie && !this.home.has(p.pid));
+      if (!fresh.length && round > 0) break;
+      if (round > 50) throw new StasisError(`pid ${this.root}: the tree keeps changing; could not freeze it`);
+      for (const p of fresh) this.moveIn(p.pid);
+      this.writeState('FROZEN');
+    }
+    const t0 = process.hrtime.bigint();
+    const tree = scanTree(this.root);
+    for (const p of tree) this.seizeProcess(p, false);
+    this.writeState('THAWED');
+    for (const t of this.tracees) t.waitStop('the freeze');
+    for (const t of this.tracees) t.afterStop();
+    this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    this.goHome();
+    log(`froze ${tree.length} processes, ${this.tracees.length} threads`);
+  }
+
+  /** Without a freezer: stop tasks one by one until no new ones appear. */
+  private freezeWithPtrace(): void {
+    const t0 = process.hrtime.bigint();
+    for (let round = 0; ; round++) {
+      const tree = scanTree(this.root);
+      const known = new Set(this.processes.map((p) => p.pid));
+      const fresh = tree.filter((p) => !known.has(p.pid));
+      if (!fresh.length) break;
+      if (round > 50) throw new StasisError(`pid ${this.root}: the tree keeps changing; could not freeze it`);
+      for (const p of fresh) this.seizeProcess(p, true);
+    }
+    this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  }
+
+  private seizeProcess(p: { pid: number; ppid: number; zombie: boolean }, wait: boolean): void {
+    const fp: FrozenProcess = { pid: p.pid, ppid: p.ppid, zombie: p.zombie, threads: [] };
+    this.processes.push(fp);
+    if (p.zombie) return;
+    const tids = listThreads(p.pid);
+    tids.sort((a, b) => (a === p.pid ? -1 : b === p.pid ? 1 : a - b));
+    for (const tid of tids) {
+      const t = new Tracee(tid, p.pid);
+      t.seizeOnly();
+      fp.threads.push(t);
+      if (wait) {
+        t.waitStop('the freeze');
+        t.afterStop();
+      }
+    }
+    if (fp.threads.length && fp.threads[0].pid !== p.pid) {
+      throw new UnsupportedError(`pid ${p.pid}: its main thread has exited; not supported yet`);
+    }
+  }
+
+  private goHome(): void {
+    if (!this.cgroup) return;
+    for (const [pid, home] of this.home) {
+      try {
+        fs.writeFileSync(path.join(FREEZER, home, 'cgroup.procs'), String(pid));
+      } catch { /* it exited */ }
+    }
+    this.home.clear();
+    try {
+      fs.rmdirSync(this.cgroup);
+    } catch { /* busy only if a task could not be moved back; left for inspection */ }
+    this.cgroup = null;
+  }
+
+  /**
+   * Let the tree go: detached with their registers as found (or killed when
+   * `kill`), thawed and back in their own cgroups.
+   */
+  release(kill: boolean): void {
+    if (kill) {
+      for (const p of this.processes) {
+        try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+      }
+      // As their tracer we hear of each death first: take that notice so
+      // the real parent can reap them at once.
+      for (const t of this.tracees) {
+        try { waitpidSync(t.pid, __WALL); } catch { /* not ours to wait for */ }
+        t.forget();
+      }
+    } else {
+      for (const t of this.tracees) {
+        try { t.detach(); } catch { /* gone */ }
+      }
+    }
+    if (this.cgroup) {
+      try { this.writeState('THAWED'); } catch { /* removed */ }
+      this.goHome();
+    }
+  }
+}
