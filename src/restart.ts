@@ -85,6 +85,25 @@ function pidInUse(pid: number): string | null {
   }
 }
 
+/**
+ * Who holds `pid`, if anyone. A zombie about to be reaped (the killed
+ * original, reparented to an init that reaps about once a second) is
+ * waited for, a few seconds at most.
+ */
+function pidHolder(pid: number): string | null {
+  const until = Date.now() + 5000;
+  for (;;) {
+    let state: string;
+    try {
+      state = readStat(pid).state;
+    } catch {
+      return null;
+    }
+    if (state !== 'Z' || Date.now() > until) return pidInUse(pid);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+  }
+}
+
 /** Everything that can be checked before a process is created. */
 function preflight(img: LoadedImage): void {
   const known = new Set<number>([...img.processes.map((p) => p.pid), ...img.zombies.map((z) => z.pid)]);
@@ -104,8 +123,8 @@ function preflight(img: LoadedImage): void {
   }
   if (singleTask(img)) return; // may fall back to a new pid
   for (const id of [...img.processes.flatMap((p) => p.threads.map((t) => t.tid)), ...img.zombies.map((z) => z.pid)]) {
-    const user = pidInUse(id);
-    if (user !== null) throw new StasisError(`pid ${id} is in use (by ${user}): end that process first`);
+    const user = pidHolder(id);
+    if (user !== null) throw new StasisError(`pid ${id} is in use (by ${user}): end that process first, or restart with --pid-ns`);
   }
 }
 
