@@ -2,10 +2,11 @@
 // the saved one with system calls injected into it, and let it run. A
 // failure kills the half-made process: nothing is left behind.
 import fs from 'node:fs';
-import { readMaps, readStat } from './proc';
+import { readMaps, readStat, readStatus } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE } from './ptrace/remote';
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
+import { nsInitCode } from './ptrace/nsinit';
 import { readImage, RecordType, decodePages, PageRun } from './image/stream';
 import { ImageProcess, ImageZombie, ImagePipe } from './image/schema';
 import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity } from './kinds/memory';
@@ -21,6 +22,12 @@ import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
 
 export interface RestartOptions {
+  /**
+   * Restore inside a new pid namespace, where the saved pids are always
+   * free. A tiny init (pid 1) is made for it; it ends with the root's
+   * exit status, which is what wait() reports.
+   */
+  pidNs?: boolean;
   /** Start the restored process in a new session (for running detached). */
   setsid?: boolean;
   log?: (msg: string) => void;
@@ -105,7 +112,7 @@ function pidHolder(pid: number): string | null {
 }
 
 /** Everything that can be checked before a process is created. */
-function preflight(img: LoadedImage): void {
+function preflight(img: LoadedImage, ns: boolean): void {
   const known = new Set<number>([...img.processes.map((p) => p.pid), ...img.zombies.map((z) => z.pid)]);
   for (const p of img.processes) {
     checkCreds(p.creds);
@@ -121,7 +128,7 @@ function preflight(img: LoadedImage): void {
   for (const e of [...img.processes.slice(1), ...img.zombies]) {
     if (!known.has(e.ppid)) throw new ImageError(`pid ${e.pid}: its parent ${e.ppid} is not in the image`);
   }
-  if (singleTask(img)) return; // may fall back to a new pid
+  if (ns || singleTask(img)) return; // pids are free in a new namespace; one task may take a new pid
   for (const id of [...img.processes.flatMap((p) => p.threads.map((t) => t.tid)), ...img.zombies.map((z) => z.pid)]) {
     const user = pidHolder(id);
     if (user !== null) throw new StasisError(`pid ${id} is in use (by ${user}): end that process first, or restart with --pid-ns`);
@@ -153,7 +160,7 @@ const GADGET_CODE = Buffer.from([
   0xcc, // parent: int3
 ]);
 const CLONE_VM = 0x100, CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_SIGHAND = 0x800;
-const CLONE_PARENT = 0x8000, CLONE_THREAD = 0x10000, CLONE_SYSVSEM = 0x40000;
+const CLONE_PARENT = 0x8000, CLONE_THREAD = 0x10000, CLONE_SYSVSEM = 0x40000, CLONE_NEWPID = 0x20000000;
 const SIGCHLD = 17;
 const PR_SET_NAME = 15;
 
@@ -175,7 +182,7 @@ function mapGadget(t: Tracee, img: LoadedImage): Remote {
  * clone3 injected into `parent` with set_tid: a new process or thread at
  * exactly `tid`, parked in the pause() loop of the injection page, seized.
  */
-function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number, tgid: number): Tracee {
+function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number, tgid: number, nsView = false): Tracee {
   const gadget = parent.task.syscallInsn;
   parent.reset();
   const tids = Buffer.alloc(4);
@@ -198,10 +205,32 @@ function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number,
     const why = -r === 17n ? 'it is in use' : `errno ${-r}`;
     throw new StasisError(`cannot create pid ${tid} (${why}); end the process holding it, or restart in a new pid namespace`);
   }
-  const child = new Tracee(Number(r), tgid === 0 ? Number(r) : tgid);
+  let child: Tracee;
+  if (!nsView) {
+    child = new Tracee(Number(r), tgid === 0 ? Number(r) : tgid);
+  } else {
+    // The parent sees the namespace's pid; ptrace and /proc want ours.
+    const host = hostIdOf(parent.task, Number(r), (flags & CLONE_THREAD) !== 0);
+    child = new Tracee(host, tgid === 0 ? host : parent.task.tgid);
+    child.vpid = Number(r);
+    child.vtgid = tgid === 0 ? Number(r) : parent.task.vtgid;
+  }
   child.seize({ exitKill: true });
   child.syscallInsn = gadget;
   return child;
+}
+
+/** The id in our pid namespace of a task its parent knows as `vid`. */
+function hostIdOf(parent: Tracee, vid: number, thread: boolean): number {
+  const candidates = thread
+    ? fs.readdirSync(`/proc/${parent.tgid}/task`).map(Number)
+    : fs.readdirSync(`/proc/${parent.tgid}/task`).flatMap((t) =>
+      fs.readFileSync(`/proc/${parent.tgid}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number));
+  for (const c of candidates) {
+    const ns = readStatus(c).nsPid;
+    if (ns[ns.length - 1] === vid) return c;
+  }
+  throw new StasisError(`cannot find the task created as pid ${vid} in the new pid namespace`);
 }
 
 /** Empty the address space of a blank task and put the vDSO where the image wants it. */
@@ -229,14 +258,14 @@ interface Rebuilding {
 }
 
 /** Everything of one process but its registers, in its main thread. */
-function rebuildProcess(r: Rebuilding, img: LoadedImage, pipes: PipeKeeper, log: (m: string) => void): void {
+function rebuildProcess(r: Rebuilding, img: LoadedImage, pipes: PipeKeeper, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
   const p = r.image;
   const remote = r.remote;
   clearAddressSpace(remote, p, log);
   // Signals that reached the blank while the tree was built (SIGCHLD from
   // zombies made on purpose) are artifacts of the restore, not its state.
   remote.task.deferredSignals.length = 0;
-  mapVmas(remote, p.vmas);
+  mapVmas(remote, p.vmas, host);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
   for (const pg of pages) writePages(remote, pg.runs, pg.data);
   finishVmas(remote, p.vmas);
@@ -248,7 +277,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, pipes: PipeKeeper, log:
   restoreXcompPerm(remote, BigInt(p.xcompPerm));
   // Threads: created at their tids inside this process, then given their state.
   const cloneFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
-  for (const th of p.threads.slice(1)) r.threads.push(cloneAt(remote, th.tid, cloneFlags, 0, p.pid));
+  for (const th of p.threads.slice(1)) r.threads.push(cloneAt(remote, th.tid, cloneFlags, 0, p.pid, ns));
   p.threads.forEach((th, i) => {
     const tr = remote.withTask(r.threads[i]);
     restoreThreadAttrs(tr, th);
@@ -319,27 +348,38 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
   const log = opts.log ?? (() => {});
   const img = typeof input === 'object' ? input : loadImage(input);
   const root = img.processes[0];
+  const ns = !!opts.pidNs;
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
-  preflight(img);
+  preflight(img, ns);
   const pipes = new PipeKeeper(img.pipes);
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
   const created: Tracee[] = [blank];
-  let pid = root.pid;
+  let rootTask: Tracee;
+  /** the task whose end is the tree's end: the root, or the namespace's init */
+  let waitFor: Tracee;
   try {
     blank.seize({ exitKill: true });
     const blankRemote = mapGadget(blank, img);
     // The tree, top down: every task is a copy of the blank until rebuilt.
-    let rootTask: Tracee;
-    if (singleTask(img) && pidInUse(root.pid) !== null) {
+    let nsInit: Tracee | null = null;
+    if (ns) {
+      blankRemote.call('unshare', SYS.unshare, [CLONE_NEWPID], 'new pid namespace');
+      nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0);
+      nsInit.vpid = nsInit.vtgid = 1;
+      created.push(nsInit);
+      discard([blank]);
+      rootTask = cloneAt(blankRemote.withTask(nsInit), root.pid, 0, SIGCHLD, 0, true);
+      created.push(rootTask);
+    } else if (singleTask(img) && pidInUse(root.pid) !== null) {
       log(`pid ${root.pid} is in use: restoring under a new pid`);
       rootTask = blank;
-      pid = blank.pid;
     } else {
       rootTask = cloneAt(blankRemote, root.pid, CLONE_PARENT, 0, 0);
       created.push(rootTask);
       discard([blank]);
     }
     const remotes = new Map<number, Remote>([[root.pid, blankRemote.withTask(rootTask)]]);
+    const host = (pid: number) => remotes.get(pid)?.task.pid ?? pid;
     const entries = [...img.processes, ...img.zombies];
     setSession(remotes.get(root.pid)!, root);
     for (let progress = true; progress; ) {
@@ -347,7 +387,7 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
       for (const e of entries) {
         const parent = remotes.get(e.ppid);
         if (remotes.has(e.pid) || !parent) continue;
-        const t = cloneAt(parent, e.pid, 0, SIGCHLD, 0);
+        const t = cloneAt(parent, e.pid, 0, SIGCHLD, 0, ns);
         created.push(t);
         const r = blankRemote.withTask(t);
         remotes.set(e.pid, r);
@@ -357,17 +397,23 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
     }
     for (const e of entries) {
       if (e.sid === e.pid || e.pgid === e.pid) continue;
-      if (readStat(e.pid).pgrp !== e.pgid) remotes.get(e.pid)!.call('setpgid', SYS.setpgid, [0, e.pgid], `pid ${e.pid}: join group ${e.pgid}`);
+      if (readStat(host(e.pid)).pgrp !== host(e.pgid)) remotes.get(e.pid)!.call('setpgid', SYS.setpgid, [0, e.pgid], `pid ${e.pid}: join group ${e.pgid}`);
     }
     for (const z of img.zombies) becomeZombie(remotes.get(z.pid)!.task, z.exitStatus);
-    for (const z of img.zombies) waitZombie(z.pid);
+    for (const z of img.zombies) waitZombie(host(z.pid));
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => ({ image: p, threads: [remotes.get(p.pid)!.task], remote: remotes.get(p.pid)! }));
     for (const r of live) {
-      rebuildProcess(r, img, pipes, log);
+      rebuildProcess(r, img, pipes, log, ns, host);
       created.push(...r.threads.slice(1));
     }
     for (const r of live) for (const t of r.threads) t.detach(false);
+    if (nsInit) {
+      startNsInit(blankRemote.withTask(nsInit), root.pid);
+      waitFor = nsInit;
+    } else {
+      waitFor = rootTask;
+    }
   } catch (e) {
     discard(created);
     if (e instanceof StasisError) throw new StasisError(`restart failed, nothing left running: ${e.message}`);
@@ -375,16 +421,29 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
   } finally {
     pipes.close();
   }
-  log(`restored as pid ${pid}`);
+  const pid = rootTask.pid;
+  log(`restored as pid ${pid}${ns ? ` (pid ${root.pid} in a new pid namespace)` : ''}`);
   let waited: Promise<ExitInfo> | undefined;
   return {
     pid,
     wait: () => {
-      waited ??= waitpidAsync(pid, 0).then(({ status }) =>
+      waited ??= waitpidAsync(waitFor.pid, 0).then(({ status }) =>
         WIFEXITED(status) ? { code: WEXITSTATUS(status), signal: null } : { code: null, signal: WTERMSIG(status) });
       return waited;
     },
   };
+}
+
+/** Turn the namespace's blank pid 1 into its init: reap, and end with the root. */
+function startNsInit(init: Remote, rootVpid: number): void {
+  init.call('close_range', SYS.close_range, [0, 0xffffffff, 0], 'init fds');
+  const code = init.task.syscallInsn + 64;
+  init.task.writeMem(code, nsInitCode(rootVpid, init.scratch));
+  const r = init.task.saved!.clone();
+  r.set('rip', code);
+  r.set('orig_rax', -1n);
+  init.task.setRegs(r);
+  init.task.detach(false);
 }
 
 /** Library entry point: restart from a file path, an open fd, or a loaded image. */

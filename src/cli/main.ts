@@ -12,9 +12,10 @@ const USAGE = `usage:
   stasis checkpoint PID [-o FILE] [--kill] [-v]
       save process PID into an image (FILE, or stdout when it is not a terminal);
       the process keeps running unless --kill is given
-  stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [-v]
-      recreate the process from an image (a file, or stdin with - or no FILE);
-      waits for it and returns its exit status unless --detach
+  stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns] [-v]
+      recreate the process tree from an image (a file, or stdin with - or no
+      FILE) with its original pids; waits for its root and returns its exit
+      status unless --detach; --pid-ns restores inside a new pid namespace
   stasis show FILE [--json]
       describe an image (--json: all metadata, no page contents)
   stasis check
@@ -81,11 +82,11 @@ function signalName(sig: number): string {
 }
 
 async function cmdRestart(args: string[]): Promise<number> {
-  const p = parse(args, ['--pidfile'], ['-d', '--detach', '-v', '--verbose']);
+  const p = parse(args, ['--pidfile'], ['-d', '--detach', '-v', '--verbose', '--pid-ns']);
   if (p.positional.length > 1) throw new UsageError('restart takes at most one image');
   const src = p.positional[0] ?? '-';
   const detach = p.flags.has('-d') || p.flags.has('--detach');
-  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, pidNs: p.flags.has('--pid-ns'), log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
   const pidfile = p.flags.get('--pidfile') as string | undefined;
   if (pidfile) fs.writeFileSync(pidfile, `${r.pid}\n`);
   if (detach) {

@@ -194,7 +194,7 @@ const O_RDONLY = 0, O_RDWR = 2;
  * will receive saved pages are made writable for now; `finishVmas` puts the
  * final protection in place once the pages are written.
  */
-export function mapVmas(remote: Remote, vmas: ImageVma[]): void {
+export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p): void {
   const fds = new Map<string, number>();
   try {
     for (const v of vmas) {
@@ -210,7 +210,7 @@ export function mapVmas(remote: Remote, vmas: ImageVma[]): void {
         // The same shmem object as an earlier process: open it through
         // that process's map_files and map it shared again.
         const f = v.shmem.from;
-        const path = `/proc/${f.pid}/map_files/${f.start.toString(16)}-${f.end.toString(16)}`;
+        const path = `/proc/${hostPid(f.pid)}/map_files/${f.start.toString(16)}-${f.end.toString(16)}`;
         remote.reset();
         fd = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(path), O_RDWR, 0], `${label}: shared memory of pid ${f.pid}`);
         fds.set(`shmem:${path}:${fd}`, fd);

@@ -97,8 +97,8 @@ export function restoreSignalState(remote: Remote, s: ImageSignals, shared: stri
     const info = Buffer.from(b64, 'base64');
     const signo = info.readInt32LE(0);
     const addr = remote.putBytes(info);
-    if (isShared) remote.call('rt_sigqueueinfo', SYS.rt_sigqueueinfo, [remote.task.tgid, signo, addr], `pending signal ${signo}`);
-    else remote.call('rt_tgsigqueueinfo', SYS.rt_tgsigqueueinfo, [remote.task.tgid, remote.task.pid, signo, addr], `pending signal ${signo}`);
+    if (isShared) remote.call('rt_sigqueueinfo', SYS.rt_sigqueueinfo, [remote.task.vtgid, signo, addr], `pending signal ${signo}`);
+    else remote.call('rt_tgsigqueueinfo', SYS.rt_tgsigqueueinfo, [remote.task.vtgid, remote.task.vpid, signo, addr], `pending signal ${signo}`);
   };
   for (const p of shared) queue(p, true);
   for (const p of s.pending) queue(p, false);

@@ -33,10 +33,15 @@ export class Tracee {
 
   /** thread group (process) id; equals pid for a main thread */
   readonly tgid: number;
+  /** the ids as the task itself sees them (they differ inside a new pid namespace) */
+  vpid: number;
+  vtgid: number;
 
   constructor(pid: number, tgid = pid) {
     this.pid = pid;
     this.tgid = tgid;
+    this.vpid = pid;
+    this.vtgid = tgid;
   }
 
   /** PTRACE_SEIZE + PTRACE_INTERRUPT, then wait for the stop. */
