@@ -336,10 +336,9 @@ function discard(tasks: Tracee[]): void {
   for (const t of tasks) {
     try { process.kill(t.pid, 'SIGKILL'); } catch { /* already gone */ }
   }
-  for (const t of tasks) {
-    if (t.pid === t.tgid) {
-      try { waitpidSync(t.pid, __WALL); } catch { /* reaped */ }
-    }
+  // A group leader is reported only after its other threads: those first.
+  for (const t of [...tasks.filter((x) => x.pid !== x.tgid), ...tasks.filter((x) => x.pid === x.tgid)]) {
+    try { waitpidSync(t.pid, __WALL); } catch { /* reaped */ }
     t.forget();
   }
 }

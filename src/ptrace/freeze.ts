@@ -189,7 +189,9 @@ export class FrozenTree {
       }
       // As their tracer we hear of each death first: take that notice so
       // the real parent can reap them at once.
-      for (const t of this.tracees) {
+      // A group leader is reported only after its other threads: those first.
+      const order = [...this.tracees.filter((t) => t.pid !== t.tgid), ...this.tracees.filter((t) => t.pid === t.tgid)];
+      for (const t of order) {
         try { waitpidSync(t.pid, __WALL); } catch { /* not ours to wait for */ }
         t.forget();
       }
