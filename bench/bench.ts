@@ -19,7 +19,7 @@ import { spawnSync } from 'node:child_process';
 import { build, Procs, waitFor, ROOT, CLI } from '../test/harness';
 import { checkpointSync, restartSync, loadImage } from '../src/index';
 import type { LoadedImage, Restarted } from '../src/index';
-import { posixSpawn, waitpidSync, syscall, WNOHANG, __WALL } from '../src/sys/libc';
+import { posixSpawn, waitpidSync, syscall, processVmWritev, addressOf, WNOHANG, __WALL } from '../src/sys/libc';
 import { SYS } from '../src/sys/x86';
 
 // ---- settings ---------------------------------------------------------------
@@ -29,7 +29,7 @@ const GIB = 1 << 30;
 const BIG_MIB = 1024;
 const CHUNK = 8 * MIB;
 /** Wall-clock budget for the measured rounds of each 1 GiB section (s). */
-const BIG_BUDGET_S = { checkpoint: 60, restart: 40 };
+const BIG_BUDGET_S = { checkpoint: 90, restart: 60 };
 const BIG_MIN_RUNS = 3;
 const BIG_MAX_RUNS = 5;
 const TINY_LIB_RUNS = 15;
@@ -219,8 +219,32 @@ function freshCopy(img: LoadedImage): number {
   let off = 0;
   for (const p of img.pages) off += p.data.copy(dst, off);
   const t = msSince(t0);
-  if (dst[total - 1] !== img.pages[img.pages.length - 1].data[img.pages[img.pages.length - 1].data.length - 1]) throw new Error('copy check');
+  checkCopy(img, dst);
   return t;
+}
+
+/**
+ * The same data moved with process_vm_writev (what a restart uses) into
+ * fresh memory of this process: the kernel faults the pages in itself.
+ */
+function freshVmWritev(img: LoadedImage): number {
+  const total = img.pages.reduce((s, p) => s + p.data.length, 0);
+  const t0 = now();
+  const dst = Buffer.allocUnsafeSlow(total);
+  const base = addressOf(dst);
+  let off = 0;
+  for (const p of img.pages) {
+    processVmWritev(process.pid, p.data, 0, [{ addr: base + off, len: p.data.length }]);
+    off += p.data.length;
+  }
+  const t = msSince(t0);
+  checkCopy(img, dst);
+  return t;
+}
+
+function checkCopy(img: LoadedImage, dst: Buffer): void {
+  const last = img.pages[img.pages.length - 1].data;
+  if (dst.length === 0 || dst[dst.length - 1] !== last[last.length - 1] || dst[0] !== img.pages[0].data[0]) throw new Error('copy check failed');
 }
 
 // ---- section 1: checkpoint of 1 GiB ------------------------------------------------------
@@ -332,7 +356,7 @@ async function main(): Promise<void> {
       rows.push({
         figure: `1. … frozenMs (target stopped)`,
         measured: ms(fr),
-        limit: `${ms(c)} (checkpoint wall time)`,
+        limit: `${ms(c)} (its checkpoint wall time, for reference)`,
         target: '', met: '',
       });
       rows.push({
@@ -346,30 +370,51 @@ async function main(): Promise<void> {
     const bigPageBytes = stats[0].pageBytes;
 
     // ---------------- 2. restart of the 1 GiB image ----------------
-    const loadMs: number[] = [], restartMs: number[] = [], totalMs: number[] = [], readMs: number[] = [], copyMs: number[] = [];
+    const loadMs: number[] = [], restartMs: number[] = [], totalMs: number[] = [], readMs: number[] = [], copyMs: number[] = [], pvwMs: number[] = [];
     let verifiedRuns = 0;
     let verifiedSeen = 1; // the original's "verified" line
-    const restartRound = async (measure: boolean): Promise<number> => {
+    const restartRound = async (measure: boolean, round: number): Promise<number> => {
       const tr = now();
       // Limit 1: plain read of the image file into memory.
-      gc();
+      const plainRead = (): number => {
+        gc();
+        const t0 = now();
+        let raw: Buffer | undefined = fs.readFileSync(bigImage);
+        const t = msSince(t0);
+        if (raw.length !== stats[0].imageBytes) throw new Error('short read');
+        raw = undefined;
+        gc();
+        return t;
+      };
+      // Limit 2: the loaded page data put into fresh memory of this process,
+      // with process_vm_writev (as the restart does) and with memcpy.
+      const limits = (img: LoadedImage): { pvw: number; copy: number } => {
+        gc();
+        const pvw = freshVmWritev(img);
+        gc();
+        const copy = freshCopy(img);
+        gc();
+        return { pvw, copy };
+      };
+      // Interleaved: even rounds measure the limits around stasis, odd
+      // rounds the other way round.
+      let read = 0, load = 0, rst = 0, lim = { pvw: 0, copy: 0 };
+      let r: Restarted;
+      let img: LoadedImage | undefined;
+      if (round % 2 === 0) read = plainRead();
       let t0 = now();
-      let raw: Buffer | undefined = fs.readFileSync(bigImage);
-      const read = msSince(t0);
-      raw = undefined;
-      gc();
-      // stasis: read + verify, then restart from the loaded image.
+      img = loadImage(bigImage);
+      load = msSince(t0);
+      if (round % 2 === 1) lim = limits(img);
       t0 = now();
-      let img: LoadedImage | undefined = loadImage(bigImage);
-      const load = msSince(t0);
-      t0 = now();
-      const r: Restarted = restartSync(img);
-      const rst = msSince(t0);
+      r = restartSync(img);
+      rst = msSince(t0);
       children.add(r.pid);
-      // Limit 2: the same page data copied into fresh memory of this process.
-      const copy = freshCopy(img);
+      if (round % 2 === 0) lim = limits(img);
       img = undefined;
       gc();
+      if (round % 2 === 1) read = plainRead();
+      const { pvw, copy } = lim;
       // Correctness: the restored process verifies its 1 GiB and exits 0.
       process.kill(r.pid, 'SIGUSR1');
       await waitLines(hogOut, 'verified', ++verifiedSeen);
@@ -378,18 +423,18 @@ async function main(): Promise<void> {
       if (end.code !== 0) throw new Error(`restored memhog ended with ${JSON.stringify(end)}`);
       if (measure) {
         verifiedRuns++;
-        loadMs.push(load); restartMs.push(rst); totalMs.push(load + rst); readMs.push(read); copyMs.push(copy);
-        log(`  restart: loadImage ${ms(load)} (plain read ${ms(read)}), restartSync ${ms(rst)} (fresh copy ${ms(copy)}), verified`);
+        loadMs.push(load); restartMs.push(rst); totalMs.push(load + rst); readMs.push(read); copyMs.push(copy); pvwMs.push(pvw);
+        log(`  restart: loadImage ${ms(load)} (plain read ${ms(read)}), restartSync ${ms(rst)} (process_vm_writev ${ms(pvw)}, memcpy ${ms(copy)} into fresh memory), verified`);
       }
       return msSince(tr);
     };
-    const oneRestart = await restartRound(false);
+    const oneRestart = await restartRound(false, 0);
     const restartRounds = roundsFor(oneRestart, BIG_BUDGET_S.restart);
     log(`restart warm-up done in ${f1(oneRestart / 1000)} s; ${restartRounds} measured rounds`);
-    for (let i = 0; i < restartRounds; i++) await restartRound(true);
+    for (let i = 0; i < restartRounds; i++) await restartRound(true, i);
     fs.rmSync(bigImage, { force: true });
     {
-      const l = median(loadMs), r = median(restartMs), t = median(totalMs), rd = median(readMs), cp = median(copyMs);
+      const l = median(loadMs), r = median(restartMs), t = median(totalMs), rd = median(readMs), cp = median(copyMs), pv = median(pvwMs);
       rows.push({
         figure: '2. Restart 1 GiB: loadImage (read + verify, from /dev/shm)',
         measured: `${ms(l)} (${f2(gibs(bigPageBytes, l))} GiB/s)`,
@@ -399,13 +444,13 @@ async function main(): Promise<void> {
       rows.push({
         figure: '2. … restartSync(loaded image)',
         measured: `${ms(r)} (${f2(gibs(bigPageBytes, r))} GiB/s)`,
-        limit: `${ms(cp)} (copy of the pages into fresh memory here, ${f2(gibs(bigPageBytes, cp))} GiB/s)`,
+        limit: `${ms(pv)} (process_vm_writev of the pages into fresh memory here, ${f2(gibs(bigPageBytes, pv))} GiB/s; memcpy: ${ms(cp)}, ${f2(gibs(bigPageBytes, cp))} GiB/s)`,
         target: `≥ ${TARGET.restoreGiBs} GiB/s`, met: yes(gibs(bigPageBytes, r) >= TARGET.restoreGiBs),
       });
       rows.push({
         figure: '2. … total (loadImage + restartSync), memory restored',
         measured: `${ms(t)} (${f2(gibs(bigPageBytes, t))} GiB/s)`,
-        limit: `${ms(rd + cp)} (plain read + fresh copy, ${f2(gibs(bigPageBytes, rd + cp))} GiB/s)`,
+        limit: `${ms(rd + pv)} (plain read + process_vm_writev, ${f2(gibs(bigPageBytes, rd + pv))} GiB/s)`,
         target: `≥ ${TARGET.restoreGiBs} GiB/s`, met: yes(gibs(bigPageBytes, t) >= TARGET.restoreGiBs),
       });
       rows.push({
@@ -413,7 +458,7 @@ async function main(): Promise<void> {
         measured: `${verifiedRuns}/${restartRounds} runs (+ warm-up)`,
         limit: '', target: 'all', met: yes(verifiedRuns === restartRounds),
       });
-      details.push(`- restart 1 GiB: loadImage ms [${samples(loadMs)}]; restartSync ms [${samples(restartMs)}]; plain read ms [${samples(readMs)}]; fresh copy ms [${samples(copyMs)}]`);
+      details.push(`- restart 1 GiB: loadImage ms [${samples(loadMs)}]; restartSync ms [${samples(restartMs)}]; plain read ms [${samples(readMs)}]; process_vm_writev into fresh memory ms [${samples(pvwMs)}]; memcpy into fresh memory ms [${samples(copyMs)}]`);
     }
 
     // ---------------- 3. tiny process: sleep 1000 ----------------
@@ -527,12 +572,12 @@ async function main(): Promise<void> {
       '',
       `Run on ${new Date().toISOString()}; medians (1 GiB: ${ckptRounds} checkpoint rounds, ${restartRounds} restart rounds, after one untimed warm-up round each; compared things interleaved). GB = 10^9 B, GiB = 2^30 B.`,
       '',
-      '| Figure | Measured | Limit measured in the same run | Ratio / target | Target met |',
+      '| Figure | Measured | Limit / reference measured in the same run | Ratio / target | Target met |',
       '|---|---|---|---|---|',
       ...rows.map((r) => `| ${esc(r.figure)} | ${esc(r.measured)} | ${esc(r.limit)} | ${esc(r.target)} | ${r.met} |`),
       '',
       'Notes: checkpointSync fsyncs the image file it creates, so the plain-write limit fsyncs too; both write the image size in bytes.',
-      'The restart limits are a plain read of the image file and a copy of its page data into freshly allocated memory of the bench process.',
+      'The restart limits are a plain read of the image file, and its page data put into freshly allocated memory of the bench process with process_vm_writev (the call restartSync uses; the kernel faults the pages) and, for comparison, with memcpy (user-space page faults). First-touch page faults are slow and noisy in this VM, so these fresh-memory references can come out slower than restartSync itself; the absolute 3 GiB/s target is what decides.',
       'The restored 1 GiB memhog is checked every run (SIGUSR1 → it compares all its pages → "verified", exit 0).',
       '',
       'Samples (ms):',

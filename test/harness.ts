@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { posixSpawn, waitpidSync, WNOHANG, __WALL } from '../src/sys/libc';
+import { scanTree } from '../src/ptrace/freeze';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const PROGRAMS = path.join(ROOT, 'test', 'programs');
@@ -27,8 +28,16 @@ export function build(name: string): string {
   return out;
 }
 
+const made: string[] = [];
+process.on('exit', () => {
+  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A fresh directory, removed when the test process ends. */
 export function tmpdir(tag: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `stasis-${tag}-`));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), `stasis-${tag}-`));
+  made.push(d);
+  return d;
 }
 
 /** Every pid a test started; `cleanup` kills and reaps exactly these. */
@@ -60,6 +69,12 @@ export class Procs {
     return pid;
   }
 
+  /** A restored tree: its root and every descendant it has now. */
+  addTree(root: number): number {
+    for (const p of scanTree(root)) this.pids.add(p.pid);
+    return root;
+  }
+
   /** Reap a child of ours that ended (or note that it is still running). */
   reap(pid: number): boolean {
     try {
@@ -70,6 +85,12 @@ export class Procs {
   }
 
   cleanup(): void {
+    // Their descendants were started by them, hence by the test: end those too.
+    for (const pid of [...this.pids]) {
+      try {
+        for (const p of scanTree(pid)) this.pids.add(p.pid);
+      } catch { /* gone */ }
+    }
     for (const pid of this.pids) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* ended */ }
       try { waitpidSync(pid, __WALL | WNOHANG); } catch { /* not ours */ }
@@ -88,11 +109,13 @@ export function alive(pid: number): boolean {
   return !/\) Z /.test(stat);
 }
 
-/** Wait (polling its output file) until `file` matches `re`; fail after `ms`. */
-export async function waitFor(file: string, re: RegExp, ms = 20000): Promise<string> {
+/** Wait (polling its output file) until `file` matches `want`; fail after `ms`. */
+export async function waitFor(file: string, want: RegExp | ((text: string) => boolean), ms = 20000): Promise<string> {
   const until = Date.now() + ms;
+  const re = typeof want === 'function' ? { test: want } : want;
   for (;;) {
-    const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+    let text = '';
+    try { text = fs.readFileSync(file, 'utf8'); } catch { /* not there yet */ }
     if (re.test(text)) return text;
     if (Date.now() > until) throw new Error(`timed out waiting for ${re} in ${file}; it holds:\n${text.slice(-2000)}`);
     await new Promise((r) => setTimeout(r, 5));

@@ -1,0 +1,197 @@
+// End to end: whole process trees and multi-threaded processes, restored
+// with their original pids.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { build, Procs, waitFor, waitGone, tmpdir, PROGRAMS } from './harness';
+import { checkpointSync, restartSync, loadImage } from '../src';
+import type { Restarted } from '../src';
+import { readStat, readStatus, listChildren, listThreads } from '../src/proc';
+import { scanTree } from '../src/ptrace/freeze';
+import { waitpidAsync } from '../src/sys/libc';
+
+const procs = new Procs();
+after(() => procs.cleanup());
+
+interface PsFacts { pid: number; ppid: number; pgid: number; sid: number; state: string }
+
+/** What `ps -o pid,ppid,pgid,sid,stat` would say of every process of a tree. */
+function psFacts(root: number): PsFacts[] {
+  return scanTree(root).map(({ pid }) => {
+    const st = readStat(pid);
+    return { pid, ppid: pid === root ? 0 : st.ppid, pgid: st.pgrp, sid: st.session, state: st.state === 'Z' ? 'Z' : 'live' };
+  }).sort((a, b) => a.pid - b.pid);
+}
+
+/** Checkpoint a tree with --kill, wait until its root is gone, restart it. */
+async function checkpointKillRestart(pid: number, dir: string, opts: { pidNs?: boolean } = {}): Promise<Restarted> {
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  const r = restartSync(img, opts);
+  procs.addTree(r.pid);
+  return r;
+}
+
+/** Run a program to its end without interruption; resolves with its output. */
+async function referenceRun(file: string, args: string[], dir: string): Promise<string> {
+  const out = path.join(dir, 'reference.out');
+  const pid = procs.start(file, args, out, { cwd: dir });
+  const { status } = await waitpidAsync(pid, 0);
+  assert.equal(status, 0, `reference run of ${file} failed`);
+  return fs.readFileSync(out, 'utf8');
+}
+
+test('a shell pipeline with data in flight in both pipes produces identical output', async () => {
+  const producer = build('producer'), consumer = build('consumer');
+  const dir = tmpdir('pipeline');
+  const script = `"${producer}" 20000 | tr a-z A-Z | "${consumer}" > "$0"`;
+  const reference = path.join(dir, 'reference');
+  const refPid = procs.start('/bin/bash', ['-c', script, reference], path.join(dir, 'ref.log'));
+  const data = path.join(dir, 'data');
+  const pid = procs.start('/bin/bash', ['-c', script, data], path.join(dir, 'log'));
+  while (fs.existsSync(data) ? fs.statSync(data).size < 100000 : true) await new Promise((r) => setTimeout(r, 5));
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  const image = loadImage(img);
+  assert.equal(image.pipes.length, 2, 'two pipes');
+  assert.ok(image.pipes.every((p) => Buffer.from(p.data, 'base64').length > 0), 'both pipes held data in flight');
+  await waitGone(pid, procs);
+  const r = restartSync(img);
+  procs.addTree(r.pid);
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal((await waitpidAsync(refPid, 0)).status, 0);
+  const got = fs.readFileSync(data);
+  assert.equal(got.length, fs.readFileSync(reference).length);
+  assert.ok(got.equals(fs.readFileSync(reference)), 'byte-identical to an uninterrupted run');
+});
+
+test('a tree of 8 processes in 3 groups and 2 sessions with 2 zombies comes back identical', async () => {
+  const prog = build('tree');
+  const dir = tmpdir('tree');
+  const reference = referenceRun(prog, [], dir);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^ready$/m);
+  const before = psFacts(pid);
+  assert.equal(before.length, 8);
+  assert.equal(before.filter((p) => p.state === 'Z').length, 2);
+  assert.equal(new Set(before.map((p) => p.pgid)).size, 3);
+  assert.equal(new Set(before.map((p) => p.sid)).size, 2);
+  const r = await checkpointKillRestart(pid, dir);
+  assert.deepEqual(psFacts(r.pid), before);
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), await reference);
+});
+
+test('8 pthreads (counting, in a condvar, on a mutex, in nanosleep) resume and join', async () => {
+  const prog = build('threads');
+  const dir = tmpdir('threads');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^ready$/m);
+  const threads = listThreads(pid);
+  assert.equal(threads.length, 9);
+  const names = threads.map((t) => fs.readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8'));
+  const r = await checkpointKillRestart(pid, dir);
+  assert.deepEqual(listThreads(r.pid), threads, 'same tids');
+  assert.deepEqual(listThreads(r.pid).map((t) => fs.readFileSync(`/proc/${r.pid}/task/${t}/comm`, 'utf8')), names);
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  const text = fs.readFileSync(out, 'utf8');
+  assert.match(text, /^total 2500$/m);
+  assert.match(text, /^joined 8$/m);
+  assert.match(text, /^done$/m);
+  assert.doesNotMatch(text, /FAIL/);
+});
+
+test('a python program with threading finishes with the right result', async () => {
+  const script = path.join(PROGRAMS, 'pythreads.py');
+  const python = execFileSync('python3', ['-c', 'import sys; print(sys.executable)']).toString().trim();
+  const dir = tmpdir('pythreads');
+  const reference = referenceRun(python, [script, '300'], dir);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(python, [script, '300'], out);
+  await waitFor(out, /^ready$/m);
+  await new Promise((res) => setTimeout(res, 200)); // let the threads get going: any point is fine
+  assert.ok(listThreads(pid).length >= 5);
+  const r = await checkpointKillRestart(pid, dir);
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), await reference);
+});
+
+test('shared anonymous memory between parent and child stays shared', async () => {
+  const prog = build('shmem');
+  const dir = tmpdir('shmem');
+  const reference = referenceRun(prog, [], dir);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^ping 100$/m);
+  const r = await checkpointKillRestart(pid, dir);
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), await reference);
+});
+
+test('original pids: refused by name when taken, restored in a new pid namespace', async () => {
+  const prog = build('threads');
+  const dir = tmpdir('pidns');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^ready$/m);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img); // the original keeps running: its pids are taken
+  const children = listChildren(process.pid);
+  assert.throws(() => restartSync(img), new RegExp(`pid ${pid} is in use \\(by threads\\)`));
+  assert.deepEqual(listChildren(process.pid), children, 'nothing left behind');
+  const r = restartSync(img, { pidNs: true });
+  procs.addTree(r.pid);
+  const ns = readStatus(r.pid).nsPid;
+  assert.equal(ns[ns.length - 1], pid, 'the same pid inside the namespace');
+  assert.notEqual(r.pid, pid);
+  process.kill(r.pid, 'SIGKILL');
+  await r.wait();
+});
+
+test('a failure in the middle of a tree checkpoint leaves every task running, untraced', async () => {
+  const prog = build('tree_unsupported');
+  const dir = tmpdir('treefail');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^ready$/m);
+  const tree = scanTree(pid).map((p) => p.pid);
+  assert.equal(tree.length, 4);
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), /fd \d+ of pid \d+: socket is not supported yet/);
+  assert.equal(fs.existsSync(path.join(dir, 'image')), false);
+  for (const p of tree) {
+    const st = readStatus(p);
+    assert.equal(st.tracerPid, 0, `pid ${p} untraced`);
+    assert.match(st.state, /^[RS]/, `pid ${p} running`);
+    assert.doesNotMatch(fs.readFileSync(`/proc/${p}/cgroup`, 'utf8'), /freezer:\/stasis/, `pid ${p} back in its cgroup`);
+  }
+  // Every process keeps counting.
+  const count = (text: string) => (text.match(/^alive /gm) ?? []).length;
+  const seen = count(fs.readFileSync(out, 'utf8'));
+  await waitFor(out, (t) => count(t) >= seen + 4);
+});
+
+test('a fork racing with the freeze is caught: the tree checkpoints and restarts', async () => {
+  const prog = build('forker');
+  const dir = tmpdir('forker');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^ready$/m);
+  const img = path.join(dir, 'image');
+  const res = checkpointSync(pid, img, { kill: true });
+  assert.ok(res.processes >= 2, 'children were taken along');
+  await waitGone(pid, procs);
+  const image = loadImage(img);
+  assert.deepEqual(image.processes.slice(1).map((p) => p.ppid).filter((pp) => pp !== pid), []);
+  const r = restartSync(img);
+  procs.addTree(r.pid);
+  assert.equal(r.pid, pid);
+  // It goes on forking and reaping.
+  await waitFor(`/proc/${r.pid}/stat`, /\) [RS] /);
+  process.kill(r.pid, 'SIGKILL');
+  await r.wait();
+});
