@@ -25,6 +25,8 @@ export interface CheckpointOptions {
   kill?: boolean;
   /** Step-by-step progress messages. */
   log?: (msg: string) => void;
+  /** pipes shared with processes outside the tree to take anyway, as "pipe:[INO]" */
+  external?: string[];
 }
 
 export interface CheckpointResult {
@@ -155,7 +157,7 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
       const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })));
       surveys.push({ proc: p, vmas, fds });
     }
-    pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)));
+    pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => dumpProcess(s));
     const runs: PageRun[][][] = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v)));

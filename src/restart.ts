@@ -28,6 +28,8 @@ export interface RestartOptions {
    * exit status, which is what wait() reports.
    */
   pidNs?: boolean;
+  /** external pipes of the image ("pipe:[INO]") -> an fd of this process on the pipe to connect them to */
+  inheritFds?: Record<string, number>;
   /** Start the restored process in a new session (for running detached). */
   setsid?: boolean;
   log?: (msg: string) => void;
@@ -350,7 +352,7 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
   const ns = !!opts.pidNs;
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
   preflight(img, ns);
-  const pipes = new PipeKeeper(img.pipes);
+  const pipes = new PipeKeeper(img.pipes, opts.inheritFds);
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
   const created: Tracee[] = [blank];
   let rootTask: Tracee;

@@ -48,8 +48,8 @@ export class Procs {
    * Start a target in a new session with stdout/stderr to `out` and no
    * other fds; it is our child but not libuv's, so we reap it ourselves.
    */
-  start(file: string, args: string[], out: string, opts: { cwd?: string } = {}): number {
-    const fd = fs.openSync(out, 'a');
+  start(file: string, args: string[], out: string, opts: { cwd?: string; stdout?: number } = {}): number {
+    const fd = opts.stdout ?? fs.openSync(out, 'a');
     const nul = fs.openSync('/dev/null', 'r');
     try {
       const argv = [file, ...args];
@@ -59,7 +59,7 @@ export class Procs {
       this.pids.add(pid);
       return pid;
     } finally {
-      fs.closeSync(fd);
+      if (opts.stdout === undefined) fs.closeSync(fd);
       fs.closeSync(nul);
     }
   }

@@ -10,7 +10,7 @@ import { checkpointSync, restartSync, loadImage } from '../src';
 import type { Restarted } from '../src';
 import { readStat, readStatus, listChildren, listThreads } from '../src/proc';
 import { scanTree } from '../src/ptrace/freeze';
-import { waitpidAsync } from '../src/sys/libc';
+import { waitpidAsync, syscall } from '../src/sys/libc';
 
 const procs = new Procs();
 after(() => procs.cleanup());
@@ -194,4 +194,49 @@ test('a fork racing with the freeze is caught: the tree checkpoints and restarts
   await waitFor(`/proc/${r.pid}/stat`, /\) [RS] /);
   process.kill(r.pid, 'SIGKILL');
   await r.wait();
+});
+
+test('a pipe to a process outside the tree: refused, or taken with --external and handed back with --inherit-fd', async () => {
+  const prog = build('counter');
+  const dir = tmpdir('external');
+  const ends = Buffer.alloc(8);
+  syscall(293 /* pipe2 */, 'pipe2', ends, 0o2000000 | 0o4000 /* O_CLOEXEC | O_NONBLOCK */);
+  const [r, w] = [ends.readInt32LE(0), ends.readInt32LE(4)];
+  const received: string[] = [];
+  const drain = () => {
+    const b = Buffer.alloc(4096);
+    for (;;) {
+      try {
+        const n = fs.readSync(r, b, 0, b.length, null);
+        if (n === 0) break;
+        received.push(b.subarray(0, n).toString());
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') break;
+        throw e;
+      }
+    }
+    return received.join('');
+  };
+  const until = async (re: RegExp) => {
+    for (let i = 0; i < 4000 && !re.test(drain()); i++) await new Promise((res) => setTimeout(res, 5));
+    assert.match(drain(), re);
+  };
+  try {
+    const pid = procs.start(prog, [], path.join(dir, 'unused'), { stdout: w });
+    fs.closeSync(w);
+    await until(/counter: 2\n/);
+    const name = `pipe:[${fs.fstatSync(r).ino}]`;
+    const img = path.join(dir, 'image');
+    assert.throws(() => checkpointSync(pid, img), new RegExp(`fd 1 of pid ${pid}: ${name.replace(/[[\]]/g, '\\$&')} is shared with pid ${process.pid} outside the tree; pass --external`));
+    checkpointSync(pid, img, { kill: true, external: [name] });
+    await waitGone(pid, procs);
+    const seen = drain().trim().split('\n').length;
+    assert.throws(() => restartSync(img), /was connected outside the tree at checkpoint time: pass --inherit-fd/);
+    const back = restartSync(img, { inheritFds: { [name]: r } });
+    procs.add(back.pid);
+    await until(new RegExp(`counter: ${seen + 2}\n`));
+    assert.deepEqual(drain().trim().split('\n').map((l) => Number(l.split(' ')[1])).slice(0, seen + 2), Array.from({ length: seen + 2 }, (_, i) => i + 1));
+  } finally {
+    fs.closeSync(r);
+  }
 });

@@ -9,13 +9,16 @@ import { StasisError } from '../sys/errno';
 import { constants as osConstants } from 'node:os';
 
 const USAGE = `usage:
-  stasis checkpoint PID [-o FILE] [--kill] [-v]
-      save process PID into an image (FILE, or stdout when it is not a terminal);
-      the process keeps running unless --kill is given
-  stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns] [-v]
+  stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]]... [-v]
+      save the process tree rooted at PID into an image (FILE, or stdout when
+      it is not a terminal); it keeps running unless --kill is given;
+      --external takes along a pipe shared with a process outside the tree
+  stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns]
+                 [--inherit-fd FD:pipe:[INO]]... [-v]
       recreate the process tree from an image (a file, or stdin with - or no
       FILE) with its original pids; waits for its root and returns its exit
-      status unless --detach; --pid-ns restores inside a new pid namespace
+      status unless --detach; --pid-ns restores inside a new pid namespace;
+      --inherit-fd connects an external pipe of the image to fd FD
   stasis show FILE [--json]
       describe an image (--json: all metadata, no page contents)
   stasis check
@@ -26,12 +29,15 @@ class UsageError extends Error {}
 interface Parsed {
   positional: string[];
   flags: Map<string, string | true>;
+  /** every value of flags that may repeat */
+  lists: Map<string, string[]>;
 }
 
 /** Minimal option parser: known flags, some taking a value. */
 function parse(args: string[], withValue: string[], boolean: string[]): Parsed {
   const positional: string[] = [];
   const flags = new Map<string, string | true>();
+  const lists = new Map<string, string[]>();
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === '-' || !a.startsWith('-')) {
@@ -43,13 +49,14 @@ function parse(args: string[], withValue: string[], boolean: string[]): Parsed {
       const v = inline ?? args[++i];
       if (v === undefined) throw new UsageError(`${name} needs a value`);
       flags.set(name, v);
+      lists.set(name, [...(lists.get(name) ?? []), v]);
     } else if (boolean.includes(name)) {
       flags.set(name, true);
     } else {
       throw new UsageError(`unknown option ${a}`);
     }
   }
-  return { positional, flags };
+  return { positional, flags, lists };
 }
 
 function logger(verbose: boolean): ((m: string) => void) | undefined {
@@ -59,7 +66,7 @@ function logger(verbose: boolean): ((m: string) => void) | undefined {
 }
 
 function cmdCheckpoint(args: string[]): number {
-  const p = parse(args, ['-o', '--output'], ['--kill', '-v', '--verbose']);
+  const p = parse(args, ['-o', '--output', '--external'], ['--kill', '-v', '--verbose']);
   if (p.positional.length !== 1) throw new UsageError('checkpoint takes one PID');
   const pid = Number(p.positional[0]);
   if (!Number.isInteger(pid) || pid <= 0) throw new UsageError(`not a pid: ${p.positional[0]}`);
@@ -70,7 +77,7 @@ function cmdCheckpoint(args: string[]): number {
     if (tty.isatty(1)) throw new StasisError('refusing to write an image to a terminal: give -o FILE or redirect stdout');
     output = 1;
   }
-  const r = checkpointSync(pid, output, { kill: p.flags.has('--kill'), log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+  const r = checkpointSync(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
   if (p.flags.has('-v') || p.flags.has('--verbose')) {
     process.stderr.write(`checkpointed pid ${r.pid}: ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
   }
@@ -82,11 +89,17 @@ function signalName(sig: number): string {
 }
 
 async function cmdRestart(args: string[]): Promise<number> {
-  const p = parse(args, ['--pidfile'], ['-d', '--detach', '-v', '--verbose', '--pid-ns']);
+  const p = parse(args, ['--pidfile', '--inherit-fd'], ['-d', '--detach', '-v', '--verbose', '--pid-ns']);
+  const inheritFds: Record<string, number> = {};
+  for (const spec of p.lists.get('--inherit-fd') ?? []) {
+    const m = /^(\d+):(pipe:\[\d+\])$/.exec(spec);
+    if (!m) throw new UsageError(`--inherit-fd takes FD:pipe:[INODE], not ${spec}`);
+    inheritFds[m[2]] = Number(m[1]);
+  }
   if (p.positional.length > 1) throw new UsageError('restart takes at most one image');
   const src = p.positional[0] ?? '-';
   const detach = p.flags.has('-d') || p.flags.has('--detach');
-  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, pidNs: p.flags.has('--pid-ns'), log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, pidNs: p.flags.has('--pid-ns'), inheritFds, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
   const pidfile = p.flags.get('--pidfile') as string | undefined;
   if (pidfile) fs.writeFileSync(pidfile, `${r.pid}\n`);
   if (detach) {

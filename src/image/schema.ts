@@ -153,6 +153,8 @@ export interface ImagePipe {
   path?: string;
   /** buffer capacity (F_GETPIPE_SZ) */
   size: number;
-  /** unread bytes, base64 */
+  /** unread bytes, base64 (empty for an external pipe: they are not ours) */
   data: string;
+  /** a pipe also held outside the tree, declared with --external: at restart it must be handed in with --inherit-fd */
+  external?: boolean;
 }

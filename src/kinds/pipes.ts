@@ -16,7 +16,7 @@ const SPLICE_F_NONBLOCK = 2;
 interface Holder { pid: number; fd: number }
 
 export class PipeTable {
-  private readonly pipes = new Map<number, { kind: 'pipe' | 'fifo'; path?: string; holder: Holder }>();
+  private readonly pipes = new Map<number, { kind: 'pipe' | 'fifo'; path?: string; holder: Holder; external?: boolean }>();
 
   /** Remember a pipe or FIFO seen at fd `fd` of `pid`; returns its id. */
   note(pid: number, fd: number, kind: 'pipe' | 'fifo', ino: number, path?: string): number {
@@ -28,13 +28,17 @@ export class PipeTable {
     return this.pipes.size;
   }
 
-  /** A pipe also open in a process outside the tree cannot be taken along. */
-  refuseOutsiders(tree: Set<number>): void {
+  /**
+   * A pipe also open in a process outside the tree cannot be taken along,
+   * unless the user declared it external (`external` holds "pipe:[INO]"
+   * names): then it is recorded without its bytes, to be handed in again.
+   */
+  refuseOutsiders(tree: Set<number>, external: string[] = []): void {
     const wanted = new Map<string, number>();
     for (const [ino, p] of this.pipes) if (p.kind === 'pipe') wanted.set(`pipe:[${ino}]`, ino);
     if (!wanted.size) return;
     for (const d of fs.readdirSync('/proc')) {
-      if (!/^\d+$/.test(d) || tree.has(Number(d)) || Number(d) === process.pid) continue;
+      if (!/^\d+$/.test(d) || tree.has(Number(d))) continue;
       let fds: string[];
       try {
         fds = fs.readdirSync(`/proc/${d}/fd`);
@@ -49,10 +53,13 @@ export class PipeTable {
           continue;
         }
         const ino = wanted.get(link);
-        if (ino !== undefined) {
-          const h = this.pipes.get(ino)!.holder;
-          throw new UnsupportedError(`fd ${h.fd} of pid ${h.pid}: pipe shared with pid ${d} outside the tree is not supported yet`);
+        if (ino === undefined) continue;
+        const p = this.pipes.get(ino)!;
+        if (external.includes(link)) {
+          p.external = true;
+          continue;
         }
+        throw new UnsupportedError(`fd ${p.holder.fd} of pid ${p.holder.pid}: ${link} is shared with pid ${d} outside the tree; pass --external ${link} to checkpoint it and --inherit-fd at restart`);
       }
     }
   }
@@ -64,7 +71,8 @@ export class PipeTable {
       const src = fs.openSync(`/proc/${p.holder.pid}/fd/${p.holder.fd}`, O_RDONLY | O_NONBLOCK);
       try {
         const size = syscall(SYS_FCNTL, 'fcntl(F_GETPIPE_SZ)', src, F_GETPIPE_SZ);
-        out.push({ id, kind: p.kind, path: p.path, size, data: peek(src, size).toString('base64') });
+        const data = p.external ? '' : peek(src, size).toString('base64');
+        out.push({ id, kind: p.kind, path: p.path, size, data, ...(p.external ? { external: true } : {}) });
       } finally {
         fs.closeSync(src);
       }
@@ -105,11 +113,28 @@ function peek(src: number, size: number): Buffer {
 export class PipeKeeper {
   private readonly held = new Map<number, { path: (write: boolean) => string; fds: number[] }>();
 
-  constructor(pipes: ImagePipe[]) {
+  /** `inherit`: for external pipes, "pipe:[INO]" -> an fd of this process on the pipe to use. */
+  constructor(pipes: ImagePipe[], inherit: Record<string, number> = {}) {
     try {
       for (const p of pipes) {
         const data = Buffer.from(p.data, 'base64');
-        if (p.kind === 'pipe') {
+        if (p.external) {
+          const name = `pipe:[${p.id}]`;
+          const fd = inherit[name];
+          if (fd === undefined) throw new StasisError(`${name} was connected outside the tree at checkpoint time: pass --inherit-fd FD:${name} with an fd of yours on the pipe to connect it to`);
+          // Held read-write so that no task's open of it can block.
+          let both: number;
+          try {
+            both = fs.openSync(`/proc/${process.pid}/fd/${fd}`, O_RDWR);
+          } catch (e) {
+            throw new StasisError(`--inherit-fd ${fd}:${name}: fd ${fd} cannot be opened as a pipe (${(e as NodeJS.ErrnoException).code})`);
+          }
+          if (!fs.fstatSync(both).isFIFO()) {
+            fs.closeSync(both);
+            throw new StasisError(`--inherit-fd ${fd}:${name}: fd ${fd} is not a pipe`);
+          }
+          this.held.set(p.id, { path: () => `/proc/${process.pid}/fd/${both}`, fds: [both] });
+        } else if (p.kind === 'pipe') {
           const [r, w] = newPipe(p.size);
           writeAll(w, data, `pipe ${p.id}`);
           this.held.set(p.id, { path: (write) => `/proc/${process.pid}/fd/${write ? w : r}`, fds: [r, w] });
