@@ -9,7 +9,7 @@ import { Remote } from './ptrace/remote';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages, linkSharedMemory } from './kinds/memory';
+import { classifyVmas, pagesToSave, dumpPages, linkSharedMemory, SavedFrames } from './kinds/memory';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
@@ -160,7 +160,14 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => dumpProcess(s));
-    const runs: PageRun[][][] = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v)));
+    const frames = new SavedFrames();
+    const parentOf = new Map(tree.processes.map((p) => [p.pid, p.ppid]));
+    const ancestorsOf = (pid: number) => {
+      const set = new Set<number>();
+      for (let p = parentOf.get(pid); p !== undefined && parentOf.has(p); p = parentOf.get(p)) set.add(p);
+      return set;
+    };
+    const runs: PageRun[][][] = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v, frames, ancestorsOf(s.proc.pid))));
     const pipeData = pipes.collect();
     log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes`);
 

@@ -9,7 +9,7 @@ import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
 import { readImage, RecordType, decodePages, PageRun } from './image/stream';
 import { ImageProcess, ImageZombie, ImagePipe } from './image/schema';
-import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity } from './kinds/memory';
+import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex } from './kinds/memory';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
@@ -270,6 +270,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, pipes: PipeKeeper, log:
   mapVmas(remote, p.vmas, host);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
   for (const pg of pages) writePages(remote, pg.runs, pg.data);
+  writeInheritedPages(remote, p, img);
   finishVmas(remote, p.vmas);
   log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written`);
   restoreMm(remote, p.mm);
@@ -296,6 +297,25 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, pipes: PipeKeeper, log:
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
   p.threads.forEach((th, i) => restoreCpu(r.threads[i], new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64')));
   log(`pid ${p.pid}: ${p.threads.length} thread(s) ready`);
+}
+
+/** Pages this process still shared copy-on-write with an ancestor: copied from the ancestor's. */
+function writeInheritedPages(remote: Remote, p: ImageProcess, img: LoadedImage): void {
+  const indexes = new Map<number, PageIndex>();
+  for (const v of p.vmas) {
+    for (const group of v.inherited ?? []) {
+      let index = indexes.get(group.from);
+      if (!index) indexes.set(group.from, index = new PageIndex(img.pages.filter((pg) => pg.pid === group.from)));
+      const total = group.runs.reduce((n, r) => n + r.len, 0);
+      const data = Buffer.allocUnsafe(total);
+      let at = 0;
+      for (const run of group.runs) {
+        index.copy(run.addr, run.len, data, at, `pid ${p.pid}`);
+        at += run.len;
+      }
+      writePages(remote, group.runs, data);
+    }
+  }
 }
 
 /** Sessions and groups: leaders first, so members have a group to join. */

@@ -240,3 +240,22 @@ test('a pipe to a process outside the tree: refused, or taken with --external an
     fs.closeSync(r);
   }
 });
+
+test('memory still shared copy-on-write after fork is saved once and restored in both', async () => {
+  const prog = build('cow');
+  const dir = tmpdir('cow');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^ready$/m);
+  const img = path.join(dir, 'image');
+  const res = checkpointSync(pid, img, { kill: true });
+  // 16 MiB in the parent, the child's own 1 MiB, a little of everything else.
+  assert.ok(res.pageBytes < 20 << 20, `saved ${res.pageBytes} bytes, not twice 16 MiB`);
+  const child = loadImage(img).processes[1];
+  assert.ok(child.vmas.some((v) => v.inherited?.some((g) => g.from === pid)), 'the child lists pages inherited from its parent');
+  await waitGone(pid, procs);
+  const r = restartSync(img);
+  procs.addTree(r.pid);
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nparent ok\nchild ok\ndone\n');
+});

@@ -36,6 +36,11 @@ export interface ImageVma {
   shmem?: { ino: number; from?: { pid: number; start: number; end: number } };
   /** number of pages saved for this VMA in Pages records */
   savedPages: number;
+  /**
+   * Pages still shared copy-on-write with an ancestor at checkpoint time:
+   * saved once, in the ancestor's Pages records, and copied from there.
+   */
+  inherited?: Array<{ from: number; runs: Array<{ addr: number; len: number }> }>;
 }
 
 export interface ImageFd {

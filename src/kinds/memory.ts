@@ -8,7 +8,7 @@ import { FileIdentity, ImageVma } from '../image/schema';
 import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
-import { StasisError, UnsupportedError } from '../sys/errno';
+import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
 
 const SPECIAL: Record<string, ImageVma['kind']> = { '[vdso]': 'vdso', '[vvar]': 'vvar', '[vvar_vclock]': 'vvar_vclock' };
 
@@ -110,8 +110,35 @@ export function linkSharedMemory(procs: Array<{ pid: number; vmas: ImageVma[] }>
   }
 }
 
-/** Pages that exist only in this process's memory, as address runs. */
-export function pagesToSave(pid: number, v: ImageVma): PageRun[] {
+/**
+ * Physical pages already saved, by page frame number: a later process that
+ * still shares one copy-on-write with an ancestor, at the same address,
+ * does not save it again.
+ */
+export class SavedFrames {
+  private readonly frames = new Map<number, { pid: number; addr: number }>();
+
+  /** The ancestor this page can be taken from, or undefined (and remember it). */
+  sharedWith(pfn: number, pid: number, addr: number, ancestors: Set<number>): number | undefined {
+    const seen = this.frames.get(pfn);
+    if (seen && seen.addr === addr && ancestors.has(seen.pid)) return seen.pid;
+    if (!seen) this.frames.set(pfn, { pid, addr });
+    return undefined;
+  }
+}
+
+function addRun(runs: PageRun[], addr: number): void {
+  const last = runs[runs.length - 1];
+  if (last && last.addr + last.len === addr) last.len += PAGE_SIZE;
+  else runs.push({ addr, len: PAGE_SIZE });
+}
+
+/**
+ * Pages that exist only in this process's memory, as address runs. With
+ * `frames`, pages still shared copy-on-write with an ancestor are listed
+ * in v.inherited instead (saved once, with that ancestor).
+ */
+export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ancestors: Set<number> = new Set()): PageRun[] {
   if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') return [];
   if (v.kind === 'file' && v.shared) return []; // the file holds them
   if (v.shmem?.from) return []; // saved with the process that maps it first
@@ -128,12 +155,56 @@ export function pagesToSave(pid: number, v: ImageVma): PageRun[] {
     const keep = swapped === 1n || (present === 1n && !(privateFile && filePage === 1n));
     if (!keep) continue;
     const addr = v.start + i * PAGE_SIZE;
-    const last = runs[runs.length - 1];
-    if (last && last.addr + last.len === addr) last.len += PAGE_SIZE;
-    else runs.push({ addr, len: PAGE_SIZE });
+    const pfn = present === 1n ? Number(e & ((1n << 55n) - 1n)) : 0;
+    const from = frames && pfn ? frames.sharedWith(pfn, pid, addr, ancestors) : undefined;
+    if (from === undefined) {
+      addRun(runs, addr);
+      continue;
+    }
+    v.inherited ??= [];
+    let group = v.inherited.find((g) => g.from === from);
+    if (!group) v.inherited.push(group = { from, runs: [] });
+    addRun(group.runs, addr);
   }
   v.savedPages = runs.reduce((s, r) => s + r.len / PAGE_SIZE, 0);
   return runs;
+}
+
+/** Where each saved page of a process is in the image, to copy inherited pages from. */
+export class PageIndex {
+  private readonly runs: Array<{ addr: number; len: number; data: Buffer; off: number }> = [];
+
+  constructor(records: Array<{ runs: PageRun[]; data: Buffer }>) {
+    for (const r of records) {
+      let off = 0;
+      for (const run of r.runs) {
+        this.runs.push({ addr: run.addr, len: run.len, data: r.data, off });
+        off += run.len;
+      }
+    }
+    this.runs.sort((a, b) => a.addr - b.addr);
+  }
+
+  /** The bytes of [addr, addr+len), which must all have been saved. */
+  copy(addr: number, len: number, into: Buffer, at: number, where: string): void {
+    while (len > 0) {
+      let lo = 0, hi = this.runs.length - 1, hit = -1;
+      while (lo <= hi) {
+        const mid = (lo + hi) >> 1;
+        const r = this.runs[mid];
+        if (addr < r.addr) hi = mid - 1;
+        else if (addr >= r.addr + r.len) lo = mid + 1;
+        else { hit = mid; break; }
+      }
+      if (hit < 0) throw new ImageError(`${where}: inherited page 0x${addr.toString(16)} is not in the image`);
+      const r = this.runs[hit];
+      const n = Math.min(len, r.addr + r.len - addr);
+      r.data.copy(into, at, r.off + (addr - r.addr), r.off + (addr - r.addr) + n);
+      addr += n;
+      at += n;
+      len -= n;
+    }
+  }
 }
 
 const RECORD_BYTES = 16 << 20;
@@ -193,6 +264,11 @@ function protBits(prot: string): number {
 
 const O_RDONLY = 0, O_RDWR = 2;
 
+/** Contents will be written into it (its own saved pages or inherited ones). */
+function receivesPages(v: ImageVma): boolean {
+  return v.savedPages > 0 || !!v.inherited?.length;
+}
+
 /**
  * Map every (non-special) VMA of the image at its address. Mappings that
  * will receive saved pages are made writable for now; `finishVmas` puts the
@@ -205,7 +281,7 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
       if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
       const label = vmaLabel(v, v.file?.path ?? v.name);
       let prot = protBits(v.prot);
-      if (v.savedPages) prot |= PROT_WRITE;
+      if (receivesPages(v)) prot |= PROT_WRITE;
       const len = v.end - v.start;
       let flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE);
       let fd = -1;
@@ -251,7 +327,7 @@ export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
     if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
     const label = vmaLabel(v, v.file?.path ?? v.name);
     const len = v.end - v.start;
-    if (v.savedPages && v.prot[1] !== 'w') remote.call('mprotect', SYS.mprotect, [v.start, len, protBits(v.prot)], label);
+    if (receivesPages(v) && v.prot[1] !== 'w') remote.call('mprotect', SYS.mprotect, [v.start, len, protBits(v.prot)], label);
     for (const f of v.vmFlags) {
       const advice = MADVISE_FOR_FLAG[f];
       if (advice !== undefined) remote.call('madvise', SYS.madvise, [v.start, len, advice], `${label}, flag ${f}`);
