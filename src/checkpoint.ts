@@ -15,6 +15,7 @@ import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
 import { dumpFds } from './kinds/files';
 import { PipeTable } from './kinds/pipes';
+import { MemfdTable } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
 import { StasisError } from './sys/errno';
@@ -145,6 +146,7 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
   try {
     // Everything that can be refused is refused before a byte is written.
     const pipes = new PipeTable();
+    const memfds = new MemfdTable();
     const surveys: Survey[] = [];
     const zombies: ImageZombie[] = [];
     for (const p of tree.processes) {
@@ -153,8 +155,8 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
         zombies.push(dumpZombie(p));
         continue;
       }
-      const vmas = classifyVmas(readVmas(p.pid));
-      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })));
+      const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
+      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds);
       surveys.push({ proc: p, vmas, fds });
     }
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
@@ -169,6 +171,7 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
     };
     const runs: PageRun[][][] = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v, frames, ancestorsOf(s.proc.pid))));
     const pipeData = pipes.collect();
+    const memfdData = memfds.collect();
     log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes`);
 
     out = openOutput(output);
@@ -176,6 +179,7 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
     for (const img of images) writer.json(RecordType.Process, img);
     for (const z of zombies) writer.json(RecordType.Zombie, z);
     if (pipeData.length) writer.json(RecordType.Pipes, pipeData);
+    if (memfdData.length) writer.json(RecordType.Memfds, memfdData);
     let pageBytes = 0;
     surveys.forEach((s, i) => {
       pageBytes += dumpPages(new Remote(s.proc.threads[0]), s.vmas, runs[i], writer);

@@ -8,7 +8,8 @@ import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, M
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
 import { readImage, RecordType, decodePages, PageRun } from './image/stream';
-import { ImageProcess, ImageZombie, ImagePipe } from './image/schema';
+import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd } from './image/schema';
+import { MemfdKeeper } from './kinds/memfd';
 import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex } from './kinds/memory';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
@@ -52,6 +53,7 @@ export interface LoadedImage {
   processes: ImageProcess[];
   zombies: ImageZombie[];
   pipes: ImagePipe[];
+  memfds: ImageMemfd[];
   pages: Array<{ pid: number; runs: PageRun[]; data: Buffer }>;
   /** the root process */
   process: ImageProcess;
@@ -82,8 +84,10 @@ export function loadImage(input: string | number): LoadedImage {
     .map((r) => parseJson<ImageZombie>(r.payload, `${source}: Zombie record at byte ${r.offset}`));
   const pipes = records.filter((r) => r.type === RecordType.Pipes)
     .flatMap((r) => parseJson<ImagePipe[]>(r.payload, `${source}: Pipes record at byte ${r.offset}`));
+  const memfds = records.filter((r) => r.type === RecordType.Memfds)
+    .flatMap((r) => parseJson<ImageMemfd[]>(r.payload, `${source}: Memfds record at byte ${r.offset}`));
   const pages = records.filter((r) => r.type === RecordType.Pages).map((r) => decodePages(r.payload, `${source} at byte ${r.offset}`));
-  return { processes, zombies, pipes, pages, process: processes[0] };
+  return { processes, zombies, pipes, memfds, pages, process: processes[0] };
 }
 
 function pidInUse(pid: number): string | null {
@@ -260,21 +264,23 @@ interface Rebuilding {
 }
 
 /** Everything of one process but its registers, in its main thread. */
-function rebuildProcess(r: Rebuilding, img: LoadedImage, pipes: PipeKeeper, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
+interface Keepers { pipes: PipeKeeper; memfds: MemfdKeeper }
+
+function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
   const p = r.image;
   const remote = r.remote;
   clearAddressSpace(remote, p, log);
   // Signals that reached the blank while the tree was built (SIGCHLD from
   // zombies made on purpose) are artifacts of the restore, not its state.
   remote.task.deferredSignals.length = 0;
-  mapVmas(remote, p.vmas, host);
+  mapVmas(remote, p.vmas, host, keep.memfds);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
   for (const pg of pages) writePages(remote, pg.runs, pg.data);
   writeInheritedPages(remote, p, img);
   finishVmas(remote, p.vmas);
   log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written`);
   restoreMm(remote, p.mm);
-  restoreFds(remote, p.fds, pipes);
+  restoreFds(remote, p.fds, keep.pipes, keep.memfds);
   restoreProcessAttrs(remote, p);
   restoreSigactions(remote, p.sigactions);
   restoreXcompPerm(remote, BigInt(p.xcompPerm));
@@ -373,6 +379,13 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
   preflight(img, ns);
   const pipes = new PipeKeeper(img.pipes, opts.inheritFds);
+  let memfds: MemfdKeeper;
+  try {
+    memfds = new MemfdKeeper(img.memfds);
+  } catch (e) {
+    pipes.close();
+    throw e;
+  }
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
   const created: Tracee[] = [blank];
   let rootTask: Tracee;
@@ -425,9 +438,10 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => ({ image: p, threads: [remotes.get(p.pid)!.task], remote: remotes.get(p.pid)! }));
     for (const r of live) {
-      rebuildProcess(r, img, pipes, log, ns, host);
+      rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
       created.push(...r.threads.slice(1));
     }
+    memfds.seal();
     for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);
@@ -441,6 +455,7 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
     throw e;
   } finally {
     pipes.close();
+    memfds.close();
   }
   const pid = rootTask.pid;
   log(`restored as pid ${pid}${ns ? ` (pid ${root.pid} in a new pid namespace)` : ''}`);

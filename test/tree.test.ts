@@ -259,3 +259,23 @@ test('memory still shared copy-on-write after fork is saved once and restored in
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nparent ok\nchild ok\ndone\n');
 });
+
+test('a sealed memfd mapped by parent and child and held as an fd comes back as one file', async () => {
+  const prog = build('shmem');
+  const dir = tmpdir('memfd');
+  const reference = referenceRun(prog, ['memfd'], dir);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, ['memfd'], out);
+  await waitFor(out, /^ping 100$/m);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  assert.equal(loadImage(img).memfds.length, 1);
+  await waitGone(pid, procs);
+  const r = restartSync(img);
+  procs.addTree(r.pid);
+  assert.match(fs.readFileSync(`/proc/${r.pid}/maps`, 'utf8'), /\/memfd:stasis-pingpong \(deleted\)/);
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  const got = fs.readFileSync(out, 'utf8');
+  assert.match(got, /^memfd ok$/m);
+  assert.equal(got, await reference);
+});

@@ -34,6 +34,8 @@ export interface ImageVma {
    * as `from` and map the same object again.
    */
   shmem?: { ino: number; from?: { pid: number; start: number; end: number } };
+  /** a shared mapping of a memfd file: its id in the Memfds record (contents saved there) */
+  memfd?: number;
   /** number of pages saved for this VMA in Pages records */
   savedPages: number;
   /**
@@ -45,7 +47,7 @@ export interface ImageVma {
 
 export interface ImageFd {
   fd: number;
-  kind: 'file' | 'dir' | 'chr' | 'pipe' | 'fifo';
+  kind: 'file' | 'dir' | 'chr' | 'pipe' | 'fifo' | 'memfd';
   path: string;
   /** open flags from fdinfo (O_CLOEXEC stripped; see cloexec) */
   flags: number;
@@ -57,6 +59,8 @@ export interface ImageFd {
   sharedWith?: { pid: number; fd: number };
   /** pipe or FIFO: its id in the Pipes record */
   pipe?: number;
+  /** memfd: its id in the Memfds record */
+  memfd?: number;
   file?: FileIdentity;
 }
 
@@ -162,4 +166,16 @@ export interface ImagePipe {
   data: string;
   /** a pipe also held outside the tree, declared with --external: at restart it must be handed in with --inherit-fd */
   external?: boolean;
+}
+
+/** A memfd file with its contents (Memfds record, ImageMemfd[]). */
+export interface ImageMemfd {
+  /** inode number at checkpoint time */
+  id: number;
+  name: string;
+  size: number;
+  /** F_GET_SEALS */
+  seals: number;
+  /** data segments (holes are not saved), base64 */
+  segments: Array<{ offset: number; data: string }>;
 }

@@ -21,6 +21,8 @@ export enum RecordType {
   Zombie = 3,
   /** JSON: pipes and FIFOs with their bytes in flight (ImagePipe[]) */
   Pipes = 4,
+  /** JSON: memfd files with their contents (ImageMemfd[]) */
+  Memfds = 5,
   /** JSON: end marker with counts; its absence means a truncated image */
   End = 0x7fffffff,
 }

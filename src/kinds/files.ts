@@ -11,6 +11,7 @@ import { syscall } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
 import { fileIdentity } from './memory';
 import { PipeTable, PipeKeeper } from './pipes';
+import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
 
 const O_CLOEXEC = 0o2000000, O_CREAT = 0o100, O_EXCL = 0o200, O_TRUNC = 0o1000, O_PATH = 0o10000000;
 const KCMP_FILE = 0;
@@ -40,7 +41,7 @@ function sameFile(pidA: number, fdA: number, pidB: number, fdB: number): boolean
 }
 
 function key(f: ImageFd): string {
-  return f.pipe !== undefined ? `pipe:${f.pipe}` : `path:${f.path}`;
+  return f.pipe !== undefined ? `pipe:${f.pipe}` : f.memfd !== undefined ? `memfd:${f.memfd}` : `path:${f.path}`;
 }
 
 /**
@@ -48,7 +49,7 @@ function key(f: ImageFd): string {
  * dumped (parents first): an fd inherited through fork is recorded as
  * shared with theirs.
  */
-export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: number; fds: ImageFd[] }> = []): ImageFd[] {
+export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: number; fds: ImageFd[] }> = [], memfds?: MemfdTable): ImageFd[] {
   const out: ImageFd[] = [];
   for (const { fd, target } of listFds(pid)) {
     const where = pid ? `fd ${fd} of pid ${pid}` : `fd ${fd}`;
@@ -62,6 +63,16 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
       continue;
     }
     if (!target.startsWith('/')) throw new UnsupportedError(`${where}: ${describeLink(target)} is not supported yet`);
+    const memfd = memfdName(target);
+    if (memfd !== null && memfds) {
+      const info = readFdinfo(pid, fd);
+      const ino = fs.statSync(`/proc/${pid}/fd/${fd}`).ino;
+      out.push(withSharing({
+        fd, kind: 'memfd', path: target, flags: info.flags & ~O_CLOEXEC, pos: info.pos, cloexec: (info.flags & O_CLOEXEC) !== 0,
+        memfd: memfds.note(ino, memfd, `/proc/${pid}/fd/${fd}`),
+      }, pid, out, earlier));
+      continue;
+    }
     if (target.endsWith(' (deleted)')) throw new UnsupportedError(`${where}: ${target} is an unlinked file, not supported yet`);
     let st: fs.BigIntStats;
     try {
@@ -113,7 +124,7 @@ function withSharing(entry: ImageFd, pid: number, mine: ImageFd[], earlier: Arra
  * An fd shared with an earlier process is fetched from it with
  * pidfd_getfd, so both hold one open file description again.
  */
-export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper): void {
+export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, memfds?: MemfdKeeper): void {
   for (const f of fds) {
     const where = `fd ${f.fd} (${f.path})`;
     remote.reset();
@@ -129,14 +140,15 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper): v
       remote.call('close', SYS.close, [got]);
       continue;
     }
-    const path = f.pipe !== undefined ? pipes.pathFor(f.pipe, f.flags) : f.path;
+    const path = f.pipe !== undefined ? pipes.pathFor(f.pipe, f.flags)
+      : f.memfd !== undefined && memfds ? memfds.pathFor(f.memfd) : f.path;
     const flags = (f.flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | (f.cloexec ? O_CLOEXEC : 0);
     const got = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(path), flags, 0], where);
     if (got !== f.fd) {
       remote.call('dup3', SYS.dup3, [got, f.fd, f.cloexec ? O_CLOEXEC : 0], where);
       remote.call('close', SYS.close, [got], where);
     }
-    if ((f.kind === 'file' || f.kind === 'dir') && !(f.flags & O_PATH) && f.pos) {
+    if ((f.kind === 'file' || f.kind === 'dir' || f.kind === 'memfd') && !(f.flags & O_PATH) && f.pos) {
       remote.call('lseek', SYS.lseek, [f.fd, f.pos, SEEK_SET], where);
     }
   }
@@ -145,7 +157,7 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper): v
 /** Before any process exists: every file an fd names must be there. */
 export function checkFds(fds: ImageFd[]): void {
   for (const f of fds) {
-    if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe') continue;
+    if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe' || f.kind === 'memfd') continue;
     if (!fs.existsSync(f.path)) throw new StasisError(`fd ${f.fd}: ${f.path} is missing; restore the file or restart where it exists`);
   }
 }

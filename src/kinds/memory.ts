@@ -8,6 +8,7 @@ import { FileIdentity, ImageVma } from '../image/schema';
 import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
+import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
 import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
 
 const SPECIAL: Record<string, ImageVma['kind']> = { '[vdso]': 'vdso', '[vvar]': 'vvar', '[vvar_vclock]': 'vvar_vclock' };
@@ -57,7 +58,7 @@ function vmaLabel(v: { start: number; end: number }, path: string): string {
 }
 
 /** Turn /proc VMAs into image VMAs, refusing what cannot be restored. */
-export function classifyVmas(vmas: Vma[]): ImageVma[] {
+export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVma[] {
   const out: ImageVma[] = [];
   for (const v of vmas) {
     const label = vmaLabel(v, v.path);
@@ -76,6 +77,10 @@ export function classifyVmas(vmas: Vma[]): ImageVma[] {
       out.push({ ...base, kind: 'anon', name: v.path });
     } else if (v.shared && v.path === '/dev/zero (deleted)') {
       out.push({ ...base, kind: 'shmem', name: '', shmem: { ino: v.inode } });
+    } else if (memfdName(v.path) !== null && memfds) {
+      if (!v.shared) throw new UnsupportedError(`${label}: private mapping of a memfd is not supported yet`);
+      const range = `${v.start.toString(16)}-${v.end.toString(16)}`;
+      out.push({ ...base, kind: 'shmem', name: v.path, memfd: memfds.note(v.inode, memfdName(v.path)!, `/proc/${pid}/map_files/${range}`) });
     } else if (v.path.startsWith('/SYSV')) {
       throw new UnsupportedError(`${label}: System V shared memory is not supported yet`);
     } else if (v.deleted) {
@@ -142,6 +147,7 @@ export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ance
   if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') return [];
   if (v.kind === 'file' && v.shared) return []; // the file holds them
   if (v.shmem?.from) return []; // saved with the process that maps it first
+  if (v.memfd !== undefined) return []; // the Memfds record holds the file
   const pm = readPagemap(pid, v.start, v.end);
   const privateFile = v.kind === 'file';
   const runs: PageRun[] = [];
@@ -274,7 +280,7 @@ function receivesPages(v: ImageVma): boolean {
  * will receive saved pages are made writable for now; `finishVmas` puts the
  * final protection in place once the pages are written.
  */
-export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p): void {
+export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper): void {
   const fds = new Map<string, number>();
   try {
     for (const v of vmas) {
@@ -286,7 +292,13 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
       let flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE);
       let fd = -1;
       let offset = v.offset;
-      if (v.shmem?.from) {
+      if (v.memfd !== undefined) {
+        if (!memfds) throw new StasisError(`${label}: memfd mapping without its file`);
+        const mode = v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY;
+        remote.reset();
+        fd = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(memfds.pathFor(v.memfd)), mode, 0], label);
+        fds.set(`memfd:${fd}`, fd);
+      } else if (v.shmem?.from) {
         // The same shmem object as an earlier process: open it through
         // that process's map_files and map it shared again.
         const f = v.shmem.from;
@@ -303,7 +315,7 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
           fds.set(key, remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(v.file!.path), mode, 0], v.file!.path));
         }
         fd = fds.get(key)!;
-      } else if (!v.shmem?.from) {
+      } else if (!v.shmem?.from && v.memfd === undefined) {
         flags |= MAP_ANONYMOUS;
       }
       if (v.vmFlags.includes('gd')) flags |= MAP_GROWSDOWN;

@@ -1,6 +1,11 @@
-// shmem: parent and child play ping-pong through MAP_SHARED|MAP_ANONYMOUS
-// memory for 400 rounds; "ready" once the child answered round 1.
+// shmem [memfd]: parent and child play ping-pong through MAP_SHARED|MAP_ANONYMOUS
+// memory (or, with "memfd", a shared mapping of a sealed memfd whose fd stays
+// open) for 400 rounds; "ready" once the child answered round 1. With memfd
+// the parent finally checks the file through its fd and its seals:
+// "memfd ok".
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -39,9 +44,19 @@ static int await(volatile long *slot, long k)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    volatile long *m = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    int use_memfd = argc > 1 && strcmp(argv[1], "memfd") == 0;
+    int fd = -1;
+    volatile long *m;
+    if (use_memfd) {
+        fd = memfd_create("stasis-pingpong", MFD_ALLOW_SEALING);
+        if (fd < 0 || ftruncate(fd, 65536) < 0) return 2;
+        if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) return 2;
+        m = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    } else {
+        m = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    }
     if (m == MAP_FAILED) return 2;
     pid_t child = fork();
     if (child < 0) return 2;
@@ -63,6 +78,12 @@ int main(void)
     }
     int st;
     if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0) { say("FAIL: child\n"); return 1; }
+    if (use_memfd) {
+        long v = 0;
+        if (pread(fd, &v, sizeof v, 0) != sizeof v || v != 400) { say("FAIL: memfd contents\n"); return 1; }
+        if (fcntl(fd, F_GET_SEALS) != (F_SEAL_SHRINK | F_SEAL_GROW)) { say("FAIL: memfd seals\n"); return 1; }
+        say("memfd ok\n");
+    }
     say("done\n");
     return 0;
 }

@@ -1,0 +1,102 @@
+// memfd files: anonymous memory files, mapped shared and/or held as fds.
+// Their contents are saved once per file (holes skipped) with their seals;
+// at restart stasis creates each one itself and the tasks open it through
+// /proc, so every mapping and fd meets the same file again.
+import fs from 'node:fs';
+import { ImageMemfd } from '../image/schema';
+import { memfdCreate, syscall } from '../sys/libc';
+import { StasisError } from '../sys/errno';
+
+const SYS_LSEEK = 8, SYS_FCNTL = 72;
+const SEEK_DATA = 3, SEEK_HOLE = 4;
+const F_ADD_SEALS = 1033, F_GET_SEALS = 1034;
+const MFD_CLOEXEC = 1, MFD_ALLOW_SEALING = 2;
+const O_RDONLY = 0;
+
+/** "/memfd:NAME (deleted)" -> NAME, or null for any other path. */
+export function memfdName(path: string): string | null {
+  const m = /^\/memfd:(.*) \(deleted\)$/.exec(path);
+  return m ? m[1] : null;
+}
+
+export class MemfdTable {
+  private readonly files = new Map<number, { name: string; path: string }>();
+
+  /** Remember a memfd seen through `procPath` (an fd or map_files link of a task). */
+  note(ino: number, name: string, procPath: string): number {
+    if (!this.files.has(ino)) this.files.set(ino, { name, path: procPath });
+    return ino;
+  }
+
+  /** Contents of every memfd, data segments only, with their seals. */
+  collect(): ImageMemfd[] {
+    const out: ImageMemfd[] = [];
+    for (const [id, f] of this.files) {
+      const fd = fs.openSync(f.path, O_RDONLY);
+      try {
+        const size = fs.fstatSync(fd).size;
+        let seals = 0;
+        try { seals = syscall(SYS_FCNTL, 'fcntl(F_GET_SEALS)', fd, F_GET_SEALS); } catch { /* sealing not allowed */ }
+        const segments: ImageMemfd['segments'] = [];
+        for (let off = 0; off < size;) {
+          let data: number;
+          try {
+            data = syscall(SYS_LSEEK, 'lseek(SEEK_DATA)', fd, off, SEEK_DATA);
+          } catch {
+            break; // ENXIO: only a hole is left
+          }
+          const hole = syscall(SYS_LSEEK, 'lseek(SEEK_HOLE)', fd, data, SEEK_HOLE);
+          const b = Buffer.alloc(hole - data);
+          fs.readSync(fd, b, 0, b.length, data);
+          segments.push({ offset: data, data: b.toString('base64') });
+          off = hole;
+        }
+        out.push({ id, name: f.name, size, seals, segments });
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    return out;
+  }
+}
+
+/** Restore side: stasis creates and holds each memfd until the tree has it. */
+export class MemfdKeeper {
+  private readonly held = new Map<number, { fd: number; seals: number }>();
+
+  constructor(files: ImageMemfd[]) {
+    try {
+      for (const f of files) {
+        const fd = memfdCreate(f.name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        this.held.set(f.id, { fd, seals: f.seals });
+        fs.ftruncateSync(fd, f.size);
+        for (const s of f.segments) {
+          const b = Buffer.from(s.data, 'base64');
+          for (let done = 0; done < b.length;) done += fs.writeSync(fd, b, done, b.length - done, s.offset + done);
+        }
+      }
+    } catch (e) {
+      this.close();
+      throw e instanceof StasisError ? e : new StasisError(`re-creating memfd files: ${(e as Error).message}`);
+    }
+  }
+
+  /** The path a task opens to reach memfd `id`. */
+  pathFor(id: number): string {
+    const h = this.held.get(id);
+    if (!h) throw new StasisError(`the image names memfd ${id} but carries no such file`);
+    return `/proc/${process.pid}/fd/${h.fd}`;
+  }
+
+  /** Seals last: a write seal would forbid the writable mappings made before. */
+  seal(): void {
+    for (const h of this.held.values()) {
+      if (h.seals) syscall(SYS_FCNTL, 'fcntl(F_ADD_SEALS)', h.fd, F_ADD_SEALS, h.seals);
+    }
+  }
+
+  close(): void {
+    for (const h of this.held.values()) fs.closeSync(h.fd);
+    this.held.clear();
+  }
+}
