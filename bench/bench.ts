@@ -5,7 +5,11 @@
 //      beside a plain read of the file and a copy into fresh memory;
 //   3. checkpoint and restart of a tiny process (`sleep 1000`): in-process
 //      restartSync beside posix_spawn of /bin/true, and the command line
-//      `stasis restart -d` beside `node -e 0`.
+//      `stasis restart -d` beside `node -e 0`;
+//   4. checkpoint (--kill) and restart of a tree of 100 idle processes and of
+//      one process with 100 idle threads (test/programs/many.c): per-task
+//      cost, freeze time, image size; the restored tree is checked (same
+//      pids/tids, every task back in pause()).
 // Prints a Markdown table and writes it to bench/results.md.
 //
 // Every process started here is tracked by pid and killed/reaped by pid; the
@@ -21,6 +25,8 @@ import { checkpointSync, restartSync, loadImage } from '../src/index';
 import type { LoadedImage, Restarted } from '../src/index';
 import { posixSpawn, waitpidSync, syscall, processVmWritev, addressOf, WNOHANG, __WALL } from '../src/sys/libc';
 import { SYS } from '../src/sys/x86';
+import { scanTree } from '../src/ptrace/freeze';
+import { listThreads } from '../src/proc';
 
 // ---- settings ---------------------------------------------------------------
 
@@ -35,6 +41,11 @@ const BIG_MAX_RUNS = 5;
 const TINY_LIB_RUNS = 15;
 const TINY_CLI_RUNS = 10;
 const TINY_CKPT_RUNS = 7;
+/** Tasks in the tree / threads in the process of section 4, and its measured rounds (after one warm-up). */
+const MANY_N = 100;
+const MANY_RUNS = 3;
+/** How long a killed tree may take to disappear (orphans may be reaped by init only about once a second). */
+const GONE_TIMEOUT_MS = 15000;
 
 const TARGET = { ckptRatio: 0.85, restoreGiBs: 3, tinyLibMs: 15, tinyCliExtraMs: 25 };
 
@@ -151,6 +162,55 @@ async function waitLines(file: string, line: string, count: number, msec = 60000
     if (Date.now() > until) throw new Error(`timed out waiting for ${count}x "${line}" in ${file}:\n${text.slice(-500)}`);
     await sleep(5);
   }
+}
+
+// ---- section 4 helpers: whole trees, by pid ------------------------------------------
+
+/** pause() on x86-64, as the first field of /proc/PID/syscall. */
+const NR_PAUSE = 34;
+
+/**
+ * Wait until none of `pids` exists any more (checked with /proc/PID, which a
+ * zombie still has). Our own children are reaped here by pid; orphans are
+ * ours to reap when this process is a child subreaper, else init's.
+ */
+async function waitAllGone(pids: number[], msec = GONE_TIMEOUT_MS): Promise<void> {
+  const until = Date.now() + msec;
+  const left = new Set(pids);
+  for (;;) {
+    for (const p of [...left]) {
+      if (children.has(p) || (subreaper && procState(p) === 'Z')) {
+        try { waitpidSync(p, __WALL | WNOHANG); } catch { /* not ours (any more) */ }
+      }
+      if (!fs.existsSync(`/proc/${p}`)) {
+        left.delete(p);
+        children.delete(p);
+        strangers.delete(p);
+      }
+    }
+    if (!left.size) return;
+    if (Date.now() > until) throw new Error(`${left.size} of ${pids.length} pids still exist ${msec} ms after the kill: ${[...left].slice(0, 10).join(' ')}`);
+    await sleep(2);
+  }
+}
+
+/** Wait (bounded) until every task in `tasks` ("pid" or "pid/task/tid") sits in pause(). */
+async function allInPause(tasks: string[], msec = 5000): Promise<boolean> {
+  const until = Date.now() + msec;
+  let left = tasks;
+  for (;;) {
+    left = left.filter((t) => {
+      try { return Number(fs.readFileSync(`/proc/${t}/syscall`, 'utf8').split(' ')[0]) !== NR_PAUSE; } catch { return true; }
+    });
+    if (!left.length) return true;
+    if (Date.now() > until) return false;
+    await sleep(2);
+  }
+}
+
+function sameSet(a: number[], b: number[]): boolean {
+  const sb = new Set(b);
+  return a.length === b.length && sb.size === b.length && a.every((x) => sb.has(x));
 }
 
 // ---- environment -----------------------------------------------------------------
@@ -563,6 +623,120 @@ async function main(): Promise<void> {
     killChild(sl);
     fs.rmSync(tinyImage, { force: true });
 
+    // ---------------- 4. a tree of 100 processes, a process of 100 threads ----------------
+    const many = build('many');
+    const manyImage = path.join(shmDir, 'many.img');
+    interface ManyStats {
+      ckptMs: number[]; freezeMs: number[]; frozenMs: number[]; goneMs: number[]; loadMs: number[]; restartMs: number[];
+      imageBytes: number; pageBytes: number; verified: number;
+    }
+    /**
+     * One round: start `many KIND N`, checkpoint it with kill into /dev/shm,
+     * wait until every pid (tid) of it is gone, loadImage, restartSync with
+     * the original pids, check the restored tree, kill it by pid and reap.
+     */
+    const manyRound = async (kind: 'procs' | 'threads', s: ManyStats, round: number, measure: boolean): Promise<void> => {
+      const out = path.join(outDir, `many-${kind}-${round}.out`);
+      const pid = startTarget(many, [kind, String(MANY_N)], out);
+      await waitFor(out, (t) => /^ready$/m.test(t) || /^FAIL/m.test(t), 60000);
+      if (/^FAIL/m.test(fs.readFileSync(out, 'utf8'))) throw new Error(`many ${kind}: ${fs.readFileSync(out, 'utf8')}`);
+      // The tasks as they were: pids of the tree, or tids of the process.
+      const tasksOf = (root: number) => (kind === 'procs' ? scanTree(root).map((p) => p.pid) : listThreads(root));
+      const before = tasksOf(pid);
+      if (before.length !== MANY_N) throw new Error(`many ${kind} ${MANY_N}: found ${before.length} tasks`);
+      if (kind === 'procs') for (const p of before) if (p !== pid) strangers.add(p);
+
+      let t0 = now();
+      const c = checkpointSync(pid, manyImage, { kill: true });
+      const ckpt = msSince(t0);
+      const wantProcs = kind === 'procs' ? MANY_N : 1;
+      if (c.processes !== wantProcs || c.threads !== MANY_N) throw new Error(`checkpoint of many ${kind}: ${c.processes} processes, ${c.threads} threads in the image`);
+      // Restoring reuses the original pids (and tids): all must be gone first.
+      t0 = now();
+      await waitAllGone(before);
+      const gone = msSince(t0);
+
+      t0 = now();
+      const img = loadImage(manyImage);
+      const load = msSince(t0);
+      t0 = now();
+      const r = restartSync(img);
+      const rst = msSince(t0);
+      children.add(r.pid);
+      const after = tasksOf(r.pid);
+      if (kind === 'procs') for (const p of after) if (p !== r.pid) strangers.add(p);
+      const tasks = kind === 'procs' ? after.map(String) : after.map((t) => `${r.pid}/task/${t}`);
+      const ok = r.pid === pid && sameSet(after, before) && (kind === 'threads' || scanTree(r.pid).every((p) => !p.zombie)) && (await allInPause(tasks));
+
+      // End the restored tree: every pid, by pid; the root is ours (r.wait()), the rest ours as subreaper or init's.
+      for (const p of kind === 'procs' ? after : [r.pid]) {
+        try { process.kill(p, 'SIGKILL'); } catch { /* ended */ }
+      }
+      const end = await r.wait();
+      children.delete(r.pid);
+      await waitAllGone(kind === 'procs' ? after : [r.pid, ...after]);
+      fs.rmSync(manyImage, { force: true });
+      if (end.signal !== 9) throw new Error(`restored many ${kind} ended with ${JSON.stringify(end)} instead of SIGKILL`);
+      if (!ok) log(`  many ${kind}: restored tree differs: ${after.length} tasks (${MANY_N} before), root ${r.pid} (was ${pid}), or not all back in pause()`);
+      log(`  many ${kind} ${MANY_N}${measure ? '' : ' (warm-up)'}: checkpoint ${ms(ckpt)} (freeze ${ms(c.freezeMs)}, frozen ${ms(c.frozenMs)}), gone after ${ms(gone)}, loadImage ${ms(load)}, restartSync ${ms(rst)}${ok ? ', verified' : ''}`);
+      s.imageBytes = c.imageBytes;
+      s.pageBytes = c.pageBytes;
+      if (!measure) return;
+      s.ckptMs.push(ckpt); s.freezeMs.push(c.freezeMs); s.frozenMs.push(c.frozenMs); s.goneMs.push(gone); s.loadMs.push(load); s.restartMs.push(rst);
+      if (ok) s.verified++;
+    };
+    const manyStats: Record<'procs' | 'threads', ManyStats> = {
+      procs: { ckptMs: [], freezeMs: [], frozenMs: [], goneMs: [], loadMs: [], restartMs: [], imageBytes: 0, pageBytes: 0, verified: 0 },
+      threads: { ckptMs: [], freezeMs: [], frozenMs: [], goneMs: [], loadMs: [], restartMs: [], imageBytes: 0, pageBytes: 0, verified: 0 },
+    };
+    for (const kind of ['procs', 'threads'] as const) {
+      await manyRound(kind, manyStats[kind], 0, false);
+      for (let i = 1; i <= MANY_RUNS; i++) await manyRound(kind, manyStats[kind], i, true);
+    }
+    {
+      const tinyC = median(tinyCkpt), tinyR = median(libMs);
+      const perProcCkpt = median(manyStats.procs.ckptMs) / MANY_N, perProcRst = median(manyStats.procs.restartMs) / MANY_N;
+      const sections = [
+        { kind: 'procs' as const, tag: '4a', what: `Tree of ${MANY_N} processes (\`many procs ${MANY_N}\`: root + ${MANY_N - 1} forked children, all in pause())`, unit: 'process' },
+        { kind: 'threads' as const, tag: '4b', what: `One process with ${MANY_N} threads (\`many threads ${MANY_N}\`: main + ${MANY_N - 1} pthreads, all in pause())`, unit: 'thread' },
+      ];
+      for (const { kind, tag, what, unit } of sections) {
+        const st = manyStats[kind];
+        const c = median(st.ckptMs), fz = median(st.freezeMs), fr = median(st.frozenMs), l = median(st.loadMs), r = median(st.restartMs), g = median(st.goneMs);
+        const refC = kind === 'procs' ? `${ms(tinyC)} per process (3. tiny \`sleep\` checkpoint)` : `${f2(perProcCkpt)} ms per process (4a)`;
+        const refR = kind === 'procs' ? `${ms(tinyR)} per process (3a. tiny \`sleep\` restartSync)` : `${f2(perProcRst)} ms per process (4a)`;
+        const ratioC = kind === 'procs' ? `per process / tiny = ${f2(c / MANY_N / tinyC)}` : `per thread / per process = ${f2(c / MANY_N / perProcCkpt)}`;
+        const ratioR = kind === 'procs' ? `per process / tiny = ${f2(r / MANY_N / tinyR)}` : `per thread / per process = ${f2(r / MANY_N / perProcRst)}`;
+        rows.push({
+          figure: `${tag}. ${what} → /dev/shm: checkpointSync({kill: true}) wall time, median of ${MANY_RUNS}`,
+          measured: `${ms(c)} (${f2(c / MANY_N)} ms per ${unit})`, limit: refC, target: ratioC, met: '',
+        });
+        rows.push({
+          figure: `${tag}. … freezeMs (first task stopped → last task stopped)`,
+          measured: `${ms(fz)} (${f2(fz / MANY_N)} ms per ${unit})`,
+          limit: `frozenMs ${ms(fr)} (whole time stopped)`, target: '', met: '',
+        });
+        rows.push({
+          figure: `${tag}. … image size`,
+          measured: `${size(st.imageBytes)} (${st.imageBytes} B, ${size(st.pageBytes)} of pages; ${size(st.imageBytes / MANY_N)} per ${unit})`,
+          limit: '', target: '', met: '',
+        });
+        rows.push({
+          figure: `${tag}. … restart: loadImage (from /dev/shm)`,
+          measured: `${ms(l)} (${f2(l / MANY_N)} ms per ${unit})`, limit: '', target: '', met: '',
+        });
+        rows.push({
+          figure: `${tag}. … restartSync(loaded image), original pids`,
+          measured: `${ms(r)} (${f2(r / MANY_N)} ms per ${unit})`, limit: refR, target: ratioR, met: '',
+        });
+        rows.push({
+          figure: `${tag}. … restored ${kind === 'procs' ? 'tree' : 'process'} correct (same ${MANY_N} ${kind === 'procs' ? 'pids' : 'tids'}, every ${unit} back in pause())`,
+          measured: `${st.verified}/${MANY_RUNS} runs (+ warm-up)`, limit: '', target: 'all', met: yes(st.verified === MANY_RUNS),
+        });
+        details.push(`- many ${kind} ${MANY_N} (median of ${MANY_RUNS} after 1 warm-up): checkpointSync ms [${samples(st.ckptMs)}]; freezeMs [${samples(st.freezeMs)}]; frozenMs [${samples(st.frozenMs)}]; killed tree gone after ms [${samples(st.goneMs)}] (median ${ms(g)}); loadImage ms [${samples(st.loadMs)}]; restartSync ms [${samples(st.restartMs)}]`);
+      }
+    }
+
     // ---------------- report ----------------
     const esc = (s: string) => s.replace(/\|/g, '\\|');
     const lines = [
@@ -570,7 +744,7 @@ async function main(): Promise<void> {
       '',
       `Environment: ${env}`,
       '',
-      `Run on ${new Date().toISOString()}; medians (1 GiB: ${ckptRounds} checkpoint rounds, ${restartRounds} restart rounds, after one untimed warm-up round each; compared things interleaved). GB = 10^9 B, GiB = 2^30 B.`,
+      `Run on ${new Date().toISOString()}; medians (1 GiB: ${ckptRounds} checkpoint rounds, ${restartRounds} restart rounds, after one untimed warm-up round each; 4a/4b: ${MANY_RUNS} rounds after one warm-up; compared things interleaved). GB = 10^9 B, GiB = 2^30 B.`,
       '',
       '| Figure | Measured | Limit / reference measured in the same run | Ratio / target | Target met |',
       '|---|---|---|---|---|',
@@ -579,6 +753,7 @@ async function main(): Promise<void> {
       'Notes: checkpointSync fsyncs the image file it creates, so the plain-write limit fsyncs too; both write the image size in bytes.',
       'The restart limits are a plain read of the image file, and its page data put into freshly allocated memory of the bench process with process_vm_writev (the call restartSync uses; the kernel faults the pages) and, for comparison, with memcpy (user-space page faults). First-touch page faults are slow and noisy in this VM, so these fresh-memory references can come out slower than restartSync itself; the absolute 3 GiB/s target is what decides.',
       'The restored 1 GiB memhog is checked every run (SIGUSR1 → it compares all its pages → "verified", exit 0).',
+      `Section 4: every round starts a fresh \`many\`, checkpoints it with kill:true, waits until all its pids (tids) are gone (the orphaned children are reaped by this process as child subreaper, or by init), then times loadImage and restartSync apart; the restored tree must have the same ${MANY_N} pids (tids), every task back in pause(); it is then killed by pid and reaped. Per-task cost = wall time / ${MANY_N}.`,
       '',
       'Samples (ms):',
       '',

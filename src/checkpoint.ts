@@ -9,7 +9,7 @@ import { Remote } from './ptrace/remote';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages, linkSharedMemory, SavedFrames } from './kinds/memory';
+import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames } from './kinds/memory';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
@@ -76,9 +76,12 @@ function locateSyscall(t: Tracee, vdso?: { start: number; end: number }): number
 function openOutput(output: string | number): { fd: number; close: (ok: boolean) => void } {
   if (typeof output === 'number') return { fd: output, close: () => {} };
   const fd = fs.openSync(output, 'w', 0o600);
+  let open = true;
   return {
     fd,
     close: (ok) => {
+      if (!open) return;
+      open = false;
       if (ok) fs.fsyncSync(fd);
       fs.closeSync(fd);
       if (!ok) fs.rmSync(output, { force: true });
@@ -135,16 +138,29 @@ function dumpProcess(s: Survey): ImageProcess {
   }
 }
 
-export function checkpointSync(pid: number, output: string | number, opts: CheckpointOptions = {}): CheckpointResult {
+/** A checkpoint between its metadata and its pages. */
+interface Session {
+  pid: number;
+  tree: FrozenTree;
+  frozenAt: bigint;
+  out: ReturnType<typeof openOutput>;
+  writer: ImageWriter;
+  surveys: Survey[];
+  runs: PageRun[][][];
+  log: (m: string) => void;
+}
+
+/**
+ * Freeze the tree, refuse what cannot be saved (before a byte is written),
+ * save every process's state and write the metadata records.
+ */
+function begin(pid: number, output: string | number, opts: CheckpointOptions): Session {
   const log = opts.log ?? (() => {});
   checkTarget(pid);
   const tree = new FrozenTree(pid);
   tree.freeze(log);
   const frozenAt = process.hrtime.bigint();
-  let out: ReturnType<typeof openOutput> | undefined;
-  let ok = false;
   try {
-    // Everything that can be refused is refused before a byte is written.
     const pipes = new PipeTable();
     const memfds = new MemfdTable();
     const surveys: Survey[] = [];
@@ -162,50 +178,82 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => dumpProcess(s));
-    const frames = new SavedFrames();
+    // Only a tree can share pages copy-on-write between its processes.
+    const frames = surveys.length > 1 ? new SavedFrames() : undefined;
     const parentOf = new Map(tree.processes.map((p) => [p.pid, p.ppid]));
-    const ancestorsOf = (pid: number) => {
+    const ancestorsOf = (child: number) => {
       const set = new Set<number>();
-      for (let p = parentOf.get(pid); p !== undefined && parentOf.has(p); p = parentOf.get(p)) set.add(p);
+      for (let p = parentOf.get(child); p !== undefined && parentOf.has(p); p = parentOf.get(p)) set.add(p);
       return set;
     };
-    const runs: PageRun[][][] = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v, frames, ancestorsOf(s.proc.pid))));
+    const runs = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v, frames, ancestorsOf(s.proc.pid))));
     const pipeData = pipes.collect();
     const memfdData = memfds.collect();
-    log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes`);
-
-    out = openOutput(output);
-    const writer = new ImageWriter(out.fd);
-    for (const img of images) writer.json(RecordType.Process, img);
-    for (const z of zombies) writer.json(RecordType.Zombie, z);
-    if (pipeData.length) writer.json(RecordType.Pipes, pipeData);
-    if (memfdData.length) writer.json(RecordType.Memfds, memfdData);
-    let pageBytes = 0;
-    surveys.forEach((s, i) => {
-      pageBytes += dumpPages(new Remote(s.proc.threads[0]), s.vmas, runs[i], writer);
-    });
-    writer.end({ pageBytes });
-    out.close(true);
-    out = undefined;
-    log(`image written: ${writer.bytes} bytes, ${pageBytes} of pages`);
-    const frozenMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
-    tree.release(!!opts.kill);
-    log(opts.kill ? 'tree killed' : 'tree resumed');
-    ok = true;
-    return {
-      pid, processes: tree.processes.length, threads: tree.tracees.length, imageBytes: writer.bytes, pageBytes,
-      vmas: surveys.reduce((n, s) => n + s.vmas.length, 0), fds: surveys.reduce((n, s) => n + s.fds.length, 0),
-      frozenMs, freezeMs: tree.freezeMs,
-    };
-  } finally {
-    if (!ok) {
-      try { tree.release(false); } catch { /* gone */ }
-      out?.close(false);
+    log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes, ${memfdData.length} memfds`);
+    const out = openOutput(output);
+    try {
+      const writer = new ImageWriter(out.fd);
+      for (const img of images) writer.json(RecordType.Process, img);
+      for (const z of zombies) writer.json(RecordType.Zombie, z);
+      if (pipeData.length) writer.json(RecordType.Pipes, pipeData);
+      if (memfdData.length) writer.json(RecordType.Memfds, memfdData);
+      return { pid, tree, frozenAt, out, writer, surveys, runs, log };
+    } catch (e) {
+      out.close(false);
+      throw e;
     }
+  } catch (e) {
+    try { tree.release(false); } catch { /* gone */ }
+    throw e;
   }
 }
 
-/** Library entry point: checkpoint the tree rooted at `pid` into a file path or an open fd. */
+/** Close the stream safely, then let the tree go (or end it). */
+function finish(s: Session, pageBytes: number, opts: CheckpointOptions): CheckpointResult {
+  s.writer.end({ pageBytes });
+  s.out.close(true);
+  s.log(`image written: ${s.writer.bytes} bytes, ${pageBytes} of pages`);
+  const frozenMs = Number(process.hrtime.bigint() - s.frozenAt) / 1e6;
+  s.tree.release(!!opts.kill);
+  s.log(opts.kill ? 'tree killed' : 'tree resumed');
+  return {
+    pid: s.pid, processes: s.tree.processes.length, threads: s.tree.tracees.length, imageBytes: s.writer.bytes, pageBytes,
+    vmas: s.surveys.reduce((n, x) => n + x.vmas.length, 0), fds: s.surveys.reduce((n, x) => n + x.fds.length, 0),
+    frozenMs, freezeMs: s.tree.freezeMs,
+  };
+}
+
+function abort(s: Session): void {
+  try { s.tree.release(false); } catch { /* gone */ }
+  s.out.close(false);
+}
+
+/** Checkpoint the tree rooted at `pid`, all on this thread. */
+export function checkpointSync(pid: number, output: string | number, opts: CheckpointOptions = {}): CheckpointResult {
+  const s = begin(pid, output, opts);
+  try {
+    let pageBytes = 0;
+    s.surveys.forEach((x, i) => { pageBytes += dumpPagesSync(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer); });
+    return finish(s, pageBytes, opts);
+  } catch (e) {
+    abort(s);
+    throw e;
+  }
+}
+
+/**
+ * Library entry point: checkpoint the tree rooted at `pid` into a file path
+ * or an open fd. Page checksums and writes overlap with reading the next
+ * pages on worker threads; ptrace itself stays on this thread.
+ */
 export async function checkpoint(pid: number, output: string | number, opts: CheckpointOptions = {}): Promise<CheckpointResult> {
-  return checkpointSync(pid, output, opts);
+  const s = begin(pid, output, opts);
+  try {
+    let pageBytes = 0;
+    for (const [i, x] of s.surveys.entries()) pageBytes += await dumpPages(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer);
+    return finish(s, pageBytes, opts);
+  } catch (e) {
+    abort(s);
+    throw e;
+  }
 }

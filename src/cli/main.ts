@@ -1,7 +1,7 @@
 // The `stasis` command: checkpoint, restart, show, check.
 import fs from 'node:fs';
 import tty from 'node:tty';
-import { checkpointSync } from '../checkpoint';
+import { checkpoint } from '../checkpoint';
 import { restartSync, loadImage } from '../restart';
 import { showImage } from './show';
 import { runChecks } from './check';
@@ -65,7 +65,7 @@ function logger(verbose: boolean): ((m: string) => void) | undefined {
   return (m) => process.stderr.write(`[${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms] ${m}\n`);
 }
 
-function cmdCheckpoint(args: string[]): number {
+async function cmdCheckpoint(args: string[]): Promise<number> {
   const p = parse(args, ['-o', '--output', '--external'], ['--kill', '-v', '--verbose']);
   if (p.positional.length !== 1) throw new UsageError('checkpoint takes one PID');
   const pid = Number(p.positional[0]);
@@ -77,7 +77,7 @@ function cmdCheckpoint(args: string[]): number {
     if (tty.isatty(1)) throw new StasisError('refusing to write an image to a terminal: give -o FILE or redirect stdout');
     output = 1;
   }
-  const r = checkpointSync(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+  const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
   if (p.flags.has('-v') || p.flags.has('--verbose')) {
     process.stderr.write(`checkpointed pid ${r.pid}: ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
   }
@@ -132,7 +132,7 @@ export async function main(argv: string[]): Promise<void> {
   let code: number;
   try {
     switch (cmd) {
-      case 'checkpoint': case 'dump': code = cmdCheckpoint(rest); break;
+      case 'checkpoint': case 'dump': code = await cmdCheckpoint(rest); break;
       case 'restart': case 'restore': code = await cmdRestart(rest); break;
       case 'show': code = cmdShow(rest); break;
       case 'check': code = runChecks(); break;

@@ -14,3 +14,11 @@ export function crc32(buf: Buffer, crc = 0): number {
   }
   return crc >>> 0;
 }
+
+/** The same, on a libuv worker thread (for overlapping with other work). */
+export function crc32Async(buf: Buffer, crc = 0): Promise<number> {
+  return new Promise((resolve, reject) => {
+    if (buf.length > CHUNK) return resolve(crc32(buf, crc));
+    zcrc32.async(crc, buf, buf.length, (err: unknown, r: number | bigint) => (err ? reject(err) : resolve(Number(r) >>> 0)));
+  });
+}

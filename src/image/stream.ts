@@ -3,7 +3,7 @@
 // go through a pipe. docs/image-format.md documents the layout.
 import fs from 'node:fs';
 import { ImageError, StasisError } from '../sys/errno';
-import { crc32 } from './crc32';
+import { crc32, crc32Async } from './crc32';
 
 export const MAGIC = Buffer.from('STASIS\0\n', 'latin1');
 export const FORMAT_VERSION = 1;
@@ -69,21 +69,43 @@ export class ImageWriter {
 
   /** One record; the payload may be given in parts (no concatenation). */
   record(type: RecordType, parts: Buffer[]): void {
-    let len = 0;
     let crc = 0;
-    for (const p of parts) {
-      len += p.length;
-      crc = crc32(p, crc);
+    for (const p of parts) crc = crc32(p, crc);
+    this.put(this.header(type, parts, crc));
+    for (const p of parts) this.put(p);
+    this.records++;
+  }
+
+  /**
+   * The same with the checksum and the write on worker threads: the caller
+   * may work meanwhile, but must not touch `parts` or write another record
+   * until the promise settles.
+   */
+  async recordAsync(type: RecordType, parts: Buffer[]): Promise<void> {
+    let crc = 0;
+    for (const p of parts) crc = await crc32Async(p, crc);
+    for (const b of [this.header(type, parts, crc), ...parts]) {
+      for (let off = 0; off < b.length; ) {
+        off += await new Promise<number>((resolve, reject) => fs.write(this.fd, b, off, b.length - off, null, (err, n) => {
+          if (err?.code === 'EAGAIN') setTimeout(() => resolve(0), 1); // a full non-blocking pipe
+          else if (err) reject(new StasisError(`writing the image: ${err.code ?? err.message}`));
+          else resolve(n);
+        }));
+      }
+      this.bytes += b.length;
     }
+    this.records++;
+  }
+
+  private header(type: RecordType, parts: Buffer[], crc: number): Buffer {
+    const len = parts.reduce((n, p) => n + p.length, 0);
     const h = Buffer.alloc(RECORD_HEADER_SIZE);
     h.writeUInt32LE(type, 0);
     h.writeUInt32LE(0, 4);
     h.writeBigUInt64LE(BigInt(len), 8);
     h.writeUInt32LE(crc, 16);
     h.writeUInt32LE(crc32(h.subarray(0, 20)), 20);
-    this.put(h);
-    for (const p of parts) this.put(p);
-    this.records++;
+    return h;
   }
 
   json(type: RecordType, value: unknown): void {

@@ -149,19 +149,22 @@ export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ance
   if (v.shmem?.from) return []; // saved with the process that maps it first
   if (v.memfd !== undefined) return []; // the Memfds record holds the file
   const pm = readPagemap(pid, v.start, v.end);
+  // The entries as 32-bit halves: no BigInt work per page (a 1 GiB VMA has
+  // 262144 of them). Bits 63/62/61 (present/swapped/file) are in the high half.
+  const halves = new Uint32Array(pm.buffer, pm.byteOffset, pm.length * 2);
   const privateFile = v.kind === 'file';
   const runs: PageRun[] = [];
   for (let i = 0; i < pm.length; i++) {
-    const e = pm[i];
-    const present = (e >> 63n) & 1n;
-    const swapped = (e >> 62n) & 1n;
-    const filePage = (e >> 61n) & 1n;
+    const hi = halves[2 * i + 1];
+    const present = hi >>> 31;
+    const swapped = (hi >>> 30) & 1;
+    const filePage = (hi >>> 29) & 1;
     // In a private file mapping only copied-on-write (anonymous) pages are
     // ours; file pages come back from the file.
-    const keep = swapped === 1n || (present === 1n && !(privateFile && filePage === 1n));
+    const keep = swapped === 1 || (present === 1 && !(privateFile && filePage === 1));
     if (!keep) continue;
     const addr = v.start + i * PAGE_SIZE;
-    const pfn = present === 1n ? Number(e & ((1n << 55n) - 1n)) : 0;
+    const pfn = present && frames ? (hi & 0x7fffff) * 0x100000000 + halves[2 * i] : 0;
     const from = frames && pfn ? frames.sharedWith(pfn, pid, addr, ancestors) : undefined;
     if (from === undefined) {
       addRun(runs, addr);
@@ -215,52 +218,77 @@ export class PageIndex {
 
 const RECORD_BYTES = 16 << 20;
 
-/**
- * Read the given runs out of the task and write them as Pages records of
- * bounded size. Readable VMAs go through process_vm_readv in large iovecs;
- * unreadable ones (PROT_NONE after a write) through /proc/pid/mem.
- */
-export function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: PageRun[][], writer: ImageWriter): number {
-  const pid = remote.task.tgid;
-  let total = 0;
-  let batch: PageRun[] = [];
-  let batchBytes = 0;
-  let batchSlow = false;
-  // One buffer for every record: after the first, its pages are warm and
-  // process_vm_readv runs several times faster than into fresh memory.
-  let buffer: Buffer | undefined;
-  const flush = () => {
-    if (!batch.length) return;
-    buffer ??= Buffer.allocUnsafe(RECORD_BYTES);
-    const data = buffer.subarray(0, batchBytes);
-    if (batchSlow) {
-      let off = 0;
-      for (const r of batch) {
-        remote.task.readMem(r.addr, r.len).copy(data, off);
-        off += r.len;
-      }
-    } else {
-      remote.task.readv(data, 0, batch);
-    }
-    writer.record(RecordType.Pages, [encodePagesHeader(batch, pid), data]);
-    total += batchBytes;
-    batch = [];
-    batchBytes = 0;
-  };
+interface PageBatch { runs: PageRun[]; bytes: number; slow: boolean }
+
+/** Split the runs into Pages records of at most RECORD_BYTES; unreadable VMAs apart. */
+function batchRuns(vmas: ImageVma[], runsByVma: PageRun[][]): PageBatch[] {
+  const out: PageBatch[] = [];
+  let cur: PageBatch | undefined;
   vmas.forEach((v, i) => {
     const slow = !v.prot.startsWith('r');
     for (const run of runsByVma[i]) {
       for (let off = 0; off < run.len; ) {
-        if (batch.length && (slow !== batchSlow || batchBytes >= RECORD_BYTES)) flush();
-        batchSlow = slow;
-        const len = Math.min(run.len - off, RECORD_BYTES - batchBytes);
-        batch.push({ addr: run.addr + off, len });
-        batchBytes += len;
+        if (!cur || cur.slow !== slow || cur.bytes >= RECORD_BYTES) out.push(cur = { runs: [], bytes: 0, slow });
+        const len = Math.min(run.len - off, RECORD_BYTES - cur.bytes);
+        cur.runs.push({ addr: run.addr + off, len });
+        cur.bytes += len;
         off += len;
       }
     }
   });
-  flush();
+  return out;
+}
+
+/**
+ * Readable VMAs go through process_vm_readv in large iovecs; unreadable ones
+ * (PROT_NONE after a write) through /proc/pid/mem.
+ */
+function readBatch(remote: Remote, b: PageBatch, into: Buffer): Buffer {
+  const data = into.subarray(0, b.bytes);
+  if (!b.slow) {
+    remote.task.readv(data, 0, b.runs);
+    return data;
+  }
+  let off = 0;
+  for (const r of b.runs) {
+    remote.task.readMem(r.addr, r.len).copy(data, off);
+    off += r.len;
+  }
+  return data;
+}
+
+/** The same as dumpPages, all on this thread, for synchronous callers. */
+export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: PageRun[][], writer: ImageWriter): number {
+  const buffer = Buffer.allocUnsafe(RECORD_BYTES);
+  let total = 0;
+  for (const b of batchRuns(vmas, runsByVma)) {
+    writer.record(RecordType.Pages, [encodePagesHeader(b.runs, remote.task.tgid), readBatch(remote, b, buffer)]);
+    total += b.bytes;
+  }
+  return total;
+}
+
+/**
+ * Read the given runs out of the task and write them as Pages records.
+ * Two reused buffers (warm after their first record: process_vm_readv runs
+ * several times faster into touched memory): while one record's checksum
+ * and write run on worker threads, the next record is read.
+ */
+export async function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: PageRun[][], writer: ImageWriter): Promise<number> {
+  const pid = remote.task.tgid;
+  const buffers: Buffer[] = [];
+  let pending: Promise<void> = Promise.resolve();
+  let total = 0;
+  let i = 0;
+  for (const b of batchRuns(vmas, runsByVma)) {
+    const buffer = buffers[i % 2] ??= Buffer.allocUnsafe(RECORD_BYTES);
+    i++;
+    const data = readBatch(remote, b, buffer);
+    await pending; // the record before used the other buffer; this one is free again
+    pending = writer.recordAsync(RecordType.Pages, [encodePagesHeader(b.runs, pid), data]);
+    total += b.bytes;
+  }
+  await pending;
   return total;
 }
 

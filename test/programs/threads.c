@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@ static pthread_mutex_t held = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t cv_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int go, waiting, counters_started;
+static pid_t mutex_tid, sleeper_tid;
 static long counts[5];
 
 static void say(const char *s) { (void)!write(1, s, strlen(s)); }
@@ -23,6 +25,27 @@ static void nap(long ns)
 {
     struct timespec ts = {ns / 1000000000L, ns % 1000000000L};
     while (nanosleep(&ts, &ts) < 0 && errno == EINTR) ;
+}
+
+/* Wait until thread tid (of this process) has published itself, then until
+ * it is asleep: after publishing, the only thing it can sleep in is the
+ * blocking call it is there for (the mutex, or the nanosleep). */
+static void await_asleep(pid_t *tidp)
+{
+    pid_t tid;
+    while ((tid = __atomic_load_n(tidp, __ATOMIC_SEQ_CST)) == 0) nap(1000000);
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+    for (;;) {
+        FILE *f = fopen(path, "re");
+        if (!f) { say("FAIL: no stat for thread\n"); exit(1); }
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        char *p = strrchr(buf, ')');
+        if (p && p[1] == ' ' && p[2] == 'S') return;
+        nap(1000000);
+    }
 }
 
 static void *counter(void *arg)
@@ -56,6 +79,7 @@ static void *mutex_waiter(void *arg)
 {
     (void)arg;
     pthread_setname_np(pthread_self(), "mutex");
+    __atomic_store_n(&mutex_tid, gettid(), __ATOMIC_SEQ_CST);
     pthread_mutex_lock(&held);
     pthread_mutex_unlock(&held);
     return NULL;
@@ -66,6 +90,7 @@ static void *sleeper(void *arg)
     (void)arg;
     pthread_setname_np(pthread_self(), "sleeper");
     struct timespec a, b;
+    __atomic_store_n(&sleeper_tid, gettid(), __ATOMIC_SEQ_CST);
     clock_gettime(CLOCK_MONOTONIC, &a);
     nap(1500000000L);
     clock_gettime(CLOCK_MONOTONIC, &b);
@@ -77,10 +102,12 @@ int main(void)
 {
     pthread_t t[8];
     pthread_mutex_lock(&held);
-    for (long i = 0; i < 5; i++) pthread_create(&t[i], NULL, counter, (void *)i);
-    pthread_create(&t[5], NULL, cond_waiter, NULL);
-    pthread_create(&t[6], NULL, mutex_waiter, NULL);
-    pthread_create(&t[7], NULL, sleeper, NULL);
+    int err = 0;
+    for (long i = 0; i < 5; i++) err |= pthread_create(&t[i], NULL, counter, (void *)i);
+    err |= pthread_create(&t[5], NULL, cond_waiter, NULL);
+    err |= pthread_create(&t[6], NULL, mutex_waiter, NULL);
+    err |= pthread_create(&t[7], NULL, sleeper, NULL);
+    if (err) { say("FAIL: pthread_create\n"); return 1; }
     // In place: the condvar waiter waiting, every counter started.
     for (;;) {
         pthread_mutex_lock(&cv_lock);
@@ -89,6 +116,8 @@ int main(void)
         if (w && __atomic_load_n(&counters_started, __ATOMIC_SEQ_CST) == 5) break;
         nap(1000000);
     }
+    await_asleep(&mutex_tid);
+    await_asleep(&sleeper_tid);
     say("ready\n");
     int joined = 0;
     for (int i = 0; i < 5; i++) joined += pthread_join(t[i], NULL) == 0;
