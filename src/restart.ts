@@ -7,7 +7,7 @@ import { Tracee } from './ptrace/tracee';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE } from './ptrace/remote';
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
-import { readImage, RecordType, decodePages, PageRun } from './image/stream';
+import { readImage, readImageBuffer, RecordType, decodePages, PageRun } from './image/stream';
 import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
 import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex } from './kinds/memory';
@@ -20,7 +20,7 @@ import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
 import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
-import { waitpidSync, waitpidAsync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
+import { waitpidSync, waitpidAsync, mapFile, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
 
 export interface RestartOptions {
   /**
@@ -57,6 +57,8 @@ export interface LoadedImage {
   pages: Array<{ pid: number; runs: PageRun[]; data: Buffer }>;
   /** the root process */
   process: ImageProcess;
+  /** Let go of the mapped image file, once nothing reads the page buffers any more. */
+  release(): void;
 }
 
 function parseJson<T>(payload: Buffer, what: string): T {
@@ -72,8 +74,22 @@ export function loadImage(input: string | number): LoadedImage {
   const fd = typeof input === 'number' ? input : fs.openSync(input, 'r');
   const source = typeof input === 'number' ? (input === 0 ? 'the image on stdin' : `the image on fd ${input}`) : input;
   let records;
+  let release = () => {};
   try {
-    records = readImage(fd, source);
+    // A file is mapped rather than read: no copy of the pages, no fresh memory.
+    const st = fs.fstatSync(fd);
+    if (typeof input !== 'number' && st.isFile() && st.size > 0) {
+      const map = mapFile(fd, st.size, source);
+      release = map.unmap;
+      try {
+        records = readImageBuffer(map.buf, source);
+      } catch (e) {
+        map.unmap();
+        throw e;
+      }
+    } else {
+      records = readImage(fd, source);
+    }
   } finally {
     if (typeof input !== 'number') fs.closeSync(fd);
   }
@@ -87,7 +103,7 @@ export function loadImage(input: string | number): LoadedImage {
   const memfds = records.filter((r) => r.type === RecordType.Memfds)
     .flatMap((r) => parseJson<ImageMemfd[]>(r.payload, `${source}: Memfds record at byte ${r.offset}`));
   const pages = records.filter((r) => r.type === RecordType.Pages).map((r) => decodePages(r.payload, `${source} at byte ${r.offset}`));
-  return { processes, zombies, pipes, memfds, pages, process: processes[0] };
+  return { processes, zombies, pipes, memfds, pages, process: processes[0], release };
 }
 
 function pidInUse(pid: number): string | null {
@@ -374,6 +390,14 @@ function discard(tasks: Tracee[]): void {
 export function restartSync(input: string | number | LoadedImage, opts: RestartOptions = {}): Restarted {
   const log = opts.log ?? (() => {});
   const img = typeof input === 'object' ? input : loadImage(input);
+  try {
+    return rebuildTree(img, opts, log);
+  } finally {
+    if (typeof input !== 'object') img.release();
+  }
+}
+
+function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) => void): Restarted {
   const root = img.processes[0];
   const ns = !!opts.pidNs;
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);

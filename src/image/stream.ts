@@ -124,8 +124,29 @@ export interface ImageRecord {
   payload: Buffer;
 }
 
+/** Where records come from: n bytes at a time, strictly in order. */
+interface Source {
+  offset: number;
+  /** exactly n bytes, null at a clean end, an ImageError when cut short */
+  read(n: number): Buffer | null;
+}
+
+/** An image already in memory (a mapped file): records are views, not copies. */
+class BufferSource implements Source {
+  offset = 0;
+  constructor(private readonly buf: Buffer) {}
+  read(n: number): Buffer | null {
+    const left = this.buf.length - this.offset;
+    if (left === 0) return null;
+    if (left < n) throw new ImageError(`image is truncated: needed ${n} bytes at byte ${this.offset}, the stream ended after ${left}`);
+    const b = this.buf.subarray(this.offset, this.offset + n);
+    this.offset += n;
+    return b;
+  }
+}
+
 /** Reads exactly n bytes or reports how far the stream got. */
-class StreamSource {
+class StreamSource implements Source {
   private readonly fd: number;
   offset = 0;
   constructor(fd: number) {
@@ -161,7 +182,15 @@ class StreamSource {
  * End record. Nothing is trusted before all of it checks out.
  */
 export function readImage(fd: number, source = 'the image'): ImageRecord[] {
-  const src = new StreamSource(fd);
+  return parseImage(new StreamSource(fd), source);
+}
+
+/** The same for an image held in memory (records are views into `buf`). */
+export function readImageBuffer(buf: Buffer, source = 'the image'): ImageRecord[] {
+  return parseImage(new BufferSource(buf), source);
+}
+
+function parseImage(src: Source, source: string): ImageRecord[] {
   const h = src.read(HEADER_SIZE);
   if (!h) throw new ImageError(`${source} is empty`);
   if (!h.subarray(0, 8).equals(MAGIC)) throw new ImageError(`${source} is not a stasis image (bad magic)`);

@@ -28,6 +28,8 @@ const c = {
   spawnAttrSetSigDefault: libc.func('int posix_spawnattr_setsigdefault(void *attr, void *set)'),
   spawnAttrSetSigMask: libc.func('int posix_spawnattr_setsigmask(void *attr, void *set)'),
   memfdCreate: libc.func('int memfd_create(const char *name, uint32_t flags)'),
+  mmap: libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)'),
+  munmap: libc.func('int munmap(void *addr, size_t len)'),
 };
 
 // waitpid in a worker thread, for waiting on a restored child without
@@ -244,4 +246,24 @@ export function posixSpawn(path: string, argv: string[], opts: SpawnOptions = {}
     c.spawnActionsDestroy(fa);
     c.spawnAttrDestroy(attr);
   }
+}
+
+// ---- files mapped into this process ---------------------------------------
+
+/**
+ * A read-only private mapping of a whole file, as a Buffer (no copy: the
+ * page cache itself). unmap() must come after the last use of the Buffer.
+ */
+export function mapFile(fd: number, size: number, what: string): { buf: Buffer; unmap: () => void } {
+  const PROT_READ = 1, MAP_PRIVATE = 2, MAP_POPULATE = 0x8000;
+  const ptr = c.mmap(null, size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+  if (koffi.address(ptr) === 0xffffffffffffffffn) throw new SyscallError('mmap', koffi.errno(), what);
+  let mapped = true;
+  return {
+    buf: Buffer.from(koffi.view(ptr, size)),
+    unmap: () => {
+      if (mapped) c.munmap(ptr, size);
+      mapped = false;
+    },
+  };
 }
