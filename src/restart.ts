@@ -166,7 +166,9 @@ function singleTask(img: LoadedImage): boolean {
   return img.processes.length === 1 && !img.zombies.length && img.processes[0].threads.length === 1;
 }
 
-const GADGET_SIZE = PAGE_SIZE + 16 * PAGE_SIZE;
+// Injection page, 16 pages of scratch, 2 pages of generated batch code.
+const SCRATCH_PAGES = 16, BATCH_PAGES = 2;
+const GADGET_SIZE = (1 + SCRATCH_PAGES + BATCH_PAGES) * PAGE_SIZE;
 
 // Injection page layout: `syscall; int3` at 0 for ordinary calls; at 16 a
 // clone3 whose child falls into a pause() loop while the parent traps.
@@ -196,7 +198,9 @@ function mapGadget(t: Tracee, img: LoadedImage): Remote {
   t.writeMem(gadget, GADGET_CODE);
   t.syscallInsn = gadget;
   remote.scratch = gadget + PAGE_SIZE;
-  remote.scratchSize = GADGET_SIZE - PAGE_SIZE;
+  remote.scratchSize = SCRATCH_PAGES * PAGE_SIZE;
+  remote.batchArea = remote.scratch + remote.scratchSize;
+  remote.batchSize = BATCH_PAGES * PAGE_SIZE;
   return remote;
 }
 
@@ -262,10 +266,8 @@ function clearAddressSpace(remote: Remote, p: ImageProcess, log: (m: string) => 
   const live = readMaps(t.pid);
   remote.call('close_range', SYS.close_range, [0, 0xffffffff, 0], 'inherited fds');
   const specials = specialVmas(live);
-  for (const v of live) {
-    if (specials.has(v.path) || v.start === gadget) continue;
-    remote.call('munmap', SYS.munmap, [v.start, v.end - v.start], `blank mapping ${v.path}`);
-  }
+  remote.batch(live.filter((v) => !specials.has(v.path) && v.start !== gadget)
+    .map((v) => ({ name: 'munmap', nr: SYS.munmap, args: [v.start, v.end - v.start], where: `blank mapping ${v.path}` })));
   const taken = [...p.vmas, { start: gadget, end: gadget + GADGET_SIZE }, ...specials.values()];
   moveVdso(remote, p.vmas, live, findGap(64 * PAGE_SIZE, taken));
   log(`pid ${p.pid}: address space cleared, vDSO in place`);

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { Vma, readPagemap } from '../proc';
 import { FileIdentity, ImageVma } from '../image/schema';
 import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
-import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
+import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
 import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
 import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
@@ -309,50 +309,51 @@ function receivesPages(v: ImageVma): boolean {
  * final protection in place once the pages are written.
  */
 export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper): void {
-  const fds = new Map<string, number>();
+  const wanted = vmas.filter((v) => v.kind !== 'vdso' && v.kind !== 'vvar' && v.kind !== 'vvar_vclock');
+  // What each mapping is backed by: a path to open (and how), or nothing.
+  const source = (v: ImageVma, label: string): { path: string; mode: number; what: string } | null => {
+    if (v.memfd !== undefined) {
+      if (!memfds) throw new StasisError(`${label}: memfd mapping without its file`);
+      return { path: memfds.pathFor(v.memfd), mode: v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: label };
+    }
+    if (v.shmem?.from) {
+      // The same shmem object as an earlier process: opened through that
+      // process's map_files and mapped shared again.
+      const f = v.shmem.from;
+      return { path: `/proc/${hostPid(f.pid)}/map_files/${f.start.toString(16)}-${f.end.toString(16)}`, mode: O_RDWR, what: `${label}: shared memory of pid ${f.pid}` };
+    }
+    if (v.kind === 'file') {
+      // A shared mapping that may become writable needs a writable fd.
+      return { path: v.file!.path, mode: v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: v.file!.path };
+    }
+    return null;
+  };
+  const labels = wanted.map((v) => vmaLabel(v, v.file?.path ?? v.name));
+  const sources = wanted.map((v, i) => source(v, labels[i]));
+  // Three batches: open every backing file once, map everything, close.
+  remote.reset();
+  const keys = [...new Set(sources.filter((x) => x).map((x) => `${x!.mode}:${x!.path}`))];
+  const opens = keys.map((k) => {
+    const x = sources.find((y) => y && `${y.mode}:${y.path}` === k)!;
+    return { name: 'openat', nr: SYS.openat, args: [AT_FDCWD, remote.putString(x.path), x.mode, 0], where: x.what };
+  });
+  const fdList = remote.batch(opens);
+  const fds = new Map(keys.map((k, i) => [k, fdList[i]]));
   try {
-    for (const v of vmas) {
-      if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
-      const label = vmaLabel(v, v.file?.path ?? v.name);
+    const maps = wanted.map((v, i) => {
       let prot = protBits(v.prot);
       if (receivesPages(v)) prot |= PROT_WRITE;
-      const len = v.end - v.start;
-      let flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE);
-      let fd = -1;
-      let offset = v.offset;
-      if (v.memfd !== undefined) {
-        if (!memfds) throw new StasisError(`${label}: memfd mapping without its file`);
-        const mode = v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY;
-        remote.reset();
-        fd = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(memfds.pathFor(v.memfd)), mode, 0], label);
-        fds.set(`memfd:${fd}`, fd);
-      } else if (v.shmem?.from) {
-        // The same shmem object as an earlier process: open it through
-        // that process's map_files and map it shared again.
-        const f = v.shmem.from;
-        const path = `/proc/${hostPid(f.pid)}/map_files/${f.start.toString(16)}-${f.end.toString(16)}`;
-        remote.reset();
-        fd = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(path), O_RDWR, 0], `${label}: shared memory of pid ${f.pid}`);
-        fds.set(`shmem:${path}:${fd}`, fd);
-      } else if (v.kind === 'file') {
-        // A shared mapping that may become writable needs a writable fd.
-        const mode = v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY;
-        const key = `${mode}:${v.file!.path}`;
-        if (!fds.has(key)) {
-          remote.reset();
-          fds.set(key, remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(v.file!.path), mode, 0], v.file!.path));
-        }
-        fd = fds.get(key)!;
-      } else if (!v.shmem?.from && v.memfd === undefined) {
-        flags |= MAP_ANONYMOUS;
-      }
+      const src = sources[i];
+      let flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE) | (src ? 0 : MAP_ANONYMOUS);
       if (v.vmFlags.includes('gd')) flags |= MAP_GROWSDOWN;
-      if (fd < 0) offset = 0;
-      const got = remote.call('mmap', SYS.mmap, [v.start, len, prot, flags, fd, offset], label);
-      if (got !== v.start) throw new StasisError(`${label}: mmap placed it at 0x${got.toString(16)}`);
-    }
+      const fd = src ? fds.get(`${src.mode}:${src.path}`)! : -1;
+      return { name: 'mmap', nr: SYS.mmap, args: [v.start, v.end - v.start, prot, flags, fd, src ? v.offset : 0], where: labels[i] };
+    });
+    remote.batch(maps).forEach((got, i) => {
+      if (got !== wanted[i].start) throw new StasisError(`${labels[i]}: mmap placed it at 0x${got.toString(16)}`);
+    });
   } finally {
-    for (const fd of fds.values()) remote.call('close', SYS.close, [fd]);
+    remote.batch([...fds.values()].map((fd) => ({ name: 'close', nr: SYS.close, args: [fd] })));
   }
 }
 
@@ -363,17 +364,19 @@ export function writePages(remote: Remote, runs: PageRun[], data: Buffer): void 
 
 /** Final protections and VmFlags once the contents are in place. */
 export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
+  const calls: BatchCall[] = [];
   for (const v of vmas) {
     if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
     const label = vmaLabel(v, v.file?.path ?? v.name);
     const len = v.end - v.start;
-    if (receivesPages(v) && v.prot[1] !== 'w') remote.call('mprotect', SYS.mprotect, [v.start, len, protBits(v.prot)], label);
+    if (receivesPages(v) && v.prot[1] !== 'w') calls.push({ name: 'mprotect', nr: SYS.mprotect, args: [v.start, len, protBits(v.prot)], where: label });
     for (const f of v.vmFlags) {
       const advice = MADVISE_FOR_FLAG[f];
-      if (advice !== undefined) remote.call('madvise', SYS.madvise, [v.start, len, advice], `${label}, flag ${f}`);
+      if (advice !== undefined) calls.push({ name: 'madvise', nr: SYS.madvise, args: [v.start, len, advice], where: `${label}, flag ${f}` });
     }
-    if (v.vmFlags.includes('lo')) remote.call('mlock2', SYS.mlock2, [v.start, len, v.vmFlags.includes('lf') ? 1 : 0], label);
+    if (v.vmFlags.includes('lo')) calls.push({ name: 'mlock2', nr: SYS.mlock2, args: [v.start, len, v.vmFlags.includes('lf') ? 1 : 0], where: label });
   }
+  remote.batch(calls);
 }
 
 /** A free address range of `size` bytes outside every listed range. */

@@ -68,10 +68,11 @@ export function restoreSigactions(remote: Remote, actions: ImageSigaction[]): vo
     buf.writeBigUInt64LE(BigInt(a.mask), o + 24);
   }
   const base = remote.putBytes(buf);
+  const calls = [];
   for (let sig = 1; sig <= 64; sig++) {
-    if (!settable(sig)) continue;
-    remote.call('rt_sigaction', SYS.rt_sigaction, [sig, base + (sig - 1) * SIGACTION_SIZE, 0, 8], `signal ${sig}`);
+    if (settable(sig)) calls.push({ name: 'rt_sigaction', nr: SYS.rt_sigaction, args: [sig, base + (sig - 1) * SIGACTION_SIZE, 0, 8], where: `signal ${sig}` });
   }
+  remote.batch(calls);
 }
 
 export function restoreAltstack(remote: Remote, s: ImageSignals): void {

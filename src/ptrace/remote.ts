@@ -2,17 +2,32 @@
 // calls can take pointers (paths, structs) and hand results back.
 import { Tracee } from './tracee';
 import { SYS, PAGE_SIZE } from '../sys/x86';
-import { StasisError } from '../sys/errno';
+import { StasisError, SyscallError } from '../sys/errno';
 
 export const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4;
 export const MAP_SHARED = 1, MAP_PRIVATE = 2, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20;
 export const MAP_GROWSDOWN = 0x100, MAP_FIXED_NOREPLACE = 0x100000;
 export const AT_FDCWD = -100;
 
+/** One system call of a batch, with what it is about (for errors). */
+export interface BatchCall {
+  name: string;
+  nr: number;
+  args: Array<number | bigint>;
+  where?: string;
+}
+
+/** Bytes of generated code per call: seven movabs, syscall, store of rax. */
+const BATCH_CALL_BYTES = 7 * 10 + 2 + 10;
+const ARG_REG_MOVABS = [[0x48, 0xbf], [0x48, 0xbe], [0x48, 0xba], [0x49, 0xba], [0x49, 0xb8], [0x49, 0xb9]];
+
 export class Remote {
   readonly task: Tracee;
   scratch = 0;
   scratchSize = 0;
+  /** executable area for batched calls (0: none, calls run one by one) */
+  batchArea = 0;
+  batchSize = 0;
   private used = 0;
 
   constructor(task: Tracee) {
@@ -24,7 +39,50 @@ export class Remote {
     const r = new Remote(t);
     r.scratch = this.scratch;
     r.scratchSize = this.scratchSize;
+    r.batchArea = this.batchArea;
+    r.batchSize = this.batchSize;
     return r;
+  }
+
+  /**
+   * Independent system calls in one go: code that makes every call and
+   * stores each result is written into the batch area and run to an int3.
+   * Each result is then checked, and the first failure thrown by name.
+   * Without a batch area they run one by one.
+   */
+  batch(calls: BatchCall[]): number[] {
+    if (!this.batchArea) return calls.map((c) => this.call(c.name, c.nr, c.args, c.where));
+    const perRun = Math.floor(this.batchSize / (BATCH_CALL_BYTES + 8)) - 1;
+    const out: number[] = [];
+    for (let i = 0; i < calls.length; i += perRun) {
+      const part = calls.slice(i, i + perRun);
+      const results = this.batchArea + part.length * BATCH_CALL_BYTES + 8;
+      const code = Buffer.alloc(part.length * BATCH_CALL_BYTES + 1);
+      let o = 0;
+      const movabs = (prefix: number[], v: number | bigint) => {
+        code[o++] = prefix[0];
+        code[o++] = prefix[1];
+        code.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), o);
+        o += 8;
+      };
+      part.forEach((c, k) => {
+        movabs([0x48, 0xb8], c.nr);
+        ARG_REG_MOVABS.forEach((reg, a) => movabs(reg, c.args[a] ?? 0));
+        code[o++] = 0x0f;
+        code[o++] = 0x05;
+        movabs([0x48, 0xa3], results + k * 8); // mov [results + k*8], rax
+      });
+      code[o] = 0xcc;
+      this.task.writeMem(this.batchArea, code);
+      this.task.runUntilTrap(this.batchArea, `a batch of ${part.length} system calls`);
+      const res = this.task.readMem(results, part.length * 8);
+      part.forEach((c, k) => {
+        const r = res.readBigInt64LE(k * 8);
+        if (r < 0n && r > -4096n) throw new SyscallError(`${c.name} in pid ${this.pid}`, Number(-r), c.where);
+        out.push(Number(r));
+      });
+    }
+    return out;
   }
 
   get pid(): number {

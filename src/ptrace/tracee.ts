@@ -76,7 +76,7 @@ export class Tracee {
    * remembered and suppressed (they are re-sent at detach) so that the stop
    * we wait for is ours. Returns the stop signal.
    */
-  waitStop(what: string, want?: number): number {
+  waitStop(what: string, want?: number, resume: number = PTRACE.SINGLESTEP): number {
     for (;;) {
       const { status } = waitpidSync(this.pid, __WALL);
       if (WIFEXITED(status) || WIFSIGNALED(status)) {
@@ -91,7 +91,7 @@ export class Tracee {
         // Interrupt or group stop: this is the stop we asked for unless we
         // wait for a specific signal (a single step).
         if (want === undefined) return sig;
-        ptrace(PTRACE.SINGLESTEP, this.pid, 0, 0, 'SINGLESTEP');
+        ptrace(resume, this.pid, 0, 0, 'resume');
         continue;
       }
       if (want !== undefined && sig === want) return sig;
@@ -103,7 +103,7 @@ export class Tracee {
         continue;
       }
       this.deferSignal(sig);
-      ptrace(PTRACE.SINGLESTEP, this.pid, 0, 0, 'SINGLESTEP');
+      ptrace(resume, this.pid, 0, 0, 'resume');
     }
   }
 
@@ -225,6 +225,19 @@ export class Tracee {
     ptrace(PTRACE.SINGLESTEP, this.pid, 0, 0, 'SINGLESTEP');
     this.waitStop(`injected syscall ${nr}`, SIGTRAP);
     return this.getRegs().signed('rax');
+  }
+
+  /**
+   * Run generated code at `rip` until it reaches an int3 (PTRACE_CONT):
+   * many system calls for one ptrace round trip.
+   */
+  runUntilTrap(rip: number, what: string): void {
+    const r = this.saved!.clone();
+    r.set('rip', rip);
+    r.set('orig_rax', -1n);
+    this.setRegs(r);
+    ptrace(PTRACE.CONT, this.pid, 0, 0, 'CONT');
+    this.waitStop(what, SIGTRAP, PTRACE.CONT);
   }
 
   /** Injected syscall that throws a SyscallError naming the call on failure. */
