@@ -7,6 +7,9 @@ import path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { posixSpawn, waitpidSync, WNOHANG, __WALL } from '../src/sys/libc';
 import { scanTree } from '../src/ptrace/freeze';
+import { waitpidAsync } from '../src/sys/libc';
+import { checkpointSync, restartSync } from '../src';
+import type { Restarted, RestartOptions } from '../src';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const PROGRAMS = path.join(ROOT, 'test', 'programs');
@@ -150,4 +153,26 @@ export function cli(args: string[], opts: { input?: Buffer; stdoutFile?: string 
     });
     child.stdin!.end(opts.input);
   });
+}
+
+/**
+ * Checkpoint the tree rooted at `pid` with --kill, wait until its root is
+ * gone, restart it; every restored process is remembered for cleanup.
+ */
+export async function checkpointKillRestart(procs: Procs, pid: number, dir: string, opts: RestartOptions = {}): Promise<Restarted> {
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  const r = restartSync(img, opts);
+  procs.addTree(r.pid);
+  return r;
+}
+
+/** Run a program to its end without interruption; resolves with its output. */
+export async function referenceRun(procs: Procs, file: string, args: string[], dir: string): Promise<string> {
+  const out = path.join(dir, 'reference.out');
+  const pid = procs.start(file, args, out, { cwd: dir });
+  const { status } = await waitpidAsync(pid, 0);
+  if (status !== 0) throw new Error(`reference run of ${file} failed (wait status ${status})`);
+  return fs.readFileSync(out, 'utf8');
 }

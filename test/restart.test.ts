@@ -6,34 +6,22 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, PROGRAMS } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, PROGRAMS, checkpointKillRestart as restartAfterKill, referenceRun as runToEnd } from './harness';
 import { checkpointSync, restartSync, loadImage } from '../src';
 import type { Restarted } from '../src';
 import { readStatus } from '../src/proc';
-import { waitpidAsync } from '../src/sys/libc';
 
 const procs = new Procs();
 after(() => procs.cleanup());
 
-/** Checkpoint with --kill, wait until the original is gone, restart. */
+/** Checkpoint with --kill and restart: it must come back under its own pid. */
 async function checkpointKillRestart(pid: number, dir: string): Promise<Restarted> {
-  const img = path.join(dir, 'image');
-  checkpointSync(pid, img, { kill: true });
-  await waitGone(pid, procs);
-  const r = restartSync(img);
-  procs.add(r.pid);
+  const r = await restartAfterKill(procs, pid, dir);
   assert.equal(r.pid, pid, 'restored under its original pid, which is free again');
   return r;
 }
 
-/** Run a target uninterrupted to completion; resolves with its output. */
-async function referenceRun(file: string, args: string[], dir: string): Promise<string> {
-  const out = path.join(dir, 'reference.out');
-  const pid = procs.start(file, args, out, { cwd: dir });
-  const { status } = await waitpidAsync(pid, 0);
-  assert.equal(status, 0, `reference run of ${file} failed`);
-  return fs.readFileSync(out, 'utf8');
-}
+const referenceRun = (file: string, args: string[], dir: string) => runToEnd(procs, file, args, dir);
 
 test('memory of every kind survives and the computation goes on identically', async () => {
   const prog = build('memory');

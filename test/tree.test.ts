@@ -5,9 +5,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, PROGRAMS } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, PROGRAMS, checkpointKillRestart as restartAfterKill, referenceRun as runToEnd } from './harness';
 import { checkpointSync, restartSync, loadImage } from '../src';
-import type { Restarted } from '../src';
+import type { RestartOptions } from '../src';
 import { readStat, readStatus, listChildren, listThreads } from '../src/proc';
 import { scanTree } from '../src/ptrace/freeze';
 import { waitpidAsync, syscall } from '../src/sys/libc';
@@ -25,24 +25,8 @@ function psFacts(root: number): PsFacts[] {
   }).sort((a, b) => a.pid - b.pid);
 }
 
-/** Checkpoint a tree with --kill, wait until its root is gone, restart it. */
-async function checkpointKillRestart(pid: number, dir: string, opts: { pidNs?: boolean } = {}): Promise<Restarted> {
-  const img = path.join(dir, 'image');
-  checkpointSync(pid, img, { kill: true });
-  await waitGone(pid, procs);
-  const r = restartSync(img, opts);
-  procs.addTree(r.pid);
-  return r;
-}
-
-/** Run a program to its end without interruption; resolves with its output. */
-async function referenceRun(file: string, args: string[], dir: string): Promise<string> {
-  const out = path.join(dir, 'reference.out');
-  const pid = procs.start(file, args, out, { cwd: dir });
-  const { status } = await waitpidAsync(pid, 0);
-  assert.equal(status, 0, `reference run of ${file} failed`);
-  return fs.readFileSync(out, 'utf8');
-}
+const checkpointKillRestart = (pid: number, dir: string, opts: RestartOptions = {}) => restartAfterKill(procs, pid, dir, opts);
+const referenceRun = (file: string, args: string[], dir: string) => runToEnd(procs, file, args, dir);
 
 test('a shell pipeline with data in flight in both pipes produces identical output', async () => {
   const producer = build('producer'), consumer = build('consumer');
