@@ -132,6 +132,7 @@ function dumpProcess(s: Survey): ImageProcess {
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
       xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: s.fds, threads,
+      ...(s.proc.stopped ? { stopped: true } : {}),
     };
   } finally {
     remote.unmapScratch();

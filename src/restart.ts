@@ -185,7 +185,7 @@ const GADGET_CODE = Buffer.from([
 ]);
 const CLONE_VM = 0x100, CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_SIGHAND = 0x800;
 const CLONE_PARENT = 0x8000, CLONE_THREAD = 0x10000, CLONE_SYSVSEM = 0x40000, CLONE_NEWPID = 0x20000000;
-const SIGCHLD = 17;
+const SIGCHLD = 17, SIGSTOP = 19;
 const PR_SET_NAME = 15;
 
 /** Map the injection page and scratch area into a freshly seized blank task. */
@@ -468,7 +468,11 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       created.push(...r.threads.slice(1));
     }
     memfds.seal();
-    for (const r of live) for (const t of r.threads) t.detach(false);
+    for (const r of live) {
+      // A process that was stopped goes back to its stop as it resumes.
+      if (r.image.stopped) r.threads[0].deferredSignals.unshift(SIGSTOP);
+      for (const t of r.threads) t.detach(false);
+    }
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);
       waitFor = nsInit;

@@ -263,3 +263,26 @@ test('a sealed memfd mapped by parent and child and held as an fd comes back as 
   assert.match(got, /^memfd ok$/m);
   assert.equal(got, await reference);
 });
+
+test('a stopped process stays stopped through checkpoint and restart, and continues on SIGCONT', async () => {
+  const prog = build('counter');
+  const dir = tmpdir('stopped');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^counter: 2$/m);
+  process.kill(pid, 'SIGSTOP');
+  await waitFor(`/proc/${pid}/stat`, /\) T /);
+  const img = path.join(dir, 'image');
+  const printed = fs.readFileSync(out, 'utf8');
+  checkpointSync(pid, img);
+  // Detached with a SIGSTOP: it is back in its stop before running any code.
+  await waitFor(`/proc/${pid}/stat`, /\) T /);
+  assert.equal(fs.readFileSync(out, 'utf8'), printed, 'it did not run');
+  assert.equal(loadImage(img).process.stopped, true);
+  const r = await checkpointKillRestart(pid, dir);
+  await waitFor(`/proc/${r.pid}/stat`, /\) T /);
+  const before = fs.readFileSync(out, 'utf8');
+  process.kill(r.pid, 'SIGCONT');
+  const seen = before.trim().split('\n').length;
+  await waitFor(out, new RegExp(`^counter: ${seen + 1}$`, 'm'));
+});

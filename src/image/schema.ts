@@ -142,6 +142,8 @@ export interface ImageProcess {
   fds: ImageFd[];
   /** main thread first */
   threads: ImageThread[];
+  /** stopped by a signal (SIGSTOP, SIGTSTP ...): restored stopped */
+  stopped?: boolean;
 }
 
 /** A child that has exited but not been waited for. */

@@ -17,6 +17,8 @@ export interface FrozenProcess {
   pid: number;
   ppid: number;
   zombie: boolean;
+  /** in a group stop (SIGSTOP and friends) when the checkpoint began */
+  stopped: boolean;
   /** main thread first */
   threads: Tracee[];
 }
@@ -26,8 +28,10 @@ function sleepMs(ms: number): void {
 }
 
 /** Every process of the tree, parents before children (zombies included). */
-export function scanTree(root: number): Array<{ pid: number; ppid: number; zombie: boolean }> {
-  const out: Array<{ pid: number; ppid: number; zombie: boolean }> = [];
+export interface TreeEntry { pid: number; ppid: number; zombie: boolean; stopped: boolean }
+
+export function scanTree(root: number): TreeEntry[] {
+  const out: TreeEntry[] = [];
   const queue = [root];
   const seen = new Set<number>();
   while (queue.length) {
@@ -41,7 +45,7 @@ export function scanTree(root: number): Array<{ pid: number; ppid: number; zombi
       if (pid === root) throw new StasisError(`pid ${root}: no such process`);
       continue; // exited and was reaped meanwhile
     }
-    out.push({ pid, ppid: st.ppid, zombie: st.state === 'Z' });
+    out.push({ pid, ppid: st.ppid, zombie: st.state === 'Z', stopped: st.state === 'T' });
     if (st.state !== 'Z') queue.push(...listChildren(pid));
   }
   return out;
@@ -113,7 +117,10 @@ export class FrozenTree {
     // not frozen; repeat until a scan of the frozen tree finds nothing new.
     for (let round = 0; ; round++) {
       const tree = scanTree(this.root);
-      const fresh = tree.filter((p) => !p.zombie && !this.home.has(p.pid));
+      // A stopped task is left out of the freezer: it cannot run anyway, and
+      // attaching to it needs it to move to a traced stop, which a frozen
+      // task never does (PTRACE_SEIZE would wait forever).
+      const fresh = tree.filter((p) => !p.zombie && !p.stopped && !this.home.has(p.pid));
       if (!fresh.length && round > 0) break;
       if (round > 50) throw new StasisError(`pid ${this.root}: the tree keeps changing; could not freeze it`);
       for (const p of fresh) this.moveIn(p.pid);
@@ -144,8 +151,8 @@ export class FrozenTree {
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
   }
 
-  private seizeProcess(p: { pid: number; ppid: number; zombie: boolean }, wait: boolean): void {
-    const fp: FrozenProcess = { pid: p.pid, ppid: p.ppid, zombie: p.zombie, threads: [] };
+  private seizeProcess(p: TreeEntry, wait: boolean): void {
+    const fp: FrozenProcess = { pid: p.pid, ppid: p.ppid, zombie: p.zombie, stopped: p.stopped, threads: [] };
     this.processes.push(fp);
     if (p.zombie) return;
     const tids = listThreads(p.pid);
@@ -196,8 +203,13 @@ export class FrozenTree {
         t.forget();
       }
     } else {
-      for (const t of this.tracees) {
-        try { t.detach(); } catch { /* gone */ }
+      for (const p of this.processes) {
+        // A stopped process is detached with SIGSTOP: whatever became of
+        // its group stop while traced, it goes back to being stopped.
+        if (p.stopped && p.threads.length && !p.threads[0].deferredSignals.includes(19)) p.threads[0].deferredSignals.unshift(19);
+        for (const t of p.threads) {
+          try { t.detach(); } catch { /* gone */ }
+        }
       }
     }
     if (this.cgroup) {
