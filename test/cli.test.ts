@@ -142,3 +142,21 @@ test('checkpoint refuses to write an image to a terminal and bad arguments', asy
   assert.match(gone.stderr, /pid 999999999: no such process/);
   assert.equal(alive(999999999), false);
 });
+
+test('restart in the foreground ends with the fatal signal of the restored process', async () => {
+  const prog = build('counter');
+  const dir = tmpdir('fgsig');
+  const out = path.join(dir, 'out'), img = path.join(dir, 'image'), pidfile = path.join(dir, 'pid');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^counter: 1$/m);
+  assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
+  await waitGone(pid, procs);
+  const running = cli(['restart', img, '--pidfile', pidfile]);
+  await waitFor(pidfile, /^\d+\n$/);
+  const restored = procs.add(Number(fs.readFileSync(pidfile, 'utf8')));
+  await waitFor(out, /^counter: 3$/m);
+  process.kill(restored, 'SIGTERM');
+  const r = await running;
+  assert.equal(r.signal, 'SIGTERM', r.stderr);
+  assert.match(r.stderr, /killed by SIGTERM/);
+});
