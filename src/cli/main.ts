@@ -77,11 +77,22 @@ async function cmdCheckpoint(args: string[]): Promise<number> {
     if (tty.isatty(1)) throw new StasisError('refusing to write an image to a terminal: give -o FILE or redirect stdout');
     output = 1;
   }
-  const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
-  if (p.flags.has('-v') || p.flags.has('--verbose')) {
-    process.stderr.write(`checkpointed pid ${r.pid}: ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
+  // Dying half way would leave the tree frozen or with injected registers:
+  // a terminating signal only takes effect once the tree is let go.
+  let interrupted: NodeJS.Signals | undefined;
+  const hold = (sig: NodeJS.Signals) => { interrupted ??= sig; };
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
+  for (const sig of signals) process.on(sig, hold);
+  try {
+    const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+    if (p.flags.has('-v') || p.flags.has('--verbose')) {
+      process.stderr.write(`checkpointed pid ${r.pid}: ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
+    }
+  } finally {
+    for (const sig of signals) process.off(sig, hold);
+    if (interrupted) process.stderr.write(`stasis: ${interrupted} arrived during the checkpoint; the checkpoint finished first and let the tree go\n`);
   }
-  return 0;
+  return interrupted ? 128 + osConstants.signals[interrupted] : 0;
 }
 
 function signalName(sig: number): string {
