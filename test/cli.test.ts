@@ -160,3 +160,20 @@ test('restart in the foreground ends with the fatal signal of the restored proce
   assert.equal(r.signal, 'SIGTERM', r.stderr);
   assert.match(r.stderr, /killed by SIGTERM/);
 });
+
+test('a checkpoint of many records through a pipe keeps every page', async () => {
+  const prog = build('memhog');
+  const dir = tmpdir('bigpipe');
+  const out = path.join(dir, 'out'), pidfile = path.join(dir, 'pid');
+  const pid = procs.start(prog, ['80'], out);
+  await waitFor(out, /^ready$/m);
+  // 80 MiB: several Pages records, written by the pipelined writer into a pipe.
+  const pipeline = spawn('sh', ['-c', `"${process.execPath}" "${CLI}" checkpoint ${pid} --kill | "${process.execPath}" "${CLI}" restart -d --pidfile "${pidfile}" -`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  pipeline.stderr.on('data', (d) => (stderr += d));
+  assert.equal(await new Promise((res) => pipeline.on('close', res)), 0, stderr);
+  await waitGone(pid, procs);
+  const restored = procs.add(Number(fs.readFileSync(pidfile, 'utf8')));
+  process.kill(restored, 'SIGUSR1');
+  await waitFor(out, /^verified$/m);
+});

@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import { ImageError, StasisError } from '../sys/errno';
 import { crc32, crc32Async } from './crc32';
+import { writevAsync } from '../sys/libc';
 
 export const MAGIC = Buffer.from('STASIS\0\n', 'latin1');
 export const FORMAT_VERSION = 1;
@@ -77,24 +78,29 @@ export class ImageWriter {
   }
 
   /**
-   * The same with the checksum and the write on worker threads: the caller
-   * may work meanwhile, but must not touch `parts` or write another record
-   * until the promise settles.
+   * The same with the checksum and the write on worker threads, for
+   * pipelining: the checksum of the last (large) part starts at once, the
+   * write starts once it is known and `after` (the record before) is
+   * written, as one writev. The caller must not touch `parts` until the
+   * returned promise settles.
    */
-  async recordAsync(type: RecordType, parts: Buffer[]): Promise<void> {
+  recordAsync(type: RecordType, parts: Buffer[], after: Promise<void> = Promise.resolve()): Promise<void> {
     let crc = 0;
-    for (const p of parts) crc = await crc32Async(p, crc);
-    for (const b of [this.header(type, parts, crc), ...parts]) {
-      for (let off = 0; off < b.length; ) {
-        off += await new Promise<number>((resolve, reject) => fs.write(this.fd, b, off, b.length - off, null, (err, n) => {
-          if (err?.code === 'EAGAIN') setTimeout(() => resolve(0), 1); // a full non-blocking pipe
-          else if (err) reject(new StasisError(`writing the image: ${err.code ?? err.message}`));
-          else resolve(n);
-        }));
-      }
-      this.bytes += b.length;
-    }
+    for (const p of parts.slice(0, -1)) crc = crc32(p, crc);
+    const crcDone = crc32Async(parts[parts.length - 1], crc);
     this.records++;
+    return Promise.all([crcDone, after]).then(async ([sum]) => {
+      const all = [this.header(type, parts, sum), ...parts];
+      const total = all.reduce((n, b) => n + b.length, 0);
+      const n = await writevAsync(this.fd, all);
+      if (n < total) {
+        // Short or failed (a full pipe, an error): finish here, where
+        // errors can be named.
+        const rest = Buffer.concat(all).subarray(Math.max(n, 0));
+        writeAll(this.fd, rest);
+      }
+      this.bytes += total;
+    });
   }
 
   private header(type: RecordType, parts: Buffer[], crc: number): Buffer {

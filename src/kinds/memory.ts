@@ -269,26 +269,32 @@ export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: PageR
 }
 
 /**
- * Read the given runs out of the task and write them as Pages records.
- * Two reused buffers (warm after their first record: process_vm_readv runs
- * several times faster into touched memory): while one record's checksum
- * and write run on worker threads, the next record is read.
+ * Read the given runs out of the task and write them as Pages records,
+ * pipelined: while records are checksummed and written on worker threads,
+ * the next ones are read here (ptrace's thread). Three reused buffers, warm
+ * after their first record (process_vm_readv runs several times faster
+ * into touched memory).
  */
 export async function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: PageRun[][], writer: ImageWriter): Promise<number> {
   const pid = remote.task.tgid;
   const buffers: Buffer[] = [];
-  let pending: Promise<void> = Promise.resolve();
+  const busy: Array<Promise<void>> = [];
+  let last: Promise<void> = Promise.resolve();
   let total = 0;
   let i = 0;
-  for (const b of batchRuns(vmas, runsByVma)) {
-    const buffer = buffers[i % 2] ??= Buffer.allocUnsafe(RECORD_BYTES);
-    i++;
-    const data = readBatch(remote, b, buffer);
-    await pending; // the record before used the other buffer; this one is free again
-    pending = writer.recordAsync(RecordType.Pages, [encodePagesHeader(b.runs, pid), data]);
-    total += b.bytes;
+  try {
+    for (const b of batchRuns(vmas, runsByVma)) {
+      const slot = i++ % 3;
+      await busy[slot]; // the record that used this buffer is written
+      const data = readBatch(remote, b, buffers[slot] ??= Buffer.allocUnsafe(RECORD_BYTES));
+      last = busy[slot] = writer.recordAsync(RecordType.Pages, [encodePagesHeader(b.runs, pid), data], last);
+      total += b.bytes;
+    }
+  } finally {
+    // Never leave a write behind on a buffer or a stream being given up.
+    await Promise.allSettled(busy);
   }
-  await pending;
+  await last;
   return total;
 }
 

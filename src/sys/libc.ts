@@ -32,6 +32,28 @@ const c = {
   munmap: libc.func('int munmap(void *addr, size_t len)'),
 };
 
+const writevFn = libc.func('intptr_t writev(int fd, void *iov, int cnt)');
+
+/**
+ * One writev(2) on a libuv worker thread. Resolves with the bytes written,
+ * or -1 on failure (the caller finishes synchronously to learn the errno).
+ * The buffers must not be touched until it settles.
+ */
+export function writevAsync(fd: number, bufs: Buffer[]): Promise<number> {
+  const iov = Buffer.alloc(bufs.length * 16);
+  bufs.forEach((b, i) => {
+    iov.writeBigUInt64LE(BigInt(addressOf(b)), i * 16);
+    iov.writeBigUInt64LE(BigInt(b.length), i * 16 + 8);
+  });
+  return new Promise((resolve, reject) => {
+    writevFn.async(fd, iov, bufs.length, (err: unknown, n: number | bigint) => {
+      void iov; // kept alive until the call is done
+      if (err) reject(err);
+      else resolve(Number(n));
+    });
+  });
+}
+
 // waitpid in a worker thread, for waiting on a restored child without
 // blocking the event loop (not used for traced tasks: see waitpidSync).
 const waitpidAsyncFn = libc.func('int waitpid(int pid, _Out_ int *status, int options)');
