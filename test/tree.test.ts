@@ -286,3 +286,32 @@ test('a stopped process stays stopped through checkpoint and restart, and contin
   const seen = before.trim().split('\n').length;
   await waitFor(out, new RegExp(`^counter: ${seen + 1}$`, 'm'));
 });
+
+test('tasks left frozen by a killed stasis are thawed by the next checkpoint', async () => {
+  const prog = build('counter');
+  const dir = tmpdir('stale');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^counter: 1$/m);
+  // What a stasis killed mid-checkpoint leaves: its freezer cgroup, frozen.
+  const stale = `/sys/fs/cgroup/freezer/stasis-999999999-1`;
+  fs.mkdirSync(stale);
+  try {
+    fs.writeFileSync(`${stale}/cgroup.procs`, String(pid));
+    fs.writeFileSync(`${stale}/freezer.state`, 'FROZEN');
+    await waitFor(`${stale}/freezer.state`, /FROZEN/);
+    const other = procs.start(prog, [], path.join(dir, 'other'));
+    await waitFor(path.join(dir, 'other'), /^counter: 1$/m);
+    checkpointSync(other, path.join(dir, 'image'));
+    assert.equal(fs.existsSync(stale), false, 'the stale cgroup is gone');
+    assert.doesNotMatch(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8'), /freezer:\/stasis/);
+    const seen = fs.readFileSync(out, 'utf8').trim().split('\n').length;
+    await waitFor(out, new RegExp(`^counter: ${seen + 1}$`, 'm'));
+  } finally {
+    if (fs.existsSync(stale)) {
+      fs.writeFileSync(`${stale}/freezer.state`, 'THAWED');
+      try { fs.writeFileSync('/sys/fs/cgroup/freezer/cgroup.procs', String(pid)); } catch { /* gone */ }
+      fs.rmdirSync(stale);
+    }
+  }
+});

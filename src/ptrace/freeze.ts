@@ -60,6 +60,38 @@ function freezerCgroupOf(pid: number): string | null {
   }
 }
 
+/**
+ * Freezer cgroups left by a stasis process that died mid-checkpoint (only
+ * SIGKILL can do that): their tasks are thawed and moved back to the root
+ * freezer cgroup, where processes live unless someone put them elsewhere.
+ * Returns the pids set free.
+ */
+export function thawStale(): number[] {
+  const freed: number[] = [];
+  let dirs: string[];
+  try {
+    dirs = fs.readdirSync(FREEZER).filter((d) => /^stasis-\d+-\d+$/.test(d));
+  } catch {
+    return freed;
+  }
+  for (const d of dirs) {
+    const owner = Number(d.split('-')[1]);
+    if (fs.existsSync(`/proc/${owner}`) && readStat(owner).state !== 'Z') continue; // still at work
+    const dir = path.join(FREEZER, d);
+    try {
+      fs.writeFileSync(path.join(dir, 'freezer.state'), 'THAWED');
+      for (const pid of fs.readFileSync(path.join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) {
+        try {
+          fs.writeFileSync(path.join(FREEZER, 'cgroup.procs'), pid);
+          freed.push(Number(pid));
+        } catch { /* exited */ }
+      }
+      fs.rmdirSync(dir);
+    } catch { /* another stasis got there first */ }
+  }
+  return freed;
+}
+
 export class FrozenTree {
   readonly root: number;
   readonly processes: FrozenProcess[] = [];
@@ -78,6 +110,8 @@ export class FrozenTree {
 
   /** Freeze, seize every thread, thaw into ptrace stops. Undoes itself on failure. */
   freeze(log: (m: string) => void): void {
+    const freed = thawStale();
+    if (freed.length) log(`thawed ${freed.length} task(s) left frozen by a stasis that was killed: ${freed.join(', ')}`);
     try {
       if (fs.existsSync(path.join(FREEZER, 'freezer.state')) || fs.existsSync(FREEZER)) this.freezeWithCgroup(log);
       else this.freezeWithPtrace();
