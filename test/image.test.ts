@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { tmpdir } from './harness';
 import { ImageWriter, readImage, RecordType, encodePagesHeader, decodePages, HEADER_SIZE, RECORD_HEADER_SIZE, FORMAT_VERSION } from '../src/image/stream';
-import { crc32 } from '../src/image/crc32';
+import { crc32c, crc32cPortable } from '../src/image/crc32c';
 import { ImageError } from '../src/sys/errno';
 
 function writeImage(file: string, fill: (w: ImageWriter) => void): Buffer {
@@ -27,9 +27,20 @@ function read(file: string, bytes: Buffer) {
   }
 }
 
-test('crc32 matches the standard check value', () => {
-  assert.equal(crc32(Buffer.from('123456789')), 0xcbf43926);
-  assert.equal(crc32(Buffer.from('56789'), crc32(Buffer.from('1234'))), 0xcbf43926);
+test('crc32c matches the standard check value', () => {
+  assert.equal(crc32c(Buffer.from('123456789')), 0xe3069283);
+  assert.equal(crc32c(Buffer.from('56789'), crc32c(Buffer.from('1234'))), 0xe3069283);
+});
+
+test('the generated crc32c code agrees with the portable one on every length and alignment', () => {
+  const data = Buffer.alloc(4096 + 64);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 131 + 7) & 0xff;
+  for (let off = 0; off < 9; off++) {
+    for (const len of [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4096]) {
+      const part = data.subarray(off, off + len);
+      assert.equal(crc32c(part, 0x1234), crc32cPortable(part, 0x1234), `offset ${off}, length ${len}`);
+    }
+  }
 });
 
 test('records round-trip in order with their payloads', () => {
@@ -70,7 +81,7 @@ test('a newer or older format version is refused with what to do', () => {
   const bytes = writeImage(path.join(dir, 'a'), () => {});
   const bumped = Buffer.from(bytes);
   bumped.writeUInt32LE(FORMAT_VERSION + 1, 8);
-  bumped.writeUInt32LE(crc32(bumped.subarray(0, 12)), 12);
+  bumped.writeUInt32LE(crc32c(bumped.subarray(0, 12)), 12);
   assert.throws(() => read(path.join(dir, 'b'), bumped), /format version 2.*upgrade stasis/);
   assert.equal(HEADER_SIZE + RECORD_HEADER_SIZE < bytes.length, true);
 });
@@ -80,6 +91,6 @@ test('a record claiming an absurd length is refused without allocating it', () =
   const bytes = writeImage(path.join(dir, 'a'), (w) => w.json(RecordType.Process, {}));
   const bad = Buffer.from(bytes);
   bad.writeBigUInt64LE(1n << 40n, HEADER_SIZE + 8);
-  bad.writeUInt32LE(crc32(bad.subarray(HEADER_SIZE, HEADER_SIZE + 20)), HEADER_SIZE + 20);
+  bad.writeUInt32LE(crc32c(bad.subarray(HEADER_SIZE, HEADER_SIZE + 20)), HEADER_SIZE + 20);
   assert.throws(() => read(path.join(dir, 'b'), bad), /claims/);
 });

@@ -30,6 +30,7 @@ const c = {
   memfdCreate: libc.func('int memfd_create(const char *name, uint32_t flags)'),
   mmap: libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)'),
   munmap: libc.func('int munmap(void *addr, size_t len)'),
+  mprotect: libc.func('int mprotect(void *addr, size_t len, int prot)'),
 };
 
 const writevFn = libc.func('intptr_t writev(int fd, void *iov, int cnt)');
@@ -288,4 +289,15 @@ export function mapFile(fd: number, size: number, what: string): { buf: Buffer; 
       mapped = false;
     },
   };
+}
+
+/** Machine code made callable: copied into a page of its own, then made read-execute. */
+export function executableCode(code: Buffer): unknown {
+  const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4, MAP_PRIVATE = 2, MAP_ANONYMOUS = 0x20;
+  const size = Math.ceil(code.length / 4096) * 4096;
+  const ptr = c.mmap(null, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (koffi.address(ptr) === 0xffffffffffffffffn) throw new SyscallError('mmap', koffi.errno(), 'code page');
+  Buffer.from(koffi.view(ptr, size)).set(code);
+  if (c.mprotect(ptr, size, PROT_READ | PROT_EXEC) !== 0) throw new SyscallError('mprotect', koffi.errno(), 'code page');
+  return ptr;
 }
