@@ -2,15 +2,18 @@
 // where, and (for system calls) the errno by name.
 import koffi from 'koffi';
 
-const errnoNames = new Map<number, string>();
-for (const [name, value] of Object.entries(koffi.os.errno as Record<string, number>)) {
-  // Several names share a number (EAGAIN/EWOULDBLOCK): keep the first, the usual one.
-  if (!errnoNames.has(value)) errnoNames.set(value, name);
-}
-
-export const ERRNO = koffi.os.errno as Record<string, number>;
+// Built on first use: reading koffi's errno table costs milliseconds at
+// start-up, and most runs never fail.
+let errnoNames: Map<number, string> | undefined;
 
 export function errnoName(errno: number): string {
+  if (!errnoNames) {
+    errnoNames = new Map();
+    for (const [name, value] of Object.entries(koffi.os.errno as Record<string, number>)) {
+      // Several names share a number (EAGAIN/EWOULDBLOCK): keep the first, the usual one.
+      if (!errnoNames.has(value)) errnoNames.set(value, name);
+    }
+  }
   return errnoNames.get(errno) ?? `errno ${errno}`;
 }
 
