@@ -18,7 +18,7 @@ import { PipeTable } from './kinds/pipes';
 import { MemfdTable } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
-import { StasisError } from './sys/errno';
+import { StasisError, UnsupportedError } from './sys/errno';
 import { PAGE_SIZE } from './sys/x86';
 
 export interface CheckpointOptions {
@@ -101,6 +101,26 @@ function dumpZombie(p: FrozenProcess): ImageZombie {
   return { pid: p.pid, ppid: st.ppid, pgid: st.pgrp, sid: st.session, exitStatus: st.exitCode };
 }
 
+/**
+ * Sessions and process groups are recreated from their leaders inside the
+ * tree. The root may belong to the caller's session and group (they are
+ * the restarter's at restart); any other process must be in a session and
+ * a group whose leader is in the tree, or in the root's.
+ */
+function refuseForeignGroups(root: number, procs: Array<{ pid: number; stat: { pgrp: number; session: number } }>): void {
+  const inTree = new Set(procs.map((p) => p.pid));
+  const rootStat = procs.find((p) => p.pid === root)!.stat;
+  for (const p of procs) {
+    if (p.pid === root) continue;
+    if (!inTree.has(p.stat.session) && p.stat.session !== rootStat.session) {
+      throw new UnsupportedError(`pid ${p.pid}: its session ${p.stat.session} is led by a process outside the tree; not supported`);
+    }
+    if (!inTree.has(p.stat.pgrp) && p.stat.pgrp !== rootStat.pgrp) {
+      throw new UnsupportedError(`pid ${p.pid}: its process group ${p.stat.pgrp} is led by a process outside the tree; not supported`);
+    }
+  }
+}
+
 /** Injected system calls: the process-wide state through its main thread, then each thread. */
 function dumpProcess(s: Survey): ImageProcess {
   const pid = s.proc.pid;
@@ -176,6 +196,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds);
       surveys.push({ proc: p, vmas, fds });
     }
+    refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => dumpProcess(s));

@@ -315,3 +315,24 @@ test('tasks left frozen by a killed stasis are thawed by the next checkpoint', a
     }
   }
 });
+
+test('a process in a group led from outside the tree is refused by name, and the tree goes on', async () => {
+  const prog = build('orphan_group');
+  const dir = tmpdir('foreign');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^ready$/m);
+  const tree = scanTree(pid);
+  const b = tree.find((p) => p.pid !== pid)!.pid;
+  const group = readStat(b).pgrp;
+  // The group's other member left the tree when its parent exited: ours to end too.
+  for (const d of fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      const st = readStat(Number(d));
+      if (st.pgrp === group && st.comm === 'orphan_group' && Number(d) !== b) procs.add(Number(d));
+    } catch { /* gone */ }
+  }
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pid ${b}: its process group ${group} is led by a process outside the tree`));
+  for (const p of tree) assert.equal(readStatus(p.pid).tracerPid, 0);
+  assert.match(readStat(pid).state, /^[RS]$/);
+});
