@@ -177,3 +177,16 @@ test('a checkpoint of many records through a pipe keeps every page', async () =>
   process.kill(restored, 'SIGUSR1');
   await waitFor(out, /^verified$/m);
 });
+
+test('the demo of the README runs: the restored counter carries on from 6', async () => {
+  const demo = path.join(__dirname, '..', 'demo', 'demo.js');
+  const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
+    const child = spawn(process.execPath, [demo], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.on('close', (code) => resolve({ code, out }));
+  });
+  assert.equal(r.code, 0, r.out);
+  assert.match(r.out, /\[original\] counter: 5\n[^]*\[restored\] counter: 6\n/);
+});
