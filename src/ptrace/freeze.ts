@@ -232,8 +232,14 @@ export class FrozenTree {
       // the real parent can reap them at once.
       // A group leader is reported only after its other threads: those first.
       const order = [...this.tracees.filter((t) => t.pid !== t.tgid), ...this.tracees.filter((t) => t.pid === t.tgid)];
+      const ours = new Set(this.processes.filter((p) => p.ppid === process.pid).map((p) => p.pid));
       for (const t of order) {
-        try { waitpidSync(t.pid, __WALL); } catch { /* not ours to wait for */ }
+        // Our own children are left for our caller to reap, as it expects;
+        // their other threads are ours to collect as tracer, or the leader
+        // could never be reaped.
+        if (!ours.has(t.tgid) || t.pid !== t.tgid) {
+          try { waitpidSync(t.pid, __WALL); } catch { /* not ours to wait for */ }
+        }
         t.forget();
       }
     } else {
