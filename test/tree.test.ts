@@ -336,3 +336,29 @@ test('a process in a group led from outside the tree is refused by name, and the
   for (const p of tree) assert.equal(readStatus(p.pid).tracerPid, 0);
   assert.match(readStat(pid).state, /^[RS]$/);
 });
+
+test('a restart failing half way through a tree leaves no process behind', async () => {
+  const prog = build('shmem');
+  const dir = tmpdir('halfway');
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out, { cwd });
+  await waitFor(out, /^ping 50$/m);
+  const pids = scanTree(pid).map((p) => p.pid);
+  assert.equal(pids.length, 2);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  for (const p of pids) await waitGone(p, procs);
+  // Only found once the processes exist: their working directory is gone.
+  fs.rmSync(cwd, { recursive: true });
+  const children = listChildren(process.pid);
+  assert.throws(() => restartSync(img), /restart failed, nothing left running: chdir in pid \d+ failed \(cwd .*\): ENOENT/);
+  assert.deepEqual(listChildren(process.pid), children);
+  // Killed: those that were not our children are reaped by init, soon.
+  for (const p of pids) {
+    assert.ok(!fs.existsSync(`/proc/${p}`) || readStat(p).state === 'Z', `pid ${p} is not left running`);
+    await waitGone(p, procs);
+  }
+});
