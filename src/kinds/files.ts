@@ -90,6 +90,9 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
     else if (st.isFIFO()) entry = { ...base, kind: 'fifo', pos: 0, pipe: pipes.note(pid, fd, 'fifo', Number(st.ino), target) };
     else if (st.isCharacterDevice()) {
       const dev = `${Number(st.rdev >> 8n) & 0xfff}:${Number(st.rdev & 0xffn)}`;
+      if (!PLAIN_DEVICES[dev] && (target.startsWith('/dev/pts/') || target.startsWith('/dev/tty'))) {
+        throw new UnsupportedError(`${where}: terminal ${target} is not supported yet; start the program with its stdin, stdout and stderr away from the terminal (e.g. </dev/null >log 2>&1)`);
+      }
       if (!PLAIN_DEVICES[dev]) throw new UnsupportedError(`${where}: character device ${target} (${dev}) is not supported yet`);
       entry = { ...base, kind: 'chr', path: PLAIN_DEVICES[dev] };
     } else {
