@@ -175,3 +175,15 @@ test('checkpointing the same process twice gives two working images', async () =
     await r.wait();
   }
 });
+
+test('eventfds come back with their counters, semaphore mode and flags', async () => {
+  const prog = build('eventfd');
+  const dir = tmpdir('eventfd');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^ready$/m);
+  const r = await checkpointKillRestart(pid, dir);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\neventfd ok\n');
+});

@@ -47,7 +47,7 @@ export interface ImageVma {
 
 export interface ImageFd {
   fd: number;
-  kind: 'file' | 'dir' | 'chr' | 'pipe' | 'fifo' | 'memfd';
+  kind: 'file' | 'dir' | 'chr' | 'pipe' | 'fifo' | 'memfd' | 'eventfd';
   path: string;
   /** open flags from fdinfo (O_CLOEXEC stripped; see cloexec) */
   flags: number;
@@ -61,6 +61,8 @@ export interface ImageFd {
   pipe?: number;
   /** memfd: its id in the Memfds record */
   memfd?: number;
+  /** eventfd: its counter (decimal string, 64-bit), semaphore mode and kernel id */
+  eventfd?: { count: string; semaphore: boolean; id: number };
   file?: FileIdentity;
 }
 

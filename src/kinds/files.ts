@@ -1,5 +1,5 @@
 // File descriptors: regular files, directories, a few harmless character
-// devices, pipes and FIFOs, at the same numbers, with open flags, offset,
+// devices, pipes and FIFOs, memfds, eventfds, at the same numbers, with open flags, offset,
 // close-on-exec and shared open file descriptions (dup'ed fds share one
 // offset, within a process and across fork).
 import fs from 'node:fs';
@@ -12,6 +12,7 @@ import { StasisError, UnsupportedError } from '../sys/errno';
 import { fileIdentity } from './memory';
 import { PipeTable, PipeKeeper } from './pipes';
 import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
+import { isEventfd, dumpEventfd, createEventfd } from './eventfd';
 
 const O_CLOEXEC = 0o2000000, O_CREAT = 0o100, O_EXCL = 0o200, O_TRUNC = 0o1000, O_PATH = 0o10000000;
 const KCMP_FILE = 0;
@@ -41,7 +42,10 @@ function sameFile(pidA: number, fdA: number, pidB: number, fdB: number): boolean
 }
 
 function key(f: ImageFd): string {
-  return f.pipe !== undefined ? `pipe:${f.pipe}` : f.memfd !== undefined ? `memfd:${f.memfd}` : `path:${f.path}`;
+  if (f.pipe !== undefined) return `pipe:${f.pipe}`;
+  if (f.memfd !== undefined) return `memfd:${f.memfd}`;
+  if (f.eventfd) return `eventfd:${f.eventfd.id}`;
+  return `path:${f.path}`;
 }
 
 /**
@@ -59,6 +63,14 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
       out.push(withSharing({
         fd, kind: 'pipe', path: target, flags: info.flags & ~O_CLOEXEC, pos: 0, cloexec: (info.flags & O_CLOEXEC) !== 0,
         pipe: pipes.note(pid, fd, 'pipe', Number(pipeLink[1])),
+      }, pid, out, earlier));
+      continue;
+    }
+    if (isEventfd(target)) {
+      const info = readFdinfo(pid, fd);
+      out.push(withSharing({
+        fd, kind: 'eventfd', path: target, flags: info.flags & ~O_CLOEXEC, pos: 0, cloexec: (info.flags & O_CLOEXEC) !== 0,
+        eventfd: dumpEventfd(info, where),
       }, pid, out, earlier));
       continue;
     }
@@ -143,6 +155,14 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, me
       remote.call('close', SYS.close, [got]);
       continue;
     }
+    if (f.eventfd) {
+      const got = createEventfd(remote, f.eventfd, f.flags, f.cloexec, where);
+      if (got !== f.fd) {
+        remote.call('dup3', SYS.dup3, [got, f.fd, f.cloexec ? O_CLOEXEC : 0], where);
+        remote.call('close', SYS.close, [got], where);
+      }
+      continue;
+    }
     const path = f.pipe !== undefined ? pipes.pathFor(f.pipe, f.flags)
       : f.memfd !== undefined && memfds ? memfds.pathFor(f.memfd) : f.path;
     const flags = (f.flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | (f.cloexec ? O_CLOEXEC : 0);
@@ -160,7 +180,7 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, me
 /** Before any process exists: every file an fd names must be there. */
 export function checkFds(fds: ImageFd[]): void {
   for (const f of fds) {
-    if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe' || f.kind === 'memfd') continue;
+    if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe' || f.kind === 'memfd' || f.kind === 'eventfd') continue;
     if (!fs.existsSync(f.path)) throw new StasisError(`fd ${f.fd}: ${f.path} is missing; restore the file or restart where it exists`);
   }
 }
