@@ -186,3 +186,7 @@ test('checkpointing the same process twice gives two working images', async () =
 test('eventfds come back with their counters, semaphore mode and flags', async () => {
   await checkAfterRestart('eventfd', 'ready\neventfd ok\n');
 });
+
+test('signalfd and timerfds come back: the read waits for the signal, timers keep their time', async () => {
+  await checkAfterRestart('waitfds', 'ready\nsignalfd ok\ntimerfd ok\nperiodic ok\n');
+});

@@ -47,7 +47,7 @@ export interface ImageVma {
 
 export interface ImageFd {
   fd: number;
-  kind: 'file' | 'dir' | 'chr' | 'pipe' | 'fifo' | 'memfd' | 'eventfd';
+  kind: 'file' | 'dir' | 'chr' | 'pipe' | 'fifo' | 'memfd' | 'eventfd' | 'signalfd' | 'timerfd';
   path: string;
   /** open flags from fdinfo (O_CLOEXEC stripped; see cloexec) */
   flags: number;
@@ -63,6 +63,10 @@ export interface ImageFd {
   memfd?: number;
   /** eventfd: its counter (decimal string, 64-bit), semaphore mode and kernel id */
   eventfd?: { count: string; semaphore: boolean; id: number };
+  /** signalfd: the signal mask it reads (hex) */
+  signalfd?: { mask: string };
+  /** timerfd: clock, remaining time and interval as [s, ns], unread expirations */
+  timerfd?: { clock: number; value: [number, number]; interval: [number, number]; ticks: string };
   file?: FileIdentity;
 }
 

@@ -1,5 +1,5 @@
 // File descriptors: regular files, directories, a few harmless character
-// devices, pipes and FIFOs, memfds, eventfds, at the same numbers, with open flags, offset,
+// devices, pipes and FIFOs, memfds, eventfds, signalfds, timerfds, at the same numbers, with open flags, offset,
 // close-on-exec and shared open file descriptions (dup'ed fds share one
 // offset, within a process and across fork).
 import fs from 'node:fs';
@@ -13,6 +13,7 @@ import { fileIdentity } from './memory';
 import { PipeTable, PipeKeeper } from './pipes';
 import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
 import { isEventfd, dumpEventfd, createEventfd } from './eventfd';
+import { dumpSignalfd, dumpTimerfd, createSignalfd, createTimerfd } from './timerfd';
 
 const O_CLOEXEC = 0o2000000, O_CREAT = 0o100, O_EXCL = 0o200, O_TRUNC = 0o1000, O_PATH = 0o10000000;
 const KCMP_FILE = 0;
@@ -45,6 +46,7 @@ function key(f: ImageFd): string {
   if (f.pipe !== undefined) return `pipe:${f.pipe}`;
   if (f.memfd !== undefined) return `memfd:${f.memfd}`;
   if (f.eventfd) return `eventfd:${f.eventfd.id}`;
+  if (f.signalfd || f.timerfd) return f.path; // kcmp tells them apart
   return `path:${f.path}`;
 }
 
@@ -66,12 +68,13 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
       }, pid, out, earlier));
       continue;
     }
-    if (isEventfd(target)) {
+    if (isEventfd(target) || target === 'anon_inode:[signalfd]' || target === 'anon_inode:[timerfd]') {
       const info = readFdinfo(pid, fd);
-      out.push(withSharing({
-        fd, kind: 'eventfd', path: target, flags: info.flags & ~O_CLOEXEC, pos: 0, cloexec: (info.flags & O_CLOEXEC) !== 0,
-        eventfd: dumpEventfd(info, where),
-      }, pid, out, earlier));
+      const base = { fd, path: target, flags: info.flags & ~O_CLOEXEC, pos: 0, cloexec: (info.flags & O_CLOEXEC) !== 0 };
+      const entry: ImageFd = isEventfd(target) ? { ...base, kind: 'eventfd', eventfd: dumpEventfd(info, where) }
+        : target === 'anon_inode:[signalfd]' ? { ...base, kind: 'signalfd', signalfd: dumpSignalfd(info, where) }
+          : { ...base, kind: 'timerfd', timerfd: dumpTimerfd(info, where) };
+      out.push(withSharing(entry, pid, out, earlier));
       continue;
     }
     if (!target.startsWith('/')) throw new UnsupportedError(`${where}: ${describeLink(target)} is not supported yet`);
@@ -155,8 +158,10 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, me
       remote.call('close', SYS.close, [got]);
       continue;
     }
-    if (f.eventfd) {
-      const got = createEventfd(remote, f.eventfd, f.flags, f.cloexec, where);
+    if (f.eventfd || f.signalfd || f.timerfd) {
+      const got = f.eventfd ? createEventfd(remote, f.eventfd, f.flags, f.cloexec, where)
+        : f.signalfd ? createSignalfd(remote, f.signalfd, f.flags, f.cloexec, where)
+          : createTimerfd(remote, f.timerfd!, f.flags, f.cloexec, where);
       if (got !== f.fd) {
         remote.call('dup3', SYS.dup3, [got, f.fd, f.cloexec ? O_CLOEXEC : 0], where);
         remote.call('close', SYS.close, [got], where);
@@ -180,7 +185,7 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, me
 /** Before any process exists: every file an fd names must be there. */
 export function checkFds(fds: ImageFd[]): void {
   for (const f of fds) {
-    if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe' || f.kind === 'memfd' || f.kind === 'eventfd') continue;
+    if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe' || f.kind === 'memfd' || f.kind === 'eventfd' || f.kind === 'signalfd' || f.kind === 'timerfd') continue;
     if (!fs.existsSync(f.path)) throw new StasisError(`fd ${f.fd}: ${f.path} is missing; restore the file or restart where it exists`);
   }
 }

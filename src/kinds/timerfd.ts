@@ -1,0 +1,76 @@
+// signalfd and timerfd: small file descriptors whose whole state is in
+// fdinfo. A signalfd is its signal mask; a timerfd is its clock, its
+// remaining time and interval, and the expirations not yet read.
+import { Fdinfo } from '../proc';
+import { Remote } from '../ptrace/remote';
+import { SYS } from '../sys/x86';
+import { StasisError } from '../sys/errno';
+
+const O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
+const TFD_IOC_SET_TICKS = 0x40085400;
+
+export interface SignalfdState { mask: string }
+export interface TimerfdState {
+  clock: number;
+  /** remaining time and interval, as [seconds, nanoseconds] */
+  value: [number, number];
+  interval: [number, number];
+  /** expirations not yet read (decimal string) */
+  ticks: string;
+}
+
+export function dumpSignalfd(info: Fdinfo, where: string): SignalfdState {
+  const mask = info.raw['sigmask'];
+  if (mask === undefined) throw new StasisError(`${where}: signalfd without sigmask in fdinfo`);
+  return { mask: '0x' + mask.trim() };
+}
+
+function timespec(text: string | undefined, what: string): [number, number] {
+  const m = /\((\d+),\s*(\d+)\)/.exec(text ?? '');
+  if (!m) throw new StasisError(`${what}: cannot read the timer from fdinfo`);
+  return [Number(m[1]), Number(m[2])];
+}
+
+export function dumpTimerfd(info: Fdinfo, where: string): TimerfdState {
+  return {
+    clock: Number(info.raw['clockid']),
+    value: timespec(info.raw['it_value'], where),
+    interval: timespec(info.raw['it_interval'], where),
+    ticks: BigInt(info.raw['ticks']?.trim() ?? '0').toString(),
+  };
+}
+
+function fdFlags(flags: number, cloexec: boolean): number {
+  return (flags & O_NONBLOCK) | (cloexec ? O_CLOEXEC : 0);
+}
+
+export function createSignalfd(remote: Remote, s: SignalfdState, flags: number, cloexec: boolean, where: string): number {
+  remote.reset();
+  const mask = Buffer.alloc(8);
+  mask.writeBigUInt64LE(BigInt(s.mask));
+  return remote.call('signalfd4', SYS.signalfd4, [-1, remote.putBytes(mask), 8, fdFlags(flags, cloexec)], where);
+}
+
+/**
+ * The timer is armed again with the time that was left (relative: an
+ * absolute deadline on CLOCK_REALTIME becomes the same remaining time);
+ * unread expirations are put back with TFD_IOC_SET_TICKS.
+ */
+export function createTimerfd(remote: Remote, t: TimerfdState, flags: number, cloexec: boolean, where: string): number {
+  const fd = remote.call('timerfd_create', SYS.timerfd_create, [t.clock, fdFlags(flags, cloexec)], where);
+  remote.reset();
+  if (t.value[0] || t.value[1]) {
+    const spec = Buffer.alloc(32);
+    spec.writeBigInt64LE(BigInt(t.interval[0]), 0);
+    spec.writeBigInt64LE(BigInt(t.interval[1]), 8);
+    spec.writeBigInt64LE(BigInt(t.value[0]), 16);
+    spec.writeBigInt64LE(BigInt(t.value[1]), 24);
+    remote.call('timerfd_settime', SYS.timerfd_settime, [fd, 0, remote.putBytes(spec), 0], `${where}: arming`);
+  }
+  if (BigInt(t.ticks) > 0n) {
+    const ticks = Buffer.alloc(8);
+    ticks.writeBigUInt64LE(BigInt(t.ticks));
+    remote.call('ioctl', SYS.ioctl, [fd, TFD_IOC_SET_TICKS, remote.putBytes(ticks)], `${where}: unread expirations`);
+  }
+  return fd;
+}
