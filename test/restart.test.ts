@@ -190,3 +190,19 @@ test('eventfds come back with their counters, semaphore mode and flags', async (
 test('signalfd and timerfds come back: the read waits for the signal, timers keep their time', async () => {
   await checkAfterRestart('waitfds', 'ready\nsignalfd ok\ntimerfd ok\nperiodic ok\n');
 });
+
+test('an epoll waiting on a pipe, an eventfd and a timerfd wakes for each after restart', async () => {
+  const dir = tmpdir('epoll');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('epoll'), [], out);
+  await waitFor(out, /^ready$/m);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  const ep = loadImage(img).process.fds.find((f) => f.kind === 'epoll')!;
+  assert.deepEqual(ep.epoll!.map((t) => Number(BigInt(t.data))).sort(), [111, 222, 333]);
+  await waitGone(pid, procs);
+  const r = restartSync(img);
+  procs.add(r.pid);
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nepoll ok\n');
+});

@@ -47,7 +47,7 @@ export interface ImageVma {
 
 export interface ImageFd {
   fd: number;
-  kind: 'file' | 'dir' | 'chr' | 'pipe' | 'fifo' | 'memfd' | 'eventfd' | 'signalfd' | 'timerfd';
+  kind: 'file' | 'dir' | 'chr' | 'pipe' | 'fifo' | 'memfd' | 'eventfd' | 'signalfd' | 'timerfd' | 'epoll';
   path: string;
   /** open flags from fdinfo (O_CLOEXEC stripped; see cloexec) */
   flags: number;
@@ -67,6 +67,8 @@ export interface ImageFd {
   signalfd?: { mask: string };
   /** timerfd: clock, remaining time and interval as [s, ns], unread expirations */
   timerfd?: { clock: number; value: [number, number]; interval: [number, number]; ticks: string };
+  /** epoll: what it watches, as (fd of this process, events hex, data hex) */
+  epoll?: Array<{ fd: number; events: string; data: string }>;
   file?: FileIdentity;
 }
 

@@ -1,5 +1,5 @@
 // File descriptors: regular files, directories, a few harmless character
-// devices, pipes and FIFOs, memfds, eventfds, signalfds, timerfds, at the same numbers, with open flags, offset,
+// devices, pipes and FIFOs, memfds, eventfds, signalfds, timerfds, epolls, at the same numbers, with open flags, offset,
 // close-on-exec and shared open file descriptions (dup'ed fds share one
 // offset, within a process and across fork).
 import fs from 'node:fs';
@@ -14,6 +14,7 @@ import { PipeTable, PipeKeeper } from './pipes';
 import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
 import { isEventfd, dumpEventfd, createEventfd } from './eventfd';
 import { dumpSignalfd, dumpTimerfd, createSignalfd, createTimerfd } from './timerfd';
+import { isEpoll, dumpEpoll, createEpoll } from './epoll';
 
 const O_CLOEXEC = 0o2000000, O_CREAT = 0o100, O_EXCL = 0o200, O_TRUNC = 0o1000, O_PATH = 0o10000000;
 const KCMP_FILE = 0;
@@ -46,7 +47,7 @@ function key(f: ImageFd): string {
   if (f.pipe !== undefined) return `pipe:${f.pipe}`;
   if (f.memfd !== undefined) return `memfd:${f.memfd}`;
   if (f.eventfd) return `eventfd:${f.eventfd.id}`;
-  if (f.signalfd || f.timerfd) return f.path; // kcmp tells them apart
+  if (f.signalfd || f.timerfd || f.epoll) return f.path; // kcmp tells them apart
   return `path:${f.path}`;
 }
 
@@ -68,12 +69,13 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
       }, pid, out, earlier));
       continue;
     }
-    if (isEventfd(target) || target === 'anon_inode:[signalfd]' || target === 'anon_inode:[timerfd]') {
+    if (isEventfd(target) || isEpoll(target) || target === 'anon_inode:[signalfd]' || target === 'anon_inode:[timerfd]') {
       const info = readFdinfo(pid, fd);
       const base = { fd, path: target, flags: info.flags & ~O_CLOEXEC, pos: 0, cloexec: (info.flags & O_CLOEXEC) !== 0 };
       const entry: ImageFd = isEventfd(target) ? { ...base, kind: 'eventfd', eventfd: dumpEventfd(info, where) }
-        : target === 'anon_inode:[signalfd]' ? { ...base, kind: 'signalfd', signalfd: dumpSignalfd(info, where) }
-          : { ...base, kind: 'timerfd', timerfd: dumpTimerfd(info, where) };
+        : isEpoll(target) ? { ...base, kind: 'epoll', epoll: dumpEpoll(pid, info, where) }
+          : target === 'anon_inode:[signalfd]' ? { ...base, kind: 'signalfd', signalfd: dumpSignalfd(info, where) }
+            : { ...base, kind: 'timerfd', timerfd: dumpTimerfd(info, where) };
       out.push(withSharing(entry, pid, out, earlier));
       continue;
     }
@@ -143,7 +145,9 @@ function withSharing(entry: ImageFd, pid: number, mine: ImageFd[], earlier: Arra
  * pidfd_getfd, so both hold one open file description again.
  */
 export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, memfds?: MemfdKeeper): void {
-  for (const f of fds) {
+  // An epoll registers other fds of the process: those come first.
+  const ordered = [...fds.filter((f) => !f.epoll), ...fds.filter((f) => f.epoll)];
+  for (const f of ordered) {
     const where = `fd ${f.fd} (${f.path})`;
     remote.reset();
     if (f.sameAs !== undefined) {
@@ -158,8 +162,9 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, me
       remote.call('close', SYS.close, [got]);
       continue;
     }
-    if (f.eventfd || f.signalfd || f.timerfd) {
-      const got = f.eventfd ? createEventfd(remote, f.eventfd, f.flags, f.cloexec, where)
+    if (f.eventfd || f.signalfd || f.timerfd || f.epoll) {
+      const got = f.epoll ? createEpoll(remote, f.epoll, f.cloexec, where)
+        : f.eventfd ? createEventfd(remote, f.eventfd, f.flags, f.cloexec, where)
         : f.signalfd ? createSignalfd(remote, f.signalfd, f.flags, f.cloexec, where)
           : createTimerfd(remote, f.timerfd!, f.flags, f.cloexec, where);
       if (got !== f.fd) {
@@ -185,7 +190,7 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, me
 /** Before any process exists: every file an fd names must be there. */
 export function checkFds(fds: ImageFd[]): void {
   for (const f of fds) {
-    if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe' || f.kind === 'memfd' || f.kind === 'eventfd' || f.kind === 'signalfd' || f.kind === 'timerfd') continue;
+    if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe' || f.kind === 'memfd' || f.kind === 'eventfd' || f.kind === 'signalfd' || f.kind === 'timerfd' || f.kind === 'epoll') continue;
     if (!fs.existsSync(f.path)) throw new StasisError(`fd ${f.fd}: ${f.path} is missing; restore the file or restart where it exists`);
   }
 }
