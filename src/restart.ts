@@ -20,7 +20,7 @@ import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
 import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
-import { waitpidSync, waitpidAsync, mapFile, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
+import { waitpidSync, waitpidAsync, mapFile, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
 
 export interface RestartOptions {
   /**
@@ -129,7 +129,7 @@ function pidHolder(pid: number): string | null {
       return null;
     }
     if (state !== 'Z' || Date.now() > until) return pidInUse(pid);
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+    sleepSync(10);
   }
 }
 
@@ -281,9 +281,10 @@ interface Rebuilding {
   remote: Remote;
 }
 
-/** Everything of one process but its registers, in its main thread. */
+/** What stasis holds for the tasks to open while they are rebuilt. */
 interface Keepers { pipes: PipeKeeper; memfds: MemfdKeeper }
 
+/** Everything of one process, its threads created and set up, in its main thread. */
 function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
   const p = r.image;
   const remote = r.remote;
@@ -373,7 +374,7 @@ function waitZombie(pid: number): void {
     try { state = readStat(pid).state; } catch { /* reaped */ }
     if (state === 'Z') return;
     if (Date.now() > until) throw new StasisError(`pid ${pid} did not become a zombie (state ${state})`);
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+    sleepSync(1);
   }
 }
 

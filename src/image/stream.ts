@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import { ImageError, StasisError } from '../sys/errno';
 import { crc32c } from './crc32c';
-import { writevAsync } from '../sys/libc';
+import { writevAsync, sleepSync } from '../sys/libc';
 
 export const MAGIC = Buffer.from('STASIS\0\n', 'latin1');
 export const FORMAT_VERSION = 1;
@@ -41,7 +41,7 @@ function writeAll(fd: number, buf: Buffer): void {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'EAGAIN') {
         // A non-blocking pipe is full: give the reader a moment.
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+        sleepSync(1);
         continue;
       }
       throw new StasisError(`writing the image: ${code ?? (e as Error).message}`);
@@ -165,7 +165,7 @@ class StreamSource implements Source {
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         if (code === 'EAGAIN') {
-          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+          sleepSync(1);
           continue;
         }
         throw new ImageError(`reading the image at byte ${this.offset + got}: ${code ?? (e as Error).message}`);

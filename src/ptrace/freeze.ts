@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readStat, listThreads, listChildren } from '../proc';
 import { Tracee } from './tracee';
-import { waitpidSync, __WALL } from '../sys/libc';
+import { waitpidSync, sleepSync, __WALL } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
 
 const FREEZER = '/sys/fs/cgroup/freezer';
@@ -21,10 +21,6 @@ export interface FrozenProcess {
   stopped: boolean;
   /** main thread first */
   threads: Tracee[];
-}
-
-function sleepMs(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /** Every process of the tree, parents before children (zombies included). */
@@ -113,7 +109,7 @@ export class FrozenTree {
     const freed = thawStale();
     if (freed.length) log(`thawed ${freed.length} task(s) left frozen by a stasis that was killed: ${freed.join(', ')}`);
     try {
-      if (fs.existsSync(path.join(FREEZER, 'freezer.state')) || fs.existsSync(FREEZER)) this.freezeWithCgroup(log);
+      if (fs.existsSync(FREEZER)) this.freezeWithCgroup(log);
       else this.freezeWithPtrace();
     } catch (e) {
       this.release(false);
@@ -127,7 +123,7 @@ export class FrozenTree {
     const until = Date.now() + 10000;
     while (fs.readFileSync(path.join(this.cgroup!, 'freezer.state'), 'utf8').trim() !== 'FROZEN') {
       if (Date.now() > until) throw new StasisError('the freezer cgroup did not reach FROZEN within 10 s (a task in uninterruptible sleep?)');
-      sleepMs(1);
+      sleepSync(1);
     }
   }
 

@@ -1,7 +1,7 @@
 // A stopped task with a scratch area of its own memory, so injected system
 // calls can take pointers (paths, structs) and hand results back.
 import { Tracee } from './tracee';
-import { SYS, PAGE_SIZE } from '../sys/x86';
+import { SYS } from '../sys/x86';
 import { StasisError, SyscallError } from '../sys/errno';
 
 export const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4;
@@ -133,8 +133,4 @@ export class Remote {
   read(addr: number, len: number): Buffer {
     return this.task.readMem(addr, len);
   }
-}
-
-export function pageAlign(n: number): number {
-  return Math.ceil(n / PAGE_SIZE) * PAGE_SIZE;
 }

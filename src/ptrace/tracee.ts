@@ -4,9 +4,9 @@ import fs from 'node:fs';
 import {
   ptrace, ptraceRegset, waitpidSync, PTRACE, NT_X86_XSTATE, PTRACE_EVENT_STOP,
   WIFSTOPPED, WSTOPSIG, WEVENT, WIFEXITED, WIFSIGNALED, WTERMSIG, WEXITSTATUS, __WALL,
-  processVmReadv, processVmWritev, RemoteRange, addressOf,
+  processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL,
 } from '../sys/libc';
-import { StasisError, SyscallError, errnoName } from '../sys/errno';
+import { StasisError, SyscallError } from '../sys/errno';
 import { Regs, SYSCALL_ARGS, USER_REGS_SIZE } from '../sys/x86';
 
 const SIGTRAP = 5;
@@ -53,7 +53,7 @@ export class Tracee {
 
   /** Attach and ask for a stop, without waiting for it (freezing a tree). */
   seizeOnly(opts: SeizeOptions = {}): void {
-    const options = opts.exitKill ? 0x100000 : 0;
+    const options = opts.exitKill ? PTRACE_O_EXITKILL : 0;
     ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
     this.attached = true;
     ptrace(PTRACE.INTERRUPT, this.pid, 0, 0, 'INTERRUPT');
@@ -282,8 +282,4 @@ export class Tracee {
   get isAttached(): boolean {
     return this.attached;
   }
-}
-
-export function describeErrno(n: number): string {
-  return errnoName(n);
 }

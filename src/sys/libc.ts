@@ -55,9 +55,13 @@ export function writevAsync(fd: number, bufs: Buffer[]): Promise<number> {
   });
 }
 
-// waitpid in a worker thread, for waiting on a restored child without
-// blocking the event loop (not used for traced tasks: see waitpidSync).
-const waitpidAsyncFn = libc.func('int waitpid(int pid, _Out_ int *status, int options)');
+
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+/** Block this thread for `ms` milliseconds (no event loop runs meanwhile). */
+export function sleepSync(ms: number): void {
+  Atomics.wait(sleeper, 0, 0, ms);
+}
 
 function check(ret: number | bigint, call: string, where?: string): number {
   const r = Number(ret);
@@ -121,11 +125,11 @@ export function waitpidSync(pid: number, options: number): WaitStatus {
   }
 }
 
-/** waitpid on a worker thread: for children we no longer trace. */
+/** waitpid on a worker thread, not blocking the event loop: for children we no longer trace. */
 export function waitpidAsync(pid: number, options = 0): Promise<WaitStatus> {
   return new Promise((resolve, reject) => {
     const st = [0];
-    waitpidAsyncFn.async(pid, st, options, (err: unknown, r: number) => {
+    c.waitpid.async(pid, st, options, (err: unknown, r: number) => {
       if (err) return reject(err);
       if (r === -1) return reject(new SyscallError('waitpid', koffi.errno(), `pid ${pid}`));
       resolve({ pid: r, status: st[0] });
