@@ -18,6 +18,7 @@ import { PipeTable } from './kinds/pipes';
 import { MemfdTable } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
+import { refuseForeignNamespaces } from './kinds/namespaces';
 import { StasisError, UnsupportedError } from './sys/errno';
 import { PAGE_SIZE } from './sys/x86';
 
@@ -192,6 +193,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
         zombies.push(dumpZombie(p));
         continue;
       }
+      refuseForeignNamespaces(p.pid);
       const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
       const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds);
       surveys.push({ proc: p, vmas, fds });
