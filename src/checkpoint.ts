@@ -19,6 +19,7 @@ import { MemfdTable } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
 import { refuseForeignNamespaces } from './kinds/namespaces';
+import { dumpCgroups } from './kinds/cgroups';
 import { StasisError, UnsupportedError } from './sys/errno';
 import { PAGE_SIZE } from './sys/x86';
 
@@ -127,6 +128,7 @@ function dumpProcess(s: Survey): ImageProcess {
   const pid = s.proc.pid;
   const stat = readStat(pid);
   const attrs = dumpProcessAttrs(pid);
+  const cgroups = dumpCgroups(pid);
   const main = s.proc.threads[0];
   const insn = locateSyscall(main, specialVmas(s.vmas).get('[vdso]'));
   for (const t of s.proc.threads) t.syscallInsn = insn;
@@ -152,7 +154,7 @@ function dumpProcess(s: Survey): ImageProcess {
     });
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
-      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: s.fds, threads,
+      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: s.fds, threads, cgroups,
       ...(s.proc.stopped ? { stopped: true } : {}),
     };
   } finally {

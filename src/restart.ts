@@ -18,6 +18,7 @@ import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
+import { checkCgroups, restoreCgroups } from './kinds/cgroups';
 import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, mapFile, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
@@ -143,6 +144,7 @@ function preflight(img: LoadedImage, ns: boolean): void {
       if (v.kind === 'file') checkFileIdentity(v.file!, `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`);
     }
     checkFds(p.fds);
+    checkCgroups(p.pid, p.cgroups);
     const saved = p.vmas.reduce((s, v) => s + v.savedPages, 0) * PAGE_SIZE;
     const carried = img.pages.filter((r) => r.pid === p.pid).reduce((s, r) => s + r.data.length, 0);
     if (saved !== carried) throw new ImageError(`pid ${p.pid}: the image lists ${saved} bytes of pages but carries ${carried}`);
@@ -288,6 +290,7 @@ interface Keepers { pipes: PipeKeeper; memfds: MemfdKeeper }
 function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
   const p = r.image;
   const remote = r.remote;
+  restoreCgroups(remote.task.pid, p.pid, p.cgroups);
   clearAddressSpace(remote, p, log);
   // Signals that reached the blank while the tree was built (SIGCHLD from
   // zombies made on purpose) are artifacts of the restore, not its state.

@@ -2,6 +2,7 @@
 // Addresses are JSON numbers (user space fits in 53 bits); 64-bit masks and
 // values that may not fit are hex strings; raw kernel structs are base64.
 // docs/image-format.md describes every field.
+import type { CgroupMembership } from '../kinds/cgroups';
 
 /** How a file is recognised again at restart. */
 export interface FileIdentity {
@@ -150,6 +151,8 @@ export interface ImageProcess {
   fds: ImageFd[];
   /** main thread first */
   threads: ImageThread[];
+  /** cgroup membership per hierarchy */
+  cgroups: CgroupMembership[];
   /** stopped by a signal (SIGSTOP, SIGTSTP ...): restored stopped */
   stopped?: boolean;
 }
