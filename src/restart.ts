@@ -7,10 +7,10 @@ import { Tracee } from './ptrace/tracee';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE } from './ptrace/remote';
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
-import { readImage, readImageBuffer, RecordType, decodePages, PageRun } from './image/stream';
-import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd } from './image/schema';
+import { loadImage, LoadedImage } from './image/load';
+import { ImageProcess } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
-import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex } from './kinds/memory';
+import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, checkMappedFiles, PageIndex } from './kinds/memory';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
@@ -21,7 +21,10 @@ import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } fro
 import { checkCgroups, restoreCgroups } from './kinds/cgroups';
 import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
-import { waitpidSync, waitpidAsync, mapFile, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
+import { waitpidSync, waitpidAsync, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
+
+export { loadImage };
+export type { LoadedImage };
 
 export interface RestartOptions {
   /**
@@ -47,64 +50,6 @@ export interface Restarted {
   pid: number;
   /** Resolves when the restored process ends (it is our child). */
   wait(): Promise<ExitInfo>;
-}
-
-export interface LoadedImage {
-  /** live processes, parents before children; the first is the root */
-  processes: ImageProcess[];
-  zombies: ImageZombie[];
-  pipes: ImagePipe[];
-  memfds: ImageMemfd[];
-  pages: Array<{ pid: number; runs: PageRun[]; data: Buffer }>;
-  /** the root process */
-  process: ImageProcess;
-  /** Let go of the mapped image file, once nothing reads the page buffers any more. */
-  release(): void;
-}
-
-function parseJson<T>(payload: Buffer, what: string): T {
-  try {
-    return JSON.parse(payload.toString('utf8')) as T;
-  } catch (e) {
-    throw new ImageError(`${what} is not valid JSON (${(e as Error).message})`);
-  }
-}
-
-/** Read an image from a path or fd, verifying every record. */
-export function loadImage(input: string | number): LoadedImage {
-  const fd = typeof input === 'number' ? input : fs.openSync(input, 'r');
-  const source = typeof input === 'number' ? (input === 0 ? 'the image on stdin' : `the image on fd ${input}`) : input;
-  let records;
-  let release = () => {};
-  try {
-    // A file is mapped rather than read: no copy of the pages, no fresh memory.
-    const st = fs.fstatSync(fd);
-    if (typeof input !== 'number' && st.isFile() && st.size > 0) {
-      const map = mapFile(fd, st.size, source);
-      release = map.unmap;
-      try {
-        records = readImageBuffer(map.buf, source);
-      } catch (e) {
-        map.unmap();
-        throw e;
-      }
-    } else {
-      records = readImage(fd, source);
-    }
-  } finally {
-    if (typeof input !== 'number') fs.closeSync(fd);
-  }
-  const processes = records.filter((r) => r.type === RecordType.Process)
-    .map((r) => parseJson<ImageProcess>(r.payload, `${source}: Process record at byte ${r.offset}`));
-  if (!processes.length) throw new ImageError(`${source}: no Process record`);
-  const zombies = records.filter((r) => r.type === RecordType.Zombie)
-    .map((r) => parseJson<ImageZombie>(r.payload, `${source}: Zombie record at byte ${r.offset}`));
-  const pipes = records.filter((r) => r.type === RecordType.Pipes)
-    .flatMap((r) => parseJson<ImagePipe[]>(r.payload, `${source}: Pipes record at byte ${r.offset}`));
-  const memfds = records.filter((r) => r.type === RecordType.Memfds)
-    .flatMap((r) => parseJson<ImageMemfd[]>(r.payload, `${source}: Memfds record at byte ${r.offset}`));
-  const pages = records.filter((r) => r.type === RecordType.Pages).map((r) => decodePages(r.payload, `${source} at byte ${r.offset}`));
-  return { processes, zombies, pipes, memfds, pages, process: processes[0], release };
 }
 
 function pidInUse(pid: number): string | null {
@@ -136,21 +81,12 @@ function pidHolder(pid: number): string | null {
 
 /** Everything that can be checked before a process is created. */
 function preflight(img: LoadedImage, ns: boolean): void {
-  const known = new Set<number>([...img.processes.map((p) => p.pid), ...img.zombies.map((z) => z.pid)]);
   for (const p of img.processes) {
     checkCreds(p.creds);
     checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
-    for (const v of p.vmas) {
-      if (v.kind === 'file') checkFileIdentity(v.file!, `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`);
-    }
-    checkFds(p.fds);
+    checkMappedFiles(p.vmas, p.creds, p.pid);
+    checkFds(p.fds, p.creds, p.pid);
     checkCgroups(p.pid, p.cgroups);
-    const saved = p.vmas.reduce((s, v) => s + v.savedPages, 0) * PAGE_SIZE;
-    const carried = img.pages.filter((r) => r.pid === p.pid).reduce((s, r) => s + r.data.length, 0);
-    if (saved !== carried) throw new ImageError(`pid ${p.pid}: the image lists ${saved} bytes of pages but carries ${carried}`);
-  }
-  for (const e of [...img.processes.slice(1), ...img.zombies]) {
-    if (!known.has(e.ppid)) throw new ImageError(`pid ${e.pid}: its parent ${e.ppid} is not in the image`);
   }
   if (ns || singleTask(img)) return; // pids are free in a new namespace; one task may take a new pid
   for (const id of [...img.processes.flatMap((p) => p.threads.map((t) => t.tid)), ...img.zombies.map((z) => z.pid)]) {
@@ -297,7 +233,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   remote.task.deferredSignals.length = 0;
   mapVmas(remote, p.vmas, host, keep.memfds);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
-  for (const pg of pages) writePages(remote, pg.runs, pg.data);
+  for (const pg of pages) writePages(remote, p.vmas, pg.runs, pg.data);
   writeInheritedPages(remote, p, img);
   finishVmas(remote, p.vmas);
   log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written`);
@@ -341,7 +277,7 @@ function writeInheritedPages(remote: Remote, p: ImageProcess, img: LoadedImage):
         index.copy(run.addr, run.len, data, at, `pid ${p.pid}`);
         at += run.len;
       }
-      writePages(remote, group.runs, data);
+      writePages(remote, [v], group.runs, data);
     }
   }
 }

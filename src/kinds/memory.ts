@@ -4,7 +4,9 @@
 // writes the pages back.
 import fs from 'node:fs';
 import { Vma, readPagemap } from '../proc';
-import { FileIdentity, ImageVma } from '../image/schema';
+import { FileIdentity, ImageVma, ImageCreds } from '../image/schema';
+import { savesPages, vmaAt } from '../image/validate';
+import { mayOpen, openNoSymlinks } from './files';
 import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
 import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
@@ -42,8 +44,12 @@ export function fileIdentity(path: string): FileIdentity {
 export function checkFileIdentity(id: FileIdentity, what: string): void {
   let now: FileIdentity;
   try {
-    now = fileIdentity(id.path);
+    // lstat: a symlink put in the file's place is not the file.
+    const st = fs.lstatSync(id.path, { bigint: true });
+    if (st.isSymbolicLink()) throw new StasisError(`${what}: ${id.path} is now a symbolic link; refusing to follow it`);
+    now = { path: id.path, dev: Number(st.dev), ino: Number(st.ino), size: Number(st.size), mtimeNs: st.mtimeNs.toString() };
   } catch (e) {
+    if (e instanceof StasisError) throw e;
     throw new StasisError(`${what}: ${id.path} is missing (${(e as NodeJS.ErrnoException).code}); restore the file or restart where it exists`);
   }
   const diffs: string[] = [];
@@ -51,6 +57,23 @@ export function checkFileIdentity(id: FileIdentity, what: string): void {
   if (now.size !== id.size) diffs.push(`size ${id.size} became ${now.size}`);
   if (now.mtimeNs !== id.mtimeNs) diffs.push('mtime changed');
   if (diffs.length) throw new StasisError(`${what}: ${id.path} changed since the checkpoint (${diffs.join(', ')}); refusing to map different contents`);
+}
+
+/**
+ * Before any process exists: every mapped file is the one the image names,
+ * and the saved process could have opened it the way mapVmas will (read
+ * and write for a shared mapping that may become writable).
+ */
+export function checkMappedFiles(vmas: ImageVma[], creds: ImageCreds, pid: number): void {
+  for (const v of vmas) {
+    if (v.kind !== 'file') continue;
+    const what = `pid ${pid}: mapping at 0x${v.start.toString(16)}`;
+    checkFileIdentity(v.file!, what);
+    const mode = v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY;
+    if (!mayOpen(fs.statSync(v.file!.path), mode, creds)) {
+      throw new StasisError(`${what}: the saved process (uid ${creds.uid[3]}) could not open ${v.file!.path} ${mode === O_RDWR ? 'for writing' : 'for reading'}; refusing to map it with this restarter's rights`);
+    }
+  }
 }
 
 function vmaLabel(v: { start: number; end: number }, path: string): string {
@@ -317,7 +340,7 @@ function receivesPages(v: ImageVma): boolean {
 export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper): void {
   const wanted = vmas.filter((v) => v.kind !== 'vdso' && v.kind !== 'vvar' && v.kind !== 'vvar_vclock');
   // What each mapping is backed by: a path to open (and how), or nothing.
-  const source = (v: ImageVma, label: string): { path: string; mode: number; what: string } | null => {
+  const source = (v: ImageVma, label: string): { path: string; mode: number; what: string; image?: boolean } | null => {
     if (v.memfd !== undefined) {
       if (!memfds) throw new StasisError(`${label}: memfd mapping without its file`);
       return { path: memfds.pathFor(v.memfd), mode: v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: label };
@@ -330,18 +353,25 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
     }
     if (v.kind === 'file') {
       // A shared mapping that may become writable needs a writable fd.
-      return { path: v.file!.path, mode: v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: v.file!.path };
+      return { path: v.file!.path, mode: v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: v.file!.path, image: true };
     }
     return null;
   };
   const labels = wanted.map((v) => vmaLabel(v, v.file?.path ?? v.name));
+  wanted.forEach((v, i) => {
+    // Made writable to receive pages: only memory of the process's own.
+    if (receivesPages(v) && !savesPages(v)) throw new ImageError(`${labels[i]}: a ${v.shared ? 'shared' : 'private'} ${v.kind} mapping never receives saved pages`);
+  });
   const sources = wanted.map((v, i) => source(v, labels[i]));
   // Three batches: open every backing file once, map everything, close.
   remote.reset();
   const keys = [...new Set(sources.filter((x) => x).map((x) => `${x!.mode}:${x!.path}`))];
   const opens = keys.map((k) => {
     const x = sources.find((y) => y && `${y.mode}:${y.path}` === k)!;
-    return { name: 'openat', nr: SYS.openat, args: [AT_FDCWD, remote.putString(x.path), x.mode, 0], where: x.what };
+    // The image's files without following links; stasis's own /proc paths (memfd, shared memory) as they are.
+    return x.image
+      ? { name: 'openat2', nr: SYS.openat2, args: openNoSymlinks(remote, x.path, x.mode), where: x.what }
+      : { name: 'openat', nr: SYS.openat, args: [AT_FDCWD, remote.putString(x.path), x.mode, 0], where: x.what };
   });
   const fdList = remote.batch(opens);
   const fds = new Map(keys.map((k, i) => [k, fdList[i]]));
@@ -363,8 +393,19 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
   }
 }
 
-/** Write saved page runs into the task (the VMAs are mapped writable). */
-export function writePages(remote: Remote, runs: PageRun[], data: Buffer): void {
+/**
+ * Write saved page runs into the task (the VMAs are mapped writable).
+ * Defence in depth besides the image checks: a run must lie in one mapping
+ * that a checkpoint saves pages for, never in a shared file mapping,
+ * whose pages would land in the file.
+ */
+export function writePages(remote: Remote, vmas: ImageVma[], runs: PageRun[], data: Buffer): void {
+  for (const r of runs) {
+    const v = vmas[vmaAt(vmas, r.addr)] as ImageVma | undefined; // sorted: checked at load
+    if (!v || r.addr + r.len > v.end || !savesPages(v)) {
+      throw new ImageError(`pages at 0x${r.addr.toString(16)}-0x${(r.addr + r.len).toString(16)}: ${v ? `aimed at a ${v.shared ? 'shared' : 'private'} ${v.kind} mapping, which never has saved pages` : 'outside every mapping'}`);
+    }
+  }
   remote.task.writev(data, 0, runs);
 }
 
