@@ -14,6 +14,8 @@ import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
 import { dumpFds } from './kinds/files';
+import { LockTable } from './kinds/locks';
+import { dumpFdOwners, refuseForeignOwners } from './kinds/fdowner';
 import { PipeTable } from './kinds/pipes';
 import { MemfdTable } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
@@ -151,7 +153,7 @@ function dumpProcess(s: Survey): ImageProcess {
     });
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
-      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: s.fds, threads,
+      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: dumpFdOwners(remote, s.fds), threads,
       ...(s.proc.stopped ? { stopped: true } : {}),
     };
   } finally {
@@ -184,6 +186,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
   try {
     const pipes = new PipeTable();
     const memfds = new MemfdTable();
+    const locks = new LockTable();
     const surveys: Survey[] = [];
     const zombies: ImageZombie[] = [];
     for (const p of tree.processes) {
@@ -193,13 +196,15 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
         continue;
       }
       const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
-      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds);
+      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds, locks);
       surveys.push({ proc: p, vmas, fds });
     }
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
+    locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)));
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => dumpProcess(s));
+    refuseForeignOwners(images);
     // Only a tree can share pages copy-on-write between its processes.
     const frames = surveys.length > 1 ? new SavedFrames() : undefined;
     const parentOf = new Map(tree.processes.map((p) => [p.pid, p.ppid]));

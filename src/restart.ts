@@ -16,6 +16,8 @@ import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
 import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
+import { restoreLocks } from './kinds/locks';
+import { restoreFdOwners } from './kinds/fdowner';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
 import { ImageError, StasisError } from './sys/errno';
@@ -300,6 +302,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written`);
   restoreMm(remote, p.mm);
   restoreFds(remote, p.fds, keep.pipes, keep.memfds);
+  restoreLocks(remote, p.fds);
   restoreProcessAttrs(remote, p);
   restoreSigactions(remote, p.sigactions);
   restoreXcompPerm(remote, BigInt(p.xcompPerm));
@@ -317,6 +320,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
     restoreCreds(tr, p.creds);
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
+  restoreFdOwners(remote, p.fds);
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');

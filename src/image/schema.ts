@@ -2,6 +2,8 @@
 // Addresses are JSON numbers (user space fits in 53 bits); 64-bit masks and
 // values that may not fit are hex strings; raw kernel structs are base64.
 // docs/image-format.md describes every field.
+import type { FileLock } from '../kinds/locks';
+import type { FdOwner } from '../kinds/fdowner';
 
 /** How a file is recognised again at restart. */
 export interface FileIdentity {
@@ -70,6 +72,10 @@ export interface ImageFd {
   /** epoll: what it watches, as (fd of this process, events hex, data hex) */
   epoll?: Array<{ fd: number; events: string; data: string }>;
   file?: FileIdentity;
+  /** locks held through this fd (flock and OFD locks: on the fd that restores the open file description) */
+  locks?: FileLock[];
+  /** F_SETOWN_EX owner and F_SETSIG signal of the open file description, when set */
+  owner?: FdOwner;
 }
 
 export interface ImageSigaction {

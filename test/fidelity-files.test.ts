@@ -1,0 +1,128 @@
+// Fidelity of file-level state: file locks (flock, POSIX, OFD), the
+// signal-driven I/O owner of open files, and what processes share (fd
+// tables, fs info, semaphore undo lists). Each program sets its state and
+// checks it itself after restart; the test also reads the state from
+// outside (/proc/locks, fdinfo, F_GETLK from this process) before and
+// after and compares field by field. What is not restored is refused by
+// name with the target left running, untraced and unfrozen.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { build, Procs, waitFor, tmpdir, checkpointKillRestart } from './harness';
+import { checkpointSync } from '../src';
+import { readStatus, listFds, readFdinfo } from '../src/proc';
+import { parseLockLine } from '../src/kinds/locks';
+import { syscall } from '../src/sys/libc';
+import { SYS } from '../src/sys/x86';
+
+const procs = new Procs();
+after(() => procs.cleanup());
+
+/** /proc/locks lines on the files of `dir`, without the volatile line numbers, sorted. */
+function locksOn(dir: string): string[] {
+  const inodes = new Set(fs.readdirSync(dir).map((f) => fs.statSync(path.join(dir, f)).ino));
+  return fs.readFileSync('/proc/locks', 'utf8').split('\n').map(parseLockLine)
+    .filter((l) => l !== null && inodes.has(Number(l.inode.split(':')[2])))
+    .map((l) => `${l!.waiter ? '-> ' : ''}${l!.kind} ${l!.mode} ${l!.type} pid=${l!.pid} ${l!.inode} ${l!.start}-${l!.end ?? 'EOF'}`)
+    .sort();
+}
+
+/** Every fd of a process with its fdinfo flags and lock lines (line numbers dropped). */
+function fdFacts(pid: number): string[] {
+  return listFds(pid).map(({ fd, target }) => {
+    const info = readFdinfo(pid, fd);
+    const locks = info.lines.filter((l) => l.startsWith('lock:')).map((l) => l.replace(/^lock:\s*\d+:\s*/, ''));
+    return `${fd} ${target} flags=${info.flags.toString(8)} pos=${info.pos} ${locks.join(' | ')}`;
+  });
+}
+
+/** What F_GETLK says, from this process (outside the tree), of a write lock request on one byte. */
+function getlk(file: string, at: number): { type: number; pid: number; start: number; len: number } {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    const fl = Buffer.alloc(32);
+    fl.writeInt16LE(1, 0); // F_WRLCK
+    fl.writeBigInt64LE(BigInt(at), 8);
+    fl.writeBigInt64LE(1n, 16);
+    syscall(SYS.fcntl, 'fcntl(F_GETLK)', fd, 5, fl);
+    return { type: fl.readInt16LE(0), pid: fl.readInt32LE(24), start: Number(fl.readBigInt64LE(8)), len: Number(fl.readBigInt64LE(16)) };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** The target of a refused checkpoint: still running, untraced, unfrozen. */
+function assertUntouched(pids: number[]): void {
+  for (const p of pids) {
+    const st = readStatus(p);
+    assert.equal(st.tracerPid, 0, `pid ${p} untraced`);
+    assert.match(st.state, /^[RS]/, `pid ${p} running`);
+    assert.doesNotMatch(fs.readFileSync(`/proc/${p}/cgroup`, 'utf8'), /freezer:\/stasis/, `pid ${p} back in its cgroup`);
+  }
+}
+
+async function until(what: string, cond: () => boolean): Promise<void> {
+  const end = Date.now() + 10000;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+test('flock, POSIX and OFD locks come back with their ranges, types and owners; a blocked F_SETLKW waits again', async () => {
+  const dir = tmpdir('fid-locks');
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_locks'), [], out, { cwd });
+  await waitFor(out, /^ready$/m);
+  const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
+  // The child is in F_SETLKW once the kernel lists it as a waiter.
+  await until('the child to wait for the lock', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
+  const before = locksOn(cwd);
+  assert.equal(before.filter((l) => !l.startsWith('->')).length, 6, before.join('\n'));
+  const factsBefore = fdFacts(pid);
+  const outside = getlk(path.join(cwd, 'b'), 100);
+  assert.deepEqual(outside, { type: 1, pid, start: 100, len: 0 });
+
+  const r = await checkpointKillRestart(procs, pid, dir);
+  assert.equal(r.pid, pid);
+  // Taken again before anything ran: all there now, the waiter comes back when the child retries.
+  assert.deepEqual(locksOn(cwd).filter((l) => !l.startsWith('->')), before.filter((l) => !l.startsWith('->')));
+  assert.deepEqual(fdFacts(pid), factsBefore);
+  assert.deepEqual(getlk(path.join(cwd, 'b'), 100), outside);
+  assert.deepEqual(getlk(path.join(cwd, 'c'), 5), { type: 1, pid: -1, start: 5, len: 7 });
+  await until('the restored child to wait again', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
+  assert.deepEqual(locksOn(cwd), before);
+
+  process.kill(pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild locked\nlocks ok\n');
+});
+
+test('a flock on an open file shared with a process outside the tree is refused by name, the tree goes on', async () => {
+  const dir = tmpdir('fid-lockshare');
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_locks'), [], out, { cwd });
+  await waitFor(out, /^ready$/m);
+  const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
+  // This process takes a copy of the open file holding the flock on "a".
+  const fdA = listFds(pid).find((f) => f.target === path.join(cwd, 'a'))!.fd;
+  const pidfd = syscall(SYS.pidfd_open, 'pidfd_open', pid, 0);
+  const mine = syscall(SYS.pidfd_getfd, 'pidfd_getfd', pidfd, fdA, 0);
+  fs.closeSync(pidfd);
+  try {
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
+      new RegExp(`fd ${fdA} of pid ${pid}: its flock write lock on ${cwd}/a belongs to an open file shared with pid ${process.pid} outside the tree`));
+  } finally {
+    fs.closeSync(mine);
+  }
+  assert.equal(fs.existsSync(path.join(dir, 'image')), false);
+  assertUntouched([pid, child]);
+  process.kill(pid, 'SIGUSR1');
+  await waitFor(out, /^locks ok$/m);
+});
