@@ -9,9 +9,10 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { build, Procs, waitFor, tmpdir, checkpointKillRestart } from './harness';
 import { checkpointSync } from '../src';
+import type { Restarted } from '../src';
 import { readStatus, listFds, readFdinfo } from '../src/proc';
 import { parseLockLine } from '../src/kinds/locks';
 import { syscall } from '../src/sys/libc';
@@ -125,4 +126,49 @@ test('a flock on an open file shared with a process outside the tree is refused 
   assertUntouched([pid, child]);
   process.kill(pid, 'SIGUSR1');
   await waitFor(out, /^locks ok$/m);
+});
+
+/** A second sqlite3 on the same database: its output and exit status. */
+function sqlite(cwd: string, sql: string): { code: number | null; out: string } {
+  const r = spawnSync('sqlite3', ['db', sql], { cwd, encoding: 'utf8' });
+  return { code: r.status, out: (r.stdout + r.stderr).trim() };
+}
+
+test('a sqlite3 shell in the middle of a write transaction keeps the database locked until it commits after restart', async () => {
+  const dir = tmpdir('fid-sqlite');
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
+  const out = path.join(dir, 'out');
+  execFileSync('sqlite3', ['db', 'CREATE TABLE t(x);'], { cwd });
+  execFileSync('mkfifo', [path.join(cwd, 'in')]);
+  // The shell reads the FIFO; this process holds it open read-write to feed it.
+  const feed = fs.openSync(path.join(cwd, 'in'), 'r+');
+  let r: Restarted;
+  try {
+    const pid = procs.start('/bin/sh', ['-c', 'exec sqlite3 db < in'], out, { cwd });
+    fs.writeSync(feed, "BEGIN IMMEDIATE;\nINSERT INTO t VALUES (1), (2), (3);\nSELECT 'ready';\n");
+    await waitFor(out, /^ready$/m);
+    assert.match(sqlite(cwd, 'BEGIN IMMEDIATE;').out, /database is locked/);
+    const before = locksOn(cwd);
+    assert.ok(before.some((l) => /^POSIX ADVISORY WRITE pid=\d+ /.test(l)), before.join('\n'));
+
+    r = await checkpointKillRestart(procs, pid, dir);
+    assert.equal(r.pid, pid);
+    assert.deepEqual(locksOn(cwd), before);
+    const second = sqlite(cwd, 'BEGIN IMMEDIATE;');
+    assert.notEqual(second.code, 0);
+    assert.match(second.out, /database is locked/);
+    assert.equal(sqlite(cwd, 'SELECT count(*) FROM t;').out, '0', 'readers do not see the uncommitted rows');
+
+    fs.writeSync(feed, "COMMIT;\nSELECT 'committed';\n");
+    await waitFor(out, /^committed$/m);
+    assert.deepEqual(locksOn(cwd), []);
+    assert.equal(sqlite(cwd, 'PRAGMA integrity_check; SELECT group_concat(x) FROM t;').out, 'ok\n1,2,3');
+    assert.deepEqual(sqlite(cwd, 'BEGIN IMMEDIATE; INSERT INTO t VALUES (4); COMMIT;'), { code: 0, out: '' });
+  } finally {
+    fs.closeSync(feed);
+  }
+  // End of its input: the shell exits normally.
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\ncommitted\n');
 });
