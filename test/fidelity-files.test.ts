@@ -172,3 +172,41 @@ test('a sqlite3 shell in the middle of a write transaction keeps the database lo
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\ncommitted\n');
 });
+
+test('F_SETOWN_EX owners (process, thread, group), F_SETSIG, O_ASYNC and O_NOATIME survive: SIGIO still comes', async () => {
+  const dir = tmpdir('fid-fdowner');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_fdowner'), [], out, { cwd: dir });
+  await waitFor(out, /^ready$/m);
+  const before = fdFacts(pid);
+  assert.ok(before.some((l) => /pipe:.* flags=\d*2\d{4} /.test(l)), `an O_ASYNC pipe among\n${before.join('\n')}`);
+  const r = await checkpointKillRestart(procs, pid, dir);
+  assert.equal(r.pid, pid);
+  // A pipe is a new one, reopened through /proc: another inode, and O_LARGEFILE (0100000) that pipe() does not set.
+  const pipeless = (l: string) => l.replace(/pipe:\[\d+\] flags=(\d+)/, (_, f: string) => `pipe flags=${(parseInt(f, 8) & ~0o100000).toString(8)}`);
+  assert.deepEqual(fdFacts(pid).map(pipeless), before.map(pipeless));
+  process.kill(pid, 'SIGUSR1');
+  const end = await r.wait();
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nfdowner ok\n');
+  assert.deepEqual(end, { code: 0, signal: null });
+});
+
+test('a lease is refused by name and the process keeps it', async () => {
+  const dir = tmpdir('fid-lease');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_fdowner'), ['lease'], out, { cwd: dir });
+  await waitFor(out, /^ready$/m);
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`fd \\d+ of pid ${pid} \\(${dir}/f\\): holds a read lease \\(F_SETLEASE\\)`));
+  assertUntouched([pid]);
+  process.kill(pid, 'SIGUSR1');
+  await waitFor(out, /^lease ok$/m);
+});
+
+test('an F_SETOWN owner outside the tree is refused by name', async () => {
+  const dir = tmpdir('fid-owner-out');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_fdowner'), ['owner', String(process.pid)], out, { cwd: dir });
+  await waitFor(out, /^ready$/m);
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`fd \\d+ of pid ${pid} \\(pipe:\\[\\d+\\]\\): its F_SETOWN owner, process ${process.pid}, is outside the tree`));
+  assertUntouched([pid]);
+});
