@@ -15,6 +15,7 @@ import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
 import { dumpFds } from './kinds/files';
 import { LockTable } from './kinds/locks';
+import { dumpSharing, fdTableSharers, Sharing } from './kinds/sharing';
 import { dumpFdOwners, refuseForeignOwners } from './kinds/fdowner';
 import { PipeTable } from './kinds/pipes';
 import { MemfdTable } from './kinds/memfd';
@@ -96,6 +97,7 @@ interface Survey {
   proc: FrozenProcess;
   vmas: ImageVma[];
   fds: ImageFd[];
+  sharing: Sharing;
 }
 
 function dumpZombie(p: FrozenProcess): ImageZombie {
@@ -153,7 +155,7 @@ function dumpProcess(s: Survey): ImageProcess {
     });
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
-      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: dumpFdOwners(remote, s.fds), threads,
+      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: dumpFdOwners(remote, s.fds), sharing: s.sharing, threads,
       ...(s.proc.stopped ? { stopped: true } : {}),
     };
   } finally {
@@ -187,6 +189,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     const pipes = new PipeTable();
     const memfds = new MemfdTable();
     const locks = new LockTable();
+    const sharing = dumpSharing(tree.processes.filter((p) => !p.zombie), pid);
     const surveys: Survey[] = [];
     const zombies: ImageZombie[] = [];
     for (const p of tree.processes) {
@@ -196,8 +199,8 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
         continue;
       }
       const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
-      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds, locks);
-      surveys.push({ proc: p, vmas, fds });
+      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds, locks, fdTableSharers(sharing, p.pid));
+      surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
     }
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);

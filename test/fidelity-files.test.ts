@@ -210,3 +210,73 @@ test('an F_SETOWN owner outside the tree is refused by name', async () => {
   assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`fd \\d+ of pid ${pid} \\(pipe:\\[\\d+\\]\\): its F_SETOWN owner, process ${process.pid}, is outside the tree`));
   assertUntouched([pid]);
 });
+
+const KCMP_FILES = 2, KCMP_FS = 3;
+const kcmp = (a: number, b: number, type: number) => syscall(SYS.kcmp, 'kcmp', a, b, type, 0, 0) === 0;
+
+/** What the test sees of a process and its children sharing: kcmp results, fds, cwd, umask. */
+function sharingFacts(pid: number, kids: number[]): unknown {
+  return {
+    kids: kids.map((k) => ({ files: kcmp(pid, k, KCMP_FILES), fs: kcmp(pid, k, KCMP_FS), fds: fdFacts(k), cwd: fs.readlinkSync(`/proc/${k}/cwd`), umask: readStatus(k).umask })),
+    fds: fdFacts(pid), cwd: fs.readlinkSync(`/proc/${pid}/cwd`), umask: readStatus(pid).umask,
+  };
+}
+
+test('children sharing the fd table (CLONE_FILES) and cwd/umask (CLONE_FS) with their parent still share them', async () => {
+  const dir = tmpdir('fid-clonefiles');
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_clonefiles'), [], out, { cwd });
+  await waitFor(out, /^ready$/m);
+  const kids = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).map(Number).sort((a, b) => a - b);
+  assert.equal(kids.length, 2);
+  const before = sharingFacts(pid, kids);
+  assert.deepEqual((before as { kids: Array<{ files: boolean; fs: boolean }> }).kids.map((k) => [k.files, k.fs]), [[true, true], [true, false]]);
+  const r = await checkpointKillRestart(procs, pid, dir);
+  assert.equal(r.pid, pid);
+  assert.deepEqual(sharingFacts(pid, kids), before);
+  for (const k of kids) process.kill(k, 'SIGUSR1');
+  const end = await r.wait();
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nshared ok\n');
+  assert.deepEqual(end, { code: 0, signal: null });
+});
+
+test('processes sharing signal handlers (CLONE_SIGHAND) are refused by name, the tree goes on', async () => {
+  const dir = tmpdir('fid-sighand');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_clonefiles'), ['sighand'], out, { cwd: dir });
+  await waitFor(out, /^ready$/m);
+  const kid = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pids ${pid} and ${kid}: share one signal handler table as separate processes \\(CLONE_SIGHAND\\)`));
+  assertUntouched([pid, kid]);
+});
+
+test('System V semaphore undo adjustments (SEM_UNDO) are refused by name, the process goes on; without SEM_UNDO it is restored', async () => {
+  const dir = tmpdir('fid-semundo');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_clonefiles'), ['semundo'], out, { cwd: dir });
+  const semid = /^semid (\d+)$/m.exec(await waitFor(out, /^ready$/m))![1];
+  try {
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pid ${pid}: has a System V semaphore undo list while \\d+ semaphore set\\(s\\) exist \\(semop with SEM_UNDO, or threads\\)`));
+    assertUntouched([pid]);
+    process.kill(pid, 'SIGUSR1');
+    await waitFor(out, /^sem ok$/m);
+    // The same semaphore used without SEM_UNDO: nothing to undo, restored.
+    const dir2 = tmpdir('fid-sem');
+    const out2 = path.join(dir2, 'out');
+    const pid2 = procs.start(build('fid_clonefiles'), ['sem'], out2, { cwd: dir2 });
+    const semid2 = /^semid (\d+)$/m.exec(await waitFor(out2, /^ready$/m))![1];
+    try {
+      const r = await checkpointKillRestart(procs, pid2, dir2);
+      process.kill(r.pid, 'SIGUSR1');
+      const end = await r.wait();
+      assert.equal(fs.readFileSync(out2, 'utf8'), `semid ${semid2}\nready\nsem ok\n`);
+      assert.deepEqual(end, { code: 0, signal: null });
+    } finally {
+      execFileSync('ipcrm', ['-s', semid2]);
+    }
+  } finally {
+    execFileSync('ipcrm', ['-s', semid]);
+  }
+});

@@ -4,6 +4,7 @@
 // docs/image-format.md describes every field.
 import type { FileLock } from '../kinds/locks';
 import type { FdOwner } from '../kinds/fdowner';
+import type { Sharing } from '../kinds/sharing';
 
 /** How a file is recognised again at restart. */
 export interface FileIdentity {
@@ -154,6 +155,8 @@ export interface ImageProcess {
   mm: ImageMm;
   vmas: ImageVma[];
   fds: ImageFd[];
+  /** what it shares with its parent (fd table, fs info) */
+  sharing: Sharing;
   /** main thread first */
   threads: ImageThread[];
   /** stopped by a signal (SIGSTOP, SIGTSTP ...): restored stopped */
