@@ -18,7 +18,7 @@ import { LockTable } from './kinds/locks';
 import { dumpSharing, fdTableSharers, Sharing } from './kinds/sharing';
 import { dumpFdOwners, refuseForeignOwners } from './kinds/fdowner';
 import { PipeTable } from './kinds/pipes';
-import { MemfdTable } from './kinds/memfd';
+import { MemfdTable, refuseMemfdExe } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
 import { StasisError, UnsupportedError } from './sys/errno';
@@ -198,6 +198,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
         zombies.push(dumpZombie(p));
         continue;
       }
+      refuseMemfdExe(p.pid);
       const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
       const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds, locks, fdTableSharers(sharing, p.pid));
       surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });

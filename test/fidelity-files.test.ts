@@ -280,3 +280,15 @@ test('System V semaphore undo adjustments (SEM_UNDO) are refused by name, the pr
     execFileSync('ipcrm', ['-s', semid]);
   }
 });
+
+test('a program running from a memfd (fexecve) is refused by name and goes on', async () => {
+  const dir = tmpdir('fid-memfdexe');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_memfdexe'), [], out, { cwd: dir });
+  await waitFor(out, /^ready$/m);
+  assert.match(fs.readlinkSync(`/proc/${pid}/exe`), /^\/memfd:fid-exe \(deleted\)$/);
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pid ${pid}: its executable is the memfd "fid-exe" \\(started with fexecve or execveat\\)`));
+  assertUntouched([pid]);
+  process.kill(pid, 'SIGUSR1');
+  await waitFor(out, /^memfd exe ok$/m);
+});
