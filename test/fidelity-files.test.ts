@@ -202,6 +202,17 @@ test('a lease is refused by name and the process keeps it', async () => {
   await waitFor(out, /^lease ok$/m);
 });
 
+test('a directory watched with F_NOTIFY (dnotify) is refused by name and keeps its watch', async () => {
+  const dir = tmpdir('fid-dnotify');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_fdowner'), ['dnotify'], out, { cwd: dir });
+  await waitFor(out, /^ready$/m);
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`fd \\d+ of pid ${pid} \\(${dir}\\): the directory has a signal owner, set by F_NOTIFY \\(dnotify\\)`));
+  assertUntouched([pid]);
+  process.kill(pid, 'SIGUSR1');
+  await waitFor(out, /^dnotify ok$/m);
+});
+
 test('an F_SETOWN owner outside the tree is refused by name', async () => {
   const dir = tmpdir('fid-owner-out');
   const out = path.join(dir, 'out');

@@ -2,6 +2,7 @@
 // SIGIO/SIGURG (F_SETOWN_EX: a thread, a process or a process group), the
 // signal sent instead of SIGIO (F_SETSIG) and O_ASYNC. Read with fcntl
 // injected into the task, set again the same way once the owner exists.
+// dnotify (F_NOTIFY) is refused: it shows only as an owner on a directory.
 import { z } from 'zod';
 import { ImageFd, ImageProcess } from '../image/schema';
 import { Remote } from '../ptrace/remote';
@@ -38,6 +39,10 @@ export function dumpFdOwners(remote: Remote, fds: ImageFd[]): ImageFd[] {
     const raw = remote.read(buf, 8);
     const sig = remote.call('fcntl(F_GETSIG)', SYS.fcntl, [f.fd, F_GETSIG], where);
     const owner = { type: raw.readInt32LE(0), pid: raw.readInt32LE(4), sig };
+    // Directories raise no SIGIO: an owner there was set by F_NOTIFY, whose watch is invisible.
+    if (f.kind === 'dir' && owner.pid) {
+      throw new UnsupportedError(`${where} (${f.path}): the directory has a signal owner, set by F_NOTIFY (dnotify), which stasis cannot restore; use inotify, or cancel it with F_NOTIFY 0 before the checkpoint`);
+    }
     return owner.pid || owner.sig ? { ...f, owner } : f;
   });
 }

@@ -7,6 +7,9 @@
 // arrive: "fdowner ok".
 // `lease`: holds a read lease on "f": "ready", on SIGUSR1 "lease ok".
 // `owner PID`: pipe A's owner is PID (outside the tree): "ready", then waits.
+// `dnotify`: watches its cwd with F_NOTIFY: "ready"; on SIGUSR1 it creates
+// a file there and waits for the SIGIO: "dnotify ok".
+// The file "f" is also open a second time with O_DIRECT|O_APPEND (checked).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +49,19 @@ int main(int argc, char **argv)
         say("lease ok\n");
         return 0;
     }
+    if (argc > 1 && !strcmp(argv[1], "dnotify")) {
+        int dir = open(".", O_RDONLY | O_DIRECTORY);
+        sa.sa_handler = on_io;
+        sigaction(SIGIO, &sa, NULL);
+        if (dir < 0 || fcntl(dir, F_NOTIFY, DN_CREATE | DN_MULTISHOT)) return 2;
+        say("ready\n");
+        wait_usr1();
+        alarm(10); /* a lost watch ends the program instead of hanging the test */
+        if (close(open("created", O_WRONLY | O_CREAT, 0600))) return fail("create");
+        while (!sigio) pause();
+        say("dnotify ok\n");
+        return 0;
+    }
     int a[2], b[2];
     if (pipe(a) || pipe(b)) return 2;
     if (argc > 2 && !strcmp(argv[1], "owner")) {
@@ -63,6 +79,8 @@ int main(int argc, char **argv)
     if (fcntl(a[0], F_SETOWN_EX, &me) || fcntl(a[0], F_SETSIG, SIGRTMIN + 1) || fcntl(a[0], F_SETFL, O_ASYNC | O_NONBLOCK)) return 2;
     if (fcntl(b[0], F_SETOWN_EX, &thread) || fcntl(b[0], F_SETFL, O_ASYNC)) return 2;
     if (fcntl(f, F_SETOWN_EX, &group) || fcntl(f, F_SETSIG, SIGRTMIN + 2)) return 2;
+    int direct = open("f", O_WRONLY | O_DIRECT | O_APPEND);
+    if (direct < 0) return 2;
     say("ready\n");
     wait_usr1();
     if (!owner_is(a[0], F_OWNER_PID, getpid())) return fail("pipe A owner");
@@ -74,6 +92,7 @@ int main(int argc, char **argv)
     if ((fcntl(a[0], F_GETFL) & (O_ASYNC | O_NONBLOCK)) != (O_ASYNC | O_NONBLOCK)) return fail("pipe A flags");
     if ((fcntl(b[0], F_GETFL) & (O_ASYNC | O_NONBLOCK)) != O_ASYNC) return fail("pipe B flags");
     if ((fcntl(f, F_GETFL) & (O_NOATIME | O_ASYNC)) != O_NOATIME) return fail("file flags");
+    if ((fcntl(direct, F_GETFL) & (O_DIRECT | O_APPEND | O_ACCMODE)) != (O_DIRECT | O_APPEND | O_WRONLY)) return fail("O_DIRECT file flags");
     sigset_t all, none;
     sigfillset(&all);
     sigemptyset(&none);
