@@ -11,9 +11,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { build, Procs, waitFor, tmpdir, checkpointKillRestart } from './harness';
-import { checkpointSync } from '../src';
+import { checkpointSync, restartSync } from '../src';
 import type { Restarted } from '../src';
-import { readStatus, listFds, readFdinfo } from '../src/proc';
+import { readStatus, listFds, readFdinfo, listChildren } from '../src/proc';
 import { parseLockLine } from '../src/kinds/locks';
 import { syscall } from '../src/sys/libc';
 import { SYS } from '../src/sys/x86';
@@ -101,6 +101,22 @@ test('flock, POSIX and OFD locks come back with their ranges, types and owners; 
   process.kill(pid, 'SIGUSR1');
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild locked\nlocks ok\n');
+});
+
+test('a restart while the original still holds its locks fails by name and leaves nothing running', async () => {
+  const dir = tmpdir('fid-lockbusy');
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_locks'), ['nochild'], out, { cwd });
+  await waitFor(out, /^ready$/m);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img);
+  const children = listChildren(process.pid);
+  assert.throws(() => restartSync(img), new RegExp(`restart failed, nothing left running: pid \\d+ fd \\d+ \\(${cwd}/a\\): flock write lock: another process holds a conflicting lock now`));
+  assert.deepEqual(listChildren(process.pid), children);
+  process.kill(pid, 'SIGUSR1');
+  await waitFor(out, /^locks ok$/m);
 });
 
 test('a flock on an open file shared with a process outside the tree is refused by name, the tree goes on', async () => {
