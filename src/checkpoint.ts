@@ -14,8 +14,11 @@ import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
 import { dumpFds } from './kinds/files';
+import { LockTable } from './kinds/locks';
+import { dumpSharing, fdTableSharers, Sharing } from './kinds/sharing';
+import { dumpFdOwners, refuseForeignOwners } from './kinds/fdowner';
 import { PipeTable } from './kinds/pipes';
-import { MemfdTable } from './kinds/memfd';
+import { MemfdTable, refuseMemfdExe } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
 import { refuseForeignNamespaces } from './kinds/namespaces';
@@ -96,6 +99,7 @@ interface Survey {
   proc: FrozenProcess;
   vmas: ImageVma[];
   fds: ImageFd[];
+  sharing: Sharing;
 }
 
 function dumpZombie(p: FrozenProcess): ImageZombie {
@@ -154,7 +158,7 @@ function dumpProcess(s: Survey): ImageProcess {
     });
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
-      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: s.fds, threads, cgroups,
+      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: dumpFdOwners(remote, s.fds), sharing: s.sharing, threads, cgroups,
       ...(s.proc.stopped ? { stopped: true } : {}),
     };
   } finally {
@@ -187,6 +191,8 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
   try {
     const pipes = new PipeTable();
     const memfds = new MemfdTable();
+    const locks = new LockTable();
+    const sharing = dumpSharing(tree.processes.filter((p) => !p.zombie), pid);
     const surveys: Survey[] = [];
     const zombies: ImageZombie[] = [];
     for (const p of tree.processes) {
@@ -196,14 +202,17 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
         continue;
       }
       refuseForeignNamespaces(p.pid);
+      refuseMemfdExe(p.pid);
       const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
-      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds);
-      surveys.push({ proc: p, vmas, fds });
+      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds, locks, fdTableSharers(sharing, p.pid));
+      surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
     }
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
+    locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)));
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => dumpProcess(s));
+    refuseForeignOwners(images);
     // Only a tree can share pages copy-on-write between its processes.
     const frames = surveys.length > 1 ? new SavedFrames() : undefined;
     const parentOf = new Map(tree.processes.map((p) => [p.pid, p.ppid]));

@@ -16,6 +16,9 @@ import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
 import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
+import { restoreLocks } from './kinds/locks';
+import { restoreFdOwners } from './kinds/fdowner';
+import { sharingFlags } from './kinds/sharing';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
 import { checkCgroups, restoreCgroups } from './kinds/cgroups';
@@ -202,7 +205,8 @@ function clearAddressSpace(remote: Remote, p: ImageProcess, log: (m: string) => 
   const t = remote.task;
   const gadget = t.syscallInsn;
   const live = readMaps(t.pid);
-  remote.call('close_range', SYS.close_range, [0, 0xffffffff, 0], 'inherited fds');
+  // An fd table shared with the parent holds the parent's restored fds already.
+  if (!p.sharing?.files) remote.call('close_range', SYS.close_range, [0, 0xffffffff, 0], 'inherited fds');
   const specials = specialVmas(live);
   remote.batch(live.filter((v) => !specials.has(v.path) && v.start !== gadget)
     .map((v) => ({ name: 'munmap', nr: SYS.munmap, args: [v.start, v.end - v.start], where: `blank mapping ${v.path}` })));
@@ -238,8 +242,10 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   finishVmas(remote, p.vmas);
   log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written`);
   restoreMm(remote, p.mm);
-  restoreFds(remote, p.fds, keep.pipes, keep.memfds);
-  restoreProcessAttrs(remote, p);
+  if (!p.sharing?.files) restoreFds(remote, p.fds, keep.pipes, keep.memfds);
+  restoreLocks(remote, p.fds);
+  // cwd, root and umask shared with the parent are set already (a second chroot would nest).
+  restoreProcessAttrs(remote, p.sharing?.fs ? { ...p, root: '/' } : p);
   restoreSigactions(remote, p.sigactions);
   restoreXcompPerm(remote, BigInt(p.xcompPerm));
   // Threads: created at their tids inside this process, then given their state.
@@ -256,6 +262,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
     restoreCreds(tr, p.creds);
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
+  restoreFdOwners(remote, p.fds);
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
@@ -387,7 +394,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       for (const e of entries) {
         const parent = remotes.get(e.ppid);
         if (remotes.has(e.pid) || !parent) continue;
-        const t = cloneAt(parent, e.pid, 0, SIGCHLD, 0, ns);
+        const t = cloneAt(parent, e.pid, 'sharing' in e ? sharingFlags(e.sharing) : 0, SIGCHLD, 0, ns);
         created.push(t);
         const r = blankRemote.withTask(t);
         remotes.set(e.pid, r);

@@ -25,6 +25,9 @@ import {
   path, name, base64Exact, base64Max, PID_MAX, FD_MAX,
 } from './fields';
 import { CgroupMembership } from '../kinds/cgroups';
+import { FileLock } from '../kinds/locks';
+import { FdOwner } from '../kinds/fdowner';
+import { Sharing } from '../kinds/sharing';
 
 /** How a file is recognised again at restart. */
 export const FileIdentity = z.object({
@@ -103,6 +106,10 @@ export const ImageFd = z.object({
   /** epoll: what it watches, as (fd of this process, events hex, data hex) */
   epoll: z.array(z.object({ fd, events: hex32, data: hex64 })).max(1 << 16).optional(),
   file: FileIdentity.optional(),
+  /** locks held through this fd (flock and OFD locks: on the fd that restores the open file description) */
+  locks: z.array(FileLock).max(1 << 16).optional(),
+  /** F_SETOWN_EX owner and F_SETSIG signal of the open file description, when set */
+  owner: FdOwner.optional(),
 });
 export type ImageFd = z.infer<typeof ImageFd>;
 
@@ -196,6 +203,8 @@ export const ImageProcess = z.object({
   mm: ImageMm,
   vmas: z.array(ImageVma).max(1 << 18),
   fds: z.array(ImageFd).max(FD_MAX),
+  /** what it shares with its parent (fd table, fs info) */
+  sharing: Sharing,
   /** main thread first */
   threads: z.array(ImageThread).min(1).max(1 << 16),
   /** cgroup membership per hierarchy */

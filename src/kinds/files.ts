@@ -3,7 +3,9 @@
 // close-on-exec and shared open file descriptions (dup'ed fds share one
 // offset, within a process and across fork).
 import fs from 'node:fs';
-import { listFds, readFdinfo, readLimits } from '../proc';
+import { listFds, readFdinfo, readLimits, Fdinfo } from '../proc';
+import { LockTable } from './locks';
+import { O_ASYNC } from './fdowner';
 import { ImageFd, ImageCreds } from '../image/schema';
 import { Remote, AT_FDCWD } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
@@ -73,17 +75,23 @@ function key(f: ImageFd): string {
  * dumped (parents first): an fd inherited through fork is recorded as
  * shared with theirs.
  */
-export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: number; fds: ImageFd[] }> = [], memfds?: MemfdTable): ImageFd[] {
+export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: number; fds: ImageFd[] }> = [], memfds?: MemfdTable, locks?: LockTable, filesSharers?: Set<number>): ImageFd[] {
   const out: ImageFd[] = [];
+  /** Shared open file descriptions found, then the locks the fd carries. */
+  const add = (entry: ImageFd, info: Fdinfo): void => {
+    const e = withSharing(entry, pid, out, earlier);
+    const held = locks?.note(pid, e.fd, e.path, info.lines, e.sameAs === undefined && !e.sharedWith, filesSharers);
+    out.push(held ? { ...e, locks: held } : e);
+  };
   for (const { fd, target } of listFds(pid)) {
     const where = pid ? `fd ${fd} of pid ${pid}` : `fd ${fd}`;
     const pipeLink = /^pipe:\[(\d+)\]$/.exec(target);
     if (pipeLink) {
       const info = readFdinfo(pid, fd);
-      out.push(withSharing({
+      add({
         fd, kind: 'pipe', path: target, flags: info.flags & ~O_CLOEXEC, pos: 0, cloexec: (info.flags & O_CLOEXEC) !== 0,
         pipe: pipes.note(pid, fd, 'pipe', Number(pipeLink[1])),
-      }, pid, out, earlier));
+      }, info);
       continue;
     }
     if (isEventfd(target) || isEpoll(target) || target === 'anon_inode:[signalfd]' || target === 'anon_inode:[timerfd]') {
@@ -93,7 +101,7 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
         : isEpoll(target) ? { ...base, kind: 'epoll', epoll: dumpEpoll(pid, info, where) }
           : target === 'anon_inode:[signalfd]' ? { ...base, kind: 'signalfd', signalfd: dumpSignalfd(info, where) }
             : { ...base, kind: 'timerfd', timerfd: dumpTimerfd(info, where) };
-      out.push(withSharing(entry, pid, out, earlier));
+      add(entry, info);
       continue;
     }
     if (!target.startsWith('/')) throw new UnsupportedError(`${where}: ${describeLink(target)} is not supported yet`);
@@ -101,10 +109,10 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
     if (memfd !== null && memfds) {
       const info = readFdinfo(pid, fd);
       const ino = fs.statSync(`/proc/${pid}/fd/${fd}`).ino;
-      out.push(withSharing({
+      add({
         fd, kind: 'memfd', path: target, flags: info.flags & ~O_CLOEXEC, pos: info.pos, cloexec: (info.flags & O_CLOEXEC) !== 0,
         memfd: memfds.note(ino, memfd, `/proc/${pid}/fd/${fd}`),
-      }, pid, out, earlier));
+      }, info);
       continue;
     }
     if (target.endsWith(' (deleted)')) throw new UnsupportedError(`${where}: ${target} is an unlinked file, not supported yet`);
@@ -135,7 +143,7 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
     if (entry.kind === 'file' && entry.file!.ino !== Number(st.ino)) {
       throw new StasisError(`${where}: ${target} was replaced by another file while open`);
     }
-    out.push(withSharing(entry, pid, out, earlier));
+    add(entry, info);
   }
   return out;
 }
@@ -190,7 +198,8 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, me
       }
       continue;
     }
-    const flags = (f.flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | (f.cloexec ? O_CLOEXEC : 0);
+    // O_ASYNC is set afterwards with F_SETFL (restoreFdOwners): open() would not register it.
+    const flags = (f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_ASYNC)) | (f.cloexec ? O_CLOEXEC : 0);
     // Pipes and memfds are stasis's own, reached through /proc; the image's paths are opened without following links.
     const got = f.pipe !== undefined || f.memfd !== undefined
       ? remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(f.pipe !== undefined ? pipes.pathFor(f.pipe, f.flags) : memfds!.pathFor(f.memfd!)), flags, 0], where)
