@@ -9,7 +9,7 @@ import { Remote } from './ptrace/remote';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames } from './kinds/memory';
+import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, dumpLockFuture, refuseSharedMm } from './kinds/memory';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
@@ -136,6 +136,7 @@ function dumpProcess(s: Survey): ImageProcess {
     const sharedPending = dumpSharedPending(remote);
     const xcompPerm = dumpXcompPerm(remote);
     const mm = dumpMm(remote);
+    const lockFuture = dumpLockFuture(remote);
     const threads: ImageThread[] = s.proc.threads.map((t) => {
       const r = remote.withTask(t);
       const cpu = dumpCpu(t);
@@ -151,7 +152,7 @@ function dumpProcess(s: Survey): ImageProcess {
     });
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
-      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: s.fds, threads,
+      xcompPerm: '0x' + xcompPerm.toString(16), mm, lockFuture, vmas: s.vmas, fds: s.fds, threads,
       ...(s.proc.stopped ? { stopped: true } : {}),
     };
   } finally {
@@ -197,6 +198,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       surveys.push({ proc: p, vmas, fds });
     }
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
+    refuseSharedMm(surveys.map((x) => x.proc.pid));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => dumpProcess(s));

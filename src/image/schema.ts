@@ -2,6 +2,7 @@
 // Addresses are JSON numbers (user space fits in 53 bits); 64-bit masks and
 // values that may not fit are hex strings; raw kernel structs are base64.
 // docs/image-format.md describes every field.
+import type { GuardRuns, LockFuture } from '../kinds/memory';
 
 /** How a file is recognised again at restart. */
 export interface FileIdentity {
@@ -43,6 +44,8 @@ export interface ImageVma {
    * saved once, in the ancestor's Pages records, and copied from there.
    */
   inherited?: Array<{ from: number; runs: Array<{ addr: number; len: number }> }>;
+  /** guard regions (MADV_GUARD_INSTALL) inside the VMA; absent when none */
+  guards?: GuardRuns;
 }
 
 export interface ImageFd {
@@ -146,6 +149,8 @@ export interface ImageProcess {
   rlimits: Array<{ resource: number; name: string; soft: string; hard: string }>;
   creds: ImageCreds;
   mm: ImageMm;
+  /** mlockall(MCL_FUTURE) in force for new mappings */
+  lockFuture: LockFuture;
   vmas: ImageVma[];
   fds: ImageFd[];
   /** main thread first */
