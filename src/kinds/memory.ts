@@ -192,6 +192,28 @@ export class SavedFrames {
   }
 }
 
+let zeroFrame: number | undefined;
+
+/**
+ * The frame of the kernel's shared zero page, which backs anonymous memory
+ * that was only read: found by read-faulting a fresh page of our own.
+ * Such pages hold no data; saving them would make them real, locked and
+ * counted in Rss after restart.
+ */
+function zeroPfn(): number {
+  if (zeroFrame !== undefined) return zeroFrame;
+  const addr = syscall(SYS.mmap, 'mmap', 0, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  try {
+    const fd = fs.openSync('/proc/self/mem', 'r');
+    try { fs.readSync(fd, Buffer.alloc(1), 0, 1, addr); } finally { fs.closeSync(fd); }
+    const e = readPagemap('self', addr, addr + PAGE_SIZE)[0];
+    zeroFrame = e >> 63n ? Number(e & ((1n << 55n) - 1n)) : 0;
+  } finally {
+    syscall(SYS.munmap, 'munmap', addr, PAGE_SIZE);
+  }
+  return zeroFrame;
+}
+
 /** A run of pages to read; `slow` ones go through /proc/pid/mem (see readBatch). */
 export interface ReadRun extends PageRun { slow?: boolean }
 
@@ -219,6 +241,7 @@ export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ance
   const privateFile = v.kind === 'file';
   const runs: ReadRun[] = [];
   const guards: PageRun[] = [];
+  const zero = zeroPfn();
   for (let i = 0; i < pm.length; i++) {
     const hi = halves[2 * i + 1];
     const present = hi >>> 31;
@@ -239,8 +262,9 @@ export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ance
     // makes the kernel give the reader's task its own copy: a checkpoint
     // would silently undo the sharing in the live tree. Such pages (mapped
     // more than once, or swapped) are read through /proc/pid/mem instead.
+    const pfn = present ? (hi & 0x7fffff) * 0x100000000 + halves[2 * i] : 0;
+    if (pfn !== 0 && pfn === zero && !privateFile) continue; // never written: reads as zeros again
     const slow = present === 0 || exclusive === 0;
-    const pfn = present && frames ? (hi & 0x7fffff) * 0x100000000 + halves[2 * i] : 0;
     const from = frames && pfn ? frames.sharedWith(pfn, pid, addr, ancestors) : undefined;
     if (from === undefined) {
       addRun(runs, addr, slow);
@@ -447,6 +471,10 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
     remote.batch(maps).forEach((got, i) => {
       if (got !== wanted[i].start) throw new StasisError(`${labels[i]}: mmap placed it at 0x${got.toString(16)}`);
     });
+    // Advice before any page is written: a huge page policy decides how the
+    // writes below are backed.
+    remote.batch(wanted.flatMap((v, i) => v.vmFlags.filter((f) => MADVISE_FOR_FLAG[f] !== undefined).map((f) =>
+      ({ name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADVISE_FOR_FLAG[f]], where: `${labels[i]}, flag ${f}` }))));
     // "gu" stays on a VMA whose guard regions were all removed: one page
     // guarded and unguarded again, before any page is written.
     remote.batch(wanted.flatMap((v, i) => v.vmFlags.includes('gu') && !v.guards?.length ? [
@@ -476,10 +504,6 @@ export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
     const label = vmaLabel(v, v.file?.path ?? v.name);
     const len = v.end - v.start;
     if (mappedWritable(v) && v.prot[1] !== 'w') calls.push({ name: 'mprotect', nr: SYS.mprotect, args: [v.start, len, protBits(v.prot)], where: label });
-    for (const f of v.vmFlags) {
-      const advice = MADVISE_FOR_FLAG[f];
-      if (advice !== undefined) calls.push({ name: 'madvise', nr: SYS.madvise, args: [v.start, len, advice], where: `${label}, flag ${f}` });
-    }
     for (const g of v.guards ?? []) calls.push({ name: 'madvise', nr: SYS.madvise, args: [g.addr, g.len, MADV_GUARD_INSTALL], where: `${label}, guard pages` });
     if (v.vmFlags.includes('lo')) {
       calls.push({ name: 'mlock2', nr: SYS.mlock2, args: [v.start, len, v.vmFlags.includes('lf') ? MLOCK_ONFAULT : 0], where: `${label}: lock it (RLIMIT_MEMLOCK or CAP_IPC_LOCK of the restarting user)` });
