@@ -2,7 +2,7 @@
 // Addresses are JSON numbers (user space fits in 53 bits); 64-bit masks and
 // values that may not fit are hex strings; raw kernel structs are base64.
 // docs/image-format.md describes every field.
-import type { GuardRuns, LockFuture } from '../kinds/memory';
+import type { GuardRuns, LockFuture, ShmemSize } from '../kinds/memory';
 
 /** How a file is recognised again at restart. */
 export interface FileIdentity {
@@ -30,11 +30,12 @@ export interface ImageVma {
   /** VmFlags from smaps, restored where they carry behaviour (gd, dd, hg ...) */
   vmFlags: string[];
   /**
-   * Shared anonymous memory: the shmem object's inode. The first process
-   * (in image order) mapping an object saves its pages; later ones name it
-   * as `from` and map the same object again.
+   * Shared anonymous memory: the shmem object's inode and size. The first
+   * VMA (in image order) mapping an object makes it; later ones (in any
+   * process) name it as `from` and map the same object at their offset.
+   * Each page of the object is saved once, with the first VMA mapping it.
    */
-  shmem?: { ino: number; from?: { pid: number; start: number; end: number } };
+  shmem?: { ino: number; from?: { pid: number; start: number; end: number }; size?: ShmemSize };
   /** a shared mapping of a memfd file: its id in the Memfds record (contents saved there) */
   memfd?: number;
   /** number of pages saved for this VMA in Pages records */

@@ -9,7 +9,7 @@ import { FileIdentity, ImageVma } from '../image/schema';
 import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
 import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
-import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
+import { MemfdTable, MemfdKeeper, memfdName, dataRanges } from './memfd';
 import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
 import { syscall } from '../sys/libc';
 
@@ -19,6 +19,10 @@ export const GuardRuns = z.array(z.object({
   len: z.number().int().min(4096).max(2 ** 47).multipleOf(4096),
 })).max(1 << 20);
 export type GuardRuns = z.infer<typeof GuardRuns>;
+
+/** Size in bytes of a shared anonymous object (absent in older images: the VMA's end). */
+export const ShmemSize = z.number().int().min(0).max(2 ** 47);
+export type ShmemSize = z.infer<typeof ShmemSize>;
 
 /** mlockall(MCL_FUTURE) in force: every new mapping is locked (mm->def_flags). */
 export const LockFuture = z.enum(['off', 'on', 'onfault']);
@@ -115,6 +119,10 @@ export function checkFileIdentity(id: FileIdentity, what: string): void {
   if (diffs.length) throw new StasisError(`${what}: ${id.path} changed since the checkpoint (${diffs.join(', ')}); refusing to map different contents`);
 }
 
+function mapFilesPath(pid: number, v: { start: number; end: number }): string {
+  return `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
+}
+
 function vmaLabel(v: { start: number; end: number }, path: string): string {
   return `vma ${v.start.toString(16)}-${v.end.toString(16)}${path ? ` (${path})` : ''}`;
 }
@@ -136,7 +144,9 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVm
       if (v.shared) throw new UnsupportedError(`${label}: shared anonymous mapping without a backing object is not supported yet`);
       out.push({ ...base, kind: 'anon', name: v.path });
     } else if (v.shared && v.path === '/dev/zero (deleted)') {
-      out.push({ ...base, kind: 'shmem', name: '', shmem: { ino: v.inode } });
+      // The object may be larger than this VMA (split, partly unmapped): its size.
+      const size = pid ? fs.statSync(mapFilesPath(pid, v)).size : v.offset + v.end - v.start;
+      out.push({ ...base, kind: 'shmem', name: '', shmem: { ino: v.inode, size } });
     } else if (memfdName(v.path) !== null && memfds) {
       if (!v.shared) throw new UnsupportedError(`${label}: private mapping of a memfd is not supported yet`);
       const range = `${v.start.toString(16)}-${v.end.toString(16)}`;
@@ -160,18 +170,48 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVm
 }
 
 /**
- * Shared anonymous memory seen in several processes of a tree is one object:
- * the first process to map it keeps it, the later ones point at it.
+ * Shared anonymous memory is one object however many VMAs map it, in one
+ * process or several: the first VMA to map it makes it at restart, every
+ * later one (in the same process too) points at that VMA and maps the same
+ * object at its own offset.
  */
 export function linkSharedMemory(procs: Array<{ pid: number; vmas: ImageVma[] }>): void {
   const owners = new Map<number, { pid: number; start: number; end: number }>();
   for (const p of procs) {
     for (const v of p.vmas) {
-      if (!v.shmem) continue;
+      if (!v.shmem || v.memfd !== undefined) continue;
       const owner = owners.get(v.shmem.ino);
       if (!owner) owners.set(v.shmem.ino, { pid: p.pid, start: v.start, end: v.end });
-      else if (owner.pid !== p.pid) v.shmem.from = owner;
+      else v.shmem.from = owner;
     }
+  }
+}
+
+/**
+ * The pages of shared anonymous objects, each saved once, through the first
+ * VMA that maps it. Which pages exist is asked of the object itself
+ * (SEEK_DATA through map_files): a page written by one process is in no
+ * page table of another, and pagemap would miss it there.
+ */
+export class ShmemPages {
+  private readonly objects = new Map<number, { data: Array<[number, number]>; claimed: Set<number> }>();
+
+  /** Whether the page at object offset `off` holds data not claimed yet; claims it. */
+  claim(pid: number, v: ImageVma, off: number): boolean {
+    const ino = v.shmem!.ino;
+    let o = this.objects.get(ino);
+    if (!o) {
+      const fd = fs.openSync(mapFilesPath(pid, v), 'r');
+      try {
+        o = { data: dataRanges(fd, fs.fstatSync(fd).size), claimed: new Set() };
+      } finally {
+        fs.closeSync(fd);
+      }
+      this.objects.set(ino, o);
+    }
+    if (o.claimed.has(off) || !o.data.some(([a, b]) => a <= off && off < b)) return false;
+    o.claimed.add(off);
+    return true;
   }
 }
 
@@ -229,11 +269,19 @@ function addRun(runs: ReadRun[], addr: number, slow = false): void {
  * in v.inherited instead (saved once, with that ancestor). Guard regions
  * are listed in v.guards: they hold no data and fault on any access.
  */
-export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ancestors: Set<number> = new Set()): ReadRun[] {
+export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ancestors: Set<number> = new Set(), shmem = new ShmemPages()): ReadRun[] {
   if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') return [];
   if (v.kind === 'file' && v.shared) return []; // the file holds them
-  if (v.shmem?.from) return []; // saved with the process that maps it first
   if (v.memfd !== undefined) return []; // the Memfds record holds the file
+  if (v.shmem) {
+    // By object offset, whether this process ever touched the page or not.
+    const runs: ReadRun[] = [];
+    for (let addr = v.start; addr < v.end; addr += PAGE_SIZE) {
+      if (shmem.claim(pid, v, v.offset + addr - v.start)) addRun(runs, addr);
+    }
+    v.savedPages = runs.reduce((n, r) => n + r.len / PAGE_SIZE, 0);
+    return runs;
+  }
   const pm = readPagemap(pid, v.start, v.end);
   // The entries as 32-bit halves: no BigInt work per page (a 1 GiB VMA has
   // 262144 of them). Bits 63..56 are in the high half.
@@ -446,15 +494,36 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
     return null;
   };
   const labels = wanted.map((v) => vmaLabel(v, v.file?.path ?? v.name));
-  const sources = wanted.map((v, i) => source(v, labels[i]));
-  // Three batches: open every backing file once, map everything, close.
+  // Shared anonymous objects this process makes: created full size in a
+  // scratch mapping, opened through its map_files, then that mapping is
+  // dropped (the fd keeps the object) before any VMA is placed.
   remote.reset();
+  const own = new Map<number, number>();
+  for (const v of wanted) {
+    if (!v.shmem || v.memfd !== undefined) continue;
+    if (v.shmem.from && hostPid(v.shmem.from.pid) !== remote.task.pid) continue;
+    own.set(v.shmem.ino, Math.max(own.get(v.shmem.ino) ?? 0, v.shmem.size ?? v.offset + v.end - v.start));
+  }
+  const inos = [...own.keys()];
+  const sizes = inos.map((ino) => Math.ceil(own.get(ino)! / PAGE_SIZE) * PAGE_SIZE);
+  const temps = remote.batch(inos.map((ino, i) => ({ name: 'mmap', nr: SYS.mmap, args: [0, sizes[i], PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0], where: `shared memory object of ${sizes[i]} bytes` })));
+  const objectPath = new Map(inos.map((ino, i) => [ino, `/proc/${remote.task.pid}/map_files/${temps[i].toString(16)}-${(temps[i] + sizes[i]).toString(16)}`]));
+  const sources = wanted.map((v, i) => {
+    const path = v.shmem && objectPath.get(v.shmem.ino);
+    return path ? { path, mode: O_RDWR, what: `${labels[i]}: shared memory` } : source(v, labels[i]);
+  });
+  // Three batches: open every backing file once, map everything, close.
   const keys = [...new Set(sources.filter((x) => x).map((x) => `${x!.mode}:${x!.path}`))];
   const opens = keys.map((k) => {
     const x = sources.find((y) => y && `${y.mode}:${y.path}` === k)!;
     return { name: 'openat', nr: SYS.openat, args: [AT_FDCWD, remote.putString(x.path), x.mode, 0], where: x.what };
   });
-  const fdList = remote.batch(opens);
+  let fdList: number[];
+  try {
+    fdList = remote.batch(opens);
+  } finally {
+    remote.batch(inos.map((_, i) => ({ name: 'munmap', nr: SYS.munmap, args: [temps[i], sizes[i]], where: 'shared memory object' })));
+  }
   const fds = new Map(keys.map((k, i) => [k, fdList[i]]));
   try {
     const maps = wanted.map((v, i) => {

@@ -21,6 +21,11 @@
 //  file       private file mapping, parent wrote page 1 before the fork,
 //             the child writes page 2 afterwards
 //  pmoved     the parent moves its copy after the fork; the child keeps it
+//  shared     shared anonymous memory (MAP_SHARED), split in three by an
+//             mprotect before the fork; after it the child unmaps pages 0-3
+//             and moves pages 16-23, the parent unmaps pages 28-31. After
+//             the checks the child writes a marker in page 20 and the
+//             parent must see it: one object, still shared.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -112,6 +117,10 @@ int main(int argc, char **argv)
     madvise(thp, THP, MADV_HUGEPAGE);
     unsigned char *spare = anon(4 * RS); // reserved addresses for the moves
     munmap(spare, 4 * RS);
+    unsigned char *shared = mmap(NULL, RS, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared == MAP_FAILED) return 2;
+    fill(shared, RS, 41);
+    mprotect(shared + 8 * PG, 8 * PG, PROT_READ);
     fill(written, RS, 1); fill(split, RS, 2); fill(moved, RS, 3); fill(swapped, RS, 4);
     fill(dontfork, RS, 5); fill(unmapped, RS, 6); fill(thp, THP, 7); fill(pmoved, RS, 9);
     volatile unsigned char sink = 0;
@@ -144,6 +153,9 @@ int main(int argc, char **argv)
         fill(zero + 3 * PG, 2 * PG, 17);
         thp[5 * PG + 7] ^= 0xff;
         fmap[2 * PG + 9] = 'Y';
+        munmap(shared, 4 * PG);
+        unsigned char *smoved = mremap(shared + 16 * PG, 8 * PG, 8 * PG, MREMAP_MAYMOVE | MREMAP_FIXED, spare + 3 * RS);
+        track("shared-lo", shared + 4 * PG, 12 * PG); track("shared-moved", smoved, 8 * PG); track("shared-hi", shared + 24 * PG, 8 * PG);
         track("written", written, RS); track("split", split, RS); track("moved", to, RS); track("moved-old", again, RS);
         track("swapped", swapped, RS); track("dontfork-lo", dontfork, 8 * PG); track("dontfork-hole", hole, 8 * PG);
         track("dontfork-hi", dontfork + 16 * PG, 16 * PG); track("unmapped-lo", unmapped, 12 * PG);
@@ -170,12 +182,15 @@ int main(int argc, char **argv)
         kill(grand, SIGUSR1);
         int st;
         waitpid(grand, &st, 0);
+        memcpy(smoved + 4 * PG, "marker", 6); // page 20 of the object
         if (ok) say("child ok\n");
         _exit(ok && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1);
     }
     fill(written, 4 * PG, 31);
     mprotect(split + 16 * PG, 8 * PG, PROT_READ);
     unsigned char *pto = mremap(pmoved, RS, RS, MREMAP_MAYMOVE | MREMAP_FIXED, spare + 2 * RS);
+    munmap(shared + 28 * PG, 4 * PG);
+    track("shared", shared, 28 * PG);
     track("written", written, RS); track("split", split, RS); track("moved", moved, RS); track("swapped", swapped, RS);
     track("dontfork", dontfork, RS); track("unmapped", unmapped, RS); track("zero", zero, RS); track("thp", thp, THP);
     track("file", fmap, 4 * PG); track("pmoved", pto, RS);
@@ -188,6 +203,10 @@ int main(int argc, char **argv)
     kill(child, SIGUSR1);
     int st;
     waitpid(child, &st, 0);
+    if (memcmp(shared + 20 * PG, "marker", 6)) {
+        say("FAIL: parent does not see the child's write to shared memory\n");
+        ok = 0;
+    }
     if (ok) say("parent ok\n");
     return ok && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1;
 }
