@@ -10,7 +10,7 @@ import { nsInitCode } from './ptrace/nsinit';
 import { loadImage, LoadedImage } from './image/load';
 import { ImageProcess } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
-import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, checkMappedFiles, PageIndex } from './kinds/memory';
+import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, checkMappedFiles, PageIndex, restoreLockFuture } from './kinds/memory';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
@@ -263,6 +263,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
   restoreFdOwners(remote, p.fds);
+  restoreLockFuture(remote, p.lockFuture);
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');

@@ -28,6 +28,7 @@ import { CgroupMembership } from '../kinds/cgroups';
 import { FileLock } from '../kinds/locks';
 import { FdOwner } from '../kinds/fdowner';
 import { Sharing } from '../kinds/sharing';
+import { GuardRuns, LockFuture, ShmemSize } from '../kinds/memory';
 
 /** How a file is recognised again at restart. */
 export const FileIdentity = z.object({
@@ -59,11 +60,12 @@ export const ImageVma = z.object({
   /** VmFlags from smaps, restored where they carry behaviour (gd, dd, hg ...) */
   vmFlags: z.array(z.string().regex(/^[a-z0-9]{2}$/, 'not a two-letter VmFlag')).max(64),
   /**
-   * Shared anonymous memory: the shmem object's inode. The first process
-   * (in image order) mapping an object saves its pages; later ones name it
-   * as `from` and map the same object again.
+   * Shared anonymous memory: the shmem object's inode and size. The first
+   * VMA (in image order) mapping an object makes it; later ones (in any
+   * process) name it as `from` and map the same object at their offset.
+   * Each page of the object is saved once, with the first VMA mapping it.
    */
-  shmem: z.object({ ino: count, from: z.object({ pid, start: pageAligned, end: pageAligned }).optional() }).optional(),
+  shmem: z.object({ ino: count, from: z.object({ pid, start: pageAligned, end: pageAligned }).optional(), size: ShmemSize.optional() }).optional(),
   /** a shared mapping of a memfd file: its id in the Memfds record (contents saved there) */
   memfd: count.optional(),
   /** number of pages saved for this VMA in Pages records */
@@ -73,6 +75,8 @@ export const ImageVma = z.object({
    * saved once, in the ancestor's Pages records, and copied from there.
    */
   inherited: z.array(z.object({ from: pid, runs: z.array(AddressRun).max(1 << 20) })).max(4096).optional(),
+  /** guard regions (MADV_GUARD_INSTALL) inside the VMA; absent when none */
+  guards: GuardRuns.optional(),
 });
 export type ImageVma = z.infer<typeof ImageVma>;
 
@@ -201,6 +205,8 @@ export const ImageProcess = z.object({
   rlimits: z.array(ImageRlimit).max(16),
   creds: ImageCreds,
   mm: ImageMm,
+  /** mlockall(MCL_FUTURE) in force for new mappings */
+  lockFuture: LockFuture,
   vmas: z.array(ImageVma).max(1 << 18),
   fds: z.array(ImageFd).max(FD_MAX),
   /** what it shares with its parent (fd table, fs info) */

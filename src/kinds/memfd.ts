@@ -36,6 +36,23 @@ export function refuseMemfdExe(pid: number): void {
   }
 }
 
+/** The byte ranges of a file that hold data (SEEK_DATA / SEEK_HOLE): holes hold nothing. */
+export function dataRanges(fd: number, size: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let off = 0; off < size;) {
+    let data: number;
+    try {
+      data = syscall(SYS_LSEEK, 'lseek(SEEK_DATA)', fd, off, SEEK_DATA);
+    } catch {
+      break; // ENXIO: only a hole is left
+    }
+    const hole = syscall(SYS_LSEEK, 'lseek(SEEK_HOLE)', fd, data, SEEK_HOLE);
+    out.push([data, hole]);
+    off = hole;
+  }
+  return out;
+}
+
 export class MemfdTable {
   private readonly files = new Map<number, { name: string; path: string }>();
 
