@@ -9,7 +9,7 @@ import { Remote } from './ptrace/remote';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, dumpLockFuture, refuseSharedMm } from './kinds/memory';
+import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, dumpLockFuture } from './kinds/memory';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
@@ -209,7 +209,6 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
     }
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
-    refuseSharedMm(surveys.map((x) => x.proc.pid));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)));
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));

@@ -9,20 +9,10 @@ import { recordLabel } from './load';
 import { RecordType } from './stream';
 import { PAGE_SIZE, USER_END, base64Bytes } from './fields';
 import { ImageError } from '../sys/errno';
+import { savesPages, vmaAt } from './vma';
 
-/**
- * A checkpoint saves pages only for memory that is the process's own:
- * anonymous memory, private file mappings (their copied-on-write pages) and
- * the first mapping of a shared anonymous object. Never a shared file
- * mapping (its pages live in the file), a memfd (the Memfds record holds
- * it), a later mapping of shared memory, or the vDSO.
- */
-export function savesPages(v: ImageVma): boolean {
-  if (v.kind === 'anon') return !v.shared;
-  if (v.kind === 'file') return !v.shared;
-  if (v.kind === 'shmem') return v.shared && v.memfd === undefined && v.shmem !== undefined && v.shmem.from === undefined;
-  return false;
-}
+export { savesPages, vmaAt };
+
 
 const hex = (n: number) => `0x${n.toString(16)}`;
 
@@ -132,7 +122,8 @@ function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>
     const from = v.shmem?.from;
     if (from) {
       const owner = index.get(from.pid);
-      if (owner === undefined || owner >= i) fail(p.pid, `${f}.shmem.from.pid`, `pid ${from.pid} is not a process listed before it`);
+      // Its first mapping: in a process listed before, or earlier in this one.
+      if (owner === undefined || owner > i) fail(p.pid, `${f}.shmem.from.pid`, `pid ${from.pid} is not this process or one listed before it`);
       const theirs = img.processes[owner].vmas.find((o) => o.start === from.start && o.end === from.end);
       if (!theirs || theirs.kind !== 'shmem' || theirs.shmem?.ino !== v.shmem!.ino || theirs.shmem.from) {
         fail(p.pid, `${f}.shmem.from`, `pid ${from.pid} has no shared memory ${v.shmem!.ino} at ${hex(from.start)}-${hex(from.end)}`);
@@ -161,17 +152,6 @@ function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>
   });
 }
 
-/** Binary search: the VMA holding addr, or -1. */
-export function vmaAt(vmas: ImageVma[], addr: number): number {
-  let lo = 0, hi = vmas.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    if (addr < vmas[mid].start) hi = mid - 1;
-    else if (addr >= vmas[mid].end) lo = mid + 1;
-    else return mid;
-  }
-  return -1;
-}
 
 /** Is [addr, addr+len) all within the sorted, non-overlapping runs? */
 function covered(runs: PageRun[], addr: number, len: number): boolean {

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { z } from 'zod';
 import { Vma, readPagemap, readVmas } from '../proc';
 import type { FileIdentity, ImageVma, ImageCreds } from '../image/schema';
-import { savesPages, vmaAt } from '../image/validate';
+import { savesPages, vmaAt } from '../image/vma';
 import { mayOpen, openNoSymlinks } from './files';
 import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
 import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
@@ -648,22 +648,6 @@ const MCL_FUTURE = 2, MCL_ONFAULT = 4;
 export function restoreLockFuture(remote: Remote, lock: LockFuture | undefined): void {
   if (!lock || lock === 'off') return;
   remote.call('mlockall', SYS_MLOCKALL, [MCL_FUTURE | (lock === 'onfault' ? MCL_ONFAULT : 0)], 'mlockall(MCL_FUTURE)');
-}
-
-/**
- * Processes sharing one address space without being threads of one
- * process (clone(CLONE_VM), a vfork child before it execs) would come back
- * with separate copies: refused by name.
- */
-export function refuseSharedMm(pids: number[]): void {
-  const KCMP_VM = 1;
-  for (let i = 0; i < pids.length; i++) {
-    for (let j = 0; j < i; j++) {
-      if (syscall(SYS.kcmp, 'kcmp(KCMP_VM)', pids[i], pids[j], KCMP_VM, 0, 0) === 0) {
-        throw new UnsupportedError(`pid ${pids[i]} shares its address space with pid ${pids[j]} (clone with CLONE_VM, or vfork before exec): not supported; checkpoint once the child has called exec or exited`);
-      }
-    }
-  }
 }
 
 /** A free address range of `size` bytes outside every listed range. */
