@@ -119,14 +119,14 @@ test('a restart while the original still holds its locks fails by name and leave
   await waitFor(out, /^locks ok$/m);
 });
 
-test('a flock on an open file shared with a process outside the tree is refused by name, the tree goes on', async () => {
+test('a flock on an open file shared with a process outside the tree, or held only there, is refused by name, the tree goes on', async () => {
   const dir = tmpdir('fid-lockshare');
   const cwd = path.join(dir, 'cwd');
   fs.mkdirSync(cwd);
   const out = path.join(dir, 'out');
-  const pid = procs.start(build('fid_locks'), [], out, { cwd });
+  // Without its child, which would hold the open file too.
+  const pid = procs.start(build('fid_locks'), ['nochild'], out, { cwd });
   await waitFor(out, /^ready$/m);
-  const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
   // This process takes a copy of the open file holding the flock on "a".
   const fdA = listFds(pid).find((f) => f.target === path.join(cwd, 'a'))!.fd;
   const pidfd = syscall(SYS.pidfd_open, 'pidfd_open', pid, 0);
@@ -135,11 +135,18 @@ test('a flock on an open file shared with a process outside the tree is refused 
   try {
     assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
       new RegExp(`fd ${fdA} of pid ${pid}: its flock write lock on ${cwd}/a belongs to an open file shared with pid ${process.pid} outside the tree`));
+    assert.equal(fs.existsSync(path.join(dir, 'image')), false);
+    assertUntouched([pid]);
+    // The tree closes its fd: the lock (listed under its pid) now lives only outside.
+    process.kill(pid, 'SIGUSR2');
+    await until('fd a to close', () => !listFds(pid).some((f) => f.fd === fdA));
+    assert.ok(locksOn(cwd).some((l) => l.startsWith(`FLOCK ADVISORY WRITE pid=${pid} `)));
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
+      new RegExp(`pid ${pid}: holds a flock write lock on inode [0-9a-f]+:[0-9a-f]+:\\d+ that no fd of the tree carries`));
   } finally {
     fs.closeSync(mine);
   }
-  assert.equal(fs.existsSync(path.join(dir, 'image')), false);
-  assertUntouched([pid, child]);
+  assertUntouched([pid]);
   process.kill(pid, 'SIGUSR1');
   await waitFor(out, /^locks ok$/m);
 });
