@@ -214,15 +214,30 @@ test('F_SETOWN_EX owners (process, thread, group), F_SETSIG, O_ASYNC and O_NOATI
   assert.deepEqual(end, { code: 0, signal: null });
 });
 
-test('a lease is refused by name and the process keeps it', async () => {
+test('a read lease comes back; a lease being broken is refused by name', async () => {
   const dir = tmpdir('fid-lease');
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
   const out = path.join(dir, 'out');
-  const pid = procs.start(build('fid_fdowner'), ['lease'], out, { cwd: dir });
+  const pid = procs.start(build('fid_fdowner'), ['lease'], out, { cwd });
   await waitFor(out, /^ready$/m);
-  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`fd \\d+ of pid ${pid} \\(${dir}/f\\): holds a read lease \\(F_SETLEASE\\)`));
+  const before = locksOn(cwd);
+  assert.equal(before.length, 1);
+  assert.match(before[0], new RegExp(`^LEASE ACTIVE READ pid=${pid} `));
+  const facts = fdFacts(pid);
+  const r = await checkpointKillRestart(procs, pid, dir);
+  assert.equal(r.pid, pid);
+  assert.deepEqual(locksOn(cwd), before);
+  assert.deepEqual(fdFacts(pid), facts);
+  process.kill(pid, 'SIGUSR1');
+  await waitFor(out, /^lease read$/m);
+  // An opener for writing breaks it: the lease stays "BREAKING" until the program lets go.
+  assert.throws(() => fs.openSync(path.join(cwd, 'f'), fs.constants.O_WRONLY | fs.constants.O_NONBLOCK), /EAGAIN|EWOULDBLOCK/);
+  assert.match(locksOn(cwd)[0], /^LEASE BREAKING /);
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image2')), new RegExp(`fd \\d+ of pid ${pid} \\(${cwd}/f\\): its lease \\(F_SETLEASE\\) is being broken by another opener`));
   assertUntouched([pid]);
   process.kill(pid, 'SIGUSR1');
-  await waitFor(out, /^lease ok$/m);
+  await waitFor(out, /^lease read\nlease \w+$/m);
 });
 
 test('a directory watched with F_NOTIFY (dnotify) is refused by name and keeps its watch', async () => {
