@@ -271,7 +271,7 @@ function sharingFacts(pid: number, kids: number[]): unknown {
   };
 }
 
-test('children sharing the fd table (CLONE_FILES) and cwd/umask (CLONE_FS) with their parent still share them', async () => {
+test('children sharing the fd table (CLONE_FILES) and cwd/umask (CLONE_FS) with their parent still share them, with their POSIX locks', async () => {
   const dir = tmpdir('fid-clonefiles');
   const cwd = path.join(dir, 'cwd');
   fs.mkdirSync(cwd);
@@ -282,9 +282,15 @@ test('children sharing the fd table (CLONE_FILES) and cwd/umask (CLONE_FS) with 
   assert.equal(kids.length, 2);
   const before = sharingFacts(pid, kids);
   assert.deepEqual((before as { kids: Array<{ files: boolean; fs: boolean }> }).kids.map((k) => [k.files, k.fs]), [[true, true], [true, false]]);
+  const locks = locksOn(cwd);
+  assert.equal(locks.length, 2);
+  const lockOwners = [getlk(path.join(cwd, 'plock'), 5), getlk(path.join(cwd, 'plock'), 25)];
+  assert.deepEqual(lockOwners.map((l) => [l.type, l.pid]), [[1, pid], [0, kids[1]]]);
   const r = await checkpointKillRestart(procs, pid, dir);
   assert.equal(r.pid, pid);
   assert.deepEqual(sharingFacts(pid, kids), before);
+  assert.deepEqual(locksOn(cwd), locks);
+  assert.deepEqual([getlk(path.join(cwd, 'plock'), 5), getlk(path.join(cwd, 'plock'), 25)], lockOwners);
   for (const k of kids) process.kill(k, 'SIGUSR1');
   const end = await r.wait();
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nshared ok\n');
