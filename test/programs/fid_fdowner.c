@@ -54,6 +54,19 @@ int main(int argc, char **argv)
             say(l == F_RDLCK ? "lease read\n" : l == F_UNLCK ? "lease none\n" : "lease other\n");
         }
     }
+    if (argc > 1 && !strcmp(argv[1], "dnotify")) {
+        int dir = open(".", O_RDONLY | O_DIRECTORY);
+        sa.sa_handler = on_io;
+        sigaction(SIGIO, &sa, NULL);
+        if (dir < 0 || fcntl(dir, F_NOTIFY, DN_CREATE | DN_MULTISHOT)) return 2;
+        say("ready\n");
+        wait_usr1();
+        alarm(10); /* a lost watch ends the program instead of hanging the test */
+        if (close(open("created", O_WRONLY | O_CREAT, 0600))) return fail("create");
+        while (!sigio) pause();
+        say("dnotify ok\n");
+        return 0;
+    }
     int a[2], b[2];
     if (pipe(a) || pipe(b)) return 2;
     if (argc > 2 && !strcmp(argv[1], "owner")) {
