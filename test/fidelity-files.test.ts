@@ -119,14 +119,14 @@ test('a restart while the original still holds its locks fails by name and leave
   await waitFor(out, /^locks ok$/m);
 });
 
-test('a flock on an open file shared with a process outside the tree is refused by name, the tree goes on', async () => {
+test('a flock on an open file shared with a process outside the tree, or held only there, is refused by name, the tree goes on', async () => {
   const dir = tmpdir('fid-lockshare');
   const cwd = path.join(dir, 'cwd');
   fs.mkdirSync(cwd);
   const out = path.join(dir, 'out');
-  const pid = procs.start(build('fid_locks'), [], out, { cwd });
+  // Without its child, which would hold the open file too.
+  const pid = procs.start(build('fid_locks'), ['nochild'], out, { cwd });
   await waitFor(out, /^ready$/m);
-  const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
   // This process takes a copy of the open file holding the flock on "a".
   const fdA = listFds(pid).find((f) => f.target === path.join(cwd, 'a'))!.fd;
   const pidfd = syscall(SYS.pidfd_open, 'pidfd_open', pid, 0);
@@ -135,11 +135,18 @@ test('a flock on an open file shared with a process outside the tree is refused 
   try {
     assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
       new RegExp(`fd ${fdA} of pid ${pid}: its flock write lock on ${cwd}/a belongs to an open file shared with pid ${process.pid} outside the tree`));
+    assert.equal(fs.existsSync(path.join(dir, 'image')), false);
+    assertUntouched([pid]);
+    // The tree closes its fd: the lock (listed under its pid) now lives only outside.
+    process.kill(pid, 'SIGUSR2');
+    await until('fd a to close', () => !listFds(pid).some((f) => f.fd === fdA));
+    assert.ok(locksOn(cwd).some((l) => l.startsWith(`FLOCK ADVISORY WRITE pid=${pid} `)));
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
+      new RegExp(`pid ${pid}: holds a flock write lock on inode [0-9a-f]+:[0-9a-f]+:\\d+ that no fd of the tree carries`));
   } finally {
     fs.closeSync(mine);
   }
-  assert.equal(fs.existsSync(path.join(dir, 'image')), false);
-  assertUntouched([pid, child]);
+  assertUntouched([pid]);
   process.kill(pid, 'SIGUSR1');
   await waitFor(out, /^locks ok$/m);
 });
@@ -207,15 +214,30 @@ test('F_SETOWN_EX owners (process, thread, group), F_SETSIG, O_ASYNC and O_NOATI
   assert.deepEqual(end, { code: 0, signal: null });
 });
 
-test('a lease is refused by name and the process keeps it', async () => {
+test('a read lease comes back; a lease being broken is refused by name', async () => {
   const dir = tmpdir('fid-lease');
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
   const out = path.join(dir, 'out');
-  const pid = procs.start(build('fid_fdowner'), ['lease'], out, { cwd: dir });
+  const pid = procs.start(build('fid_fdowner'), ['lease'], out, { cwd });
   await waitFor(out, /^ready$/m);
-  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`fd \\d+ of pid ${pid} \\(${dir}/f\\): holds a read lease \\(F_SETLEASE\\)`));
+  const before = locksOn(cwd);
+  assert.equal(before.length, 1);
+  assert.match(before[0], new RegExp(`^LEASE ACTIVE READ pid=${pid} `));
+  const facts = fdFacts(pid);
+  const r = await checkpointKillRestart(procs, pid, dir);
+  assert.equal(r.pid, pid);
+  assert.deepEqual(locksOn(cwd), before);
+  assert.deepEqual(fdFacts(pid), facts);
+  process.kill(pid, 'SIGUSR1');
+  await waitFor(out, /^lease read$/m);
+  // An opener for writing breaks it: the lease stays "BREAKING" until the program lets go.
+  assert.throws(() => fs.openSync(path.join(cwd, 'f'), fs.constants.O_WRONLY | fs.constants.O_NONBLOCK), /EAGAIN|EWOULDBLOCK/);
+  assert.match(locksOn(cwd)[0], /^LEASE BREAKING /);
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image2')), new RegExp(`fd \\d+ of pid ${pid} \\(${cwd}/f\\): its lease \\(F_SETLEASE\\) is being broken by another opener`));
   assertUntouched([pid]);
   process.kill(pid, 'SIGUSR1');
-  await waitFor(out, /^lease ok$/m);
+  await waitFor(out, /^lease read\nlease \w+$/m);
 });
 
 test('a directory watched with F_NOTIFY (dnotify) is refused by name and keeps its watch', async () => {
@@ -249,7 +271,7 @@ function sharingFacts(pid: number, kids: number[]): unknown {
   };
 }
 
-test('children sharing the fd table (CLONE_FILES) and cwd/umask (CLONE_FS) with their parent still share them', async () => {
+test('children sharing the fd table (CLONE_FILES) and cwd/umask (CLONE_FS) with their parent still share them, with their POSIX locks', async () => {
   const dir = tmpdir('fid-clonefiles');
   const cwd = path.join(dir, 'cwd');
   fs.mkdirSync(cwd);
@@ -260,9 +282,15 @@ test('children sharing the fd table (CLONE_FILES) and cwd/umask (CLONE_FS) with 
   assert.equal(kids.length, 2);
   const before = sharingFacts(pid, kids);
   assert.deepEqual((before as { kids: Array<{ files: boolean; fs: boolean }> }).kids.map((k) => [k.files, k.fs]), [[true, true], [true, false]]);
+  const locks = locksOn(cwd);
+  assert.equal(locks.length, 2);
+  const lockOwners = [getlk(path.join(cwd, 'plock'), 5), getlk(path.join(cwd, 'plock'), 25)];
+  assert.deepEqual(lockOwners.map((l) => [l.type, l.pid]), [[1, pid], [0, kids[1]]]);
   const r = await checkpointKillRestart(procs, pid, dir);
   assert.equal(r.pid, pid);
   assert.deepEqual(sharingFacts(pid, kids), before);
+  assert.deepEqual(locksOn(cwd), locks);
+  assert.deepEqual([getlk(path.join(cwd, 'plock'), 5), getlk(path.join(cwd, 'plock'), 25)], lockOwners);
   for (const k of kids) process.kill(k, 'SIGUSR1');
   const end = await r.wait();
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nshared ok\n');

@@ -3,9 +3,10 @@
 // file description), with their ranges and read/write types. Read from the
 // `lock:` lines of /proc/PID/fdinfo/N, checked against /proc/locks, and
 // taken again in the restored task on the same fd before anything runs.
-// Leases, lock waiters left over after the freeze, locks we cannot tie to an
-// fd of the tree and locks on open files shared with processes outside the
-// tree are refused by name. (Mandatory locking no longer exists in Linux.)
+// Leases (F_SETLEASE, owned by the open file description) are taken again
+// too. Leases being broken, lock waiters left over after the freeze, locks
+// we cannot tie to an fd of the tree and locks on open files shared with
+// processes outside the tree are refused by name. (Mandatory locking no longer exists in Linux.)
 import fs from 'node:fs';
 import { z } from 'zod';
 import type { ImageFd } from '../image/schema';
@@ -17,9 +18,9 @@ import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
 const hex64 = z.string().regex(/^0x[0-9a-f]{1,16}$/);
 
 export const FileLock = z.object({
-  kind: z.enum(['flock', 'posix', 'ofd']),
+  kind: z.enum(['flock', 'posix', 'ofd', 'lease']),
   type: z.enum(['read', 'write']),
-  /** first byte locked (flock: 0) */
+  /** first byte locked (flock and lease: 0) */
   start: hex64,
   /** bytes locked; 0 means up to the end of the file, however long it grows */
   len: hex64,
@@ -59,6 +60,7 @@ export function parseLockLine(line: string): LockLine | null {
 const hex = (v: bigint) => '0x' + v.toString(16);
 
 function describe(l: { kind: string; type: string; start: string; len: string }): string {
+  if (l.kind === 'lease') return `${l.type} lease`;
   const len = BigInt(l.len);
   const range = l.kind === 'flock' ? '' : ` on bytes ${BigInt(l.start)}..${len === 0n ? 'EOF' : BigInt(l.start) + len - 1n}`;
   return `${l.kind} ${l.type} lock${range}`;
@@ -88,12 +90,13 @@ export class LockTable {
       if (!raw.startsWith('lock:')) continue;
       const l = parseLockLine(raw.slice(5).trim());
       if (!l) throw new StasisError(`${where}: cannot parse the lock line "${raw}" of its fdinfo`);
-      if (l.kind === 'LEASE' || l.kind === 'DELEG' || l.mode === 'BREAKING' || l.mode === 'BREAKER') {
-        throw new UnsupportedError(`${where}: holds a ${l.type.toLowerCase()} lease (F_SETLEASE), which stasis cannot restore yet; release it with F_SETLEASE F_UNLCK before the checkpoint`);
+      if (l.kind === 'DELEG') throw new UnsupportedError(`${where}: holds an NFS delegation, not supported`);
+      if (l.kind === 'LEASE' && l.mode !== 'ACTIVE') {
+        throw new UnsupportedError(`${where}: its lease (F_SETLEASE) is being broken by another opener; retry the checkpoint once the program has released it`);
       }
       if (l.waiter) throw new UnsupportedError(`${where}: pid ${l.pid} still waits for a ${l.kind} lock after the freeze; retry the checkpoint`);
-      if (l.mode !== 'ADVISORY') throw new UnsupportedError(`${where}: ${l.mode} ${l.kind} lock is not supported`);
-      const kind = l.kind === 'FLOCK' ? 'flock' : l.kind === 'POSIX' ? 'posix' : l.kind === 'OFDLCK' ? 'ofd' : null;
+      if (l.mode !== 'ADVISORY' && l.kind !== 'LEASE') throw new UnsupportedError(`${where}: ${l.mode} ${l.kind} lock is not supported`);
+      const kind = l.kind === 'FLOCK' ? 'flock' : l.kind === 'POSIX' ? 'posix' : l.kind === 'OFDLCK' ? 'ofd' : l.kind === 'LEASE' ? 'lease' : null;
       if (!kind) throw new UnsupportedError(`${where}: ${l.kind} lock is not supported`);
       if (l.type !== 'READ' && l.type !== 'WRITE') throw new UnsupportedError(`${where}: ${kind} lock of type ${l.type} is not supported`);
       if (kind === 'posix' && l.pid !== pid) {
@@ -125,8 +128,9 @@ export class LockTable {
       const l = parseLockLine(line);
       if (!l || !tree.has(l.pid)) continue;
       if (l.waiter) throw new UnsupportedError(`pid ${l.pid}: still waits for a ${l.kind} lock on inode ${l.inode} after the freeze; retry the checkpoint`);
-      if (l.kind === 'LEASE' || l.kind === 'DELEG') throw new UnsupportedError(`pid ${l.pid}: holds a lease on inode ${l.inode} (F_SETLEASE) through a file outside its fd table; not supported`);
-      const kind = l.kind === 'FLOCK' ? 'flock' : l.kind === 'POSIX' ? 'posix' : l.kind === 'OFDLCK' ? 'ofd' : l.kind;
+      if (l.kind === 'DELEG') throw new UnsupportedError(`pid ${l.pid}: holds an NFS delegation on inode ${l.inode}; not supported`);
+      if (l.kind === 'LEASE' && l.mode !== 'ACTIVE') throw new UnsupportedError(`pid ${l.pid}: its lease on inode ${l.inode} (F_SETLEASE) is being broken by another opener; retry the checkpoint once the program has released it`);
+      const kind = l.kind === 'FLOCK' ? 'flock' : l.kind === 'POSIX' ? 'posix' : l.kind === 'OFDLCK' ? 'ofd' : l.kind === 'LEASE' ? 'lease' : l.kind;
       const start = hex(l.start);
       const len = hex(l.end === null ? 0n : l.end - l.start + 1n);
       const known = this.held.some((h) => h.inode === l.inode && h.lock.kind === kind && h.lock.pid === l.pid && h.lock.start === start && h.lock.len === len);
@@ -169,7 +173,7 @@ export class LockTable {
 }
 
 const KCMP_FILE = 0;
-const F_SETLK = 6, F_OFD_SETLK = 37, F_RDLCK = 0, F_WRLCK = 1, SEEK_SET = 0;
+const F_SETLK = 6, F_OFD_SETLK = 37, F_SETLEASE = 1024, F_RDLCK = 0, F_WRLCK = 1, SEEK_SET = 0;
 const LOCK_SH = 1, LOCK_EX = 2, LOCK_NB = 4;
 const SYS_FLOCK = 73;
 
@@ -185,6 +189,9 @@ export function restoreLocks(remote: Remote, fds: ImageFd[]): void {
       try {
         if (l.kind === 'flock') {
           remote.call('flock', SYS_FLOCK, [f.fd, (l.type === 'read' ? LOCK_SH : LOCK_EX) | LOCK_NB], where);
+        } else if (l.kind === 'lease') {
+          // Also makes the process the file's signal owner; restoreFdOwners sets the saved owner after.
+          remote.call('fcntl(F_SETLEASE)', SYS.fcntl, [f.fd, F_SETLEASE, l.type === 'read' ? F_RDLCK : F_WRLCK], where);
         } else {
           const fl = Buffer.alloc(32); // struct flock
           fl.writeInt16LE(l.type === 'read' ? F_RDLCK : F_WRLCK, 0);
@@ -195,7 +202,8 @@ export function restoreLocks(remote: Remote, fds: ImageFd[]): void {
         }
       } catch (e) {
         if (e instanceof SyscallError && (e.code === 'EAGAIN' || e.code === 'EACCES')) {
-          throw new StasisError(`pid ${remote.pid} ${where}: another process holds a conflicting lock now; end it (the original, if it still runs) and restart again`);
+          const who = l.kind === 'lease' ? 'another process has the file open for writing' : 'another process holds a conflicting lock';
+          throw new StasisError(`pid ${remote.pid} ${where}: ${who} now; end it (the original, if it still runs) and restart again`);
         }
         throw e;
       }

@@ -82,6 +82,7 @@ export function dumpSharing(procs: Array<{ pid: number; ppid: number }>, root: n
  * process, whose list is empty (NULL).
  */
 function refuseSemUndo(pids: number[]): void {
+  if (!fs.existsSync('/proc/sysvipc/sem')) return; // no System V IPC in this kernel
   const sets = fs.readFileSync('/proc/sysvipc/sem', 'utf8').trim().split('\n').length - 1;
   if (sets <= 0) return;
   const blank = spawnBlank();

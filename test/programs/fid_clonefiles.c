@@ -5,6 +5,8 @@
 // table: the parent sees the new fd), the first also changes cwd and umask
 // (shared fs: the parent follows), and exits with the fd number. The
 // parent, waiting in waitpid all along, checks everything: "shared ok".
+// File "plock" carries a POSIX write lock 0..9 set by the parent and a read
+// lock 20..29 set by the CLONE_FILES child through the shared table.
 // `sighand`: a child sharing address space and signal handlers (refused).
 // `semundo`: holds a semaphore adjustment with SEM_UNDO (refused); `sem`:
 // the same without SEM_UNDO. Both print "semid N", "ready", and on SIGUSR1
@@ -58,6 +60,10 @@ int main(int argc, char **argv)
     }
     if (mkdir("sub", 0700) && access("sub", F_OK)) return 2;
     umask(022);
+    /* POSIX locks in a shared fd table: one owner, each lock listed with the pid that set it */
+    int plock = open("plock", O_RDWR | O_CREAT, 0600);
+    struct flock wr = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10 };
+    if (plock < 0 || fcntl(plock, F_SETLK, &wr)) return 2;
     pid_t both = clone_sharing(CLONE_FILES | CLONE_FS);
     if (both == 0) {
         while (!go) pause();
@@ -68,10 +74,20 @@ int main(int argc, char **argv)
     }
     pid_t files = clone_sharing(CLONE_FILES);
     if (files == 0) {
+        struct flock rd = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 20, .l_len = 10 };
+        if (fcntl(plock, F_SETLK, &rd)) _exit(255);
         while (!go) pause();
         int fd = open("files", O_RDWR | O_CREAT, 0600);
         umask(070); /* not shared: the parent keeps its own */
         _exit(fd < 0 ? 255 : fd);
+    }
+    /* ready once the child's lock shows from another open file */
+    int probe = open("plock", O_RDWR);
+    for (;;) {
+        struct flock q = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 25, .l_len = 1 };
+        if (fcntl(probe, F_OFD_GETLK, &q)) return 2;
+        if (q.l_type == F_RDLCK && q.l_pid == files) break;
+        usleep(1000);
     }
     say("ready\n");
     int st1, st2;
