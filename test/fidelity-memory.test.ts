@@ -169,3 +169,13 @@ test('a userfaultfd-registered range is refused by name; the target keeps runnin
 test('two processes sharing one mm (clone CLONE_VM) are refused by name; both keep running', async () => {
   await refused('clonevm', /pid \d+ shares its address space with pid \d+ \(clone with CLONE_VM/);
 });
+
+test('mappings that cannot be read (past the end of a file, truncated memfd, PROT_NONE, guard pages) checkpoint and come back', async () => {
+  const { pid, dir, out } = await startReady('fid_unreadable', ['data']);
+  const before = smapsState(pid);
+  const r = await killRestart(pid, dir);
+  assert.deepEqual(smapsState(r.pid), before);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+});
