@@ -16,6 +16,7 @@ import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
 import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
+import { imageTaskIds, refuseProcFilesUnderNewPids } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
 import { ImageError, StasisError } from './sys/errno';
@@ -142,7 +143,7 @@ function preflight(img: LoadedImage, ns: boolean): void {
     for (const v of p.vmas) {
       if (v.kind === 'file') checkFileIdentity(v.file!, `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`);
     }
-    checkFds(p.fds);
+    checkFds(p.fds, imageTaskIds(img.processes, img.zombies));
     const saved = p.vmas.reduce((s, v) => s + v.savedPages, 0) * PAGE_SIZE;
     const carried = img.pages.filter((r) => r.pid === p.pid).reduce((s, r) => s + r.data.length, 0);
     if (saved !== carried) throw new ImageError(`pid ${p.pid}: the image lists ${saved} bytes of pages but carries ${carried}`);
@@ -425,6 +426,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     // The tree, top down: every task is a copy of the blank until rebuilt.
     let nsInit: Tracee | null = null;
     if (ns) {
+      refuseProcFilesUnderNewPids(img.processes, 'inside a new pid namespace');
       blankRemote.call('unshare', SYS.unshare, [CLONE_NEWPID], 'new pid namespace');
       nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0);
       nsInit.vpid = nsInit.vtgid = 1;
@@ -433,6 +435,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       rootTask = cloneAt(blankRemote.withTask(nsInit), root.pid, 0, SIGCHLD, 0, true);
       created.push(rootTask);
     } else if (singleTask(img) && pidInUse(root.pid) !== null) {
+      refuseProcFilesUnderNewPids(img.processes, `under a new pid (pid ${root.pid} is in use)`);
       log(`pid ${root.pid} is in use: restoring under a new pid`);
       rootTask = blank;
     } else {

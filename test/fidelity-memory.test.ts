@@ -146,8 +146,8 @@ for (const mode of ['moved', 'unmapped']) {
 }
 
 /** A refused checkpoint: the named error, no image, the tree running untraced and unfrozen. */
-async function refused(mode: string, why: RegExp): Promise<void> {
-  const { pid, dir, out } = await startReady('fid_refuse_mem', [mode]);
+async function refused(name: string, args: string[], why: RegExp): Promise<void> {
+  const { pid, dir, out } = await startReady(name, args);
   const tree = scanTree(pid).map((p) => p.pid);
   const img = path.join(dir, 'image');
   assert.throws(() => checkpointSync(pid, img), why);
@@ -163,11 +163,11 @@ async function refused(mode: string, why: RegExp): Promise<void> {
 }
 
 test('a userfaultfd-registered range is refused by name; the target keeps running', async () => {
-  await refused('uffd', /pid \d+: vma [0-9a-f]+-[0-9a-f]+: a userfaultfd-registered range is not supported/);
+  await refused('fid_refuse_mem', ['uffd'], /pid \d+: vma [0-9a-f]+-[0-9a-f]+: a userfaultfd-registered range is not supported/);
 });
 
 test('two processes sharing one mm (clone CLONE_VM) are refused by name; both keep running', async () => {
-  await refused('clonevm', /pid \d+ shares its address space with pid \d+ \(clone with CLONE_VM/);
+  await refused('fid_refuse_mem', ['clonevm'], /pid \d+ shares its address space with pid \d+ \(clone with CLONE_VM/);
 });
 
 test('mappings that cannot be read (past the end of a file, truncated memfd, PROT_NONE, guard pages) checkpoint and come back', async () => {
@@ -178,4 +178,20 @@ test('mappings that cannot be read (past the end of a file, truncated memfd, PRO
   process.kill(r.pid, 'SIGUSR1');
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+});
+
+test('/proc files of tree members, held open, name the same processes after restart', async () => {
+  const { pid, dir, out } = await startReady('fid_procfiles');
+  const live = path.join(dir, 'live');
+  checkpointSync(pid, live);
+  // Under other pids the paths would lead to other processes.
+  assert.throws(() => restartSync(live, { pidNs: true }), /fd \d+ is \/proc\/\d+\/\w+, which would name another process inside a new pid namespace/);
+  const r = await killRestart(pid, dir);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild ok\nparent ok\n');
+});
+
+test('a /proc file of a process outside the tree is refused by name; the tree keeps running', async () => {
+  await refused('fid_procfiles', ['outside'], /fd \d+ of pid \d+: \/proc\/1\/status belongs to pid 1, which is outside the tree/);
 });

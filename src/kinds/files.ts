@@ -15,6 +15,7 @@ import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
 import { isEventfd, dumpEventfd, createEventfd } from './eventfd';
 import { dumpSignalfd, dumpTimerfd, createSignalfd, createTimerfd } from './timerfd';
 import { isEpoll, dumpEpoll, createEpoll } from './epoll';
+import { procPidOf } from './procfs';
 
 const O_CLOEXEC = 0o2000000, O_CREAT = 0o100, O_EXCL = 0o200, O_TRUNC = 0o1000, O_PATH = 0o10000000;
 const KCMP_FILE = 0;
@@ -187,10 +188,15 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, me
   }
 }
 
-/** Before any process exists: every file an fd names must be there. */
-export function checkFds(fds: ImageFd[]): void {
+/**
+ * Before any process exists: every file an fd names must be there (the
+ * /proc directories of the image's own tasks come into being with them).
+ */
+export function checkFds(fds: ImageFd[], taskIds: Set<number> = new Set()): void {
   for (const f of fds) {
     if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe' || f.kind === 'memfd' || f.kind === 'eventfd' || f.kind === 'signalfd' || f.kind === 'timerfd' || f.kind === 'epoll') continue;
+    const procPid = procPidOf(f.path);
+    if (procPid !== null && taskIds.has(procPid)) continue;
     if (!fs.existsSync(f.path)) throw new StasisError(`fd ${f.fd}: ${f.path} is missing; restore the file or restart where it exists`);
   }
 }
