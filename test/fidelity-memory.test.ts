@@ -195,3 +195,11 @@ test('/proc files of tree members, held open, name the same processes after rest
 test('a /proc file of a process outside the tree is refused by name; the tree keeps running', async () => {
   await refused('fid_procfiles', ['outside'], /fd \d+ of pid \d+: \/proc\/1\/status belongs to pid 1, which is outside the tree/);
 });
+
+test('FIFOs opened read-write, read-only and write-only in one process keep their flags, bytes and ends', async () => {
+  const { pid, dir, out } = await startReady('fid_fifo');
+  const r = await killRestart(pid, dir);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+});
