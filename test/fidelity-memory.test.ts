@@ -203,3 +203,17 @@ test('FIFOs opened read-write, read-only and write-only in one process keep thei
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
 });
+
+for (const mode of ['inside', 'outside']) {
+  test(`a chrooted process with its cwd ${mode} the new root keeps both`, async () => {
+    const { pid, dir, out } = await startReady('fid_chroot', [mode]);
+    const links = (p: number) => ['root', 'cwd'].map((l) => fs.readlinkSync(`/proc/${p}/${l}`));
+    const before = links(pid);
+    assert.equal(before[0], path.join(fs.realpathSync(dir), 'jail'));
+    const r = await killRestart(pid, dir);
+    assert.deepEqual(links(r.pid), before);
+    process.kill(r.pid, 'SIGUSR1');
+    assert.deepEqual(await r.wait(), { code: 0, signal: null });
+    assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+  });
+}
