@@ -9,7 +9,7 @@ import { Remote } from './ptrace/remote';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, dumpLockFuture, refuseSharedMm } from './kinds/memory';
+import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, dumpLockFuture, refuseSharedMm, refuseMempolicy } from './kinds/memory';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
@@ -138,6 +138,7 @@ function dumpProcess(s: Survey): ImageProcess {
     const xcompPerm = dumpXcompPerm(remote);
     const mm = dumpMm(remote);
     const lockFuture = dumpLockFuture(remote);
+    refuseMempolicy(remote, s.vmas);
     const threads: ImageThread[] = s.proc.threads.map((t) => {
       const r = remote.withTask(t);
       const cpu = dumpCpu(t);
