@@ -60,16 +60,19 @@ function checkTarget(pid: number): void {
   if (state === 'Z') throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
 }
 
-/** A `syscall` instruction to inject through: where the task stopped, or in its vDSO. */
-function locateSyscall(t: Tracee, vdso?: { start: number; end: number }): number {
+/**
+ * A `syscall` instruction to inject through: where the task stopped, or in
+ * its vDSO, or (a program that unmapped its vDSO) in any code it maps.
+ */
+function locateSyscall(t: Tracee, code: Array<{ start: number; end: number }>): number {
   const rip = Number(t.saved!.get('rip'));
   try {
     const b = t.readMem(rip - 2, 2);
     if (b[0] === 0x0f && b[1] === 0x05) return rip - 2;
   } catch { /* rip-2 not readable: fall through to the vDSO */ }
-  if (vdso) {
-    const code = t.readMem(vdso.start, vdso.end - vdso.start);
-    for (let i = 0; i + 1 < code.length; i++) if (code[i] === 0x0f && code[i + 1] === 0x05) return vdso.start + i;
+  for (const r of code) {
+    const bytes = t.readMem(r.start, r.end - r.start);
+    for (let i = 0; i + 1 < bytes.length; i++) if (bytes[i] === 0x0f && bytes[i + 1] === 0x05) return r.start + i;
   }
   throw new StasisError(`pid ${t.pid}: found no syscall instruction to run system calls in the task`);
 }
@@ -128,7 +131,8 @@ function dumpProcess(s: Survey): ImageProcess {
   const stat = readStat(pid);
   const attrs = dumpProcessAttrs(pid);
   const main = s.proc.threads[0];
-  const insn = locateSyscall(main, specialVmas(s.vmas).get('[vdso]'));
+  const vdso = specialVmas(s.vmas).get('[vdso]');
+  const insn = locateSyscall(main, vdso ? [vdso] : s.vmas.filter((v) => v.prot === 'r-x' && v.kind === 'file'));
   for (const t of s.proc.threads) t.syscallInsn = insn;
   const remote = new Remote(main);
   remote.mapScratch(4 * PAGE_SIZE);
