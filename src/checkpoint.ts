@@ -9,7 +9,7 @@ import { Remote } from './ptrace/remote';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, dumpLockFuture } from './kinds/memory';
+import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, dumpLockFuture, refuseMempolicy } from './kinds/memory';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
@@ -17,6 +17,7 @@ import { dumpFds } from './kinds/files';
 import { LockTable } from './kinds/locks';
 import { dumpSharing, fdTableSharers, Sharing } from './kinds/sharing';
 import { dumpFdOwners, refuseForeignOwners } from './kinds/fdowner';
+import { refuseForeignProcFiles } from './kinds/procfs';
 import { PipeTable } from './kinds/pipes';
 import { MemfdTable, refuseMemfdExe } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
@@ -64,16 +65,19 @@ function checkTarget(pid: number): void {
   if (state === 'Z') throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
 }
 
-/** A `syscall` instruction to inject through: where the task stopped, or in its vDSO. */
-function locateSyscall(t: Tracee, vdso?: { start: number; end: number }): number {
+/**
+ * A `syscall` instruction to inject through: where the task stopped, or in
+ * its vDSO, or (a program that unmapped its vDSO) in any code it maps.
+ */
+function locateSyscall(t: Tracee, code: Array<{ start: number; end: number }>): number {
   const rip = Number(t.saved!.get('rip'));
   try {
     const b = t.readMem(rip - 2, 2);
     if (b[0] === 0x0f && b[1] === 0x05) return rip - 2;
   } catch { /* rip-2 not readable: fall through to the vDSO */ }
-  if (vdso) {
-    const code = t.readMem(vdso.start, vdso.end - vdso.start);
-    for (let i = 0; i + 1 < code.length; i++) if (code[i] === 0x0f && code[i + 1] === 0x05) return vdso.start + i;
+  for (const r of code) {
+    const bytes = t.readMem(r.start, r.end - r.start);
+    for (let i = 0; i + 1 < bytes.length; i++) if (bytes[i] === 0x0f && bytes[i + 1] === 0x05) return r.start + i;
   }
   throw new StasisError(`pid ${t.pid}: found no syscall instruction to run system calls in the task`);
 }
@@ -134,7 +138,8 @@ function dumpProcess(s: Survey): ImageProcess {
   const attrs = dumpProcessAttrs(pid);
   const cgroups = dumpCgroups(pid);
   const main = s.proc.threads[0];
-  const insn = locateSyscall(main, specialVmas(s.vmas).get('[vdso]'));
+  const vdso = specialVmas(s.vmas).get('[vdso]');
+  const insn = locateSyscall(main, vdso ? [vdso] : s.vmas.filter((v) => v.prot === 'r-x' && v.kind === 'file'));
   for (const t of s.proc.threads) t.syscallInsn = insn;
   const remote = new Remote(main);
   remote.mapScratch(4 * PAGE_SIZE);
@@ -144,6 +149,7 @@ function dumpProcess(s: Survey): ImageProcess {
     const xcompPerm = dumpXcompPerm(remote);
     const mm = dumpMm(remote);
     const lockFuture = dumpLockFuture(remote);
+    refuseMempolicy(remote, s.vmas);
     const threads: ImageThread[] = s.proc.threads.map((t) => {
       const r = remote.withTask(t);
       const cpu = dumpCpu(t);
@@ -209,6 +215,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
     }
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
+    refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)));
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));

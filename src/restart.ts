@@ -19,6 +19,7 @@ import { restoreFds, checkFds } from './kinds/files';
 import { restoreLocks } from './kinds/locks';
 import { restoreFdOwners } from './kinds/fdowner';
 import { sharingFlags } from './kinds/sharing';
+import { imageTaskIds, refuseProcFilesUnderNewPids } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
 import { checkCgroups, restoreCgroups } from './kinds/cgroups';
@@ -88,7 +89,7 @@ function preflight(img: LoadedImage, ns: boolean): void {
     checkCreds(p.creds);
     checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
     checkMappedFiles(p.vmas, p.creds, p.pid);
-    checkFds(p.fds, p.creds, p.pid);
+    checkFds(p.fds, p.creds, p.pid, imageTaskIds(img.processes, img.zombies));
     checkCgroups(p.pid, p.cgroups);
   }
   if (ns || singleTask(img)) return; // pids are free in a new namespace; one task may take a new pid
@@ -371,6 +372,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     // The tree, top down: every task is a copy of the blank until rebuilt.
     let nsInit: Tracee | null = null;
     if (ns) {
+      refuseProcFilesUnderNewPids(img.processes, 'inside a new pid namespace');
       blankRemote.call('unshare', SYS.unshare, [CLONE_NEWPID], 'new pid namespace');
       nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0);
       nsInit.vpid = nsInit.vtgid = 1;
@@ -379,6 +381,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       rootTask = cloneAt(blankRemote.withTask(nsInit), root.pid, 0, SIGCHLD, 0, true);
       created.push(rootTask);
     } else if (singleTask(img) && pidInUse(root.pid) !== null) {
+      refuseProcFilesUnderNewPids(img.processes, `under a new pid (pid ${root.pid} is in use)`);
       log(`pid ${root.pid} is in use: restoring under a new pid`);
       rootTask = blank;
     } else {

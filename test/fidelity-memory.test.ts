@@ -132,11 +132,16 @@ function specials(pid: number): string[] {
     .map((l) => `${l.split(/\s+/).pop()} ${l.split(' ')[0]}`);
 }
 
-for (const mode of ['moved', 'unmapped']) {
-  test(`a [vdso] the program ${mode} is ${mode} again after restart`, async () => {
+const VDSO_CASES: Record<string, string> = {
+  moved: 'a [vdso] the program moved is moved again after restart',
+  unmapped: 'a [vdso] the program unmapped is unmapped again after restart',
+  'unmapped-spin': 'a process without [vdso], stopped outside any system call, checkpoints and restarts',
+};
+for (const [mode, title] of Object.entries(VDSO_CASES)) {
+  test(title, async () => {
     const { pid, dir, out } = await startReady('fid_vdso_moved', [mode]);
     const before = specials(pid);
-    if (mode === 'unmapped') assert.deepEqual(before, []);
+    if (mode !== 'moved') assert.deepEqual(before, []);
     const r = await killRestart(pid, dir);
     assert.deepEqual(specials(r.pid), before);
     process.kill(r.pid, 'SIGUSR1');
@@ -146,8 +151,8 @@ for (const mode of ['moved', 'unmapped']) {
 }
 
 /** A refused checkpoint: the named error, no image, the tree running untraced and unfrozen. */
-async function refused(mode: string, why: RegExp): Promise<void> {
-  const { pid, dir, out } = await startReady('fid_refuse_mem', [mode]);
+async function refused(name: string, args: string[], why: RegExp): Promise<void> {
+  const { pid, dir, out } = await startReady(name, args);
   const tree = scanTree(pid).map((p) => p.pid);
   const img = path.join(dir, 'image');
   assert.throws(() => checkpointSync(pid, img), why);
@@ -163,9 +168,65 @@ async function refused(mode: string, why: RegExp): Promise<void> {
 }
 
 test('a userfaultfd-registered range is refused by name; the target keeps running', async () => {
-  await refused('uffd', /pid \d+: vma [0-9a-f]+-[0-9a-f]+: a userfaultfd-registered range is not supported/);
+  await refused('fid_refuse_mem', ['uffd'], /pid \d+: vma [0-9a-f]+-[0-9a-f]+: a userfaultfd-registered range is not supported/);
+});
+
+test('a NUMA policy set with mbind on a range is refused by name; the target keeps running', async () => {
+  await refused('fid_refuse_mem', ['mbind'], /pid \d+: vma [0-9a-f]+-[0-9a-f]+ has NUMA memory policy "bind" \(set_mempolicy or mbind\): not supported/);
+});
+
+test('a NUMA policy set with set_mempolicy for the task is refused by name; the target keeps running', async () => {
+  await refused('fid_refuse_mem', ['mempolicy'], /pid \d+: the task has NUMA memory policy "preferred"/);
 });
 
 test('two processes sharing one mm (clone CLONE_VM) are refused by name; both keep running', async () => {
-  await refused('clonevm', /pids \d+ and \d+: share one address space as separate processes \(CLONE_VM without CLONE_THREAD, vfork\)/);
+  await refused('fid_refuse_mem', ['clonevm'], /pids \d+ and \d+: share one address space as separate processes \(CLONE_VM without CLONE_THREAD, vfork\)/);
 });
+
+test('mappings that cannot be read (past the end of a file, truncated memfd, PROT_NONE, guard pages) checkpoint and come back', async () => {
+  const { pid, dir, out } = await startReady('fid_unreadable', ['data']);
+  const before = smapsState(pid);
+  const r = await killRestart(pid, dir);
+  assert.deepEqual(smapsState(r.pid), before);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+});
+
+test('/proc files of tree members, held open, name the same processes after restart', async () => {
+  const { pid, dir, out } = await startReady('fid_procfiles');
+  const live = path.join(dir, 'live');
+  checkpointSync(pid, live);
+  // Under other pids the paths would lead to other processes.
+  assert.throws(() => restartSync(live, { pidNs: true }), /fd \d+ is \/proc\/\d+\/\w+, which would name another process inside a new pid namespace/);
+  const r = await killRestart(pid, dir);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild ok\nparent ok\n');
+});
+
+test('a /proc file of a process outside the tree is refused by name; the tree keeps running', async () => {
+  await refused('fid_procfiles', ['outside'], /fd \d+ of pid \d+: \/proc\/1\/status belongs to pid 1, which is outside the tree/);
+});
+
+test('FIFOs opened read-write, read-only and write-only in one process keep their flags, bytes and ends', async () => {
+  const { pid, dir, out } = await startReady('fid_fifo');
+  const r = await killRestart(pid, dir);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+});
+
+for (const mode of ['inside', 'outside']) {
+  test(`a chrooted process with its cwd ${mode} the new root keeps both`, async () => {
+    const { pid, dir, out } = await startReady('fid_chroot', [mode]);
+    const links = (p: number) => ['root', 'cwd'].map((l) => fs.readlinkSync(`/proc/${p}/${l}`));
+    const before = links(pid);
+    assert.equal(before[0], path.join(fs.realpathSync(dir), 'jail'));
+    const r = await killRestart(pid, dir);
+    assert.deepEqual(links(r.pid), before);
+    process.kill(r.pid, 'SIGUSR1');
+    assert.deepEqual(await r.wait(), { code: 0, signal: null });
+    assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+  });
+}

@@ -17,6 +17,7 @@ import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
 import { isEventfd, dumpEventfd, createEventfd } from './eventfd';
 import { dumpSignalfd, dumpTimerfd, createSignalfd, createTimerfd } from './timerfd';
 import { isEpoll, dumpEpoll, createEpoll } from './epoll';
+import { procPidOf } from './procfs';
 
 const O_CLOEXEC = 0o2000000, O_CREAT = 0o100, O_EXCL = 0o200, O_TRUNC = 0o1000, O_PATH = 0o10000000;
 const KCMP_FILE = 0;
@@ -248,13 +249,16 @@ export function mayOpen(st: fs.Stats, flags: number, creds: ImageCreds): boolean
  * the same file (device and inode) for a regular file, and could have been
  * opened that way by the saved process.
  */
-export function checkFds(fds: ImageFd[], creds: ImageCreds, pid: number, limit = openFileLimit()): void {
+export function checkFds(fds: ImageFd[], creds: ImageCreds, pid: number, taskIds: Set<number> = new Set(), limit = openFileLimit()): void {
   for (const f of fds) {
     if (f.fd >= limit) throw new StasisError(`pid ${pid}: fd ${f.fd} is at or above this restarter's RLIMIT_NOFILE (${limit}); raise it (ulimit -n) and restart again`);
   }
   for (const f of fds) {
     if (f.sameAs !== undefined || f.sharedWith || (f.kind !== 'file' && f.kind !== 'dir' && f.kind !== 'chr')) continue;
     const where = `pid ${pid}: fd ${f.fd}`;
+    // /proc directories of the image's own tasks come into being with them.
+    const procPid = procPidOf(f.path);
+    if (procPid !== null && taskIds.has(procPid)) continue;
     let st: fs.Stats;
     try {
       st = fs.lstatSync(f.path);

@@ -161,7 +161,11 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVm
     if (SPECIAL[v.path]) {
       out.push({ ...base, kind: SPECIAL[v.path], name: v.path });
     } else if (v.path.startsWith('[') || v.path === '') {
-      if (v.path && v.path !== '[heap]' && v.path !== '[stack]' && !v.path.startsWith('[anon:')) {
+      if (v.path.startsWith('[anon:')) {
+        // PR_SET_VMA_ANON_NAME (not configured in the kernel stasis is tested on).
+        throw new UnsupportedError(`pid ${pid}: ${label}: named anonymous memory is not supported yet; checkpoint it without the name`);
+      }
+      if (v.path && v.path !== '[heap]' && v.path !== '[stack]') {
         throw new UnsupportedError(`${label}: special mapping ${v.path} is not supported yet`);
       }
       if (v.shared) throw new UnsupportedError(`${label}: shared anonymous mapping without a backing object is not supported yet`);
@@ -643,6 +647,36 @@ export function dumpLockFuture(remote: Remote): LockFuture {
 }
 
 const MCL_FUTURE = 2, MCL_ONFAULT = 4;
+const SYS_GET_MEMPOLICY = 239, MPOL_F_ADDR = 2;
+const MPOL_NAMES = ['default', 'preferred', 'bind', 'interleave', 'local', 'preferred many', 'weighted interleave'];
+
+/**
+ * NUMA memory policies (set_mempolicy, mbind) are not saved: any policy
+ * other than the default, for the task or for a VMA, is refused by name.
+ * get_mempolicy(MPOL_F_ADDR) gives a VMA's policy, or the task's when it
+ * has none of its own: one batch of calls for every VMA.
+ */
+export function refuseMempolicy(remote: Remote, vmas: ImageVma[]): void {
+  const pid = remote.pid;
+  const targets = [{ addr: 0, what: 'the task' }, ...vmas.filter((v) => v.kind !== 'vvar' && v.kind !== 'vvar_vclock')
+    .map((v) => ({ addr: v.start, what: vmaLabel(v, v.file?.path ?? v.name) }))];
+  for (let i = 0; i < targets.length; i += 256) {
+    const part = targets.slice(i, i + 256);
+    remote.reset();
+    const modes = remote.alloc(4 * part.length);
+    remote.batch(part.map((t, k) => ({
+      name: 'get_mempolicy', nr: SYS_GET_MEMPOLICY,
+      args: [modes + 4 * k, 0, 0, t.addr, t.addr ? MPOL_F_ADDR : 0], where: `NUMA policy of ${t.what}`,
+    })));
+    const got = remote.task.readMem(modes, 4 * part.length);
+    part.forEach((t, k) => {
+      const mode = got.readInt32LE(4 * k) & 0xffff; // the high bits are mode flags
+      if (mode !== 0) {
+        throw new UnsupportedError(`pid ${pid}: ${t.what} has NUMA memory policy "${MPOL_NAMES[mode] ?? mode}" (set_mempolicy or mbind): not supported; checkpoint it with the default policy`);
+      }
+    });
+  }
+}
 
 /** The last memory call of a restore: later mappings of the program are locked again. */
 export function restoreLockFuture(remote: Remote, lock: LockFuture | undefined): void {

@@ -2,6 +2,8 @@
 // and "tick N" every 20 ms so a test sees it keep running.
 //   uffd     a range registered with userfaultfd (missing-page mode)
 //   clonevm  a child process made with clone(CLONE_VM): one mm, two processes
+//   mbind    a range with NUMA policy MPOL_BIND to node 0 (mbind)
+//   mempolicy  the task's NUMA policy MPOL_PREFERRED node 0 (set_mempolicy)
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +41,13 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "clonevm")) {
         char *stack = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (clone(sleeper, stack + (1 << 16), CLONE_VM | SIGCHLD, NULL) < 0) { say("FAIL: clone\n"); return 2; }
+    } else if (!strcmp(mode, "mbind")) {
+        unsigned long node0 = 1;
+        void *p = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (syscall(SYS_mbind, p, 1 << 16, 2 /* MPOL_BIND */, &node0, 2, 0)) { say("FAIL: mbind\n"); return 2; }
+    } else if (!strcmp(mode, "mempolicy")) {
+        unsigned long node0 = 1;
+        if (syscall(SYS_set_mempolicy, 1 /* MPOL_PREFERRED */, &node0, 2)) { say("FAIL: set_mempolicy\n"); return 2; }
     } else {
         say("FAIL: usage\n");
         return 2;

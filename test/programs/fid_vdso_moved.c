@@ -1,5 +1,6 @@
 // fid_vdso_moved MODE: the program moves ("moved": [vdso] and [vvar]
-// mremap'ed elsewhere) or removes ("unmapped": all special mappings) the
+// mremap'ed elsewhere) or removes ("unmapped", "unmapped-spin": all special
+// mappings; with -spin it waits in a busy loop, outside any system call) the
 // kernel's special mappings, keeps a copy of the vDSO's bytes, then
 // "ready". On SIGUSR1 (after restart) it checks that /proc/self/maps shows
 // the same layout and the vDSO holds the same bytes at its new place;
@@ -62,7 +63,7 @@ int main(int argc, char **argv)
         if (mremap((void *)vs, ve - vs, ve - vs, MREMAP_MAYMOVE | MREMAP_FIXED, to) == MAP_FAILED) { say("FAIL: move vdso\n"); return 2; }
         want_vdso = (unsigned long)to;
         memcpy(copy, to, ve - vs);
-    } else if (!strcmp(mode, "unmapped")) {
+    } else if (!strncmp(mode, "unmapped", 8)) {
         munmap((void *)vs, ve - vs);
         munmap((void *)ws, we - ws);
         if (has_clock) munmap((void *)cs, ce - cs);
@@ -71,6 +72,10 @@ int main(int argc, char **argv)
         return 2;
     }
     say("ready\n");
+    if (!strcmp(mode, "unmapped-spin")) {
+        sigprocmask(SIG_UNBLOCK, &usr1, NULL);
+        while (!go) ;
+    }
     while (!go) sigsuspend(&none);
     unsigned long s2, e2;
     int ok = 1;
