@@ -31,12 +31,14 @@ export const pageAligned = address.refine((v) => v % PAGE_SIZE === 0, 'not page 
 export const hex64 = z.string().regex(/^0x[0-9a-fA-F]{1,16}$/, "not '0x' and 1 to 16 hex digits");
 /** A 32-bit value as hex. */
 export const hex32 = z.string().regex(/^0x[0-9a-fA-F]{1,8}$/, "not '0x' and 1 to 8 hex digits");
+// zod runs every check even after one failed: refinements must be total.
+const U64_TEXT = /^\d{1,20}$/, I64_TEXT = /^-?\d{1,19}$/;
 /** An unsigned 64-bit value as a decimal string. */
-export const decimalU64 = z.string().regex(/^\d{1,20}$/, 'not a decimal number')
-  .refine((v) => BigInt(v) <= 0xffffffffffffffffn, 'does not fit in 64 bits');
+export const decimalU64 = z.string().regex(U64_TEXT, 'not a decimal number')
+  .refine((v) => !U64_TEXT.test(v) || BigInt(v) <= 0xffffffffffffffffn, 'does not fit in 64 bits');
 /** A signed 64-bit value as a decimal string. */
-export const decimalI64 = z.string().regex(/^-?\d{1,19}$/, 'not a decimal number')
-  .refine((v) => BigInt(v) >= -(1n << 63n) && BigInt(v) < 1n << 63n, 'does not fit in 64 bits');
+export const decimalI64 = z.string().regex(I64_TEXT, 'not a decimal number')
+  .refine((v) => !I64_TEXT.test(v) || (BigInt(v) >= -(1n << 63n) && BigInt(v) < 1n << 63n), 'does not fit in 64 bits');
 
 /** A path: absolute, no NUL, at most PATH_MAX bytes. */
 export const path = z.string().max(PATH_MAX).regex(/^\/[^\0]*$/, 'not an absolute path without NUL');
