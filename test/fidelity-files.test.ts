@@ -82,8 +82,9 @@ test('flock, POSIX and OFD locks come back with their ranges, types and owners; 
   const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
   // The child is in F_SETLKW once the kernel lists it as a waiter.
   await until('the child to wait for the lock', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
+  await until('the child to take its flock', () => locksOn(cwd).some((l) => l.startsWith(`FLOCK ADVISORY WRITE pid=${child} `)));
   const before = locksOn(cwd);
-  assert.equal(before.filter((l) => !l.startsWith('->')).length, 6, before.join('\n'));
+  assert.equal(before.filter((l) => !l.startsWith('->')).length, 7, before.join('\n'));
   const factsBefore = fdFacts(pid);
   const outside = getlk(path.join(cwd, 'b'), 100);
   assert.deepEqual(outside, { type: 1, pid, start: 100, len: 0 });
