@@ -104,6 +104,28 @@ test('flock, POSIX and OFD locks come back with their ranges, types and owners; 
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild locked\nlocks ok\n');
 });
 
+test('in a new pid namespace the locks come back with the namespace pids of their owners', async () => {
+  const dir = tmpdir('fid-locks-ns');
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_locks'), [], out, { cwd });
+  await waitFor(out, /^ready$/m);
+  const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
+  await until('the child to wait for the lock', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
+  const before = locksOn(cwd).filter((l) => !l.startsWith('->'));
+  const r = await checkpointKillRestart(procs, pid, dir, { pidNs: true });
+  const hostChild = Number(fs.readFileSync(`/proc/${r.pid}/task/${r.pid}/children`, 'utf8').trim());
+  assert.deepEqual(readStatus(r.pid).nsPid, [r.pid, pid]);
+  // /proc/locks shows our view of the pids: the same owners under their new host pids.
+  const asHost = (l: string) => l.replace(`pid=${pid} `, `pid=${r.pid} `).replace(`pid=${child} `, `pid=${hostChild} `);
+  assert.deepEqual(locksOn(cwd).filter((l) => !l.startsWith('->')), before.map(asHost).sort());
+  process.kill(r.pid, 'SIGUSR1');
+  const end = await r.wait();
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild locked\nlocks ok\n');
+  assert.deepEqual(end, { code: 0, signal: null });
+});
+
 test('a restart while the original still holds its locks fails by name and leaves nothing running', async () => {
   const dir = tmpdir('fid-lockbusy');
   const cwd = path.join(dir, 'cwd');
