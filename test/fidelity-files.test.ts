@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { build, Procs, waitFor, tmpdir, checkpointKillRestart } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart } from './harness';
 import { checkpointSync, restartSync } from '../src';
 import type { Restarted } from '../src';
 import { readStatus, listFds, readFdinfo, listChildren } from '../src/proc';
@@ -198,7 +198,11 @@ test('a sqlite3 shell in the middle of a write transaction keeps the database lo
     const before = locksOn(cwd);
     assert.ok(before.some((l) => /^POSIX ADVISORY WRITE pid=\d+ /.test(l)), before.join('\n'));
 
-    r = await checkpointKillRestart(procs, pid, dir);
+    // The FIFO stays open here: its bytes stay in it (--external).
+    checkpointSync(pid, path.join(dir, 'image'), { kill: true, external: [path.join(cwd, 'in')] });
+    await waitGone(pid, procs);
+    r = restartSync(path.join(dir, 'image'));
+    procs.addTree(r.pid);
     assert.equal(r.pid, pid);
     assert.deepEqual(locksOn(cwd), before);
     const second = sqlite(cwd, 'BEGIN IMMEDIATE;');
@@ -369,4 +373,32 @@ test('a program running from a memfd (fexecve) is refused by name and goes on', 
   assertUntouched([pid]);
   process.kill(pid, 'SIGUSR1');
   await waitFor(out, /^memfd exe ok$/m);
+});
+
+test('a FIFO also held open outside the tree is refused by name, or left with its bytes once with --external', async () => {
+  const dir = tmpdir('fid-fifo-out');
+  const fifo = path.join(dir, 'f');
+  execFileSync('mkfifo', [fifo]);
+  const feed = fs.openSync(fifo, 'r+');
+  try {
+    fs.writeSync(feed, 'abc');
+    // The target holds the read end and never reads.
+    const pid = procs.start('/bin/sh', ['-c', 'exec sleep 1000 < f'], path.join(dir, 'out'), { cwd: dir });
+    await until('the target to open the FIFO', () => listFds(pid).some((f) => f.target === fifo));
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
+      new RegExp(`fd 0 of pid ${pid}: FIFO ${fifo} is also open in pid ${process.pid} outside the tree, which keeps its unread bytes; pass --external ${fifo}`));
+    assertUntouched([pid]);
+    checkpointSync(pid, path.join(dir, 'image'), { kill: true, external: [fifo] });
+    await waitGone(pid, procs);
+    const r = restartSync(path.join(dir, 'image'));
+    procs.addTree(r.pid);
+    assert.equal(listFds(r.pid).find((f) => f.fd === 0)?.target, fifo);
+    const rd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    const b = Buffer.alloc(64);
+    const n = fs.readSync(rd, b);
+    fs.closeSync(rd);
+    assert.equal(b.subarray(0, n).toString(), 'abc', 'the bytes once, not saved and written back');
+  } finally {
+    fs.closeSync(feed);
+  }
 });
