@@ -334,6 +334,16 @@ test('processes sharing signal handlers (CLONE_SIGHAND) are refused by name, the
   assertUntouched([pid, kid]);
 });
 
+test('processes sharing an I/O context (CLONE_IO) are refused by name, the tree goes on', async () => {
+  const dir = tmpdir('fid-io');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_clonefiles'), ['io'], out, { cwd: dir });
+  await waitFor(out, /^ready$/m);
+  const kid = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pids ${pid} and ${kid}: share one I/O context \\(CLONE_IO`));
+  assertUntouched([pid, kid]);
+});
+
 test('System V semaphore undo adjustments (SEM_UNDO) are refused by name, the process goes on; without SEM_UNDO it is restored', async () => {
   const dir = tmpdir('fid-semundo');
   const out = path.join(dir, 'out');
