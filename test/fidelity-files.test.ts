@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { build, Procs, waitFor, tmpdir, checkpointKillRestart } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart } from './harness';
 import { checkpointSync, restartSync } from '../src';
 import type { Restarted } from '../src';
 import { readStatus, listFds, readFdinfo, listChildren } from '../src/proc';
@@ -82,8 +82,9 @@ test('flock, POSIX and OFD locks come back with their ranges, types and owners; 
   const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
   // The child is in F_SETLKW once the kernel lists it as a waiter.
   await until('the child to wait for the lock', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
+  await until('the child to take its flock', () => locksOn(cwd).some((l) => l.startsWith(`FLOCK ADVISORY WRITE pid=${child} `)));
   const before = locksOn(cwd);
-  assert.equal(before.filter((l) => !l.startsWith('->')).length, 6, before.join('\n'));
+  assert.equal(before.filter((l) => !l.startsWith('->')).length, 7, before.join('\n'));
   const factsBefore = fdFacts(pid);
   const outside = getlk(path.join(cwd, 'b'), 100);
   assert.deepEqual(outside, { type: 1, pid, start: 100, len: 0 });
@@ -101,6 +102,28 @@ test('flock, POSIX and OFD locks come back with their ranges, types and owners; 
   process.kill(pid, 'SIGUSR1');
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild locked\nlocks ok\n');
+});
+
+test('in a new pid namespace the locks come back with the namespace pids of their owners', async () => {
+  const dir = tmpdir('fid-locks-ns');
+  const cwd = path.join(dir, 'cwd');
+  fs.mkdirSync(cwd);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_locks'), [], out, { cwd });
+  await waitFor(out, /^ready$/m);
+  const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
+  await until('the child to wait for the lock', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
+  const before = locksOn(cwd).filter((l) => !l.startsWith('->'));
+  const r = await checkpointKillRestart(procs, pid, dir, { pidNs: true });
+  const hostChild = Number(fs.readFileSync(`/proc/${r.pid}/task/${r.pid}/children`, 'utf8').trim());
+  assert.deepEqual(readStatus(r.pid).nsPid, [r.pid, pid]);
+  // /proc/locks shows our view of the pids: the same owners under their new host pids.
+  const asHost = (l: string) => l.replace(`pid=${pid} `, `pid=${r.pid} `).replace(`pid=${child} `, `pid=${hostChild} `);
+  assert.deepEqual(locksOn(cwd).filter((l) => !l.startsWith('->')), before.map(asHost).sort());
+  process.kill(r.pid, 'SIGUSR1');
+  const end = await r.wait();
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild locked\nlocks ok\n');
+  assert.deepEqual(end, { code: 0, signal: null });
 });
 
 test('a restart while the original still holds its locks fails by name and leaves nothing running', async () => {
@@ -175,7 +198,11 @@ test('a sqlite3 shell in the middle of a write transaction keeps the database lo
     const before = locksOn(cwd);
     assert.ok(before.some((l) => /^POSIX ADVISORY WRITE pid=\d+ /.test(l)), before.join('\n'));
 
-    r = await checkpointKillRestart(procs, pid, dir);
+    // The FIFO stays open here: its bytes stay in it (--external).
+    checkpointSync(pid, path.join(dir, 'image'), { kill: true, external: [path.join(cwd, 'in')] });
+    await waitGone(pid, procs);
+    r = restartSync(path.join(dir, 'image'));
+    procs.addTree(r.pid);
     assert.equal(r.pid, pid);
     assert.deepEqual(locksOn(cwd), before);
     const second = sqlite(cwd, 'BEGIN IMMEDIATE;');
@@ -307,6 +334,16 @@ test('processes sharing signal handlers (CLONE_SIGHAND) are refused by name, the
   assertUntouched([pid, kid]);
 });
 
+test('processes sharing an I/O context (CLONE_IO) are refused by name, the tree goes on', async () => {
+  const dir = tmpdir('fid-io');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_clonefiles'), ['io'], out, { cwd: dir });
+  await waitFor(out, /^ready$/m);
+  const kid = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pids ${pid} and ${kid}: share one I/O context \\(CLONE_IO`));
+  assertUntouched([pid, kid]);
+});
+
 test('System V semaphore undo adjustments (SEM_UNDO) are refused by name, the process goes on; without SEM_UNDO it is restored', async () => {
   const dir = tmpdir('fid-semundo');
   const out = path.join(dir, 'out');
@@ -346,4 +383,32 @@ test('a program running from a memfd (fexecve) is refused by name and goes on', 
   assertUntouched([pid]);
   process.kill(pid, 'SIGUSR1');
   await waitFor(out, /^memfd exe ok$/m);
+});
+
+test('a FIFO also held open outside the tree is refused by name, or left with its bytes once with --external', async () => {
+  const dir = tmpdir('fid-fifo-out');
+  const fifo = path.join(dir, 'f');
+  execFileSync('mkfifo', [fifo]);
+  const feed = fs.openSync(fifo, 'r+');
+  try {
+    fs.writeSync(feed, 'abc');
+    // The target holds the read end and never reads.
+    const pid = procs.start('/bin/sh', ['-c', 'exec sleep 1000 < f'], path.join(dir, 'out'), { cwd: dir });
+    await until('the target to open the FIFO', () => listFds(pid).some((f) => f.target === fifo));
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
+      new RegExp(`fd 0 of pid ${pid}: FIFO ${fifo} is also open in pid ${process.pid} outside the tree, which keeps its unread bytes; pass --external ${fifo}`));
+    assertUntouched([pid]);
+    checkpointSync(pid, path.join(dir, 'image'), { kill: true, external: [fifo] });
+    await waitGone(pid, procs);
+    const r = restartSync(path.join(dir, 'image'));
+    procs.addTree(r.pid);
+    assert.equal(listFds(r.pid).find((f) => f.fd === 0)?.target, fifo);
+    const rd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    const b = Buffer.alloc(64);
+    const n = fs.readSync(rd, b);
+    fs.closeSync(rd);
+    assert.equal(b.subarray(0, n).toString(), 'abc', 'the bytes once, not saved and written back');
+  } finally {
+    fs.closeSync(feed);
+  }
 });

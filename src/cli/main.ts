@@ -9,10 +9,11 @@ import { StasisError } from '../sys/errno';
 import { constants as osConstants } from 'node:os';
 
 const USAGE = `usage:
-  stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]]... [-v]
+  stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]|FIFO]... [-v]
       save the process tree rooted at PID into an image (FILE, or stdout when
       it is not a terminal); it keeps running unless --kill is given;
       --external takes along a pipe shared with a process outside the tree
+      (or a FIFO held open outside, whose bytes stay in it)
   stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns]
                  [--inherit-fd FD:pipe:[INO]]... [-v]
       recreate the process tree from an image (a file, or stdin with - or no

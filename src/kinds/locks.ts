@@ -67,7 +67,7 @@ function describe(l: { kind: string; type: string; start: string; len: string })
 }
 
 /** A lock the tree holds, with what is needed to check it against the whole system. */
-interface Held { pid: number; fd: number; path: string; inode: string; lock: FileLock }
+interface Held { pid: number; fd: number; path: string; inode: string; lock: FileLock; list: FileLock[] }
 
 /**
  * Checkpoint side: every lock of the tree, noted fd by fd, then checked as
@@ -103,7 +103,15 @@ export class LockTable {
         if (filesSharers.has(l.pid)) continue; // recorded with the process that set it
         throw new UnsupportedError(`${where}: its POSIX lock is owned by pid ${l.pid}, which shares the fd table from outside the tree; not supported`);
       }
-      if (kind !== 'posix' && !primary) continue; // the open file description's, noted once
+      const key = (h: Held) => h.inode === l.inode && h.lock.kind === kind && h.lock.pid === l.pid && h.lock.type === (l.type === 'READ' ? 'read' : 'write');
+      if (kind !== 'posix' && !primary) {
+        // The open file description's, noted once, with the process that took
+        // it when that process holds it too (so /proc/locks shows the same pid).
+        const earlier = this.held.findIndex((h) => key(h) && h.pid !== pid && h.pid !== l.pid);
+        if (l.pid !== pid || earlier < 0) continue;
+        const [moved] = this.held.splice(earlier, 1);
+        moved.list.splice(moved.list.indexOf(moved.lock), 1);
+      }
       const end = l.end ?? OFFSET_MAX;
       const lock: FileLock = {
         kind, type: l.type === 'READ' ? 'read' : 'write', start: hex(l.start),
@@ -111,7 +119,7 @@ export class LockTable {
       };
       // A POSIX lock shows on every fd of its open file description in the process (dup'ed fds).
       if (kind === 'posix' && this.held.some((h) => h.pid === pid && h.inode === l.inode && h.lock.kind === 'posix' && h.lock.start === lock.start && h.lock.len === lock.len && h.lock.type === lock.type)) continue;
-      this.held.push({ pid, fd, path, inode: l.inode, lock });
+      this.held.push({ pid, fd, path, inode: l.inode, lock, list: out });
       out.push(lock);
     }
     return out.length ? out : undefined;

@@ -32,10 +32,13 @@ export class PipeTable {
    * A pipe also open in a process outside the tree cannot be taken along,
    * unless the user declared it external (`external` holds "pipe:[INO]"
    * names): then it is recorded without its bytes, to be handed in again.
+   * A FIFO held open outside keeps its bytes through the restart: putting
+   * the saved ones back would double them, so it must be declared external
+   * too (by path), and its bytes are left where they are.
    */
   refuseOutsiders(tree: Set<number>, external: string[] = []): void {
     const wanted = new Map<string, number>();
-    for (const [ino, p] of this.pipes) if (p.kind === 'pipe') wanted.set(`pipe:[${ino}]`, ino);
+    for (const [ino, p] of this.pipes) wanted.set(p.kind === 'pipe' ? `pipe:[${ino}]` : p.path!, ino);
     if (!wanted.size) return;
     for (const d of fs.readdirSync('/proc')) {
       if (!/^\d+$/.test(d) || tree.has(Number(d))) continue;
@@ -55,9 +58,19 @@ export class PipeTable {
         const ino = wanted.get(link);
         if (ino === undefined) continue;
         const p = this.pipes.get(ino)!;
+        if (p.kind === 'fifo') {
+          try {
+            if (fs.statSync(`/proc/${d}/fd/${fd}`).ino !== ino) continue; // another file at that path now
+          } catch {
+            continue;
+          }
+        }
         if (external.includes(link)) {
           p.external = true;
           continue;
+        }
+        if (p.kind === 'fifo') {
+          throw new UnsupportedError(`fd ${p.holder.fd} of pid ${p.holder.pid}: FIFO ${link} is also open in pid ${d} outside the tree, which keeps its unread bytes; pass --external ${link} to leave them in the FIFO`);
         }
         throw new UnsupportedError(`fd ${p.holder.fd} of pid ${p.holder.pid}: ${link} is shared with pid ${d} outside the tree; pass --external ${link} to checkpoint it and --inherit-fd at restart`);
       }
@@ -118,7 +131,16 @@ export class PipeKeeper {
     try {
       for (const p of pipes) {
         const data = Buffer.from(p.data, 'base64');
-        if (p.external) {
+        if (p.external && p.kind === 'fifo') {
+          // Still open outside with its bytes: only held open while the tasks open it.
+          let fd: number;
+          try {
+            fd = fs.openSync(p.path!, O_RDWR | O_NONBLOCK);
+          } catch (e) {
+            throw new StasisError(`FIFO ${p.path}: cannot open (${(e as NodeJS.ErrnoException).code}); it must exist at restart`);
+          }
+          this.held.set(p.id, { path: () => p.path!, fds: [fd] });
+        } else if (p.external) {
           const name = `pipe:[${p.id}]`;
           const fd = inherit[name];
           if (fd === undefined) throw new StasisError(`${name} was connected outside the tree at checkpoint time: pass --inherit-fd FD:${name} with an fd of yours on the pipe to connect it to`);

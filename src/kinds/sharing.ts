@@ -2,8 +2,9 @@
 // with kcmp: an fd table (CLONE_FILES) and fs info (CLONE_FS: cwd, root,
 // umask) shared with the parent are made again by cloning the child with
 // the same flag; any other sharing (with a non-parent, with a process
-// outside the tree, an address space or signal handlers shared between
-// processes) and System V semaphore undo lists are refused by name.
+// outside the tree, an address space, signal handlers or an I/O context
+// shared between processes) and System V semaphore undo lists are refused
+// by name.
 import fs from 'node:fs';
 import { z } from 'zod';
 import { spawnBlank } from '../ptrace/blank';
@@ -19,7 +20,7 @@ export const Sharing = z.object({
 });
 export type Sharing = z.infer<typeof Sharing>;
 
-const KCMP_VM = 1, KCMP_FILES = 2, KCMP_FS = 3, KCMP_SIGHAND = 4, KCMP_SYSVSEM = 6;
+const KCMP_VM = 1, KCMP_FILES = 2, KCMP_FS = 3, KCMP_SIGHAND = 4, KCMP_IO = 5, KCMP_SYSVSEM = 6;
 export const CLONE_FS = 0x200, CLONE_FILES = 0x400;
 
 function same(a: number, b: number, type: number): boolean {
@@ -58,6 +59,35 @@ export function dumpSharing(procs: Array<{ pid: number; ppid: number }>, root: n
     while (out.get(p)?.[kind] && parentOf.has(parentOf.get(p)!)) p = parentOf.get(p)!;
     return p;
   };
+  const noIo = new NoIoContext();
+  try {
+    refusePairs(procs, klass, noIo);
+  } finally {
+    noIo.close();
+  }
+  return out;
+}
+
+/**
+ * An I/O context is made on demand: two processes without one compare
+ * equal. A fresh blank process (made only if needed) has none.
+ */
+class NoIoContext {
+  private blank = 0;
+
+  has(pid: number): boolean {
+    if (!this.blank) this.blank = spawnBlank();
+    return !same(this.blank, pid, KCMP_IO);
+  }
+
+  close(): void {
+    if (!this.blank) return;
+    process.kill(this.blank, 'SIGKILL');
+    waitpidSync(this.blank, 0);
+  }
+}
+
+function refusePairs(procs: Array<{ pid: number }>, klass: (pid: number, kind: 'files' | 'fs') => number, noIo: NoIoContext): void {
   for (let i = 0; i < procs.length; i++) {
     for (let j = i + 1; j < procs.length; j++) {
       const a = procs[i].pid, b = procs[j].pid;
@@ -69,9 +99,11 @@ export function dumpSharing(procs: Array<{ pid: number; ppid: number }>, root: n
       if (same(a, b, KCMP_FS) && klass(a, 'fs') !== klass(b, 'fs')) {
         throw new UnsupportedError(`pids ${a} and ${b}: share cwd, root and umask (CLONE_FS) but not through their parents; not supported`);
       }
+      if (same(a, b, KCMP_IO) && noIo.has(a)) {
+        throw new UnsupportedError(`pids ${a} and ${b}: share one I/O context (CLONE_IO: I/O priority and scheduling state); not supported`);
+      }
     }
   }
-  return out;
 }
 
 /**

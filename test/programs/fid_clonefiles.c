@@ -8,6 +8,7 @@
 // File "plock" carries a POSIX write lock 0..9 set by the parent and a read
 // lock 20..29 set by the CLONE_FILES child through the shared table.
 // `sighand`: a child sharing address space and signal handlers (refused).
+// `io`: a child sharing the I/O context (CLONE_IO, refused).
 // `semundo`: holds a semaphore adjustment with SEM_UNDO (refused); `sem`:
 // the same without SEM_UNDO. Both print "semid N", "ready", and on SIGUSR1
 // check the value is still 1: "sem ok".
@@ -43,6 +44,13 @@ int main(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "sighand")) {
         static char stack[65536];
         if (clone(idle, stack + sizeof stack, CLONE_VM | CLONE_SIGHAND | SIGCHLD, NULL) < 0) return 2;
+        say("ready\n");
+        for (;;) pause();
+    }
+    if (argc > 1 && !strcmp(argv[1], "io")) {
+        /* an I/O context exists once an I/O priority is set; CLONE_IO shares it */
+        if (syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0, (2 << 13) | 4 /* best effort, level 4 */)) return 2;
+        if (clone_sharing(CLONE_IO) == 0) for (;;) pause();
         say("ready\n");
         for (;;) pause();
     }

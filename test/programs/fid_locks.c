@@ -7,6 +7,7 @@
 //   a: flock exclusive        d: flock shared
 //   b: POSIX read 10..29, POSIX write 100..EOF (the child waits on 100)
 //   c: OFD write 5..11, OFD read 20..29
+//   e: flock exclusive taken by the child on the open file both hold
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -68,8 +69,8 @@ int main(int argc, char **argv)
     sigaction(SIGUSR2, &sa, NULL);
     int a = open("a", O_RDWR | O_CREAT, 0600), b = open("b", O_RDWR | O_CREAT, 0600);
     int c = open("c", O_RDWR | O_CREAT, 0600), d = open("d", O_RDONLY | O_CREAT, 0600);
-    int pb = open("b", O_RDWR), pc = open("c", O_RDWR);
-    if (a < 0 || b < 0 || c < 0 || d < 0 || pb < 0 || pc < 0) return 2;
+    int pb = open("b", O_RDWR), pc = open("c", O_RDWR), e = open("e", O_RDWR | O_CREAT, 0600);
+    if (a < 0 || b < 0 || c < 0 || d < 0 || pb < 0 || pc < 0 || e < 0) return 2;
     if (flock(a, LOCK_EX) || flock(d, LOCK_SH)) return 2;
     a_fd = a;
     if (lock(b, F_SETLK, F_RDLCK, 10, 20) || lock(b, F_SETLK, F_WRLCK, 100, 0)) return 2;
@@ -77,6 +78,8 @@ int main(int argc, char **argv)
     int with_child = !(argc > 1 && !strcmp(argv[1], "nochild"));
     pid_t child = with_child ? fork() : -1;
     if (child == 0) {
+        /* a flock taken by the child on an open file it shares with the parent */
+        if (flock(e, LOCK_EX)) { say("FAIL: child flock\n"); _exit(1); }
         if (lock(pb, F_SETLKW, F_WRLCK, 100, 1) != 0) { say("FAIL: child lock\n"); _exit(1); }
         say("child locked\n");
         _exit(0);
@@ -87,6 +90,7 @@ int main(int argc, char **argv)
     if (a_fd >= 0 && !flock_busy("a", LOCK_SH)) return fail("flock a not exclusive");
     if (flock_busy("d", LOCK_SH)) return fail("flock d not shared");
     if (!flock_busy("d", LOCK_EX)) return fail("flock d lost");
+    if (with_child && !flock_busy("e", LOCK_SH)) return fail("flock e (the child's) lost");
     if (!is(probe(pb, F_WRLCK, 10), F_RDLCK, me, 10, 20)) return fail("POSIX read lock b 10..29");
     if (!is(probe(pb, F_RDLCK, 10), F_UNLCK, 0, 0, 0)) return fail("POSIX lock b 10 is not a read lock");
     if (!is(probe(pb, F_RDLCK, 5000), F_WRLCK, me, 100, 0)) return fail("POSIX write lock b 100..EOF");
