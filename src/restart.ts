@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import { readMaps, readStat, readStatus } from './proc';
 import { Tracee } from './ptrace/tracee';
-import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE } from './ptrace/remote';
+import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, AT_FDCWD } from './ptrace/remote';
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
 import { readImage, readImageBuffer, RecordType, decodePages, PageRun } from './image/stream';
@@ -17,8 +17,8 @@ import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/
 import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
 import { restoreMm } from './kinds/mm';
-import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
-import { ImageError, StasisError } from './sys/errno';
+import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds, checkFilePrivilege } from './kinds/process';
+import { ImageError, StasisError, UnsupportedError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, mapFile, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
 
@@ -29,6 +29,13 @@ export interface RestartOptions {
    * exit status, which is what wait() reports.
    */
   pidNs?: boolean;
+  /**
+   * Restore inside a new user namespace too (implies pidNs), mapping only
+   * the restarter's own uid and gid, in which the restarter may choose pids
+   * (clone3 set_tid) and set the executable. Default: when the restarter
+   * lacks CAP_CHECKPOINT_RESTORE (an ordinary user).
+   */
+  userNs?: boolean;
   /** external pipes of the image ("pipe:[INO]") -> an fd of this process on the pipe to connect them to */
   inheritFds?: Record<string, number>;
   /** Start the restored process in a new session (for running detached). */
@@ -134,13 +141,21 @@ function pidHolder(pid: number): string | null {
 }
 
 /** Everything that can be checked before a process is created. */
-function preflight(img: LoadedImage, ns: boolean): void {
+function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
   const known = new Set<number>([...img.processes.map((p) => p.pid), ...img.zombies.map((z) => z.pid)]);
   for (const p of img.processes) {
-    checkCreds(p.creds);
+    checkCreds(p.creds, `pid ${p.pid}`);
     checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
+    checkFilePrivilege(p.mm.exe.path, `pid ${p.pid}: executable`);
     for (const v of p.vmas) {
-      if (v.kind === 'file') checkFileIdentity(v.file!, `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`);
+      const where = `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`;
+      if (v.kind === 'file') {
+        checkFileIdentity(v.file!, where);
+        checkFilePrivilege(v.file!.path, where);
+      }
+      if (userNs && v.shmem?.from) {
+        throw new UnsupportedError(`${where}: shared anonymous memory of pid ${v.shmem.from.pid} is reopened through /proc/PID/map_files, which needs CAP_CHECKPOINT_RESTORE outside a user namespace: restart this image as root`);
+      }
     }
     checkFds(p.fds);
     const saved = p.vmas.reduce((s, v) => s + v.savedPages, 0) * PAGE_SIZE;
@@ -402,9 +417,10 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
 
 function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) => void): Restarted {
   const root = img.processes[0];
-  const ns = !!opts.pidNs;
+  const userNs = opts.userNs ?? !mayCheckpointRestore();
+  const ns = !!opts.pidNs || userNs;
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
-  preflight(img, ns);
+  preflight(img, ns, userNs);
   const pipes = new PipeKeeper(img.pipes, opts.inheritFds);
   let memfds: MemfdKeeper;
   try {
@@ -421,6 +437,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   try {
     blank.seize({ exitKill: true });
     const blankRemote = mapGadget(blank, img);
+    const relay = userNs ? enterUserNs(blankRemote, [pipes, memfds], log) : null;
     // The tree, top down: every task is a copy of the blank until rebuilt.
     let nsInit: Tracee | null = null;
     if (ns) {
@@ -428,6 +445,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0);
       nsInit.vpid = nsInit.vtgid = 1;
       created.push(nsInit);
+      relay?.(nsInit.pid);
       discard([blank]);
       rootTask = cloneAt(blankRemote.withTask(nsInit), root.pid, 0, SIGCHLD, 0, true);
       created.push(rootTask);
@@ -499,6 +517,45 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       return waited;
     },
   };
+}
+
+const CLONE_NEWUSER = 0x10000000;
+const CAP_CHECKPOINT_RESTORE = 40n;
+const O_RDWR = 2;
+
+/** clone3 set_tid and PR_SET_MM's exe need CAP_CHECKPOINT_RESTORE (root here has it). */
+function mayCheckpointRestore(): boolean {
+  return (readStatus('self').capEff & (1n << CAP_CHECKPOINT_RESTORE)) !== 0n;
+}
+
+interface FdKeeper { heldFds(): number[]; fdPath: (fd: number) => string }
+
+/**
+ * Move the blank into a new user namespace where only our own uid and gid
+ * are mapped (to themselves: the program sees the ids it had), so that it
+ * and its descendants hold every capability there, over the pid namespace
+ * made next. Tasks in it may not open our /proc/PID/fd (a task of another
+ * user namespace is not theirs to trace), so the blank first opens every
+ * pipe and memfd we hold: the namespace's init inherits those and the
+ * tasks open them through its /proc/PID/fd. Returns what to call with the
+ * init's pid once it exists.
+ */
+function enterUserNs(blank: Remote, keepers: FdKeeper[], log: (m: string) => void): (initPid: number) => void {
+  blank.reset();
+  const copies = keepers.map((k) => new Map(k.heldFds().map((fd) => [fd, blank.call('openat', SYS.openat,
+    [AT_FDCWD, blank.putString(`/proc/${process.pid}/fd/${fd}`), O_RDWR, 0], `our fd ${fd} for the user namespace`)])));
+  blank.call('unshare', SYS.unshare, [CLONE_NEWUSER], 'new user namespace');
+  const uid = process.geteuid!(), gid = process.getegid!();
+  try {
+    // An unprivileged writer may map only its own ids, and gids only once setgroups is denied.
+    fs.writeFileSync(`/proc/${blank.pid}/uid_map`, `${uid} ${uid} 1\n`);
+    fs.writeFileSync(`/proc/${blank.pid}/setgroups`, 'deny');
+    fs.writeFileSync(`/proc/${blank.pid}/gid_map`, `${gid} ${gid} 1\n`);
+  } catch (e) {
+    throw new StasisError(`mapping uid ${uid} and gid ${gid} into the new user namespace: ${(e as NodeJS.ErrnoException).code}`);
+  }
+  log(`new user namespace: uid ${uid} and gid ${gid} mapped to themselves`);
+  return (initPid) => keepers.forEach((k, i) => { k.fdPath = (fd) => `/proc/${initPid}/fd/${copies[i].get(fd)}`; });
 }
 
 /** Turn the namespace's blank pid 1 into its init: reap, and end with the root. */
