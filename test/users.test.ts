@@ -10,8 +10,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawn, ChildProcess } from 'node:child_process';
 import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, CliResult } from './harness';
-import { checkpointSync } from '../src';
-import { readStat, readStatus } from '../src/proc';
+import { checkpointSync, restartSync, loadImage } from '../src';
+import { readStat, readStatus, listThreads } from '../src/proc';
 import { readImageBuffer, ImageWriter, RecordType } from '../src/image/stream';
 
 const procs = new Procs();
@@ -70,6 +70,30 @@ function stasisAsUser(args: string[]): { child: ChildProcess; done: Promise<CliR
 
 const asUser = (args: string[]) => stasisAsUser(args).done;
 
+/**
+ * `stasis checkpoint PID ARGS...` as the user, loaded beforehand and started
+ * by `go(pid)`: for targets that finish soon, so that Node's start-up does
+ * not come between their readiness and the checkpoint.
+ */
+async function armedCheckpoint(args: string[]): Promise<(pid: number) => Promise<CliResult>> {
+  const main = path.join(path.dirname(CLI), '..', 'dist', 'src', 'cli', 'main.js');
+  const script = `const { main } = require(${JSON.stringify(main)}); process.stdout.write('armed\\n');
+    process.stdin.once('data', (d) => { process.stdin.pause(); main(['checkpoint', String(d).trim(), ...${JSON.stringify(args)}]); });`;
+  const child = spawn(SETPRIV, [...AS_USER, process.execPath, '-e', script], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stdout = '', stderr = '';
+  const armed = new Promise<void>((resolve) => child.stdout!.on('data', (d) => { stdout += d; if (stdout.includes('armed\n')) resolve(); }));
+  child.stderr!.on('data', (d) => (stderr += d));
+  const done = new Promise<CliResult>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+  await armed;
+  return (pid) => {
+    child.stdin!.end(`${pid}\n`);
+    return done;
+  };
+}
+
 /** Every process of the user right now. */
 function userProcesses(): number[] {
   return fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number).filter((pid) => {
@@ -83,13 +107,17 @@ function userProcesses(): number[] {
 
 /** A restored root in its namespace: its init and it are ours to end. */
 function adoptRestored(hostPid: number): void {
-  procs.addTree(readStat(hostPid).ppid);
+  const init = readStat(hostPid).ppid;
+  procs.add(init);
   procs.add(hostPid);
+  try { procs.addTree(init); } catch { /* a child ended during the scan: the init's end takes it along */ }
 }
 
 /** The pid a task has in its own (innermost) pid namespace. */
 function innerPid(hostPid: number): number {
-  const ns = readStatus(hostPid).nsPid;
+  let text = '';
+  try { text = fs.readFileSync(`/proc/${hostPid}/status`, 'utf8'); } catch { return -1; /* gone */ }
+  const ns = /^NSpid:\s+(.*)$/m.exec(text)![1].trim().split(/\s+/).map(Number);
   return ns[ns.length - 1];
 }
 
@@ -313,4 +341,109 @@ test('even root may not restore an image claiming capabilities root lacks, or a 
   assert.equal(r2.code, 1);
   assert.match(r2.stderr, new RegExp(`^stasis: pid ${pid}: executable: ${sleepCopy} is setuid`));
   assertUntraced(pid, /S/);
+});
+
+/** Restart an image in the foreground as the user; the restored root's host pid once it runs. */
+async function restartForeground(img: string, dir: string): Promise<{ host: number; done: Promise<CliResult> }> {
+  const pidfile = path.join(dir, 'restored.pid');
+  const run = stasisAsUser(['restart', img, '--pidfile', pidfile]);
+  const host = Number((await waitFor(pidfile, /^\d+\n$/)).trim());
+  adoptRestored(host);
+  return { host, done: run.done };
+}
+
+test('a user checkpoints 8 threads (frozen with ptrace alone): the same tids, and they join', async () => {
+  const dir = userDir('user-threads');
+  const out = userFile(dir, 'out');
+  const pid = startAsUser(build('threads'), [], out);
+  await waitFor(out, /^ready$/m);
+  const tids = listThreads(pid);
+  assert.equal(tids.length, 9);
+  const img = path.join(dir, 'image');
+  const ck = await asUser(['checkpoint', String(pid), '-o', img, '--kill']);
+  assert.equal(ck.code, 0, ck.stderr);
+  await waitGone(pid, procs);
+  const { host, done } = await restartForeground(img, dir);
+  assert.deepEqual(listThreads(host).map(innerPid), tids, 'every thread at its own tid in the namespace');
+  const end = await done;
+  assert.equal(end.code, 0, end.stderr);
+  const text = fs.readFileSync(out, 'utf8');
+  assert.match(text, /^total 2500$/m);
+  assert.match(text, /^joined 8$/m);
+  assert.doesNotMatch(text, /FAIL/);
+});
+
+test('a user checkpoints a tree forking all the time: the ptrace freeze takes the racing children along', async () => {
+  const dir = userDir('user-forker');
+  const out = userFile(dir, 'out');
+  const pid = startAsUser(build('forker'), [], out);
+  await waitFor(out, /^ready$/m);
+  const img = path.join(dir, 'image');
+  const ck = await asUser(['checkpoint', String(pid), '-o', img, '--kill', '-v']);
+  assert.equal(ck.code, 0, ck.stderr);
+  assert.match(ck.stderr, /with ptrace \(no writable freezer cgroup\)/);
+  await waitGone(pid, procs);
+  const image = loadImage(img);
+  assert.ok(image.processes.length + image.zombies.length >= 2, 'children were taken along');
+  assert.deepEqual([...image.processes.slice(1), ...image.zombies].map((p) => p.ppid).filter((pp) => pp !== pid), []);
+  const rs = await asUser(['restart', '-d', img]);
+  assert.equal(rs.code, 0, rs.stderr);
+  const host = Number(rs.stdout.trim());
+  adoptRestored(host);
+  assert.equal(innerPid(host), pid);
+  // It goes on forking: a child that did not exist in the image appears.
+  const inImage = new Set([...image.processes, ...image.zombies].map((p) => p.pid));
+  await waitFor(`/proc/${host}/task/${host}/children`, (t) => t.trim().split(/\s+/).filter(Boolean).map(Number).some((c) => !inImage.has(innerPid(c))));
+  // Ending the namespace's init ends everything in it.
+  const init = readStat(host).ppid;
+  process.kill(init, 'SIGKILL');
+  await waitGone(host, procs);
+});
+
+test('a user restarts a sealed memfd mapped by parent and child: reached through the namespace init', async () => {
+  const prog = build('shmem');
+  const dir = userDir('user-memfd');
+  const reference = path.join(dir, 'reference');
+  const refPid = procs.start(prog, ['memfd'], reference);
+  const out = userFile(dir, 'out');
+  const img = path.join(dir, 'image');
+  const go = await armedCheckpoint(['-o', img, '--kill']);
+  const pid = startAsUser(prog, ['memfd'], out);
+  await waitFor(out, /^ping 100$/m);
+  const ck = await go(pid);
+  assert.equal(ck.code, 0, ck.stderr);
+  assert.equal(loadImage(img).memfds.length, 1);
+  await waitGone(pid, procs);
+  const { host, done } = await restartForeground(img, dir);
+  assert.match(fs.readFileSync(`/proc/${host}/maps`, 'utf8'), /\/memfd:stasis-pingpong \(deleted\)/);
+  const end = await done;
+  assert.equal(end.code, 0, end.stderr);
+  await waitGone(refPid, procs);
+  assert.match(fs.readFileSync(out, 'utf8'), /^memfd ok$/m);
+  assert.equal(fs.readFileSync(out, 'utf8'), fs.readFileSync(reference, 'utf8'));
+});
+
+test('anonymous memory shared across a tree: a user restart is refused by name (map_files), root restarts it', async () => {
+  const dir = userDir('user-shmem');
+  const out = userFile(dir, 'out');
+  const img = path.join(dir, 'image');
+  const go = await armedCheckpoint(['-o', img, '--kill']);
+  const pid = startAsUser(build('shmem'), [], out);
+  await waitFor(out, /^ping 100$/m);
+  const ck = await go(pid);
+  assert.equal(ck.code, 0, ck.stderr);
+  await waitGone(pid, procs);
+  const running = userProcesses();
+  const r = await asUser(['restart', '-d', img]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /^stasis: pid \d+: mapping at 0x[0-9a-f]+: shared anonymous memory of pid \d+ is reopened through \/proc\/PID\/map_files, which needs CAP_CHECKPOINT_RESTORE outside a user namespace: restart this image as root\n$/);
+  assert.deepEqual(userProcesses(), running, 'nothing left running');
+  // Root may: the restored tree runs as the user who made it.
+  const rr = restartSync(img);
+  procs.addTree(rr.pid);
+  assert.equal(rr.pid, pid);
+  assert.equal(readStatus(pid).uid[1], user.uid);
+  assert.equal(readStatus(pid).capEff, 0n);
+  assert.deepEqual(await rr.wait(), { code: 0, signal: null });
+  assert.match(fs.readFileSync(out, 'utf8'), /^done$/m);
 });

@@ -43,7 +43,13 @@ export function scanTree(root: number): TreeEntry[] {
       continue; // exited and was reaped meanwhile
     }
     out.push({ pid, ppid: st.ppid, zombie: st.state === 'Z', stopped: st.state === 'T' });
-    if (st.state !== 'Z') queue.push(...listChildren(pid));
+    if (st.state === 'Z') continue;
+    try {
+      queue.push(...listChildren(pid));
+    } catch {
+      if (pid === root) throw new StasisError(`pid ${root}: no such process`);
+      // exited since its stat was read: the next scan sees it as a zombie
+    }
   }
   return out;
 }
@@ -99,14 +105,24 @@ function freezerWritable(): boolean {
   }
 }
 
-/** PTRACE_SEIZE was refused: name the owner when it is someone else. */
-function notOurs(pid: number): StasisError {
-  let owner = '';
+/** The task is gone or dying (a zombie, or past the point where it can be traced). */
+function exited(pid: number, tid: number): boolean {
   try {
-    const uid = readStatus(pid).uid[1];
-    if (uid !== process.geteuid!()) owner = ` (it belongs to uid ${uid}, you are uid ${process.geteuid!()})`;
+    return /^[ZX]$/.test(readStat(tid).state) || /^[ZX]$/.test(readStat(pid).state);
+  } catch {
+    return true;
+  }
+}
+
+/** PTRACE_SEIZE was refused: say why when we can tell (another owner, another tracer). */
+function notOurs(pid: number): StasisError {
+  let why = '';
+  try {
+    const st = readStatus(pid);
+    if (st.uid[1] !== process.geteuid!()) why = ` (it belongs to uid ${st.uid[1]}, you are uid ${process.geteuid!()})`;
+    else if (st.tracerPid) why = ` (it is already traced by pid ${st.tracerPid})`;
   } catch { /* gone */ }
-  return new StasisError(`pid ${pid}: not allowed to trace it (EPERM)${owner}: checkpoint your own processes, or run as root`);
+  return new StasisError(`pid ${pid}: not allowed to trace it (EPERM)${why}: checkpoint your own untraced processes, or run as root`);
 }
 
 export class FrozenTree {
@@ -210,7 +226,13 @@ export class FrozenTree {
           fresh += this.seizeThreads(fp, true);
         }
       }
-      if (!fresh) break;
+      if (!fresh) {
+        // Everything is stopped now: a zombie seen earlier, reaped by its
+        // parent before that stopped, is no longer part of the tree.
+        const now = new Set(tree.map((p) => p.pid));
+        this.processes.splice(0, this.processes.length, ...this.processes.filter((p) => now.has(p.pid)));
+        break;
+      }
     }
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
     log(`froze ${this.processes.length} processes, ${this.tracees.length} threads with ptrace (no writable freezer cgroup)`);
@@ -221,6 +243,10 @@ export class FrozenTree {
     this.processes.push(fp);
     if (p.zombie) return;
     this.seizeThreads(fp, wait);
+    if (!fp.threads.length && p.pid !== this.root) {
+      this.processes.pop(); // it exited since the scan: the next scan sees it as a zombie, or not at all
+      return;
+    }
     if (fp.threads.length && fp.threads[0].pid !== p.pid) {
       throw new UnsupportedError(`pid ${p.pid}: its main thread has exited; not supported yet`);
     }
@@ -242,7 +268,8 @@ export class FrozenTree {
       try {
         t.seizeOnly();
       } catch (e) {
-        if (e instanceof SyscallError && e.code === 'ESRCH' && tid !== this.root) continue; // exited meanwhile
+        // Exited meanwhile (an exiting task answers EPERM, a reaped one ESRCH).
+        if (e instanceof SyscallError && (e.code === 'ESRCH' || e.code === 'EPERM') && tid !== this.root && exited(fp.pid, tid)) continue;
         if (e instanceof SyscallError && e.code === 'EPERM') throw notOurs(fp.pid);
         throw e;
       }
