@@ -447,3 +447,10 @@ test('anonymous memory shared across a tree: a user restart is refused by name (
   assert.deepEqual(await rr.wait(), { code: 0, signal: null });
   assert.match(fs.readFileSync(out, 'utf8'), /^done$/m);
 });
+
+test('stasis check as a user: the privileges are absent, the user + pid namespace restart path is proven', async () => {
+  const r = await asUser(['check']);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /^absent +privileges: missing .*CAP_CHECKPOINT_RESTORE/m);
+  assert.match(r.stdout, new RegExp(`^ok +user \\+ pid namespace \\(restart as a user\\): uid ${user.uid} and gid ${user.gid} mapped`, 'm'));
+});
