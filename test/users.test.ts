@@ -454,3 +454,22 @@ test('stasis check as a user: the privileges are absent, the user + pid namespac
   assert.match(r.stdout, /^absent +privileges: missing .*CAP_CHECKPOINT_RESTORE/m);
   assert.match(r.stdout, new RegExp(`^ok +user \\+ pid namespace \\(restart as a user\\): uid ${user.uid} and gid ${user.gid} mapped`, 'm'));
 });
+
+for (const [name, expected] of [['fpu', 'ready\nok\n'], ['eventfd', 'ready\neventfd ok\n'], ['waitfds', 'ready\nsignalfd ok\ntimerfd ok\nperiodic ok\n']]) {
+  test(`a user restarts ${name}: its own check of its state passes after the restart`, async () => {
+    const dir = userDir(`user-${name}`);
+    const out = userFile(dir, 'out');
+    const pid = startAsUser(build(name), [], out);
+    await waitFor(out, /^ready$/m);
+    const img = path.join(dir, 'image');
+    const ck = await asUser(['checkpoint', String(pid), '-o', img, '--kill']);
+    assert.equal(ck.code, 0, ck.stderr);
+    await waitGone(pid, procs);
+    const { host, done } = await restartForeground(img, dir);
+    assert.equal(innerPid(host), pid);
+    process.kill(host, 'SIGUSR1');
+    const end = await done;
+    assert.equal(end.code, 0, end.stderr);
+    assert.equal(fs.readFileSync(out, 'utf8'), expected);
+  });
+}
