@@ -80,6 +80,7 @@ async function armedCheckpoint(args: string[]): Promise<(pid: number) => Promise
   const script = `const { main } = require(${JSON.stringify(main)}); process.stdout.write('armed\\n');
     process.stdin.once('data', (d) => { process.stdin.pause(); main(['checkpoint', String(d).trim(), ...${JSON.stringify(args)}]); });`;
   const child = spawn(SETPRIV, [...AS_USER, process.execPath, '-e', script], { stdio: ['pipe', 'pipe', 'pipe'] });
+  procs.add(child.pid!); // waits for its pid forever if the test fails first
   let stdout = '', stderr = '';
   const armed = new Promise<void>((resolve) => child.stdout!.on('data', (d) => { stdout += d; if (stdout.includes('armed\n')) resolve(); }));
   child.stderr!.on('data', (d) => (stderr += d));
@@ -221,6 +222,7 @@ test('a user restarts a two-process pipe tree in the foreground: pids, pipe data
   await waitGone(pid, procs);
   const pidfile = path.join(dir, 'restored.pid');
   const run = stasisAsUser(['restart', img, '--pidfile', pidfile]);
+  procs.add(run.child.pid!); // still running if the test fails: cleanup ends it and its namespace
   const host = Number((await waitFor(pidfile, /^\d+\n$/)).trim());
   adoptRestored(host);
   const kids = fs.readFileSync(`/proc/${host}/task/${host}/children`, 'utf8').trim().split(/\s+/).map(Number);
@@ -347,6 +349,7 @@ test('even root may not restore an image claiming capabilities root lacks, or a 
 async function restartForeground(img: string, dir: string): Promise<{ host: number; done: Promise<CliResult> }> {
   const pidfile = path.join(dir, 'restored.pid');
   const run = stasisAsUser(['restart', img, '--pidfile', pidfile]);
+  procs.add(run.child.pid!); // still running if the test fails: cleanup ends it and its namespace
   const host = Number((await waitFor(pidfile, /^\d+\n$/)).trim());
   adoptRestored(host);
   return { host, done: run.done };

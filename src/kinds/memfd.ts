@@ -75,7 +75,7 @@ export class MemfdTable {
 /** Restore side: stasis creates and holds each memfd until the tree has it. */
 export class MemfdKeeper {
   private readonly held = new Map<number, { fd: number; seals: number }>();
-  /** How a task reaches one of our fds (see relayFds in restart). */
+  /** How a task reaches one of our fds (through the namespace init in a user-namespace restart). */
   fdPath = (fd: number) => `/proc/${process.pid}/fd/${fd}`;
 
   constructor(files: ImageMemfd[]) {

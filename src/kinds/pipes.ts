@@ -112,7 +112,7 @@ function peek(src: number, size: number): Buffer {
 /** Restore side: stasis holds each pipe/FIFO until every task has its ends. */
 export class PipeKeeper {
   private readonly held = new Map<number, { path: (write: boolean) => string; fds: number[] }>();
-  /** How a task reaches one of our fds (see relayFds in restart). */
+  /** How a task reaches one of our fds (through the namespace init in a user-namespace restart). */
   fdPath = (fd: number) => `/proc/${process.pid}/fd/${fd}`;
 
   /** `inherit`: for external pipes, "pipe:[INO]" -> an fd of this process on the pipe to use. */
