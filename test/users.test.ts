@@ -476,3 +476,19 @@ for (const [name, expected] of [['fpu', 'ready\nok\n'], ['eventfd', 'ready\neven
     assert.equal(fs.readFileSync(out, 'utf8'), expected);
   });
 }
+
+test('a memfd reachable only through its mapping: a user checkpoint is refused by name, the target carries on untraced', async () => {
+  const dir = userDir('user-memfd-mapped');
+  const out = userFile(dir, 'out');
+  const pid = startAsUser(build('memfd_mapped'), [], out);
+  await waitFor(out, /^ready$/m);
+  const img = path.join(dir, 'image');
+  const r = await asUser(['checkpoint', String(pid), '-o', img]);
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, new RegExp(`^stasis: memfd "stasis-mapped-only" \\(/proc/${pid}/map_files/[0-9a-f]+-[0-9a-f]+\\): only mapped, not held as an fd, and reading it through map_files needs CAP_CHECKPOINT_RESTORE \\(EPERM\\)`));
+  assert.equal(r.stderr.trim().split('\n').length, 1, 'one line');
+  assert.ok(!fs.existsSync(img), 'no image left');
+  assertUntraced(pid, /[SR]/);
+  const size = fs.statSync(out).size;
+  await waitFor(out, (t) => t.length > size);
+});
