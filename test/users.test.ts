@@ -492,3 +492,31 @@ test('a memfd reachable only through its mapping: a user checkpoint is refused b
   const size = fs.statSync(out).size;
   await waitFor(out, (t) => t.length > size);
 });
+
+test("root restores a user's process with its capabilities, ambient and bounding sets and no_new_privs as they were", async () => {
+  const dir = userDir('user-caps');
+  const pid = procs.start(SETPRIV, ['--reuid', String(user.uid), '--regid', String(user.gid), '--init-groups',
+    '--inh-caps=+net_raw', '--ambient-caps=+net_raw', '--bounding-set=-sys_admin', '--no-new-privs', '--', '/bin/sleep', '1000'], path.join(dir, 'out'));
+  await waitState(pid, () => fs.readFileSync(`/proc/${pid}/comm`, 'utf8') === 'sleep\n');
+  const fields = (p: number) => {
+    const s = readStatus(p);
+    return { uid: s.uid, gid: s.gid, groups: s.groups, capInh: s.capInh, capPrm: s.capPrm, capEff: s.capEff, capBnd: s.capBnd, capAmb: s.capAmb, noNewPrivs: s.noNewPrivs };
+  };
+  const before = fields(pid);
+  assert.equal(before.capAmb, 1n << 13n, 'CAP_NET_RAW ambient, as set up');
+  assert.equal(before.noNewPrivs, 1);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  const r = restartSync(img);
+  procs.addTree(r.pid);
+  assert.equal(r.pid, pid);
+  assert.deepEqual(fields(r.pid), before);
+  // A user restarting the same image would gain CAP_NET_RAW: refused.
+  fs.chmodSync(img, 0o644);
+  process.kill(r.pid, 'SIGKILL');
+  await r.wait();
+  const u = await asUser(['restart', '-d', img]);
+  assert.equal(u.code, 1);
+  assert.match(u.stderr, new RegExp(`^stasis: pid ${pid}: the image claims permitted capabilities 0x2000 with CAP_NET_RAW that you do not hold`));
+});

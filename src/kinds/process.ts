@@ -133,7 +133,7 @@ export function restoreProcessAttrs(remote: Remote, p: ImageProcess): void {
   }
 }
 
-const PR_CAPBSET_DROP = 24, PR_SET_NO_NEW_PRIVS = 38, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2;
+const PR_SET_KEEPCAPS = 8, PR_CAPBSET_DROP = 24, PR_SET_NO_NEW_PRIVS = 38, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2;
 const SYS_CAPSET = 126, LINUX_CAPABILITY_VERSION_3 = 0x20080522;
 
 /**
@@ -156,7 +156,12 @@ export function restoreCreds(remote: Remote, c: ImageCreds): void {
     // In a user namespace setgroups is denied and the groups are already the restarter's.
     if (!same(me.groups, c.groups)) remote.call('setgroups', SYS.setgroups, [c.groups.length, remote.putBytes(groups)]);
     remote.call('setresgid', SYS.setresgid, [c.gid[0], c.gid[1], c.gid[2]]);
+    // Leaving uid 0 empties the permitted set unless keep-caps is on: kept
+    // just for the change when the image holds capabilities as another user.
+    const keep = BigInt(c.capPrm) !== 0n && c.uid.some((u) => u !== 0);
+    if (keep) remote.call('prctl', SYS.prctl, [PR_SET_KEEPCAPS, 1, 0, 0, 0], 'keep capabilities across the uid change');
     remote.call('setresuid', SYS.setresuid, [c.uid[0], c.uid[1], c.uid[2]]);
+    if (keep) remote.call('prctl', SYS.prctl, [PR_SET_KEEPCAPS, 0, 0, 0, 0], 'keep-caps off again');
     me = readStatus(remote.pid);
   }
   const eff = BigInt(c.capEff), prm = BigInt(c.capPrm), inh = BigInt(c.capInh), amb = BigInt(c.capAmb);
