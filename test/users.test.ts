@@ -13,6 +13,7 @@ import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, CliResult } from './
 import { checkpointSync, restartSync, loadImage } from '../src';
 import { readStat, readStatus, listThreads } from '../src/proc';
 import { readImageBuffer, ImageWriter, RecordType } from '../src/image/stream';
+import { syscall } from '../src/sys/libc';
 
 const procs = new Procs();
 after(() => procs.cleanup());
@@ -317,7 +318,7 @@ test("images of root's process, or claiming uid 0, gid 0 or capabilities, are re
   assertUntraced(rootPid, /S/);
 });
 
-test('even root may not restore an image claiming capabilities root lacks, or a setuid program', async () => {
+test('even root may not restore an image claiming capabilities root lacks, a setuid program or a mapped file with file capabilities', async () => {
   const dir = userDir('root-claims');
   const pid = procs.start('/bin/sleep', ['1000'], path.join(dir, 'out'));
   await waitState(pid, () => fs.readFileSync(`/proc/${pid}/comm`, 'utf8') === 'sleep\n');
@@ -336,6 +337,23 @@ test('even root may not restore an image claiming capabilities root lacks, or a 
   editImage(img, setuid, (p) => {
     p.mm.exe = { path: sleepCopy, dev: Number(st.dev), ino: Number(st.ino), size: Number(st.size), mtimeNs: st.mtimeNs.toString() };
   });
+  // A mapped file with file capabilities (CAP_NET_RAW permitted), set as setcap would.
+  const vma = loadImage(img).process.vmas.find((v) => v.kind === 'file')!;
+  const capped = path.join(dir, 'capped-lib');
+  fs.copyFileSync(vma.file!.path, capped);
+  const capData = Buffer.alloc(20);
+  capData.writeUInt32LE(0x02000000, 0); // VFS_CAP_REVISION_2
+  capData.writeUInt32LE(1 << 13, 4);
+  syscall(188 /* setxattr */, 'setxattr', Buffer.from(capped + '\0'), Buffer.from('security.capability\0'), capData, capData.length, 0);
+  const cst = fs.statSync(capped, { bigint: true });
+  const fcaps = path.join(dir, 'fcaps.img');
+  editImage(img, fcaps, (p) => {
+    const v = p.vmas.find((x: { start: number }) => x.start === vma.start);
+    v.file = { path: capped, dev: Number(cst.dev), ino: Number(cst.ino), size: Number(cst.size), mtimeNs: cst.mtimeNs.toString() };
+  });
+  const r3 = await cli(['restart', '-d', fcaps]);
+  assert.equal(r3.code, 1);
+  assert.match(r3.stderr, new RegExp(`^stasis: pid ${pid}: mapping at 0x${vma.start.toString(16)}: ${capped} has file capabilities: restoring a process of a privileged program is refused`));
   const r1 = await cli(['restart', '-d', caps]);
   assert.equal(r1.code, 1);
   assert.match(r1.stderr, new RegExp(`^stasis: pid ${pid}: the image claims permitted capabilities 0x[0-9a-f]+ with CAP_SYS_RESOURCE that you do not hold`));
