@@ -18,7 +18,7 @@ import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds, checkFilePrivilege } from './kinds/process';
-import { ImageError, StasisError, UnsupportedError } from './sys/errno';
+import { ImageError, StasisError, UnsupportedError, errnoName } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, mapFile, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
 
@@ -487,6 +487,9 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       created.push(...r.threads.slice(1));
     }
     memfds.seal();
+    // Every fd is open: the namespace may now have its own /proc, in which
+    // the tree finds itself under the pids it knows.
+    if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);
     for (const r of live) {
       // A process that was stopped goes back to its stop as it resumes.
       if (r.image.stopped) r.threads[0].deferredSignals.unshift(SIGSTOP);
@@ -519,7 +522,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   };
 }
 
-const CLONE_NEWUSER = 0x10000000;
+const CLONE_NEWUSER = 0x10000000, CLONE_NEWNS = 0x20000;
 const CAP_CHECKPOINT_RESTORE = 40n;
 const O_RDWR = 2;
 
@@ -545,6 +548,7 @@ function enterUserNs(blank: Remote, keepers: FdKeeper[], log: (m: string) => voi
   const copies = keepers.map((k) => new Map(k.heldFds().map((fd) => [fd, blank.call('openat', SYS.openat,
     [AT_FDCWD, blank.putString(`/proc/${process.pid}/fd/${fd}`), O_RDWR, 0], `our fd ${fd} for the user namespace`)])));
   blank.call('unshare', SYS.unshare, [CLONE_NEWUSER], 'new user namespace');
+  blank.call('unshare', SYS.unshare, [CLONE_NEWNS], 'new mount namespace (for its own /proc)');
   const uid = process.geteuid!(), gid = process.getegid!();
   try {
     // An unprivileged writer may map only its own ids, and gids only once setgroups is denied.
@@ -556,6 +560,22 @@ function enterUserNs(blank: Remote, keepers: FdKeeper[], log: (m: string) => voi
   }
   log(`new user namespace: uid ${uid} and gid ${gid} mapped to themselves`);
   return (initPid) => keepers.forEach((k, i) => { k.fdPath = (fd) => `/proc/${initPid}/fd/${copies[i].get(fd)}`; });
+}
+
+const MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8;
+
+/**
+ * A /proc of the new pid namespace over the host's, in the tree's own mount
+ * namespace (the host's /proc is untouched): /proc/self and /proc/PID then
+ * agree with getpid(). Mounted by the init, which lives in that pid
+ * namespace. Where the kernel refuses (a /proc partly hidden by mounts
+ * over it), the tree keeps the host's /proc, as with --pid-ns as root.
+ */
+function mountOwnProc(init: Remote, log: (m: string) => void): void {
+  init.reset();
+  const proc = init.putString('proc');
+  const r = init.task.injectRaw(SYS.mount, [proc, init.putString('/proc'), proc, MS_NOSUID | MS_NODEV | MS_NOEXEC, 0]);
+  log(r < 0n ? `the namespace keeps the host's /proc (mount: ${errnoName(Number(-r))})` : 'the namespace has its own /proc');
 }
 
 /** Turn the namespace's blank pid 1 into its init: reap, and end with the root. */

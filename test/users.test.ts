@@ -137,9 +137,9 @@ function assertUntraced(pid: number, state: RegExp): void {
 }
 
 /** The "WHO pid P ppid Q uid U gid G" lines a target printed, in order. */
-function idLines(out: string, who: string): Array<{ pid: number; ppid: number; uid: number; gid: number }> {
-  return [...fs.readFileSync(out, 'utf8').matchAll(new RegExp(`^${who} pid (\\d+) ppid (\\d+) uid (\\d+) gid (\\d+)$`, 'gm'))]
-    .map((m) => ({ pid: Number(m[1]), ppid: Number(m[2]), uid: Number(m[3]), gid: Number(m[4]) }));
+function idLines(out: string, who: string): Array<{ pid: number; ppid: number; uid: number; gid: number; self: number }> {
+  return [...fs.readFileSync(out, 'utf8').matchAll(new RegExp(`^${who} pid (\\d+) ppid (\\d+) uid (\\d+) gid (\\d+) self (\\d+)$`, 'gm'))]
+    .map((m) => ({ pid: Number(m[1]), ppid: Number(m[2]), uid: Number(m[3]), gid: Number(m[4]), self: Number(m[5]) }));
 }
 
 /** Rewrite an image with its Process records edited; checksums recomputed by the writer. */
@@ -205,8 +205,9 @@ test('a user restarts their memory program: checksum right, the pid and ids it s
   const text = await waitFor(out, /^(verified|FAIL)/m);
   assert.match(text, /^verified [0-9a-f]{16}$/m);
   const [first, second] = idLines(out, 'mem');
-  assert.deepEqual({ pid: second.pid, uid: second.uid, gid: second.gid }, { pid: first.pid, uid: user.uid, gid: user.gid });
+  assert.deepEqual({ pid: second.pid, uid: second.uid, gid: second.gid, self: second.self }, { pid: first.pid, uid: user.uid, gid: user.gid, self: first.pid });
   assert.equal(first.pid, pid);
+  assert.equal(first.self, pid);
 });
 
 test('a user restarts a two-process pipe tree in the foreground: pids, pipe data and exit status', async () => {
@@ -239,7 +240,7 @@ test('a user restarts a two-process pipe tree in the foreground: pids, pipe data
   assert.match(text, /^child exited 0$/m);
   assert.deepEqual(idLines(out, 'child')[1], child, 'the child sees the same pid, parent pid and ids');
   const again = idLines(out, 'parent')[1];
-  assert.deepEqual({ pid: again.pid, uid: again.uid, gid: again.gid }, { pid: parent.pid, uid: user.uid, gid: user.gid });
+  assert.deepEqual({ pid: again.pid, uid: again.uid, gid: again.gid, self: again.self }, { pid: parent.pid, uid: user.uid, gid: user.gid, self: parent.pid });
 });
 
 test("a user may not checkpoint root's process: refused by name, left running and untraced", async () => {

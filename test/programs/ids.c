@@ -3,7 +3,8 @@
 // Checkpoint/restart target for ordinary users: what the program itself sees
 // of its ids before and after a restart.
 //   mem MIB: fills MIB MiB of anonymous memory from a PRNG, prints
-//     "pid P ppid Q uid U gid G" and "ready"; on SIGUSR1 prints the ids line
+//     "mem pid P ppid Q uid U gid G self S" (S: what /proc/self names) and
+//     "ready"; on SIGUSR1 prints the ids line
 //     again and "verified SUM" once every word checks (or "FAIL: ...").
 //   tree: makes a pipe, writes "hello from P" into it (left in flight),
 //     forks a child; both print "pid ..." lines and the parent "ready" once
@@ -24,9 +25,13 @@
 static volatile sig_atomic_t woken;
 static void on_usr1(int sig) { (void)sig; woken = 1; }
 
+/* The ids, and the pid /proc/self names (the /proc of its pid namespace or not). */
 static void ids(const char *who)
 {
-    printf("%s pid %d ppid %d uid %d gid %d\n", who, getpid(), getppid(), getuid(), getgid());
+    char self[32] = "?";
+    ssize_t n = readlink("/proc/self", self, sizeof self - 1);
+    if (n > 0) self[n] = 0;
+    printf("%s pid %d ppid %d uid %d gid %d self %s\n", who, getpid(), getppid(), getuid(), getgid(), self);
     fflush(stdout);
 }
 
