@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import { readMaps, readStat, readStatus } from './proc';
 import { Tracee } from './ptrace/tracee';
-import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE } from './ptrace/remote';
+import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, AT_FDCWD } from './ptrace/remote';
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
 import { loadImage, LoadedImage } from './image/load';
@@ -21,9 +21,9 @@ import { restoreFdOwners } from './kinds/fdowner';
 import { sharingFlags } from './kinds/sharing';
 import { imageTaskIds, refuseProcFilesUnderNewPids } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
-import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
+import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds, checkFilePrivilege } from './kinds/process';
 import { checkCgroups, restoreCgroups } from './kinds/cgroups';
-import { ImageError, StasisError } from './sys/errno';
+import { ImageError, StasisError, UnsupportedError, errnoName } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
 
@@ -37,6 +37,13 @@ export interface RestartOptions {
    * exit status, which is what wait() reports.
    */
   pidNs?: boolean;
+  /**
+   * Restore inside a new user namespace too (implies pidNs), mapping only
+   * the restarter's own uid and gid, in which the restarter may choose pids
+   * (clone3 set_tid) and set the executable. Default: when the restarter
+   * lacks CAP_CHECKPOINT_RESTORE (an ordinary user).
+   */
+  userNs?: boolean;
   /** external pipes of the image ("pipe:[INO]") -> an fd of this process on the pipe to connect them to */
   inheritFds?: Record<string, number>;
   /** Start the restored process in a new session (for running detached). */
@@ -84,10 +91,18 @@ function pidHolder(pid: number): string | null {
 }
 
 /** Everything that can be checked before a process is created. */
-function preflight(img: LoadedImage, ns: boolean): void {
+function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
   for (const p of img.processes) {
-    checkCreds(p.creds);
+    checkCreds(p.creds, `pid ${p.pid}`);
     checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
+    checkFilePrivilege(p.mm.exe.path, `pid ${p.pid}: executable`);
+    for (const v of p.vmas) {
+      const where = `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`;
+      if (v.kind === 'file') checkFilePrivilege(v.file!.path, where);
+      if (userNs && v.kind === 'shmem' && v.memfd === undefined) {
+        throw new UnsupportedError(`${where}: shared anonymous memory is rebuilt through /proc/PID/map_files, which needs CAP_CHECKPOINT_RESTORE outside a user namespace: restart this image as root`);
+      }
+    }
     checkMappedFiles(p.vmas, p.creds, p.pid);
     checkFds(p.fds, p.creds, p.pid, imageTaskIds(img.processes, img.zombies));
     checkCgroups(p.pid, p.cgroups);
@@ -350,9 +365,10 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
 
 function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) => void): Restarted {
   const root = img.processes[0];
-  const ns = !!opts.pidNs;
+  const userNs = opts.userNs ?? !mayCheckpointRestore();
+  const ns = !!opts.pidNs || userNs;
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
-  preflight(img, ns);
+  preflight(img, ns, userNs);
   const pipes = new PipeKeeper(img.pipes, opts.inheritFds);
   let memfds: MemfdKeeper;
   try {
@@ -369,6 +385,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   try {
     blank.seize({ exitKill: true });
     const blankRemote = mapGadget(blank, img);
+    const relay = userNs ? enterUserNs(blankRemote, [pipes, memfds], log) : null;
     // The tree, top down: every task is a copy of the blank until rebuilt.
     let nsInit: Tracee | null = null;
     if (ns) {
@@ -377,6 +394,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0);
       nsInit.vpid = nsInit.vtgid = 1;
       created.push(nsInit);
+      relay?.(nsInit.pid);
       discard([blank]);
       rootTask = cloneAt(blankRemote.withTask(nsInit), root.pid, 0, SIGCHLD, 0, true);
       created.push(rootTask);
@@ -419,6 +437,9 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       created.push(...r.threads.slice(1));
     }
     memfds.seal();
+    // Every fd is open: the namespace may now have its own /proc, in which
+    // the tree finds itself under the pids it knows.
+    if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);
     for (const r of live) {
       // A process that was stopped goes back to its stop as it resumes.
       if (r.image.stopped) r.threads[0].deferredSignals.unshift(SIGSTOP);
@@ -449,6 +470,62 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       return waited;
     },
   };
+}
+
+const CLONE_NEWUSER = 0x10000000, CLONE_NEWNS = 0x20000;
+const CAP_CHECKPOINT_RESTORE = 40n;
+const O_RDWR = 2;
+
+/** clone3 set_tid and PR_SET_MM's exe need CAP_CHECKPOINT_RESTORE (root here has it). */
+function mayCheckpointRestore(): boolean {
+  return (readStatus('self').capEff & (1n << CAP_CHECKPOINT_RESTORE)) !== 0n;
+}
+
+interface FdKeeper { heldFds(): number[]; fdPath: (fd: number) => string }
+
+/**
+ * Move the blank into a new user namespace where only our own uid and gid
+ * are mapped (to themselves: the program sees the ids it had), so that it
+ * and its descendants hold every capability there, over the pid namespace
+ * made next. Tasks in it may not open our /proc/PID/fd (a task of another
+ * user namespace is not theirs to trace), so the blank first opens every
+ * pipe and memfd we hold: the namespace's init inherits those and the
+ * tasks open them through its /proc/PID/fd. Returns what to call with the
+ * init's pid once it exists.
+ */
+function enterUserNs(blank: Remote, keepers: FdKeeper[], log: (m: string) => void): (initPid: number) => void {
+  blank.reset();
+  const copies = keepers.map((k) => new Map(k.heldFds().map((fd) => [fd, blank.call('openat', SYS.openat,
+    [AT_FDCWD, blank.putString(`/proc/${process.pid}/fd/${fd}`), O_RDWR, 0], `our fd ${fd} for the user namespace`)])));
+  blank.call('unshare', SYS.unshare, [CLONE_NEWUSER], 'new user namespace');
+  blank.call('unshare', SYS.unshare, [CLONE_NEWNS], 'new mount namespace (for its own /proc)');
+  const uid = process.geteuid!(), gid = process.getegid!();
+  try {
+    // An unprivileged writer may map only its own ids, and gids only once setgroups is denied.
+    fs.writeFileSync(`/proc/${blank.pid}/uid_map`, `${uid} ${uid} 1\n`);
+    fs.writeFileSync(`/proc/${blank.pid}/setgroups`, 'deny');
+    fs.writeFileSync(`/proc/${blank.pid}/gid_map`, `${gid} ${gid} 1\n`);
+  } catch (e) {
+    throw new StasisError(`mapping uid ${uid} and gid ${gid} into the new user namespace: ${(e as NodeJS.ErrnoException).code}`);
+  }
+  log(`new user namespace: uid ${uid} and gid ${gid} mapped to themselves`);
+  return (initPid) => keepers.forEach((k, i) => { k.fdPath = (fd) => `/proc/${initPid}/fd/${copies[i].get(fd)}`; });
+}
+
+const MS_NOSUID = 2, MS_NODEV = 4, MS_NOEXEC = 8;
+
+/**
+ * A /proc of the new pid namespace over the host's, in the tree's own mount
+ * namespace (the host's /proc is untouched): /proc/self and /proc/PID then
+ * agree with getpid(). Mounted by the init, which lives in that pid
+ * namespace. Where the kernel refuses (a /proc partly hidden by mounts
+ * over it), the tree keeps the host's /proc, as with --pid-ns as root.
+ */
+function mountOwnProc(init: Remote, log: (m: string) => void): void {
+  init.reset();
+  const proc = init.putString('proc');
+  const r = init.task.injectRaw(SYS.mount, [proc, init.putString('/proc'), proc, MS_NOSUID | MS_NODEV | MS_NOEXEC, 0]);
+  log(r < 0n ? `the namespace keeps the host's /proc (mount: ${errnoName(Number(-r))})` : 'the namespace has its own /proc');
 }
 
 /** Turn the namespace's blank pid 1 into its init: reap, and end with the root. */

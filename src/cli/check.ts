@@ -1,5 +1,6 @@
 // `stasis check`: prove on this machine each kernel feature stasis uses, by
 // using it on a blank process of our own.
+import fs from 'node:fs';
 import os from 'node:os';
 import { spawnBlank, BLANK_SYSCALL } from '../ptrace/blank';
 import { Tracee } from '../ptrace/tracee';
@@ -25,11 +26,13 @@ export function collectChecks(): Check[] {
     if (process.arch !== 'x64') throw new Error(`${process.arch} is not supported (x86-64 only)`);
     return `${os.release()} x86-64`;
   }));
-  checks.push(attempt('privileges', true, () => {
-    const caps = readStatus('self').capEff;
-    const has = (bit: number) => (caps >> BigInt(bit)) & 1n;
+  const caps = readStatus('self').capEff;
+  const has = (bit: number) => ((caps >> BigInt(bit)) & 1n) === 1n;
+  // Without them stasis works as an ordinary user: own processes only,
+  // frozen with ptrace, restarted in a user namespace (checked below).
+  checks.push(attempt('privileges', false, () => {
     const missing = [[19, 'CAP_SYS_PTRACE'], [21, 'CAP_SYS_ADMIN'], [40, 'CAP_CHECKPOINT_RESTORE']].filter(([b]) => !has(b as number)).map(([, n]) => n);
-    if (missing.length) throw new Error(`missing ${missing.join(', ')}`);
+    if (missing.length) throw new Error(`missing ${missing.join(', ')}: your own processes only, restarted in a user namespace`);
     return 'CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_CHECKPOINT_RESTORE';
   }));
   const pid = spawnBlank();
@@ -68,6 +71,16 @@ export function collectChecks(): Check[] {
       const pm = readPagemap(pid, m.end - PAGE_SIZE, m.end);
       if (!((pm[0] >> 63n) & 1n)) throw new Error('present bit not reported');
       return 'present/swapped/file bits readable';
+    }));
+    // Last: it moves the blank into the new namespaces.
+    checks.push(attempt('user + pid namespace (restart as a user)', !has(40), () => {
+      remote.call('unshare', SYS.unshare, [0x10000000 /* CLONE_NEWUSER */]);
+      const uid = process.geteuid!(), gid = process.getegid!();
+      fs.writeFileSync(`/proc/${pid}/uid_map`, `${uid} ${uid} 1\n`);
+      fs.writeFileSync(`/proc/${pid}/setgroups`, 'deny');
+      fs.writeFileSync(`/proc/${pid}/gid_map`, `${gid} ${gid} 1\n`);
+      remote.call('unshare', SYS.unshare, [0x20000000 /* CLONE_NEWPID */]);
+      return `uid ${uid} and gid ${gid} mapped; a pid namespace made inside`;
     }));
   } finally {
     try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }

@@ -18,7 +18,9 @@ const USAGE = `usage:
                  [--inherit-fd FD:pipe:[INO]]... [-v]
       recreate the process tree from an image (a file, or stdin with - or no
       FILE) with its original pids; waits for its root and returns its exit
-      status unless --detach; --pid-ns restores inside a new pid namespace;
+      status unless --detach; --pid-ns restores inside a new pid namespace
+      (for a user without CAP_CHECKPOINT_RESTORE, always, in a new user
+      namespace too, mapping only their own uid and gid);
       --inherit-fd connects an external pipe of the image to fd FD
   stasis show FILE [--json]
       describe an image (--json: all metadata, no page contents)

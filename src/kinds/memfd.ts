@@ -58,7 +58,10 @@ export class MemfdTable {
 
   /** Remember a memfd seen through `procPath` (an fd or map_files link of a task). */
   note(ino: number, name: string, procPath: string): number {
-    if (!this.files.has(ino)) this.files.set(ino, { name, path: procPath });
+    // An fd is better than a map_files link: anyone who may trace the task
+    // opens it, where map_files needs CAP_CHECKPOINT_RESTORE.
+    const known = this.files.get(ino);
+    if (!known || (known.path.includes('/map_files/') && !procPath.includes('/map_files/'))) this.files.set(ino, { name, path: procPath });
     return ino;
   }
 
@@ -66,7 +69,16 @@ export class MemfdTable {
   collect(): ImageMemfd[] {
     const out: ImageMemfd[] = [];
     for (const [id, f] of this.files) {
-      const fd = fs.openSync(f.path, O_RDONLY);
+      let fd: number;
+      try {
+        fd = fs.openSync(f.path, O_RDONLY);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EPERM' && f.path.includes('/map_files/')) {
+          throw new UnsupportedError(`memfd "${f.name}" (${f.path}): only mapped, not held as an fd, and reading it through map_files needs CAP_CHECKPOINT_RESTORE (EPERM): checkpoint as root, or keep an fd of the memfd open in the process`);
+        }
+        throw new StasisError(`memfd "${f.name}" (${f.path}): cannot open (${code})`);
+      }
       try {
         const size = fs.fstatSync(fd).size;
         let seals = 0;
@@ -97,6 +109,8 @@ export class MemfdTable {
 /** Restore side: stasis creates and holds each memfd until the tree has it. */
 export class MemfdKeeper {
   private readonly held = new Map<number, { fd: number; seals: number }>();
+  /** How a task reaches one of our fds (through the namespace init in a user-namespace restart). */
+  fdPath = (fd: number) => `/proc/${process.pid}/fd/${fd}`;
 
   constructor(files: ImageMemfd[]) {
     try {
@@ -119,7 +133,12 @@ export class MemfdKeeper {
   pathFor(id: number): string {
     const h = this.held.get(id);
     if (!h) throw new StasisError(`the image names memfd ${id} but carries no such file`);
-    return `/proc/${process.pid}/fd/${h.fd}`;
+    return this.fdPath(h.fd);
+  }
+
+  /** Our fds that tasks open through /proc. */
+  heldFds(): number[] {
+    return [...this.held.values()].map((h) => h.fd);
   }
 
   /** Seals last: a write seal would forbid the writable mappings made before. */

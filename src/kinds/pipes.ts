@@ -125,6 +125,8 @@ function peek(src: number, size: number): Buffer {
 /** Restore side: stasis holds each pipe/FIFO until every task has its ends. */
 export class PipeKeeper {
   private readonly held = new Map<number, { path: (write: boolean) => string; fds: number[] }>();
+  /** How a task reaches one of our fds (through the namespace init in a user-namespace restart). */
+  fdPath = (fd: number) => `/proc/${process.pid}/fd/${fd}`;
 
   /** `inherit`: for external pipes, "pipe:[INO]" -> an fd of this process on the pipe to use. */
   constructor(pipes: ImagePipe[], inherit: Record<string, number> = {}) {
@@ -155,11 +157,11 @@ export class PipeKeeper {
             fs.closeSync(both);
             throw new StasisError(`--inherit-fd ${fd}:${name}: fd ${fd} is not a pipe`);
           }
-          this.held.set(p.id, { path: () => `/proc/${process.pid}/fd/${both}`, fds: [both] });
+          this.held.set(p.id, { path: () => this.fdPath(both), fds: [both] });
         } else if (p.kind === 'pipe') {
           const [r, w] = newPipe(p.size);
           writeAll(w, data, `pipe ${p.id}`);
-          this.held.set(p.id, { path: (write) => `/proc/${process.pid}/fd/${write ? w : r}`, fds: [r, w] });
+          this.held.set(p.id, { path: (write) => this.fdPath(write ? w : r), fds: [r, w] });
         } else {
           // O_RDWR on a FIFO never blocks and keeps its buffer alive.
           let fd: number;
@@ -189,6 +191,11 @@ export class PipeKeeper {
     const h = this.held.get(id);
     if (!h) throw new StasisError(`the image names pipe ${id} but carries no such pipe`);
     return h.path((flags & 3) !== O_RDONLY);
+  }
+
+  /** Our fds that tasks open through /proc. */
+  heldFds(): number[] {
+    return [...this.held.values()].flatMap((h) => h.fds);
   }
 
   close(): void {

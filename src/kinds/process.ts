@@ -35,14 +35,79 @@ export function dumpProcessAttrs(pid: number): ProcessAttrs {
   };
 }
 
-/** An image never grants more than the restoring user already has. */
-export function checkCreds(c: ImageCreds): void {
-  const me = readStatus('self');
-  const same = (a: number[], b: number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
-  if (me.uid[1] === 0) return; // root may become anyone
-  if (!same(c.uid, me.uid) || !same(c.gid, me.gid)) {
-    throw new StasisError(`the image runs as uid ${c.uid.join('/')} gid ${c.gid.join('/')}; you are uid ${me.uid.join('/')}: restart as that user or as root`);
+const CAP_NAMES = [
+  'CHOWN', 'DAC_OVERRIDE', 'DAC_READ_SEARCH', 'FOWNER', 'FSETID', 'KILL', 'SETGID', 'SETUID', 'SETPCAP',
+  'LINUX_IMMUTABLE', 'NET_BIND_SERVICE', 'NET_BROADCAST', 'NET_ADMIN', 'NET_RAW', 'IPC_LOCK', 'IPC_OWNER',
+  'SYS_MODULE', 'SYS_RAWIO', 'SYS_CHROOT', 'SYS_PTRACE', 'SYS_PACCT', 'SYS_ADMIN', 'SYS_BOOT', 'SYS_NICE',
+  'SYS_RESOURCE', 'SYS_TIME', 'SYS_TTY_CONFIG', 'MKNOD', 'LEASE', 'AUDIT_WRITE', 'AUDIT_CONTROL', 'SETFCAP',
+  'MAC_OVERRIDE', 'MAC_ADMIN', 'SYSLOG', 'WAKE_ALARM', 'BLOCK_SUSPEND', 'AUDIT_READ', 'PERFMON', 'BPF',
+  'CHECKPOINT_RESTORE',
+];
+
+function capNames(mask: bigint): string {
+  const names: string[] = [];
+  for (let bit = 0; bit < 64; bit++) {
+    if (mask & (1n << BigInt(bit))) names.push(bit < CAP_NAMES.length ? `CAP_${CAP_NAMES[bit]}` : `capability ${bit}`);
   }
+  return names.length > 4 ? `${names.slice(0, 4).join(', ')} and ${names.length - 4} more` : names.join(', ');
+}
+
+/**
+ * An image never grants more than the restoring user already has: an
+ * ordinary user restores only their own uid and gid (and groups they are
+ * in); nobody restores capabilities they lack, a larger bounding set, or
+ * the absence of no_new_privs they are under. Root may become anyone.
+ */
+export function checkCreds(c: ImageCreds, who: string): void {
+  const me = readStatus('self');
+  if (me.uid[1] !== 0) {
+    const uid = me.uid[1], gid = me.gid[1];
+    const mine = new Set([gid, ...me.groups]);
+    if (c.uid.some((u) => u !== uid)) {
+      throw new StasisError(`${who}: the image runs as uid ${c.uid.join('/')}; you are uid ${uid}: only root may restart a process as another user`);
+    }
+    if (c.gid.some((g) => g !== gid)) {
+      throw new StasisError(`${who}: the image runs as gid ${c.gid.join('/')}; your gid is ${gid}: only root may restart a process in another group`);
+    }
+    const foreign = c.groups.filter((g) => !mine.has(g));
+    if (foreign.length) throw new StasisError(`${who}: the image holds supplementary group(s) ${foreign.join(', ')} you are not in: only root may grant them`);
+  }
+  const claim = (name: string, mask: string, allowed: bigint) => {
+    const extra = BigInt(mask) & ~allowed;
+    if (extra) throw new StasisError(`${who}: the image claims ${name} ${mask} with ${capNames(extra)} that you do not hold: restart as a user who holds them`);
+  };
+  claim('permitted capabilities', c.capPrm, me.capPrm);
+  claim('effective capabilities', c.capEff, me.capPrm);
+  claim('inheritable capabilities', c.capInh, me.capPrm | me.capInh);
+  claim('ambient capabilities', c.capAmb, me.capPrm);
+  claim('a capability bounding set', c.capBnd, me.capBnd);
+  if (me.noNewPrivs && !c.noNewPrivs) throw new StasisError(`${who}: the image runs without no_new_privs, which you are under: restart from a process without it`);
+}
+
+const S_ISUID = 0o4000, S_ISGID = 0o2000;
+const SYS_GETXATTR = 191;
+
+/**
+ * A file the process was started from or maps that grants privilege when
+ * executed (setuid, setgid, file capabilities) is refused: the image's own
+ * credentials are what the restored process gets, and they are checked
+ * above; such a file means the saved process may hold what the image hides.
+ */
+export function checkFilePrivilege(path: string, what: string): void {
+  let mode: number;
+  try {
+    mode = fs.statSync(path).mode;
+  } catch {
+    return; // a missing file is refused by the identity check, by name
+  }
+  if (mode & (S_ISUID | S_ISGID)) {
+    throw new StasisError(`${what}: ${path} is ${mode & S_ISUID ? 'setuid' : 'setgid'}: restoring a process of a privileged program is refused`);
+  }
+  let caps = false;
+  try {
+    caps = syscall(SYS_GETXATTR, 'getxattr', Buffer.from(path + '\0'), Buffer.from('security.capability\0'), 0, 0) > 0;
+  } catch { /* ENODATA: no file capabilities */ }
+  if (caps) throw new StasisError(`${what}: ${path} has file capabilities: restoring a process of a privileged program is refused`);
 }
 
 export function restoreProcessAttrs(remote: Remote, p: ImageProcess): void {
@@ -70,17 +135,52 @@ export function restoreProcessAttrs(remote: Remote, p: ImageProcess): void {
   }
 }
 
-/** Credentials last: after them the task may no longer be allowed the rest. */
+const PR_SET_KEEPCAPS = 8, PR_CAPBSET_DROP = 24, PR_SET_NO_NEW_PRIVS = 38, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2;
+const SYS_CAPSET = 126, LINUX_CAPABILITY_VERSION_3 = 0x20080522;
+
+/**
+ * Credentials last: after them the task may no longer be allowed the rest.
+ * Ids, then capabilities as the image has them (a restart as root, or in a
+ * user namespace, would otherwise leave the task with the restarter's).
+ */
 export function restoreCreds(remote: Remote, c: ImageCreds): void {
-  const me = readStatus(remote.pid);
   const same = (a: number[], b: number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
-  if (same(me.uid, c.uid) && same(me.gid, c.gid) && same(me.groups, c.groups)) return;
+  let me = readStatus(remote.pid);
   remote.reset();
-  const groups = Buffer.alloc(4 * Math.max(1, c.groups.length));
-  c.groups.forEach((g, i) => groups.writeUInt32LE(g, i * 4));
-  remote.call('setgroups', SYS.setgroups, [c.groups.length, remote.putBytes(groups)]);
-  remote.call('setresgid', SYS.setresgid, [c.gid[0], c.gid[1], c.gid[2]]);
-  remote.call('setresuid', SYS.setresuid, [c.uid[0], c.uid[1], c.uid[2]]);
+  // The bounding set only shrinks, and needs CAP_SETPCAP: before the ids change.
+  const drop = me.capBnd & ~BigInt(c.capBnd);
+  for (let bit = 0; bit < 64; bit++) {
+    if (drop & (1n << BigInt(bit))) remote.call('prctl', SYS.prctl, [PR_CAPBSET_DROP, bit], `drop CAP_${CAP_NAMES[bit] ?? bit} from the bounding set`);
+  }
+  if (!same(me.uid, c.uid) || !same(me.gid, c.gid) || !same(me.groups, c.groups)) {
+    const groups = Buffer.alloc(4 * Math.max(1, c.groups.length));
+    c.groups.forEach((g, i) => groups.writeUInt32LE(g, i * 4));
+    // In a user namespace setgroups is denied and the groups are already the restarter's.
+    if (!same(me.groups, c.groups)) remote.call('setgroups', SYS.setgroups, [c.groups.length, remote.putBytes(groups)]);
+    remote.call('setresgid', SYS.setresgid, [c.gid[0], c.gid[1], c.gid[2]]);
+    // Leaving uid 0 empties the permitted set unless keep-caps is on: kept
+    // just for the change when the image holds capabilities as another user.
+    const keep = BigInt(c.capPrm) !== 0n && c.uid.some((u) => u !== 0);
+    if (keep) remote.call('prctl', SYS.prctl, [PR_SET_KEEPCAPS, 1, 0, 0, 0], 'keep capabilities across the uid change');
+    remote.call('setresuid', SYS.setresuid, [c.uid[0], c.uid[1], c.uid[2]]);
+    if (keep) remote.call('prctl', SYS.prctl, [PR_SET_KEEPCAPS, 0, 0, 0, 0], 'keep-caps off again');
+    me = readStatus(remote.pid);
+  }
+  const eff = BigInt(c.capEff), prm = BigInt(c.capPrm), inh = BigInt(c.capInh), amb = BigInt(c.capAmb);
+  if (me.capEff !== eff || me.capPrm !== prm || me.capInh !== inh) {
+    const head = Buffer.alloc(8);
+    head.writeUInt32LE(LINUX_CAPABILITY_VERSION_3, 0);
+    const data = Buffer.alloc(24);
+    [eff, prm, inh].forEach((v, i) => {
+      data.writeUInt32LE(Number(v & 0xffffffffn), i * 4);
+      data.writeUInt32LE(Number(v >> 32n), 12 + i * 4);
+    });
+    remote.call('capset', SYS_CAPSET, [remote.putBytes(head), remote.putBytes(data)], 'capabilities');
+  }
+  for (let bit = 0; bit < 64; bit++) {
+    if ((amb & ~me.capAmb) & (1n << BigInt(bit))) remote.call('prctl', SYS.prctl, [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, bit, 0, 0], 'ambient capability');
+  }
+  if (c.noNewPrivs && !me.noNewPrivs) remote.call('prctl', SYS.prctl, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0], 'no_new_privs');
 }
 
 export type ThreadAttrs = Pick<ImageThread, 'rseq' | 'tidAddress' | 'robustList'>;

@@ -2,13 +2,14 @@
 // every task at once; forks that raced with it are found by re-scanning the
 // tree until it is stable; then every thread is seized with ptrace and the
 // cgroup is thawed so each one enters its ptrace stop. Tasks go back to
-// their own freezer cgroup before anything else happens.
+// their own freezer cgroup before anything else happens. Where the freezer
+// is not ours to write (an ordinary user), ptrace alone stops the tree.
 import fs from 'node:fs';
 import path from 'node:path';
-import { readStat, listThreads, listChildren } from '../proc';
+import { readStat, readStatus, listThreads, listChildren } from '../proc';
 import { Tracee } from './tracee';
 import { waitpidSync, sleepSync, __WALL } from '../sys/libc';
-import { StasisError, UnsupportedError } from '../sys/errno';
+import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
 
 const FREEZER = '/sys/fs/cgroup/freezer';
 let serial = 0;
@@ -42,7 +43,13 @@ export function scanTree(root: number): TreeEntry[] {
       continue; // exited and was reaped meanwhile
     }
     out.push({ pid, ppid: st.ppid, zombie: st.state === 'Z', stopped: st.state === 'T' });
-    if (st.state !== 'Z') queue.push(...listChildren(pid));
+    if (st.state === 'Z') continue;
+    try {
+      queue.push(...listChildren(pid));
+    } catch {
+      if (pid === root) throw new StasisError(`pid ${root}: no such process`);
+      // exited since its stat was read: the next scan sees it as a zombie
+    }
   }
   return out;
 }
@@ -88,6 +95,36 @@ export function thawStale(): number[] {
   return freed;
 }
 
+/** The freezer hierarchy exists and we may make cgroups in it (root does). */
+function freezerWritable(): boolean {
+  try {
+    fs.accessSync(FREEZER, fs.constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The task is gone or dying (a zombie, or past the point where it can be traced). */
+function exited(pid: number, tid: number): boolean {
+  try {
+    return /^[ZX]$/.test(readStat(tid).state) || /^[ZX]$/.test(readStat(pid).state);
+  } catch {
+    return true;
+  }
+}
+
+/** PTRACE_SEIZE was refused: say why when we can tell (another owner, another tracer). */
+function notOurs(pid: number): StasisError {
+  let why = '';
+  try {
+    const st = readStatus(pid);
+    if (st.uid[1] !== process.geteuid!()) why = ` (it belongs to uid ${st.uid[1]}, you are uid ${process.geteuid!()})`;
+    else if (st.tracerPid) why = ` (it is already traced by pid ${st.tracerPid})`;
+  } catch { /* gone */ }
+  return new StasisError(`pid ${pid}: not allowed to trace it (EPERM)${why}: checkpoint your own untraced processes, or run as root`);
+}
+
 export class FrozenTree {
   readonly root: number;
   readonly processes: FrozenProcess[] = [];
@@ -109,8 +146,8 @@ export class FrozenTree {
     const freed = thawStale();
     if (freed.length) log(`thawed ${freed.length} task(s) left frozen by a stasis that was killed: ${freed.join(', ')}`);
     try {
-      if (fs.existsSync(FREEZER)) this.freezeWithCgroup(log);
-      else this.freezeWithPtrace();
+      if (freezerWritable()) this.freezeWithCgroup(log);
+      else this.freezeWithPtrace(log);
     } catch (e) {
       this.release(false);
       throw e;
@@ -167,38 +204,83 @@ export class FrozenTree {
     log(`froze ${tree.length} processes, ${this.tracees.length} threads`);
   }
 
-  /** Without a freezer: stop tasks one by one until no new ones appear. */
-  private freezeWithPtrace(): void {
+  /**
+   * Without a freezer (as CRIU does when given none): seize and interrupt
+   * every thread, then scan again, since a task that ran until its stop
+   * may have forked or made a thread; done when a scan of the stopped tree
+   * finds nothing new.
+   */
+  private freezeWithPtrace(log: (m: string) => void): void {
     const t0 = process.hrtime.bigint();
     for (let round = 0; ; round++) {
-      const tree = scanTree(this.root);
-      const known = new Set(this.processes.map((p) => p.pid));
-      const fresh = tree.filter((p) => !known.has(p.pid));
-      if (!fresh.length) break;
       if (round > 50) throw new StasisError(`pid ${this.root}: the tree keeps changing; could not freeze it`);
-      for (const p of fresh) this.seizeProcess(p, true);
+      const tree = scanTree(this.root);
+      const known = new Map(this.processes.map((p) => [p.pid, p]));
+      let fresh = 0;
+      for (const p of tree) {
+        const fp = known.get(p.pid);
+        if (!fp) {
+          this.seizeProcess(p, true);
+          fresh++;
+        } else if (!fp.zombie) {
+          fresh += this.seizeThreads(fp, true);
+        }
+      }
+      if (!fresh) {
+        // Everything is stopped now: a zombie seen earlier, reaped by its
+        // parent before that stopped, is no longer part of the tree.
+        const now = new Set(tree.map((p) => p.pid));
+        this.processes.splice(0, this.processes.length, ...this.processes.filter((p) => now.has(p.pid)));
+        break;
+      }
     }
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    log(`froze ${this.processes.length} processes, ${this.tracees.length} threads with ptrace (no writable freezer cgroup)`);
   }
 
   private seizeProcess(p: TreeEntry, wait: boolean): void {
     const fp: FrozenProcess = { pid: p.pid, ppid: p.ppid, zombie: p.zombie, stopped: p.stopped, threads: [] };
     this.processes.push(fp);
     if (p.zombie) return;
-    const tids = listThreads(p.pid);
-    tids.sort((a, b) => (a === p.pid ? -1 : b === p.pid ? 1 : a - b));
+    this.seizeThreads(fp, wait);
+    if (!fp.threads.length && p.pid !== this.root) {
+      this.processes.pop(); // it exited since the scan: the next scan sees it as a zombie, or not at all
+      return;
+    }
+    if (fp.threads.length && fp.threads[0].pid !== p.pid) {
+      throw new UnsupportedError(`pid ${p.pid}: its main thread has exited; not supported yet`);
+    }
+  }
+
+  /** Seize the threads of `fp` not seized yet, main thread first; how many were new. */
+  private seizeThreads(fp: FrozenProcess, wait: boolean): number {
+    const have = new Set(fp.threads.map((t) => t.pid));
+    let tids: number[];
+    try {
+      tids = listThreads(fp.pid).filter((tid) => !have.has(tid));
+    } catch {
+      return 0; // the process is gone; the task errors come later
+    }
+    tids.sort((a, b) => (a === fp.pid ? -1 : b === fp.pid ? 1 : a - b));
+    let added = 0;
     for (const tid of tids) {
-      const t = new Tracee(tid, p.pid);
-      t.seizeOnly();
+      const t = new Tracee(tid, fp.pid);
+      try {
+        t.seizeOnly();
+      } catch (e) {
+        // Exited meanwhile (an exiting task answers EPERM, a reaped one ESRCH).
+        if (e instanceof SyscallError && (e.code === 'ESRCH' || e.code === 'EPERM') && tid !== this.root && exited(fp.pid, tid)) continue;
+        if (e instanceof SyscallError && e.code === 'EPERM') throw notOurs(fp.pid);
+        throw e;
+      }
       fp.threads.push(t);
+      added++;
       if (wait) {
         t.waitStop('the freeze');
         t.afterStop();
       }
     }
-    if (fp.threads.length && fp.threads[0].pid !== p.pid) {
-      throw new UnsupportedError(`pid ${p.pid}: its main thread has exited; not supported yet`);
-    }
+    return added;
   }
 
   private goHome(): void {
