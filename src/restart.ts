@@ -10,7 +10,7 @@ import { nsInitCode } from './ptrace/nsinit';
 import { readImage, readImageBuffer, RecordType, decodePages, PageRun } from './image/stream';
 import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
-import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex, restoreLockFuture } from './kinds/memory';
+import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex, restoreLockFuture, restoreMergeAny } from './kinds/memory';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
@@ -293,7 +293,8 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   // Signals that reached the blank while the tree was built (SIGCHLD from
   // zombies made on purpose) are artifacts of the restore, not its state.
   remote.task.deferredSignals.length = 0;
-  mapVmas(remote, p.vmas, host, keep.memfds);
+  restoreMergeAny(remote, p.ksmMergeAny);
+  mapVmas(remote, p.vmas, host, keep.memfds, p.ksmMergeAny);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
   for (const pg of pages) writePages(remote, pg.runs, pg.data);
   writeInheritedPages(remote, p, img);

@@ -107,12 +107,16 @@ async function vmflagsRoundTrip(args: string[]): Promise<void> {
   const { pid, dir, out } = await startReady('fid_vmflags', args);
   const before = smapsState(pid);
   const locked = readStatus(pid).raw.VmLck;
+  const ksm = (p: number) => /^ksm_merge_any: (\w+)$/m.exec(fs.readFileSync(`/proc/${p}/ksm_stat`, 'utf8'))![1];
+  const merging = ksm(pid);
+  assert.equal(merging, args.includes('ksm') ? 'yes' : 'no');
   for (const f of ['wf', 'dc', 'dd', 'hg', 'nh', 'mg', 'lo', 'lf', 'sr', 'rr', 'nr', 'gu', 'sl', 'dp']) {
     assert.ok(before.some((l) => l.split(' | ')[1].split(' ').includes(f)), `the program set ${f}`);
   }
   const r = await killRestart(pid, dir);
   assert.deepEqual(smapsState(r.pid), before);
   assert.equal(readStatus(r.pid).raw.VmLck, locked);
+  assert.equal(ksm(r.pid), merging);
   process.kill(r.pid, 'SIGUSR1');
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
@@ -124,6 +128,10 @@ test('VMA flags from madvise, mlock, mmap flags, guard pages and mseal come back
 
 test('mlockall(MCL_FUTURE | MCL_ONFAULT) still locks new mappings after restart', async () => {
   await vmflagsRoundTrip(['future']);
+});
+
+test('KSM merging of all memory (PR_SET_MEMORY_MERGE), with one range unmerged, comes back', async () => {
+  await vmflagsRoundTrip(['ksm']);
 });
 
 /** The special mappings of a process, as "name start-end". */

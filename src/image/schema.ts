@@ -2,7 +2,7 @@
 // Addresses are JSON numbers (user space fits in 53 bits); 64-bit masks and
 // values that may not fit are hex strings; raw kernel structs are base64.
 // docs/image-format.md describes every field.
-import type { GuardRuns, LockFuture, ShmemSize } from '../kinds/memory';
+import type { GuardRuns, LockFuture, ShmemSize, MergeAny } from '../kinds/memory';
 
 /** How a file is recognised again at restart. */
 export interface FileIdentity {
@@ -152,6 +152,8 @@ export interface ImageProcess {
   mm: ImageMm;
   /** mlockall(MCL_FUTURE) in force for new mappings */
   lockFuture: LockFuture;
+  /** prctl(PR_SET_MEMORY_MERGE): KSM merges all its memory */
+  ksmMergeAny: MergeAny;
   vmas: ImageVma[];
   fds: ImageFd[];
   /** main thread first */

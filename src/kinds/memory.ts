@@ -24,6 +24,10 @@ export type GuardRuns = z.infer<typeof GuardRuns>;
 export const ShmemSize = z.number().int().min(0).max(2 ** 47);
 export type ShmemSize = z.infer<typeof ShmemSize>;
 
+/** prctl(PR_SET_MEMORY_MERGE): KSM on every eligible VMA, present and future. */
+export const MergeAny = z.boolean();
+export type MergeAny = z.infer<typeof MergeAny>;
+
 /** mlockall(MCL_FUTURE) in force: every new mapping is locked (mm->def_flags). */
 export const LockFuture = z.enum(['off', 'on', 'onfault']);
 export type LockFuture = z.infer<typeof LockFuture>;
@@ -477,7 +481,7 @@ function mappedWritable(v: ImageVma): boolean {
  * will receive saved pages are made writable for now; `finishVmas` puts the
  * final protection in place once the pages are written.
  */
-export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper): void {
+export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper, mergeAny = false): void {
   const wanted = vmas.filter((v) => v.kind !== 'vdso' && v.kind !== 'vvar' && v.kind !== 'vvar_vclock');
   // What each mapping is backed by: a path to open (and how), or nothing.
   const source = (v: ImageVma, label: string): { path: string; mode: number; what: string } | null => {
@@ -548,6 +552,10 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
     // writes below are backed.
     remote.batch(wanted.flatMap((v, i) => v.vmFlags.filter((f) => MADVISE_FOR_FLAG[f] !== undefined).map((f) =>
       ({ name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADVISE_FOR_FLAG[f]], where: `${labels[i]}, flag ${f}` }))));
+    if (mergeAny) {
+      remote.batch(wanted.flatMap((v, i) => v.vmFlags.includes('mg') ? [] : [
+        { name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADV_UNMERGEABLE], where: `${labels[i]}, not mergeable` }]));
+    }
     // "gu" stays on a VMA whose guard regions were all removed: one page
     // guarded and unguarded again, before any page is written.
     remote.batch(wanted.flatMap((v, i) => v.vmFlags.includes('gu') && !v.guards?.length ? [
@@ -606,6 +614,24 @@ export function dumpLockFuture(remote: Remote): LockFuture {
 }
 
 const MCL_FUTURE = 2, MCL_ONFAULT = 4;
+const PR_SET_MEMORY_MERGE = 67, MADV_UNMERGEABLE = 13;
+
+/** Whether the process asked KSM to merge all its memory (/proc/PID/ksm_stat). */
+export function dumpMergeAny(pid: number): MergeAny {
+  let text = '';
+  try {
+    text = fs.readFileSync(`/proc/${pid}/ksm_stat`, 'utf8');
+  } catch { /* a kernel without KSM: nothing to merge */ }
+  return /^ksm_merge_any: yes$/m.test(text);
+}
+
+/**
+ * Set before any VMA is mapped, so each gets "mg" as the kernel gave it;
+ * VMAs the program had made unmergeable since are made so again in mapVmas.
+ */
+export function restoreMergeAny(remote: Remote, mergeAny: MergeAny | undefined): void {
+  if (mergeAny) remote.call('prctl', SYS.prctl, [PR_SET_MEMORY_MERGE, 1, 0, 0, 0], 'PR_SET_MEMORY_MERGE');
+}
 const SYS_GET_MEMPOLICY = 239, MPOL_F_ADDR = 2;
 const MPOL_NAMES = ['default', 'preferred', 'bind', 'interleave', 'local', 'preferred many', 'weighted interleave'];
 
