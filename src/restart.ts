@@ -10,7 +10,7 @@ import { nsInitCode } from './ptrace/nsinit';
 import { readImage, readImageBuffer, RecordType, decodePages, PageRun } from './image/stream';
 import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
-import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex, restoreLockFuture, restoreMergeAny } from './kinds/memory';
+import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex, lockVmas, restoreMergeAny } from './kinds/memory';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
@@ -303,6 +303,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   restoreMm(remote, p.mm);
   restoreFds(remote, p.fds, keep.pipes, keep.memfds);
   restoreProcessAttrs(remote, p);
+  lockVmas(remote, p.vmas, p.lockFuture);
   restoreSigactions(remote, p.sigactions);
   restoreXcompPerm(remote, BigInt(p.xcompPerm));
   // Threads: created at their tids inside this process, then given their state.
@@ -319,7 +320,6 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
     restoreCreds(tr, p.creds);
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
-  restoreLockFuture(remote, p.lockFuture);
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');

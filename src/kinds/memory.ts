@@ -572,26 +572,38 @@ export function writePages(remote: Remote, runs: PageRun[], data: Buffer): void 
   remote.task.writev(data, 0, runs);
 }
 
-/**
- * Final protections and VmFlags once the contents are in place. Order
- * matters: guards cannot be installed in locked ranges, and a sealed range
- * takes no change at all, so mseal comes last.
- */
+/** Final protections and guard pages once the contents are in place. */
 export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
   const calls: BatchCall[] = [];
+  for (const v of vmas) {
+    if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
+    const label = vmaLabel(v, v.file?.path ?? v.name);
+    if (mappedWritable(v) && v.prot[1] !== 'w') calls.push({ name: 'mprotect', nr: SYS.mprotect, args: [v.start, v.end - v.start, protBits(v.prot)], where: label });
+    for (const g of v.guards ?? []) calls.push({ name: 'madvise', nr: SYS.madvise, args: [g.addr, g.len, MADV_GUARD_INSTALL], where: `${label}, guard pages` });
+  }
+  remote.batch(calls);
+}
+
+/**
+ * Locks and seals, once the process's rlimits are its own (RLIMIT_MEMLOCK
+ * bounds mlock for a user without CAP_IPC_LOCK): mlock2 after the guards
+ * (which locked ranges refuse), mseal last (a sealed range takes no change),
+ * then mlockall(MCL_FUTURE) for the mappings the program makes later.
+ */
+export function lockVmas(remote: Remote, vmas: ImageVma[], lock: LockFuture | undefined): void {
+  const locks: BatchCall[] = [];
   const seals: BatchCall[] = [];
   for (const v of vmas) {
     if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
     const label = vmaLabel(v, v.file?.path ?? v.name);
     const len = v.end - v.start;
-    if (mappedWritable(v) && v.prot[1] !== 'w') calls.push({ name: 'mprotect', nr: SYS.mprotect, args: [v.start, len, protBits(v.prot)], where: label });
-    for (const g of v.guards ?? []) calls.push({ name: 'madvise', nr: SYS.madvise, args: [g.addr, g.len, MADV_GUARD_INSTALL], where: `${label}, guard pages` });
     if (v.vmFlags.includes('lo')) {
-      calls.push({ name: 'mlock2', nr: SYS.mlock2, args: [v.start, len, v.vmFlags.includes('lf') ? MLOCK_ONFAULT : 0], where: `${label}: lock it (RLIMIT_MEMLOCK or CAP_IPC_LOCK of the restarting user)` });
+      locks.push({ name: 'mlock2', nr: SYS.mlock2, args: [v.start, len, v.vmFlags.includes('lf') ? MLOCK_ONFAULT : 0], where: `${label}: lock it (RLIMIT_MEMLOCK or CAP_IPC_LOCK of the restarting user)` });
     }
     if (v.vmFlags.includes('sl')) seals.push({ name: 'mseal', nr: SYS_MSEAL, args: [v.start, len, 0], where: label });
   }
-  remote.batch([...calls, ...seals]);
+  remote.batch([...locks, ...seals]);
+  if (lock && lock !== 'off') remote.call('mlockall', SYS_MLOCKALL, [MCL_FUTURE | (lock === 'onfault' ? MCL_ONFAULT : 0)], 'mlockall(MCL_FUTURE)');
 }
 
 /**
@@ -661,12 +673,6 @@ export function refuseMempolicy(remote: Remote, vmas: ImageVma[]): void {
       }
     });
   }
-}
-
-/** The last memory call of a restore: later mappings of the program are locked again. */
-export function restoreLockFuture(remote: Remote, lock: LockFuture | undefined): void {
-  if (!lock || lock === 'off') return;
-  remote.call('mlockall', SYS_MLOCKALL, [MCL_FUTURE | (lock === 'onfault' ? MCL_ONFAULT : 0)], 'mlockall(MCL_FUTURE)');
 }
 
 /**
