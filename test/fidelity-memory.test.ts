@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { build, Procs, waitFor, waitGone, tmpdir } from './harness';
 import { checkpointSync, restartSync, loadImage } from '../src';
-import { readVmas, readPagemap, readStatus, readStat } from '../src/proc';
+import { readVmas, readPagemap, readStatus, readStat, parseSmaps } from '../src/proc';
+import { classifyVmas } from '../src/kinds/memory';
 import { scanTree } from '../src/ptrace/freeze';
 
 const procs = new Procs();
@@ -238,3 +239,22 @@ for (const mode of ['inside', 'outside']) {
     assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
   });
 }
+
+test('unit: every VmFlag is known; unknown ones, device kinds and protection keys are refused by name', () => {
+  const vma = (vmFlags: string[], protectionKey = 0) => ({
+    start: 0x10000, end: 0x20000, prot: { read: true, write: true, exec: false }, shared: false, offset: 0,
+    dev: '00:00', inode: 0, path: '', deleted: false, vmFlags, protectionKey,
+  });
+  const all = ['rd', 'wr', 'ex', 'mr', 'mw', 'me', 'gd', 'ac', 'nr', 'dp', 'dd', 'dc', 'wf', 'hg', 'nh', 'mg', 'sr', 'rr', 'lo', 'lf', 'gu', 'sl', 'sd'];
+  assert.equal(classifyVmas([vma(all)], 42).length, 1);
+  assert.throws(() => classifyVmas([vma(['rd', 'zz'])], 42), /pid 42: vma 10000-20000: a range with VmFlag "zz" \(unknown to stasis\) is not supported/);
+  assert.throws(() => classifyVmas([vma(['rd', 'ht'])], 42), /a hugetlbfs mapping is not supported/);
+  assert.throws(() => classifyVmas([vma(['rd', 'ss'])], 42), /a shadow stack is not supported/);
+  assert.throws(() => classifyVmas([vma(['rd'], 3)], 42), /memory protection key 3 is not supported; pkey_mprotect it back to key 0/);
+  assert.throws(() => classifyVmas([{ ...vma(['rd']), path: '[anon:cache]' }], 42), /named anonymous memory is not supported/);
+});
+
+test('unit: smaps ProtectionKey is parsed', () => {
+  const text = '7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \nRss:                   4 kB\nProtectionKey:         5\nVmFlags: rd wr mr mw me ac \n';
+  assert.equal(parseSmaps(text)[0].protectionKey, 5);
+});

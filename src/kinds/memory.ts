@@ -95,7 +95,7 @@ function refuseFlags(v: Vma, label: string, pid: number): void {
   const who = pid ? `pid ${pid}: ` : '';
   for (const f of v.vmFlags) {
     if (MAPPED_FLAGS.has(f) || MADVISE_FOR_FLAG[f] !== undefined || CALL_FLAGS.has(f) || IRRELEVANT_FLAGS.has(f)) continue;
-    const what = REFUSED_FLAGS[f] ?? `a range with VmFlag "${f}", unknown to stasis`;
+    const what = REFUSED_FLAGS[f] ?? `a range with VmFlag "${f}" (unknown to stasis)`;
     throw new UnsupportedError(`${who}${label}: ${what} is not supported; unmap it (or undo what set it) before the checkpoint`);
   }
   if (v.protectionKey) {
@@ -127,6 +127,22 @@ function mapFilesPath(pid: number, v: { start: number; end: number }): string {
   return `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
 }
 
+/** Use the object behind a shared mapping, opened through /proc/PID/map_files. */
+function openMapFiles<T>(pid: number, v: { start: number; end: number }, label: string, use: (fd: number) => T): T {
+  let fd: number;
+  try {
+    fd = fs.openSync(mapFilesPath(pid, v), 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new StasisError(`pid ${pid}: ${label}: cannot open its shared memory object through map_files (${code})${code === 'EPERM' ? '; that needs CAP_CHECKPOINT_RESTORE: checkpoint as root' : ''}`);
+  }
+  try {
+    return use(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function vmaLabel(v: { start: number; end: number }, path: string): string {
   return `vma ${v.start.toString(16)}-${v.end.toString(16)}${path ? ` (${path})` : ''}`;
 }
@@ -153,7 +169,7 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVm
       out.push({ ...base, kind: 'anon', name: v.path });
     } else if (v.shared && v.path === '/dev/zero (deleted)') {
       // The object may be larger than this VMA (split, partly unmapped): its size.
-      const size = pid ? fs.statSync(mapFilesPath(pid, v)).size : v.offset + v.end - v.start;
+      const size = pid ? openMapFiles(pid, v, label, (fd) => fs.fstatSync(fd).size) : v.offset + v.end - v.start;
       out.push({ ...base, kind: 'shmem', name: '', shmem: { ino: v.inode, size } });
     } else if (memfdName(v.path) !== null && memfds) {
       if (!v.shared) throw new UnsupportedError(`${label}: private mapping of a memfd is not supported yet`);
@@ -209,12 +225,7 @@ export class ShmemPages {
     const ino = v.shmem!.ino;
     let o = this.objects.get(ino);
     if (!o) {
-      const fd = fs.openSync(mapFilesPath(pid, v), 'r');
-      try {
-        o = { data: dataRanges(fd, fs.fstatSync(fd).size), claimed: new Set() };
-      } finally {
-        fs.closeSync(fd);
-      }
+      o = { data: openMapFiles(pid, v, vmaLabel(v, v.name), (fd) => dataRanges(fd, fs.fstatSync(fd).size)), claimed: new Set() };
       this.objects.set(ino, o);
     }
     if (o.claimed.has(off) || !o.data.some(([a, b]) => a <= off && off < b)) return false;
