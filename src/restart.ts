@@ -10,7 +10,8 @@ import { nsInitCode } from './ptrace/nsinit';
 import { readImage, readImageBuffer, RecordType, decodePages, PageRun } from './image/stream';
 import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
-import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex, lockVmas, restoreMergeAny } from './kinds/memory';
+import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex, lockVmas } from './kinds/memory';
+import { restoreMergeAny, restoreLockFuture } from './kinds/mmpolicy';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
@@ -303,7 +304,8 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   restoreMm(remote, p.mm);
   restoreFds(remote, p.fds, keep.pipes, keep.memfds);
   restoreProcessAttrs(remote, p);
-  lockVmas(remote, p.vmas, p.lockFuture);
+  lockVmas(remote, p.vmas);
+  restoreLockFuture(remote, p.lockFuture);
   restoreSigactions(remote, p.sigactions);
   restoreXcompPerm(remote, BigInt(p.xcompPerm));
   // Threads: created at their tids inside this process, then given their state.

@@ -2,7 +2,8 @@
 // Addresses are JSON numbers (user space fits in 53 bits); 64-bit masks and
 // values that may not fit are hex strings; raw kernel structs are base64.
 // docs/image-format.md describes every field.
-import type { GuardRuns, LockFuture, ShmemSize, MergeAny } from '../kinds/memory';
+import type { GuardRuns, ShmemSize } from '../kinds/memory';
+import type { LockFuture, MergeAny } from '../kinds/mmpolicy';
 
 /** How a file is recognised again at restart. */
 export interface FileIdentity {
