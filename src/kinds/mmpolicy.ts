@@ -44,6 +44,7 @@ const MCL_FUTURE = 2, MCL_ONFAULT = 4, SYS_MLOCKALL = 151;
 export function restoreLockFuture(remote: Remote, lock: LockFuture | undefined): void {
   if (lock && lock !== 'off') remote.call('mlockall', SYS_MLOCKALL, [MCL_FUTURE | (lock === 'onfault' ? MCL_ONFAULT : 0)], 'mlockall(MCL_FUTURE)');
 }
+
 const PR_SET_MEMORY_MERGE = 67;
 
 /** Whether the process asked KSM to merge all its memory (/proc/PID/ksm_stat). */
@@ -62,7 +63,9 @@ export function dumpMergeAny(pid: number): MergeAny {
 export function restoreMergeAny(remote: Remote, mergeAny: MergeAny | undefined): void {
   if (mergeAny) remote.call('prctl', SYS.prctl, [PR_SET_MEMORY_MERGE, 1, 0, 0, 0], 'PR_SET_MEMORY_MERGE');
 }
+
 const SYS_GET_MEMPOLICY = 239, MPOL_F_ADDR = 2;
+const MPOL_MODE_FLAGS = 0xe000; // MPOL_F_STATIC_NODES, MPOL_F_RELATIVE_NODES, MPOL_F_NUMA_BALANCING
 const MPOL_NAMES = ['default', 'preferred', 'bind', 'interleave', 'local', 'preferred many', 'weighted interleave'];
 
 /**
@@ -85,7 +88,7 @@ export function refuseMempolicy(remote: Remote, vmas: ImageVma[]): void {
     })));
     const got = remote.task.readMem(modes, 4 * part.length);
     part.forEach((t, k) => {
-      const mode = got.readInt32LE(4 * k) & 0xffff; // the high bits are mode flags
+      const mode = got.readInt32LE(4 * k) & ~MPOL_MODE_FLAGS;
       if (mode !== 0) {
         throw new UnsupportedError(`pid ${pid}: ${t.what} has NUMA memory policy "${MPOL_NAMES[mode] ?? mode}" (set_mempolicy or mbind): not supported; checkpoint it with the default policy`);
       }
