@@ -511,10 +511,12 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
   // dropped (the fd keeps the object) before any VMA is placed.
   remote.reset();
   const own = new Map<number, number>();
-  for (const v of wanted) {
-    if (!v.shmem || v.memfd !== undefined) continue;
-    if (v.shmem.from && hostPid(v.shmem.from.pid) !== remote.task.pid) continue;
-    own.set(v.shmem.ino, Math.max(own.get(v.shmem.ino) ?? 0, v.shmem.size ?? v.offset + v.end - v.start));
+  const mine = wanted.filter((v) => v.shmem && v.memfd === undefined && (!v.shmem.from || hostPid(v.shmem.from.pid) === remote.task.pid));
+  for (const v of mine) {
+    // An object this one VMA maps whole is simply mapped shared and anonymous.
+    const whole = v.offset === 0 && (v.shmem!.size ?? v.end - v.start) === v.end - v.start;
+    if (whole && mine.filter((w) => w.shmem!.ino === v.shmem!.ino).length === 1) continue;
+    own.set(v.shmem!.ino, Math.max(own.get(v.shmem!.ino) ?? 0, v.shmem!.size ?? v.offset + v.end - v.start));
   }
   const inos = [...own.keys()];
   const sizes = inos.map((ino) => Math.ceil(own.get(ino)! / PAGE_SIZE) * PAGE_SIZE);
