@@ -81,7 +81,7 @@ const MADV_GUARD_INSTALL = 102, MADV_GUARD_REMOVE = 103;
 const MAP_NORESERVE = 0x4000, MAP_DROPPABLE = 0x08;
 const MLOCK_ONFAULT = 1;
 const SYS_MSEAL = 462;
-const MADV_UNMERGEABLE = 13;
+const MADV_UNMERGEABLE = 13, MADV_DONTNEED = 4;
 
 /** Refuse a VMA whose flags or protection key stasis cannot give back. */
 function refuseFlags(v: Vma, label: string, pid: number): void {
@@ -621,4 +621,76 @@ export function findGap(size: number, taken: Array<{ start: number; end: number 
   }
   if (cand + size > 0x7fffffff0000) throw new StasisError(`no free address range of ${size} bytes for stasis's own pages`);
   return cand;
+}
+
+/**
+ * Copy-on-write sharing kept at restart: a child is forked from its parent
+ * once the parent's memory is rebuilt, so it starts with the parent's
+ * pages. A VMA of the child stays as forked when it is the same private
+ * mapping as the parent's (address, protection, backing, flags) and holds
+ * pages that were the parent's at checkpoint; everything else is unmapped
+ * and rebuilt as usual. Returns, per kept VMA, the page addresses to leave
+ * as forked.
+ */
+export function keptFromParent(child: ImageVma[], parent: ImageVma[], parentPid: number): Map<ImageVma, Set<number>> {
+  const kept = new Map<ImageVma, Set<number>>();
+  const same = (a: string[], b: string[]) => {
+    const norm = (x: string[]) => x.filter((f) => f !== 'lo' && f !== 'lf' && f !== 'sl').sort().join(' ');
+    return norm(a) === norm(b);
+  };
+  const forkable = (v: ImageVma) => (v.kind === 'anon' || v.kind === 'file') && !v.shared && !v.guards?.length
+    && !v.vmFlags.some((f) => f === 'wf' || f === 'dc' || f === 'gu' || f === 'dp');
+  const byStart = new Map(parent.map((w) => [w.start, w]));
+  for (const v of child) {
+    const w = byStart.get(v.start);
+    if (!w || w.end !== v.end || !forkable(v) || !forkable(w) || v.kind !== w.kind || v.prot !== w.prot || v.offset !== w.offset
+      || v.name !== w.name || v.file?.path !== w.file?.path || v.file?.ino !== w.file?.ino || !same(v.vmFlags, w.vmFlags)) continue;
+    // The parent holds the very page the child had at X: it was the
+    // parent's (from === parent) or both had it from the same ancestor.
+    const parentHas = new Map<number, Set<number>>();
+    for (const g of w.inherited ?? []) {
+      const s = new Set<number>();
+      for (const r of g.runs) for (let a = r.addr; a < r.addr + r.len; a += PAGE_SIZE) s.add(a);
+      parentHas.set(g.from, s);
+    }
+    const shared = new Set<number>();
+    let copies = false;
+    for (const g of v.inherited ?? []) {
+      for (const r of g.runs) {
+        for (let a = r.addr; a < r.addr + r.len; a += PAGE_SIZE) {
+          if (g.from === parentPid || parentHas.get(g.from)?.has(a)) shared.add(a);
+          else copies = true;
+        }
+      }
+    }
+    if (!shared.size) continue;
+    // Pages written into it need it writable as it stands.
+    if (v.prot[1] !== 'w' && (copies || v.savedPages > 0)) continue;
+    kept.set(v, shared);
+  }
+  return kept;
+}
+
+/**
+ * In a VMA kept as forked, the pages the child did not have at checkpoint
+ * (never touched, dropped) are dropped; its own pages are written after.
+ */
+export function dropUnshared(remote: Remote, kept: Map<ImageVma, Set<number>>, ownRuns: PageRun[]): void {
+  const own = new Set<number>();
+  for (const r of ownRuns) for (let a = r.addr; a < r.addr + r.len; a += PAGE_SIZE) own.add(a);
+  const calls: BatchCall[] = [];
+  for (const [v, shared] of kept) {
+    const inherited = new Set<number>();
+    for (const g of v.inherited ?? []) for (const r of g.runs) for (let a = r.addr; a < r.addr + r.len; a += PAGE_SIZE) inherited.add(a);
+    let from = -1;
+    for (let a = v.start; a <= v.end; a += PAGE_SIZE) {
+      const drop = a < v.end && !shared.has(a) && !own.has(a) && !inherited.has(a);
+      if (drop && from < 0) from = a;
+      if (!drop && from >= 0) {
+        calls.push({ name: 'madvise', nr: SYS.madvise, args: [from, a - from, MADV_DONTNEED], where: `${vmaLabel(v, v.file?.path ?? v.name)}: pages the child did not have` });
+        from = -1;
+      }
+    }
+  }
+  remote.batch(calls);
 }
