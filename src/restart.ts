@@ -8,9 +8,10 @@ import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, M
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
 import { loadImage, LoadedImage } from './image/load';
-import { ImageProcess } from './image/schema';
+import { ImageProcess, ImageVma, PageRun } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
-import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, checkMappedFiles, PageIndex, restoreLockFuture } from './kinds/memory';
+import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, checkMappedFiles, PageIndex, lockVmas, keptFromParent, dropUnshared, opensSharedObject } from './kinds/memory';
+import { restoreMergeAny, restoreLockFuture } from './kinds/mmpolicy';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
@@ -99,7 +100,7 @@ function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
     for (const v of p.vmas) {
       const where = `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`;
       if (v.kind === 'file') checkFilePrivilege(v.file!.path, where);
-      if (userNs && v.kind === 'shmem' && v.memfd === undefined) {
+      if (userNs && opensSharedObject(v, p.vmas)) {
         throw new UnsupportedError(`${where}: shared anonymous memory is rebuilt through /proc/PID/map_files, which needs CAP_CHECKPOINT_RESTORE outside a user namespace: restart this image as root`);
       }
     }
@@ -216,16 +217,27 @@ function hostIdOf(parent: Tracee, vid: number, thread: boolean): number {
   throw new StasisError(`cannot find the task created as pid ${vid} in the new pid namespace`);
 }
 
-/** Empty the address space of a blank task and put the vDSO where the image wants it. */
-function clearAddressSpace(remote: Remote, p: ImageProcess, log: (m: string) => void): void {
+/**
+ * Empty the address space of a blank task (but for the ranges in `keep`,
+ * as forked from its parent) and put the vDSO where the image wants it.
+ */
+function clearAddressSpace(remote: Remote, p: ImageProcess, log: (m: string) => void, keep: Array<{ start: number; end: number }> = []): void {
   const t = remote.task;
   const gadget = t.syscallInsn;
   const live = readMaps(t.pid);
   // An fd table shared with the parent holds the parent's restored fds already.
   if (!p.sharing?.files) remote.call('close_range', SYS.close_range, [0, 0xffffffff, 0], 'inherited fds');
   const specials = specialVmas(live);
-  remote.batch(live.filter((v) => !specials.has(v.path) && v.start !== gadget)
-    .map((v) => ({ name: 'munmap', nr: SYS.munmap, args: [v.start, v.end - v.start], where: `blank mapping ${v.path}` })));
+  const ranges = live.filter((v) => !specials.has(v.path) && v.start !== gadget).flatMap((v) => {
+    // What is left of a mapping once the kept ranges are cut out of it.
+    let pieces = [{ start: v.start, end: v.end, path: v.path }];
+    for (const k of keep) {
+      pieces = pieces.flatMap((x) => (k.end <= x.start || k.start >= x.end ? [x]
+        : [{ ...x, end: k.start }, { ...x, start: k.end }].filter((y) => y.end > y.start)));
+    }
+    return pieces;
+  });
+  remote.batch(ranges.map((v) => ({ name: 'munmap', nr: SYS.munmap, args: [v.start, v.end - v.start], where: `blank mapping ${v.path}` })));
   const taken = [...p.vmas, { start: gadget, end: gadget + GADGET_SIZE }, ...specials.values()];
   moveVdso(remote, p.vmas, live, findGap(64 * PAGE_SIZE, taken));
   log(`pid ${p.pid}: address space cleared, vDSO in place`);
@@ -237,6 +249,10 @@ interface Rebuilding {
   /** main thread first */
   threads: Tracee[];
   remote: Remote;
+  /** its address space is already rebuilt (before its children were forked) */
+  memoryBuilt?: boolean;
+  /** the parent it was forked from once the parent's memory was rebuilt */
+  forkedFrom?: ImageProcess;
 }
 
 /** What stasis holds for the tasks to open while they are rebuilt. */
@@ -246,22 +262,17 @@ interface Keepers { pipes: PipeKeeper; memfds: MemfdKeeper }
 function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
   const p = r.image;
   const remote = r.remote;
-  restoreCgroups(remote.task.pid, p.pid, p.cgroups);
-  clearAddressSpace(remote, p, log);
+  if (!r.memoryBuilt) rebuildMemory(r, img, keep, log, host);
   // Signals that reached the blank while the tree was built (SIGCHLD from
   // zombies made on purpose) are artifacts of the restore, not its state.
   remote.task.deferredSignals.length = 0;
-  mapVmas(remote, p.vmas, host, keep.memfds);
-  const pages = img.pages.filter((pg) => pg.pid === p.pid);
-  for (const pg of pages) writePages(remote, p.vmas, pg.runs, pg.data);
-  writeInheritedPages(remote, p, img);
-  finishVmas(remote, p.vmas);
-  log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written`);
   restoreMm(remote, p.mm);
   if (!p.sharing?.files) restoreFds(remote, p.fds, keep.pipes, keep.memfds);
   restoreLocks(remote, p.fds);
   // cwd, root and umask shared with the parent are set already (a second chroot would nest).
   restoreProcessAttrs(remote, p.sharing?.fs ? { ...p, root: '/' } : p);
+  lockVmas(remote, p.vmas);
+  restoreLockFuture(remote, p.lockFuture);
   restoreSigactions(remote, p.sigactions);
   restoreXcompPerm(remote, BigInt(p.xcompPerm));
   // Threads: created at their tids inside this process, then given their state.
@@ -279,7 +290,6 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
   restoreFdOwners(remote, p.fds);
-  restoreLockFuture(remote, p.lockFuture);
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
@@ -287,11 +297,45 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   log(`pid ${p.pid}: ${p.threads.length} thread(s) ready`);
 }
 
-/** Pages this process still shared copy-on-write with an ancestor: copied from the ancestor's. */
-function writeInheritedPages(remote: Remote, p: ImageProcess, img: LoadedImage): void {
+/**
+ * The address space: VMAs, pages, protections. A process forked from its
+ * rebuilt parent keeps the VMAs it still shared with it as they are.
+ */
+function rebuildMemory(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, host: (pid: number) => number): void {
+  const p = r.image;
+  const remote = r.remote;
+  const kept = r.forkedFrom ? keptFromParent(p.vmas, r.forkedFrom.vmas, r.forkedFrom.pid) : new Map<ImageVma, Set<number>>();
+  restoreCgroups(remote.task.pid, p.pid, p.cgroups);
+  clearAddressSpace(remote, p, log, [...kept.keys()]);
+  restoreMergeAny(remote, p.ksmMergeAny);
+  mapVmas(remote, p.vmas.filter((v) => !kept.has(v)), host, keep.memfds, p.ksmMergeAny);
+  const pages = img.pages.filter((pg) => pg.pid === p.pid);
+  dropUnshared(remote, kept, pages.flatMap((pg) => pg.runs));
+  for (const pg of pages) writePages(remote, p.vmas, pg.runs, pg.data);
+  writeInheritedPages(remote, p, img, kept);
+  finishVmas(remote, p.vmas);
+  const shared = [...kept.values()].reduce((n, x) => n + x.size, 0);
+  log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written${shared ? `, ${shared} pages still shared with pid ${r.forkedFrom!.pid}` : ''}`);
+  r.memoryBuilt = true;
+}
+
+/** Pages this process still shared copy-on-write with an ancestor: copied from the ancestor's (unless kept as forked). */
+function writeInheritedPages(remote: Remote, p: ImageProcess, img: LoadedImage, kept: Map<ImageVma, Set<number>>): void {
   const indexes = new Map<number, PageIndex>();
   for (const v of p.vmas) {
-    for (const group of v.inherited ?? []) {
+    const shared = kept.get(v);
+    for (const whole of v.inherited ?? []) {
+      const group = !shared ? whole : { from: whole.from, runs: whole.runs.flatMap((run) => {
+        const out: PageRun[] = [];
+        for (let a = run.addr; a < run.addr + run.len; a += PAGE_SIZE) {
+          if (shared.has(a)) continue;
+          const last = out[out.length - 1];
+          if (last && last.addr + last.len === a) last.len += PAGE_SIZE;
+          else out.push({ addr: a, len: PAGE_SIZE });
+        }
+        return out;
+      }) };
+      if (!group.runs.length) continue;
       let index = indexes.get(group.from);
       if (!index) indexes.set(group.from, index = new PageIndex(img.pages.filter((pg) => pg.pid === group.from)));
       const total = group.runs.reduce((n, r) => n + r.len, 0);
@@ -410,16 +454,38 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     const remotes = new Map<number, Remote>([[root.pid, blankRemote.withTask(rootTask)]]);
     const host = (pid: number) => remotes.get(pid)?.task.pid ?? pid;
     const entries = [...img.processes, ...img.zombies];
+    const images = new Map(img.processes.map((p) => [p.pid, p]));
+    const rebuilding = new Map<number, Rebuilding>();
+    const rebuildingOf = (pid: number): Rebuilding => {
+      let r = rebuilding.get(pid);
+      if (!r) rebuilding.set(pid, r = { image: images.get(pid)!, threads: [remotes.get(pid)!.task], remote: remotes.get(pid)! });
+      return r;
+    };
+    // A parent's memory is rebuilt before its first child is forked from
+    // it, so pages they shared copy-on-write are shared again. Not when it
+    // maps shared memory a process not yet rebuilt makes, or merges all its
+    // memory with KSM (a forked child would inherit that).
+    const readyToFork = (pid: number): boolean => {
+      const r = rebuildingOf(pid);
+      const p = r.image;
+      if (!r.memoryBuilt && !p.ksmMergeAny
+        && p.vmas.every((v) => !v.shmem?.from || v.shmem.from.pid === p.pid || rebuilding.get(v.shmem.from.pid)?.memoryBuilt)) {
+        rebuildMemory(r, img, { pipes, memfds }, log, host);
+      }
+      return !!r.memoryBuilt;
+    };
     setSession(remotes.get(root.pid)!, root);
     for (let progress = true; progress; ) {
       progress = false;
       for (const e of entries) {
         const parent = remotes.get(e.ppid);
         if (remotes.has(e.pid) || !parent) continue;
+        const fork = images.has(e.pid) && images.has(e.ppid) && readyToFork(e.ppid);
         const t = cloneAt(parent, e.pid, 'sharing' in e ? sharingFlags(e.sharing) : 0, SIGCHLD, 0, ns);
         created.push(t);
         const r = blankRemote.withTask(t);
         remotes.set(e.pid, r);
+        if (fork) rebuildingOf(e.pid).forkedFrom = images.get(e.ppid);
         setSession(r, e);
         progress = true;
       }
@@ -431,7 +497,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     for (const z of img.zombies) becomeZombie(remotes.get(z.pid)!.task, z.exitStatus);
     for (const z of img.zombies) waitZombie(host(z.pid));
     log(`tree of ${entries.length} processes created`);
-    const live: Rebuilding[] = img.processes.map((p) => ({ image: p, threads: [remotes.get(p.pid)!.task], remote: remotes.get(p.pid)! }));
+    const live: Rebuilding[] = img.processes.map((p) => rebuildingOf(p.pid));
     for (const r of live) {
       rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
       created.push(...r.threads.slice(1));

@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { build, Procs, waitFor, waitGone, tmpdir } from './harness';
 import { checkpointSync, restartSync, loadImage } from '../src';
-import { readVmas, readPagemap, readStatus, readStat } from '../src/proc';
+import { readVmas, readPagemap, readStatus, readStat, parseSmaps } from '../src/proc';
+import { classifyVmas } from '../src/kinds/memory';
 import { scanTree } from '../src/ptrace/freeze';
 
 const procs = new Procs();
@@ -71,6 +72,11 @@ test('copy-on-write layouts of a parent, child and grandchild keep every byte', 
   await waitGone(pid, procs);
   const r = restartSync(img);
   procs.addTree(r.pid);
+  // Forked from their rebuilt parents, they share again what the layouts
+  // left shared as forked (not the ranges split, moved or remapped).
+  const now = scanTree(r.pid).map((p) => p.pid);
+  const again = [sharedFrames(now[0], now[1]), sharedFrames(now[1], now[2])];
+  assert.ok(again[0] > shared[0] / 2 && again[1] > shared[1] / 2, `shared frames after restart ${again} (before ${shared})`);
   process.kill(r.pid, 'SIGUSR1');
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\ngrandchild ok\nchild ok\nparent ok\n');
@@ -107,12 +113,16 @@ async function vmflagsRoundTrip(args: string[]): Promise<void> {
   const { pid, dir, out } = await startReady('fid_vmflags', args);
   const before = smapsState(pid);
   const locked = readStatus(pid).raw.VmLck;
+  const ksm = (p: number) => /^ksm_merge_any: (\w+)$/m.exec(fs.readFileSync(`/proc/${p}/ksm_stat`, 'utf8'))![1];
+  const merging = ksm(pid);
+  assert.equal(merging, args.includes('ksm') ? 'yes' : 'no');
   for (const f of ['wf', 'dc', 'dd', 'hg', 'nh', 'mg', 'lo', 'lf', 'sr', 'rr', 'nr', 'gu', 'sl', 'dp']) {
     assert.ok(before.some((l) => l.split(' | ')[1].split(' ').includes(f)), `the program set ${f}`);
   }
   const r = await killRestart(pid, dir);
   assert.deepEqual(smapsState(r.pid), before);
   assert.equal(readStatus(r.pid).raw.VmLck, locked);
+  assert.equal(ksm(r.pid), merging);
   process.kill(r.pid, 'SIGUSR1');
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
@@ -124,6 +134,10 @@ test('VMA flags from madvise, mlock, mmap flags, guard pages and mseal come back
 
 test('mlockall(MCL_FUTURE | MCL_ONFAULT) still locks new mappings after restart', async () => {
   await vmflagsRoundTrip(['future']);
+});
+
+test('KSM merging of all memory (PR_SET_MEMORY_MERGE), with one range unmerged, comes back', async () => {
+  await vmflagsRoundTrip(['ksm']);
 });
 
 /** The special mappings of a process, as "name start-end". */
@@ -230,3 +244,22 @@ for (const mode of ['inside', 'outside']) {
     assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
   });
 }
+
+test('unit: every VmFlag is known; unknown ones, device kinds and protection keys are refused by name', () => {
+  const vma = (vmFlags: string[], protectionKey = 0) => ({
+    start: 0x10000, end: 0x20000, prot: { read: true, write: true, exec: false }, shared: false, offset: 0,
+    dev: '00:00', inode: 0, path: '', deleted: false, vmFlags, protectionKey,
+  });
+  const all = ['rd', 'wr', 'ex', 'mr', 'mw', 'me', 'gd', 'ac', 'nr', 'dp', 'dd', 'dc', 'wf', 'hg', 'nh', 'mg', 'sr', 'rr', 'lo', 'lf', 'gu', 'sl', 'sd'];
+  assert.equal(classifyVmas([vma(all)], 42).length, 1);
+  assert.throws(() => classifyVmas([vma(['rd', 'zz'])], 42), /pid 42: vma 10000-20000: a range with VmFlag "zz" \(unknown to stasis\) is not supported/);
+  assert.throws(() => classifyVmas([vma(['rd', 'ht'])], 42), /a hugetlbfs mapping is not supported/);
+  assert.throws(() => classifyVmas([vma(['rd', 'ss'])], 42), /a shadow stack is not supported/);
+  assert.throws(() => classifyVmas([vma(['rd'], 3)], 42), /memory protection key 3 is not supported; pkey_mprotect it back to key 0/);
+  assert.throws(() => classifyVmas([{ ...vma(['rd']), path: '[anon:cache]' }], 42), /named anonymous memory is not supported/);
+});
+
+test('unit: smaps ProtectionKey is parsed', () => {
+  const text = '7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \nRss:                   4 kB\nProtectionKey:         5\nVmFlags: rd wr mr mw me ac \n';
+  assert.equal(parseSmaps(text)[0].protectionKey, 5);
+});

@@ -28,7 +28,8 @@ import { CgroupMembership } from '../kinds/cgroups';
 import { FileLock } from '../kinds/locks';
 import { FdOwner } from '../kinds/fdowner';
 import { Sharing } from '../kinds/sharing';
-import { GuardRuns, LockFuture, ShmemSize } from '../kinds/memory';
+import { GuardRuns, ShmemSize } from '../kinds/memory';
+import { LockFuture, MergeAny } from '../kinds/mmpolicy';
 
 /** How a file is recognised again at restart. */
 export const FileIdentity = z.object({
@@ -207,6 +208,8 @@ export const ImageProcess = z.object({
   mm: ImageMm,
   /** mlockall(MCL_FUTURE) in force for new mappings */
   lockFuture: LockFuture,
+  /** prctl(PR_SET_MEMORY_MERGE): KSM merges all its memory */
+  ksmMergeAny: MergeAny,
   vmas: z.array(ImageVma).max(1 << 18),
   fds: z.array(ImageFd).max(FD_MAX),
   /** what it shares with its parent (fd table, fs info) */

@@ -4,7 +4,7 @@
 // writes the pages back.
 import fs from 'node:fs';
 import { z } from 'zod';
-import { Vma, readPagemap, readVmas } from '../proc';
+import { Vma, readPagemap } from '../proc';
 import type { FileIdentity, ImageVma, ImageCreds } from '../image/schema';
 import { savesPages, vmaAt } from '../image/vma';
 import { mayOpen, openNoSymlinks } from './files';
@@ -26,10 +26,6 @@ export type GuardRuns = z.infer<typeof GuardRuns>;
 export const ShmemSize = z.number().int().min(0).max(2 ** 47);
 export type ShmemSize = z.infer<typeof ShmemSize>;
 
-/** mlockall(MCL_FUTURE) in force: every new mapping is locked (mm->def_flags). */
-export const LockFuture = z.enum(['off', 'on', 'onfault']);
-export type LockFuture = z.infer<typeof LockFuture>;
-
 const SPECIAL: Record<string, ImageVma['kind']> = { '[vdso]': 'vdso', '[vvar]': 'vvar', '[vvar_vclock]': 'vvar_vclock' };
 
 /**
@@ -47,7 +43,7 @@ const MAPPED_FLAGS = new Set([
   'dp', // MAP_DROPPABLE
 ]);
 
-/** VmFlags restored with madvise after mapping. */
+/** VmFlags restored with madvise right after mapping, before any page is written. */
 const MADVISE_FOR_FLAG: Record<string, number> = {
   dd: 16, // MADV_DONTDUMP
   dc: 10, // MADV_DONTFORK
@@ -59,7 +55,7 @@ const MADVISE_FOR_FLAG: Record<string, number> = {
   rr: 1, // MADV_RANDOM
 };
 
-/** Restored by their own calls in finishVmas (mlock2, guard install, mseal). */
+/** Restored by calls of their own: gu (mapVmas, finishVmas: guard pages), lo lf sl (lockVmas: mlock2, mseal). */
 const CALL_FLAGS = new Set(['lo', 'lf', 'gu', 'sl']);
 
 /** No behaviour a program can see: soft-dirty only feeds /proc's clear_refs tracking. */
@@ -86,14 +82,15 @@ const REFUSED_FLAGS: Record<string, string> = {
 const MADV_GUARD_INSTALL = 102, MADV_GUARD_REMOVE = 103;
 const MAP_NORESERVE = 0x4000, MAP_DROPPABLE = 0x08;
 const MLOCK_ONFAULT = 1;
-const SYS_MSEAL = 462, SYS_MLOCKALL = 151;
+const SYS_MSEAL = 462;
+const MADV_UNMERGEABLE = 13, MADV_DONTNEED = 4;
 
 /** Refuse a VMA whose flags or protection key stasis cannot give back. */
 function refuseFlags(v: Vma, label: string, pid: number): void {
   const who = pid ? `pid ${pid}: ` : '';
   for (const f of v.vmFlags) {
     if (MAPPED_FLAGS.has(f) || MADVISE_FOR_FLAG[f] !== undefined || CALL_FLAGS.has(f) || IRRELEVANT_FLAGS.has(f)) continue;
-    const what = REFUSED_FLAGS[f] ?? `a range with VmFlag "${f}", unknown to stasis`;
+    const what = REFUSED_FLAGS[f] ?? `a range with VmFlag "${f}" (unknown to stasis)`;
     throw new UnsupportedError(`${who}${label}: ${what} is not supported; unmap it (or undo what set it) before the checkpoint`);
   }
   if (v.protectionKey) {
@@ -146,7 +143,23 @@ function mapFilesPath(pid: number, v: { start: number; end: number }): string {
   return `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
 }
 
-function vmaLabel(v: { start: number; end: number }, path: string): string {
+/** Use the object behind a shared mapping, opened through /proc/PID/map_files. */
+function openMapFiles<T>(pid: number, v: { start: number; end: number }, label: string, use: (fd: number) => T): T {
+  let fd: number;
+  try {
+    fd = fs.openSync(mapFilesPath(pid, v), 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new StasisError(`pid ${pid}: ${label}: cannot open its shared memory object through map_files (${code})${code === 'EPERM' ? '; that needs CAP_CHECKPOINT_RESTORE: checkpoint as root' : ''}`);
+  }
+  try {
+    return use(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export function vmaLabel(v: { start: number; end: number }, path: string): string {
   return `vma ${v.start.toString(16)}-${v.end.toString(16)}${path ? ` (${path})` : ''}`;
 }
 
@@ -172,7 +185,7 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVm
       out.push({ ...base, kind: 'anon', name: v.path });
     } else if (v.shared && v.path === '/dev/zero (deleted)') {
       // The object may be larger than this VMA (split, partly unmapped): its size.
-      const size = pid ? fs.statSync(mapFilesPath(pid, v)).size : v.offset + v.end - v.start;
+      const size = pid ? openMapFiles(pid, v, label, (fd) => fs.fstatSync(fd).size) : v.offset + v.end - v.start;
       out.push({ ...base, kind: 'shmem', name: '', shmem: { ino: v.inode, size } });
     } else if (memfdName(v.path) !== null && memfds) {
       if (!v.shared) throw new UnsupportedError(`${label}: private mapping of a memfd is not supported yet`);
@@ -228,12 +241,7 @@ export class ShmemPages {
     const ino = v.shmem!.ino;
     let o = this.objects.get(ino);
     if (!o) {
-      const fd = fs.openSync(mapFilesPath(pid, v), 'r');
-      try {
-        o = { data: dataRanges(fd, fs.fstatSync(fd).size), claimed: new Set() };
-      } finally {
-        fs.closeSync(fd);
-      }
+      o = { data: openMapFiles(pid, v, vmaLabel(v, v.name), (fd) => dataRanges(fd, fs.fstatSync(fd).size)), claimed: new Set() };
       this.objects.set(ino, o);
     }
     if (o.claimed.has(off) || !o.data.some(([a, b]) => a <= off && off < b)) return false;
@@ -495,12 +503,27 @@ function mappedWritable(v: ImageVma): boolean {
   return receivesPages(v) || (!v.shared && v.vmFlags.includes('ac'));
 }
 
+/** An object this one VMA maps whole is simply mapped shared and anonymous, with no object to open. */
+function mappedWhole(v: ImageVma, vmas: ImageVma[]): boolean {
+  const whole = v.offset === 0 && (v.shmem!.size ?? v.end - v.start) === v.end - v.start;
+  return whole && vmas.filter((w) => w.shmem?.ino === v.shmem!.ino && w.memfd === undefined).length === 1;
+}
+
+/**
+ * Whether rebuilding this shared anonymous mapping opens its object through
+ * /proc/PID/map_files (which needs CAP_CHECKPOINT_RESTORE in the initial
+ * user namespace): every one but an object a single VMA maps whole.
+ */
+export function opensSharedObject(v: ImageVma, vmas: ImageVma[]): boolean {
+  return v.kind === 'shmem' && v.memfd === undefined && (v.shmem?.from !== undefined || !mappedWhole(v, vmas));
+}
+
 /**
  * Map every (non-special) VMA of the image at its address. Mappings that
  * will receive saved pages are made writable for now; `finishVmas` puts the
  * final protection in place once the pages are written.
  */
-export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper): void {
+export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper, mergeAny = false): void {
   const wanted = vmas.filter((v) => v.kind !== 'vdso' && v.kind !== 'vvar' && v.kind !== 'vvar_vclock');
   // What each mapping is backed by: a path to open (and how), or nothing.
   const source = (v: ImageVma, label: string): { path: string; mode: number; what: string; image?: boolean } | null => {
@@ -530,10 +553,10 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
   // dropped (the fd keeps the object) before any VMA is placed.
   remote.reset();
   const own = new Map<number, number>();
-  for (const v of wanted) {
-    if (!v.shmem || v.memfd !== undefined) continue;
-    if (v.shmem.from && hostPid(v.shmem.from.pid) !== remote.task.pid) continue;
-    own.set(v.shmem.ino, Math.max(own.get(v.shmem.ino) ?? 0, v.shmem.size ?? v.offset + v.end - v.start));
+  const mine = wanted.filter((v) => v.shmem && v.memfd === undefined && (!v.shmem.from || hostPid(v.shmem.from.pid) === remote.task.pid));
+  for (const v of mine) {
+    if (mappedWhole(v, mine)) continue;
+    own.set(v.shmem!.ino, Math.max(own.get(v.shmem!.ino) ?? 0, v.shmem!.size ?? v.offset + v.end - v.start));
   }
   const inos = [...own.keys()];
   const sizes = inos.map((ino) => Math.ceil(own.get(ino)! / PAGE_SIZE) * PAGE_SIZE);
@@ -578,6 +601,10 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
     // writes below are backed.
     remote.batch(wanted.flatMap((v, i) => v.vmFlags.filter((f) => MADVISE_FOR_FLAG[f] !== undefined).map((f) =>
       ({ name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADVISE_FOR_FLAG[f]], where: `${labels[i]}, flag ${f}` }))));
+    if (mergeAny) {
+      remote.batch(wanted.flatMap((v, i) => v.vmFlags.includes('mg') ? [] : [
+        { name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADV_UNMERGEABLE], where: `${labels[i]}, not mergeable` }]));
+    }
     // "gu" stays on a VMA whose guard regions were all removed: one page
     // guarded and unguarded again, before any page is written.
     remote.batch(wanted.flatMap((v, i) => v.vmFlags.includes('gu') && !v.guards?.length ? [
@@ -605,83 +632,36 @@ export function writePages(remote: Remote, vmas: ImageVma[], runs: PageRun[], da
   remote.task.writev(data, 0, runs);
 }
 
-/**
- * Final protections and VmFlags once the contents are in place. Order
- * matters: guards cannot be installed in locked ranges, and a sealed range
- * takes no change at all, so mseal comes last.
- */
+/** Final protections and guard pages once the contents are in place. */
 export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
   const calls: BatchCall[] = [];
+  for (const v of vmas) {
+    if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
+    const label = vmaLabel(v, v.file?.path ?? v.name);
+    if (mappedWritable(v) && v.prot[1] !== 'w') calls.push({ name: 'mprotect', nr: SYS.mprotect, args: [v.start, v.end - v.start, protBits(v.prot)], where: label });
+    for (const g of v.guards ?? []) calls.push({ name: 'madvise', nr: SYS.madvise, args: [g.addr, g.len, MADV_GUARD_INSTALL], where: `${label}, guard pages` });
+  }
+  remote.batch(calls);
+}
+
+/**
+ * Locks and seals, once the process's rlimits are its own (RLIMIT_MEMLOCK
+ * bounds mlock for a user without CAP_IPC_LOCK): mlock2 after the guards
+ * (which locked ranges refuse), mseal last (a sealed range takes no change).
+ */
+export function lockVmas(remote: Remote, vmas: ImageVma[]): void {
+  const locks: BatchCall[] = [];
   const seals: BatchCall[] = [];
   for (const v of vmas) {
     if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
     const label = vmaLabel(v, v.file?.path ?? v.name);
     const len = v.end - v.start;
-    if (mappedWritable(v) && v.prot[1] !== 'w') calls.push({ name: 'mprotect', nr: SYS.mprotect, args: [v.start, len, protBits(v.prot)], where: label });
-    for (const g of v.guards ?? []) calls.push({ name: 'madvise', nr: SYS.madvise, args: [g.addr, g.len, MADV_GUARD_INSTALL], where: `${label}, guard pages` });
     if (v.vmFlags.includes('lo')) {
-      calls.push({ name: 'mlock2', nr: SYS.mlock2, args: [v.start, len, v.vmFlags.includes('lf') ? MLOCK_ONFAULT : 0], where: `${label}: lock it (RLIMIT_MEMLOCK or CAP_IPC_LOCK of the restarting user)` });
+      locks.push({ name: 'mlock2', nr: SYS.mlock2, args: [v.start, len, v.vmFlags.includes('lf') ? MLOCK_ONFAULT : 0], where: `${label}: lock it (RLIMIT_MEMLOCK or CAP_IPC_LOCK of the restarting user)` });
     }
     if (v.vmFlags.includes('sl')) seals.push({ name: 'mseal', nr: SYS_MSEAL, args: [v.start, len, 0], where: label });
   }
-  remote.batch([...calls, ...seals]);
-}
-
-/**
- * mlockall(MCL_FUTURE) leaves no mark on existing VMAs; it shows on new
- * ones. A page mapped (and unmapped) in the task tells: mm->locked_vm
- * grows with it, and its VmFlags say whether locking is on fault.
- */
-export function dumpLockFuture(remote: Remote): LockFuture {
-  const pid = remote.pid;
-  const lockedKb = () => Number(/^VmLck:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-  const before = lockedKb();
-  const probe = remote.call('mmap', SYS.mmap, [0, PAGE_SIZE, 0, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0], 'probe page for mlockall');
-  try {
-    if (lockedKb() === before) return 'off';
-    const vma = readVmas(pid).find((v) => v.start <= probe && probe < v.end);
-    return vma?.vmFlags.includes('lf') ? 'onfault' : 'on';
-  } finally {
-    remote.call('munmap', SYS.munmap, [probe, PAGE_SIZE], 'probe page for mlockall');
-  }
-}
-
-const MCL_FUTURE = 2, MCL_ONFAULT = 4;
-const SYS_GET_MEMPOLICY = 239, MPOL_F_ADDR = 2;
-const MPOL_NAMES = ['default', 'preferred', 'bind', 'interleave', 'local', 'preferred many', 'weighted interleave'];
-
-/**
- * NUMA memory policies (set_mempolicy, mbind) are not saved: any policy
- * other than the default, for the task or for a VMA, is refused by name.
- * get_mempolicy(MPOL_F_ADDR) gives a VMA's policy, or the task's when it
- * has none of its own: one batch of calls for every VMA.
- */
-export function refuseMempolicy(remote: Remote, vmas: ImageVma[]): void {
-  const pid = remote.pid;
-  const targets = [{ addr: 0, what: 'the task' }, ...vmas.filter((v) => v.kind !== 'vvar' && v.kind !== 'vvar_vclock')
-    .map((v) => ({ addr: v.start, what: vmaLabel(v, v.file?.path ?? v.name) }))];
-  for (let i = 0; i < targets.length; i += 256) {
-    const part = targets.slice(i, i + 256);
-    remote.reset();
-    const modes = remote.alloc(4 * part.length);
-    remote.batch(part.map((t, k) => ({
-      name: 'get_mempolicy', nr: SYS_GET_MEMPOLICY,
-      args: [modes + 4 * k, 0, 0, t.addr, t.addr ? MPOL_F_ADDR : 0], where: `NUMA policy of ${t.what}`,
-    })));
-    const got = remote.task.readMem(modes, 4 * part.length);
-    part.forEach((t, k) => {
-      const mode = got.readInt32LE(4 * k) & 0xffff; // the high bits are mode flags
-      if (mode !== 0) {
-        throw new UnsupportedError(`pid ${pid}: ${t.what} has NUMA memory policy "${MPOL_NAMES[mode] ?? mode}" (set_mempolicy or mbind): not supported; checkpoint it with the default policy`);
-      }
-    });
-  }
-}
-
-/** The last memory call of a restore: later mappings of the program are locked again. */
-export function restoreLockFuture(remote: Remote, lock: LockFuture | undefined): void {
-  if (!lock || lock === 'off') return;
-  remote.call('mlockall', SYS_MLOCKALL, [MCL_FUTURE | (lock === 'onfault' ? MCL_ONFAULT : 0)], 'mlockall(MCL_FUTURE)');
+  remote.batch([...locks, ...seals]);
 }
 
 /** A free address range of `size` bytes outside every listed range. */
@@ -695,4 +675,76 @@ export function findGap(size: number, taken: Array<{ start: number; end: number 
   }
   if (cand + size > 0x7fffffff0000) throw new StasisError(`no free address range of ${size} bytes for stasis's own pages`);
   return cand;
+}
+
+/**
+ * Copy-on-write sharing kept at restart: a child is forked from its parent
+ * once the parent's memory is rebuilt, so it starts with the parent's
+ * pages. A VMA of the child stays as forked when it is the same private
+ * mapping as the parent's (address, protection, backing, flags) and holds
+ * pages that were the parent's at checkpoint; everything else is unmapped
+ * and rebuilt as usual. Returns, per kept VMA, the page addresses to leave
+ * as forked.
+ */
+export function keptFromParent(child: ImageVma[], parent: ImageVma[], parentPid: number): Map<ImageVma, Set<number>> {
+  const kept = new Map<ImageVma, Set<number>>();
+  const same = (a: string[], b: string[]) => {
+    const norm = (x: string[]) => x.filter((f) => f !== 'lo' && f !== 'lf' && f !== 'sl').sort().join(' ');
+    return norm(a) === norm(b);
+  };
+  const forkable = (v: ImageVma) => (v.kind === 'anon' || v.kind === 'file') && !v.shared && !v.guards?.length
+    && !v.vmFlags.some((f) => f === 'wf' || f === 'dc' || f === 'gu' || f === 'dp');
+  const byStart = new Map(parent.map((w) => [w.start, w]));
+  for (const v of child) {
+    const w = byStart.get(v.start);
+    if (!w || w.end !== v.end || !forkable(v) || !forkable(w) || v.kind !== w.kind || v.prot !== w.prot || v.offset !== w.offset
+      || v.name !== w.name || v.file?.path !== w.file?.path || v.file?.ino !== w.file?.ino || !same(v.vmFlags, w.vmFlags)) continue;
+    // The parent holds the very page the child had at X: it was the
+    // parent's (from === parent) or both had it from the same ancestor.
+    const parentHas = new Map<number, Set<number>>();
+    for (const g of w.inherited ?? []) {
+      const s = new Set<number>();
+      for (const r of g.runs) for (let a = r.addr; a < r.addr + r.len; a += PAGE_SIZE) s.add(a);
+      parentHas.set(g.from, s);
+    }
+    const shared = new Set<number>();
+    let copies = false;
+    for (const g of v.inherited ?? []) {
+      for (const r of g.runs) {
+        for (let a = r.addr; a < r.addr + r.len; a += PAGE_SIZE) {
+          if (g.from === parentPid || parentHas.get(g.from)?.has(a)) shared.add(a);
+          else copies = true;
+        }
+      }
+    }
+    if (!shared.size) continue;
+    // Pages written into it need it writable as it stands.
+    if (v.prot[1] !== 'w' && (copies || v.savedPages > 0)) continue;
+    kept.set(v, shared);
+  }
+  return kept;
+}
+
+/**
+ * In a VMA kept as forked, the pages the child did not have at checkpoint
+ * (never touched, dropped) are dropped; its own pages are written after.
+ */
+export function dropUnshared(remote: Remote, kept: Map<ImageVma, Set<number>>, ownRuns: PageRun[]): void {
+  const own = new Set<number>();
+  for (const r of ownRuns) for (let a = r.addr; a < r.addr + r.len; a += PAGE_SIZE) own.add(a);
+  const calls: BatchCall[] = [];
+  for (const [v, shared] of kept) {
+    const inherited = new Set<number>();
+    for (const g of v.inherited ?? []) for (const r of g.runs) for (let a = r.addr; a < r.addr + r.len; a += PAGE_SIZE) inherited.add(a);
+    let from = -1;
+    for (let a = v.start; a <= v.end; a += PAGE_SIZE) {
+      const drop = a < v.end && !shared.has(a) && !own.has(a) && !inherited.has(a);
+      if (drop && from < 0) from = a;
+      if (!drop && from >= 0) {
+        calls.push({ name: 'madvise', nr: SYS.madvise, args: [from, a - from, MADV_DONTNEED], where: `${vmaLabel(v, v.file?.path ?? v.name)}: pages the child did not have` });
+        from = -1;
+      }
+    }
+  }
+  remote.batch(calls);
 }

@@ -21,6 +21,8 @@
 //  file       private file mapping, parent wrote page 1 before the fork,
 //             the child writes page 2 afterwards
 //  pmoved     the parent moves its copy after the fork; the child keeps it
+//  dropped    the child drops pages 0-7 (MADV_DONTNEED: zeros for it), the
+//             grandchild (forked after) keeps them dropped, the parent not
 //  shared     shared anonymous memory (MAP_SHARED), split in three by an
 //             mprotect before the fork; after it the child unmaps pages 0-3
 //             and moves pages 16-23, the parent unmaps pages 28-31. After
@@ -110,7 +112,7 @@ int main(int argc, char **argv)
     signal(SIGUSR1, onusr1);
 
     unsigned char *written = anon(RS), *split = anon(RS), *moved = anon(RS), *swapped = anon(RS);
-    unsigned char *dontfork = anon(RS), *unmapped = anon(RS), *zero = anon(RS), *pmoved = anon(RS);
+    unsigned char *dontfork = anon(RS), *unmapped = anon(RS), *zero = anon(RS), *pmoved = anon(RS), *dropped = anon(RS);
     // 2 MiB aligned, for a huge page.
     unsigned char *thpraw = anon(THP + (2UL << 20));
     unsigned char *thp = (unsigned char *)(((uintptr_t)thpraw + (2UL << 20) - 1) & ~((2UL << 20) - 1));
@@ -122,7 +124,7 @@ int main(int argc, char **argv)
     fill(shared, RS, 41);
     mprotect(shared + 8 * PG, 8 * PG, PROT_READ);
     fill(written, RS, 1); fill(split, RS, 2); fill(moved, RS, 3); fill(swapped, RS, 4);
-    fill(dontfork, RS, 5); fill(unmapped, RS, 6); fill(thp, THP, 7); fill(pmoved, RS, 9);
+    fill(dontfork, RS, 5); fill(unmapped, RS, 6); fill(thp, THP, 7); fill(pmoved, RS, 9); fill(dropped, RS, 10);
     volatile unsigned char sink = 0;
     for (size_t i = 0; i < RS; i += PG) sink += zero[i];
     (void)sink;
@@ -153,6 +155,8 @@ int main(int argc, char **argv)
         fill(zero + 3 * PG, 2 * PG, 17);
         thp[5 * PG + 7] ^= 0xff;
         fmap[2 * PG + 9] = 'Y';
+        madvise(dropped, 8 * PG, MADV_DONTNEED);
+        for (size_t i = 0; i < 8 * PG; i++) if (dropped[i]) { say("FAIL: DONTNEED\n"); _exit(2); }
         munmap(shared, 4 * PG);
         unsigned char *smoved = mremap(shared + 16 * PG, 8 * PG, 8 * PG, MREMAP_MAYMOVE | MREMAP_FIXED, spare + 3 * RS);
         track("shared-lo", shared + 4 * PG, 12 * PG); track("shared-moved", smoved, 8 * PG); track("shared-hi", shared + 24 * PG, 8 * PG);
@@ -160,7 +164,7 @@ int main(int argc, char **argv)
         track("swapped", swapped, RS); track("dontfork-lo", dontfork, 8 * PG); track("dontfork-hole", hole, 8 * PG);
         track("dontfork-hi", dontfork + 16 * PG, 16 * PG); track("unmapped-lo", unmapped, 12 * PG);
         track("unmapped-hi", unmapped + 20 * PG, 12 * PG); track("zero", zero, RS); track("thp", thp, THP);
-        track("file", fmap, 4 * PG); track("pmoved", pmoved, RS);
+        track("file", fmap, 4 * PG); track("pmoved", pmoved, RS); track("dropped", dropped, RS);
         int down[2];
         if (pipe(down) < 0) _exit(2);
         pid_t grand = fork();
@@ -193,7 +197,7 @@ int main(int argc, char **argv)
     track("shared", shared, 28 * PG);
     track("written", written, RS); track("split", split, RS); track("moved", moved, RS); track("swapped", swapped, RS);
     track("dontfork", dontfork, RS); track("unmapped", unmapped, RS); track("zero", zero, RS); track("thp", thp, THP);
-    track("file", fmap, 4 * PG); track("pmoved", pto, RS);
+    track("file", fmap, 4 * PG); track("pmoved", pto, RS); track("dropped", dropped, RS);
     char c;
     (void)!read(up[0], &c, 1);
     record();

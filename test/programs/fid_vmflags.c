@@ -1,6 +1,8 @@
-// fid_vmflags [future]: one region per VMA flag that madvise, mlock, mmap
-// flags and mseal leave on a mapping, each filled with its own data, then
-// "ready". With "future", mlockall(MCL_FUTURE | MCL_ONFAULT) last. On
+// fid_vmflags [future|ksm]: one region per VMA flag that madvise, mlock,
+// mmap flags and mseal leave on a mapping, each filled with its own data,
+// then "ready". With "future", mlockall(MCL_FUTURE | MCL_ONFAULT) last;
+// with "ksm", prctl(PR_SET_MEMORY_MERGE) first and the "nohugepage"
+// region made unmergeable again (MADV_UNMERGEABLE). On
 // SIGUSR1 (after restart) it checks the contents and the behaviour each
 // flag gives: guard pages fault, a sealed range refuses mprotect, a forked
 // child sees wipe-on-fork memory zeroed and don't-fork memory absent, new
@@ -15,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,6 +31,10 @@
 #endif
 #ifndef MAP_DROPPABLE
 #define MAP_DROPPABLE 0x08
+#endif
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#define PR_GET_MEMORY_MERGE 68
 #endif
 #ifndef MLOCK_ONFAULT
 #define MLOCK_ONFAULT 1
@@ -84,6 +91,8 @@ static size_t guard_hi(int r) { return r == GUARD ? 8 * PG : 0; }
 int main(int argc, char **argv)
 {
     int future = argc > 1 && !strcmp(argv[1], "future");
+    int ksm = argc > 1 && !strcmp(argv[1], "ksm");
+    if (ksm && prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0)) fail("PR_SET_MEMORY_MERGE", strerror(errno));
     sigset_t usr1;
     sigemptyset(&usr1);
     sigaddset(&usr1, SIGUSR1);
@@ -102,6 +111,7 @@ int main(int argc, char **argv)
     madvise(reg[DONTDUMP], RS, MADV_DONTDUMP);
     madvise(reg[HUGE], lens[HUGE], MADV_HUGEPAGE);
     madvise(reg[NOHUGE], lens[NOHUGE], MADV_NOHUGEPAGE);
+    if (ksm && madvise(reg[NOHUGE], lens[NOHUGE], MADV_UNMERGEABLE)) fail("MADV_UNMERGEABLE", strerror(errno));
     madvise(reg[MERGE], RS, MADV_MERGEABLE);
     madvise(reg[SEQ], RS, MADV_SEQUENTIAL);
     madvise(reg[RAND], RS, MADV_RANDOM);
@@ -149,6 +159,7 @@ int main(int argc, char **argv)
     if (!WIFEXITED(st) || WEXITSTATUS(st) & 1) fail("wipeonfork", "not wiped in a child");
     if (!WIFEXITED(st) || WEXITSTATUS(st) & 2) fail("dontfork", "present in a child");
     if (!WIFEXITED(st) || WEXITSTATUS(st) & 4) fail("dontdump", "child copy");
+    if (ksm && prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) != 1) fail("ksm", "merge-any lost");
     if (future) {
         unsigned char *n = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         char line[256];

@@ -1,0 +1,113 @@
+// Address-space-wide memory settings of a process (mm_struct, not one
+// VMA): mlockall(MCL_FUTURE), KSM merge-any, NUMA policy, and whether the
+// address space is shared with another process of the tree.
+import fs from 'node:fs';
+import { z } from 'zod';
+import { readVmas } from '../proc';
+import { ImageVma } from '../image/schema';
+import { Remote, MAP_PRIVATE, MAP_ANONYMOUS } from '../ptrace/remote';
+import { SYS, PAGE_SIZE } from '../sys/x86';
+import { UnsupportedError } from '../sys/errno';
+import { syscall } from '../sys/libc';
+import { vmaLabel } from './memory';
+
+/** prctl(PR_SET_MEMORY_MERGE): KSM on every eligible VMA, present and future. */
+export const MergeAny = z.boolean();
+export type MergeAny = z.infer<typeof MergeAny>;
+
+/** mlockall(MCL_FUTURE) in force: every new mapping is locked (mm->def_flags). */
+export const LockFuture = z.enum(['off', 'on', 'onfault']);
+export type LockFuture = z.infer<typeof LockFuture>;
+
+/**
+ * mlockall(MCL_FUTURE) leaves no mark on existing VMAs; it shows on new
+ * ones. A page mapped (and unmapped) in the task tells: mm->locked_vm
+ * grows with it, and its VmFlags say whether locking is on fault.
+ */
+export function dumpLockFuture(remote: Remote): LockFuture {
+  const pid = remote.pid;
+  const lockedKb = () => Number(/^VmLck:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  const before = lockedKb();
+  const probe = remote.call('mmap', SYS.mmap, [0, PAGE_SIZE, 0, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0], 'probe page for mlockall');
+  try {
+    if (lockedKb() === before) return 'off';
+    const vma = readVmas(pid).find((v) => v.start <= probe && probe < v.end);
+    return vma?.vmFlags.includes('lf') ? 'onfault' : 'on';
+  } finally {
+    remote.call('munmap', SYS.munmap, [probe, PAGE_SIZE], 'probe page for mlockall');
+  }
+}
+
+const MCL_FUTURE = 2, MCL_ONFAULT = 4, SYS_MLOCKALL = 151;
+
+/** After the VMAs are locked: the mappings the program makes later are locked too. */
+export function restoreLockFuture(remote: Remote, lock: LockFuture | undefined): void {
+  if (lock && lock !== 'off') remote.call('mlockall', SYS_MLOCKALL, [MCL_FUTURE | (lock === 'onfault' ? MCL_ONFAULT : 0)], 'mlockall(MCL_FUTURE)');
+}
+
+const PR_SET_MEMORY_MERGE = 67;
+
+/** Whether the process asked KSM to merge all its memory (/proc/PID/ksm_stat). */
+export function dumpMergeAny(pid: number): MergeAny {
+  let text = '';
+  try {
+    text = fs.readFileSync(`/proc/${pid}/ksm_stat`, 'utf8');
+  } catch { /* a kernel without KSM: nothing to merge */ }
+  return /^ksm_merge_any: yes$/m.test(text);
+}
+
+/**
+ * Set before any VMA is mapped, so each gets "mg" as the kernel gave it;
+ * VMAs the program had made unmergeable since are made so again in mapVmas.
+ */
+export function restoreMergeAny(remote: Remote, mergeAny: MergeAny | undefined): void {
+  if (mergeAny) remote.call('prctl', SYS.prctl, [PR_SET_MEMORY_MERGE, 1, 0, 0, 0], 'PR_SET_MEMORY_MERGE');
+}
+
+const SYS_GET_MEMPOLICY = 239, MPOL_F_ADDR = 2;
+const MPOL_MODE_FLAGS = 0xe000; // MPOL_F_STATIC_NODES, MPOL_F_RELATIVE_NODES, MPOL_F_NUMA_BALANCING
+const MPOL_NAMES = ['default', 'preferred', 'bind', 'interleave', 'local', 'preferred many', 'weighted interleave'];
+
+/**
+ * NUMA memory policies (set_mempolicy, mbind) are not saved: any policy
+ * other than the default, for the task or for a VMA, is refused by name.
+ * get_mempolicy(MPOL_F_ADDR) gives a VMA's policy, or the task's when it
+ * has none of its own: one batch of calls for every VMA.
+ */
+export function refuseMempolicy(remote: Remote, vmas: ImageVma[]): void {
+  const pid = remote.pid;
+  const targets = [{ addr: 0, what: 'the task' }, ...vmas.filter((v) => v.kind !== 'vvar' && v.kind !== 'vvar_vclock')
+    .map((v) => ({ addr: v.start, what: vmaLabel(v, v.file?.path ?? v.name) }))];
+  for (let i = 0; i < targets.length; i += 256) {
+    const part = targets.slice(i, i + 256);
+    remote.reset();
+    const modes = remote.alloc(4 * part.length);
+    remote.batch(part.map((t, k) => ({
+      name: 'get_mempolicy', nr: SYS_GET_MEMPOLICY,
+      args: [modes + 4 * k, 0, 0, t.addr, t.addr ? MPOL_F_ADDR : 0], where: `NUMA policy of ${t.what}`,
+    })));
+    const got = remote.task.readMem(modes, 4 * part.length);
+    part.forEach((t, k) => {
+      const mode = got.readInt32LE(4 * k) & ~MPOL_MODE_FLAGS;
+      if (mode !== 0) {
+        throw new UnsupportedError(`pid ${pid}: ${t.what} has NUMA memory policy "${MPOL_NAMES[mode] ?? mode}" (set_mempolicy or mbind): not supported; checkpoint it with the default policy`);
+      }
+    });
+  }
+}
+
+/**
+ * Processes sharing one address space without being threads of one
+ * process (clone(CLONE_VM), a vfork child before it execs) would come back
+ * with separate copies: refused by name.
+ */
+export function refuseSharedMm(pids: number[]): void {
+  const KCMP_VM = 1;
+  for (let i = 0; i < pids.length; i++) {
+    for (let j = 0; j < i; j++) {
+      if (syscall(SYS.kcmp, 'kcmp(KCMP_VM)', pids[i], pids[j], KCMP_VM, 0, 0) === 0) {
+        throw new UnsupportedError(`pid ${pids[i]} shares its address space with pid ${pids[j]} (clone with CLONE_VM, or vfork before exec): not supported; checkpoint once the child has called exec or exited`);
+      }
+    }
+  }
+}
