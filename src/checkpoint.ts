@@ -60,7 +60,7 @@ function checkTarget(pid: number): void {
 }
 
 /** A `syscall` instruction to inject through: where the task stopped, or in its vDSO. */
-function locateSyscall(t: Tracee, vdso?: { start: number; end: number }): number {
+export function locateSyscall(t: Tracee, vdso?: { start: number; end: number }): number {
   const rip = Number(t.saved!.get('rip'));
   try {
     const b = t.readMem(rip - 2, 2);
@@ -90,13 +90,29 @@ function openOutput(output: string | number): { fd: number; close: (ok: boolean)
 }
 
 /** What can be read from /proc and refused before any injection. */
-interface Survey {
+export interface Survey {
   proc: FrozenProcess;
   vmas: ImageVma[];
   fds: ImageFd[];
 }
 
-function dumpZombie(p: FrozenProcess): ImageZombie {
+/**
+ * The /proc side of live, seized processes (parents first): VMAs and fds,
+ * shared memory linked across them. Nothing is injected yet. Also how
+ * restart --verify reads a rebuilt tree back.
+ */
+export function surveyProcesses(procs: FrozenProcess[], pipes: PipeTable, memfds: MemfdTable): Survey[] {
+  const surveys: Survey[] = [];
+  for (const p of procs) {
+    const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
+    const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds);
+    surveys.push({ proc: p, vmas, fds });
+  }
+  linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
+  return surveys;
+}
+
+export function dumpZombie(p: FrozenProcess): ImageZombie {
   const st = readStat(p.pid);
   return { pid: p.pid, ppid: st.ppid, pgid: st.pgrp, sid: st.session, exitStatus: st.exitCode };
 }
@@ -121,8 +137,12 @@ function refuseForeignGroups(root: number, procs: Array<{ pid: number; stat: { p
   }
 }
 
-/** Injected system calls: the process-wide state through its main thread, then each thread. */
-function dumpProcess(s: Survey): ImageProcess {
+/**
+ * Injected system calls: the process-wide state through its main thread,
+ * then each thread. Every thread must be seized and stopped, its `saved`
+ * registers the ones it resumes with; they are what the image records.
+ */
+export function dumpProcess(s: Survey): ImageProcess {
   const pid = s.proc.pid;
   const stat = readStat(pid);
   const attrs = dumpProcessAttrs(pid);
@@ -184,21 +204,11 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
   try {
     const pipes = new PipeTable();
     const memfds = new MemfdTable();
-    const surveys: Survey[] = [];
-    const zombies: ImageZombie[] = [];
-    for (const p of tree.processes) {
-      if (p.zombie) {
-        if (p.pid === pid) throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
-        zombies.push(dumpZombie(p));
-        continue;
-      }
-      const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
-      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds);
-      surveys.push({ proc: p, vmas, fds });
-    }
+    if (tree.processes.find((p) => p.pid === pid)?.zombie) throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
+    const zombies = tree.processes.filter((p) => p.zombie).map(dumpZombie);
+    const surveys = surveyProcesses(tree.processes.filter((p) => !p.zombie), pipes, memfds);
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
-    linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => dumpProcess(s));
     // Only a tree can share pages copy-on-write between its processes.
     const frames = surveys.length > 1 ? new SavedFrames() : undefined;

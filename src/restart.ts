@@ -18,6 +18,7 @@ import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
+import { verifyTree } from './verify';
 import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, mapFile, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
@@ -33,6 +34,12 @@ export interface RestartOptions {
   inheritFds?: Record<string, number>;
   /** Start the restored process in a new session (for running detached). */
   setsid?: boolean;
+  /**
+   * Before the tree runs, read it back with the checkpoint's own code and
+   * compare it with the image; any difference fails the restart, naming
+   * the field. Off by default: it costs a dump of every process's metadata.
+   */
+  verify?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -401,6 +408,7 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
 }
 
 function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) => void): Restarted {
+  const startedAt = process.hrtime.bigint();
   const root = img.processes[0];
   const ns = !!opts.pidNs;
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
@@ -469,6 +477,9 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       created.push(...r.threads.slice(1));
     }
     memfds.seal();
+    if (opts.verify) {
+      verifyTree({ processes: live, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    }
     for (const r of live) {
       // A process that was stopped goes back to its stop as it resumes.
       if (r.image.stopped) r.threads[0].deferredSignals.unshift(SIGSTOP);

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { Vma, readPagemap } from '../proc';
 import { FileIdentity, ImageVma } from '../image/schema';
 import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
-import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
+import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
 import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
 import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
@@ -352,6 +352,7 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
       const src = sources[i];
       let flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE) | (src ? 0 : MAP_ANONYMOUS);
       if (v.vmFlags.includes('gd')) flags |= MAP_GROWSDOWN;
+      if (v.vmFlags.includes('nr')) flags |= MAP_NORESERVE; // glibc's thread arenas: no commit charge
       const fd = src ? fds.get(`${src.mode}:${src.path}`)! : -1;
       return { name: 'mmap', nr: SYS.mmap, args: [v.start, v.end - v.start, prot, flags, fd, src ? v.offset : 0], where: labels[i] };
     });

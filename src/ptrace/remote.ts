@@ -6,7 +6,7 @@ import { StasisError, SyscallError } from '../sys/errno';
 
 export const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4;
 export const MAP_SHARED = 1, MAP_PRIVATE = 2, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20;
-export const MAP_GROWSDOWN = 0x100, MAP_FIXED_NOREPLACE = 0x100000;
+export const MAP_GROWSDOWN = 0x100, MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000;
 export const AT_FDCWD = -100;
 
 /** One system call of a batch, with what it is about (for errors). */
