@@ -12,7 +12,7 @@ import { PipeTable } from './kinds/pipes';
 import { MemfdTable } from './kinds/memfd';
 import { specialVmas } from './kinds/vdso';
 import { resumeRegs } from './kinds/registers';
-import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd, ImageFd } from './image/schema';
+import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd, ImageFd, ImageVma } from './image/schema';
 import { StasisError } from './sys/errno';
 import { Regs, SYS } from './sys/x86';
 
@@ -126,6 +126,32 @@ const unordered = (key: string): Rule => (a, b, cx) => {
   cx.compare(sorted(a), sorted(b));
 };
 
+/**
+ * The VMA list with neighbouring anonymous VMAs that only a different
+ * vm_pgoff kept apart merged into one: memory moved with mremap keeps the
+ * page offset of where it was first mapped, so the kernel does not merge
+ * it with its neighbour; mapped afresh at restart, the two merge. Same
+ * memory, protections and flags; only the split in maps differs.
+ */
+const mergingAnon: Rule = (a, b, cx) => {
+  const merged = (v: unknown) => {
+    if (!Array.isArray(v)) return v;
+    const out: ImageVma[] = [];
+    for (const x of v as ImageVma[]) {
+      const prev = out[out.length - 1];
+      const plain = (y: ImageVma) => y.kind === 'anon' && !y.shmem && y.memfd === undefined && !y.shared;
+      if (prev && plain(prev) && plain(x) && prev.end === x.start && prev.prot === x.prot && prev.name === x.name
+        && [...prev.vmFlags].sort().join() === [...x.vmFlags].sort().join()) {
+        out[out.length - 1] = { ...prev, end: x.end, savedPages: prev.savedPages + x.savedPages };
+      } else {
+        out.push(x);
+      }
+    }
+    return out;
+  };
+  cx.compare(merged(a), merged(b));
+};
+
 /** Flag names (VmFlags): a difference names the flags each side lacks. */
 const flagSet: Rule = (a, b) => {
   if (!Array.isArray(a) || !Array.isArray(b)) return differs(a, b);
@@ -189,6 +215,7 @@ const skipIf = (when: (image: unknown, imageParent: unknown) => boolean): Rule =
 export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['kernel', skip, 'the kernel the image was taken on; the restored tree runs on this one'],
   ['stopped', skip, 'a stopped process is stopped again when the tree is let go, after verification'],
+  ['vmas', mergingAnon, 'anonymous VMAs kept apart only by vm_pgoff (mremap) merge when mapped afresh: compared merged'],
   ['vmas[].savedPages', skip, 'pages are not re-read: the layout, protections and flags are compared'],
   ['vmas[].inherited', skip, 'pages shared copy-on-write at checkpoint time: page bookkeeping, not re-read'],
   ['vmas[].offset', skipIf((_, v) => (v as { kind?: string }).kind === 'anon'), 'vm_pgoff of anonymous memory: the address it was first mapped at (mremap keeps it), not settable by mmap, seen only in maps'],
@@ -238,18 +265,19 @@ class Comparison {
 
   constructor(private readonly hostToImage: Map<number, number>, private readonly imageIds: Set<number>, private readonly elapsedNs: bigint) {}
 
-  private image: unknown;
+  /** the image's VMA list as last compared (as a rule may have rewritten it), to name VMAs */
+  private imageVmas: unknown[] = [];
 
   /** Compare one record: `where` names it ("pid 42"), `prefix` selects its rules ("", "zombie."). */
   record(where: string, prefix: string, image: unknown, restored: unknown): void {
-    this.image = image;
+    this.imageVmas = [];
     this.walk(where, prefix, '', image, restored, undefined, undefined);
   }
 
   /** A difference; one inside a VMA says which VMA of the image it is. */
   private push(where: string, path: string, message: string): void {
     const m = /^vmas\[(\d+)\]/.exec(path);
-    const v = m && isObject(this.image) && Array.isArray(this.image.vmas) ? this.image.vmas[Number(m[1])] : undefined;
+    const v = m ? this.imageVmas[Number(m[1])] : undefined;
     const label = isObject(v) && typeof v.start === 'number' && typeof v.end === 'number' ? ` (image vma ${v.start.toString(16)}-${v.end.toString(16)})` : '';
     this.found.push({ where, path, message: message + label });
   }
@@ -280,6 +308,7 @@ class Comparison {
       if (msg) this.push(where, path, msg);
       return;
     }
+    if (path === 'vmas' && Array.isArray(a)) this.imageVmas = a;
     const join = (k: string) => (path ? `${path}.${k}` : k);
     if (Array.isArray(a) && Array.isArray(b)) {
       for (let i = 0; i < Math.min(a.length, b.length); i++) this.walk(where, prefix, `${path}[${i}]`, a[i], b[i], a, b);

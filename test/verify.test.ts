@@ -122,3 +122,19 @@ test('an unknown tamper field is refused by name, and nothing is left', async ()
   assert.throws(() => tampering('nonsense', () => restartSync(img, { verify: true })), /STASIS_TEST_TAMPER=nonsense: not a known field \(umask, blocked\)/);
   assert.equal(fs.existsSync(`/proc/${pid}`), false);
 });
+
+test('memory moved next to its neighbour with mremap (split only by its page offset) restarts verified and intact', async () => {
+  const dir = tmpdir('verify-mremap');
+  const { pid, img, out } = await checkpointed('remapped', /^ready$/m, dir, false);
+  // Two VMAs where one mmap would make one: the case --verify compares merged.
+  const vmas = loadImage(img).process.vmas;
+  assert.ok(vmas.some((v, i) => i > 0 && v.kind === 'anon' && vmas[i - 1].kind === 'anon' && vmas[i - 1].end === v.start && v.prot === vmas[i - 1].prot && v.offset !== v.start),
+    'the moved block sits right after its neighbour');
+  process.kill(pid, 'SIGKILL');
+  await waitGone(pid, procs);
+  const r = restartVerified(img);
+  procs.add(r.pid);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+});
