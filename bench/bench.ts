@@ -670,7 +670,7 @@ async function main(): Promise<void> {
      * the original pids, check the restored tree, kill it by pid and reap.
      */
     const manyRound = async (kind: 'procs' | 'threads', s: ManyStats, round: number, measure: boolean, verify = false): Promise<void> => {
-      const out = path.join(outDir, `many-${kind}-${round}.out`);
+      const out = path.join(outDir, `many-${kind}-${round}${verify ? '-verify' : ''}.out`);
       const pid = startTarget(many, [kind, String(MANY_N)], out);
       await waitFor(out, (t) => /^ready$/m.test(t) || /^FAIL/m.test(t), 60000);
       if (/^FAIL/m.test(fs.readFileSync(out, 'utf8'))) throw new Error(`many ${kind}: ${fs.readFileSync(out, 'utf8')}`);

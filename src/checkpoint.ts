@@ -150,7 +150,7 @@ export function dumpProcess(s: Survey): ImageProcess {
   const insn = locateSyscall(main, specialVmas(s.vmas).get('[vdso]'));
   for (const t of s.proc.threads) t.syscallInsn = insn;
   const remote = new Remote(main);
-  remote.mapScratch(4 * PAGE_SIZE);
+  remote.mapScratch(4 * PAGE_SIZE, 0, 2 * PAGE_SIZE);
   try {
     const sigactions = dumpSigactions(remote);
     const sharedPending = dumpSharedPending(remote);
