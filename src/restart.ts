@@ -477,14 +477,10 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       created.push(...r.threads.slice(1));
     }
     memfds.seal();
-    if (opts.verify) {
-      verifyTree({ processes: live, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
-    }
-    for (const r of live) {
-      // A process that was stopped goes back to its stop as it resumes.
-      if (r.image.stopped) r.threads[0].deferredSignals.unshift(SIGSTOP);
-      for (const t of r.threads) t.detach(false);
-    }
+    // A process that was stopped goes back to its stop as it resumes.
+    for (const r of live) if (r.image.stopped) r.threads[0].deferredSignals.unshift(SIGSTOP);
+    if (opts.verify) verifyTree({ processes: live, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);
       waitFor = nsInit;

@@ -214,7 +214,6 @@ const skipIf = (when: (image: unknown, imageParent: unknown) => boolean): Rule =
 
 export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['kernel', skip, 'the kernel the image was taken on; the restored tree runs on this one'],
-  ['stopped', skip, 'a stopped process is stopped again when the tree is let go, after verification'],
   ['vmas', mergingAnon, 'anonymous VMAs kept apart only by vm_pgoff (mremap) merge when mapped afresh: compared merged'],
   ['vmas[].savedPages', skip, 'pages are not re-read: the layout, protections and flags are compared'],
   ['vmas[].inherited', skip, 'pages shared copy-on-write at checkpoint time: page bookkeeping, not re-read'],
@@ -232,17 +231,17 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['fds[].timerfd.value', timeLeft('interval'), 'remaining time runs down while the restart goes on'],
   ['fds[].epoll', unordered('fd'), 'fdinfo lists the interest list in kernel (file address) order'],
   ['fds[].timerfd.ticks', notFewer, 'expirations may have happened while the restart went on'],
-  ['fds[].sharedWith.pid', treePid('parent'), 'a pid of the tree, as seen from here'],
-  ['vmas[].shmem.from.pid', treePid('parent'), 'a pid of the tree, as seen from here'],
-  ['pid', treePid('parent'), 'a pid of the tree, as seen from here'],
+  ['fds[].sharedWith.pid', treePid('task'), 'a pid of the tree, as seen from here'],
+  ['vmas[].shmem.from.pid', treePid('task'), 'a pid of the tree, as seen from here'],
+  ['pid', treePid('task'), 'a pid of the tree, as seen from here'],
   ['ppid', treePid('parent'), "the root's parent is whoever restarts it"],
   ['pgid', treePid('group'), "a group led from outside the tree is the restarter's"],
   ['sid', treePid('session'), "a session led from outside the tree is the restarter's"],
-  ['threads[].tid', treePid('parent'), 'a tid of the tree, as seen from here'],
+  ['threads[].tid', treePid('task'), 'a tid of the tree, as seen from here'],
   ['threads[].regs', registers, 'compared register by register as the thread resumes (resumeRegs: a restart_block call returns EINTR)'],
   ['threads[].inSyscall', resumedSyscall, 'as resumeRegs leaves it'],
   ['threads[].xstate', xsave, 'XSTATE_BV follows which components are in their initial state; their contents are compared'],
-  ['zombie.pid', treePid('parent'), 'a pid of the tree, as seen from here'],
+  ['zombie.pid', treePid('task'), 'a pid of the tree, as seen from here'],
   ['zombie.ppid', treePid('parent'), 'a pid of the tree, as seen from here'],
   ['zombie.pgid', treePid('group'), "a group led from outside the tree is the restarter's"],
   ['zombie.sid', treePid('session'), "a session led from outside the tree is the restarter's"],
@@ -330,6 +329,8 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+const SIGSTOP = 19;
+
 // ---- reading the rebuilt tree back ------------------------------------------------
 
 /** A process of the image as rebuilt: its threads seized, main thread first, registers final. */
@@ -371,7 +372,8 @@ export function verifyTree(input: VerifyInput): void {
   // The registers each thread resumes with: the dump reads them, injections start from them.
   for (const p of input.processes) for (const t of p.threads) t.saved = t.getRegs();
   const tampered = tamper(input.processes);
-  const frozen: FrozenProcess[] = input.processes.map((p) => ({ pid: p.threads[0].pid, ppid: 0, zombie: false, stopped: false, threads: p.threads }));
+  // A stopped process is stopped by the SIGSTOP its main thread is let go with.
+  const frozen: FrozenProcess[] = input.processes.map((p) => ({ pid: p.threads[0].pid, ppid: 0, zombie: false, stopped: p.threads[0].deferredSignals[0] === SIGSTOP, threads: p.threads }));
   const pipes = new PipeTable();
   const memfds = new MemfdTable();
   let images: ImageProcess[];
