@@ -383,8 +383,12 @@ export function verifyTree(input: VerifyInput): void {
     // Nothing of stasis's own may stay mapped: the layout must be the one just compared.
     surveys.forEach((s) => {
       const now = readMaps(s.proc.pid).map((v) => `${v.start}-${v.end}`).join(' ');
-      if (now !== s.vmas.map((v) => `${v.start}-${v.end}`).join(' ')) throw new StasisError(`verify: pid ${hostToImage.get(s.proc.pid)}: the address space changed while it was read back`);
+      if (now !== s.vmas.map((v) => `${v.start}-${v.end}`).join(' ')) throw new StasisError(`pid ${hostToImage.get(s.proc.pid)}: the address space changed while it was read back`);
     });
+  } catch (e) {
+    // Something the checkpoint would refuse in the restored tree is a difference too.
+    if (e instanceof StasisError) throw new StasisError(`verify: reading the restored tree back: ${e.message}`);
+    throw e;
   } finally {
     for (const p of input.processes) for (const t of p.threads) t.setRegs(t.saved!);
   }
