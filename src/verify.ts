@@ -193,6 +193,7 @@ const resumedSyscall: Rule = (a, b, cx) => {
 const xsave: Rule = (a, b) => {
   const x = Buffer.from(String(a), 'base64'), y = Buffer.from(String(b), 'base64');
   if (x.length !== y.length) return `image ${x.length} bytes, restored ${y.length} bytes`;
+  if (x.subarray(0, 512).equals(y.subarray(0, 512)) && x.subarray(520).equals(y.subarray(520))) return;
   for (let i = 0; i < x.length; i++) {
     if (i >= 512 && i < 520) continue;
     if (x[i] !== y[i]) return `differs at byte ${i} (image 0x${x[i].toString(16)}, restored 0x${y[i].toString(16)})`;
@@ -270,7 +271,7 @@ class Comparison {
   /** Compare one record: `where` names it ("pid 42"), `prefix` selects its rules ("", "zombie."). */
   record(where: string, prefix: string, image: unknown, restored: unknown): void {
     this.imageVmas = [];
-    this.walk(where, prefix, '', image, restored, undefined, undefined);
+    this.walk(where, prefix, '', prefix, image, restored, undefined, undefined);
   }
 
   /** A difference; one inside a VMA says which VMA of the image it is. */
@@ -293,29 +294,32 @@ class Comparison {
     return fa === b && bb === a;
   }
 
-  private walk(where: string, prefix: string, path: string, a: unknown, b: unknown, pa: unknown, pb: unknown, ruled = false): void {
-    const rule = ruled ? undefined : RULES.get(prefix + path.replace(/\[\d+\]/g, '[]'));
+  /** `pattern` is the path as the table writes it: the prefix, indices as []. */
+  private walk(where: string, prefix: string, path: string, pattern: string, a: unknown, b: unknown, pa: unknown, pb: unknown, ruled = false): void {
+    const rule = ruled ? undefined : RULES.get(pattern);
     if (rule) {
       const cx: RuleContext = {
         path, imageParent: pa, restoredParent: pb, elapsedNs: this.elapsedNs,
         pair: (space, x, y) => this.pair(space, x, y),
         treeId: (id) => this.hostToImage.get(id),
         inImage: (id) => this.imageIds.has(id),
-        compare: (x, y) => this.walk(where, prefix, path, x, y, pa, pb, true),
+        compare: (x, y) => this.walk(where, prefix, path, pattern, x, y, pa, pb, true),
       };
       const msg = rule(a, b, cx);
       if (msg) this.push(where, path, msg);
       return;
     }
+    if (a === b) return; // the same primitive, and no rule: equal
     if (path === 'vmas' && Array.isArray(a)) this.imageVmas = a;
-    const join = (k: string) => (path ? `${path}.${k}` : k);
+    const dot = path ? '.' : '', pdot = pattern === prefix ? '' : '.';
     if (Array.isArray(a) && Array.isArray(b)) {
-      for (let i = 0; i < Math.min(a.length, b.length); i++) this.walk(where, prefix, `${path}[${i}]`, a[i], b[i], a, b);
+      for (let i = 0; i < Math.min(a.length, b.length); i++) this.walk(where, prefix, `${path}[${i}]`, `${pattern}[]`, a[i], b[i], a, b);
       if (a.length !== b.length) this.push(where, path, `image ${a.length} entries, restored ${b.length}`);
       return;
     }
     if (isObject(a) && isObject(b)) {
-      for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) this.walk(where, prefix, join(k), a[k], b[k], a, b);
+      for (const k of Object.keys(a)) this.walk(where, prefix, path + dot + k, pattern + pdot + k, a[k], b[k], a, b);
+      for (const k of Object.keys(b)) if (!(k in a)) this.walk(where, prefix, path + dot + k, pattern + pdot + k, undefined, b[k], a, b);
       return;
     }
     if (Object.is(a, b)) return;
