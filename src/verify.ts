@@ -257,7 +257,21 @@ const RULES = new Map<string, Rule>(NORMALISATIONS.map(([p, r]) => [p, r]));
 
 // ---- the comparison -------------------------------------------------------------
 
-interface Difference { where: string; path: string; message: string }
+export interface Difference { where: string; path: string; message: string }
+
+/** One record to compare: `where` names it ("pid 42"), `prefix` selects its rules ("", "zombie."). */
+export interface RecordPair { where: string; prefix: string; image: unknown; restored: unknown }
+
+/**
+ * Every difference between image and restored records, by the rules of the
+ * table. `hostToImage` maps the ids this process sees for the tree's tasks
+ * to the image's; `imageIds` are the image's pids and tids.
+ */
+export function compareRecords(records: RecordPair[], hostToImage: Map<number, number>, imageIds: Set<number>, elapsedNs: bigint): Difference[] {
+  const cmp = new Comparison(hostToImage, imageIds, elapsedNs);
+  for (const r of records) cmp.record(r.where, r.prefix, r.image, r.restored);
+  return cmp.found;
+}
 
 class Comparison {
   readonly found: Difference[] = [];
@@ -399,15 +413,17 @@ export function verifyTree(input: VerifyInput): void {
   const zombies = input.zombies.map((z) => dumpZombie({ pid: z.pid, ppid: 0, zombie: true, stopped: false, threads: [] }));
 
   const elapsedNs = process.hrtime.bigint() - input.startedAt;
-  const cmp = new Comparison(hostToImage, imageIds, elapsedNs);
-  input.processes.forEach((p, i) => cmp.record(`pid ${p.image.pid}`, '', p.image, images[i]));
-  input.zombies.forEach((z, i) => cmp.record(`zombie ${z.image.pid}`, 'zombie.', z.image, zombies[i]));
-  if (input.pipes.length) cmp.record('pipes', '', { pipes: input.pipes }, { pipes: pipes.collect() });
-  if (input.memfds.length) cmp.record('memfds', '', { memfds: input.memfds }, { memfds: memfds.collect(false) });
-  if (cmp.found.length) {
-    for (const f of cmp.found) log(`verify: ${f.where}: ${f.path}: ${f.message}`);
-    const d = cmp.found[0];
-    const more = cmp.found.length > 1 ? ` (and ${cmp.found.length - 1} more difference${cmp.found.length > 2 ? 's' : ''})` : '';
+  const records: RecordPair[] = [
+    ...input.processes.map((p, i) => ({ where: `pid ${p.image.pid}`, prefix: '', image: p.image, restored: images[i] })),
+    ...input.zombies.map((z, i) => ({ where: `zombie ${z.image.pid}`, prefix: 'zombie.', image: z.image, restored: zombies[i] })),
+  ];
+  if (input.pipes.length) records.push({ where: 'pipes', prefix: '', image: { pipes: input.pipes }, restored: { pipes: pipes.collect() } });
+  if (input.memfds.length) records.push({ where: 'memfds', prefix: '', image: { memfds: input.memfds }, restored: { memfds: memfds.collect(false) } });
+  const found = compareRecords(records, hostToImage, imageIds, elapsedNs);
+  if (found.length) {
+    for (const f of found) log(`verify: ${f.where}: ${f.path}: ${f.message}`);
+    const d = found[0];
+    const more = found.length > 1 ? ` (and ${found.length - 1} more difference${found.length > 2 ? 's' : ''})` : '';
     throw new StasisError(`verify: ${d.where}: ${d.path}: ${d.message}${more}`);
   }
   if (tampered) throw new StasisError(`verify: STASIS_TEST_TAMPER=${tampered} altered a restored value and verification did not see it`);
