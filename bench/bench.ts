@@ -5,12 +5,15 @@
 //      beside a plain read of the file and a copy into fresh memory;
 //   3. checkpoint and restart of a tiny process (`sleep 1000`): in-process
 //      restartSync beside posix_spawn of /bin/true, and the command line
-//      `stasis restart -d` beside `node -e 0`;
+//      `stasis restart -d` beside `node -e 0`; both also with --verify
+//      (the tree read back and compared with the image before it runs);
 //   4. checkpoint (--kill) and restart of a tree of 100 idle processes and of
 //      one process with 100 idle threads (test/programs/many.c): per-task
 //      cost, freeze time, image size; the restored tree is checked (same
-//      pids/tids, every task back in pause()).
-// Prints a Markdown table and writes it to bench/results.md.
+//      pids/tids, every task back in pause()); the tree's restart also with
+//      --verify, rounds interleaved.
+// Prints a Markdown table and writes it to bench/results.md (`--small`:
+// sections 3 and 4 only, printed, results.md left alone).
 //
 // Every process started here is tracked by pid and killed/reaped by pid; the
 // image files live in two temporary directories removed at the end.
@@ -46,6 +49,9 @@ const MANY_N = 100;
 const MANY_RUNS = 3;
 /** How long a killed tree may take to disappear (orphans may be reaped by init only about once a second). */
 const GONE_TIMEOUT_MS = 15000;
+
+/** Sections 3 and 4 only (`npm run bench -- --small`). */
+const SMALL = process.argv.includes('--small');
 
 const TARGET = { ckptRatio: 0.85, restoreGiBs: 3, tinyLibMs: 15, tinyCliExtraMs: 25 };
 
@@ -363,162 +369,167 @@ async function main(): Promise<void> {
   const t0Total = now();
 
   try {
-    // ---------------- 1. checkpoint of 1 GiB ----------------
-    const hogOut = path.join(outDir, 'memhog.out');
-    const hog = startTarget(memhog, [String(BIG_MIB)], hogOut);
-    await waitFor(hogOut, /^ready$/m, 60000);
-    log(`memhog ${BIG_MIB} MiB ready (pid ${hog})`);
+    // --small (npm run bench -- --small) leaves out the 1 GiB sections;
+    // its table goes to stdout only, never over bench/results.md.
+    let ckptRounds = 0, restartRounds = 0;
+    if (!SMALL) {
+      // ---------------- 1. checkpoint of 1 GiB ----------------
+      const hogOut = path.join(outDir, 'memhog.out');
+      const hog = startTarget(memhog, [String(BIG_MIB)], hogOut);
+      await waitFor(hogOut, /^ready$/m, 60000);
+      log(`memhog ${BIG_MIB} MiB ready (pid ${hog})`);
 
-    const stats: CkptStats[] = [
-      { where: '/dev/shm', dir: shmDir, fsType: fsTypeOf(shmDir), ckptMs: [], frozenMs: [], plainMs: [], imageBytes: 0, pageBytes: 0 },
-      { where: 'disk', dir: dskDir, fsType: fsTypeOf(dskDir), ckptMs: [], frozenMs: [], plainMs: [], imageBytes: 0, pageBytes: 0 },
-    ];
-    const bigImage = path.join(shmDir, 'memhog.img');
-    // Warm-up round (untimed), which also sizes the number of measured rounds.
-    const tw = now();
-    for (const s of stats) await oneCheckpointRound(hog, s, 0, undefined);
-    const ckptRounds = roundsFor(msSince(tw), BIG_BUDGET_S.checkpoint);
-    log(`checkpoint warm-up done in ${f1(msSince(tw) / 1000)} s; ${ckptRounds} measured rounds`);
-    for (let round = 1; round <= ckptRounds; round++) {
-      for (const s of round % 2 ? stats : [...stats].reverse()) {
-        const keep = s.dir === shmDir && round === ckptRounds ? bigImage : undefined;
-        const r = await oneCheckpointRound(hog, s, round, keep);
-        s.ckptMs.push(r.ckpt);
-        s.plainMs.push(r.plain);
-        s.frozenMs.push(r.frozen);
-        log(`  ${s.where}: checkpoint ${ms(r.ckpt)} (frozen ${ms(r.frozen)}), plain write+fsync ${ms(r.plain)}`);
+      const stats: CkptStats[] = [
+        { where: '/dev/shm', dir: shmDir, fsType: fsTypeOf(shmDir), ckptMs: [], frozenMs: [], plainMs: [], imageBytes: 0, pageBytes: 0 },
+        { where: 'disk', dir: dskDir, fsType: fsTypeOf(dskDir), ckptMs: [], frozenMs: [], plainMs: [], imageBytes: 0, pageBytes: 0 },
+      ];
+      const bigImage = path.join(shmDir, 'memhog.img');
+      // Warm-up round (untimed), which also sizes the number of measured rounds.
+      const tw = now();
+      for (const s of stats) await oneCheckpointRound(hog, s, 0, undefined);
+      ckptRounds = roundsFor(msSince(tw), BIG_BUDGET_S.checkpoint);
+      log(`checkpoint warm-up done in ${f1(msSince(tw) / 1000)} s; ${ckptRounds} measured rounds`);
+      for (let round = 1; round <= ckptRounds; round++) {
+        for (const s of round % 2 ? stats : [...stats].reverse()) {
+          const keep = s.dir === shmDir && round === ckptRounds ? bigImage : undefined;
+          const r = await oneCheckpointRound(hog, s, round, keep);
+          s.ckptMs.push(r.ckpt);
+          s.plainMs.push(r.plain);
+          s.frozenMs.push(r.frozen);
+          log(`  ${s.where}: checkpoint ${ms(r.ckpt)} (frozen ${ms(r.frozen)}), plain write+fsync ${ms(r.plain)}`);
+        }
       }
-    }
-    // The checkpointed process must still be intact: let it verify itself.
-    process.kill(hog, 'SIGUSR1');
-    await waitLines(hogOut, 'verified', 1);
-    const hogStatus = reapChild(hog);
-    if (hogStatus !== 0) throw new Error(`memhog exited with status 0x${hogStatus.toString(16)} after the checkpoints`);
-    log('original memhog verified its memory after the checkpoints and exited');
+      // The checkpointed process must still be intact: let it verify itself.
+      process.kill(hog, 'SIGUSR1');
+      await waitLines(hogOut, 'verified', 1);
+      const hogStatus = reapChild(hog);
+      if (hogStatus !== 0) throw new Error(`memhog exited with status 0x${hogStatus.toString(16)} after the checkpoints`);
+      log('original memhog verified its memory after the checkpoints and exited');
 
-    for (const s of stats) {
-      const c = median(s.ckptMs), p = median(s.plainMs), fr = median(s.frozenMs);
-      const ratio = p / c;
-      const label = `${s.where} (${s.fsType}, ${s.dir})`;
-      rows.push({
-        figure: `1. Checkpoint 1 GiB memhog → ${label}: wall time of checkpoint() (pipelined)`,
-        measured: ms(c),
-        limit: `${ms(p)} (plain writeSync 8 MiB chunks + fsync, ${size(s.imageBytes)})`,
-        target: `plain/ckpt = ${f2(ratio)} (≥ ${TARGET.ckptRatio})`,
-        met: yes(ratio >= TARGET.ckptRatio),
-      });
-      rows.push({
-        figure: `1. … throughput (pageBytes / wall time)`,
-        measured: `${f2(gbs(s.pageBytes, c))} GB/s`,
-        limit: `${f2(gbs(s.imageBytes, p))} GB/s (plain write)`,
-        target: '', met: '',
-      });
-      rows.push({
-        figure: `1. … frozenMs (target stopped)`,
-        measured: ms(fr),
-        limit: `${ms(c)} (its checkpoint wall time, for reference)`,
-        target: '', met: '',
-      });
-      rows.push({
-        figure: `1. … image size`,
-        measured: `${size(s.imageBytes)} (${s.imageBytes} B)`,
-        limit: `${size(s.pageBytes)} of pages (${BIG_MIB} MiB written by memhog)`,
-        target: '', met: '',
-      });
-      details.push(`- checkpoint → ${s.where}: checkpoint() ms [${samples(s.ckptMs)}]; frozen ms [${samples(s.frozenMs)}]; plain write+fsync ms [${samples(s.plainMs)}]`);
-    }
-    const bigPageBytes = stats[0].pageBytes;
-
-    // ---------------- 2. restart of the 1 GiB image ----------------
-    const loadMs: number[] = [], restartMs: number[] = [], totalMs: number[] = [], readMs: number[] = [], copyMs: number[] = [], pvwMs: number[] = [];
-    let verifiedRuns = 0;
-    let verifiedSeen = 1; // the original's "verified" line
-    const restartRound = async (measure: boolean, round: number): Promise<number> => {
-      const tr = now();
-      // Limit 1: plain read of the image file into memory.
-      const plainRead = (): number => {
-        gc();
-        const t0 = now();
-        let raw: Buffer | undefined = fs.readFileSync(bigImage);
-        const t = msSince(t0);
-        if (raw.length !== stats[0].imageBytes) throw new Error('short read');
-        raw = undefined;
-        gc();
-        return t;
-      };
-      // Limit 2: the loaded page data put into fresh memory of this process,
-      // with process_vm_writev (as the restart does) and with memcpy.
-      const limits = (img: LoadedImage): { pvw: number; copy: number } => {
-        gc();
-        const pvw = freshVmWritev(img);
-        gc();
-        const copy = freshCopy(img);
-        gc();
-        return { pvw, copy };
-      };
-      // Interleaved: even rounds measure the limits around stasis, odd
-      // rounds the other way round.
-      let read = 0, load = 0, rst = 0, lim = { pvw: 0, copy: 0 };
-      let r: Restarted;
-      let img: LoadedImage | undefined;
-      if (round % 2 === 0) read = plainRead();
-      let t0 = now();
-      img = loadImage(bigImage);
-      load = msSince(t0);
-      if (round % 2 === 1) lim = limits(img);
-      t0 = now();
-      r = restartSync(img);
-      rst = msSince(t0);
-      children.add(r.pid);
-      if (round % 2 === 0) lim = limits(img);
-      img = undefined;
-      gc();
-      if (round % 2 === 1) read = plainRead();
-      const { pvw, copy } = lim;
-      // Correctness: the restored process verifies its 1 GiB and exits 0.
-      process.kill(r.pid, 'SIGUSR1');
-      await waitLines(hogOut, 'verified', ++verifiedSeen);
-      const end = await r.wait();
-      children.delete(r.pid);
-      if (end.code !== 0) throw new Error(`restored memhog ended with ${JSON.stringify(end)}`);
-      if (measure) {
-        verifiedRuns++;
-        loadMs.push(load); restartMs.push(rst); totalMs.push(load + rst); readMs.push(read); copyMs.push(copy); pvwMs.push(pvw);
-        log(`  restart: loadImage ${ms(load)} (plain read ${ms(read)}), restartSync ${ms(rst)} (process_vm_writev ${ms(pvw)}, memcpy ${ms(copy)} into fresh memory), verified`);
+      for (const s of stats) {
+        const c = median(s.ckptMs), p = median(s.plainMs), fr = median(s.frozenMs);
+        const ratio = p / c;
+        const label = `${s.where} (${s.fsType}, ${s.dir})`;
+        rows.push({
+          figure: `1. Checkpoint 1 GiB memhog → ${label}: wall time of checkpoint() (pipelined)`,
+          measured: ms(c),
+          limit: `${ms(p)} (plain writeSync 8 MiB chunks + fsync, ${size(s.imageBytes)})`,
+          target: `plain/ckpt = ${f2(ratio)} (≥ ${TARGET.ckptRatio})`,
+          met: yes(ratio >= TARGET.ckptRatio),
+        });
+        rows.push({
+          figure: `1. … throughput (pageBytes / wall time)`,
+          measured: `${f2(gbs(s.pageBytes, c))} GB/s`,
+          limit: `${f2(gbs(s.imageBytes, p))} GB/s (plain write)`,
+          target: '', met: '',
+        });
+        rows.push({
+          figure: `1. … frozenMs (target stopped)`,
+          measured: ms(fr),
+          limit: `${ms(c)} (its checkpoint wall time, for reference)`,
+          target: '', met: '',
+        });
+        rows.push({
+          figure: `1. … image size`,
+          measured: `${size(s.imageBytes)} (${s.imageBytes} B)`,
+          limit: `${size(s.pageBytes)} of pages (${BIG_MIB} MiB written by memhog)`,
+          target: '', met: '',
+        });
+        details.push(`- checkpoint → ${s.where}: checkpoint() ms [${samples(s.ckptMs)}]; frozen ms [${samples(s.frozenMs)}]; plain write+fsync ms [${samples(s.plainMs)}]`);
       }
-      return msSince(tr);
-    };
-    const oneRestart = await restartRound(false, 0);
-    const restartRounds = roundsFor(oneRestart, BIG_BUDGET_S.restart);
-    log(`restart warm-up done in ${f1(oneRestart / 1000)} s; ${restartRounds} measured rounds`);
-    for (let i = 0; i < restartRounds; i++) await restartRound(true, i);
-    fs.rmSync(bigImage, { force: true });
-    {
-      const l = median(loadMs), r = median(restartMs), t = median(totalMs), rd = median(readMs), cp = median(copyMs), pv = median(pvwMs);
-      rows.push({
-        figure: '2. Restart 1 GiB: loadImage (read + verify, from /dev/shm)',
-        measured: `${ms(l)} (${f2(gibs(bigPageBytes, l))} GiB/s)`,
-        limit: `${ms(rd)} (fs.readFileSync of the image, ${f2(gibs(stats[0].imageBytes, rd))} GiB/s)`,
-        target: `read/load = ${f2(rd / l)}`, met: '',
-      });
-      rows.push({
-        figure: '2. … restartSync(loaded image)',
-        measured: `${ms(r)} (${f2(gibs(bigPageBytes, r))} GiB/s)`,
-        limit: `${ms(pv)} (process_vm_writev of the pages into fresh memory here, ${f2(gibs(bigPageBytes, pv))} GiB/s; memcpy: ${ms(cp)}, ${f2(gibs(bigPageBytes, cp))} GiB/s)`,
-        target: `≥ ${TARGET.restoreGiBs} GiB/s`, met: yes(gibs(bigPageBytes, r) >= TARGET.restoreGiBs),
-      });
-      rows.push({
-        figure: '2. … total (loadImage + restartSync), memory restored',
-        measured: `${ms(t)} (${f2(gibs(bigPageBytes, t))} GiB/s)`,
-        limit: `${ms(rd + pv)} (plain read + process_vm_writev, ${f2(gibs(bigPageBytes, rd + pv))} GiB/s)`,
-        target: `≥ ${TARGET.restoreGiBs} GiB/s`, met: yes(gibs(bigPageBytes, t) >= TARGET.restoreGiBs),
-      });
-      rows.push({
-        figure: '2. … restored process correct (SIGUSR1 → "verified", exit 0)',
-        measured: `${verifiedRuns}/${restartRounds} runs (+ warm-up)`,
-        limit: '', target: 'all', met: yes(verifiedRuns === restartRounds),
-      });
-      details.push(`- restart 1 GiB: loadImage ms [${samples(loadMs)}]; restartSync ms [${samples(restartMs)}]; plain read ms [${samples(readMs)}]; process_vm_writev into fresh memory ms [${samples(pvwMs)}]; memcpy into fresh memory ms [${samples(copyMs)}]`);
+      const bigPageBytes = stats[0].pageBytes;
+
+      // ---------------- 2. restart of the 1 GiB image ----------------
+      const loadMs: number[] = [], restartMs: number[] = [], totalMs: number[] = [], readMs: number[] = [], copyMs: number[] = [], pvwMs: number[] = [];
+      let verifiedRuns = 0;
+      let verifiedSeen = 1; // the original's "verified" line
+      const restartRound = async (measure: boolean, round: number): Promise<number> => {
+        const tr = now();
+        // Limit 1: plain read of the image file into memory.
+        const plainRead = (): number => {
+          gc();
+          const t0 = now();
+          let raw: Buffer | undefined = fs.readFileSync(bigImage);
+          const t = msSince(t0);
+          if (raw.length !== stats[0].imageBytes) throw new Error('short read');
+          raw = undefined;
+          gc();
+          return t;
+        };
+        // Limit 2: the loaded page data put into fresh memory of this process,
+        // with process_vm_writev (as the restart does) and with memcpy.
+        const limits = (img: LoadedImage): { pvw: number; copy: number } => {
+          gc();
+          const pvw = freshVmWritev(img);
+          gc();
+          const copy = freshCopy(img);
+          gc();
+          return { pvw, copy };
+        };
+        // Interleaved: even rounds measure the limits around stasis, odd
+        // rounds the other way round.
+        let read = 0, load = 0, rst = 0, lim = { pvw: 0, copy: 0 };
+        let r: Restarted;
+        let img: LoadedImage | undefined;
+        if (round % 2 === 0) read = plainRead();
+        let t0 = now();
+        img = loadImage(bigImage);
+        load = msSince(t0);
+        if (round % 2 === 1) lim = limits(img);
+        t0 = now();
+        r = restartSync(img);
+        rst = msSince(t0);
+        children.add(r.pid);
+        if (round % 2 === 0) lim = limits(img);
+        img = undefined;
+        gc();
+        if (round % 2 === 1) read = plainRead();
+        const { pvw, copy } = lim;
+        // Correctness: the restored process verifies its 1 GiB and exits 0.
+        process.kill(r.pid, 'SIGUSR1');
+        await waitLines(hogOut, 'verified', ++verifiedSeen);
+        const end = await r.wait();
+        children.delete(r.pid);
+        if (end.code !== 0) throw new Error(`restored memhog ended with ${JSON.stringify(end)}`);
+        if (measure) {
+          verifiedRuns++;
+          loadMs.push(load); restartMs.push(rst); totalMs.push(load + rst); readMs.push(read); copyMs.push(copy); pvwMs.push(pvw);
+          log(`  restart: loadImage ${ms(load)} (plain read ${ms(read)}), restartSync ${ms(rst)} (process_vm_writev ${ms(pvw)}, memcpy ${ms(copy)} into fresh memory), verified`);
+        }
+        return msSince(tr);
+      };
+      const oneRestart = await restartRound(false, 0);
+      restartRounds = roundsFor(oneRestart, BIG_BUDGET_S.restart);
+      log(`restart warm-up done in ${f1(oneRestart / 1000)} s; ${restartRounds} measured rounds`);
+      for (let i = 0; i < restartRounds; i++) await restartRound(true, i);
+      fs.rmSync(bigImage, { force: true });
+      {
+        const l = median(loadMs), r = median(restartMs), t = median(totalMs), rd = median(readMs), cp = median(copyMs), pv = median(pvwMs);
+        rows.push({
+          figure: '2. Restart 1 GiB: loadImage (read + verify, from /dev/shm)',
+          measured: `${ms(l)} (${f2(gibs(bigPageBytes, l))} GiB/s)`,
+          limit: `${ms(rd)} (fs.readFileSync of the image, ${f2(gibs(stats[0].imageBytes, rd))} GiB/s)`,
+          target: `read/load = ${f2(rd / l)}`, met: '',
+        });
+        rows.push({
+          figure: '2. … restartSync(loaded image)',
+          measured: `${ms(r)} (${f2(gibs(bigPageBytes, r))} GiB/s)`,
+          limit: `${ms(pv)} (process_vm_writev of the pages into fresh memory here, ${f2(gibs(bigPageBytes, pv))} GiB/s; memcpy: ${ms(cp)}, ${f2(gibs(bigPageBytes, cp))} GiB/s)`,
+          target: `≥ ${TARGET.restoreGiBs} GiB/s`, met: yes(gibs(bigPageBytes, r) >= TARGET.restoreGiBs),
+        });
+        rows.push({
+          figure: '2. … total (loadImage + restartSync), memory restored',
+          measured: `${ms(t)} (${f2(gibs(bigPageBytes, t))} GiB/s)`,
+          limit: `${ms(rd + pv)} (plain read + process_vm_writev, ${f2(gibs(bigPageBytes, rd + pv))} GiB/s)`,
+          target: `≥ ${TARGET.restoreGiBs} GiB/s`, met: yes(gibs(bigPageBytes, t) >= TARGET.restoreGiBs),
+        });
+        rows.push({
+          figure: '2. … restored process correct (SIGUSR1 → "verified", exit 0)',
+          measured: `${verifiedRuns}/${restartRounds} runs (+ warm-up)`,
+          limit: '', target: 'all', met: yes(verifiedRuns === restartRounds),
+        });
+        details.push(`- restart 1 GiB: loadImage ms [${samples(loadMs)}]; restartSync ms [${samples(restartMs)}]; plain read ms [${samples(readMs)}]; process_vm_writev into fresh memory ms [${samples(pvwMs)}]; memcpy into fresh memory ms [${samples(copyMs)}]`);
+      }
     }
 
     // ---------------- 3. tiny process: sleep 1000 ----------------
@@ -553,10 +564,10 @@ async function main(): Promise<void> {
 
     // (a) library mode, beside posix_spawn + exec + exit + reap of /bin/true.
     const tinyImg = loadImage(tinyImage);
-    const libMs: number[] = [], spawnMs: number[] = [];
-    const libRound = async (measure: boolean) => {
-      let t0 = now();
-      const r = restartSync(tinyImg);
+    const libMs: number[] = [], libVerifyMs: number[] = [], spawnMs: number[] = [];
+    const libRestart = async (verify: boolean): Promise<number> => {
+      const t0 = now();
+      const r = restartSync(tinyImg, { verify });
       const t = msSince(t0);
       children.add(r.pid);
       if (procState(r.pid) === undefined) throw new Error('restored sleep is gone');
@@ -564,13 +575,22 @@ async function main(): Promise<void> {
       const end = await r.wait();
       children.delete(r.pid);
       if (end.signal !== 9) throw new Error(`restored sleep ended with ${JSON.stringify(end)} instead of SIGKILL (it did not keep sleeping)`);
-      t0 = now();
+      return t;
+    };
+    let libTurn = 0;
+    const libRound = async (measure: boolean) => {
+      // Interleaved, alternating which goes first.
+      const first = libTurn++ % 2 === 0;
+      const a = await libRestart(!first);
+      const b = await libRestart(first);
+      const [t, tv] = first ? [a, b] : [b, a];
+      const t0 = now();
       const p = posixSpawn('/bin/true', ['true'], { env: [], closeFrom: 3 });
       children.add(p);
       const st = reapChild(p);
       const ts = msSince(t0);
       if (st !== 0) throw new Error('/bin/true failed');
-      if (measure) { libMs.push(t); spawnMs.push(ts); }
+      if (measure) { libMs.push(t); libVerifyMs.push(tv); spawnMs.push(ts); }
     };
     await libRound(false);
     for (let i = 0; i < TINY_LIB_RUNS; i++) await libRound(true);
@@ -582,11 +602,18 @@ async function main(): Promise<void> {
         limit: `${ms(median(spawnMs))} (posix_spawn + exec + exit + waitpid of /bin/true)`,
         target: `< ${TARGET.tinyLibMs} ms`, met: yes(m < TARGET.tinyLibMs),
       });
-      details.push(`- restartSync of sleep ms [${samples(libMs)}]; posix_spawn /bin/true ms [${samples(spawnMs)}]`);
+      const v = median(libVerifyMs);
+      rows.push({
+        figure: `3a. … restartSync(loaded image, { verify: true }), median of ${TINY_LIB_RUNS}`,
+        measured: ms(v),
+        limit: `${ms(m)} (the same restart without verify, interleaved)`,
+        target: `+${f1(v - m)} ms (×${f2(v / m)})`, met: '',
+      });
+      details.push(`- restartSync of sleep ms [${samples(libMs)}]; with verify ms [${samples(libVerifyMs)}]; posix_spawn /bin/true ms [${samples(spawnMs)}]`);
     }
 
     // (b) command line `node bin/stasis restart -d IMAGE` vs `node -e 0`.
-    const cliMs: number[] = [], nodeMs: number[] = [];
+    const cliMs: number[] = [], cliVerifyMs: number[] = [], nodeMs: number[] = [];
     const runNode = (): number => {
       const t0 = now();
       const r = spawnSync(process.execPath, ['-e', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -594,9 +621,9 @@ async function main(): Promise<void> {
       if (r.status !== 0) throw new Error(`node -e 0 failed: ${r.stderr}`);
       return t;
     };
-    const runCli = async (): Promise<number> => {
+    const runCli = async (verify = false): Promise<number> => {
       const t0 = now();
-      const r = spawnSync(process.execPath, [CLI, 'restart', '-d', tinyImage], { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
+      const r = spawnSync(process.execPath, [CLI, 'restart', '-d', ...(verify ? ['--verify'] : []), tinyImage], { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
       const t = msSince(t0);
       const pid = Number(/^(\d+)\s*$/.exec(r.stdout)?.[1]);
       if (pid > 0) strangers.add(pid);
@@ -606,9 +633,9 @@ async function main(): Promise<void> {
       await killStranger(pid);
       return t;
     };
-    runNode(); await runCli(); // warm-up
+    runNode(); await runCli(); await runCli(true); // warm-up
     for (let i = 0; i < TINY_CLI_RUNS; i++) {
-      if (i % 2 === 0) { nodeMs.push(runNode()); cliMs.push(await runCli()); } else { cliMs.push(await runCli()); nodeMs.push(runNode()); }
+      if (i % 2 === 0) { nodeMs.push(runNode()); cliMs.push(await runCli()); cliVerifyMs.push(await runCli(true)); } else { cliVerifyMs.push(await runCli(true)); cliMs.push(await runCli()); nodeMs.push(runNode()); }
     }
     {
       const c = median(cliMs), n = median(nodeMs);
@@ -618,7 +645,14 @@ async function main(): Promise<void> {
         limit: `${ms(n)} (\`node -e 0\`)`,
         target: `+${f1(c - n)} ms (≤ +${TARGET.tinyCliExtraMs} ms)`, met: yes(c - n <= TARGET.tinyCliExtraMs),
       });
-      details.push(`- stasis restart -d ms [${samples(cliMs)}]; node -e 0 ms [${samples(nodeMs)}]`);
+      const v = median(cliVerifyMs);
+      rows.push({
+        figure: `3b. … \`node bin/stasis restart -d --verify IMAGE\`, median of ${TINY_CLI_RUNS}`,
+        measured: ms(v),
+        limit: `${ms(c)} (the same command without --verify, interleaved)`,
+        target: `+${f1(v - c)} ms (×${f2(v / c)})`, met: '',
+      });
+      details.push(`- stasis restart -d ms [${samples(cliMs)}]; with --verify ms [${samples(cliVerifyMs)}]; node -e 0 ms [${samples(nodeMs)}]`);
     }
     killChild(sl);
     fs.rmSync(tinyImage, { force: true });
@@ -635,8 +669,8 @@ async function main(): Promise<void> {
      * wait until every pid (tid) of it is gone, loadImage, restartSync with
      * the original pids, check the restored tree, kill it by pid and reap.
      */
-    const manyRound = async (kind: 'procs' | 'threads', s: ManyStats, round: number, measure: boolean): Promise<void> => {
-      const out = path.join(outDir, `many-${kind}-${round}.out`);
+    const manyRound = async (kind: 'procs' | 'threads', s: ManyStats, round: number, measure: boolean, verify = false): Promise<void> => {
+      const out = path.join(outDir, `many-${kind}-${round}${verify ? '-verify' : ''}.out`);
       const pid = startTarget(many, [kind, String(MANY_N)], out);
       await waitFor(out, (t) => /^ready$/m.test(t) || /^FAIL/m.test(t), 60000);
       if (/^FAIL/m.test(fs.readFileSync(out, 'utf8'))) throw new Error(`many ${kind}: ${fs.readFileSync(out, 'utf8')}`);
@@ -660,7 +694,7 @@ async function main(): Promise<void> {
       const img = loadImage(manyImage);
       const load = msSince(t0);
       t0 = now();
-      const r = restartSync(img);
+      const r = restartSync(img, { verify });
       const rst = msSince(t0);
       children.add(r.pid);
       const after = tasksOf(r.pid);
@@ -678,20 +712,26 @@ async function main(): Promise<void> {
       fs.rmSync(manyImage, { force: true });
       if (end.signal !== 9) throw new Error(`restored many ${kind} ended with ${JSON.stringify(end)} instead of SIGKILL`);
       if (!ok) log(`  many ${kind}: restored tree differs: ${after.length} tasks (${MANY_N} before), root ${r.pid} (was ${pid}), or not all back in pause()`);
-      log(`  many ${kind} ${MANY_N}${measure ? '' : ' (warm-up)'}: checkpoint ${ms(ckpt)} (freeze ${ms(c.freezeMs)}, frozen ${ms(c.frozenMs)}), gone after ${ms(gone)}, loadImage ${ms(load)}, restartSync ${ms(rst)}${ok ? ', verified' : ''}`);
+      log(`  many ${kind} ${MANY_N}${verify ? ' --verify' : ''}${measure ? '' : ' (warm-up)'}: checkpoint ${ms(ckpt)} (freeze ${ms(c.freezeMs)}, frozen ${ms(c.frozenMs)}), gone after ${ms(gone)}, loadImage ${ms(load)}, restartSync ${ms(rst)}${ok ? ', verified' : ''}`);
       s.imageBytes = c.imageBytes;
       s.pageBytes = c.pageBytes;
       if (!measure) return;
       s.ckptMs.push(ckpt); s.freezeMs.push(c.freezeMs); s.frozenMs.push(c.frozenMs); s.goneMs.push(gone); s.loadMs.push(load); s.restartMs.push(rst);
       if (ok) s.verified++;
     };
-    const manyStats: Record<'procs' | 'threads', ManyStats> = {
+    const manyStats: Record<'procs' | 'threads' | 'procsVerify', ManyStats> = {
       procs: { ckptMs: [], freezeMs: [], frozenMs: [], goneMs: [], loadMs: [], restartMs: [], imageBytes: 0, pageBytes: 0, verified: 0 },
       threads: { ckptMs: [], freezeMs: [], frozenMs: [], goneMs: [], loadMs: [], restartMs: [], imageBytes: 0, pageBytes: 0, verified: 0 },
+      procsVerify: { ckptMs: [], freezeMs: [], frozenMs: [], goneMs: [], loadMs: [], restartMs: [], imageBytes: 0, pageBytes: 0, verified: 0 },
     };
     for (const kind of ['procs', 'threads'] as const) {
       await manyRound(kind, manyStats[kind], 0, false);
-      for (let i = 1; i <= MANY_RUNS; i++) await manyRound(kind, manyStats[kind], i, true);
+      if (kind === 'procs') await manyRound(kind, manyStats.procsVerify, 0, false, true);
+      for (let i = 1; i <= MANY_RUNS; i++) {
+        // The tree's restart with and without --verify, alternating which goes first.
+        const order = kind === 'threads' ? [false] : i % 2 ? [false, true] : [true, false];
+        for (const verify of order) await manyRound(kind, verify ? manyStats.procsVerify : manyStats[kind], i, true, verify);
+      }
     }
     {
       const tinyC = median(tinyCkpt), tinyR = median(libMs);
@@ -733,6 +773,20 @@ async function main(): Promise<void> {
           figure: `${tag}. … restored ${kind === 'procs' ? 'tree' : 'process'} correct (same ${MANY_N} ${kind === 'procs' ? 'pids' : 'tids'}, every ${unit} back in pause())`,
           measured: `${st.verified}/${MANY_RUNS} runs (+ warm-up)`, limit: '', target: 'all', met: yes(st.verified === MANY_RUNS),
         });
+        if (kind === 'procs') {
+          const sv = manyStats.procsVerify, v = median(sv.restartMs);
+          rows.push({
+            figure: `${tag}. … restartSync(loaded image, { verify: true }), median of ${MANY_RUNS}`,
+            measured: `${ms(v)} (${f2(v / MANY_N)} ms per ${unit})`,
+            limit: `${ms(r)} (the same restart without verify, interleaved)`,
+            target: `+${ms(v - r)} (×${f2(v / r)}; ${f2((v - r) / MANY_N)} ms per ${unit})`, met: '',
+          });
+          rows.push({
+            figure: `${tag}. … restored tree correct after a verified restart`,
+            measured: `${sv.verified}/${MANY_RUNS} runs (+ warm-up)`, limit: '', target: 'all', met: yes(sv.verified === MANY_RUNS),
+          });
+          details.push(`- many procs ${MANY_N} with verify: restartSync ms [${samples(sv.restartMs)}]`);
+        }
         details.push(`- many ${kind} ${MANY_N} (median of ${MANY_RUNS} after 1 warm-up): checkpointSync ms [${samples(st.ckptMs)}]; freezeMs [${samples(st.freezeMs)}]; frozenMs [${samples(st.frozenMs)}]; killed tree gone after ms [${samples(st.goneMs)}] (median ${ms(g)}); loadImage ms [${samples(st.loadMs)}]; restartSync ms [${samples(st.restartMs)}]`);
       }
     }
@@ -764,8 +818,10 @@ async function main(): Promise<void> {
     ];
     const report = lines.join('\n');
     process.stdout.write(report);
-    fs.writeFileSync(path.join(ROOT, 'bench', 'results.md'), report);
-    log(`wrote ${path.join(ROOT, 'bench', 'results.md')}`);
+    if (!SMALL) {
+      fs.writeFileSync(path.join(ROOT, 'bench', 'results.md'), report);
+      log(`wrote ${path.join(ROOT, 'bench', 'results.md')}`);
+    }
   } finally {
     await cleanupAll();
     for (const d of [shmDir, dskDir, outDir]) fs.rmSync(d, { recursive: true, force: true });

@@ -47,15 +47,16 @@ async function main(): Promise<void> {
     console.log(`killed pid ${pid}; the counter is gone`);
     await sleep(1000);
     console.log('one second later, restarting it from the image...');
-    const back = restartSync(image);
+    // verify: read it back before it runs and compare with the image (restart --verify).
+    const back = restartSync(image, { verify: true });
     restored = back.pid;
-    console.log(`restored as pid ${back.pid}; it carries on where it stopped:`);
+    console.log(`restored as pid ${back.pid}, checked field by field against the image; it carries on where it stopped:`);
     seen = await follow(log, seen, '[restored]', /counter: 10$/);
     process.kill(back.pid, 'SIGTERM');
     await back.wait();
     restored = 0;
     console.log('done: the restored counter went on from 6 without losing a step.');
-    console.log(`(try it by hand: ./bin/stasis checkpoint PID -o img; ./bin/stasis restart img)`);
+    console.log(`(try it by hand: ./bin/stasis checkpoint PID -o img; ./bin/stasis restart --verify img)`);
   } finally {
     for (const p of [pid, restored]) {
       if (!p) continue;

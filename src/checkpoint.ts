@@ -70,7 +70,7 @@ function checkTarget(pid: number): void {
  * A `syscall` instruction to inject through: where the task stopped, or in
  * its vDSO, or (a program that unmapped its vDSO) in any code it maps.
  */
-function locateSyscall(t: Tracee, code: Array<{ start: number; end: number }>): number {
+export function locateSyscall(t: Tracee, code: Array<{ start: number; end: number }>): number {
   const rip = Number(t.saved!.get('rip'));
   try {
     const b = t.readMem(rip - 2, 2);
@@ -100,14 +100,34 @@ function openOutput(output: string | number): { fd: number; close: (ok: boolean)
 }
 
 /** What can be read from /proc and refused before any injection. */
-interface Survey {
+export interface Survey {
   proc: FrozenProcess;
   vmas: ImageVma[];
   fds: ImageFd[];
   sharing: Sharing;
 }
 
-function dumpZombie(p: FrozenProcess): ImageZombie {
+/**
+ * The /proc side of live, seized processes (parents first): VMAs and fds,
+ * shared memory linked across them. Nothing is injected yet. Also how
+ * restart --verify reads a rebuilt tree back.
+ */
+export function surveyProcesses(procs: FrozenProcess[], root: number, pipes: PipeTable, memfds: MemfdTable, locks: LockTable, readBack = false): Survey[] {
+  const sharing = dumpSharing(procs, root);
+  const surveys: Survey[] = [];
+  for (const p of procs) {
+    // A tree read back by restart --verify may live in namespaces of its own (--pid-ns, a user's restart).
+    if (!readBack) refuseForeignNamespaces(p.pid);
+    refuseMemfdExe(p.pid);
+    const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
+    const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds, locks, fdTableSharers(sharing, p.pid));
+    surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
+  }
+  linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
+  return surveys;
+}
+
+export function dumpZombie(p: FrozenProcess): ImageZombie {
   const st = readStat(p.pid);
   return { pid: p.pid, ppid: st.ppid, pgid: st.pgrp, sid: st.session, exitStatus: st.exitCode };
 }
@@ -132,8 +152,12 @@ function refuseForeignGroups(root: number, procs: Array<{ pid: number; stat: { p
   }
 }
 
-/** Injected system calls: the process-wide state through its main thread, then each thread. */
-function dumpProcess(s: Survey): ImageProcess {
+/**
+ * Injected system calls: the process-wide state through its main thread,
+ * then each thread. Every thread must be seized and stopped, its `saved`
+ * registers the ones it resumes with; they are what the image records.
+ */
+export function dumpProcess(s: Survey): ImageProcess {
   const pid = s.proc.pid;
   const stat = readStat(pid);
   const attrs = dumpProcessAttrs(pid);
@@ -143,7 +167,7 @@ function dumpProcess(s: Survey): ImageProcess {
   const insn = locateSyscall(main, vdso ? [vdso] : s.vmas.filter((v) => v.prot === 'r-x' && v.kind === 'file'));
   for (const t of s.proc.threads) t.syscallInsn = insn;
   const remote = new Remote(main);
-  remote.mapScratch(4 * PAGE_SIZE);
+  remote.mapScratch(4 * PAGE_SIZE, 0, 2 * PAGE_SIZE);
   try {
     const sigactions = dumpSigactions(remote);
     const sharedPending = dumpSharedPending(remote);
@@ -200,26 +224,13 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     const pipes = new PipeTable();
     const memfds = new MemfdTable();
     const locks = new LockTable();
-    const sharing = dumpSharing(tree.processes.filter((p) => !p.zombie), pid);
-    const surveys: Survey[] = [];
-    const zombies: ImageZombie[] = [];
-    for (const p of tree.processes) {
-      if (p.zombie) {
-        if (p.pid === pid) throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
-        zombies.push(dumpZombie(p));
-        continue;
-      }
-      refuseForeignNamespaces(p.pid);
-      refuseMemfdExe(p.pid);
-      const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
-      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds, locks, fdTableSharers(sharing, p.pid));
-      surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
-    }
+    if (tree.processes.find((p) => p.pid === pid)?.zombie) throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
+    const zombies = tree.processes.filter((p) => p.zombie).map(dumpZombie);
+    const surveys = surveyProcesses(tree.processes.filter((p) => !p.zombie), pid, pipes, memfds, locks);
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)));
-    linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => dumpProcess(s));
     refuseForeignOwners(images);
     // Only a tree can share pages copy-on-write between its processes.

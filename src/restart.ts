@@ -23,6 +23,7 @@ import { sharingFlags } from './kinds/sharing';
 import { imageTaskIds, refuseProcFilesUnderNewPids } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds, checkFilePrivilege } from './kinds/process';
+import { verifyTree } from './verify';
 import { checkCgroups, restoreCgroups } from './kinds/cgroups';
 import { ImageError, StasisError, UnsupportedError, errnoName } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
@@ -49,6 +50,12 @@ export interface RestartOptions {
   inheritFds?: Record<string, number>;
   /** Start the restored process in a new session (for running detached). */
   setsid?: boolean;
+  /**
+   * Before the tree runs, read it back with the checkpoint's own code and
+   * compare it with the image; any difference fails the restart, naming
+   * the field. Off by default: it costs a dump of every process's metadata.
+   */
+  verify?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -408,6 +415,7 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
 }
 
 function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) => void): Restarted {
+  const startedAt = process.hrtime.bigint();
   const root = img.processes[0];
   const userNs = opts.userNs ?? !mayCheckpointRestore();
   const ns = !!opts.pidNs || userNs;
@@ -506,11 +514,10 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     // Every fd is open: the namespace may now have its own /proc, in which
     // the tree finds itself under the pids it knows.
     if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);
-    for (const r of live) {
-      // A process that was stopped goes back to its stop as it resumes.
-      if (r.image.stopped) r.threads[0].deferredSignals.unshift(SIGSTOP);
-      for (const t of r.threads) t.detach(false);
-    }
+    // A process that was stopped goes back to its stop as it resumes.
+    for (const r of live) if (r.image.stopped) r.threads[0].deferredSignals.unshift(SIGSTOP);
+    if (opts.verify) verifyTree({ processes: live, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);
       waitFor = nsInit;

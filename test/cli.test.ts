@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, alive } from './harness';
-import { loadImage, restartSync } from '../src';
+import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, alive, restartVerified } from './harness';
+import { loadImage } from '../src';
 import { readStatus, listChildren } from '../src/proc';
 
 const procs = new Procs();
@@ -17,7 +17,7 @@ test('stasis checkpoint PID | stasis restart -d - carries the process over a pip
   const out = path.join(dir, 'out'), pidfile = path.join(dir, 'pid');
   const pid = procs.start(prog, [], out);
   await waitFor(out, /^counter: 2$/m);
-  const pipeline = spawn('sh', ['-c', `"${process.execPath}" "${CLI}" checkpoint ${pid} --kill | "${process.execPath}" "${CLI}" restart -d --pidfile "${pidfile}" -`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const pipeline = spawn('sh', ['-c', `"${process.execPath}" "${CLI}" checkpoint ${pid} --kill | "${process.execPath}" "${CLI}" restart -d --verify --pidfile "${pidfile}" -`], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '', stderr = '';
   pipeline.stdout.on('data', (d) => (stdout += d));
   pipeline.stderr.on('data', (d) => (stderr += d));
@@ -87,13 +87,13 @@ test('a truncated or corrupted image is refused before any process exists', asyn
   for (const [what, bytes, re] of cases) {
     const bad = path.join(dir, 'bad');
     fs.writeFileSync(bad, bytes);
-    const r = await cli(['restart', bad]);
+    const r = await cli(['restart', '--verify', bad]);
     assert.equal(r.code, 1, what);
     assert.match(r.stderr, re, what);
     assert.equal(r.stderr.split('\n').length, 2, `${what}: one line`);
     // Library mode: same refusal, and no child of ours was created.
     const children = listChildren(process.pid);
-    assert.throws(() => restartSync(bad), re);
+    assert.throws(() => restartVerified(bad), re);
     assert.deepEqual(listChildren(process.pid), children, what);
   }
 });
@@ -109,7 +109,7 @@ test('restart refuses an image whose mapped file changed, leaving nothing behind
   await waitGone(pid, procs);
   fs.appendFileSync(prog, 'x');
   const children = listChildren(process.pid);
-  assert.throws(() => restartSync(img), new RegExp(`${prog} changed since the checkpoint`));
+  assert.throws(() => restartVerified(img), new RegExp(`${prog} changed since the checkpoint`));
   assert.deepEqual(listChildren(process.pid), children);
 });
 
@@ -123,7 +123,7 @@ test('restart in the foreground returns the exit status of the restored process'
   const c = await cli(['checkpoint', String(pid), '-o', img, '--kill']);
   assert.equal(c.code, 0, c.stderr);
   await waitGone(pid, procs);
-  const r = await cli(['restart', img]);
+  const r = await cli(['restart', '--verify', img]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(fs.readFileSync(out, 'utf8'), /counter: 10\n$/);
 });
@@ -153,7 +153,7 @@ test('restart in the foreground ends with the fatal signal of the restored proce
   await waitFor(out, /^counter: 1$/m);
   assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
   await waitGone(pid, procs);
-  const running = cli(['restart', img, '--pidfile', pidfile]);
+  const running = cli(['restart', '--verify', img, '--pidfile', pidfile]);
   await waitFor(pidfile, /^\d+\n$/);
   const restored = procs.add(Number(fs.readFileSync(pidfile, 'utf8')));
   await waitFor(out, /^counter: 3$/m);
@@ -170,7 +170,7 @@ test('a checkpoint of many records through a pipe keeps every page', async () =>
   const pid = procs.start(prog, ['80'], out);
   await waitFor(out, /^ready$/m);
   // 80 MiB: several Pages records, written by the pipelined writer into a pipe.
-  const pipeline = spawn('sh', ['-c', `"${process.execPath}" "${CLI}" checkpoint ${pid} --kill | "${process.execPath}" "${CLI}" restart -d --pidfile "${pidfile}" -`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const pipeline = spawn('sh', ['-c', `"${process.execPath}" "${CLI}" checkpoint ${pid} --kill | "${process.execPath}" "${CLI}" restart -d --verify --pidfile "${pidfile}" -`], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   pipeline.stderr.on('data', (d) => (stderr += d));
   assert.equal(await new Promise((res) => pipeline.on('close', res)), 0, stderr);

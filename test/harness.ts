@@ -157,15 +157,24 @@ export function cli(args: string[], opts: { input?: Buffer; stdoutFile?: string 
 
 /**
  * Checkpoint the tree rooted at `pid` with --kill, wait until its root is
- * gone, restart it; every restored process is remembered for cleanup.
+ * gone, restart it (verified against the image unless `verify: false`);
+ * every restored process is remembered for cleanup.
  */
 export async function checkpointKillRestart(procs: Procs, pid: number, dir: string, opts: RestartOptions = {}): Promise<Restarted> {
   const img = path.join(dir, 'image');
   checkpointSync(pid, img, { kill: true });
   await waitGone(pid, procs);
-  const r = restartSync(img, opts);
+  const r = restartVerified(img, opts);
   procs.addTree(r.pid);
   return r;
+}
+
+/**
+ * Every restart in the tests is read back and compared with its image
+ * (restart --verify) unless a test says `verify: false`.
+ */
+export function restartVerified(input: Parameters<typeof restartSync>[0], opts: RestartOptions = {}): Restarted {
+  return restartSync(input, { verify: true, ...opts });
 }
 
 /** Run a program to its end without interruption; resolves with its output. */

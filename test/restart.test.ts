@@ -6,8 +6,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, PROGRAMS, checkpointKillRestart as restartAfterKill, referenceRun as runToEnd } from './harness';
-import { checkpointSync, restartSync, loadImage } from '../src';
+import { build, Procs, waitFor, waitGone, tmpdir, PROGRAMS, checkpointKillRestart as restartAfterKill, referenceRun as runToEnd, restartVerified } from './harness';
+import { checkpointSync, loadImage } from '../src';
 import type { Restarted } from '../src';
 import { readStatus } from '../src/proc';
 
@@ -84,7 +84,7 @@ test('a process inside nanosleep finishes its full sleep after restart', async (
   checkpointSync(pid, img, { kill: true });
   assert.notEqual(loadImage(img).process.threads[0].inSyscall, null, 'it was stopped inside a system call');
   await waitGone(pid, procs);
-  const r = restartSync(img);
+  const r = restartVerified(img);
   procs.add(r.pid);
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nslept\n');
@@ -174,7 +174,7 @@ test('checkpointing the same process twice gives two working images', async () =
     // Its stdout is in append mode: the emptied file shows from which
     // point it goes on.
     fs.truncateSync(out, 0);
-    const r = restartSync(path.join(dir, image));
+    const r = restartVerified(path.join(dir, image));
     procs.add(r.pid);
     const text = await waitFor(out, new RegExp(`counter: ${next}\\ncounter: ${next + 1}\\n`));
     assert.ok(text.startsWith(`counter: ${next}\n`), text);
@@ -201,7 +201,7 @@ test('an epoll waiting on a pipe, an eventfd and a timerfd wakes for each after 
   const ep = loadImage(img).process.fds.find((f) => f.kind === 'epoll')!;
   assert.deepEqual(ep.epoll!.map((t) => Number(BigInt(t.data))).sort(), [111, 222, 333]);
   await waitGone(pid, procs);
-  const r = restartSync(img);
+  const r = restartVerified(img);
   procs.add(r.pid);
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nepoll ok\n');

@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, PROGRAMS, checkpointKillRestart as restartAfterKill, referenceRun as runToEnd } from './harness';
-import { checkpointSync, restartSync, loadImage } from '../src';
+import { build, Procs, waitFor, waitGone, tmpdir, PROGRAMS, checkpointKillRestart as restartAfterKill, referenceRun as runToEnd, restartVerified } from './harness';
+import { checkpointSync, loadImage } from '../src';
 import type { RestartOptions } from '../src';
 import { readStat, readStatus, listChildren, listThreads } from '../src/proc';
 import { scanTree } from '../src/ptrace/freeze';
@@ -43,7 +43,7 @@ test('a shell pipeline with data in flight in both pipes produces identical outp
   assert.equal(image.pipes.length, 2, 'two pipes');
   assert.ok(image.pipes.every((p) => Buffer.from(p.data, 'base64').length > 0), 'both pipes held data in flight');
   await waitGone(pid, procs);
-  const r = restartSync(img);
+  const r = restartVerified(img);
   procs.addTree(r.pid);
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal((await waitpidAsync(refPid, 0)).status, 0);
@@ -126,9 +126,9 @@ test('original pids: refused by name when taken, restored in a new pid namespace
   const img = path.join(dir, 'image');
   checkpointSync(pid, img); // the original keeps running: its pids are taken
   const children = listChildren(process.pid);
-  assert.throws(() => restartSync(img), new RegExp(`pid ${pid} is in use \\(by threads\\)`));
+  assert.throws(() => restartVerified(img), new RegExp(`pid ${pid} is in use \\(by threads\\)`));
   assert.deepEqual(listChildren(process.pid), children, 'nothing left behind');
-  const r = restartSync(img, { pidNs: true });
+  const r = restartVerified(img, { pidNs: true });
   procs.addTree(r.pid);
   const ns = readStatus(r.pid).nsPid;
   assert.equal(ns[ns.length - 1], pid, 'the same pid inside the namespace');
@@ -171,7 +171,7 @@ test('a fork racing with the freeze is caught: the tree checkpoints and restarts
   await waitGone(pid, procs);
   const image = loadImage(img);
   assert.deepEqual(image.processes.slice(1).map((p) => p.ppid).filter((pp) => pp !== pid), []);
-  const r = restartSync(img);
+  const r = restartVerified(img);
   procs.addTree(r.pid);
   assert.equal(r.pid, pid);
   // It goes on forking and reaping.
@@ -215,8 +215,8 @@ test('a pipe to a process outside the tree: refused, or taken with --external an
     checkpointSync(pid, img, { kill: true, external: [name] });
     await waitGone(pid, procs);
     const seen = drain().trim().split('\n').length;
-    assert.throws(() => restartSync(img), /was connected outside the tree at checkpoint time: pass --inherit-fd/);
-    const back = restartSync(img, { inheritFds: { [name]: r } });
+    assert.throws(() => restartVerified(img), /was connected outside the tree at checkpoint time: pass --inherit-fd/);
+    const back = restartVerified(img, { inheritFds: { [name]: r } });
     procs.add(back.pid);
     await until(new RegExp(`counter: ${seen + 2}\n`));
     assert.deepEqual(drain().trim().split('\n').map((l) => Number(l.split(' ')[1])).slice(0, seen + 2), Array.from({ length: seen + 2 }, (_, i) => i + 1));
@@ -238,7 +238,7 @@ test('memory still shared copy-on-write after fork is saved once and restored in
   const child = loadImage(img).processes[1];
   assert.ok(child.vmas.some((v) => v.inherited?.some((g) => g.from === pid)), 'the child lists pages inherited from its parent');
   await waitGone(pid, procs);
-  const r = restartSync(img);
+  const r = restartVerified(img);
   procs.addTree(r.pid);
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nparent ok\nchild ok\ndone\n');
@@ -255,7 +255,7 @@ test('a sealed memfd mapped by parent and child and held as an fd comes back as 
   checkpointSync(pid, img, { kill: true });
   assert.equal(loadImage(img).memfds.length, 1);
   await waitGone(pid, procs);
-  const r = restartSync(img);
+  const r = restartVerified(img);
   procs.addTree(r.pid);
   assert.match(fs.readFileSync(`/proc/${r.pid}/maps`, 'utf8'), /\/memfd:stasis-pingpong \(deleted\)/);
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
@@ -354,7 +354,7 @@ test('a restart failing half way through a tree leaves no process behind', async
   // Only found once the processes exist: their working directory is gone.
   fs.rmSync(cwd, { recursive: true });
   const children = listChildren(process.pid);
-  assert.throws(() => restartSync(img), /restart failed, nothing left running: chdir in pid \d+ failed \(cwd .*\): ENOENT/);
+  assert.throws(() => restartVerified(img), /restart failed, nothing left running: chdir in pid \d+ failed \(cwd .*\): ENOENT/);
   assert.deepEqual(listChildren(process.pid), children);
   // Killed: those that were not our children are reaped by init, soon.
   for (const p of pids) {

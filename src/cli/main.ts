@@ -14,14 +14,15 @@ const USAGE = `usage:
       it is not a terminal); it keeps running unless --kill is given;
       --external takes along a pipe shared with a process outside the tree
       (or a FIFO held open outside, whose bytes stay in it)
-  stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns]
+  stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns] [--verify]
                  [--inherit-fd FD:pipe:[INO]]... [-v]
       recreate the process tree from an image (a file, or stdin with - or no
       FILE) with its original pids; waits for its root and returns its exit
       status unless --detach; --pid-ns restores inside a new pid namespace
       (for a user without CAP_CHECKPOINT_RESTORE, always, in a new user
-      namespace too, mapping only their own uid and gid);
-      --inherit-fd connects an external pipe of the image to fd FD
+      namespace too, mapping only their own uid and gid); --verify reads the
+      tree back before it runs and fails the restart on any difference from
+      the image; --inherit-fd connects an external pipe of the image to fd FD
   stasis show FILE [--json]
       describe an image (--json: all metadata, no page contents)
   stasis check
@@ -103,7 +104,7 @@ function signalName(sig: number): string {
 }
 
 async function cmdRestart(args: string[]): Promise<number> {
-  const p = parse(args, ['--pidfile', '--inherit-fd'], ['-d', '--detach', '-v', '--verbose', '--pid-ns']);
+  const p = parse(args, ['--pidfile', '--inherit-fd'], ['-d', '--detach', '-v', '--verbose', '--pid-ns', '--verify']);
   const inheritFds: Record<string, number> = {};
   for (const spec of p.lists.get('--inherit-fd') ?? []) {
     const m = /^(\d+):(pipe:\[\d+\])$/.exec(spec);
@@ -113,7 +114,7 @@ async function cmdRestart(args: string[]): Promise<number> {
   if (p.positional.length > 1) throw new UsageError('restart takes at most one image');
   const src = p.positional[0] ?? '-';
   const detach = p.flags.has('-d') || p.flags.has('--detach');
-  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, pidNs: p.flags.has('--pid-ns'), inheritFds, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, pidNs: p.flags.has('--pid-ns'), verify: p.flags.has('--verify'), inheritFds, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
   const pidfile = p.flags.get('--pidfile') as string | undefined;
   if (pidfile) fs.writeFileSync(pidfile, `${r.pid}\n`);
   if (detach) {

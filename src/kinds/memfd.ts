@@ -65,8 +65,8 @@ export class MemfdTable {
     return ino;
   }
 
-  /** Contents of every memfd, data segments only, with their seals. */
-  collect(): ImageMemfd[] {
+  /** Contents of every memfd, data segments only, with their seals (`contents` false: no segments). */
+  collect(contents = true): ImageMemfd[] {
     const out: ImageMemfd[] = [];
     for (const [id, f] of this.files) {
       let fd: number;
@@ -84,7 +84,7 @@ export class MemfdTable {
         let seals = 0;
         try { seals = syscall(SYS_FCNTL, 'fcntl(F_GET_SEALS)', fd, F_GET_SEALS); } catch { /* sealing not allowed */ }
         const segments: ImageMemfd['segments'] = [];
-        for (let off = 0; off < size;) {
+        for (let off = 0; contents && off < size;) {
           let data: number;
           try {
             data = syscall(SYS_LSEEK, 'lseek(SEEK_DATA)', fd, off, SEEK_DATA);

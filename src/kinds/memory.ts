@@ -9,7 +9,7 @@ import type { FileIdentity, ImageVma, ImageCreds } from '../image/schema';
 import { savesPages, vmaAt } from '../image/vma';
 import { mayOpen, openNoSymlinks } from './files';
 import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
-import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
+import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
 import { MemfdTable, MemfdKeeper, memfdName, dataRanges } from './memfd';
 import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
@@ -80,7 +80,7 @@ const REFUSED_FLAGS: Record<string, string> = {
 };
 
 const MADV_GUARD_INSTALL = 102, MADV_GUARD_REMOVE = 103;
-const MAP_NORESERVE = 0x4000, MAP_DROPPABLE = 0x08;
+const MAP_DROPPABLE = 0x08;
 const MLOCK_ONFAULT = 1;
 const SYS_MSEAL = 462;
 const MADV_UNMERGEABLE = 13, MADV_DONTNEED = 4;
@@ -590,7 +590,7 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
       const type = v.vmFlags.includes('dp') ? MAP_DROPPABLE : v.shared ? MAP_SHARED : MAP_PRIVATE;
       let flags = MAP_FIXED | type | (src ? 0 : MAP_ANONYMOUS);
       if (v.vmFlags.includes('gd')) flags |= MAP_GROWSDOWN;
-      if (v.vmFlags.includes('nr')) flags |= MAP_NORESERVE;
+      if (v.vmFlags.includes('nr')) flags |= MAP_NORESERVE; // glibc's thread arenas: no commit charge
       const fd = src ? fds.get(`${src.mode}:${src.path}`)! : -1;
       return { name: 'mmap', nr: SYS.mmap, args: [v.start, v.end - v.start, prot, flags, fd, src ? v.offset : 0], where: labels[i] };
     });

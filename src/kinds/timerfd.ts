@@ -54,17 +54,20 @@ export function createSignalfd(remote: Remote, s: SignalfdState, flags: number, 
 /**
  * The timer is armed again with the time that was left (relative: an
  * absolute deadline on CLOCK_REALTIME becomes the same remaining time);
- * unread expirations are put back with TFD_IOC_SET_TICKS.
+ * unread expirations are put back with TFD_IOC_SET_TICKS. A periodic timer
+ * whose expiry passed unread shows no time left (the kernel re-arms it only
+ * when read): it is armed one period ahead, or it would never fire again.
  */
 export function createTimerfd(remote: Remote, t: TimerfdState, flags: number, cloexec: boolean, where: string): number {
   const fd = remote.call('timerfd_create', SYS.timerfd_create, [t.clock, fdFlags(flags, cloexec)], where);
   remote.reset();
-  if (t.value[0] || t.value[1]) {
+  const value = t.value[0] || t.value[1] ? t.value : t.interval;
+  if (value[0] || value[1]) {
     const spec = Buffer.alloc(32);
     spec.writeBigInt64LE(BigInt(t.interval[0]), 0);
     spec.writeBigInt64LE(BigInt(t.interval[1]), 8);
-    spec.writeBigInt64LE(BigInt(t.value[0]), 16);
-    spec.writeBigInt64LE(BigInt(t.value[1]), 24);
+    spec.writeBigInt64LE(BigInt(value[0]), 16);
+    spec.writeBigInt64LE(BigInt(value[1]), 24);
     remote.call('timerfd_settime', SYS.timerfd_settime, [fd, 0, remote.putBytes(spec), 0], `${where}: arming`);
   }
   if (BigInt(t.ticks) > 0n) {

@@ -6,7 +6,7 @@ import { StasisError, SyscallError } from '../sys/errno';
 
 export const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4;
 export const MAP_SHARED = 1, MAP_PRIVATE = 2, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20;
-export const MAP_GROWSDOWN = 0x100, MAP_FIXED_NOREPLACE = 0x100000;
+export const MAP_GROWSDOWN = 0x100, MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000;
 export const AT_FDCWD = -100;
 
 /** One system call of a batch, with what it is about (for errors). */
@@ -93,18 +93,25 @@ export class Remote {
     return this.task.call(name, nr, args, where);
   }
 
-  /** Map a private read-write scratch area at `hint` (or anywhere when 0). */
-  mapScratch(size: number, hint = 0): void {
+  /**
+   * Map a private read-write scratch area at `hint` (or anywhere when 0);
+   * with `batchSize`, an executable area for batched calls follows it.
+   */
+  mapScratch(size: number, hint = 0, batchSize = 0): void {
     const flags = MAP_PRIVATE | MAP_ANONYMOUS | (hint ? MAP_FIXED_NOREPLACE : 0);
-    this.scratch = this.call('mmap', SYS.mmap, [hint, size, PROT_READ | PROT_WRITE, flags, -1, 0], 'scratch area');
+    const prot = PROT_READ | PROT_WRITE | (batchSize ? PROT_EXEC : 0);
+    this.scratch = this.call('mmap', SYS.mmap, [hint, size + batchSize, prot, flags, -1, 0], 'scratch area');
     this.scratchSize = size;
+    this.batchArea = batchSize ? this.scratch + size : 0;
+    this.batchSize = batchSize;
     this.used = 0;
   }
 
   unmapScratch(): void {
     if (!this.scratch) return;
-    this.call('munmap', SYS.munmap, [this.scratch, this.scratchSize], 'scratch area');
+    this.call('munmap', SYS.munmap, [this.scratch, this.scratchSize + (this.batchArea ? this.batchSize : 0)], 'scratch area');
     this.scratch = 0;
+    this.batchArea = 0;
   }
 
   /** Forget everything placed in scratch (between independent calls). */

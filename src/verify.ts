@@ -1,0 +1,458 @@
+// restart --verify: the rebuilt tree, still seized with its final registers
+// set, is read back with the checkpoint's own dump code (metadata only, no
+// pages) and compared with the image field by field. The first difference
+// fails the restart, naming the process and the field path; the restart's
+// failure path then kills everything it created.
+import { readMaps, readStat } from './proc';
+import { Tracee } from './ptrace/tracee';
+import { Remote } from './ptrace/remote';
+import { FrozenProcess } from './ptrace/freeze';
+import { surveyProcesses, dumpProcess, dumpZombie, locateSyscall } from './checkpoint';
+import { PipeTable } from './kinds/pipes';
+import { LockTable } from './kinds/locks';
+import { MemfdTable } from './kinds/memfd';
+import { specialVmas } from './kinds/vdso';
+import { resumeRegs } from './kinds/registers';
+import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd, ImageFd, ImageVma } from './image/schema';
+import { StasisError } from './sys/errno';
+import { Regs, SYS } from './sys/x86';
+
+// ---- how two values are compared -------------------------------------------
+
+/** What a rule sees besides the two values. */
+export interface RuleContext {
+  /** the field path, as printed ("threads[1].signals.blocked") */
+  path: string;
+  /** the objects holding the two values (siblings a rule may need) */
+  imageParent: unknown;
+  restoredParent: unknown;
+  /** nanoseconds since the restart began: how far a timer may have run down */
+  elapsedNs: bigint;
+  /** Pair `image` with `restored` in id space `space`; false if either is already paired otherwise. */
+  pair(space: string, image: unknown, restored: unknown): boolean;
+  /** image pid/tid of a restored task (by the id this process sees), if it is one of the tree's */
+  treeId(restored: number): number | undefined;
+  /** whether `id` is a pid/tid of the image */
+  inImage(id: number): boolean;
+  /** Compare two derived values at this path (and below), by the usual rules. */
+  compare(image: unknown, restored: unknown): void;
+}
+
+/** Accepts (returns nothing) or says what differs ("image 1, restored 2"). */
+export type Rule = (image: unknown, restored: unknown, cx: RuleContext) => string | undefined | void;
+
+const show = (v: unknown): string => {
+  if (v === undefined) return 'absent';
+  const s = typeof v === 'string' ? v : JSON.stringify(v);
+  return s.length > 100 ? `${s.slice(0, 97)}...` : s;
+};
+const differs = (a: unknown, b: unknown) => `image ${show(a)}, restored ${show(b)}`;
+
+/** Not compared (the reason is in the table). */
+const skip: Rule = () => undefined;
+
+/**
+ * Kernel ids that are new after a restart (inodes of pipes, memfds, shared
+ * memory, eventfd ids): compared as structure. Each image id must map to
+ * exactly one restored id and back, across the whole tree, so two fds on
+ * one pipe stay on one pipe and two pipes stay two. `pattern` extracts the
+ * id from a string ("pipe:[1234]"); a value it does not match is compared
+ * as is.
+ */
+const sameId = (space: string, pattern?: RegExp): Rule => (a, b, cx) => {
+  let ia = a, ib = b;
+  if (pattern) {
+    const ma = typeof a === 'string' ? pattern.exec(a) : null;
+    const mb = typeof b === 'string' ? pattern.exec(b) : null;
+    if (!ma || !mb) return a === b ? undefined : differs(a, b);
+    ia = ma[1];
+    ib = mb[1];
+  }
+  if (ia === undefined || ib === undefined) return ia === ib ? undefined : differs(a, b);
+  return cx.pair(space, ia, ib) ? undefined : `${differs(a, b)} (image ${space} ${show(ia)} is restored elsewhere as another one)`;
+};
+
+/**
+ * A pid, tid, process group or session. One of the tree's must be the same
+ * task again (read by the id this process sees: a new pid namespace or a
+ * single process restored under a new pid are translated back). One from
+ * outside the tree (the root's parent, a session or group the restarter
+ * leads) is whoever restarts it: only its sharing is compared, in `space`.
+ */
+const treePid = (space: string): Rule => (a, b, cx) => {
+  if (typeof a !== 'number' || typeof b !== 'number') return differs(a, b);
+  const mine = cx.treeId(b);
+  if (cx.inImage(a)) return mine === a ? undefined : differs(a, mine ?? `${b} (not a task of the tree)`);
+  if (mine !== undefined) return differs(a, `${mine} (a task of the tree, where the image has one from outside)`);
+  return cx.pair(`outside ${space}`, a, b) ? undefined : `${differs(a, b)} (outside the tree, but grouped differently)`;
+};
+
+/** [seconds, nanoseconds], or nanoseconds as a number or decimal string. */
+function toNs(v: unknown): bigint | undefined {
+  if (Array.isArray(v) && v.length === 2) return BigInt(v[0]) * 1_000_000_000n + BigInt(v[1]);
+  if (typeof v === 'number' || (typeof v === 'string' && /^\d+$/.test(v))) return BigInt(v);
+  return undefined;
+}
+
+/**
+ * A timer's remaining time: it runs from when the restart armed it, so it
+ * may be lower by at most the time the restart has taken; one that could
+ * have expired meanwhile may show its next period (at most its interval).
+ * `interval` names the sibling field holding the period.
+ */
+const timeLeft = (interval?: string): Rule => (a, b, cx) => {
+  const want = toNs(a), got = toNs(b);
+  if (want === undefined || got === undefined) return differs(a, b);
+  const period = interval ? toNs((cx.imageParent as Record<string, unknown>)[interval]) ?? 0n : 0n;
+  // 0: disarmed, or (periodic) its expiry passed unread: the next one is within a period.
+  if (want === 0n) return got === 0n || got <= period ? undefined : differs(a, b);
+  if (got <= want && want - got <= cx.elapsedNs) return undefined;
+  if (want <= cx.elapsedNs && got <= (period > want ? period : want)) return undefined;
+  return `${differs(a, b)} (more than the ${cx.elapsedNs / 1_000_000n} ms the restart took apart)`;
+};
+
+/**
+ * Flags compared without `bits` where `when` holds for the object holding
+ * them (e.g. an fd of some kind).
+ */
+const withoutBits = (bits: number, when: (imageParent: unknown) => boolean): Rule => (a, b, cx) => {
+  if (typeof a !== 'number' || typeof b !== 'number') return differs(a, b);
+  const m = when(cx.imageParent) ? ~bits : ~0;
+  return (a & m) === (b & m) ? undefined : differs(a, b);
+};
+
+/** A list whose order carries no meaning (the kernel's own order): compared sorted by `key`. */
+const unordered = (key: string): Rule => (a, b, cx) => {
+  const sorted = (v: unknown) => (Array.isArray(v) ? [...v].sort((x, y) => (x?.[key] < y?.[key] ? -1 : x?.[key] > y?.[key] ? 1 : 0)) : v);
+  cx.compare(sorted(a), sorted(b));
+};
+
+/**
+ * The VMA list with neighbouring anonymous VMAs that only a different
+ * vm_pgoff kept apart merged into one: memory moved with mremap keeps the
+ * page offset of where it was first mapped, so the kernel does not merge
+ * it with its neighbour; mapped afresh at restart, the two merge. Same
+ * memory, protections and flags; only the split in maps differs.
+ */
+const mergingAnon: Rule = (a, b, cx) => {
+  const merged = (v: unknown) => {
+    if (!Array.isArray(v)) return v;
+    const out: ImageVma[] = [];
+    for (const x of v as ImageVma[]) {
+      const prev = out[out.length - 1];
+      const plain = (y: ImageVma) => y.kind === 'anon' && !y.shmem && y.memfd === undefined && !y.shared;
+      if (prev && plain(prev) && plain(x) && prev.end === x.start && prev.prot === x.prot && prev.name === x.name
+        && [...prev.vmFlags].sort().join() === [...x.vmFlags].sort().join()) {
+        out[out.length - 1] = { ...prev, end: x.end, savedPages: prev.savedPages + x.savedPages };
+      } else {
+        out.push(x);
+      }
+    }
+    return out;
+  };
+  cx.compare(merged(a), merged(b));
+};
+
+/** Flag names (VmFlags): a difference names the flags each side lacks. */
+const flagSet: Rule = (a, b) => {
+  if (!Array.isArray(a) || !Array.isArray(b)) return differs(a, b);
+  const lost = a.filter((f) => !b.includes(f)), gained = b.filter((f) => !a.includes(f));
+  if (!lost.length && !gained.length) return;
+  return [lost.length ? `image has ${lost.join(' ')}, restored has not` : '', gained.length ? `restored has ${gained.join(' ')}, image has not` : ''].filter(Boolean).join('; ');
+};
+
+/** A count that can only grow while time passes (timer expirations not yet read). */
+const notFewer: Rule = (a, b) => {
+  try {
+    return BigInt(b as string) >= BigInt(a as string) ? undefined : differs(a, b);
+  } catch {
+    return differs(a, b);
+  }
+};
+
+/** Registers by name, as the task will resume them (resumeRegs), so a difference names the register. */
+const registers: Rule = (a, b, cx) => {
+  const named = (v: unknown) => new Regs(Buffer.from(String(v), 'base64')).toJSON();
+  cx.compare(resumeRegs(new Regs(Buffer.from(String(a), 'base64'))).toJSON(), named(b));
+};
+
+/** The system call a thread resumes in: as resumeRegs leaves it (a restart_block call returns EINTR). */
+const resumedSyscall: Rule = (a, b, cx) => {
+  const regs = (cx.imageParent as { regs?: string }).regs;
+  if (typeof regs !== 'string') return a === b ? undefined : differs(a, b);
+  const orig = resumeRegs(new Regs(Buffer.from(regs, 'base64'))).signed('orig_rax');
+  const want = orig >= 0n ? Number(orig) : null;
+  return want === b ? undefined : differs(want, b);
+};
+
+/**
+ * The XSAVE area byte for byte, except XSTATE_BV (bytes 512-519 of the
+ * header): the CPU clears a component's bit whenever that component is in
+ * its initial state, and ptrace fills such a component with its initial
+ * values, so the contents are what is compared.
+ */
+const xsave: Rule = (a, b) => {
+  const x = Buffer.from(String(a), 'base64'), y = Buffer.from(String(b), 'base64');
+  if (x.length !== y.length) return `image ${x.length} bytes, restored ${y.length} bytes`;
+  if (x.subarray(0, 512).equals(y.subarray(0, 512)) && x.subarray(520).equals(y.subarray(520))) return;
+  for (let i = 0; i < x.length; i++) {
+    if (i >= 512 && i < 520) continue;
+    if (x[i] !== y[i]) return `differs at byte ${i} (image 0x${x[i].toString(16)}, restored 0x${y[i].toString(16)})`;
+  }
+};
+
+/** Only when the image value satisfies `when` is the field left out; otherwise compared as usual. */
+const skipIf = (when: (image: unknown, imageParent: unknown) => boolean): Rule => (a, b, cx) => {
+  if (!when(a, cx.imageParent)) return Object.is(a, b) || JSON.stringify(a) === JSON.stringify(b) ? undefined : differs(a, b);
+};
+
+// ---- the normalisations: one line each -------------------------------------
+//
+// Every field the dump code produces is compared exactly unless listed here.
+// A path names a field of a Process record ("threads[].signals.blocked",
+// any index written []), of a Zombie record ("zombie.ppid"), of the Pipes
+// ("pipes[].data") or Memfds ("memfds[].size") records. Add state that
+// legitimately changes across a restart as one more line: path, rule, why.
+
+export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
+  ['kernel', skip, 'the kernel the image was taken on; the restored tree runs on this one'],
+  ['vmas', mergingAnon, 'anonymous VMAs kept apart only by vm_pgoff (mremap) merge when mapped afresh: compared merged'],
+  ['vmas[].savedPages', skip, 'pages are not re-read: the layout, protections and flags are compared'],
+  ['vmas[].inherited', skip, 'pages shared copy-on-write at checkpoint time: page bookkeeping, not re-read'],
+  ['vmas[].offset', skipIf((_, v) => (v as { kind?: string }).kind === 'anon'), 'vm_pgoff of anonymous memory: the address it was first mapped at (mremap keeps it), not settable by mmap, seen only in maps'],
+  ['vmas[].vmFlags', flagSet, 'compared as a set (smaps prints them in a fixed order anyway)'],
+  ['vmas[].shmem.ino', sameId('shared memory'), 'shared anonymous memory is a new object: same sharing, new inode'],
+  ['vmas[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
+  ['fds[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
+  ['fds[].pipe', sameId('pipe'), 'pipes are new: same ends, new inodes'],
+  ['fds[].path', sameId('pipe', /^pipe:\[(\d+)\]$/), 'a pipe is named by its new inode'],
+  ['fds[].flags', withoutBits(0o100000, (f) => (f as ImageFd).kind === 'pipe'), 'O_LARGEFILE: pipe2 leaves it out, reopening a pipe end through /proc adds it; it means nothing for a pipe'],
+  ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
+  ['fds[].file.size', skip, 'the file an fd is open on may have been written since the checkpoint (its dev:ino is compared)'],
+  ['fds[].file.mtimeNs', skip, 'the file an fd is open on may have been written since the checkpoint (its dev:ino is compared)'],
+  ['fds[].timerfd.value', timeLeft('interval'), 'remaining time runs down while the restart goes on'],
+  ['fds[].epoll', unordered('fd'), 'fdinfo lists the interest list in kernel (file address) order'],
+  ['fds[].timerfd.ticks', notFewer, 'expirations may have happened while the restart went on'],
+  ['fds[].sharedWith.pid', treePid('task'), 'a pid of the tree, as seen from here'],
+  ['vmas[].shmem.from.pid', treePid('task'), 'a pid of the tree, as seen from here'],
+  ['pid', treePid('task'), 'a pid of the tree, as seen from here'],
+  ['ppid', treePid('parent'), "the root's parent is whoever restarts it"],
+  ['pgid', treePid('group'), "a group led from outside the tree is the restarter's"],
+  ['sid', treePid('session'), "a session led from outside the tree is the restarter's"],
+  ['threads[].tid', treePid('task'), 'a tid of the tree, as seen from here'],
+  ['threads[].regs', registers, 'compared register by register as the thread resumes (resumeRegs: a restart_block call returns EINTR)'],
+  ['threads[].inSyscall', resumedSyscall, 'as resumeRegs leaves it'],
+  ['threads[].xstate', xsave, 'XSTATE_BV follows which components are in their initial state; their contents are compared'],
+  ['zombie.pid', treePid('task'), 'a pid of the tree, as seen from here'],
+  ['zombie.ppid', treePid('parent'), 'a pid of the tree, as seen from here'],
+  ['zombie.pgid', treePid('group'), "a group led from outside the tree is the restarter's"],
+  ['zombie.sid', treePid('session'), "a session led from outside the tree is the restarter's"],
+  ['pipes[].id', sameId('pipe'), 'pipes are new: same ends, new inodes'],
+  ['pipes[].data', skipIf((_, p) => !!(p as ImagePipe).external), "an external pipe's bytes are not ours"],
+  ['pipes[].external', skip, 'an external pipe is the one handed in with --inherit-fd'],
+  ['memfds[].id', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
+  ['memfds[].segments', skip, 'contents are pages: not re-read'],
+];
+
+const RULES = new Map<string, Rule>(NORMALISATIONS.map(([p, r]) => [p, r]));
+
+// ---- the comparison -------------------------------------------------------------
+
+export interface Difference { where: string; path: string; message: string }
+
+/** One record to compare: `where` names it ("pid 42"), `prefix` selects its rules ("", "zombie."). */
+export interface RecordPair { where: string; prefix: string; image: unknown; restored: unknown }
+
+/**
+ * Every difference between image and restored records, by the rules of the
+ * table. `hostToImage` maps the ids this process sees for the tree's tasks
+ * to the image's; `imageIds` are the image's pids and tids.
+ */
+export function compareRecords(records: RecordPair[], hostToImage: Map<number, number>, imageIds: Set<number>, elapsedNs: bigint): Difference[] {
+  const cmp = new Comparison(hostToImage, imageIds, elapsedNs);
+  for (const r of records) cmp.record(r.where, r.prefix, r.image, r.restored);
+  return cmp.found;
+}
+
+class Comparison {
+  readonly found: Difference[] = [];
+  private readonly spaces = new Map<string, { fwd: Map<unknown, unknown>; back: Map<unknown, unknown> }>();
+
+  constructor(private readonly hostToImage: Map<number, number>, private readonly imageIds: Set<number>, private readonly elapsedNs: bigint) {}
+
+  /** the image's VMA list as last compared (as a rule may have rewritten it), to name VMAs */
+  private imageVmas: unknown[] = [];
+
+  /** Compare one record: `where` names it ("pid 42"), `prefix` selects its rules ("", "zombie."). */
+  record(where: string, prefix: string, image: unknown, restored: unknown): void {
+    this.imageVmas = [];
+    this.walk(where, prefix, '', prefix, image, restored, undefined, undefined);
+  }
+
+  /** A difference; one inside a VMA says which VMA of the image it is. */
+  private push(where: string, path: string, message: string): void {
+    const m = /^vmas\[(\d+)\]/.exec(path);
+    const v = m ? this.imageVmas[Number(m[1])] : undefined;
+    const label = isObject(v) && typeof v.start === 'number' && typeof v.end === 'number' ? ` (image vma ${v.start.toString(16)}-${v.end.toString(16)})` : '';
+    this.found.push({ where, path, message: message + label });
+  }
+
+  private pair(space: string, a: unknown, b: unknown): boolean {
+    let s = this.spaces.get(space);
+    if (!s) this.spaces.set(space, s = { fwd: new Map(), back: new Map() });
+    const fa = s.fwd.get(a), bb = s.back.get(b);
+    if (fa === undefined && bb === undefined) {
+      s.fwd.set(a, b);
+      s.back.set(b, a);
+      return true;
+    }
+    return fa === b && bb === a;
+  }
+
+  /** `pattern` is the path as the table writes it: the prefix, indices as []. */
+  private walk(where: string, prefix: string, path: string, pattern: string, a: unknown, b: unknown, pa: unknown, pb: unknown, ruled = false): void {
+    const rule = ruled ? undefined : RULES.get(pattern);
+    if (rule) {
+      const cx: RuleContext = {
+        path, imageParent: pa, restoredParent: pb, elapsedNs: this.elapsedNs,
+        pair: (space, x, y) => this.pair(space, x, y),
+        treeId: (id) => this.hostToImage.get(id),
+        inImage: (id) => this.imageIds.has(id),
+        compare: (x, y) => this.walk(where, prefix, path, pattern, x, y, pa, pb, true),
+      };
+      const msg = rule(a, b, cx);
+      if (msg) this.push(where, path, msg);
+      return;
+    }
+    if (a === b) return; // the same primitive, and no rule: equal
+    if (path === 'vmas' && Array.isArray(a)) this.imageVmas = a;
+    const dot = path ? '.' : '', pdot = pattern === prefix ? '' : '.';
+    if (Array.isArray(a) && Array.isArray(b)) {
+      for (let i = 0; i < Math.min(a.length, b.length); i++) this.walk(where, prefix, `${path}[${i}]`, `${pattern}[]`, a[i], b[i], a, b);
+      if (a.length !== b.length) this.push(where, path, `image ${a.length} entries, restored ${b.length}`);
+      return;
+    }
+    if (isObject(a) && isObject(b)) {
+      for (const k of Object.keys(a)) this.walk(where, prefix, path + dot + k, pattern + pdot + k, a[k], b[k], a, b);
+      for (const k of Object.keys(b)) if (!(k in a)) this.walk(where, prefix, path + dot + k, pattern + pdot + k, undefined, b[k], a, b);
+      return;
+    }
+    if (Object.is(a, b)) return;
+    // Addresses read better in hex.
+    const address = /(^|\.)(start|end|addr|start\w+|end\w+|brk|arg\w+|env\w+)$/.test(path) && typeof a === 'number' && typeof b === 'number';
+    this.push(where, path, address ? differs(`0x${a.toString(16)}`, `0x${b.toString(16)}`) : differs(a, b));
+  }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+const SIGSTOP = 19;
+
+// ---- reading the rebuilt tree back ------------------------------------------------
+
+/** A process of the image as rebuilt: its threads seized, main thread first, registers final. */
+export interface RebuiltProcess {
+  image: ImageProcess;
+  threads: Tracee[];
+}
+
+export interface VerifyInput {
+  processes: RebuiltProcess[];
+  /** each zombie of the image with the pid it has as seen from here */
+  zombies: Array<{ image: ImageZombie; pid: number }>;
+  pipes: ImagePipe[];
+  memfds: ImageMemfd[];
+  /** when the restart began (process.hrtime.bigint()) */
+  startedAt: bigint;
+  log?: (m: string) => void;
+}
+
+/**
+ * Read the rebuilt tree back and compare it with the image; throws a
+ * StasisError naming the first difference. Every thread gets its final
+ * registers back, and the scratch area the dump code maps is gone again
+ * (checked), before this returns.
+ */
+export function verifyTree(input: VerifyInput): void {
+  const log = input.log ?? (() => {});
+  const hostToImage = new Map<number, number>();
+  const imageIds = new Set<number>();
+  for (const p of input.processes) {
+    p.threads.forEach((t, i) => hostToImage.set(t.pid, p.image.threads[i].tid));
+    for (const th of p.image.threads) imageIds.add(th.tid);
+    imageIds.add(p.image.pid);
+  }
+  for (const z of input.zombies) {
+    hostToImage.set(z.pid, z.image.pid);
+    imageIds.add(z.image.pid);
+  }
+  // The registers each thread resumes with: the dump reads them, injections start from them.
+  for (const p of input.processes) for (const t of p.threads) t.saved = t.getRegs();
+  const tampered = tamper(input.processes);
+  // A stopped process is stopped by the SIGSTOP its main thread is let go with.
+  const frozen: FrozenProcess[] = input.processes.map((p) => ({ pid: p.threads[0].pid, ppid: readStat(p.threads[0].pid).ppid, zombie: false, stopped: p.threads[0].deferredSignals[0] === SIGSTOP, threads: p.threads }));
+  const pipes = new PipeTable();
+  const memfds = new MemfdTable();
+  let images: ImageProcess[];
+  try {
+    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, pipes, memfds, new LockTable(), true);
+    images = surveys.map((s) => dumpProcess(s));
+    // Nothing of stasis's own may stay mapped: the layout must be the one just compared.
+    surveys.forEach((s) => {
+      const now = readMaps(s.proc.pid).map((v) => `${v.start}-${v.end}`).join(' ');
+      if (now !== s.vmas.map((v) => `${v.start}-${v.end}`).join(' ')) throw new StasisError(`pid ${hostToImage.get(s.proc.pid)}: the address space changed while it was read back`);
+    });
+  } catch (e) {
+    // Something the checkpoint would refuse in the restored tree is a difference too.
+    if (e instanceof StasisError) throw new StasisError(`verify: reading the restored tree back: ${e.message}`);
+    throw e;
+  } finally {
+    for (const p of input.processes) for (const t of p.threads) t.setRegs(t.saved!);
+  }
+  const zombies = input.zombies.map((z) => dumpZombie({ pid: z.pid, ppid: 0, zombie: true, stopped: false, threads: [] }));
+
+  const elapsedNs = process.hrtime.bigint() - input.startedAt;
+  const records: RecordPair[] = [
+    ...input.processes.map((p, i) => ({ where: `pid ${p.image.pid}`, prefix: '', image: p.image, restored: images[i] })),
+    ...input.zombies.map((z, i) => ({ where: `zombie ${z.image.pid}`, prefix: 'zombie.', image: z.image, restored: zombies[i] })),
+  ];
+  if (input.pipes.length) records.push({ where: 'pipes', prefix: '', image: { pipes: input.pipes }, restored: { pipes: pipes.collect() } });
+  if (input.memfds.length) records.push({ where: 'memfds', prefix: '', image: { memfds: input.memfds }, restored: { memfds: memfds.collect(false) } });
+  const found = compareRecords(records, hostToImage, imageIds, elapsedNs);
+  if (found.length) {
+    for (const f of found) log(`verify: ${f.where}: ${f.path}: ${f.message}`);
+    const d = found[0];
+    const more = found.length > 1 ? ` (and ${found.length - 1} more difference${found.length > 2 ? 's' : ''})` : '';
+    throw new StasisError(`verify: ${d.where}: ${d.path}: ${d.message}${more}`);
+  }
+  if (tampered) throw new StasisError(`verify: STASIS_TEST_TAMPER=${tampered} altered a restored value and verification did not see it`);
+  log(`verified ${input.processes.length} processes, ${input.zombies.length} zombies against the image`);
+}
+
+/**
+ * Test-only hook, STASIS_TEST_TAMPER=umask|blocked: alters one restored
+ * value of the root right before it is read back, to prove that --verify
+ * catches a difference. Harmless by construction: it acts only inside a
+ * verification, and a tampered tree that passes verification is refused
+ * all the same (above), so a tampered tree never runs.
+ */
+function tamper(processes: RebuiltProcess[]): string | undefined {
+  const what = process.env.STASIS_TEST_TAMPER;
+  if (!what) return undefined;
+  const root = processes[0];
+  const main = root.threads[0];
+  if (what === 'blocked') {
+    const last = root.threads[root.threads.length - 1];
+    last.setSigmask(last.getSigmask() ^ (1n << 11n)); // SIGUSR2's bit
+  } else if (what === 'umask') {
+    const vdso = specialVmas(root.image.vmas).get('[vdso]');
+    main.syscallInsn = locateSyscall(main, vdso ? [vdso] : []);
+    const old = new Remote(main).call('umask', SYS.umask, [0o077]);
+    if (old === 0o077) new Remote(main).call('umask', SYS.umask, [0o022]);
+  } else {
+    throw new StasisError(`STASIS_TEST_TAMPER=${what}: not a known field (umask, blocked)`);
+  }
+  return what;
+}
