@@ -266,7 +266,7 @@ test('the three seed images load and show', () => {
   assert.ok(tree.process.fds.some((f) => f.kind === 'eventfd') && tree.process.fds.some((f) => f.kind === 'epoll'));
 });
 
-test(`${INPROC_CASES} mutated images loaded in-process: each refused as an ImageError/StasisError or loaded and shown`, () => {
+test(`${INPROC_CASES} mutated images loaded in-process: each refused as an ImageError/StasisError or loaded and shown`, (t) => {
   const m = new Mutator(rng(SEED), decoyPath, decoyPid, seeds.flatMap((s) => s.recs.flatMap((r) => (r.type === RecordType.Process || r.type === RecordType.Zombie ? [(r.json as { pid: number }).pid] : []))));
   let refused = 0, loaded = 0;
   for (let i = 0; i < INPROC_CASES; i++) {
@@ -288,6 +288,7 @@ test(`${INPROC_CASES} mutated images loaded in-process: each refused as an Image
       refused++;
     }
   }
+  t.diagnostic(`${loaded} loaded, ${refused} refused`);
   assert.equal(refused + loaded, INPROC_CASES);
   assert.ok(refused > INPROC_CASES / 2, `most mutations are refused (${refused} of ${INPROC_CASES})`);
 });
@@ -344,7 +345,7 @@ function oneLineRefusal(r: Run, what: string): void {
   assert.equal(r.code, 1, what);
 }
 
-test(`${CLI_CASES} mutated images through stasis show --json and restart -d: one-line refusals or restarts, no process or file touched`, async () => {
+test(`${CLI_CASES} mutated images through stasis show --json and restart -d: one-line refusals or restarts, no process or file touched`, async (t) => {
   const PR_SET_CHILD_SUBREAPER = 36;
   syscall(SYS.prctl, 'prctl(PR_SET_CHILD_SUBREAPER)', PR_SET_CHILD_SUBREAPER, 1);
   const before = new Set(ourChildren());
@@ -405,6 +406,7 @@ test(`${CLI_CASES} mutated images through stasis show --json and restart -d: one
     syscall(SYS.prctl, 'prctl(PR_SET_CHILD_SUBREAPER)', PR_SET_CHILD_SUBREAPER, 0);
     if (!failed) assert.deepEqual(running, [], `no process left behind by a restart: ${leftDescribed}`);
   }
+  t.diagnostic(`${restarted} restarted, ${refusedCases} refused`);
   assert.ok(restarted >= seeds.length, `the unmutated seeds restart (${restarted} restarts, ${refusedCases} refusals)`);
   checkDecoys();
 });
@@ -494,4 +496,46 @@ test("a child's writable mapping given protection r is refused, and the restore 
   lv.prot = 'r' + lv.prot.slice(1).replace('w', '-');
   assert.throws(() => restartSync(loaded, { pidNs: true }), (e: Error) => e instanceof StasisError && /faulted with signal 11/.test(e.message));
   checkDecoys();
+});
+
+test('hostile fields named in the issue are refused with the record and field named', () => {
+  const refuse = (edit: (recs: Rec[]) => void, want: RegExp) => {
+    const recs = treeCopy();
+    edit(recs);
+    assert.throws(() => parseRecords(readImageBuffer(encode(recs), 'img'), 'img'), (e: Error) => e instanceof StasisError && want.test(e.message) && !e.message.includes('\n'), String(want));
+  };
+  const proc = (recs: Rec[]) => recs[0].json as Record<string, any>;
+  const rec = (recs: Rec[], type: RecordType) => recs.find((r) => r.type === type)!;
+  refuse((r) => { delete proc(r).mm; }, /^img: record 1 \(process \d+\): field mm: /);
+  refuse((r) => { delete proc(r).fds; }, /field fds: /);
+  refuse((r) => { delete proc(r).threads; }, /field threads: /);
+  refuse((r) => { delete proc(r).rlimits; }, /field rlimits: /);
+  refuse((r) => { proc(r).sigactions[0].handler = '0xZZ'; }, /field sigactions\[0\]\.handler: /);
+  refuse((r) => { proc(r).vmas[0].start = `${RAW}1e999`; }, /field vmas\[0\]\.start: /);
+  refuse((r) => { proc(r).creds.uid[0] = 2 ** 32; }, /field creds\.uid\[0\]: /);
+  refuse((r) => { proc(r).threads[0].regs = proc(r).threads[0].regs.slice(0, -4); }, /field threads\[0\]\.regs: /);
+  refuse((r) => { proc(r).threads[0].signals.pending = [Buffer.alloc(127).toString('base64')]; }, /field threads\[0\]\.signals\.pending\[0\]: /);
+  refuse((r) => { proc(r).vmas[2] = `${RAW}${'['.repeat(5000)}${']'.repeat(5000)}`; }, /field vmas\[2\]: /);
+  refuse((r) => { (rec(r, RecordType.Pipes).json as Array<{ data: unknown }>)[0].data = 12345; }, /record \d+ \(Pipes\): field \[0\]\.data: /);
+  refuse((r) => { (rec(r, RecordType.Zombie).json as { exitStatus: unknown }).exitStatus = '0'; }, /record \d+ \(process \d+\): field exitStatus: /);
+  refuse((r) => { proc(r).fds.push({ ...proc(r).fds[0] }); }, /field fds\[\d+\]\.fd: fd \d+ is listed twice/);
+  refuse((r) => { proc(r).vmas[1].start = proc(r).vmas[0].start; }, /field vmas\[1\]\.start: .* overlaps/);
+  assert.throws(() => parseRecords(readImageBuffer(encode(treeCopy(), { endJson: '['.repeat(5000) }), 'img'), 'img'), /record \d+ \(End\): (not valid JSON|\d+ bytes is more than)/);
+});
+
+test('20,000 fds at or above RLIMIT_NOFILE are refused before any process or file is opened', async () => {
+  const recs = seeds[0].recs.map((r) => (r.bin ? { ...r } : { type: r.type, json: structuredClone(r.json) }));
+  const p = recs[0].json as { fds: unknown[] };
+  for (let fd = 3; fd < 20003; fd++) p.fds.push({ fd, kind: 'chr', path: '/dev/null', flags: 0, pos: 0, cloexec: false });
+  const img = path.join(dir, 'many-fds.img');
+  fs.writeFileSync(img, encode(recs));
+  const r = await new Promise<Run>((resolve) => {
+    const child = spawn('sh', ['-c', 'ulimit -n 1024 && exec "$0" "$@"', process.execPath, CLI, 'restart', '-d', '--pid-ns', img], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+  oneLineRefusal(r, 'restart');
+  assert.match(r.stderr, /fd 1024 is at or above this restarter's RLIMIT_NOFILE \(1024\)/);
 });
