@@ -327,9 +327,8 @@ function isOurs(pid: number): boolean {
 }
 
 /** End what one `restart -d` started: its root, the root's tree, and its pid namespace's init. */
-async function endRestored(root: number): Promise<void> {
-  const init = readStat(root).ppid;
-  procs.addTree(root);
+async function endRestored(root: number, init: number): Promise<void> {
+  try { procs.addTree(root); } catch { /* ended */ }
   for (const pid of [root, ...(isOurs(init) && init !== root ? [init] : [])]) {
     procs.add(pid);
     try { process.kill(pid, 'SIGKILL'); } catch { /* ended */ }
@@ -337,6 +336,9 @@ async function endRestored(root: number): Promise<void> {
   await waitGone(root, procs);
   if (isOurs(init)) await waitGone(init, procs);
 }
+
+/** What each seed program prints on SIGUSR1 once it has checked its state. */
+const SEED_CHECK: Record<string, RegExp> = { sleep: /^woke$/, tree: /^ok$/, memory: /^verified$/ };
 
 function oneLineRefusal(r: Run, what: string): void {
   assert.ok(!/internal error|\n\s+at /.test(r.stderr), `${what}: no internal error or stack:\n${r.stderr}`);
@@ -374,7 +376,16 @@ test(`${CLI_CASES} mutated images through stasis show --json and restart -d: one
         assert.equal(r.stdout.trim(), String(root), label);
         assert.equal(shown.code, 0, `${label}: show refused what restart took: ${shown.stderr}`);
         restarted++;
-        await endRestored(root);
+        const init = readStat(root).ppid;
+        if (c.what[0] === 'unmutated') {
+          // A restart of a real image must be right: the program checks its own state.
+          const out = path.join(dir, `${c.seed.name}.out`);
+          const want = SEED_CHECK[c.seed.name];
+          process.kill(root, 'SIGUSR1');
+          await waitFor(out, (text) => text.split('\n').filter((l) => want.test(l)).length === 1);
+          assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /FAIL/, label);
+        }
+        await endRestored(root, init);
       } else {
         oneLineRefusal(r, `${label}: restart`);
         assert.ok(!fs.existsSync(pidfile), `${label}: no pidfile for a refused restart`);
