@@ -397,8 +397,10 @@ function discard(tasks: Tracee[]): void {
   for (const t of tasks) {
     try { process.kill(t.pid, 'SIGKILL'); } catch { /* already gone */ }
   }
-  // A group leader is reported only after its other threads: those first.
-  for (const t of [...tasks.filter((x) => x.pid !== x.tgid), ...tasks.filter((x) => x.pid === x.tgid)]) {
+  // Latest first: a group leader is reported only after its other threads,
+  // and a pid namespace's init only after every task in it is reaped (we
+  // trace them, so we reap them first, or its exit waits forever).
+  for (const t of [...tasks].reverse()) {
     try { waitpidSync(t.pid, __WALL); } catch { /* reaped */ }
     t.forget();
   }

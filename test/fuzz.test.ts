@@ -13,7 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { build, Procs, waitFor, waitGone, tmpdir, CLI, alive } from './harness';
-import { checkpointSync, StasisError } from '../src';
+import { checkpointSync, restartSync, StasisError } from '../src';
 import { readImageBuffer, RecordType, HEADER_SIZE, MAGIC, FORMAT_VERSION, ImageRecord } from '../src/image/stream';
 import { crc32c } from '../src/image/crc32c';
 import { parseRecords, LoadedImage } from '../src/image/load';
@@ -266,7 +266,7 @@ test('the three seed images load and show', () => {
   assert.ok(tree.process.fds.some((f) => f.kind === 'eventfd') && tree.process.fds.some((f) => f.kind === 'epoll'));
 });
 
-test(`${INPROC_CASES} mutated images loaded in-process: each refused as an ImageError/StasisError or loaded and shown`, () => {
+test(`${INPROC_CASES} mutated images loaded in-process: each refused as an ImageError/StasisError or loaded and shown`, (t) => {
   const m = new Mutator(rng(SEED), decoyPath, decoyPid, seeds.flatMap((s) => s.recs.flatMap((r) => (r.type === RecordType.Process || r.type === RecordType.Zombie ? [(r.json as { pid: number }).pid] : []))));
   let refused = 0, loaded = 0;
   for (let i = 0; i < INPROC_CASES; i++) {
@@ -288,6 +288,7 @@ test(`${INPROC_CASES} mutated images loaded in-process: each refused as an Image
       refused++;
     }
   }
+  t.diagnostic(`${loaded} loaded, ${refused} refused`);
   assert.equal(refused + loaded, INPROC_CASES);
   assert.ok(refused > INPROC_CASES / 2, `most mutations are refused (${refused} of ${INPROC_CASES})`);
 });
@@ -326,9 +327,8 @@ function isOurs(pid: number): boolean {
 }
 
 /** End what one `restart -d` started: its root, the root's tree, and its pid namespace's init. */
-async function endRestored(root: number): Promise<void> {
-  const init = readStat(root).ppid;
-  procs.addTree(root);
+async function endRestored(root: number, init: number): Promise<void> {
+  try { procs.addTree(root); } catch { /* ended */ }
   for (const pid of [root, ...(isOurs(init) && init !== root ? [init] : [])]) {
     procs.add(pid);
     try { process.kill(pid, 'SIGKILL'); } catch { /* ended */ }
@@ -337,6 +337,9 @@ async function endRestored(root: number): Promise<void> {
   if (isOurs(init)) await waitGone(init, procs);
 }
 
+/** What each seed program prints on SIGUSR1 once it has checked its state. */
+const SEED_CHECK: Record<string, RegExp> = { sleep: /^woke$/, tree: /^ok$/, memory: /^verified$/ };
+
 function oneLineRefusal(r: Run, what: string): void {
   assert.ok(!/internal error|\n\s+at /.test(r.stderr), `${what}: no internal error or stack:\n${r.stderr}`);
   assert.equal(r.signal, null, `${what}: not killed (a hang or a crash): ${r.stderr}`);
@@ -344,7 +347,7 @@ function oneLineRefusal(r: Run, what: string): void {
   assert.equal(r.code, 1, what);
 }
 
-test(`${CLI_CASES} mutated images through stasis show --json and restart -d: one-line refusals or restarts, no process or file touched`, async () => {
+test(`${CLI_CASES} mutated images through stasis show --json and restart -d: one-line refusals or restarts, no process or file touched`, async (t) => {
   const PR_SET_CHILD_SUBREAPER = 36;
   syscall(SYS.prctl, 'prctl(PR_SET_CHILD_SUBREAPER)', PR_SET_CHILD_SUBREAPER, 1);
   const before = new Set(ourChildren());
@@ -373,7 +376,16 @@ test(`${CLI_CASES} mutated images through stasis show --json and restart -d: one
         assert.equal(r.stdout.trim(), String(root), label);
         assert.equal(shown.code, 0, `${label}: show refused what restart took: ${shown.stderr}`);
         restarted++;
-        await endRestored(root);
+        const init = readStat(root).ppid;
+        if (c.what[0] === 'unmutated') {
+          // A restart of a real image must be right: the program checks its own state.
+          const out = path.join(dir, `${c.seed.name}.out`);
+          const want = SEED_CHECK[c.seed.name];
+          process.kill(root, 'SIGUSR1');
+          await waitFor(out, (text) => text.split('\n').filter((l) => want.test(l)).length === 1);
+          assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /FAIL/, label);
+        }
+        await endRestored(root, init);
       } else {
         oneLineRefusal(r, `${label}: restart`);
         assert.ok(!fs.existsSync(pidfile), `${label}: no pidfile for a refused restart`);
@@ -383,20 +395,29 @@ test(`${CLI_CASES} mutated images through stasis show --json and restart -d: one
       fs.rmSync(pidfile, { force: true });
     }
   };
+  // Every worker runs to its end (a failing one stops taking cases) before
+  // the check for leftovers, which must not see a command still running.
+  let failed: unknown;
+  const stopOnFail = async () => {
+    try { await worker(); } catch (e) { failed ??= e; next = cases.length; }
+  };
   try {
-    await Promise.all(Array.from({ length: CLI_PARALLEL }, worker));
+    await Promise.all(Array.from({ length: CLI_PARALLEL }, stopOnFail));
+    if (failed) throw failed;
   } finally {
     // Anything a restart left behind was reparented to us: end it, then fail.
     const left = ourChildren().filter((p) => !before.has(p));
     const running = left.filter((p) => { try { return readStat(p).state !== 'Z'; } catch { return false; } });
+    const leftDescribed = running.map((p) => { try { return `${p}: ${fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ')} (NSpid ${readStatus(p).nsPid.join(' ')})`; } catch { return `${p}: gone`; } }).join('; ');
     for (const p of left) {
       procs.add(p);
       try { process.kill(p, 'SIGKILL'); } catch { /* ended */ }
       try { waitpidSync(p, WNOHANG | __WALL); } catch { /* not ours */ }
     }
     syscall(SYS.prctl, 'prctl(PR_SET_CHILD_SUBREAPER)', PR_SET_CHILD_SUBREAPER, 0);
-    assert.deepEqual(running, [], 'no process left behind by a restart');
+    if (!failed) assert.deepEqual(running, [], `no process left behind by a restart: ${leftDescribed}`);
   }
+  t.diagnostic(`${restarted} restarted, ${refusedCases} refused`);
   assert.ok(restarted >= seeds.length, `the unmutated seeds restart (${restarted} restarts, ${refusedCases} refusals)`);
   checkDecoys();
 });
@@ -448,4 +469,84 @@ test('an fd opening a root-only file for writing, in an image of an ordinary use
   assert.equal(fs.readFileSync(secret, 'utf8'), 'root only\n');
   assert.equal(now.mtimeNs, before.mtimeNs);
   checkDecoys();
+});
+
+/** A copy of the tree seed's records, JSON cloned so it can be edited. */
+function treeCopy(): Rec[] {
+  return seeds[1].recs.map((r) => (r.bin ? { ...r } : { type: r.type, json: structuredClone(r.json) }));
+}
+
+test("a child's process record given twice is refused at once (it used to hang the restart)", async () => {
+  const recs = treeCopy();
+  const child = recs.findIndex((r, i) => i > 0 && r.type === RecordType.Process);
+  recs.splice(child + 1, 0, recs[child]);
+  const img = path.join(dir, 'child-twice.img');
+  fs.writeFileSync(img, encode(recs));
+  const r = await run(['restart', '-d', '--pid-ns', img]);
+  oneLineRefusal(r, 'restart');
+  assert.match(r.stderr, /record \d+ \(process \d+\): field pid: a second record for pid \d+/);
+});
+
+test("a child's writable mapping given protection r is refused, and the restore itself stops on the fault (it used to hang)", async () => {
+  const recs = treeCopy();
+  const child = recs.find((r, i) => i > 0 && r.type === RecordType.Process)!.json as { pid: number; vmas: ImageVma[]; threads: Array<{ rseq: { addr: string } | null }> };
+  const rseq = Number(BigInt(child.threads[0].rseq!.addr));
+  const v = child.vmas.find((x) => x.start <= rseq && rseq < x.end)!;
+  assert.equal(v.prot[1], 'w');
+  v.prot = 'r' + v.prot.slice(1).replace('w', '-');
+  const img = path.join(dir, 'child-read-only.img');
+  fs.writeFileSync(img, encode(recs));
+  const r = await run(['restart', '-d', '--pid-ns', img]);
+  oneLineRefusal(r, 'restart');
+  assert.match(r.stderr, /field threads\[0\]\.rseq\.addr: .* is not in a writable mapping/);
+  // Past the image checks (edited after loading), the restore refuses the
+  // fault of the injected call instead of resuming it forever.
+  const loaded = parseRecords(asRecords(seeds[1].recs), 'tree');
+  const c = loaded.processes[1];
+  const lv = c.vmas.find((x) => x.start <= rseq && rseq < x.end)!;
+  lv.prot = 'r' + lv.prot.slice(1).replace('w', '-');
+  assert.throws(() => restartSync(loaded, { pidNs: true }), (e: Error) => e instanceof StasisError && /faulted with signal 11/.test(e.message));
+  checkDecoys();
+});
+
+test('hostile fields named in the issue are refused with the record and field named', () => {
+  const refuse = (edit: (recs: Rec[]) => void, want: RegExp) => {
+    const recs = treeCopy();
+    edit(recs);
+    assert.throws(() => parseRecords(readImageBuffer(encode(recs), 'img'), 'img'), (e: Error) => e instanceof StasisError && want.test(e.message) && !e.message.includes('\n'), String(want));
+  };
+  const proc = (recs: Rec[]) => recs[0].json as Record<string, any>;
+  const rec = (recs: Rec[], type: RecordType) => recs.find((r) => r.type === type)!;
+  refuse((r) => { delete proc(r).mm; }, /^img: record 1 \(process \d+\): field mm: /);
+  refuse((r) => { delete proc(r).fds; }, /field fds: /);
+  refuse((r) => { delete proc(r).threads; }, /field threads: /);
+  refuse((r) => { delete proc(r).rlimits; }, /field rlimits: /);
+  refuse((r) => { proc(r).sigactions[0].handler = '0xZZ'; }, /field sigactions\[0\]\.handler: /);
+  refuse((r) => { proc(r).vmas[0].start = `${RAW}1e999`; }, /field vmas\[0\]\.start: /);
+  refuse((r) => { proc(r).creds.uid[0] = 2 ** 32; }, /field creds\.uid\[0\]: /);
+  refuse((r) => { proc(r).threads[0].regs = proc(r).threads[0].regs.slice(0, -4); }, /field threads\[0\]\.regs: /);
+  refuse((r) => { proc(r).threads[0].signals.pending = [Buffer.alloc(127).toString('base64')]; }, /field threads\[0\]\.signals\.pending\[0\]: /);
+  refuse((r) => { proc(r).vmas[2] = `${RAW}${'['.repeat(5000)}${']'.repeat(5000)}`; }, /field vmas\[2\]: /);
+  refuse((r) => { (rec(r, RecordType.Pipes).json as Array<{ data: unknown }>)[0].data = 12345; }, /record \d+ \(Pipes\): field \[0\]\.data: /);
+  refuse((r) => { (rec(r, RecordType.Zombie).json as { exitStatus: unknown }).exitStatus = '0'; }, /record \d+ \(process \d+\): field exitStatus: /);
+  refuse((r) => { proc(r).fds.push({ ...proc(r).fds[0] }); }, /field fds\[\d+\]\.fd: fd \d+ is listed twice/);
+  refuse((r) => { proc(r).vmas[1].start = proc(r).vmas[0].start; }, /field vmas\[1\]\.start: .* overlaps/);
+  assert.throws(() => parseRecords(readImageBuffer(encode(treeCopy(), { endJson: '['.repeat(5000) }), 'img'), 'img'), /record \d+ \(End\): (not valid JSON|\d+ bytes is more than)/);
+});
+
+test('20,000 fds at or above RLIMIT_NOFILE are refused before any process or file is opened', async () => {
+  const recs = seeds[0].recs.map((r) => (r.bin ? { ...r } : { type: r.type, json: structuredClone(r.json) }));
+  const p = recs[0].json as { fds: unknown[] };
+  for (let fd = 3; fd < 20003; fd++) p.fds.push({ fd, kind: 'chr', path: '/dev/null', flags: 0, pos: 0, cloexec: false });
+  const img = path.join(dir, 'many-fds.img');
+  fs.writeFileSync(img, encode(recs));
+  const r = await new Promise<Run>((resolve) => {
+    const child = spawn('sh', ['-c', 'ulimit -n 1024 && exec "$0" "$@"', process.execPath, CLI, 'restart', '-d', '--pid-ns', img], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+  oneLineRefusal(r, 'restart');
+  assert.match(r.stderr, /fd 1024 is at or above this restarter's RLIMIT_NOFILE \(1024\)/);
 });

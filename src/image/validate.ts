@@ -89,10 +89,12 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
   });
   for (const list of runsOf.values()) list.sort((a, b) => a.addr - b.addr);
 
+  const isAncestor = ancestry(img.processes);
+  const fdsOf = new Map<number, Set<number>>();
   img.processes.forEach((p, i) => {
-    checkVmas(p, i, fail, memfdIds, img, index);
+    checkVmas(p, i, fail, memfdIds, img, index, isAncestor);
     checkPages(p, runsOf.get(p.pid) ?? [], runsOf, fail);
-    checkFds(p, i, fail, pipeIds, memfdIds, img);
+    checkFds(p, i, fail, pipeIds, memfdIds, index, fdsOf);
     p.threads.forEach((t, k) => {
       // The kernel writes the rseq area whenever the thread returns to user space.
       if (!t.rseq) return;
@@ -105,7 +107,7 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
 
 type Fail = (pid: number, field: string, why: string) => never;
 
-function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>, img: LoadedImage, index: Map<number, number>): void {
+function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>, img: LoadedImage, index: Map<number, number>, isAncestor: (a: number, b: number) => boolean): void {
   let prevEnd = 0;
   p.vmas.forEach((v, j) => {
     const f = `vmas[${j}]`;
@@ -124,8 +126,9 @@ function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>
       const owner = index.get(from.pid);
       // Its first mapping: in a process listed before, or earlier in this one.
       if (owner === undefined || owner > i) fail(p.pid, `${f}.shmem.from.pid`, `pid ${from.pid} is not this process or one listed before it`);
-      const theirs = img.processes[owner].vmas.find((o) => o.start === from.start && o.end === from.end);
-      if (!theirs || theirs.kind !== 'shmem' || theirs.shmem?.ino !== v.shmem!.ino || theirs.shmem.from) {
+      const theirVmas = img.processes[owner].vmas;
+      const theirs = theirVmas[vmaAt(theirVmas, from.start)] as ImageVma | undefined;
+      if (!theirs || theirs.start !== from.start || theirs.end !== from.end || theirs.kind !== 'shmem' || theirs.shmem?.ino !== v.shmem!.ino || theirs.shmem.from) {
         fail(p.pid, `${f}.shmem.from`, `pid ${from.pid} has no shared memory ${v.shmem!.ino} at ${hex(from.start)}-${hex(from.end)}`);
       }
     }
@@ -136,12 +139,7 @@ function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>
     }
     // Inherited pages: inside the mapping, from an ancestor that saved them.
     v.inherited?.forEach((g, k) => {
-      let anc = p.ppid, ok = false;
-      for (let hops = 0; hops < img.processes.length && index.has(anc); hops++) {
-        if (anc === g.from) { ok = true; break; }
-        anc = img.processes[index.get(anc)!].ppid;
-      }
-      if (!ok) fail(p.pid, `${f}.inherited[${k}].from`, `pid ${g.from} is not an ancestor`);
+      if (g.from === p.pid || !isAncestor(g.from, p.pid)) fail(p.pid, `${f}.inherited[${k}].from`, `pid ${g.from} is not an ancestor`);
       let total = 0;
       g.runs.forEach((r, m) => {
         if (r.addr < v.start || r.addr + r.len > v.end) fail(p.pid, `${f}.inherited[${k}].runs[${m}]`, `${hex(r.addr)}+${hex(r.len)} is outside the mapping`);
@@ -150,6 +148,30 @@ function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>
       if (total > pages) fail(p.pid, `${f}.inherited[${k}]`, 'more pages than the mapping has');
     });
   });
+}
+
+/**
+ * Ancestor queries in O(1) after one walk of the tree (entry and exit
+ * times of an iterative depth-first walk; parents are listed first).
+ */
+function ancestry(procs: ImageProcess[]): (a: number, b: number) => boolean {
+  const children = new Map<number, number[]>();
+  for (const p of procs.slice(1)) {
+    let list = children.get(p.ppid);
+    if (!list) children.set(p.ppid, list = []);
+    list.push(p.pid);
+  }
+  const tin = new Map<number, number>(), tout = new Map<number, number>();
+  let clock = 0;
+  const stack: Array<[number, boolean]> = [[procs[0].pid, false]];
+  while (stack.length) {
+    const [pid, done] = stack.pop()!;
+    if (done) { tout.set(pid, clock++); continue; }
+    tin.set(pid, clock++);
+    stack.push([pid, true]);
+    for (const c of children.get(pid) ?? []) stack.push([c, false]);
+  }
+  return (a, b) => tin.has(a) && tin.has(b) && tin.get(a)! <= tin.get(b)! && tout.get(b)! <= tout.get(a)!;
 }
 
 
@@ -183,6 +205,16 @@ function checkPages(p: ImageProcess, runs: PageRun[], runsOf: Map<number, PageRu
     if (!savesPages(v)) fail(p.pid, `vmas[${j}]`, `${where} aimed at a ${v.shared ? 'shared' : 'private'} ${v.kind} mapping${v.file ? ` of ${v.file.path}` : ''}, which never has saved pages`);
     bytes[j] += r.len;
   }
+  // A page is either saved or inherited, once: this also bounds the
+  // copying of inherited pages by the process's own address space.
+  const all: PageRun[] = [...runs];
+  for (const v of p.vmas) for (const g of v.inherited ?? []) for (const r of g.runs) all.push(r);
+  if (all.length > runs.length) {
+    all.sort((a, b) => a.addr - b.addr);
+    for (let k = 1; k < all.length; k++) {
+      if (all[k].addr < all[k - 1].addr + all[k - 1].len) fail(p.pid, 'vmas', `page ${hex(all[k].addr)} is saved or inherited twice`);
+    }
+  }
   p.vmas.forEach((v, j) => {
     if (bytes[j] !== v.savedPages * PAGE_SIZE) fail(p.pid, `vmas[${j}].savedPages`, `${v.savedPages} pages listed but the Pages records carry ${bytes[j] / PAGE_SIZE}`);
     v.inherited?.forEach((g, k) => {
@@ -199,7 +231,7 @@ const OBJECT_OF: Record<string, 'pipe' | 'memfd' | 'eventfd' | 'signalfd' | 'tim
 };
 const OBJECTS = ['pipe', 'memfd', 'eventfd', 'signalfd', 'timerfd', 'epoll', 'file'] as const;
 
-function checkFds(p: ImageProcess, i: number, fail: Fail, pipeIds: Set<number>, memfdIds: Set<number>, img: LoadedImage): void {
+function checkFds(p: ImageProcess, i: number, fail: Fail, pipeIds: Set<number>, memfdIds: Set<number>, index: Map<number, number>, fdsOf: Map<number, Set<number>>): void {
   const seen = new Set<number>();
   p.fds.forEach((f, j) => {
     const fl = `fds[${j}]`;
@@ -207,9 +239,9 @@ function checkFds(p: ImageProcess, i: number, fail: Fail, pipeIds: Set<number>, 
     if (f.sameAs !== undefined) {
       if (!seen.has(f.sameAs)) fail(p.pid, `${fl}.sameAs`, `fd ${f.sameAs} is not an fd listed before it`);
     } else if (f.sharedWith) {
-      const owner = img.processes.findIndex((o) => o.pid === f.sharedWith!.pid);
-      if (owner < 0 || owner >= i) fail(p.pid, `${fl}.sharedWith.pid`, `pid ${f.sharedWith.pid} is not a process listed before it`);
-      if (!img.processes[owner].fds.some((o) => o.fd === f.sharedWith!.fd)) fail(p.pid, `${fl}.sharedWith.fd`, `pid ${f.sharedWith.pid} has no fd ${f.sharedWith.fd}`);
+      const owner = index.get(f.sharedWith.pid);
+      if (owner === undefined || owner >= i) fail(p.pid, `${fl}.sharedWith.pid`, `pid ${f.sharedWith.pid} is not a process listed before it`);
+      if (!fdsOf.get(f.sharedWith.pid)!.has(f.sharedWith.fd)) fail(p.pid, `${fl}.sharedWith.fd`, `pid ${f.sharedWith.pid} has no fd ${f.sharedWith.fd}`);
     } else {
       // The kind says which object describes it; exactly that one is there.
       const want = OBJECT_OF[f.kind];
@@ -222,6 +254,7 @@ function checkFds(p: ImageProcess, i: number, fail: Fail, pipeIds: Set<number>, 
     }
     seen.add(f.fd);
   });
+  fdsOf.set(p.pid, seen);
   p.fds.forEach((f, j) => f.epoll?.forEach((w, k) => {
     if (!seen.has(w.fd)) fail(p.pid, `fds[${j}].epoll[${k}].fd`, `watches fd ${w.fd}, which the process does not have`);
   }));

@@ -133,7 +133,10 @@ export function checkMappedFiles(vmas: ImageVma[], creds: ImageCreds, pid: numbe
     const what = `pid ${pid}: mapping at 0x${v.start.toString(16)}`;
     checkFileIdentity(v.file!, what);
     const mode = v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY;
-    if (!mayOpen(fs.statSync(v.file!.path), mode, creds)) {
+    const st = fs.statSync(v.file!.path);
+    // A private mapping of a program the process may only execute came from exec(): fine.
+    const execOnly = mode === O_RDONLY && (st.mode & (st.uid === creds.uid[3] ? 0o100 : st.gid === creds.gid[3] || creds.groups.includes(st.gid) ? 0o010 : 0o001)) !== 0;
+    if (!execOnly && !mayOpen(st, mode, creds)) {
       throw new StasisError(`${what}: the saved process (uid ${creds.uid[3]}) could not open ${v.file!.path} ${mode === O_RDWR ? 'for writing' : 'for reading'}; refusing to map it with this restarter's rights`);
     }
   }
