@@ -9,6 +9,7 @@ import { Remote } from './ptrace/remote';
 import { FrozenProcess } from './ptrace/freeze';
 import { surveyProcesses, dumpProcess, dumpZombie, locateSyscall } from './checkpoint';
 import { PipeTable } from './kinds/pipes';
+import { pagesToSave } from './kinds/memory';
 import { LockTable } from './kinds/locks';
 import { MemfdTable } from './kinds/memfd';
 import { specialVmas } from './kinds/vdso';
@@ -228,6 +229,7 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['fds[].path', sameId('pipe', /^pipe:\[(\d+)\]$/), 'a pipe is named by its new inode'],
   ['fds[].flags', withoutBits(0o100000, (f) => (f as ImageFd).kind === 'pipe'), 'O_LARGEFILE: pipe2 leaves it out, reopening a pipe end through /proc adds it; it means nothing for a pipe'],
   ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
+  ['fds[].file', skipIf((_, f) => /^\/proc\//.test((f as ImageFd).path)), 'a /proc file of a tree member is a new inode of the new process; its path, which names the process, is compared'],
   ['fds[].file.size', skip, 'the file an fd is open on may have been written since the checkpoint (its dev:ino is compared)'],
   ['fds[].file.mtimeNs', skip, 'the file an fd is open on may have been written since the checkpoint (its dev:ino is compared)'],
   ['fds[].timerfd.value', timeLeft('interval'), 'remaining time runs down while the restart goes on'],
@@ -235,6 +237,8 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['fds[].timerfd.ticks', notFewer, 'expirations may have happened while the restart went on'],
   ['fds[].sharedWith.pid', treePid('task'), 'a pid of the tree, as seen from here'],
   ['vmas[].shmem.from.pid', treePid('task'), 'a pid of the tree, as seen from here'],
+  ['fds[].locks[].pid', treePid('task'), 'the owner of a lock: a pid of the tree, as seen from here'],
+  ['fds[].owner.pid', treePid('task'), 'the F_SETOWN_EX owner: a task or group leader of the tree, as seen from here'],
   ['pid', treePid('task'), 'a pid of the tree, as seen from here'],
   ['ppid', treePid('parent'), "the root's parent is whoever restarts it"],
   ['pgid', treePid('group'), "a group led from outside the tree is the restarter's"],
@@ -398,6 +402,8 @@ export function verifyTree(input: VerifyInput): void {
   let images: ImageProcess[];
   try {
     const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, pipes, memfds, new LockTable(), true);
+    // Guard regions are found where pages are (pagemap), which the read-back otherwise skips.
+    for (const x of surveys) for (const v of x.vmas) if (v.vmFlags.includes('gu') && !v.shmem) pagesToSave(x.proc.pid, v);
     images = surveys.map((s) => dumpProcess(s));
     // Nothing of stasis's own may stay mapped: the layout must be the one just compared.
     surveys.forEach((s) => {

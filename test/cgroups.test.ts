@@ -4,7 +4,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { build, Procs, waitFor, waitGone, tmpdir } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, restartVerified } from './harness';
 import { checkpointSync, restartSync } from '../src';
 
 const procs = new Procs();
@@ -36,7 +36,7 @@ test('a process in its own cgroup is restarted in that cgroup', async () => {
   await waitFor(out, /^counter: 1$/m);
   checkpointSync(pid, img, { kill: true });
   await waitGone(pid, procs);
-  const r = restartSync(img);
+  const r = restartVerified(img);
   procs.add(r.pid);
   assert.equal(pidsCgroupOf(r.pid), cg.name);
   assert.notEqual(pidsCgroupOf(process.pid), cg.name);

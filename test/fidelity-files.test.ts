@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, restartVerified } from './harness';
 import { checkpointSync, restartSync } from '../src';
 import type { Restarted } from '../src';
 import { readStatus, listFds, readFdinfo, listChildren } from '../src/proc';
@@ -201,7 +201,7 @@ test('a sqlite3 shell in the middle of a write transaction keeps the database lo
     // The FIFO stays open here: its bytes stay in it (--external).
     checkpointSync(pid, path.join(dir, 'image'), { kill: true, external: [path.join(cwd, 'in')] });
     await waitGone(pid, procs);
-    r = restartSync(path.join(dir, 'image'));
+    r = restartVerified(path.join(dir, 'image'));
     procs.addTree(r.pid);
     assert.equal(r.pid, pid);
     assert.deepEqual(locksOn(cwd), before);
@@ -400,7 +400,7 @@ test('a FIFO also held open outside the tree is refused by name, or left with it
     assertUntouched([pid]);
     checkpointSync(pid, path.join(dir, 'image'), { kill: true, external: [fifo] });
     await waitGone(pid, procs);
-    const r = restartSync(path.join(dir, 'image'));
+    const r = restartVerified(path.join(dir, 'image'));
     procs.addTree(r.pid);
     assert.equal(listFds(r.pid).find((f) => f.fd === 0)?.target, fifo);
     const rd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);

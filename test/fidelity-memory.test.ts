@@ -6,7 +6,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { build, Procs, waitFor, waitGone, tmpdir } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, restartVerified } from './harness';
 import { checkpointSync, restartSync, loadImage } from '../src';
 import { readVmas, readPagemap, readStatus, readStat, parseSmaps } from '../src/proc';
 import { classifyVmas } from '../src/kinds/memory';
@@ -29,7 +29,7 @@ async function killRestart(pid: number, dir: string): Promise<{ pid: number; wai
   const img = path.join(dir, 'image');
   checkpointSync(pid, img, { kill: true });
   for (const p of [pid]) await waitGone(p, procs);
-  const r = restartSync(img);
+  const r = restartVerified(img);
   procs.addTree(r.pid);
   assert.equal(r.pid, pid, 'restored under its own pid');
   return r;
@@ -70,7 +70,7 @@ test('copy-on-write layouts of a parent, child and grandchild keep every byte', 
   assert.ok(image.processes.slice(1).some((p) => p.vmas.some((v) => v.inherited?.length)), 'shared pages saved once');
   assert.ok(res.pageBytes > 0);
   await waitGone(pid, procs);
-  const r = restartSync(img);
+  const r = restartVerified(img);
   procs.addTree(r.pid);
   // Forked from their rebuilt parents, they share again what the layouts
   // left shared as forked (not the ranges split, moved or remapped).

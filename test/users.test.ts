@@ -9,9 +9,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawn, ChildProcess } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, CliResult } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, CliResult, restartVerified } from './harness';
 import { checkpointSync, restartSync, loadImage } from '../src';
 import { readStat, readStatus, listThreads } from '../src/proc';
+import { scanTree } from '../src/ptrace/freeze';
 import { readImageBuffer, ImageWriter, RecordType } from '../src/image/stream';
 import { syscall } from '../src/sys/libc';
 
@@ -172,7 +173,7 @@ test('a user checkpoints and restarts their own sleep: same pid, their own ids, 
   const ck = await asUser(['checkpoint', String(pid), '-o', img, '--kill']);
   assert.equal(ck.code, 0, ck.stderr);
   await waitGone(pid, procs);
-  const rs = await asUser(['restart', '-d', img]);
+  const rs = await asUser(['restart', '-d', '--verify', img]);
   assert.equal(rs.code, 0, rs.stderr);
   const host = Number(rs.stdout.trim());
   adoptRestored(host);
@@ -197,7 +198,7 @@ test('a user restarts their memory program: checksum right, the pid and ids it s
   const ck = await asUser(['checkpoint', String(pid), '-o', img, '--kill']);
   assert.equal(ck.code, 0, ck.stderr);
   await waitGone(pid, procs);
-  const rs = await asUser(['restart', '-d', img]);
+  const rs = await asUser(['restart', '-d', '--verify', img]);
   assert.equal(rs.code, 0, rs.stderr);
   const host = Number(rs.stdout.trim());
   adoptRestored(host);
@@ -223,7 +224,7 @@ test('a user restarts a two-process pipe tree in the foreground: pids, pipe data
   assert.equal(ck.code, 0, ck.stderr);
   await waitGone(pid, procs);
   const pidfile = path.join(dir, 'restored.pid');
-  const run = stasisAsUser(['restart', img, '--pidfile', pidfile]);
+  const run = stasisAsUser(['restart', '--verify', img, '--pidfile', pidfile]);
   procs.add(run.child.pid!); // still running if the test fails: cleanup ends it and its namespace
   const host = Number((await waitFor(pidfile, /^\d+\n$/)).trim());
   adoptRestored(host);
@@ -367,7 +368,7 @@ test('even root may not restore an image claiming capabilities root lacks, a set
 /** Restart an image in the foreground as the user; the restored root's host pid once it runs. */
 async function restartForeground(img: string, dir: string): Promise<{ host: number; done: Promise<CliResult> }> {
   const pidfile = path.join(dir, 'restored.pid');
-  const run = stasisAsUser(['restart', img, '--pidfile', pidfile]);
+  const run = stasisAsUser(['restart', '--verify', img, '--pidfile', pidfile]);
   procs.add(run.child.pid!); // still running if the test fails: cleanup ends it and its namespace
   const host = Number((await waitFor(pidfile, /^\d+\n$/)).trim());
   adoptRestored(host);
@@ -408,7 +409,7 @@ test('a user checkpoints a tree forking all the time: the ptrace freeze takes th
   const image = loadImage(img);
   assert.ok(image.processes.length + image.zombies.length >= 2, 'children were taken along');
   assert.deepEqual([...image.processes.slice(1), ...image.zombies].map((p) => p.ppid).filter((pp) => pp !== pid), []);
-  const rs = await asUser(['restart', '-d', img]);
+  const rs = await asUser(['restart', '-d', '--verify', img]);
   assert.equal(rs.code, 0, rs.stderr);
   const host = Number(rs.stdout.trim());
   adoptRestored(host);
@@ -445,23 +446,30 @@ test('a user restarts a sealed memfd mapped by parent and child: reached through
   assert.equal(fs.readFileSync(out, 'utf8'), fs.readFileSync(reference, 'utf8'));
 });
 
-test('anonymous memory shared across a tree: a user restart is refused by name (map_files), root restarts it', async () => {
+test('anonymous memory shared across a tree: refused by name to a user (map_files), checkpointed and restarted by root', async () => {
   const dir = userDir('user-shmem');
   const out = userFile(dir, 'out');
   const img = path.join(dir, 'image');
   const go = await armedCheckpoint(['-o', img, '--kill']);
   const pid = startAsUser(build('shmem'), [], out);
   await waitFor(out, /^ping 100$/m);
+  // A user cannot read a shared memory object through map_files: refused, the tree goes on untraced.
   const ck = await go(pid);
-  assert.equal(ck.code, 0, ck.stderr);
+  assert.equal(ck.code, 1);
+  assert.match(ck.stderr, /^stasis: pid \d+: vma [0-9a-f]+-[0-9a-f]+ \(\/dev\/zero \(deleted\)\): cannot open its shared memory object through map_files \(EPERM\); that needs CAP_CHECKPOINT_RESTORE: checkpoint as root\n$/);
+  assert.equal(fs.existsSync(img), false);
+  for (const p of scanTree(pid)) assert.equal(readStatus(p.pid).tracerPid, 0, `pid ${p.pid} untraced`);
+  // Root checkpoints it; the user still cannot rebuild the object.
+  checkpointSync(pid, img, { kill: true });
+  fs.chmodSync(img, 0o644);
   await waitGone(pid, procs);
   const running = userProcesses();
   const r = await asUser(['restart', '-d', img]);
   assert.equal(r.code, 1);
-  assert.match(r.stderr, /^stasis: pid \d+: mapping at 0x[0-9a-f]+: shared anonymous memory of pid \d+ is reopened through \/proc\/PID\/map_files, which needs CAP_CHECKPOINT_RESTORE outside a user namespace: restart this image as root\n$/);
+  assert.match(r.stderr, /^stasis: pid \d+: mapping at 0x[0-9a-f]+: shared anonymous memory is rebuilt through \/proc\/PID\/map_files, which needs CAP_CHECKPOINT_RESTORE outside a user namespace: restart this image as root\n$/);
   assert.deepEqual(userProcesses(), running, 'nothing left running');
   // Root may: the restored tree runs as the user who made it.
-  const rr = restartSync(img);
+  const rr = restartVerified(img);
   procs.addTree(rr.pid);
   assert.equal(rr.pid, pid);
   assert.equal(readStatus(pid).uid[1], user.uid);
@@ -515,7 +523,7 @@ test('a memfd reachable only through its mapping: a user checkpoint is refused b
 test("root restores a user's process with its capabilities, ambient and bounding sets and no_new_privs as they were", async () => {
   const dir = userDir('user-caps');
   const pid = procs.start(SETPRIV, ['--reuid', String(user.uid), '--regid', String(user.gid), '--init-groups',
-    '--inh-caps=+net_raw', '--ambient-caps=+net_raw', '--bounding-set=-sys_admin', '--no-new-privs', '--', '/bin/sleep', '1000'], path.join(dir, 'out'));
+    '--inh-caps=+net_raw', '--ambient-caps=+net_raw', '--bounding-set=-sys_admin', '--no-new-privs', '--', '/bin/sleep', '1000'], userFile(dir, 'out'));
   await waitState(pid, () => fs.readFileSync(`/proc/${pid}/comm`, 'utf8') === 'sleep\n');
   const fields = (p: number) => {
     const s = readStatus(p);
@@ -527,7 +535,7 @@ test("root restores a user's process with its capabilities, ambient and bounding
   const img = path.join(dir, 'image');
   checkpointSync(pid, img, { kill: true });
   await waitGone(pid, procs);
-  const r = restartSync(img);
+  const r = restartVerified(img);
   procs.addTree(r.pid);
   assert.equal(r.pid, pid);
   assert.deepEqual(fields(r.pid), before);
