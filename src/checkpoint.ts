@@ -12,7 +12,8 @@ import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './ima
 import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames } from './kinds/memory';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
-import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
+import { dumpSigactions, dumpSharedPending, dumpThreadSignals, checkStopSignal, stopReported, dumpExitSignal } from './kinds/signals';
+import { dumpTimers, refuseLinkedTimerSignals } from './kinds/timers';
 import { dumpFds } from './kinds/files';
 import { PipeTable } from './kinds/pipes';
 import { MemfdTable } from './kinds/memfd';
@@ -98,7 +99,7 @@ interface Survey {
 
 function dumpZombie(p: FrozenProcess): ImageZombie {
   const st = readStat(p.pid);
-  return { pid: p.pid, ppid: st.ppid, pgid: st.pgrp, sid: st.session, exitStatus: st.exitCode };
+  return { pid: p.pid, ppid: st.ppid, pgid: st.pgrp, sid: st.session, exitStatus: st.exitCode, exitSignal: dumpExitSignal(p.pid) };
 }
 
 /**
@@ -122,7 +123,7 @@ function refuseForeignGroups(root: number, procs: Array<{ pid: number; stat: { p
 }
 
 /** Injected system calls: the process-wide state through its main thread, then each thread. */
-function dumpProcess(s: Survey): ImageProcess {
+function dumpProcess(s: Survey, stoppedChildren: number[]): ImageProcess {
   const pid = s.proc.pid;
   const stat = readStat(pid);
   const attrs = dumpProcessAttrs(pid);
@@ -136,6 +137,8 @@ function dumpProcess(s: Survey): ImageProcess {
     const sharedPending = dumpSharedPending(remote);
     const xcompPerm = dumpXcompPerm(remote);
     const mm = dumpMm(remote);
+    const timers = dumpTimers(remote, pid, s.proc.threads.map((t) => t.pid));
+    const stopsReported = stoppedChildren.filter((c) => stopReported(remote, c));
     const threads: ImageThread[] = s.proc.threads.map((t) => {
       const r = remote.withTask(t);
       const cpu = dumpCpu(t);
@@ -149,10 +152,12 @@ function dumpProcess(s: Survey): ImageProcess {
         inSyscall: cpu.inSyscall,
       };
     });
+    refuseLinkedTimerSignals(timers, [...sharedPending, ...threads.flatMap((t) => t.signals.pending)].map((b) => Buffer.from(b, 'base64')), `pid ${pid}`);
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
       xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: s.fds, threads,
-      ...(s.proc.stopped ? { stopped: true } : {}),
+      ...(s.proc.stopped ? { stopped: true, stopSignal: checkStopSignal(s.proc.stopSignal ?? 19, pid) } : {}),
+      stopsReported, exitSignal: dumpExitSignal(pid), timers,
     };
   } finally {
     remote.unmapScratch();
@@ -199,7 +204,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
-    const images = surveys.map((s) => dumpProcess(s));
+    const images = surveys.map((s) => dumpProcess(s, surveys.filter((c) => c.proc.ppid === s.proc.pid && c.proc.stopped).map((c) => c.proc.pid)));
     // Only a tree can share pages copy-on-write between its processes.
     const frames = surveys.length > 1 ? new SavedFrames() : undefined;
     const parentOf = new Map(tree.processes.map((p) => [p.pid, p.ppid]));

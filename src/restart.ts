@@ -13,14 +13,15 @@ import { MemfdKeeper } from './kinds/memfd';
 import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex } from './kinds/memory';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
-import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
+import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals, restoreBlocked, consumeStopNotice } from './kinds/signals';
+import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
 import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
-import { waitpidSync, waitpidAsync, mapFile, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
+import { waitpidSync, waitpidAsync, mapFile, sleepSync, ptrace, PTRACE, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
 
 export interface RestartOptions {
   /**
@@ -306,6 +307,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   // Threads: created at their tids inside this process, then given their state.
   const cloneFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
   for (const th of p.threads.slice(1)) r.threads.push(cloneAt(remote, th.tid, cloneFlags, 0, p.pid, ns));
+  blockAllSignals(r.threads);
   p.threads.forEach((th, i) => {
     const tr = remote.withTask(r.threads[i]);
     restoreThreadAttrs(tr, th);
@@ -317,11 +319,46 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
     restoreCreds(tr, p.creds);
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
+}
+
+/**
+ * The last steps of a process, children before parents: timers armed, the
+ * injection page gone, signal masks and registers back; a stopped process
+ * stops again with its own signal before its parent is finished.
+ */
+function finishProcess(r: Rebuilding, img: LoadedImage, log: (m: string) => void, host: (pid: number) => number): void {
+  const p = r.image;
+  const remote = r.remote;
+  restoreTimers(remote, p.timers, p.pid);
+  for (const c of img.processes.filter((x) => x.ppid === p.pid && x.stopped)) consumeStopNotice(remote, c.pid, p.stopsReported.includes(c.pid), p.sharedPending);
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
+  restoreBlocked(r.threads, p.threads.map((th) => th.signals));
   p.threads.forEach((th, i) => restoreCpu(r.threads[i], new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64')));
+  if (p.stopped) stopAgain(r, p.stopSignal ?? SIGSTOP, host(p.pid));
   log(`pid ${p.pid}: ${p.threads.length} thread(s) ready`);
+}
+
+/**
+ * Enter the group stop with the saved signal while still traced (it stops
+ * before running a user instruction), then let go: a task detached in a
+ * group stop stays stopped. Once every thread is stopped the parent has
+ * been notified, and finishProcess of the parent takes that notice back.
+ */
+function stopAgain(r: Rebuilding, sig: number, pid: number): void {
+  const main = r.threads[0];
+  ptrace(PTRACE.CONT, main.pid, 0, sig, 'CONT');
+  const got = main.waitStop(`pid ${pid} to stop with signal ${sig}`);
+  if (got !== sig) throw new StasisError(`pid ${pid}: stopped with signal ${got}, not ${sig}`);
+  for (const t of r.threads) t.detach(false);
+  const until = Date.now() + 5000;
+  for (const t of r.threads) {
+    while (readStat(t.pid).state !== 'T') {
+      if (Date.now() > until) throw new StasisError(`pid ${pid}: thread ${t.pid} did not stop again (state ${readStat(t.pid).state})`);
+      sleepSync(1);
+    }
+  }
 }
 
 /** Pages this process still shared copy-on-write with an ancestor: copied from the ancestor's. */
@@ -448,7 +485,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       for (const e of entries) {
         const parent = remotes.get(e.ppid);
         if (remotes.has(e.pid) || !parent) continue;
-        const t = cloneAt(parent, e.pid, 0, SIGCHLD, 0, ns);
+        const t = cloneAt(parent, e.pid, 0, e.exitSignal ?? SIGCHLD, 0, ns);
         created.push(t);
         const r = blankRemote.withTask(t);
         remotes.set(e.pid, r);
@@ -468,10 +505,9 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
       created.push(...r.threads.slice(1));
     }
+    for (const r of [...live].reverse()) finishProcess(r, img, log, host);
     memfds.seal();
     for (const r of live) {
-      // A process that was stopped goes back to its stop as it resumes.
-      if (r.image.stopped) r.threads[0].deferredSignals.unshift(SIGSTOP);
       for (const t of r.threads) t.detach(false);
     }
     if (nsInit) {

@@ -2,6 +2,8 @@
 // Addresses are JSON numbers (user space fits in 53 bits); 64-bit masks and
 // values that may not fit are hex strings; raw kernel structs are base64.
 // docs/image-format.md describes every field.
+import type { TimersState } from '../kinds/timers';
+import type { StopSignal } from '../kinds/signals';
 
 /** How a file is recognised again at restart. */
 export interface FileIdentity {
@@ -152,6 +154,14 @@ export interface ImageProcess {
   threads: ImageThread[];
   /** stopped by a signal (SIGSTOP, SIGTSTP ...): restored stopped */
   stopped?: boolean;
+  /** with stopped: the signal that stopped it (absent: SIGSTOP) */
+  stopSignal?: StopSignal;
+  /** stopped children whose stop this process had already taken with wait(WUNTRACED) */
+  stopsReported: number[];
+  /** exit_signal: sent to the parent when it ends (SIGCHLD, another, or 0 for none) */
+  exitSignal: number;
+  /** POSIX timers and interval timers */
+  timers: TimersState;
 }
 
 /** A child that has exited but not been waited for. */
@@ -162,6 +172,8 @@ export interface ImageZombie {
   sid: number;
   /** wait status as wait() reports it */
   exitStatus: number;
+  /** exit_signal: decides whether wait() needs __WCLONE to see it */
+  exitSignal: number;
 }
 
 /** Pipes and FIFOs of the tree, with the bytes in flight (Pipes record). */

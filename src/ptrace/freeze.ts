@@ -19,6 +19,8 @@ export interface FrozenProcess {
   zombie: boolean;
   /** in a group stop (SIGSTOP and friends) when the checkpoint began */
   stopped: boolean;
+  /** the signal of that group stop (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU), as its first ptrace stop reports it */
+  stopSignal?: number;
   /** main thread first */
   threads: Tracee[];
 }
@@ -160,7 +162,7 @@ export class FrozenTree {
     const tree = scanTree(this.root);
     for (const p of tree) this.seizeProcess(p, false);
     this.writeState('THAWED');
-    for (const t of this.tracees) t.waitStop('the freeze');
+    for (const p of this.processes) p.threads.forEach((t, i) => this.noteStop(p, i, t.waitStop('the freeze')));
     for (const t of this.tracees) t.afterStop();
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
     this.goHome();
@@ -192,13 +194,24 @@ export class FrozenTree {
       t.seizeOnly();
       fp.threads.push(t);
       if (wait) {
-        t.waitStop('the freeze');
+        this.noteStop(fp, fp.threads.length - 1, t.waitStop('the freeze'));
         t.afterStop();
       }
     }
     if (fp.threads.length && fp.threads[0].pid !== p.pid) {
       throw new UnsupportedError(`pid ${p.pid}: its main thread has exited; not supported yet`);
     }
+  }
+
+  /**
+   * A task in a group stop reports the stop signal as its first ptrace stop
+   * (PTRACE_EVENT_STOP); an interrupted running task reports SIGTRAP (it was
+   * continued between the scan and the seize: not stopped any more).
+   */
+  private noteStop(p: FrozenProcess, index: number, sig: number): void {
+    if (index !== 0 || !p.stopped) return;
+    if (sig === 5) p.stopped = false;
+    else p.stopSignal = sig;
   }
 
   private goHome(): void {
@@ -240,9 +253,10 @@ export class FrozenTree {
       }
     } else {
       for (const p of this.processes) {
-        // A stopped process is detached with SIGSTOP: whatever became of
-        // its group stop while traced, it goes back to being stopped.
-        if (p.stopped && p.threads.length && !p.threads[0].deferredSignals.includes(19)) p.threads[0].deferredSignals.unshift(19);
+        // A stopped process is detached with its stop signal: whatever became
+        // of its group stop while traced, it goes back to being stopped.
+        const sig = p.stopSignal ?? 19;
+        if (p.stopped && p.threads.length && !p.threads[0].deferredSignals.includes(sig)) p.threads[0].deferredSignals.unshift(sig);
         for (const t of p.threads) {
           try { t.detach(); } catch { /* gone */ }
         }
