@@ -348,6 +348,11 @@ function finishProcess(r: Rebuilding, img: LoadedImage, log: (m: string) => void
  */
 function stopAgain(r: Rebuilding, sig: number, pid: number): void {
   const main = r.threads[0];
+  // Sent and dequeued as any signal, then let through, as it came to the
+  // saved process.
+  process.kill(main.pid, sig);
+  ptrace(PTRACE.CONT, main.pid, 0, 0, 'CONT');
+  main.waitStop(`pid ${pid} to take signal ${sig}`, sig, PTRACE.CONT);
   ptrace(PTRACE.CONT, main.pid, 0, sig, 'CONT');
   const got = main.waitStop(`pid ${pid} to stop with signal ${sig}`);
   if (got !== sig) throw new StasisError(`pid ${pid}: stopped with signal ${got}, not ${sig}`);

@@ -175,14 +175,42 @@ export function restoreTimers(remote: Remote, s: TimersState, savedPid: number):
       remote.call('prctl', SYS_prctl, [PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0], `${where}: timer ids`);
     }
   }
+  const tick = armed(s.virtual.remaining) || armed(s.prof.remaining) ? cpuItimerTick(remote) : 0;
   ([[0, s.real], [1, s.virtual], [2, s.prof]] as Array<[number, Itimer]>).forEach(([which, it]) => {
     if (!armed(it.remaining)) return;
-    remote.reset();
-    const b = Buffer.alloc(32);
-    b.writeBigInt64LE(BigInt(it.interval[0]), 0);
-    b.writeBigInt64LE(BigInt(it.interval[1]), 8);
-    b.writeBigInt64LE(BigInt(it.remaining[0]), 16);
-    b.writeBigInt64LE(BigInt(it.remaining[1]), 24);
-    remote.call('setitimer', SYS_setitimer, [which, remote.putBytes(b), 0], `${where}: interval timer ${['ITIMER_REAL', 'ITIMER_VIRTUAL', 'ITIMER_PROF'][which]}`);
+    // The kernel adds a tick to a CPU itimer as it is set: take it off the
+    // saved time (which already counts it), or every restart adds one.
+    let left = it.remaining[0] * 1_000_000 + it.remaining[1];
+    if (which !== 0 && left > tick) left -= tick;
+    setitimer(remote, which, it.interval, [Math.floor(left / 1_000_000), left % 1_000_000], where);
   });
+}
+
+const ITIMER_NAMES = ['ITIMER_REAL', 'ITIMER_VIRTUAL', 'ITIMER_PROF'];
+
+function setitimer(remote: Remote, which: number, interval: [number, number], value: [number, number], where: string): void {
+  remote.reset();
+  const b = Buffer.alloc(32);
+  b.writeBigInt64LE(BigInt(interval[0]), 0);
+  b.writeBigInt64LE(BigInt(interval[1]), 8);
+  b.writeBigInt64LE(BigInt(value[0]), 16);
+  b.writeBigInt64LE(BigInt(value[1]), 24);
+  remote.call('setitimer', SYS_setitimer, [which, remote.putBytes(b), 0], `${where}: interval timer ${ITIMER_NAMES[which]}`);
+}
+
+/**
+ * The tick the kernel adds to a CPU itimer, in microseconds: ITIMER_VIRTUAL
+ * set to 1 s reads back as 1 s plus a tick (no user time passes in between:
+ * the task is stopped). It is set to its saved value right after.
+ */
+function cpuItimerTick(remote: Remote): number {
+  const VIRTUAL = 1;
+  setitimer(remote, VIRTUAL, [0, 0], [1, 0], `pid ${remote.task.pid}: measuring the CPU timer tick`);
+  remote.reset();
+  const buf = remote.alloc(32);
+  remote.call('getitimer', SYS_getitimer, [VIRTUAL, buf], 'measuring the CPU timer tick');
+  const b = remote.read(buf, 32);
+  setitimer(remote, VIRTUAL, [0, 0], [0, 0], `pid ${remote.task.pid}: measuring the CPU timer tick`);
+  const got = Number(b.readBigInt64LE(16)) * 1_000_000 + Number(b.readBigInt64LE(24));
+  return Math.min(Math.max(got - 1_000_000, 0), 100_000);
 }
