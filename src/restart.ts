@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import { readMaps, readStat, readStatus } from './proc';
 import { Tracee } from './ptrace/tracee';
+import { waitStoppedAgain } from './ptrace/freeze';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE } from './ptrace/remote';
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
@@ -357,13 +358,7 @@ function stopAgain(r: Rebuilding, sig: number, pid: number): void {
   const got = main.waitStop(`pid ${pid} to stop with signal ${sig}`);
   if (got !== sig) throw new StasisError(`pid ${pid}: stopped with signal ${got}, not ${sig}`);
   for (const t of r.threads) t.detach(false);
-  const until = Date.now() + 5000;
-  for (const t of r.threads) {
-    while (readStat(t.pid).state !== 'T') {
-      if (Date.now() > until) throw new StasisError(`pid ${pid}: thread ${t.pid} did not stop again (state ${readStat(t.pid).state})`);
-      sleepSync(1);
-    }
-  }
+  waitStoppedAgain(r.threads.map((t) => t.pid), `pid ${pid}`);
 }
 
 /** Pages this process still shared copy-on-write with an ancestor: copied from the ancestor's. */

@@ -261,10 +261,29 @@ export class FrozenTree {
           try { t.detach(); } catch { /* gone */ }
         }
       }
+      // Detached, a stopped task runs for an instant before it stops again:
+      // back in its stop before we return, or a checkpoint right after
+      // would take it for running.
+      for (const p of this.processes) {
+        if (p.stopped) {
+          try { waitStoppedAgain(p.threads.map((t) => t.pid), `pid ${p.pid}`); } catch { /* gone, or continued meanwhile */ }
+        }
+      }
     }
     if (this.cgroup) {
       try { this.writeState('THAWED'); } catch { /* removed */ }
       this.goHome();
+    }
+  }
+}
+
+/** Wait (5 s at most) until every task is in a group stop again (state T), after a detach. */
+export function waitStoppedAgain(tids: number[], what: string): void {
+  const until = Date.now() + 5000;
+  for (const tid of tids) {
+    for (let state = readStat(tid).state; state !== 'T'; state = readStat(tid).state) {
+      if (Date.now() > until) throw new StasisError(`${what}: task ${tid} did not stop again (state ${state})`);
+      sleepSync(1);
     }
   }
 }
