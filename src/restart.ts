@@ -335,9 +335,10 @@ function finishProcess(r: Rebuilding, img: LoadedImage, log: (m: string) => void
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
-  restoreBlocked(r.threads, p.threads.map((th) => th.signals));
   p.threads.forEach((th, i) => restoreCpu(r.threads[i], new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64')));
   if (p.stopped) stopAgain(r, p.stopSignal ?? SIGSTOP, host(p.pid));
+  restoreBlocked(r.threads, p.threads.map((th) => th.signals));
+  if (p.stopped) letGoStopped(r, host(p.pid));
   log(`pid ${p.pid}: ${p.threads.length} thread(s) ready`);
 }
 
@@ -350,13 +351,19 @@ function finishProcess(r: Rebuilding, img: LoadedImage, log: (m: string) => void
 function stopAgain(r: Rebuilding, sig: number, pid: number): void {
   const main = r.threads[0];
   // Sent and dequeued as any signal, then let through, as it came to the
-  // saved process.
+  // saved process. Only it is unblocked meanwhile: other pending signals
+  // stay queued, as they were in the stopped process.
+  main.setSigmask(~(1n << BigInt(sig - 1)) & ~(1n << 4n) & 0xffffffffffffffffn);
   process.kill(main.pid, sig);
   ptrace(PTRACE.CONT, main.pid, 0, 0, 'CONT');
   main.waitStop(`pid ${pid} to take signal ${sig}`, sig, PTRACE.CONT);
   ptrace(PTRACE.CONT, main.pid, 0, sig, 'CONT');
   const got = main.waitStop(`pid ${pid} to stop with signal ${sig}`);
   if (got !== sig) throw new StasisError(`pid ${pid}: stopped with signal ${got}, not ${sig}`);
+}
+
+/** Detached in its group stop, it stays stopped: wait until every thread is. */
+function letGoStopped(r: Rebuilding, pid: number): void {
   for (const t of r.threads) t.detach(false);
   waitStoppedAgain(r.threads.map((t) => t.pid), `pid ${pid}`);
 }

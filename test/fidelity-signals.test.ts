@@ -155,7 +155,7 @@ test('children with an exit signal other than SIGCHLD, alive and zombie, keep it
 
 for (const [mode, why] of [
   ['overrun', /pid \d+: POSIX timer 0 reports \d+ overruns of its last expiry, which cannot be restored/],
-  ['periodic', /pid \d+: signal 34 of periodic POSIX timer 0 is pending; a periodic timer with its signal queued cannot be restored/],
+  ['periodic', /pid \d+: signal 34 of periodic POSIX timer 1 is pending; a periodic timer with its signal queued cannot be restored/],
   ['cpuclock', /pid \d+: POSIX timer 0 counts the CPU time of another process \(\d+\); not supported/],
 ] as const) {
   test(`timer state that cannot be restored is refused by name (${mode}), the target left running`, async () => {

@@ -51,7 +51,7 @@ export function dumpThreadSignals(remote: Remote): ImageSignals {
   remote.call('sigaltstack', SYS.sigaltstack, [0, ss]);
   const ssb = remote.read(ss, 24);
   return {
-    blocked: hex(t.getSigmask()),
+    blocked: hex(t.heldMask ?? t.getSigmask()),
     pending: t.peekSiginfo(false).map((b) => b.toString('base64')),
     altstack: { sp: Number(ssb.readBigUInt64LE(0)), flags: ssb.readInt32LE(8), size: Number(ssb.readBigUInt64LE(16)) },
   };

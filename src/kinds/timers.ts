@@ -130,7 +130,7 @@ export function refuseLinkedTimerSignals(timers: TimersState, pending: Buffer[],
   const SI_TIMER = -2;
   for (const info of pending) {
     if (info.readInt32LE(8) !== SI_TIMER) continue;
-    const id = info.readInt32LE(12);
+    const id = info.readInt32LE(16); // si_timerid: the union starts at 16 on x86-64
     const t = timers.posix.find((x) => x.id === id);
     if (t && armed(t.interval)) throw new UnsupportedError(`${where}: signal ${info.readInt32LE(0)} of periodic POSIX timer ${id} is pending; a periodic timer with its signal queued cannot be restored; checkpoint once the program has taken the signal`);
   }

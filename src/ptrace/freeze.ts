@@ -164,6 +164,7 @@ export class FrozenTree {
     this.writeState('THAWED');
     for (const p of this.processes) p.threads.forEach((t, i) => this.noteStop(p, i, t.waitStop('the freeze')));
     for (const t of this.tracees) t.afterStop();
+    this.holdSignals();
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
     this.goHome();
     log(`froze ${tree.length} processes, ${this.tracees.length} threads`);
@@ -180,6 +181,7 @@ export class FrozenTree {
       if (round > 50) throw new StasisError(`pid ${this.root}: the tree keeps changing; could not freeze it`);
       for (const p of fresh) this.seizeProcess(p, true);
     }
+    this.holdSignals();
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
   }
 
@@ -212,6 +214,19 @@ export class FrozenTree {
     if (index !== 0 || !p.stopped) return;
     if (sig === 5) p.stopped = false;
     else p.stopSignal = sig;
+  }
+
+  /**
+   * Every signal but SIGTRAP blocked while the tree is dumped: a system call
+   * injected into a task returns to user mode, where a pending unblocked
+   * signal would be dequeued (and its siginfo lost). Each task gets its own
+   * mask back at release; the dump reads it from heldMask.
+   */
+  private holdSignals(): void {
+    for (const t of this.tracees) {
+      t.heldMask = t.getSigmask();
+      t.setSigmask(~(1n << 4n) & 0xffffffffffffffffn);
+    }
   }
 
   private goHome(): void {
@@ -258,7 +273,10 @@ export class FrozenTree {
         const sig = p.stopSignal ?? 19;
         if (p.stopped && p.threads.length && !p.threads[0].deferredSignals.includes(sig)) p.threads[0].deferredSignals.unshift(sig);
         for (const t of p.threads) {
-          try { t.detach(); } catch { /* gone */ }
+          try {
+            if (t.heldMask !== undefined) t.setSigmask(t.heldMask);
+            t.detach();
+          } catch { /* gone */ }
         }
       }
       // Detached, a stopped task runs for an instant before it stops again:

@@ -3,7 +3,8 @@
 // Children stopped by job-control signals, and what their parent was told.
 //   A: in its own process group, stops itself with SIGTSTP; the parent has
 //      taken that stop with waitpid(WUNTRACED) and the SIGCHLD with
-//      sigwaitinfo (nothing left to report).
+//      sigwaitinfo (nothing left to report). A SIGUSR1 (A has a handler)
+//      is pending in A: it stays pending while A is stopped.
 //   B: in its own process group, stopped by SIGTTIN from the parent; that
 //      stop is not reported yet, and its SIGCHLD (blocked) is pending.
 // Prints "ready"; SIGUSR1 (a handler sets a flag) starts the
@@ -77,6 +78,7 @@ int main(void)
     }
     siginfo_t si;
     sigwaitinfo(&chld, &si);
+    kill(a, SIGUSR1); /* stays pending in A while it is stopped (A has the handler) */
 
     pid_t b = child();
     if (b == 0) {

@@ -4,7 +4,7 @@
 //   overrun   a periodic 1 ms timer overran while its signal was blocked;
 //             the signal was then taken, so timer_getoverrun() > 0 (it
 //             keeps running: checked before its next pending signal)
-//   periodic  a periodic timer's signal is pending (blocked)
+//   periodic  a periodic timer's signal is pending (blocked); it is timer 1
 //   cpuclock  a timer on the CPU clock of a child process
 // Prints "ready"; SIGUSR2 (blocked, taken with sigwaitinfo) makes it print
 // "still here" and exit 0, so a test can see it was left running.
@@ -41,6 +41,9 @@ int main(int argc, char **argv)
         if (clock_getcpuclockid(kid, &clock))
             return 1;
     }
+    timer_t first;
+    if (!strcmp(argv[1], "periodic") && timer_create(CLOCK_MONOTONIC, &ev, &first))
+        return 1; /* so the periodic timer is timer 1 */
     if (timer_create(clock, &ev, &t))
         return 1;
     sigset_t rt;
