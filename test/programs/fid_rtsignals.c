@@ -33,7 +33,7 @@ struct want { int signo, code, pid, value; };
 static sigset_t queued;
 static pid_t self, child;
 static pthread_t second;
-static volatile int thread_go;
+static volatile int thread_go, thread_started;
 static int bad;
 
 static int rt(int n) { return SIGRTMIN + n; }
@@ -74,6 +74,8 @@ static int drain(const char *who, const struct want *w, int n)
 static void *thread_main(void *arg)
 {
     (void)arg;
+    /* glibc has set this thread's own mask by now (it starts with all blocked) */
+    __atomic_store_n(&thread_started, 1, __ATOMIC_RELEASE);
     while (!__atomic_load_n(&thread_go, __ATOMIC_ACQUIRE))
         usleep(1000);
     struct want w[3];
@@ -103,6 +105,8 @@ int main(void)
         printf("FAIL: pthread_create\n");
         return 1;
     }
+    while (!__atomic_load_n(&thread_started, __ATOMIC_ACQUIRE))
+        usleep(1000);
     union sigval v;
     for (int i = 0; i < 4; i++) {
         v.sival_int = 100 + i;
