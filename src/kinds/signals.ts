@@ -1,15 +1,18 @@
-// Signals: per process the dispositions (handler, flags, restorer, mask) and
-// the process-wide pending queue; per thread the blocked mask, its own
-// pending queue and the alternate stack.
+// Signals: per process the dispositions (handler, flags, restorer, mask),
+// the process-wide pending queue, the group stop and its signal, what the
+// parent was told of it, and the exit signal; per thread the blocked mask,
+// its own pending queue and the alternate stack.
 import fs from 'node:fs';
 import { z } from 'zod';
 import { Remote } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
-import { UnsupportedError } from '../sys/errno';
+import { UnsupportedError, SyscallError } from '../sys/errno';
 import { ImageSignals, ImageSigaction } from '../image/schema';
 
-const SIGKILL = 9, SIGSTOP = 19;
+const SIGTRAP = 5, SIGKILL = 9, SIGCHLD = 17, SIGSTOP = 19, SIGTSTP = 20, SIGTTIN = 21, SIGTTOU = 22;
+const SYS_waitid = 247, SYS_rt_sigtimedwait = 128;
+const P_PID = 1, WNOHANG = 1, WSTOPPED = 2, WNOWAIT = 0x01000000, EAGAIN = 11;
 const SIGACTION_SIZE = 32; // kernel struct sigaction on x86-64
 const SS_ONSTACK = 1, SS_DISABLE = 2;
 const hex = (v: bigint) => '0x' + v.toString(16);
@@ -119,7 +122,6 @@ export function restoreSignalState(remote: Remote, s: ImageSignals, shared: stri
  * SIGTRAP would reset its disposition to SIG_DFL.
  */
 export function blockAllSignals(threads: Tracee[]): void {
-  const SIGTRAP = 5;
   for (const t of threads) t.setSigmask(~(1n << BigInt(SIGTRAP - 1)) & 0xffffffffffffffffn);
 }
 
@@ -127,8 +129,6 @@ export function blockAllSignals(threads: Tracee[]): void {
 export function restoreBlocked(threads: Tracee[], saved: ImageSignals[]): void {
   threads.forEach((t, i) => t.setSigmask(BigInt(saved[i].blocked)));
 }
-
-const SIGTSTP = 20, SIGTTIN = 21, SIGTTOU = 22;
 
 /** The signal a process is stopped by: its group stop reports it to the tracer. */
 export const StopSignal = z.union([z.literal(SIGSTOP), z.literal(SIGTSTP), z.literal(SIGTTIN), z.literal(SIGTTOU)]);
@@ -146,7 +146,6 @@ export function checkStopSignal(sig: number, pid: number): StopSignal {
  * without consuming.
  */
 export function stopReported(parent: Remote, childVpid: number): boolean {
-  const P_PID = 1, WSTOPPED = 2, WNOHANG = 1, WNOWAIT = 0x01000000;
   parent.reset();
   const info = parent.alloc(128);
   parent.task.writeMem(info, Buffer.alloc(128));
@@ -160,7 +159,6 @@ export function stopReported(parent: Remote, childVpid: number): boolean {
  * none was pending in the saved parent.
  */
 export function consumeStopNotice(parent: Remote, childVpid: number, reported: boolean, sharedPending: string[]): void {
-  const P_PID = 1, WSTOPPED = 2, WNOHANG = 1, SIGCHLD = 17;
   parent.reset();
   if (reported) {
     const info = parent.alloc(128);
@@ -172,10 +170,8 @@ export function consumeStopNotice(parent: Remote, childVpid: number, reported: b
   set.writeBigUInt64LE(1n << BigInt(SIGCHLD - 1));
   const zero = Buffer.alloc(16);
   const r = parent.task.injectRaw(SYS_rt_sigtimedwait, [parent.putBytes(set), 0, parent.putBytes(zero), 8]);
-  if (r !== BigInt(SIGCHLD) && r !== -11n) throw new UnsupportedError(`pid ${parent.pid}: taking back the SIGCHLD of child ${childVpid} returned ${r}`);
+  if (r < 0n && r !== -BigInt(EAGAIN)) throw new SyscallError(`rt_sigtimedwait in pid ${parent.pid}`, Number(-r), `taking back the SIGCHLD of child ${childVpid}`);
 }
-
-const SYS_waitid = 247, SYS_rt_sigtimedwait = 128;
 
 /** exit_signal (/proc/PID/stat field 38): what the parent is sent when this child ends. */
 export function dumpExitSignal(pid: number): number {
