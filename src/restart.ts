@@ -4,7 +4,6 @@
 import fs from 'node:fs';
 import { readMaps, readStat, readStatus } from './proc';
 import { Tracee } from './ptrace/tracee';
-import { waitStoppedAgain } from './ptrace/freeze';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE } from './ptrace/remote';
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
@@ -14,7 +13,7 @@ import { MemfdKeeper } from './kinds/memfd';
 import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex } from './kinds/memory';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
-import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals, restoreBlocked, consumeStopNotice } from './kinds/signals';
+import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals, restoreBlocked, consumeStopNotice, enterGroupStop, releaseStopped } from './kinds/signals';
 import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
@@ -22,7 +21,7 @@ import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
 import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
-import { waitpidSync, waitpidAsync, mapFile, sleepSync, ptrace, PTRACE, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
+import { waitpidSync, waitpidAsync, mapFile, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
 
 export interface RestartOptions {
   /**
@@ -336,36 +335,10 @@ function finishProcess(r: Rebuilding, img: LoadedImage, log: (m: string) => void
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
   p.threads.forEach((th, i) => restoreCpu(r.threads[i], new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64')));
-  if (p.stopped) stopAgain(r, p.stopSignal ?? SIGSTOP, host(p.pid));
+  if (p.stopped) enterGroupStop(r.threads, p.stopSignal ?? SIGSTOP, `pid ${host(p.pid)}`);
   restoreBlocked(r.threads, p.threads.map((th) => th.signals));
-  if (p.stopped) letGoStopped(r, host(p.pid));
+  if (p.stopped) releaseStopped(r.threads, `pid ${host(p.pid)}`);
   log(`pid ${p.pid}: ${p.threads.length} thread(s) ready`);
-}
-
-/**
- * Enter the group stop with the saved signal while still traced (it stops
- * before running a user instruction), then let go: a task detached in a
- * group stop stays stopped. Once every thread is stopped the parent has
- * been notified, and finishProcess of the parent takes that notice back.
- */
-function stopAgain(r: Rebuilding, sig: number, pid: number): void {
-  const main = r.threads[0];
-  // Sent and dequeued as any signal, then let through, as it came to the
-  // saved process. Only it is unblocked meanwhile: other pending signals
-  // stay queued, as they were in the stopped process.
-  main.setSigmask(~(1n << BigInt(sig - 1)) & ~(1n << 4n) & 0xffffffffffffffffn);
-  process.kill(main.pid, sig);
-  ptrace(PTRACE.CONT, main.pid, 0, 0, 'CONT');
-  main.waitStop(`pid ${pid} to take signal ${sig}`, sig, PTRACE.CONT);
-  ptrace(PTRACE.CONT, main.pid, 0, sig, 'CONT');
-  const got = main.waitStop(`pid ${pid} to stop with signal ${sig}`);
-  if (got !== sig) throw new StasisError(`pid ${pid}: stopped with signal ${got}, not ${sig}`);
-}
-
-/** Detached in its group stop, it stays stopped: wait until every thread is. */
-function letGoStopped(r: Rebuilding, pid: number): void {
-  for (const t of r.threads) t.detach(false);
-  waitStoppedAgain(r.threads.map((t) => t.pid), `pid ${pid}`);
 }
 
 /** Pages this process still shared copy-on-write with an ancestor: copied from the ancestor's. */

@@ -7,7 +7,9 @@ import { z } from 'zod';
 import { Remote } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
-import { UnsupportedError, SyscallError } from '../sys/errno';
+import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
+import { ptrace, PTRACE } from '../sys/libc';
+import { waitStoppedAgain } from '../ptrace/freeze';
 import { ImageSignals, ImageSigaction } from '../image/schema';
 
 const SIGTRAP = 5, SIGKILL = 9, SIGCHLD = 17, SIGSTOP = 19, SIGTSTP = 20, SIGTTIN = 21, SIGTTOU = 22;
@@ -181,3 +183,28 @@ export function dumpExitSignal(pid: number): number {
 }
 
 export const ExitSignal = z.number().int().min(0).max(64);
+
+/**
+ * Restart: enter the group stop with the saved signal while still traced,
+ * before a user instruction runs. The signal is sent and dequeued as any
+ * signal, then let through, as it came to the saved process; only it is
+ * unblocked meanwhile, so other pending signals stay queued as they were
+ * in the stopped process. Once every thread is stopped (releaseStopped)
+ * the parent has been notified; consumeStopNotice in the parent follows.
+ */
+export function enterGroupStop(threads: Tracee[], sig: number, what: string): void {
+  const main = threads[0];
+  main.setSigmask(~(1n << BigInt(sig - 1)) & ~(1n << BigInt(SIGTRAP - 1)) & 0xffffffffffffffffn);
+  process.kill(main.pid, sig);
+  ptrace(PTRACE.CONT, main.pid, 0, 0, 'CONT');
+  main.waitStop(`${what} to take signal ${sig}`, sig, PTRACE.CONT);
+  ptrace(PTRACE.CONT, main.pid, 0, sig, 'CONT');
+  const got = main.waitStop(`${what} to stop with signal ${sig}`);
+  if (got !== sig) throw new StasisError(`${what}: stopped with signal ${got}, not ${sig}`);
+}
+
+/** Detached in its group stop, a process stays stopped: wait until every thread is. */
+export function releaseStopped(threads: Tracee[], what: string): void {
+  for (const t of threads) t.detach(false);
+  waitStoppedAgain(threads.map((t) => t.pid), what);
+}
