@@ -13,7 +13,8 @@ import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, 
 import { dumpLockFuture, dumpMergeAny, refuseMempolicy } from './kinds/mmpolicy';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
-import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
+import { dumpSigactions, dumpSharedPending, dumpThreadSignals, checkStopSignal, stopReported, dumpExitSignal } from './kinds/signals';
+import { dumpTimers, refuseLinkedTimerSignals } from './kinds/timers';
 import { dumpFds } from './kinds/files';
 import { LockTable } from './kinds/locks';
 import { dumpSharing, fdTableSharers, Sharing } from './kinds/sharing';
@@ -127,9 +128,14 @@ export function surveyProcesses(procs: FrozenProcess[], root: number, pipes: Pip
   return surveys;
 }
 
+/** The stopped children of a surveyed process (whether it took their stop report is part of its state). */
+export function stoppedChildrenOf(surveys: Survey[], s: Survey): number[] {
+  return surveys.filter((c) => c.proc.ppid === s.proc.pid && c.proc.stopped).map((c) => c.proc.pid);
+}
+
 export function dumpZombie(p: FrozenProcess): ImageZombie {
   const st = readStat(p.pid);
-  return { pid: p.pid, ppid: st.ppid, pgid: st.pgrp, sid: st.session, exitStatus: st.exitCode };
+  return { pid: p.pid, ppid: st.ppid, pgid: st.pgrp, sid: st.session, exitStatus: st.exitCode, exitSignal: dumpExitSignal(p.pid) };
 }
 
 /**
@@ -157,7 +163,7 @@ function refuseForeignGroups(root: number, procs: Array<{ pid: number; stat: { p
  * then each thread. Every thread must be seized and stopped, its `saved`
  * registers the ones it resumes with; they are what the image records.
  */
-export function dumpProcess(s: Survey): ImageProcess {
+export function dumpProcess(s: Survey, stoppedChildren: number[] = []): ImageProcess {
   const pid = s.proc.pid;
   const stat = readStat(pid);
   const attrs = dumpProcessAttrs(pid);
@@ -175,6 +181,8 @@ export function dumpProcess(s: Survey): ImageProcess {
     const mm = dumpMm(remote);
     const lockFuture = dumpLockFuture(remote);
     refuseMempolicy(remote, s.vmas);
+    const timers = dumpTimers(remote, pid, s.proc.threads.map((t) => t.pid));
+    const stopsReported = stoppedChildren.filter((c) => stopReported(remote, c));
     const threads: ImageThread[] = s.proc.threads.map((t) => {
       const r = remote.withTask(t);
       const cpu = dumpCpu(t);
@@ -188,10 +196,12 @@ export function dumpProcess(s: Survey): ImageProcess {
         inSyscall: cpu.inSyscall,
       };
     });
+    refuseLinkedTimerSignals(timers, [...sharedPending, ...threads.flatMap((t) => t.signals.pending)].map((b) => Buffer.from(b, 'base64')), `pid ${pid}`);
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
       xcompPerm: '0x' + xcompPerm.toString(16), mm, lockFuture, ksmMergeAny: dumpMergeAny(pid), vmas: s.vmas, fds: dumpFdOwners(remote, s.fds), sharing: s.sharing, threads, cgroups,
-      ...(s.proc.stopped ? { stopped: true } : {}),
+      ...(s.proc.stopped ? { stopped: true, stopSignal: checkStopSignal(s.proc.stopSignal ?? 19, pid) } : {}),
+      stopsReported, exitSignal: dumpExitSignal(pid), timers,
     };
   } finally {
     remote.unmapScratch();
@@ -231,7 +241,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)));
-    const images = surveys.map((s) => dumpProcess(s));
+    const images = surveys.map((s) => dumpProcess(s, stoppedChildrenOf(surveys, s)));
     refuseForeignOwners(images);
     // Only a tree can share pages copy-on-write between its processes.
     const frames = surveys.length > 1 ? new SavedFrames() : undefined;

@@ -14,7 +14,8 @@ import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, checkMappe
 import { restoreMergeAny, restoreLockFuture } from './kinds/mmpolicy';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
-import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
+import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals, restoreBlocked, consumeStopNotice, enterGroupStop, releaseStopped } from './kinds/signals';
+import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
 import { restoreLocks } from './kinds/locks';
@@ -285,6 +286,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   // Threads: created at their tids inside this process, then given their state.
   const cloneFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
   for (const th of p.threads.slice(1)) r.threads.push(cloneAt(remote, th.tid, cloneFlags, 0, p.pid, ns));
+  blockAllSignals(r.threads);
   p.threads.forEach((th, i) => {
     const tr = remote.withTask(r.threads[i]);
     restoreThreadAttrs(tr, th);
@@ -297,10 +299,25 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
   restoreFdOwners(remote, p.fds);
+}
+
+/**
+ * The last steps of a process, children before parents: timers armed, the
+ * injection page gone, signal masks and registers back; a stopped process
+ * stops again with its own signal before its parent is finished.
+ */
+function finishProcess(r: Rebuilding, img: LoadedImage, log: (m: string) => void, host: (pid: number) => number): void {
+  const p = r.image;
+  const remote = r.remote;
+  restoreTimers(remote, p.timers, p.pid);
+  for (const c of img.processes.filter((x) => x.ppid === p.pid && x.stopped)) consumeStopNotice(remote, c.pid, p.stopsReported.includes(c.pid), p.sharedPending);
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
   p.threads.forEach((th, i) => restoreCpu(r.threads[i], new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64')));
+  if (p.stopped) enterGroupStop(r.threads, p.stopSignal ?? SIGSTOP, `pid ${host(p.pid)}`);
+  restoreBlocked(r.threads, p.threads.map((th) => th.signals));
+  if (p.stopped) releaseStopped(r.threads, `pid ${host(p.pid)}`);
   log(`pid ${p.pid}: ${p.threads.length} thread(s) ready`);
 }
 
@@ -491,7 +508,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
         const parent = remotes.get(e.ppid);
         if (remotes.has(e.pid) || !parent) continue;
         const fork = images.has(e.pid) && images.has(e.ppid) && readyToFork(e.ppid);
-        const t = cloneAt(parent, e.pid, 'sharing' in e ? sharingFlags(e.sharing) : 0, SIGCHLD, 0, ns);
+        const t = cloneAt(parent, e.pid, 'sharing' in e ? sharingFlags(e.sharing) : 0, e.exitSignal ?? SIGCHLD, 0, ns);
         created.push(t);
         const r = blankRemote.withTask(t);
         remotes.set(e.pid, r);
@@ -512,13 +529,13 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
       created.push(...r.threads.slice(1));
     }
+    for (const r of [...live].reverse()) finishProcess(r, img, log, host);
     memfds.seal();
     // Every fd is open: the namespace may now have its own /proc, in which
     // the tree finds itself under the pids it knows.
     if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);
-    // A process that was stopped goes back to its stop as it resumes.
-    for (const r of live) if (r.image.stopped) r.threads[0].deferredSignals.unshift(SIGSTOP);
-    if (opts.verify) verifyTree({ processes: live, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    // Processes restored stopped are back in their group stop, untraced: not read back.
+    if (opts.verify) verifyTree({ processes: live.filter((r) => !r.image.stopped), zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
     for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);

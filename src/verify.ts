@@ -7,7 +7,7 @@ import { readMaps, readStat } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Remote } from './ptrace/remote';
 import { FrozenProcess } from './ptrace/freeze';
-import { surveyProcesses, dumpProcess, dumpZombie, locateSyscall } from './checkpoint';
+import { surveyProcesses, dumpProcess, dumpZombie, locateSyscall, stoppedChildrenOf } from './checkpoint';
 import { PipeTable } from './kinds/pipes';
 import { pagesToSave } from './kinds/memory';
 import { LockTable } from './kinds/locks';
@@ -110,6 +110,32 @@ const timeLeft = (interval?: string): Rule => (a, b, cx) => {
   if (got <= want && want - got <= cx.elapsedNs) return undefined;
   if (want <= cx.elapsedNs && got <= (period > want ? period : want)) return undefined;
   return `${differs(a, b)} (more than the ${cx.elapsedNs / 1_000_000n} ms the restart took apart)`;
+};
+
+/** timeLeft for a [seconds, microseconds] pair (getitimer). */
+const usLeft = (interval?: string): Rule => (a, b, cx) => {
+  const ns = (v: unknown) => (Array.isArray(v) && v.length === 2 ? [v[0], Number(v[1]) * 1000] : v);
+  const parent = cx.imageParent as Record<string, unknown>;
+  const withNs = { ...cx, imageParent: interval ? { ...parent, [interval]: ns(parent[interval]) } : parent };
+  return timeLeft(interval)(ns(a), ns(b), withNs);
+};
+
+const SI_TIMER = -2;
+/**
+ * A pending-signal queue where a timer armed by the restart may already
+ * have fired: the image's entries in order, plus SI_TIMER entries.
+ */
+const pendingPlusTimerSignals: Rule = (a, b, cx) => {
+  if (!Array.isArray(a) || !Array.isArray(b)) return differs(a, b);
+  const code = (x: unknown) => (typeof x === 'string' ? Buffer.from(x, 'base64').readInt32LE(8) : 0);
+  const rest = [...b];
+  for (const x of a) {
+    const i = rest.indexOf(x);
+    if (i < 0) return differs(a, b);
+    if (rest.slice(0, i).some((y) => code(y) !== SI_TIMER)) return differs(a, b);
+    rest.splice(0, i + 1);
+  }
+  return rest.every((y) => code(y) === SI_TIMER) ? undefined : differs(a, b);
 };
 
 /**
@@ -233,6 +259,13 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['fds[].file.size', skip, 'the file an fd is open on may have been written since the checkpoint (its dev:ino is compared)'],
   ['fds[].file.mtimeNs', skip, 'the file an fd is open on may have been written since the checkpoint (its dev:ino is compared)'],
   ['fds[].timerfd.value', timeLeft('interval'), 'remaining time runs down while the restart goes on'],
+  ['timers.posix[].remaining', timeLeft('interval'), 'remaining time runs down while the restart goes on'],
+  ['timers.real.remaining', usLeft('interval'), 'remaining time runs down while the restart goes on'],
+  ['timers.virtual.remaining', usLeft('interval'), 'CPU time left: the restart adds none, but a tick may be rounded'],
+  ['timers.prof.remaining', usLeft('interval'), 'CPU time left: the restart adds none, but a tick may be rounded'],
+  ['sharedPending', pendingPlusTimerSignals, 'a timer armed by the restart may fire before the read-back'],
+  ['threads[].signals.pending', pendingPlusTimerSignals, 'a SIGEV_THREAD_ID timer armed by the restart may fire before the read-back'],
+  ['stopsReported', skip, 'children restored stopped are back in their group stop and not read back'],
   ['fds[].epoll', unordered('fd'), 'fdinfo lists the interest list in kernel (file address) order'],
   ['fds[].timerfd.ticks', notFewer, 'expirations may have happened while the restart went on'],
   ['fds[].sharedWith.pid', treePid('task'), 'a pid of the tree, as seen from here'],
@@ -395,8 +428,8 @@ export function verifyTree(input: VerifyInput): void {
   // The registers each thread resumes with: the dump reads them, injections start from them.
   for (const p of input.processes) for (const t of p.threads) t.saved = t.getRegs();
   const tampered = tamper(input.processes);
-  // A stopped process is stopped by the SIGSTOP its main thread is let go with.
-  const frozen: FrozenProcess[] = input.processes.map((p) => ({ pid: p.threads[0].pid, ppid: readStat(p.threads[0].pid).ppid, zombie: false, stopped: p.threads[0].deferredSignals[0] === SIGSTOP, threads: p.threads }));
+  // Processes restored stopped are not given here (they are back in their group stop, untraced).
+  const frozen: FrozenProcess[] = input.processes.map((p) => ({ pid: p.threads[0].pid, ppid: readStat(p.threads[0].pid).ppid, zombie: false, stopped: false, threads: p.threads }));
   const pipes = new PipeTable();
   const memfds = new MemfdTable();
   let images: ImageProcess[];
@@ -404,7 +437,7 @@ export function verifyTree(input: VerifyInput): void {
     const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, pipes, memfds, new LockTable(), true);
     // Guard regions are found where pages are (pagemap), which the read-back otherwise skips.
     for (const x of surveys) for (const v of x.vmas) if (v.vmFlags.includes('gu') && !v.shmem) pagesToSave(x.proc.pid, v);
-    images = surveys.map((s) => dumpProcess(s));
+    images = surveys.map((s) => dumpProcess(s, stoppedChildrenOf(surveys, s)));
     // Nothing of stasis's own may stay mapped: the layout must be the one just compared.
     surveys.forEach((s) => {
       const now = readMaps(s.proc.pid).map((v) => `${v.start}-${v.end}`).join(' ');

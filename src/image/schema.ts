@@ -30,6 +30,8 @@ import { FdOwner } from '../kinds/fdowner';
 import { Sharing } from '../kinds/sharing';
 import { GuardRuns, ShmemSize } from '../kinds/memory';
 import { LockFuture, MergeAny } from '../kinds/mmpolicy';
+import { TimersState } from '../kinds/timers';
+import { StopSignal, ExitSignal } from '../kinds/signals';
 
 /** How a file is recognised again at restart. */
 export const FileIdentity = z.object({
@@ -220,6 +222,14 @@ export const ImageProcess = z.object({
   cgroups: z.array(CgroupMembership).max(64),
   /** stopped by a signal (SIGSTOP, SIGTSTP ...): restored stopped */
   stopped: z.boolean().optional(),
+  /** with stopped: the signal that stopped it (absent: SIGSTOP) */
+  stopSignal: StopSignal.optional(),
+  /** stopped children whose stop this process had already taken with wait(WUNTRACED) */
+  stopsReported: z.array(pid).max(PID_MAX),
+  /** exit_signal: sent to the parent when it ends (SIGCHLD, another, or 0 for none) */
+  exitSignal: ExitSignal,
+  /** POSIX timers and interval timers */
+  timers: TimersState,
 });
 export type ImageProcess = z.infer<typeof ImageProcess>;
 
@@ -231,6 +241,8 @@ export const ImageZombie = z.object({
   sid: pidOrZero,
   /** wait status as wait() reports it */
   exitStatus: int(0, 0xffff),
+  /** exit_signal: decides whether wait() needs __WCLONE to see it */
+  exitSignal: ExitSignal,
 });
 export type ImageZombie = z.infer<typeof ImageZombie>;
 

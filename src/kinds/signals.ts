@@ -1,11 +1,20 @@
-// Signals: per process the dispositions (handler, flags, restorer, mask) and
-// the process-wide pending queue; per thread the blocked mask, its own
-// pending queue and the alternate stack.
+// Signals: per process the dispositions (handler, flags, restorer, mask),
+// the process-wide pending queue, the group stop and its signal, what the
+// parent was told of it, and the exit signal; per thread the blocked mask,
+// its own pending queue and the alternate stack.
+import fs from 'node:fs';
+import { z } from 'zod';
 import { Remote } from '../ptrace/remote';
+import { Tracee } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
+import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
+import { ptrace, PTRACE } from '../sys/libc';
+import { waitStoppedAgain } from '../ptrace/freeze';
 import { ImageSignals, ImageSigaction } from '../image/schema';
 
-const SIGKILL = 9, SIGSTOP = 19;
+const SIGTRAP = 5, SIGKILL = 9, SIGCHLD = 17, SIGSTOP = 19, SIGTSTP = 20, SIGTTIN = 21, SIGTTOU = 22;
+const SYS_waitid = 247, SYS_rt_sigtimedwait = 128;
+const P_PID = 1, WNOHANG = 1, WSTOPPED = 2, WNOWAIT = 0x01000000, EAGAIN = 11;
 const SIGACTION_SIZE = 32; // kernel struct sigaction on x86-64
 const SS_ONSTACK = 1, SS_DISABLE = 2;
 const hex = (v: bigint) => '0x' + v.toString(16);
@@ -48,7 +57,7 @@ export function dumpThreadSignals(remote: Remote): ImageSignals {
   remote.call('sigaltstack', SYS.sigaltstack, [0, ss]);
   const ssb = remote.read(ss, 24);
   return {
-    blocked: hex(t.getSigmask()),
+    blocked: hex(t.heldMask ?? t.getSigmask()),
     pending: t.peekSiginfo(false).map((b) => b.toString('base64')),
     altstack: { sp: Number(ssb.readBigUInt64LE(0)), flags: ssb.readInt32LE(8), size: Number(ssb.readBigUInt64LE(16)) },
   };
@@ -88,12 +97,16 @@ export function restoreAltstack(remote: Remote, s: ImageSignals): void {
 }
 
 /**
- * Blocked mask, then the pending signals queued again from inside the task
- * (a task may queue any siginfo to itself, so si_code and si_pid survive).
- * `shared` is the process-wide queue, given for one thread only.
+ * The pending signals queued again from inside the task, in their order
+ * (a task may queue any siginfo to itself: the kernel checks si_code only
+ * for signals sent to others, so si_code, si_pid, si_uid and si_value come
+ * back as they were, SI_USER, SI_QUEUE, SI_TKILL, SI_TIMER and kernel codes
+ * alike). `shared` is the process-wide queue, given for the main thread
+ * only. Every thread of the process must block every signal meanwhile
+ * (blockAllSignals): the signals stay queued, not delivered into a process
+ * still being built, until restoreBlocked.
  */
 export function restoreSignalState(remote: Remote, s: ImageSignals, shared: string[]): void {
-  remote.task.setSigmask(BigInt(s.blocked));
   remote.reset();
   const queue = (b64: string, isShared: boolean) => {
     const info = Buffer.from(b64, 'base64');
@@ -104,4 +117,95 @@ export function restoreSignalState(remote: Remote, s: ImageSignals, shared: stri
   };
   for (const p of shared) queue(p, true);
   for (const p of s.pending) queue(p, false);
+}
+
+/**
+ * Every signal blocked in every thread, until restoreBlocked puts the saved
+ * masks back. Not SIGTRAP: injection traps with it, and a trap on a blocked
+ * SIGTRAP would reset its disposition to SIG_DFL.
+ */
+export function blockAllSignals(threads: Tracee[]): void {
+  for (const t of threads) t.setSigmask(~(1n << BigInt(SIGTRAP - 1)) & 0xffffffffffffffffn);
+}
+
+/** The saved blocked masks: the last change before the tasks run (no injection needed). */
+export function restoreBlocked(threads: Tracee[], saved: ImageSignals[]): void {
+  threads.forEach((t, i) => t.setSigmask(BigInt(saved[i].blocked)));
+}
+
+/** The signal a process is stopped by: its group stop reports it to the tracer. */
+export const StopSignal = z.union([z.literal(SIGSTOP), z.literal(SIGTSTP), z.literal(SIGTTIN), z.literal(SIGTTOU)]);
+export type StopSignal = z.infer<typeof StopSignal>;
+
+export function checkStopSignal(sig: number, pid: number): StopSignal {
+  const r = StopSignal.safeParse(sig);
+  if (!r.success) throw new UnsupportedError(`pid ${pid}: stopped, but its group stop reports signal ${sig}, not a stop signal; not supported`);
+  return r.data;
+}
+
+/**
+ * Whether the parent (injected into) has already been told, by wait with
+ * WUNTRACED, that `child` stopped: asked with WNOWAIT, which reports
+ * without consuming.
+ */
+export function stopReported(parent: Remote, childVpid: number): boolean {
+  parent.reset();
+  const info = parent.alloc(128);
+  parent.task.writeMem(info, Buffer.alloc(128));
+  parent.call('waitid', SYS_waitid, [P_PID, childVpid, info, WSTOPPED | WNOHANG | WNOWAIT, 0], `whether the stop of child ${childVpid} was reported`);
+  return parent.read(info, 128).readInt32LE(16) === 0; // si_pid: 0 when nothing is left to report
+}
+
+/**
+ * A child stopped again at restart notifies its parent anew: take that
+ * report if the saved parent had taken it, and drop the SIGCHLD it sent if
+ * none was pending in the saved parent.
+ */
+export function consumeStopNotice(parent: Remote, childVpid: number, reported: boolean, sharedPending: string[]): void {
+  parent.reset();
+  if (reported) {
+    const info = parent.alloc(128);
+    parent.call('waitid', SYS_waitid, [P_PID, childVpid, info, WSTOPPED | WNOHANG, 0], `the stop report of child ${childVpid}`);
+  }
+  const hadSigchld = sharedPending.some((b) => Buffer.from(b, 'base64').readInt32LE(0) === SIGCHLD);
+  if (hadSigchld) return;
+  const set = Buffer.alloc(8);
+  set.writeBigUInt64LE(1n << BigInt(SIGCHLD - 1));
+  const zero = Buffer.alloc(16);
+  const r = parent.task.injectRaw(SYS_rt_sigtimedwait, [parent.putBytes(set), 0, parent.putBytes(zero), 8]);
+  if (r < 0n && r !== -BigInt(EAGAIN)) throw new SyscallError(`rt_sigtimedwait in pid ${parent.pid}`, Number(-r), `taking back the SIGCHLD of child ${childVpid}`);
+}
+
+/** exit_signal (/proc/PID/stat field 38): what the parent is sent when this child ends. */
+export function dumpExitSignal(pid: number): number {
+  const text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return Number(rest[38 - 3]);
+}
+
+export const ExitSignal = z.number().int().min(0).max(64);
+
+/**
+ * Restart: enter the group stop with the saved signal while still traced,
+ * before a user instruction runs. The signal is sent and dequeued as any
+ * signal, then let through, as it came to the saved process; only it is
+ * unblocked meanwhile, so other pending signals stay queued as they were
+ * in the stopped process. Once every thread is stopped (releaseStopped)
+ * the parent has been notified; consumeStopNotice in the parent follows.
+ */
+export function enterGroupStop(threads: Tracee[], sig: number, what: string): void {
+  const main = threads[0];
+  main.setSigmask(~(1n << BigInt(sig - 1)) & ~(1n << BigInt(SIGTRAP - 1)) & 0xffffffffffffffffn);
+  process.kill(main.pid, sig);
+  ptrace(PTRACE.CONT, main.pid, 0, 0, 'CONT');
+  main.waitStop(`${what} to take signal ${sig}`, sig, PTRACE.CONT);
+  ptrace(PTRACE.CONT, main.pid, 0, sig, 'CONT');
+  const got = main.waitStop(`${what} to stop with signal ${sig}`);
+  if (got !== sig) throw new StasisError(`${what}: stopped with signal ${got}, not ${sig}`);
+}
+
+/** Detached in its group stop, a process stays stopped: wait until every thread is. */
+export function releaseStopped(threads: Tracee[], what: string): void {
+  for (const t of threads) t.detach(false);
+  waitStoppedAgain(threads.map((t) => t.pid), what);
 }

@@ -20,6 +20,8 @@ export interface FrozenProcess {
   zombie: boolean;
   /** in a group stop (SIGSTOP and friends) when the checkpoint began */
   stopped: boolean;
+  /** the signal of that group stop (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU), as its first ptrace stop reports it */
+  stopSignal?: number;
   /** main thread first */
   threads: Tracee[];
 }
@@ -197,8 +199,9 @@ export class FrozenTree {
     const tree = scanTree(this.root);
     for (const p of tree) this.seizeProcess(p, false);
     this.writeState('THAWED');
-    for (const t of this.tracees) t.waitStop('the freeze');
+    for (const p of this.processes) p.threads.forEach((t, i) => this.noteStop(p, i, t.waitStop('the freeze')));
     for (const t of this.tracees) t.afterStop();
+    this.holdSignals();
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
     this.goHome();
     log(`froze ${tree.length} processes, ${this.tracees.length} threads`);
@@ -234,6 +237,7 @@ export class FrozenTree {
         break;
       }
     }
+    this.holdSignals();
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
     log(`froze ${this.processes.length} processes, ${this.tracees.length} threads with ptrace (no writable freezer cgroup)`);
   }
@@ -276,11 +280,35 @@ export class FrozenTree {
       fp.threads.push(t);
       added++;
       if (wait) {
-        t.waitStop('the freeze');
+        this.noteStop(fp, fp.threads.length - 1, t.waitStop('the freeze'));
         t.afterStop();
       }
     }
     return added;
+  }
+
+  /**
+   * A task in a group stop reports the stop signal as its first ptrace stop
+   * (PTRACE_EVENT_STOP); an interrupted running task reports SIGTRAP (it was
+   * continued between the scan and the seize: not stopped any more).
+   */
+  private noteStop(p: FrozenProcess, index: number, sig: number): void {
+    if (index !== 0 || !p.stopped) return;
+    if (sig === 5) p.stopped = false;
+    else p.stopSignal = sig;
+  }
+
+  /**
+   * Every signal but SIGTRAP blocked while the tree is dumped: a system call
+   * injected into a task returns to user mode, where a pending unblocked
+   * signal would be dequeued (and its siginfo lost). Each task gets its own
+   * mask back at release; the dump reads it from heldMask.
+   */
+  private holdSignals(): void {
+    for (const t of this.tracees) {
+      t.heldMask = t.getSigmask();
+      t.setSigmask(~(1n << 4n) & 0xffffffffffffffffn);
+    }
   }
 
   private goHome(): void {
@@ -322,17 +350,40 @@ export class FrozenTree {
       }
     } else {
       for (const p of this.processes) {
-        // A stopped process is detached with SIGSTOP: whatever became of
-        // its group stop while traced, it goes back to being stopped.
-        if (p.stopped && p.threads.length && !p.threads[0].deferredSignals.includes(19)) p.threads[0].deferredSignals.unshift(19);
+        // A stopped process is detached with its stop signal: whatever became
+        // of its group stop while traced, it goes back to being stopped.
+        const sig = p.stopSignal ?? 19;
+        if (p.stopped && p.threads.length && !p.threads[0].deferredSignals.includes(sig)) p.threads[0].deferredSignals.unshift(sig);
         for (const t of p.threads) {
-          try { t.detach(); } catch { /* gone */ }
+          try {
+            if (t.heldMask !== undefined) t.setSigmask(t.heldMask);
+            t.detach();
+          } catch { /* gone */ }
+        }
+      }
+      // Detached, a stopped task runs for an instant before it stops again:
+      // back in its stop before we return, or a checkpoint right after
+      // would take it for running.
+      for (const p of this.processes) {
+        if (p.stopped) {
+          try { waitStoppedAgain(p.threads.map((t) => t.pid), `pid ${p.pid}`); } catch { /* gone, or continued meanwhile */ }
         }
       }
     }
     if (this.cgroup) {
       try { this.writeState('THAWED'); } catch { /* removed */ }
       this.goHome();
+    }
+  }
+}
+
+/** Wait (5 s at most) until every task is in a group stop again (state T), after a detach. */
+export function waitStoppedAgain(tids: number[], what: string): void {
+  const until = Date.now() + 5000;
+  for (const tid of tids) {
+    for (let state = readStat(tid).state; state !== 'T'; state = readStat(tid).state) {
+      if (Date.now() > until) throw new StasisError(`${what}: task ${tid} did not stop again (state ${state})`);
+      sleepSync(1);
     }
   }
 }

@@ -31,6 +31,8 @@ export class Tracee {
   saved?: Regs;
   /** Signals that arrived while we were working; re-sent at detach. */
   readonly deferredSignals: number[] = [];
+  /** Its own blocked mask while a checkpoint holds every signal blocked (see FrozenTree). */
+  heldMask?: bigint;
   /** Address of a `syscall` instruction inside the task. */
   syscallInsn = 0;
 
