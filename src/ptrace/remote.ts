@@ -1,6 +1,8 @@
 // A stopped task with a scratch area of its own memory, so injected system
 // calls can take pointers (paths, structs) and hand results back.
+import fs from 'node:fs';
 import { Tracee } from './tracee';
+import { Gadget } from './gadget';
 import { SYS } from '../sys/x86';
 import { StasisError, SyscallError } from '../sys/errno';
 
@@ -95,6 +97,7 @@ export class Remote {
 
   /** Map a private read-write scratch area at `hint` (or anywhere when 0). */
   mapScratch(size: number, hint = 0): void {
+    if (this.task.injectsSafely) return this.mapScratchSafely(size, hint);
     const flags = MAP_PRIVATE | MAP_ANONYMOUS | (hint ? MAP_FIXED_NOREPLACE : 0);
     this.scratch = this.call('mmap', SYS.mmap, [hint, size, PROT_READ | PROT_WRITE, flags, -1, 0], 'scratch area');
     this.scratchSize = size;
@@ -105,6 +108,32 @@ export class Remote {
     if (!this.scratch) return;
     this.call('munmap', SYS.munmap, [this.scratch, this.scratchSize], 'scratch area');
     this.scratch = 0;
+    const g = Gadget.existing(this.task.tgid);
+    if (g) {
+      g.setScratch(this.task.gadgetTask(), 0, 0);
+      g.removeAll(this.task.gadgetTask());
+    }
+  }
+
+  /**
+   * In a target: the area's address is chosen here, in a gap of the
+   * stopped process, and told to the gadget before the mmap runs, so a
+   * stasis dying at any point leaves no mapping behind (the way home
+   * unmaps it; the gap was free, so that munmap can only hit our area).
+   */
+  private mapScratchSafely(size: number, hint: number): void {
+    const addr = hint || gapFor(this.task.tgid, size);
+    const g = Gadget.of(this.task.gadgetTask());
+    g.setScratch(this.task.gadgetTask(), addr, size);
+    const got = this.task.injectRaw(SYS.mmap, [addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0]);
+    if (got !== BigInt(addr)) {
+      g.setScratch(this.task.gadgetTask(), 0, 0);
+      if (got < 0n && got > -4096n) throw new SyscallError(`mmap in pid ${this.pid}`, Number(-got), 'scratch area');
+      throw new StasisError(`pid ${this.pid}: the scratch area landed at 0x${got.toString(16)}, not 0x${addr.toString(16)}`);
+    }
+    this.scratch = addr;
+    this.scratchSize = size;
+    this.used = 0;
   }
 
   /** Forget everything placed in scratch (between independent calls). */
@@ -133,4 +162,18 @@ export class Remote {
   read(addr: number, len: number): Buffer {
     return this.task.readMem(addr, len);
   }
+}
+
+/** A free range of `size` bytes in a stopped process, below its highest mapping. */
+function gapFor(pid: number, size: number): number {
+  const ranges = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter(Boolean).map((l) => {
+    const [a, b] = l.split(' ')[0].split('-');
+    return { start: parseInt(a, 16), end: parseInt(b, 16) };
+  }).filter((r) => r.start < 0x7fffffffffff).sort((x, y) => x.start - y.start);
+  // Highest gap first, as mmap would choose; a guard page on either side.
+  for (let i = ranges.length - 1; i > 0; i--) {
+    const lo = ranges[i - 1].end + 0x1000, hi = ranges[i].start - 0x1000;
+    if (hi - lo >= size) return hi - size;
+  }
+  throw new StasisError(`pid ${pid}: no free address range of ${size} bytes for a scratch area`);
 }

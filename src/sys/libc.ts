@@ -76,7 +76,7 @@ export function addressOf(buf: Buffer | Uint8Array): number {
 // ---- ptrace --------------------------------------------------------------
 
 export const PTRACE = {
-  PEEKDATA: 2, POKEDATA: 5, CONT: 7, KILL: 8, SINGLESTEP: 9, GETREGS: 12, SETREGS: 13,
+  PEEKDATA: 2, POKEDATA: 5, CONT: 7, SYSCALL: 24, KILL: 8, SINGLESTEP: 9, GETREGS: 12, SETREGS: 13,
   GETFPREGS: 14, SETFPREGS: 15, ATTACH: 16, DETACH: 17, SETOPTIONS: 0x4200,
   GETEVENTMSG: 0x4201, GETSIGINFO: 0x4202, SETSIGINFO: 0x4203, GETREGSET: 0x4204,
   SETREGSET: 0x4205, SEIZE: 0x4206, INTERRUPT: 0x4207, LISTEN: 0x4208,
