@@ -182,6 +182,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
   const log = opts.log ?? (() => {});
   checkTarget(pid);
   const tree = new FrozenTree(pid);
+  log('freezing');
   tree.freeze(log);
   const frozenAt = process.hrtime.bigint();
   try {
@@ -203,7 +204,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
-    const images = surveys.map((s) => dumpProcess(s));
+    const images = surveys.map((s) => { log(`injecting into pid ${s.proc.pid}`); return dumpProcess(s); });
     // Only a tree can share pages copy-on-write between its processes.
     const frames = surveys.length > 1 ? new SavedFrames() : undefined;
     const parentOf = new Map(tree.processes.map((p) => [p.pid, p.ppid]));
@@ -240,6 +241,7 @@ function finish(s: Session, pageBytes: number, opts: CheckpointOptions): Checkpo
   s.out.close(true);
   s.log(`image written: ${s.writer.bytes} bytes, ${pageBytes} of pages`);
   const frozenMs = Number(process.hrtime.bigint() - s.frozenAt) / 1e6;
+  s.log(opts.kill ? 'killing the tree' : 'detaching');
   s.tree.release(!!opts.kill);
   s.log(opts.kill ? 'tree killed' : 'tree resumed');
   return {
@@ -276,6 +278,7 @@ export async function checkpoint(pid: number, output: string | number, opts: Che
   const s = begin(pid, output, opts);
   try {
     let pageBytes = 0;
+    s.log('dumping pages');
     for (const [i, x] of s.surveys.entries()) pageBytes += await dumpPages(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer);
     return finish(s, pageBytes, opts);
   } catch (e) {
