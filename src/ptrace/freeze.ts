@@ -146,8 +146,9 @@ export class FrozenTree {
 
   private freezeWithCgroup(log: (m: string) => void): void {
     this.cgroup = path.join(FREEZER, `stasis-${process.pid}-${++serial}`);
-    fs.mkdirSync(this.cgroup);
+    // The watchdog first: from the moment the cgroup exists, our death removes it.
     this.watchdog = FreezeWatchdog.start(this.cgroup);
+    fs.mkdirSync(this.cgroup);
     // Move, freeze, re-scan: a task forked before its parent moved in is
     // not frozen; repeat until a scan of the frozen tree finds nothing new.
     for (let round = 0; ; round++) {

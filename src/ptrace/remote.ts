@@ -164,14 +164,29 @@ export class Remote {
   }
 }
 
-/** A free range of `size` bytes in a stopped process, below its highest mapping. */
+/**
+ * A free range of `size` bytes in a stopped process for the scratch area.
+ * Not just below the stack: if stasis dies, the way home unmaps the area
+ * while another thread may still be finishing an injected call that writes
+ * there, and a fault just below the stack would grow the stack instead of
+ * failing. Preferred: well above the highest mapping under the stack, a
+ * range mmap(NULL) never hands out (it allocates below its base, under the
+ * libraries), so nothing of the program can appear there meanwhile.
+ */
 function gapFor(pid: number, size: number): number {
   const ranges = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter(Boolean).map((l) => {
-    const [a, b] = l.split(' ')[0].split('-');
-    return { start: parseInt(a, 16), end: parseInt(b, 16) };
+    const f = l.split(/\s+/);
+    const [a, b] = f[0].split('-');
+    return { start: parseInt(a, 16), end: parseInt(b, 16), name: f[5] ?? '' };
   }).filter((r) => r.start < 0x7fffffffffff).sort((x, y) => x.start - y.start);
-  // Highest gap first, as mmap would choose; a guard page on either side.
+  const stack = ranges.findIndex((r) => r.name === '[stack]');
+  if (stack > 0) {
+    const addr = ranges[stack - 1].end + 0x100000;
+    if (ranges[stack].start - (addr + size) >= 0x10000000) return addr;
+  }
+  // Otherwise the highest gap not directly under the stack, a guard page on either side.
   for (let i = ranges.length - 1; i > 0; i--) {
+    if (i === stack) continue;
     const lo = ranges[i - 1].end + 0x1000, hi = ranges[i].start - 0x1000;
     if (hi - lo >= size) return hi - size;
   }
