@@ -216,7 +216,7 @@ function plan(rand: () => number, cal: Awaited<ReturnType<typeof calibrate>>, ti
     trials.push({ killAfterMs: Math.max(0, lo + rand() * (hi - lo)), fromFreeze: true });
   }
   for (let i = 0; i < byRequest; i++) trials.push({ dieAtPtrace: 1 + Math.floor(((i + rand()) * cal.requests) / byRequest) });
-  for (let i = 0; i < 4; i++) trials.push({ dieAtPtrace: cal.requests - Math.floor(rand() * cal.requests / 10) });
+  for (let i = 0; i < Math.ceil(byRequest / 5); i++) trials.push({ dieAtPtrace: cal.requests - Math.floor(rand() * cal.requests / 10) });
   // Interleave the kinds.
   for (let i = trials.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
@@ -242,7 +242,7 @@ test('SIGKILL of `stasis checkpoint` at any moment leaves the target running as 
   await assertUnharmed(target, 'after the calibration checkpoints');
   const rand = seeded(SEED);
   const landed = new Map<string, number>();
-  for (const [i, how] of plan(rand, cal, 100, 30).entries()) {
+  for (const [i, how] of plan(rand, cal, 76, 20).entries()) {
     const run = await checkpointCommand(target.pid, dir, how);
     const trial = `trial ${i} (${describe(how)}, ${run.killed ? `killed in ${run.phase}` : 'finished'})`;
     landed.set(run.killed ? run.phase : 'after it finished', (landed.get(run.killed ? run.phase : 'after it finished') ?? 0) + 1);
@@ -260,7 +260,7 @@ test('with --kill, a killed stasis leaves the target untouched or a complete ima
   const rand = seeded(SEED + 1);
   const landed = new Map<string, number>();
   let restarts = 0;
-  for (const [i, how] of plan(rand, cal, 24, 12, 10).entries()) {
+  for (const [i, how] of plan(rand, cal, 14, 6, 6).entries()) {
     const run = await checkpointCommand(target.pid, dir, { ...how, kill: true });
     const where = run.killed ? `killed in ${run.phase}` : 'finished';
     const trial = `--kill trial ${i} (${describe(how)}, ${where})`;
