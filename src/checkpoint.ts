@@ -7,6 +7,7 @@ import { readStat, readVmas } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Remote } from './ptrace/remote';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
+import { refuseBusy } from './ptrace/busy';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
 import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames } from './kinds/memory';
@@ -30,7 +31,15 @@ export interface CheckpointOptions {
   log?: (msg: string) => void;
   /** pipes shared with processes outside the tree to take anyway, as "pipe:[INO]" */
   external?: string[];
+  /**
+   * The longest the tree may stay frozen (async checkpoint only), in ms:
+   * past it the checkpoint is abandoned and the tree resumed. 0: no limit.
+   */
+  freezeTimeoutMs?: number;
 }
+
+/** Default of --freeze-timeout: a reader that stopped reading, not a big image, should hit it. */
+export const DEFAULT_FREEZE_TIMEOUT_MS = 60_000;
 
 export interface CheckpointResult {
   pid: number;
@@ -181,6 +190,7 @@ interface Session {
 function begin(pid: number, output: string | number, opts: CheckpointOptions): Session {
   const log = opts.log ?? (() => {});
   checkTarget(pid);
+  refuseBusy(pid);
   const tree = new FrozenTree(pid);
   log('freezing');
   tree.freeze(log);
@@ -276,13 +286,31 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
  */
 export async function checkpoint(pid: number, output: string | number, opts: CheckpointOptions = {}): Promise<CheckpointResult> {
   const s = begin(pid, output, opts);
-  try {
+  let expired = false;
+  const work = (async () => {
     let pageBytes = 0;
     s.log('dumping pages');
     for (const [i, x] of s.surveys.entries()) pageBytes += await dumpPages(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer);
+    if (expired) throw new StasisError('abandoned');
     return finish(s, pageBytes, opts);
+  })();
+  const limit = opts.freezeTimeoutMs ?? 0;
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    if (!limit) return;
+    const left = Math.max(0, limit - Number(process.hrtime.bigint() - s.frozenAt) / 1e6);
+    timer = setTimeout(() => {
+      expired = true;
+      reject(new StasisError(`pid ${pid}: the tree stayed frozen ${limit / 1000} s while the image was written (is its reader stalled?); checkpoint abandoned, the tree resumed: raise --freeze-timeout if the image is that slow to write`));
+    }, left);
+  });
+  work.catch(() => { /* lost the race to the timeout */ });
+  try {
+    return await Promise.race([work, timeout]);
   } catch (e) {
     abort(s);
     throw e;
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -7,6 +7,7 @@ import {
   processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD,
 } from '../sys/libc';
 import { Gadget, resumeRegs } from './gadget';
+import { whoTraces } from './busy';
 import { StasisError, SyscallError } from '../sys/errno';
 import { Regs, SYSCALL_ARGS, USER_REGS_SIZE } from '../sys/x86';
 
@@ -72,7 +73,13 @@ export class Tracee {
     // signal (a plain SIGTRAP would be delivered to the task).
     const options = (opts.exitKill ? PTRACE_O_EXITKILL : 0) | PTRACE_O_TRACESYSGOOD;
     this.safe = !opts.exitKill;
-    ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
+    try {
+      ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
+    } catch (e) {
+      // Someone else got there first (a debugger, or another stasis since our check).
+      const why = e instanceof SyscallError && e.code === 'EPERM' ? whoTraces(this.tgid, this.pid) : null;
+      throw why ? new StasisError(why) : e;
+    }
     this.attached = true;
     ptrace(PTRACE.INTERRUPT, this.pid, 0, 0, 'INTERRUPT');
   }
