@@ -8,6 +8,7 @@ import { Tracee } from './ptrace/tracee';
 import { Remote } from './ptrace/remote';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
 import { refuseBusy } from './ptrace/busy';
+import { FreezeDeadline } from './ptrace/watchdog';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
 import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames } from './kinds/memory';
@@ -32,8 +33,10 @@ export interface CheckpointOptions {
   /** pipes shared with processes outside the tree to take anyway, as "pipe:[INO]" */
   external?: string[];
   /**
-   * The longest the tree may stay frozen (async checkpoint only), in ms:
-   * past it the checkpoint is abandoned and the tree resumed. 0: no limit.
+   * The longest the tree may stay frozen, in ms (0 or absent: no limit).
+   * Past it THIS PROCESS ENDS (exit status 1, the reason on stderr, a
+   * partial image file removed): the tree is let go safely by the kernel,
+   * wherever we were blocked (a write to a stalled pipe). For the CLI.
    */
   freezeTimeoutMs?: number;
 }
@@ -181,6 +184,7 @@ interface Session {
   surveys: Survey[];
   runs: PageRun[][][];
   log: (m: string) => void;
+  deadline?: FreezeDeadline;
 }
 
 /**
@@ -192,8 +196,15 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
   checkTarget(pid);
   refuseBusy(pid);
   const tree = new FrozenTree(pid);
+  const limit = opts.freezeTimeoutMs ?? 0;
+  const deadline = limit > 0 ? new FreezeDeadline(limit, `stasis: pid ${pid}: the tree stayed frozen ${limit / 1000} s while the image was written (is its reader stalled?); checkpoint abandoned, the tree resumed: raise --freeze-timeout if the image is that slow to write`, typeof output === 'string' ? output : undefined) : undefined;
   log('freezing');
-  tree.freeze(log);
+  try {
+    tree.freeze(log);
+  } catch (e) {
+    deadline?.done();
+    throw e;
+  }
   const frozenAt = process.hrtime.bigint();
   try {
     const pipes = new PipeTable();
@@ -234,13 +245,14 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       for (const z of zombies) writer.json(RecordType.Zombie, z);
       if (pipeData.length) writer.json(RecordType.Pipes, pipeData);
       if (memfdData.length) writer.json(RecordType.Memfds, memfdData);
-      return { pid, tree, frozenAt, out, writer, surveys, runs, log };
+      return { pid, tree, frozenAt, out, writer, surveys, runs, log, deadline };
     } catch (e) {
       out.close(false);
       throw e;
     }
   } catch (e) {
     try { tree.release(false); } catch { /* gone */ }
+    deadline?.done();
     throw e;
   }
 }
@@ -253,6 +265,7 @@ function finish(s: Session, pageBytes: number, opts: CheckpointOptions): Checkpo
   const frozenMs = Number(process.hrtime.bigint() - s.frozenAt) / 1e6;
   s.log(opts.kill ? 'killing the tree' : 'detaching');
   s.tree.release(!!opts.kill);
+  s.deadline?.done();
   s.log(opts.kill ? 'tree killed' : 'tree resumed');
   return {
     pid: s.pid, processes: s.tree.processes.length, threads: s.tree.tracees.length, imageBytes: s.writer.bytes, pageBytes,
@@ -263,6 +276,7 @@ function finish(s: Session, pageBytes: number, opts: CheckpointOptions): Checkpo
 
 function abort(s: Session): void {
   try { s.tree.release(false); } catch { /* gone */ }
+  s.deadline?.done();
   s.out.close(false);
 }
 
@@ -286,31 +300,13 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
  */
 export async function checkpoint(pid: number, output: string | number, opts: CheckpointOptions = {}): Promise<CheckpointResult> {
   const s = begin(pid, output, opts);
-  let expired = false;
-  const work = (async () => {
+  try {
     let pageBytes = 0;
     s.log('dumping pages');
     for (const [i, x] of s.surveys.entries()) pageBytes += await dumpPages(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer);
-    if (expired) throw new StasisError('abandoned');
     return finish(s, pageBytes, opts);
-  })();
-  const limit = opts.freezeTimeoutMs ?? 0;
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    if (!limit) return;
-    const left = Math.max(0, limit - Number(process.hrtime.bigint() - s.frozenAt) / 1e6);
-    timer = setTimeout(() => {
-      expired = true;
-      reject(new StasisError(`pid ${pid}: the tree stayed frozen ${limit / 1000} s while the image was written (is its reader stalled?); checkpoint abandoned, the tree resumed: raise --freeze-timeout if the image is that slow to write`));
-    }, left);
-  });
-  work.catch(() => { /* lost the race to the timeout */ });
-  try {
-    return await Promise.race([work, timeout]);
   } catch (e) {
     abort(s);
     throw e;
-  } finally {
-    clearTimeout(timer);
   }
 }

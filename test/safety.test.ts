@@ -18,7 +18,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { build, Procs, tmpdir, waitFor, waitGone, alive, CLI } from './harness';
 import { loadImage, restartSync } from '../src';
 
@@ -287,4 +287,81 @@ test('with --kill, a killed stasis leaves the target untouched or a complete ima
   t.diagnostic(`${restarts} trials ended with the target gone and its image restarted`);
   report(t, landed);
   assert.ok(restarts > 0, 'some kills came after the target was killed, and its image restarted');
+});
+
+/** Run the command to its end; stdout to `stdout` (an fd) or ignored. */
+function command(args: string[], stdout: number | 'ignore' | 'pipe' = 'ignore'): { child: ReturnType<typeof spawn>; done: Promise<{ code: number | null; stderr: string }> } {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', stdout, 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  // On exit, not close: a stdout left unread (a stalled reader) never closes by itself.
+  const done = new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      child.stdout?.destroy();
+      if (child.stderr!.readableEnded) resolve({ code, stderr });
+      else child.stderr!.on('end', () => resolve({ code, stderr }));
+    });
+  });
+  return { child, done };
+}
+
+const oneLine = (s: string) => s.trim().split('\n').filter((l) => !l.startsWith('[')).filter(Boolean);
+
+test('a second checkpoint of a tree being checkpointed is refused by name; a stalled reader ends the first at --freeze-timeout', async () => {
+  const prog = build('selfcheck');
+  const dir = tmpdir('safety-busy');
+  const target = await startTarget(prog, dir);
+  // The first writes to a pipe nobody reads: it fills and the checkpoint stalls with the tree held.
+  const first = command(['checkpoint', String(target.pid), '--freeze-timeout', '3', '-v'], 'pipe');
+  first.child.stdout!.pause();
+  let log = '';
+  first.child.stderr!.on('data', (d) => (log += d));
+  await until('the first checkpoint holds the tree', () => (/dumping pages/.test(log) ? null : log || 'nothing logged yet'), 30000);
+  const second = await command(['checkpoint', String(target.pid), '-o', '/dev/null']).done;
+  assert.equal(second.code, 1);
+  assert.deepEqual(oneLine(second.stderr), [`stasis: pid ${target.pid}: the tree is being checkpointed by pid ${first.child.pid}; try again once it has finished`]);
+  const r = await first.done;
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(oneLine(r.stderr).join('\n'), /^stasis: pid \d+: the tree stayed frozen 3 s while the image was written \(is its reader stalled\?\); checkpoint abandoned, the tree resumed/);
+  await assertUnharmed(target, 'after the stalled checkpoint');
+});
+
+test('a target traced by a debugger is refused by name and left to it', async () => {
+  const prog = build('selfcheck');
+  const dir = tmpdir('safety-traced');
+  const target = await startTarget(prog, dir);
+  const strace = spawn('strace', ['-p', String(target.pid), '-o', '/dev/null'], { stdio: 'ignore' });
+  try {
+    await until('strace attached', () => (/^TracerPid:\s+0$/m.test(fs.readFileSync(`/proc/${target.pid}/status`, 'utf8')) ? 'not yet' : null));
+    const r = await command(['checkpoint', String(target.pid), '-o', path.join(dir, 'image')]).done;
+    assert.equal(r.code, 1);
+    assert.deepEqual(oneLine(r.stderr), [`stasis: pid ${target.pid} is traced by pid ${strace.pid} (strace); stasis cannot trace it at the same time: detach the debugger first`]);
+    assert.ok(!fs.existsSync(path.join(dir, 'image')), 'no image left');
+  } finally {
+    strace.kill('SIGINT');
+    await new Promise((r) => strace.on('close', r));
+  }
+  await assertUnharmed(target, 'after strace let it go');
+});
+
+test('a full disk (ENOSPC on a small tmpfs): one-line error, no partial image, target unharmed', async () => {
+  const prog = build('selfcheck');
+  const dir = tmpdir('safety-enospc');
+  const target = await startTarget(prog, dir);
+  const mnt = path.join(dir, 'small');
+  fs.mkdirSync(mnt);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'stasis-test', mnt]);
+  try {
+    const img = path.join(mnt, 'image');
+    const r = await command(['checkpoint', String(target.pid), '-o', img]).done;
+    assert.equal(r.code, 1);
+    const lines = oneLine(r.stderr);
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0], /^stasis: .*ENOSPC/);
+    assert.deepEqual(fs.readdirSync(mnt), [], 'the partial image is removed');
+  } finally {
+    execFileSync('umount', [mnt]);
+  }
+  await assertUnharmed(target, 'after a checkpoint that filled the disk');
 });

@@ -73,3 +73,37 @@ export class FreezeWatchdog {
     }
   }
 }
+
+// The freeze timeout. The image may block us anywhere (a synchronous write
+// to a pipe whose reader stopped), so the deadline is kept by a worker
+// thread: on expiry it names the timeout on stderr, removes the partial
+// image and ends the whole process. That is safe by design: the kernel
+// detaches every tracee of a dead tracer, injected code finds its own way
+// home and the freeze watchdog thaws the cgroup.
+const DEADLINE_WORKER = `
+const { workerData } = require('node:worker_threads');
+const fs = require('node:fs');
+const flag = new Int32Array(workerData.flag);
+if (Atomics.wait(flag, 0, 0, workerData.ms) === 'timed-out') {
+  try { fs.writeSync(2, workerData.message + '\\n'); } catch {}
+  if (workerData.partial) try { fs.rmSync(workerData.partial, { force: true }); } catch {}
+  require(workerData.koffi).load('libc.so.6').func('void _exit(int)')(1);
+}`;
+
+export class FreezeDeadline {
+  private readonly flag = new SharedArrayBuffer(4);
+
+  /** End this process with `message` unless done() comes within `ms`. */
+  constructor(ms: number, message: string, partial?: string) {
+    // Loaded here only: most checkpoints from the library set no deadline.
+    const { Worker } = require('node:worker_threads') as typeof import('node:worker_threads');
+    const w = new Worker(DEADLINE_WORKER, { eval: true, workerData: { flag: this.flag, ms, message, partial, koffi: require.resolve('koffi') } });
+    w.unref();
+  }
+
+  done(): void {
+    const a = new Int32Array(this.flag);
+    Atomics.store(a, 0, 1);
+    Atomics.notify(a, 0);
+  }
+}
