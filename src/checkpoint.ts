@@ -261,11 +261,12 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
 function finish(s: Session, pageBytes: number, opts: CheckpointOptions): CheckpointResult {
   s.writer.end({ pageBytes });
   s.out.close(true);
+  // The image is whole: the deadline must not remove it, least of all during --kill.
+  s.deadline?.done();
   s.log(`image written: ${s.writer.bytes} bytes, ${pageBytes} of pages`);
   const frozenMs = Number(process.hrtime.bigint() - s.frozenAt) / 1e6;
   s.log(opts.kill ? 'killing the tree' : 'detaching');
   s.tree.release(!!opts.kill);
-  s.deadline?.done();
   s.log(opts.kill ? 'tree killed' : 'tree resumed');
   return {
     pid: s.pid, processes: s.tree.processes.length, threads: s.tree.tracees.length, imageBytes: s.writer.bytes, pageBytes,

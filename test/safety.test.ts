@@ -202,7 +202,7 @@ async function calibrate(pid: number, dir: string): Promise<{ startupMs: number;
  * command's start, the rest aimed at one phase window each, counted from
  * its freeze; `tail` of them near and after the end), and `byRequest`
  * kills at ptrace requests stratified over all of them, plus a few among
- * the last tenth (detach).
+ * the last thirtieth (detach).
  */
 function plan(rand: () => number, cal: Awaited<ReturnType<typeof calibrate>>, timed: number, byRequest: number, tail = 0): Kill[] {
   const trials: Kill[] = [];
@@ -212,11 +212,11 @@ function plan(rand: () => number, cal: Awaited<ReturnType<typeof calibrate>>, ti
       trials.push({ killAfterMs: rand() * (cal.startupMs + end) });
       continue;
     }
-    const [lo, hi] = i < tail ? [cal.windows[3][1] - 5, end + 40] : cal.windows[i % 5];
+    const [lo, hi] = i < tail ? [cal.windows[3][1] - 2, end + 100] : cal.windows[i % 5];
     trials.push({ killAfterMs: Math.max(0, lo + rand() * (hi - lo)), fromFreeze: true });
   }
   for (let i = 0; i < byRequest; i++) trials.push({ dieAtPtrace: 1 + Math.floor(((i + rand()) * cal.requests) / byRequest) });
-  for (let i = 0; i < Math.ceil(byRequest / 5); i++) trials.push({ dieAtPtrace: cal.requests - Math.floor(rand() * cal.requests / 10) });
+  for (let i = 0; i < Math.ceil(byRequest / 5); i++) trials.push({ dieAtPtrace: cal.requests - Math.floor(rand() * cal.requests / 30) });
   // Interleave the kinds.
   for (let i = trials.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));

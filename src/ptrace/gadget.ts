@@ -177,6 +177,11 @@ export class Gadget {
     return g;
   }
 
+  /** The process is gone (or being killed): nothing to put back. */
+  static forget(tgid: number): void {
+    Gadget.byProcess.delete(tgid);
+  }
+
   static existing(tgid: number): Gadget | undefined {
     return Gadget.byProcess.get(tgid);
   }

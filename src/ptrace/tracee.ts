@@ -92,6 +92,7 @@ export class Tracee {
 
   /** The task is gone or being killed: no ptrace request will work. */
   forget(): void {
+    Gadget.forget(this.tgid);
     this.attached = false;
     this.closeMem();
   }
@@ -360,6 +361,7 @@ export class Tracee {
 
   /** Kill the task while it is still stopped (it never runs again). */
   kill(): void {
+    Gadget.forget(this.tgid);
     process.kill(this.pid, 'SIGKILL');
     this.attached = false;
     this.closeMem();
