@@ -7,6 +7,8 @@ import { readStat, readVmas } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Remote } from './ptrace/remote';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
+import { refuseBusy } from './ptrace/busy';
+import { FreezeDeadline } from './ptrace/watchdog';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
 import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages } from './kinds/memory';
@@ -36,7 +38,17 @@ export interface CheckpointOptions {
   log?: (msg: string) => void;
   /** pipes shared with processes outside the tree to take anyway, as "pipe:[INO]" */
   external?: string[];
+  /**
+   * The longest the tree may stay frozen, in ms (0 or absent: no limit).
+   * Past it THIS PROCESS ENDS (exit status 1, the reason on stderr, a
+   * partial image file removed): the tree is let go safely by the kernel,
+   * wherever we were blocked (a write to a stalled pipe). For the CLI.
+   */
+  freezeTimeoutMs?: number;
 }
+
+/** Default of --freeze-timeout: a reader that stopped reading, not a big image, should hit it. */
+export const DEFAULT_FREEZE_TIMEOUT_MS = 60_000;
 
 export interface CheckpointResult {
   pid: number;
@@ -218,6 +230,7 @@ interface Session {
   surveys: Survey[];
   runs: PageRun[][][];
   log: (m: string) => void;
+  deadline?: FreezeDeadline;
 }
 
 /**
@@ -227,8 +240,17 @@ interface Session {
 function begin(pid: number, output: string | number, opts: CheckpointOptions): Session {
   const log = opts.log ?? (() => {});
   checkTarget(pid);
+  refuseBusy(pid);
   const tree = new FrozenTree(pid);
-  tree.freeze(log);
+  const limit = opts.freezeTimeoutMs ?? 0;
+  const deadline = limit > 0 ? new FreezeDeadline(limit, `stasis: pid ${pid}: the tree stayed frozen ${limit / 1000} s while the image was written (is its reader stalled?); checkpoint abandoned, the tree resumed: raise --freeze-timeout if the image is that slow to write`, typeof output === 'string' ? output : undefined) : undefined;
+  log('freezing');
+  try {
+    tree.freeze(log);
+  } catch (e) {
+    deadline?.done();
+    throw e;
+  }
   const frozenAt = process.hrtime.bigint();
   try {
     const pipes = new PipeTable();
@@ -241,7 +263,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)));
-    const images = surveys.map((s) => dumpProcess(s, stoppedChildrenOf(surveys, s)));
+    const images = surveys.map((s) => { log(`injecting into pid ${s.proc.pid}`); return dumpProcess(s, stoppedChildrenOf(surveys, s)); });
     refuseForeignOwners(images);
     // Only a tree can share pages copy-on-write between its processes.
     const frames = surveys.length > 1 ? new SavedFrames() : undefined;
@@ -263,13 +285,14 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       for (const z of zombies) writer.json(RecordType.Zombie, z);
       if (pipeData.length) writer.json(RecordType.Pipes, pipeData);
       if (memfdData.length) writer.json(RecordType.Memfds, memfdData);
-      return { pid, tree, frozenAt, out, writer, surveys, runs, log };
+      return { pid, tree, frozenAt, out, writer, surveys, runs, log, deadline };
     } catch (e) {
       out.close(false);
       throw e;
     }
   } catch (e) {
     try { tree.release(false); } catch { /* gone */ }
+    deadline?.done();
     throw e;
   }
 }
@@ -278,8 +301,11 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
 function finish(s: Session, pageBytes: number, opts: CheckpointOptions): CheckpointResult {
   s.writer.end({ pageBytes });
   s.out.close(true);
+  // The image is whole: the deadline must not remove it, least of all during --kill.
+  s.deadline?.done();
   s.log(`image written: ${s.writer.bytes} bytes, ${pageBytes} of pages`);
   const frozenMs = Number(process.hrtime.bigint() - s.frozenAt) / 1e6;
+  s.log(opts.kill ? 'killing the tree' : 'detaching');
   s.tree.release(!!opts.kill);
   s.log(opts.kill ? 'tree killed' : 'tree resumed');
   return {
@@ -291,6 +317,7 @@ function finish(s: Session, pageBytes: number, opts: CheckpointOptions): Checkpo
 
 function abort(s: Session): void {
   try { s.tree.release(false); } catch { /* gone */ }
+  s.deadline?.done();
   s.out.close(false);
 }
 
@@ -316,6 +343,7 @@ export async function checkpoint(pid: number, output: string | number, opts: Che
   const s = begin(pid, output, opts);
   try {
     let pageBytes = 0;
+    s.log('dumping pages');
     for (const [i, x] of s.surveys.entries()) pageBytes += await dumpPages(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer);
     return finish(s, pageBytes, opts);
   } catch (e) {

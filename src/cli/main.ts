@@ -1,7 +1,7 @@
 // The `stasis` command: checkpoint, restart, show, check.
 import fs from 'node:fs';
 import tty from 'node:tty';
-import { checkpoint } from '../checkpoint';
+import { checkpoint, DEFAULT_FREEZE_TIMEOUT_MS } from '../checkpoint';
 import { restartSync, loadImage } from '../restart';
 import { showImage } from './show';
 import { runChecks } from './check';
@@ -9,11 +9,14 @@ import { StasisError } from '../sys/errno';
 import { constants as osConstants } from 'node:os';
 
 const USAGE = `usage:
-  stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]|FIFO]... [-v]
+  stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]|FIFO]...
+                    [--freeze-timeout SECONDS] [-v]
       save the process tree rooted at PID into an image (FILE, or stdout when
       it is not a terminal); it keeps running unless --kill is given;
       --external takes along a pipe shared with a process outside the tree
-      (or a FIFO held open outside, whose bytes stay in it)
+      (or a FIFO held open outside, whose bytes stay in it);
+      --freeze-timeout: the longest the tree stays frozen (default 60, 0: no
+      limit), then the checkpoint is abandoned and the tree resumed
   stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns] [--verify]
                  [--inherit-fd FD:pipe:[INO]]... [-v]
       recreate the process tree from an image (a file, or stdin with - or no
@@ -70,7 +73,10 @@ function logger(verbose: boolean): ((m: string) => void) | undefined {
 }
 
 async function cmdCheckpoint(args: string[]): Promise<number> {
-  const p = parse(args, ['-o', '--output', '--external'], ['--kill', '-v', '--verbose']);
+  const p = parse(args, ['-o', '--output', '--external', '--freeze-timeout'], ['--kill', '-v', '--verbose']);
+  const timeoutArg = p.flags.get('--freeze-timeout') as string | undefined;
+  const timeoutS = timeoutArg === undefined ? DEFAULT_FREEZE_TIMEOUT_MS / 1000 : Number(timeoutArg);
+  if (!Number.isFinite(timeoutS) || timeoutS < 0) throw new UsageError(`--freeze-timeout takes seconds, not ${timeoutArg}`);
   if (p.positional.length !== 1) throw new UsageError('checkpoint takes one PID');
   const pid = Number(p.positional[0]);
   if (!Number.isInteger(pid) || pid <= 0) throw new UsageError(`not a pid: ${p.positional[0]}`);
@@ -88,7 +94,7 @@ async function cmdCheckpoint(args: string[]): Promise<number> {
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
   for (const sig of signals) process.on(sig, hold);
   try {
-    const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+    const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), freezeTimeoutMs: timeoutS * 1000, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
     if (p.flags.has('-v') || p.flags.has('--verbose')) {
       process.stderr.write(`checkpointed pid ${r.pid}: ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
     }
@@ -173,5 +179,8 @@ export async function main(argv: string[]): Promise<void> {
     }
   }
   process.exitCode = code;
+  // A checkpoint is over: an image write still blocked on a stalled reader
+  // (on a worker thread) must not keep the command alive.
+  if (cmd === 'checkpoint' || cmd === 'dump') process.exit(code);
 }
 

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readStat, readStatus, listThreads, listChildren } from '../proc';
 import { Tracee } from './tracee';
+import { FreezeWatchdog } from './watchdog';
 import { waitpidSync, sleepSync, __WALL } from '../sys/libc';
 import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
 
@@ -133,6 +134,8 @@ export class FrozenTree {
   /** first to last task stopped, in milliseconds */
   freezeMs = 0;
   private cgroup: string | null = null;
+  /** thaws and sends the tasks home if we die while they are in our cgroup */
+  private watchdog?: FreezeWatchdog;
   private readonly home = new Map<number, string>();
 
   constructor(root: number) {
@@ -169,6 +172,7 @@ export class FrozenTree {
   private moveIn(pid: number): boolean {
     const home = freezerCgroupOf(pid);
     if (home === null) return false;
+    this.watchdog?.home(pid, home);
     try {
       fs.writeFileSync(path.join(this.cgroup!, 'cgroup.procs'), String(pid));
     } catch (e) {
@@ -181,6 +185,8 @@ export class FrozenTree {
 
   private freezeWithCgroup(log: (m: string) => void): void {
     this.cgroup = path.join(FREEZER, `stasis-${process.pid}-${++serial}`);
+    // The watchdog first: from the moment the cgroup exists, our death removes it.
+    this.watchdog = FreezeWatchdog.start(this.cgroup);
     fs.mkdirSync(this.cgroup);
     // Move, freeze, re-scan: a task forked before its parent moved in is
     // not frozen; repeat until a scan of the frozen tree finds nothing new.
@@ -197,6 +203,7 @@ export class FrozenTree {
     }
     const t0 = process.hrtime.bigint();
     const tree = scanTree(this.root);
+    log(`frozen; seizing ${tree.length} processes`);
     for (const p of tree) this.seizeProcess(p, false);
     this.writeState('THAWED');
     for (const p of this.processes) p.threads.forEach((t, i) => this.noteStop(p, i, t.waitStop('the freeze')));
@@ -323,6 +330,8 @@ export class FrozenTree {
       fs.rmdirSync(this.cgroup);
     } catch { /* busy only if a task could not be moved back; left for inspection */ }
     this.cgroup = null;
+    this.watchdog?.done();
+    this.watchdog = undefined;
   }
 
   /**

@@ -1,6 +1,8 @@
 // A stopped task with a scratch area of its own memory, so injected system
 // calls can take pointers (paths, structs) and hand results back.
+import fs from 'node:fs';
 import { Tracee } from './tracee';
+import { Gadget } from './gadget';
 import { SYS } from '../sys/x86';
 import { StasisError, SyscallError } from '../sys/errno';
 
@@ -95,9 +97,12 @@ export class Remote {
 
   /**
    * Map a private read-write scratch area at `hint` (or anywhere when 0);
-   * with `batchSize`, an executable area for batched calls follows it.
+   * with `batchSize`, an executable area for batched calls follows it, but
+   * not in a target injected safely: code of ours there could not be
+   * abandoned, so its calls go one by one.
    */
   mapScratch(size: number, hint = 0, batchSize = 0): void {
+    if (this.task.injectsSafely) return this.mapScratchSafely(size, hint);
     const flags = MAP_PRIVATE | MAP_ANONYMOUS | (hint ? MAP_FIXED_NOREPLACE : 0);
     const prot = PROT_READ | PROT_WRITE | (batchSize ? PROT_EXEC : 0);
     this.scratch = this.call('mmap', SYS.mmap, [hint, size + batchSize, prot, flags, -1, 0], 'scratch area');
@@ -112,6 +117,33 @@ export class Remote {
     this.call('munmap', SYS.munmap, [this.scratch, this.scratchSize + (this.batchArea ? this.batchSize : 0)], 'scratch area');
     this.scratch = 0;
     this.batchArea = 0;
+    const g = Gadget.existing(this.task.tgid);
+    if (g) {
+      g.setScratch(this.task.gadgetTask(), 0, 0);
+      g.removeAll(this.task.gadgetTask());
+    }
+  }
+
+  /**
+   * In a target: the area's address is chosen here, in a gap of the
+   * stopped process, and told to the gadget before the mmap runs, so a
+   * stasis dying at any point leaves no mapping behind (the way home
+   * unmaps it; the gap was free, so that munmap can only hit our area).
+   */
+  private mapScratchSafely(size: number, hint: number): void {
+    const addr = hint || gapFor(this.task.tgid, size);
+    const g = Gadget.of(this.task.gadgetTask());
+    g.setScratch(this.task.gadgetTask(), addr, size);
+    const got = this.task.injectRaw(SYS.mmap, [addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0]);
+    if (got !== BigInt(addr)) {
+      g.setScratch(this.task.gadgetTask(), 0, 0);
+      if (got < 0n && got > -4096n) throw new SyscallError(`mmap in pid ${this.pid}`, Number(-got), 'scratch area');
+      throw new StasisError(`pid ${this.pid}: the scratch area landed at 0x${got.toString(16)}, not 0x${addr.toString(16)}`);
+    }
+    this.scratch = addr;
+    this.scratchSize = size;
+    this.batchArea = 0;
+    this.used = 0;
   }
 
   /** Forget everything placed in scratch (between independent calls). */
@@ -140,4 +172,33 @@ export class Remote {
   read(addr: number, len: number): Buffer {
     return this.task.readMem(addr, len);
   }
+}
+
+/**
+ * A free range of `size` bytes in a stopped process for the scratch area.
+ * Not just below the stack: if stasis dies, the way home unmaps the area
+ * while another thread may still be finishing an injected call that writes
+ * there, and a fault just below the stack would grow the stack instead of
+ * failing. Preferred: well above the highest mapping under the stack, a
+ * range mmap(NULL) never hands out (it allocates below its base, under the
+ * libraries), so nothing of the program can appear there meanwhile.
+ */
+function gapFor(pid: number, size: number): number {
+  const ranges = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter(Boolean).map((l) => {
+    const f = l.split(/\s+/);
+    const [a, b] = f[0].split('-');
+    return { start: parseInt(a, 16), end: parseInt(b, 16), name: f[5] ?? '' };
+  }).filter((r) => r.start < 0x7fffffffffff).sort((x, y) => x.start - y.start);
+  const stack = ranges.findIndex((r) => r.name === '[stack]');
+  if (stack > 0) {
+    const addr = ranges[stack - 1].end + 0x100000;
+    if (ranges[stack].start - (addr + size) >= 0x10000000) return addr;
+  }
+  // Otherwise the highest gap not directly under the stack, a guard page on either side.
+  for (let i = ranges.length - 1; i > 0; i--) {
+    if (i === stack) continue;
+    const lo = ranges[i - 1].end + 0x1000, hi = ranges[i].start - 0x1000;
+    if (hi - lo >= size) return hi - size;
+  }
+  throw new StasisError(`pid ${pid}: no free address range of ${size} bytes for a scratch area`);
 }

@@ -4,13 +4,18 @@ import fs from 'node:fs';
 import {
   ptrace, ptraceRegset, waitpidSync, PTRACE, NT_X86_XSTATE, PTRACE_EVENT_STOP,
   WIFSTOPPED, WSTOPSIG, WEVENT, WIFEXITED, WIFSIGNALED, WTERMSIG, WEXITSTATUS, __WALL,
-  processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL,
+  processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD,
 } from '../sys/libc';
+import { Gadget, resumeRegs } from './gadget';
+import { whoTraces } from './busy';
 import { StasisError, SyscallError } from '../sys/errno';
 import { Regs, SYSCALL_ARGS, USER_REGS_SIZE } from '../sys/x86';
 
 const SIGTRAP = 5;
 const SIGSTOP = 19;
+/** WSTOPSIG of a syscall-entry or -exit stop under PTRACE_O_TRACESYSGOOD */
+const SYSCALL_STOP = SIGTRAP | 0x80;
+const ALL_SIGNALS = (1n << 64n) - 1n;
 const XSTATE_MAX = 64 * 1024;
 
 export interface SeizeOptions {
@@ -35,6 +40,17 @@ export class Tracee {
   heldMask?: bigint;
   /** Address of a `syscall` instruction inside the task. */
   syscallInsn = 0;
+  /**
+   * A target (not a restore stub killed with us): injected calls go through
+   * the process's Gadget so the task survives our death at any instruction.
+   */
+  private safe = false;
+  /** the task's own signal mask, while we keep every signal blocked */
+  private savedMask?: bigint;
+  /** registers that resume the task by itself (see gadget.ts), once it ran injected code */
+  private home?: Regs;
+  /** the gadget block points home with our registers and mask */
+  private armed = false;
 
   /** thread group (process) id; equals pid for a main thread */
   readonly tgid: number;
@@ -58,8 +74,17 @@ export class Tracee {
 
   /** Attach and ask for a stop, without waiting for it (freezing a tree). */
   seizeOnly(opts: SeizeOptions = {}): void {
-    const options = opts.exitKill ? PTRACE_O_EXITKILL : 0;
-    ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
+    // TRACESYSGOOD: a syscall stop the tracer never answers ends without a
+    // signal (a plain SIGTRAP would be delivered to the task).
+    const options = (opts.exitKill ? PTRACE_O_EXITKILL : 0) | PTRACE_O_TRACESYSGOOD;
+    this.safe = !opts.exitKill;
+    try {
+      ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
+    } catch (e) {
+      // Someone else got there first (a debugger, or another stasis since our check).
+      const why = e instanceof SyscallError && e.code === 'EPERM' ? whoTraces(this.tgid, this.pid) : null;
+      throw why ? new StasisError(why) : e;
+    }
     this.attached = true;
     ptrace(PTRACE.INTERRUPT, this.pid, 0, 0, 'INTERRUPT');
   }
@@ -72,6 +97,7 @@ export class Tracee {
 
   /** The task is gone or being killed: no ptrace request will work. */
   forget(): void {
+    Gadget.forget(this.tgid);
     this.attached = false;
     this.closeMem();
   }
@@ -150,6 +176,7 @@ export class Tracee {
   }
 
   getSigmask(): bigint {
+    if (this.savedMask !== undefined) return this.savedMask;
     const b = Buffer.alloc(8);
     ptrace(PTRACE.GETSIGMASK, this.pid, 8, b, 'GETSIGMASK');
     return b.readBigUInt64LE(0);
@@ -233,6 +260,7 @@ export class Tracee {
    * Returns the raw (signed) result; use `call` to get errors thrown.
    */
   injectRaw(nr: number, args: Array<number | bigint> = []): bigint {
+    if (this.safe) return this.injectSafely(nr, args);
     if (!this.syscallInsn) throw new StasisError(`pid ${this.pid}: no syscall instruction located for injection`);
     const r = this.saved!.clone();
     r.set('rip', this.syscallInsn);
@@ -246,10 +274,68 @@ export class Tracee {
   }
 
   /**
+   * An injected call through the gadget (see gadget.ts). Order matters at
+   * every step, since we may die between any two: the block points home
+   * before the registers point at the block; signals are blocked only
+   * once the way home would unblock them; the task waits in syscall stops.
+   */
+  private injectSafely(nr: number, args: Array<number | bigint>): bigint {
+    const g = Gadget.of(this.gadgetTask());
+    this.home ??= resumeRegs(this.saved!);
+    if (!this.armed) {
+      g.arm(this.gadgetTask(), this.home, this.savedMask ?? this.getSigmask());
+      this.armed = true;
+    }
+    const r = this.home.clone();
+    r.set('rip', g.entry(this.gadgetTask()));
+    r.set('rax', nr);
+    r.set('orig_rax', -1n);
+    SYSCALL_ARGS.forEach((name, i) => r.set(name, BigInt(args[i] ?? 0)));
+    this.setRegs(r);
+    if (this.savedMask === undefined) {
+      const mask = this.getSigmask();
+      this.setSigmask(ALL_SIGNALS);
+      this.savedMask = mask;
+    }
+    for (const stop of ['entry', 'exit']) {
+      ptrace(PTRACE.SYSCALL, this.pid, 0, 0, 'SYSCALL');
+      this.waitStop(`the ${stop} of injected syscall ${nr}`, SYSCALL_STOP, PTRACE.SYSCALL);
+    }
+    return this.getRegs().signed('rax');
+  }
+
+  /** What the gadget needs of this task. */
+  gadgetTask() {
+    return { pid: this.pid, tgid: this.tgid, memFd: () => this.memFd, disarm: () => this.disarm() };
+  }
+
+  /**
+   * Back to the task's own registers and mask, outside the gadget: the
+   * mask first (the way home would set it too), then the registers.
+   */
+  disarm(): void {
+    if (!this.armed) return;
+    if (this.savedMask !== undefined) {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64LE(this.savedMask);
+      ptrace(PTRACE.SETSIGMASK, this.pid, 8, b, 'SETSIGMASK');
+      this.savedMask = undefined;
+    }
+    this.setRegs(this.home!);
+    this.armed = false;
+    Gadget.existing(this.tgid)?.release(this.gadgetTask());
+  }
+
+  get injectsSafely(): boolean {
+    return this.safe;
+  }
+
+  /**
    * Run generated code at `rip` until it reaches an int3 (PTRACE_CONT):
    * many system calls for one ptrace round trip.
    */
   runUntilTrap(rip: number, what: string): void {
+    if (this.safe) throw new StasisError(`pid ${this.pid}: batched calls are for restore stubs only (an int3 would kill a target left by a dying stasis)`);
     const r = this.saved!.clone();
     r.set('rip', rip);
     r.set('orig_rax', -1n);
@@ -269,7 +355,13 @@ export class Tracee {
   detach(restoreRegs = true): void {
     if (!this.attached) return;
     try {
-      if (restoreRegs && this.saved) this.setRegs(this.saved);
+      if (this.safe && this.home) {
+        // It ran injected code and waits in a syscall stop, where the kernel
+        // would not restart its interrupted call: resume with `home`.
+        this.disarm();
+        if (restoreRegs) this.setRegs(this.home);
+        Gadget.existing(this.tgid)?.removeIfIdle(this.gadgetTask());
+      } else if (restoreRegs && this.saved) this.setRegs(this.saved);
     } finally {
       const sig = this.deferredSignals.shift() ?? 0;
       try {
@@ -287,6 +379,7 @@ export class Tracee {
 
   /** Kill the task while it is still stopped (it never runs again). */
   kill(): void {
+    Gadget.forget(this.tgid);
     process.kill(this.pid, 'SIGKILL');
     this.attached = false;
     this.closeMem();

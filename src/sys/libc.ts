@@ -76,7 +76,7 @@ export function addressOf(buf: Buffer | Uint8Array): number {
 // ---- ptrace --------------------------------------------------------------
 
 export const PTRACE = {
-  PEEKDATA: 2, POKEDATA: 5, CONT: 7, KILL: 8, SINGLESTEP: 9, GETREGS: 12, SETREGS: 13,
+  PEEKDATA: 2, POKEDATA: 5, CONT: 7, SYSCALL: 24, KILL: 8, SINGLESTEP: 9, GETREGS: 12, SETREGS: 13,
   GETFPREGS: 14, SETFPREGS: 15, ATTACH: 16, DETACH: 17, SETOPTIONS: 0x4200,
   GETEVENTMSG: 0x4201, GETSIGINFO: 0x4202, SETSIGINFO: 0x4203, GETREGSET: 0x4204,
   SETREGSET: 0x4205, SEIZE: 0x4206, INTERRUPT: 0x4207, LISTEN: 0x4208,
@@ -89,7 +89,15 @@ export const PTRACE_EVENT_STOP = 128;
 export const NT_PRSTATUS = 1;
 export const NT_X86_XSTATE = 0x202;
 
+// Test hook (test/safety.test.ts): SIGKILL ourselves just before the Nth
+// ptrace request, so a test can end stasis between any two of them; the
+// count of requests made is printed at exit.
+const dieAtPtrace = Number(process.env.STASIS_TEST_DIE_AT_PTRACE ?? 0);
+let ptraceRequests = 0;
+if (dieAtPtrace) process.on('exit', () => process.stderr.write(`ptrace requests: ${ptraceRequests}\n`));
+
 export function ptrace(req: number, pid: number, addr: number | bigint, data: Buffer | number | bigint | null, what: string): number {
+  if (dieAtPtrace && ++ptraceRequests === dieAtPtrace) process.kill(process.pid, 'SIGKILL');
   let r;
   if (data === null || typeof data === 'number' || typeof data === 'bigint') {
     r = c.ptraceN(req, pid, addr, data ?? 0);

@@ -1,0 +1,256 @@
+// System calls injected into a target so that stasis may vanish (SIGKILL,
+// OOM) at any instruction and the task still carries on exactly as it was.
+//
+// The code lives in the zero padding at the end of the task's own vDSO
+// (written through /proc/PID/mem, which gives the process a private copy
+// of that page with identical code): nothing is mapped for it, and no
+// program ever executes those bytes. A block is
+//
+//   E:  syscall                  <- every injected call runs here
+//       munmap(scratch, len)     <- only reached if stasis is gone:
+//       rt_sigprocmask(SETMASK, &savedMask)
+//       reload rdi rsi rdx r10 r8 r9 rcx r11 rax from the block's data
+//       jmp [resume rip]
+//
+// so the injected call is followed by a way home. Injected calls run under
+// PTRACE_SYSCALL with PTRACE_O_TRACESYSGOOD: the tracer waits at the
+// syscall-entry and syscall-exit stops, which the kernel simply lets go of
+// when the tracer dies (no SIGTRAP is delivered, unlike int3 or a single
+// step). Only registers the `syscall` instruction and its arguments touch
+// are ever changed; rsp, rflags, the other registers and the FPU never are.
+//
+// The way home resumes a task that was stopped inside a system call the way
+// the kernel would have: restartable calls (-ERESTARTSYS, -ERESTARTNOINTR,
+// -ERESTARTNOHAND) run again, -ERESTART_RESTARTBLOCK goes through
+// restart_syscall (its restart block is untouched by our calls).
+//
+// Signals are blocked in the thread while it runs injected calls (they stay
+// pending, are saved in the image and delivered after detach): a handler
+// never runs in the middle of a checkpoint.
+import fs from 'node:fs';
+import { Regs, SYS, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK } from '../sys/x86';
+import { StasisError } from '../sys/errno';
+
+/** Data slots of a block, qwords after its code. */
+const SLOTS = ['mask', 'scratch', 'scratchLen', 'rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9', 'rcx', 'r11', 'rax', 'rip'] as const;
+type Slot = typeof SLOTS[number];
+type RegName = Parameters<Regs['get']>[0];
+const RESTORED: Array<[Slot & RegName, number, boolean]> = [
+  // register, number in ModRM reg field, needs REX.R
+  ['rdi', 7, false], ['rsi', 6, false], ['rdx', 2, false], ['r10', 2, true], ['r8', 0, true],
+  ['r9', 1, true], ['rcx', 1, false], ['r11', 3, true], ['rax', 0, false],
+];
+
+/** The code of one block; `dataAt` is the offset of its data from the block start. */
+export function blockCode(dataAt: number): Buffer {
+  const out: number[] = [];
+  const slot = (s: Slot) => dataAt + SLOTS.indexOf(s) * 8;
+  // disp32 of a rip-relative operand, counted from the end of the instruction
+  const ripRel = (bytes: number[], s: Slot) => {
+    const end = out.length + bytes.length + 4;
+    const d = Buffer.alloc(4);
+    d.writeInt32LE(slot(s) - end);
+    out.push(...bytes, ...d);
+  };
+  const movImm = (bytes: number[], v: number) => {
+    const d = Buffer.alloc(4);
+    d.writeUInt32LE(v);
+    out.push(...bytes, ...d);
+  };
+  const SYSCALL = [0x0f, 0x05];
+  out.push(...SYSCALL);
+  movImm([0xb8], SYS.munmap); // mov eax, munmap
+  ripRel([0x48, 0x8b, 0x3d], 'scratch'); // mov rdi, [scratch]
+  ripRel([0x48, 0x8b, 0x35], 'scratchLen'); // mov rsi, [scratchLen]
+  out.push(...SYSCALL);
+  movImm([0xb8], SYS.rt_sigprocmask); // mov eax, rt_sigprocmask
+  movImm([0xbf], 2); // mov edi, SIG_SETMASK
+  ripRel([0x48, 0x8d, 0x35], 'mask'); // lea rsi, [mask]
+  movImm([0xba], 0); // mov edx, 0 (no flags touched, unlike xor)
+  movImm([0x41, 0xba], 8); // mov r10d, 8
+  out.push(...SYSCALL);
+  for (const [s, reg, rexR] of RESTORED) ripRel([rexR ? 0x4c : 0x48, 0x8b, 0x05 | (reg << 3)], s);
+  ripRel([0xff, 0x25], 'rip'); // jmp [rip]
+  return Buffer.from(out);
+}
+
+const CODE_LEN = blockCode(0).length;
+const DATA_AT = (CODE_LEN + 7) & ~7;
+const BLOCK = (DATA_AT + SLOTS.length * 8 + 15) & ~15;
+
+/**
+ * Registers that resume the task by themselves, as the kernel would have
+ * resumed it from the stop it was found in: the syscall-restart decision
+ * is made here, once, and orig_rax = -1 keeps the kernel out of it.
+ */
+export function resumeRegs(saved: Regs): Regs {
+  const r = saved.clone();
+  const orig = r.signed('orig_rax');
+  const rax = r.signed('rax');
+  if (orig >= 0n) {
+    const rip = r.get('rip');
+    if (rax === BigInt(-ERESTARTSYS) || rax === BigInt(-ERESTARTNOINTR) || rax === BigInt(-ERESTARTNOHAND)) {
+      r.set('rax', orig);
+      r.set('rip', rip - 2n);
+    } else if (rax === BigInt(-ERESTART_RESTARTBLOCK)) {
+      r.set('rax', SYS.restart_syscall);
+      r.set('rip', rip - 2n);
+    }
+  }
+  r.set('orig_rax', -1n);
+  return r;
+}
+
+/** Where the vDSO ELF's own bytes end: past this the page is padding. */
+function vdsoContentEnd(img: Buffer): number {
+  if (img.length < 64 || img.readUInt32BE(0) !== 0x7f454c46) return img.length;
+  let end = Number(img.readBigUInt64LE(0x28)) + img.readUInt16LE(0x3a) * img.readUInt16LE(0x3c);
+  const phoff = Number(img.readBigUInt64LE(0x20));
+  for (let i = 0; i < img.readUInt16LE(0x38); i++) {
+    const p = phoff + i * 56;
+    if (p + 56 > img.length) break;
+    end = Math.max(end, Number(img.readBigUInt64LE(p + 8) + img.readBigUInt64LE(p + 32)));
+  }
+  return end;
+}
+
+export interface GadgetTask {
+  pid: number;
+  tgid: number;
+  memFd(): number;
+  /** take the task's registers out of the gadget */
+  disarm(): void;
+}
+
+function vdsoOf(pid: number): { start: number; end: number } | null {
+  const line = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').find((l) => l.endsWith(' [vdso]'));
+  if (!line) return null;
+  const [a, b] = line.split(' ')[0].split('-');
+  return { start: parseInt(a, 16), end: parseInt(b, 16) };
+}
+
+/**
+ * The injection blocks of one process. Block 0 belongs to the main thread
+ * (its way home also unmaps the scratch area); block 1 to whichever other
+ * thread is being worked on, one at a time.
+ */
+export class Gadget {
+  readonly tgid: number;
+  private readonly base: number;
+  private readonly original: Buffer;
+  private scratch = 0;
+  private scratchLen = 0;
+  /** the task each block currently points home for */
+  private readonly holders: Array<GadgetTask | undefined> = [undefined, undefined];
+
+  private constructor(tgid: number, base: number, original: Buffer) {
+    this.tgid = tgid;
+    this.base = base;
+    this.original = original;
+  }
+
+  private static readonly byProcess = new Map<number, Gadget>();
+
+  /** The process's gadget, placed on first use. */
+  static of(t: GadgetTask): Gadget {
+    let g = Gadget.byProcess.get(t.tgid);
+    if (g) return g;
+    const vdso = vdsoOf(t.tgid);
+    if (!vdso) throw new StasisError(`pid ${t.tgid} has no vDSO: stasis runs system calls in a target through the padding of its vDSO; not supported`);
+    const img = Buffer.alloc(vdso.end - vdso.start);
+    fs.readSync(t.memFd(), img, 0, img.length, vdso.start);
+    const need = 2 * BLOCK;
+    const base = img.length - need;
+    const code = blockCode(DATA_AT);
+    const pad = img.subarray(base);
+    // A stasis killed mid-checkpoint leaves its blocks behind: they are ours to reuse and clean.
+    const leftover = pad.subarray(0, CODE_LEN).equals(code) && pad.subarray(BLOCK, BLOCK + CODE_LEN).equals(code);
+    if (vdsoContentEnd(img) > base || (!leftover && pad.some((x) => x !== 0))) {
+      throw new StasisError(`pid ${t.tgid}: its vDSO has no ${need} bytes of free padding for the injection code; not supported`);
+    }
+    g = new Gadget(t.tgid, vdso.start + base, Buffer.alloc(need));
+    const both = Buffer.alloc(need);
+    code.copy(both, 0);
+    code.copy(both, BLOCK);
+    fs.writeSync(t.memFd(), both, 0, both.length, g.base);
+    Gadget.byProcess.set(t.tgid, g);
+    return g;
+  }
+
+  /** The process is gone (or being killed): nothing to put back. */
+  static forget(tgid: number): void {
+    Gadget.byProcess.delete(tgid);
+  }
+
+  static existing(tgid: number): Gadget | undefined {
+    return Gadget.byProcess.get(tgid);
+  }
+
+  /** Entry point (the syscall instruction) of a task's block. */
+  entry(t: GadgetTask): number {
+    return this.base + this.blockOf(t) * BLOCK;
+  }
+
+  private blockOf(t: GadgetTask): number {
+    return t.pid === t.tgid ? 0 : 1;
+  }
+
+  private writeSlots(t: GadgetTask, values: Partial<Record<Slot, bigint>>): void {
+    const at = this.base + this.blockOf(t) * BLOCK + DATA_AT;
+    for (const [k, v] of Object.entries(values) as Array<[Slot, bigint]>) {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64LE(BigInt.asUintN(64, v));
+      fs.writeSync(t.memFd(), b, 0, 8, at + SLOTS.indexOf(k) * 8);
+    }
+  }
+
+  /** Point a task's block home: its resume registers and its own signal mask. */
+  arm(t: GadgetTask, home: Regs, mask: bigint): void {
+    const b = this.blockOf(t);
+    const other = this.holders[b];
+    if (other && other.pid !== t.pid) other.disarm();
+    this.holders[b] = t;
+    const v: Partial<Record<Slot, bigint>> = { mask };
+    for (const [s] of RESTORED) v[s] = home.get(s);
+    v.rip = home.get('rip');
+    if (this.blockOf(t) === 0) Object.assign(v, { scratch: BigInt(this.scratch), scratchLen: BigInt(this.scratchLen) });
+    this.writeSlots(t, v);
+  }
+
+  /**
+   * The scratch area to unmap on the way home (main thread's block). Set it
+   * before the mmap that creates it runs, cleared after the munmap: an
+   * area that does not exist makes that munmap fail harmlessly.
+   */
+  setScratch(main: GadgetTask, addr: number, len: number): void {
+    this.scratch = addr;
+    this.scratchLen = len;
+    this.writeSlots(main, { scratch: BigInt(addr), scratchLen: BigInt(len) });
+  }
+
+  /** The task no longer points into its block. */
+  release(t: GadgetTask): void {
+    const b = this.blockOf(t);
+    if (this.holders[b]?.pid === t.pid) this.holders[b] = undefined;
+  }
+
+  /** Every task out of the gadget, then the padding put back. */
+  removeAll(t: GadgetTask): void {
+    for (const h of this.holders) h?.disarm();
+    this.remove(t);
+  }
+
+  /** After a task detached: the padding goes back once no task uses it. */
+  removeIfIdle(t: GadgetTask): void {
+    this.release(t);
+    if (!this.holders.some(Boolean)) this.remove(t);
+  }
+
+  /** Put the padding back once no task's registers point into it. */
+  private remove(t: GadgetTask): void {
+    Gadget.byProcess.delete(this.tgid);
+    try {
+      fs.writeSync(t.memFd(), this.original, 0, this.original.length, this.base);
+    } catch { /* the process is gone */ }
+  }
+}

@@ -1,0 +1,367 @@
+// The target is never harmed: `stasis checkpoint` (the command) is killed
+// with SIGKILL at random moments across the whole checkpoint of a program
+// with 64 MiB of memory and five threads that checks its own memory and
+// registers, sleeps in restartable calls and blocks in read(). After every
+// kill the target must be running by itself: not frozen, not traced, not
+// stopped, its address space as it was, every check of its own passing.
+// With --kill it either survives untouched, or the image is complete and
+// restarts into a program whose checks pass.
+//
+// Two kinds of random moments, both seeded (STASIS_SAFETY_SEED):
+// - wall-clock delays after the command starts, aimed at the windows of
+//   each phase measured in a calibration run (the phase a kill actually
+//   landed in is read from the -v log);
+// - the Nth ptrace request (STASIS_TEST_DIE_AT_PTRACE, stratified over all
+//   requests of a checkpoint), which reaches the short phases (seize,
+//   detach) and every boundary between two requests.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn, execFileSync } from 'node:child_process';
+import { build, Procs, tmpdir, waitFor, waitGone, alive, CLI } from './harness';
+import { loadImage, restartSync } from '../src';
+
+const procs = new Procs();
+after(() => procs.cleanup());
+
+const SEED = Number(process.env.STASIS_SAFETY_SEED ?? 20261129);
+
+/** mulberry32: a small seeded generator, so a failing trial can be replayed. */
+function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const PHASES: Array<[RegExp, string]> = [
+  [/\] (freezing|thawed .*)$/, 'freeze'],
+  [/\] frozen; seizing/, 'seize'],
+  [/\] froze \d+ processes/, 'survey'],
+  [/\] injecting into/, 'injection'],
+  [/\] \d+ processes, \d+ zombies/, 'metadata'],
+  [/\] dumping pages/, 'page dump'],
+  [/\] image written/, 'image closed'],
+  [/\] (detaching|killing the tree)$/, 'detach'],
+  [/\] tree (resumed|killed)$/, 'finished'],
+];
+
+/** The phase stasis was in when it died: its last -v line. */
+function phaseOf(log: string): string {
+  const lines = log.split('\n').filter((l) => l.startsWith('['));
+  const last = lines.at(-1);
+  if (!last) return 'start-up';
+  return PHASES.find(([re]) => re.test(last))?.[1] ?? `after "${last}"`;
+}
+
+/** Milliseconds into the log at which each phase began. */
+function phaseStarts(log: string): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const l of log.split('\n')) {
+    const ms = /^\[([\d.]+) ms\]/.exec(l)?.[1];
+    const phase = PHASES.find(([re]) => re.test(l))?.[1];
+    if (ms && phase && !m.has(phase)) m.set(phase, Number(ms));
+  }
+  return m;
+}
+
+interface Run { log: string; phase: string; killed: boolean; wallMs: number; ptraceRequests?: number }
+
+interface Kill {
+  /** SIGKILL this long after the command starts, or after it logs that it is freezing */
+  killAfterMs?: number;
+  fromFreeze?: boolean;
+  /** or just before its Nth ptrace request */
+  dieAtPtrace?: number;
+}
+
+/** The stasis command on `pid`, SIGKILLed as `how` says. */
+function checkpointCommand(pid: number, dir: string, how: Kill & { kill?: boolean }): Promise<Run> {
+  const logFile = path.join(dir, 'stasis.log');
+  const img = path.join(dir, 'image');
+  fs.rmSync(img, { force: true });
+  const fd = fs.openSync(logFile, 'w');
+  const env = { ...process.env };
+  if (how.dieAtPtrace !== undefined) env.STASIS_TEST_DIE_AT_PTRACE = String(how.dieAtPtrace);
+  const t0 = performance.now();
+  const child = spawn(process.execPath, [CLI, 'checkpoint', String(pid), '-o', img, '-v', ...(how.kill ? ['--kill'] : [])], { stdio: ['ignore', 'ignore', fd], env });
+  fs.closeSync(fd);
+  let timer: NodeJS.Timeout | undefined;
+  let watcher: fs.FSWatcher | undefined;
+  const arm = () => { timer = setTimeout(() => child.kill('SIGKILL'), how.killAfterMs); };
+  if (how.killAfterMs !== undefined && !how.fromFreeze) arm();
+  if (how.killAfterMs !== undefined && how.fromFreeze) {
+    watcher = fs.watch(logFile, () => {
+      if (timer || !fs.readFileSync(logFile, 'utf8').includes('] freezing')) return;
+      arm();
+      watcher!.close();
+    });
+  }
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      watcher?.close();
+      const log = fs.readFileSync(logFile, 'utf8');
+      const count = /^ptrace requests: (\d+)$/m.exec(log)?.[1];
+      if (signal === null && code !== 0) reject(new Error(`stasis checkpoint failed by itself (exit ${code}):\n${log}`));
+      resolve({ log, phase: phaseOf(log), killed: signal === 'SIGKILL', wallMs: performance.now() - t0, ptraceRequests: count ? Number(count) : undefined });
+    });
+  });
+}
+
+/** Poll `check` (a readiness condition, not a timing assertion) until it holds. */
+async function until(what: string, check: () => string | null, ms = 10000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const why = check();
+    if (why === null) return;
+    if (Date.now() > deadline) throw new Error(`${what}: ${why}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+function counters(progress: string): number[] {
+  return fs.readFileSync(progress, 'utf8').trim().split(/\s+/).map(Number);
+}
+
+interface Target { pid: number; dir: string; out: string; progress: string; maps: string; freezer: string }
+
+const freezerOf = (pid: number) => /^\d+:freezer:(.*)$/m.exec(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8'))?.[1] ?? '';
+
+async function startTarget(prog: string, dir: string): Promise<Target> {
+  const out = path.join(dir, 'out');
+  const progress = path.join(dir, 'progress');
+  fs.rmSync(out, { force: true });
+  const pid = procs.start(prog, [progress], out);
+  await waitFor(out, /^ready$/m);
+  return { pid, dir, out, progress, maps: fs.readFileSync(`/proc/${pid}/maps`, 'utf8'), freezer: freezerOf(pid) };
+}
+
+/**
+ * Running by itself, as it was: no thread stopped or traced, back in its
+ * own freezer cgroup (no stasis cgroup left), the same mappings, and each
+ * of its own checks (memory, registers, sleeps) done again and passed.
+ */
+async function assertUnharmed(t: Target, trial: string, sameMaps = true): Promise<void> {
+  await until(`${trial}: pid ${t.pid} let go`, () => {
+    if (!alive(t.pid)) return 'it is dead';
+    for (const tid of fs.readdirSync(`/proc/${t.pid}/task`)) {
+      const status = fs.readFileSync(`/proc/${t.pid}/task/${tid}/status`, 'utf8');
+      if (/^State:\s+[tT]/m.test(status)) return `thread ${tid} is stopped`;
+      if (!/^TracerPid:\s+0$/m.test(status)) return `thread ${tid} is still traced`;
+    }
+    if (freezerOf(t.pid) !== t.freezer) return `it is in freezer cgroup ${freezerOf(t.pid)}`;
+    const left = fs.readdirSync('/sys/fs/cgroup/freezer').filter((d) => /^stasis-/.test(d));
+    for (const d of left) {
+      const owner = Number(d.split('-')[1]);
+      if (!fs.existsSync(`/proc/${owner}`)) return `freezer cgroup ${d} of a dead stasis is left`;
+    }
+    return null;
+  });
+  const before = counters(t.progress);
+  await until(`${trial}: pid ${t.pid} checks itself again`, () => {
+    const now = counters(t.progress);
+    return now.every((c, i) => c > before[i]) ? null : `counters ${before.join(' ')} -> ${now.join(' ')}`;
+  });
+  const out = fs.readFileSync(t.out, 'utf8');
+  assert.doesNotMatch(out, /FAIL/, `${trial}: the target's own checks failed:\n${out}`);
+  if (sameMaps) {
+    const now = fs.readFileSync(`/proc/${t.pid}/maps`, 'utf8').split('\n');
+    const was = t.maps.split('\n');
+    const diff = [...now.filter((l) => !was.includes(l)).map((l) => `+ ${l}`), ...was.filter((l) => !now.includes(l)).map((l) => `- ${l}`)];
+    assert.deepEqual(diff, [], `${trial}: the target's mappings changed`);
+  }
+}
+
+/** Phase windows of an undisturbed checkpoint, for aiming wall-clock kills; and its ptrace request count. */
+async function calibrate(pid: number, dir: string): Promise<{ startupMs: number; windows: Array<[number, number]>; requests: number }> {
+  const runs: Run[] = [];
+  for (let i = 0; i < 2; i++) runs.push(await checkpointCommand(pid, dir, { dieAtPtrace: 1e9 }));
+  const run = runs[1];
+  const starts = phaseStarts(run.log);
+  const startupMs = Math.max(0, run.wallMs - Math.max(...starts.values()) + starts.get('freeze')!);
+  const at = (p: string) => starts.get(p)! - starts.get('freeze')!;
+  const windows: Array<[number, number]> = [
+    [at('freeze'), at('seize')],
+    [at('seize'), at('injection')],
+    [at('injection'), at('metadata')],
+    [at('page dump'), at('image closed')],
+    [at('image closed') - 2, at('finished') + 2],
+  ];
+  return { startupMs, windows, requests: run.ptraceRequests! };
+}
+
+/**
+ * Seeded trials: `timed` wall-clock kills (one in five anywhere from the
+ * command's start, the rest aimed at one phase window each, counted from
+ * its freeze; `tail` of them near and after the end), and `byRequest`
+ * kills at ptrace requests stratified over all of them, plus a few among
+ * the last thirtieth (detach).
+ */
+function plan(rand: () => number, cal: Awaited<ReturnType<typeof calibrate>>, timed: number, byRequest: number, tail = 0): Kill[] {
+  const trials: Kill[] = [];
+  const end = cal.windows[4][1];
+  for (let i = 0; i < timed; i++) {
+    if (i % 5 === 4) {
+      trials.push({ killAfterMs: rand() * (cal.startupMs + end) });
+      continue;
+    }
+    const [lo, hi] = i < tail ? [cal.windows[3][1] - 2, end + 100] : cal.windows[i % 5];
+    trials.push({ killAfterMs: Math.max(0, lo + rand() * (hi - lo)), fromFreeze: true });
+  }
+  for (let i = 0; i < byRequest; i++) trials.push({ dieAtPtrace: 1 + Math.floor(((i + rand()) * cal.requests) / byRequest) });
+  for (let i = 0; i < Math.ceil(byRequest / 5); i++) trials.push({ dieAtPtrace: cal.requests - Math.floor(rand() * cal.requests / 30) });
+  // Interleave the kinds.
+  for (let i = trials.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [trials[i], trials[j]] = [trials[j], trials[i]];
+  }
+  return trials;
+}
+
+function describe(k: Kill): string {
+  if (k.dieAtPtrace) return `ptrace request ${k.dieAtPtrace}`;
+  return `${k.killAfterMs!.toFixed(1)} ms after ${k.fromFreeze ? 'freezing began' : 'start'}`;
+}
+
+function report(t: { diagnostic: (m: string) => void }, landed: Map<string, number>): void {
+  t.diagnostic(`seed ${SEED}; kills landed in: ${[...landed].map(([p, n]) => `${p} ${n}`).join(', ')}`);
+}
+
+test('SIGKILL of `stasis checkpoint` at any moment leaves the target running as it was', async (t) => {
+  const prog = build('selfcheck');
+  const dir = tmpdir('safety');
+  const target = await startTarget(prog, dir);
+  const cal = await calibrate(target.pid, dir);
+  await assertUnharmed(target, 'after the calibration checkpoints');
+  const rand = seeded(SEED);
+  const landed = new Map<string, number>();
+  for (const [i, how] of plan(rand, cal, 76, 20).entries()) {
+    const run = await checkpointCommand(target.pid, dir, how);
+    const trial = `trial ${i} (${describe(how)}, ${run.killed ? `killed in ${run.phase}` : 'finished'})`;
+    landed.set(run.killed ? run.phase : 'after it finished', (landed.get(run.killed ? run.phase : 'after it finished') ?? 0) + 1);
+    await assertUnharmed(target, trial);
+  }
+  report(t, landed);
+  for (const phase of ['seize', 'injection', 'page dump', 'detach']) assert.ok(landed.get(phase), `no kill landed in ${phase}: ${[...landed]}`);
+});
+
+test('with --kill, a killed stasis leaves the target untouched or a complete image of it', async (t) => {
+  const prog = build('selfcheck');
+  const dir = tmpdir('safety-kill');
+  let target = await startTarget(prog, dir);
+  const cal = await calibrate(target.pid, dir);
+  const rand = seeded(SEED + 1);
+  const landed = new Map<string, number>();
+  let restarts = 0;
+  for (const [i, how] of plan(rand, cal, 14, 6, 6).entries()) {
+    const run = await checkpointCommand(target.pid, dir, { ...how, kill: true });
+    const where = run.killed ? `killed in ${run.phase}` : 'finished';
+    const trial = `--kill trial ${i} (${describe(how)}, ${where})`;
+    landed.set(run.killed ? run.phase : 'after it finished', (landed.get(run.killed ? run.phase : 'after it finished') ?? 0) + 1);
+    procs.reap(target.pid);
+    if (alive(target.pid)) {
+      await assertUnharmed(target, trial);
+      continue;
+    }
+    // Gone: the image must be whole, and restart into a program that checks out.
+    await waitGone(target.pid, procs);
+    const img = path.join(dir, 'image');
+    assert.ok(fs.existsSync(img), `${trial}: the target is dead and there is no image`);
+    assert.doesNotThrow(() => loadImage(img), `${trial}: the target is dead and its image does not load`);
+    const r = restartSync(img, {});
+    procs.addTree(r.pid);
+    restarts++;
+    await assertUnharmed({ ...target, pid: r.pid }, `${trial}, restarted`, false);
+    process.kill(r.pid, 'SIGKILL');
+    await r.wait();
+    await waitGone(r.pid, procs);
+    target = await startTarget(prog, dir);
+  }
+  t.diagnostic(`${restarts} trials ended with the target gone and its image restarted`);
+  report(t, landed);
+  assert.ok(restarts > 0, 'some kills came after the target was killed, and its image restarted');
+});
+
+/** Run the command to its end; stdout to `stdout` (an fd) or ignored. */
+function command(args: string[], stdout: number | 'ignore' | 'pipe' = 'ignore'): { child: ReturnType<typeof spawn>; done: Promise<{ code: number | null; stderr: string }> } {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', stdout, 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  // On exit, not close: a stdout left unread (a stalled reader) never closes by itself.
+  const done = new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      child.stdout?.destroy();
+      if (child.stderr!.readableEnded) resolve({ code, stderr });
+      else child.stderr!.on('end', () => resolve({ code, stderr }));
+    });
+  });
+  return { child, done };
+}
+
+const oneLine = (s: string) => s.trim().split('\n').filter((l) => !l.startsWith('[')).filter(Boolean);
+
+test('a second checkpoint of a tree being checkpointed is refused by name; a stalled reader ends the first at --freeze-timeout', async () => {
+  const prog = build('selfcheck');
+  const dir = tmpdir('safety-busy');
+  const target = await startTarget(prog, dir);
+  // The first writes to a pipe nobody reads: it fills and the checkpoint stalls with the tree held.
+  const first = command(['checkpoint', String(target.pid), '--freeze-timeout', '8', '-v'], 'pipe');
+  first.child.stdout!.pause();
+  let log = '';
+  first.child.stderr!.on('data', (d) => (log += d));
+  await until('the first checkpoint holds the tree', () => (/froze \d+ processes/.test(log) ? null : log || 'nothing logged yet'), 30000);
+  const second = await command(['checkpoint', String(target.pid), '-o', '/dev/null']).done;
+  assert.equal(second.code, 1);
+  assert.deepEqual(oneLine(second.stderr), [`stasis: pid ${target.pid}: the tree is being checkpointed by pid ${first.child.pid}; try again once it has finished`]);
+  const r = await first.done;
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(oneLine(r.stderr).join('\n'), /^stasis: pid \d+: the tree stayed frozen 8 s while the image was written \(is its reader stalled\?\); checkpoint abandoned, the tree resumed/);
+  await assertUnharmed(target, 'after the stalled checkpoint');
+});
+
+test('a target traced by a debugger is refused by name and left to it', async () => {
+  const prog = build('selfcheck');
+  const dir = tmpdir('safety-traced');
+  const target = await startTarget(prog, dir);
+  const strace = spawn('strace', ['-p', String(target.pid), '-o', '/dev/null'], { stdio: 'ignore' });
+  try {
+    await until('strace attached', () => (/^TracerPid:\s+0$/m.test(fs.readFileSync(`/proc/${target.pid}/status`, 'utf8')) ? 'not yet' : null));
+    const r = await command(['checkpoint', String(target.pid), '-o', path.join(dir, 'image')]).done;
+    assert.equal(r.code, 1);
+    assert.deepEqual(oneLine(r.stderr), [`stasis: pid ${target.pid} is traced by pid ${strace.pid} (strace); stasis cannot trace it at the same time: detach the debugger first`]);
+    assert.ok(!fs.existsSync(path.join(dir, 'image')), 'no image left');
+  } finally {
+    strace.kill('SIGINT');
+    await new Promise((r) => strace.on('close', r));
+  }
+  await assertUnharmed(target, 'after strace let it go');
+});
+
+test('a full disk (ENOSPC on a small tmpfs): one-line error, no partial image, target unharmed', async () => {
+  const prog = build('selfcheck');
+  const dir = tmpdir('safety-enospc');
+  const target = await startTarget(prog, dir);
+  const mnt = path.join(dir, 'small');
+  fs.mkdirSync(mnt);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'stasis-test', mnt]);
+  try {
+    const img = path.join(mnt, 'image');
+    const r = await command(['checkpoint', String(target.pid), '-o', img]).done;
+    assert.equal(r.code, 1);
+    const lines = oneLine(r.stderr);
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0], /^stasis: .*ENOSPC/);
+    assert.deepEqual(fs.readdirSync(mnt), [], 'the partial image is removed');
+  } finally {
+    execFileSync('umount', [mnt]);
+  }
+  await assertUnharmed(target, 'after a checkpoint that filled the disk');
+});
