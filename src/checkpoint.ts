@@ -18,6 +18,9 @@ import { PipeTable } from './kinds/pipes';
 import { MemfdTable } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
+import { dumpCaps, refuseMixedCreds } from './kinds/caps';
+import { dumpSched } from './kinds/sched';
+import { dumpProcessPrctl, dumpThreadPrctl, refuseUnrestorableAttrs } from './kinds/prctl';
 import { StasisError, UnsupportedError } from './sys/errno';
 import { PAGE_SIZE } from './sys/x86';
 
@@ -136,6 +139,7 @@ function dumpProcess(s: Survey): ImageProcess {
     const sharedPending = dumpSharedPending(remote);
     const xcompPerm = dumpXcompPerm(remote);
     const mm = dumpMm(remote);
+    const prctl = dumpProcessPrctl(remote);
     const threads: ImageThread[] = s.proc.threads.map((t) => {
       const r = remote.withTask(t);
       const cpu = dumpCpu(t);
@@ -146,12 +150,15 @@ function dumpProcess(s: Survey): ImageProcess {
         xstate: cpu.xstate.toString('base64'),
         signals: dumpThreadSignals(r),
         ...dumpThreadAttrs(r),
+        sched: dumpSched(r),
+        prctl: dumpThreadPrctl(r),
+        caps: dumpCaps(r),
         inSyscall: cpu.inSyscall,
       };
     });
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
-      xcompPerm: '0x' + xcompPerm.toString(16), mm, vmas: s.vmas, fds: s.fds, threads,
+      xcompPerm: '0x' + xcompPerm.toString(16), mm, prctl, vmas: s.vmas, fds: s.fds, threads,
       ...(s.proc.stopped ? { stopped: true } : {}),
     };
   } finally {
@@ -192,6 +199,8 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
         zombies.push(dumpZombie(p));
         continue;
       }
+      refuseUnrestorableAttrs(p.pid, p.threads);
+      refuseMixedCreds(p.pid, p.threads.map((t) => t.pid));
       const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
       const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds);
       surveys.push({ proc: p, vmas, fds });

@@ -17,7 +17,10 @@ import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/
 import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
 import { restoreMm } from './kinds/mm';
-import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds } from './kinds/process';
+import { restoreProcessAttrs, restoreThreadAttrs, checkCreds } from './kinds/process';
+import { restoreCredsAndCaps } from './kinds/caps';
+import { restoreSched } from './kinds/sched';
+import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
 import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, mapFile, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
@@ -314,9 +317,13 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
       tr.call('prctl', SYS.prctl, [PR_SET_NAME, tr.putString(th.comm)], 'thread name');
     }
     restoreAltstack(tr, th.signals);
-    restoreCreds(tr, p.creds);
+    restoreSched(tr, th.sched);
+    restoreThreadPrctl(tr, th.prctl);
+    restoreCredsAndCaps(tr, p.creds, th.caps);
+    restoreThreadPrctlAfterCreds(tr, th.prctl);
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
+  restoreProcessPrctl(remote, p.prctl);
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');

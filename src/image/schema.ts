@@ -2,6 +2,9 @@
 // Addresses are JSON numbers (user space fits in 53 bits); 64-bit masks and
 // values that may not fit are hex strings; raw kernel structs are base64.
 // docs/image-format.md describes every field.
+import type { CapsState } from '../kinds/caps';
+import type { SchedState } from '../kinds/sched';
+import type { ProcessPrctlState, ThreadPrctlState } from '../kinds/prctl';
 
 /** How a file is recognised again at restart. */
 export interface FileIdentity {
@@ -102,6 +105,10 @@ export interface ImageThread {
   robustList: { head: string; len: number };
   /** the syscall it was stopped in, if any, and how it must resume */
   inSyscall: number | null;
+  sched: SchedState;
+  prctl: ThreadPrctlState;
+  /** capability sets and securebits of this thread (creds.cap* are the main thread's) */
+  caps: CapsState;
 }
 
 export interface ImageMm {
@@ -146,6 +153,7 @@ export interface ImageProcess {
   rlimits: Array<{ resource: number; name: string; soft: string; hard: string }>;
   creds: ImageCreds;
   mm: ImageMm;
+  prctl: ProcessPrctlState;
   vmas: ImageVma[];
   fds: ImageFd[];
   /** main thread first */
