@@ -1,0 +1,113 @@
+// Fidelity of per-process and per-thread attributes: capabilities and
+// securebits, scheduling, affinity and I/O priority, prctl state,
+// oom_score_adj and loginuid, membarrier registrations. Each fid_* program
+// sets its group of state (per-thread state differently in two threads);
+// the state read from outside before checkpoint and after restart must be
+// identical field by field, a checkpoint of the restored process must save
+// the same attributes as the first, and the program's own check must pass.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { build, Procs, waitFor, waitGone, tmpdir, alive } from './harness';
+import { checkpointSync, restartSync, loadImage } from '../src';
+import { readStat, readStatus, listThreads } from '../src/proc';
+import { syscall } from '../src/sys/libc';
+import type { ImageProcess } from '../src/image/schema';
+
+const procs = new Procs();
+after(() => procs.cleanup());
+
+const SYS_sched_getattr = 315, SYS_sched_getaffinity = 204, SYS_ioprio_get = 252;
+
+/** What the kernel shows of one thread's attributes, read from outside. */
+function observeThread(tid: number): Record<string, unknown> {
+  const st = readStatus(tid);
+  const stat = readStat(tid);
+  const a = Buffer.alloc(56);
+  syscall(SYS_sched_getattr, 'sched_getattr', tid, a, 56, 0);
+  const cpus = Buffer.alloc(128);
+  const n = syscall(SYS_sched_getaffinity, 'sched_getaffinity', tid, 128, cpus);
+  const read = (f: string) => fs.readFileSync(`/proc/${tid}/${f}`, 'utf8').trim();
+  return {
+    uid: st.uid, gid: st.gid, groups: st.groups,
+    capInh: st.capInh, capPrm: st.capPrm, capEff: st.capEff, capBnd: st.capBnd, capAmb: st.capAmb,
+    noNewPrivs: st.noNewPrivs, seccomp: st.seccomp,
+    speculation: [st.raw['Speculation_Store_Bypass'], st.raw['SpeculationIndirectBranch']],
+    policy: stat.policy, rtPriority: stat.rtPriority, nice: stat.nice,
+    schedAttr: { policy: a.readUInt32LE(4), flags: a.readBigUInt64LE(8), nice: a.readInt32LE(16), prio: a.readUInt32LE(20), runtime: a.readBigUInt64LE(24) },
+    affinity: cpus.subarray(0, n).toString('hex'), cpusAllowed: st.raw['Cpus_allowed_list'],
+    ioprio: syscall(SYS_ioprio_get, 'ioprio_get', 1, tid),
+    timerslack: read('timerslack_ns'), loginuid: read('loginuid'), personality: read('personality'),
+  };
+}
+
+function observe(pid: number): Record<string, unknown> {
+  const read = (f: string) => fs.readFileSync(`/proc/${pid}/${f}`, 'utf8').trim();
+  const st = readStatus(pid);
+  return {
+    oomScoreAdj: read('oom_score_adj'), coredumpFilter: read('coredump_filter'),
+    thpEnabled: st.raw['THP_enabled'], ksmMergeAny: /ksm_merge_any: (\w+)/.exec(read('ksm_stat'))?.[1],
+    threads: listThreads(pid).sort((x, y) => x - y).map((tid) => ({ tid, ...observeThread(tid) })),
+  };
+}
+
+/** The attributes this work saves, from an image: they must be saved alike from the restored process. */
+function savedAttrs(p: ImageProcess): unknown {
+  return { prctl: p.prctl, threads: p.threads.map((t) => ({ tid: t.tid, sched: t.sched, prctl: t.prctl, caps: t.caps })) };
+}
+
+/**
+ * Start NAME, wait for "ready", observe, checkpoint with --kill, restart,
+ * observe again and compare; checkpoint the restored process (it keeps
+ * running) and compare what is saved; then SIGUSR1 makes it check itself.
+ * Returns the first image's root process for test-specific assertions.
+ */
+async function fidelity(name: string): Promise<ImageProcess> {
+  const dir = tmpdir(name);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build(name), [], out);
+  await waitFor(out, /^ready$/m);
+  const before = observe(pid);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  const r = restartSync(img);
+  procs.add(r.pid);
+  assert.equal(r.pid, pid, 'restored under its own pid');
+  assert.deepEqual(observe(r.pid), before, 'attributes read from outside are identical after restart');
+  const again = path.join(dir, 'again');
+  checkpointSync(r.pid, again);
+  const saved = loadImage(img).process;
+  assert.deepEqual(savedAttrs(loadImage(again).process), savedAttrs(saved), 'the restored process saves the same attributes');
+  process.kill(r.pid, 'SIGUSR1');
+  const exit = await r.wait();
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+  assert.deepEqual(exit, { code: 0, signal: null });
+  return saved;
+}
+
+test('scheduling per thread: FIFO with reset-on-fork and nice; BATCH with a custom slice and timer slack', async () => {
+  const p = await fidelity('fid_sched');
+  const [main, second] = p.threads;
+  assert.deepEqual([main.sched.policy, main.sched.rtPriority, main.sched.resetOnFork, main.sched.nice], [1, 10, true, 5]);
+  assert.deepEqual([second.sched.policy, second.sched.nice, second.sched.slice, second.sched.timerSlack], [3, 7, 5000000, 123456]);
+});
+
+test('CPU affinity and I/O priority per thread: CPU 1 and the idle class; CPU 0 and real-time level 5', async () => {
+  const p = await fidelity('fid_affinity_ioprio');
+  const [main, second] = p.threads;
+  assert.deepEqual([main.sched.affinity, main.sched.ioprio], ['0x2', 3 << 13]);
+  assert.deepEqual([second.sched.affinity, second.sched.ioprio], ['0x1', (1 << 13) | 5]);
+});
+
+test('oom_score_adj, coredump_filter and a loginuid per thread come back', async () => {
+  const p = await fidelity('fid_oom_loginuid');
+  assert.deepEqual([p.prctl.oomScoreAdj, p.prctl.coredumpFilter], [321, 0x7f]);
+  assert.deepEqual(p.threads.map((t) => t.prctl.loginuid), [4242, 4343]);
+});
+
+test('membarrier registrations are made again: global, private, sync-core and rseq expedited', async () => {
+  const p = await fidelity('fid_membarrier');
+  assert.equal(p.prctl.membarrier, (1 << 2) | (1 << 4) | (1 << 6) | (1 << 8));
+});
