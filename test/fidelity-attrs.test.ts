@@ -120,3 +120,11 @@ test('prctl state: subreaper, THP, MDWE, KSM, futex hash, dumpable; per thread p
   assert.deepEqual([second.prctl.pdeathsig, second.prctl.noNewPrivs, second.prctl.tsc, second.prctl.cpuid, second.prctl.mceKill, second.prctl.personality],
     [23, true, 2, 0, 0, 0x0020000]);
 });
+
+test('capabilities per thread as another uid: sets, bounding, ambient, securebits and keepcaps; dumpable cleared by the uid change', async () => {
+  const p = await fidelity('fid_caps');
+  const [main, second] = p.threads;
+  assert.deepEqual(main.caps, { inh: '0x2400', prm: '0x2520', eff: '0x420', bnd: '0x1fff6bfffff', amb: '0x400', securebits: 0x50 });
+  assert.deepEqual(second.caps, { inh: '0x1', prm: '0x0', eff: '0x0', bnd: '0x1fffefeffff', amb: '0x0', securebits: 0 });
+  assert.deepEqual([p.creds.uid, p.creds.groups, p.prctl.dumpable], [[1000, 1000, 1000, 1000], [100, 200], 0]);
+});
