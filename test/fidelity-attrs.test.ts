@@ -9,7 +9,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { build, Procs, waitFor, waitGone, tmpdir, alive } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir } from './harness';
 import { checkpointSync, restartSync, loadImage } from '../src';
 import { readStat, readStatus, listThreads } from '../src/proc';
 import { syscall } from '../src/sys/libc';
@@ -128,3 +128,25 @@ test('capabilities per thread as another uid: sets, bounding, ambient, securebit
   assert.deepEqual(second.caps, { inh: '0x1', prm: '0x0', eff: '0x0', bnd: '0x1fffefeffff', amb: '0x0', securebits: 0 });
   assert.deepEqual([p.creds.uid, p.creds.groups, p.prctl.dumpable], [[1000, 1000, 1000, 1000], [100, 200], 0]);
 });
+
+for (const [mode, refusal] of [
+  ['seccomp', /pid \d+: seccomp filter is not supported/],
+  ['sud', /pid \d+: syscall user dispatch \(PR_SET_SYSCALL_USER_DISPATCH\) is on; not supported/],
+  ['deadline', /pid \d+ thread \d+: SCHED_DEADLINE is not supported/],
+] as const) {
+  test(`${mode}: refused by name at checkpoint, the target goes on untraced and unfrozen`, async () => {
+    const dir = tmpdir(`refused-${mode}`);
+    const out = path.join(dir, 'out');
+    const pid = procs.start(build('attrs_refused'), [mode], out);
+    await waitFor(out, /^ready$/m);
+    const img = path.join(dir, 'image');
+    assert.throws(() => checkpointSync(pid, img), refusal);
+    assert.equal(fs.existsSync(img), false, 'no image left behind');
+    const st = readStatus(pid);
+    assert.equal(st.tracerPid, 0, 'untraced');
+    assert.match(st.state, /^[RS]$/, 'running');
+    assert.doesNotMatch(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8'), /freezer:\/stasis/, 'back in its own cgroup');
+    const seen = (fs.readFileSync(out, 'utf8').match(/^alive \d+$/gm) ?? []).length;
+    await waitFor(out, new RegExp(`^alive ${seen + 1}$`, 'm'));
+  });
+}
