@@ -47,6 +47,8 @@ function observe(pid: number): Record<string, unknown> {
   const st = readStatus(pid);
   return {
     oomScoreAdj: read('oom_score_adj'), coredumpFilter: read('coredump_filter'),
+    // the autogroup's number is new after restart (a new session makes a new one); its nice is state
+    autogroupNice: / nice (-?\d+)/.exec(read('autogroup'))?.[1],
     thpEnabled: st.raw['THP_enabled'], ksmMergeAny: /ksm_merge_any: (\w+)/.exec(read('ksm_stat'))?.[1],
     threads: listThreads(pid).sort((x, y) => x - y).map((tid) => ({ tid, ...observeThread(tid) })),
   };
@@ -101,9 +103,9 @@ test('CPU affinity and I/O priority per thread: CPU 1 and the idle class; CPU 0 
   assert.deepEqual([second.sched.affinity, second.sched.ioprio], ['0x1', (1 << 13) | 5]);
 });
 
-test('oom_score_adj, coredump_filter and a loginuid per thread come back', async () => {
+test('oom_score_adj, coredump_filter, autogroup nice and a loginuid per thread come back', async () => {
   const p = await fidelity('fid_oom_loginuid');
-  assert.deepEqual([p.prctl.oomScoreAdj, p.prctl.coredumpFilter], [321, 0x7f]);
+  assert.deepEqual([p.prctl.oomScoreAdj, p.prctl.coredumpFilter, p.prctl.autogroupNice], [321, 0x7f, 4]);
   assert.deepEqual(p.threads.map((t) => t.prctl.loginuid), [4242, 4343]);
 });
 

@@ -4,7 +4,7 @@
 //
 // Process (per mm / signal struct): child subreaper, THP disable, dumpable,
 // MDWE, KSM merge-any, membarrier registrations, private futex hash size,
-// oom_score_adj, coredump_filter.
+// oom_score_adj, coredump_filter, the nice value of its session's autogroup.
 // Thread: parent-death signal, no_new_privs, speculation controls, TSC and
 // CPUID access, machine-check kill policy, audit loginuid, personality.
 // Refused: seccomp, syscall user dispatch, PR_SET_IO_FLUSHER, x86 shadow
@@ -50,6 +50,8 @@ export const ProcessPrctlState = z.object({
   futexSlots: int.min(-1).max(1 << 24),
   oomScoreAdj: int.min(-1000).max(1000),
   coredumpFilter: int.min(0).max(0x1ff),
+  /** nice of the session's scheduler autogroup (/proc/PID/autogroup); null without autogroups */
+  autogroupNice: int.min(-20).max(19).nullable(),
 });
 export type ProcessPrctlState = z.infer<typeof ProcessPrctlState>;
 
@@ -124,7 +126,19 @@ export function dumpProcessPrctl(remote: Remote): ProcessPrctlState {
     futexSlots: futexSlots(remote),
     oomScoreAdj: Number(fs.readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8')),
     coredumpFilter: parseInt(fs.readFileSync(`/proc/${pid}/coredump_filter`, 'utf8'), 16),
+    autogroupNice: autogroupNice(pid),
   };
+}
+
+function autogroupNice(pid: number): number | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/autogroup`, 'utf8');
+  } catch {
+    return null; // kernel without CONFIG_SCHED_AUTOGROUP
+  }
+  const m = /nice (-?\d+)/.exec(text);
+  return m ? Number(m[1]) : null;
 }
 
 /**
@@ -153,6 +167,17 @@ export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState): void 
     throw new StasisError(`pid ${pid}: cannot set oom_score_adj ${s.oomScoreAdj} (${(e as NodeJS.ErrnoException).code}): lowering it needs CAP_SYS_RESOURCE; restart as a user who has it`);
   }
   if (now.coredumpFilter !== s.coredumpFilter) fs.writeFileSync(`/proc/${pid}/coredump_filter`, '0x' + s.coredumpFilter.toString(16));
+  if (s.autogroupNice !== null && now.autogroupNice !== s.autogroupNice) {
+    // The autogroup belongs to the session: only a leader restored by us owns a new one.
+    if (readStat(pid).session !== pid) {
+      throw new StasisError(`pid ${pid}: its session's autogroup had nice ${s.autogroupNice}, the session it joins here has ${now.autogroupNice}: restart it in a session of its own (-d), or set that nice (/proc/self/autogroup) first`);
+    }
+    try {
+      fs.writeFileSync(`/proc/${pid}/autogroup`, String(s.autogroupNice));
+    } catch (e) {
+      throw new StasisError(`pid ${pid}: cannot set its autogroup nice ${s.autogroupNice} (${(e as NodeJS.ErrnoException).code}): lowering it needs CAP_SYS_NICE; restart as root`);
+    }
+  }
 }
 
 function speculation(remote: Remote): number[] {

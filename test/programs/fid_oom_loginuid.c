@@ -1,5 +1,6 @@
 // build: -pthread
-// oom_score_adj 321 and coredump_filter 0x7f (per process), the audit
+// oom_score_adj 321, coredump_filter 0x7f and the nice value 4 of its
+// session's autogroup (it leads its session) per process, the audit
 // loginuid per thread: 4343 in the second thread, 4242 in the main one
 // (changing a set loginuid needs CAP_AUDIT_CONTROL: run as root).
 // fid.h says how it is driven.
@@ -32,6 +33,18 @@ static void set_main(void)
     put("/proc/thread-self/loginuid", "4242");
     put("/proc/self/oom_score_adj", "321");
     put("/proc/self/coredump_filter", "0x7f");
+    put("/proc/self/autogroup", "4");
+}
+
+static int autogroup_nice(void)
+{
+    char buf[128] = { 0 };
+    int fd = open("/proc/self/autogroup", O_RDONLY);
+    MUST(fd);
+    MUST(read(fd, buf, sizeof buf - 1));
+    close(fd);
+    const char *n = strstr(buf, " nice ");
+    return n ? atoi(n + 6) : -100;
 }
 
 static void check_main(void)
@@ -39,6 +52,7 @@ static void check_main(void)
     EXPECT_EQ("main loginuid", get("/proc/thread-self/loginuid", 10), 4242);
     EXPECT_EQ("oom_score_adj", get("/proc/self/oom_score_adj", 10), 321);
     EXPECT_EQ("coredump_filter", get("/proc/self/coredump_filter", 16), 0x7f);
+    EXPECT_EQ("autogroup nice", autogroup_nice(), 4);
 }
 
 int main(void)
