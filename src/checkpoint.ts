@@ -18,7 +18,7 @@ import { PipeTable } from './kinds/pipes';
 import { MemfdTable } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
-import { dumpCaps, refuseMixedCreds } from './kinds/caps';
+import { dumpCaps } from './kinds/caps';
 import { dumpSched } from './kinds/sched';
 import { dumpProcessPrctl, dumpThreadPrctl, refuseUnrestorableAttrs } from './kinds/prctl';
 import { StasisError, UnsupportedError } from './sys/errno';
@@ -200,7 +200,6 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
         continue;
       }
       refuseUnrestorableAttrs(p.pid, p.threads);
-      refuseMixedCreds(p.pid, p.threads.map((t) => t.pid));
       const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
       const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds);
       surveys.push({ proc: p, vmas, fds });

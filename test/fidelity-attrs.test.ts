@@ -135,6 +135,7 @@ for (const [mode, refusal] of [
   ['seccomp', /pid \d+: seccomp filter is not supported/],
   ['sud', /pid \d+: syscall user dispatch \(PR_SET_SYSCALL_USER_DISPATCH\) is on; not supported/],
   ['deadline', /pid \d+ thread \d+: SCHED_DEADLINE is not supported/],
+  ['ids', /pid \d+ thread \d+: its credentials \(uids 1000,1000,1000,1000 gids 0,0,0,0 groups \S+\) differ from its process's \(uids 0,0,0,0 /],
 ] as const) {
   test(`${mode}: refused by name at checkpoint, the target goes on untraced and unfrozen`, async () => {
     const dir = tmpdir(`refused-${mode}`);

@@ -10,7 +10,7 @@ import { readStatus } from '../proc';
 import { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
-import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
+import { StasisError, SyscallError } from '../sys/errno';
 
 const NR_capset = 126;
 const PR_CAPBSET_DROP = 24, PR_GET_SECUREBITS = 27, PR_SET_SECUREBITS = 28, PR_SET_KEEPCAPS = 8, PR_CAP_AMBIENT = 47;
@@ -35,18 +35,6 @@ export function dumpCaps(remote: Remote): CapsState {
     inh: hex(st.capInh), prm: hex(st.capPrm), eff: hex(st.capEff), bnd: hex(st.capBnd), amb: hex(st.capAmb),
     securebits: remote.call('prctl', SYS.prctl, [PR_GET_SECUREBITS], 'securebits'),
   };
-}
-
-/** Threads of one process with different ids cannot be restored yet: refused by name. */
-export function refuseMixedCreds(pid: number, tids: number[]): void {
-  const main = readStatus(pid);
-  const key = (s: typeof main) => `${s.uid.join(',')}/${s.gid.join(',')}/${s.groups.join(',')}`;
-  for (const tid of tids) {
-    const st = readStatus(tid);
-    if (key(st) !== key(main)) {
-      throw new UnsupportedError(`pid ${pid} thread ${tid}: its uids/gids/groups (${key(st)}) differ from its process's (${key(main)}); threads with their own credentials are not supported`);
-    }
-  }
 }
 
 function capset(remote: Remote, eff: bigint, prm: bigint, inh: bigint, where: string): void {

@@ -8,7 +8,7 @@
 // Thread: parent-death signal, no_new_privs, speculation controls, TSC and
 // CPUID access, machine-check kill policy, audit loginuid, personality.
 // Refused: seccomp, syscall user dispatch, PR_SET_IO_FLUSHER, x86 shadow
-// stack, dumpable 2 (suid_dumpable).
+// stack, dumpable 2 (suid_dumpable), threads with credentials of their own.
 import fs from 'node:fs';
 import { z } from 'zod';
 import { readStat, readStatus } from '../proc';
@@ -21,7 +21,7 @@ import { UnsupportedError, StasisError, SyscallError } from '../sys/errno';
 const PR = {
   SET_PDEATHSIG: 1, GET_PDEATHSIG: 2, GET_DUMPABLE: 3, SET_DUMPABLE: 4, GET_TSC: 25, SET_TSC: 26,
   MCE_KILL: 33, MCE_KILL_GET: 34, SET_CHILD_SUBREAPER: 36, GET_CHILD_SUBREAPER: 37,
-  SET_NO_NEW_PRIVS: 38, SET_THP_DISABLE: 41, GET_THP_DISABLE: 42,
+  SET_NO_NEW_PRIVS: 38, GET_NO_NEW_PRIVS: 39, SET_THP_DISABLE: 41, GET_THP_DISABLE: 42,
   GET_SPECULATION_CTRL: 52, SET_SPECULATION_CTRL: 53, SET_MDWE: 65, GET_MDWE: 66,
   SET_MEMORY_MERGE: 67, GET_MEMORY_MERGE: 68, FUTEX_HASH: 78,
 } as const;
@@ -77,6 +77,7 @@ export type ThreadPrctlState = z.infer<typeof ThreadPrctlState>;
  * filter or syscall user dispatch would see the injected calls themselves.
  */
 export function refuseUnrestorableAttrs(pid: number, threads: Tracee[]): void {
+  let ids = '';
   for (const t of threads) {
     const who = `pid ${pid}${t.pid !== pid ? ` thread ${t.pid}` : ''}`;
     const st = readStatus(t.pid);
@@ -85,6 +86,10 @@ export function refuseUnrestorableAttrs(pid: number, threads: Tracee[]): void {
     }
     const features = st.raw['x86_Thread_features'];
     if (features) throw new UnsupportedError(`${who}: x86 thread features "${features}" (shadow stack) are not supported`);
+    // Credentials are saved per process: a thread with ids of its own would lose them.
+    const mine = `uids ${st.uid.join(',')} gids ${st.gid.join(',')} groups ${st.groups.join(',') || 'none'}`;
+    if (!ids) ids = mine;
+    else if (mine !== ids) throw new UnsupportedError(`${who}: its credentials (${mine}) differ from its process's (${ids}); threads with credentials of their own are not supported`);
     const sud = Buffer.alloc(32);
     ptrace(PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG, t.pid, 32, sud, 'GET_SYSCALL_USER_DISPATCH_CONFIG');
     if (sud.readBigUInt64LE(0) !== 0n) {
@@ -96,34 +101,55 @@ export function refuseUnrestorableAttrs(pid: number, threads: Tracee[]): void {
   }
 }
 
-/** prctl(GET) that writes an int at arg2. */
-function getInt(remote: Remote, option: number, what: string): number {
+/** A read-only query: a system call, and whether its answer is an int it writes at arg2. */
+interface Query { nr: number; args: number[]; out?: boolean }
+
+/**
+ * Run queries in the task and return their raw results (negative: -errno),
+ * ints written at arg2 in place of the result. In one round trip where the
+ * task has a batch area (a restart), else one by one.
+ */
+function ask(remote: Remote, queries: Query[]): number[] {
   remote.reset();
-  const out = remote.alloc(4);
-  remote.call('prctl', SYS.prctl, [option, out], what);
-  return remote.read(out, 4).readInt32LE(0);
+  const outs = queries.map((q) => (q.out ? remote.alloc(4) : 0));
+  const calls = queries.map((q, i) => ({ name: 'query', nr: q.nr, args: q.out ? [q.args[0], outs[i], ...q.args.slice(1)] : q.args }));
+  let raw: number[] | undefined;
+  if (remote.batchArea) {
+    try {
+      raw = remote.batch(calls);
+    } catch (e) {
+      if (!(e instanceof SyscallError)) throw e; // a query this kernel lacks: ask one by one
+    }
+  }
+  raw ??= calls.map((c) => Number(remote.task.injectRaw(c.nr, c.args)));
+  return raw.map((r, i) => (outs[i] && r >= 0 ? remote.read(outs[i], 4).readInt32LE(0) : r));
 }
 
-function futexSlots(remote: Remote): number {
-  const r = remote.task.injectRaw(SYS.prctl, [PR.FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS]);
-  return r < 0n ? -1 : Number(r);
+function must(r: number, what: string, pid: number): number {
+  if (r < 0) throw new SyscallError(`${what} in pid ${pid}`, -r);
+  return r;
 }
+
+const prctlQuery = (option: number, ...rest: number[]): Query => ({ nr: SYS.prctl, args: [option, ...rest] });
 
 export function dumpProcessPrctl(remote: Remote): ProcessPrctlState {
   const pid = remote.pid;
-  const prctl = (option: number, what: string, ...args: number[]) => remote.call('prctl', SYS.prctl, [option, ...args], what);
-  const dumpable = prctl(PR.GET_DUMPABLE, 'dumpable');
+  const [subreaper, thp, dumpable, mdwe, merge, membarrier, futex] = ask(remote, [
+    { ...prctlQuery(PR.GET_CHILD_SUBREAPER), out: true }, prctlQuery(PR.GET_THP_DISABLE), prctlQuery(PR.GET_DUMPABLE),
+    prctlQuery(PR.GET_MDWE), prctlQuery(PR.GET_MEMORY_MERGE),
+    { nr: NR_membarrier, args: [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0] }, prctlQuery(PR.FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS),
+  ]);
   if (dumpable > 1) {
     throw new UnsupportedError(`pid ${pid}: dumpable is ${dumpable} (set by fs.suid_dumpable on a credential change); prctl cannot set it back: call prctl(PR_SET_DUMPABLE, 1 or 0) in it first`);
   }
   return {
-    childSubreaper: getInt(remote, PR.GET_CHILD_SUBREAPER, 'child subreaper') !== 0,
-    thpDisable: prctl(PR.GET_THP_DISABLE, 'THP disable'),
-    dumpable,
-    mdwe: prctl(PR.GET_MDWE, 'MDWE'),
-    memoryMerge: prctl(PR.GET_MEMORY_MERGE, 'KSM merge-any') !== 0,
-    membarrier: remote.call('membarrier', NR_membarrier, [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0], 'registrations'),
-    futexSlots: futexSlots(remote),
+    childSubreaper: must(subreaper, 'PR_GET_CHILD_SUBREAPER', pid) !== 0,
+    thpDisable: must(thp, 'PR_GET_THP_DISABLE', pid),
+    dumpable: must(dumpable, 'PR_GET_DUMPABLE', pid),
+    mdwe: must(mdwe, 'PR_GET_MDWE', pid),
+    memoryMerge: must(merge, 'PR_GET_MEMORY_MERGE', pid) !== 0,
+    membarrier: must(membarrier, 'membarrier(GET_REGISTRATIONS)', pid),
+    futexSlots: futex < 0 ? -1 : futex,
     oomScoreAdj: Number(fs.readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8')),
     coredumpFilter: parseInt(fs.readFileSync(`/proc/${pid}/coredump_filter`, 'utf8'), 16),
     autogroupNice: autogroupNice(pid),
@@ -180,23 +206,20 @@ export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState): void 
   }
 }
 
-function speculation(remote: Remote): number[] {
-  return SPEC_FEATURES.map((f) => {
-    const r = remote.task.injectRaw(SYS.prctl, [PR.GET_SPECULATION_CTRL, f, 0, 0, 0]);
-    return r < 0n ? -1 : Number(r);
-  });
-}
-
 export function dumpThreadPrctl(remote: Remote): ThreadPrctlState {
   const tid = remote.task.pid;
-  const st = readStatus(tid);
+  const [pdeathsig, nnp, tsc, cpuid, mce, ...speculation] = ask(remote, [
+    { ...prctlQuery(PR.GET_PDEATHSIG), out: true }, prctlQuery(PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0), { ...prctlQuery(PR.GET_TSC), out: true },
+    { nr: SYS.arch_prctl, args: [ARCH_GET_CPUID, 0] }, prctlQuery(PR.MCE_KILL_GET, 0, 0, 0, 0),
+    ...SPEC_FEATURES.map((f) => prctlQuery(PR.GET_SPECULATION_CTRL, f, 0, 0, 0)),
+  ]);
   return {
-    pdeathsig: getInt(remote, PR.GET_PDEATHSIG, 'parent-death signal'),
-    noNewPrivs: st.noNewPrivs !== 0,
-    speculation: speculation(remote),
-    tsc: getInt(remote, PR.GET_TSC, 'TSC access'),
-    cpuid: remote.call('arch_prctl', SYS.arch_prctl, [ARCH_GET_CPUID, 0], 'cpuid faulting'),
-    mceKill: remote.call('prctl', SYS.prctl, [PR.MCE_KILL_GET, 0, 0, 0, 0], 'machine-check kill policy'),
+    pdeathsig: must(pdeathsig, 'PR_GET_PDEATHSIG', tid),
+    noNewPrivs: must(nnp, 'PR_GET_NO_NEW_PRIVS', tid) !== 0,
+    speculation: speculation.map((v) => (v < 0 ? -1 : v)),
+    tsc: must(tsc, 'PR_GET_TSC', tid),
+    cpuid: must(cpuid, 'ARCH_GET_CPUID', tid),
+    mceKill: must(mce, 'PR_MCE_KILL_GET', tid),
     loginuid: Number(fs.readFileSync(`/proc/${tid}/loginuid`, 'utf8')),
     personality: parseInt(fs.readFileSync(`/proc/${tid}/personality`, 'utf8'), 16),
   };
@@ -233,7 +256,9 @@ export function restoreThreadPrctl(remote: Remote, s: ThreadPrctlState): void {
 /** After credentials: a uid change clears the parent-death signal. */
 export function restoreThreadPrctlAfterCreds(remote: Remote, s: ThreadPrctlState): void {
   const who = `pid ${remote.task.tgid} thread ${remote.task.pid}`;
-  if (getInt(remote, PR.GET_PDEATHSIG, 'parent-death signal') !== s.pdeathsig) remote.call('prctl', SYS.prctl, [PR.SET_PDEATHSIG, s.pdeathsig], `${who}: parent-death signal`);
-  if (s.noNewPrivs && readStatus(remote.task.pid).noNewPrivs === 0) remote.call('prctl', SYS.prctl, [PR.SET_NO_NEW_PRIVS, 1, 0, 0, 0], `${who}: no_new_privs`);
-  if (!s.noNewPrivs && readStatus(remote.task.pid).noNewPrivs !== 0) throw new StasisError(`${who}: no_new_privs is set in the new task and cannot be cleared: restart from a process without it`);
+  // Set whatever it is now: as cheap as asking.
+  remote.call('prctl', SYS.prctl, [PR.SET_PDEATHSIG, s.pdeathsig], `${who}: parent-death signal`);
+  const nnp = readStatus(remote.task.pid).noNewPrivs !== 0;
+  if (s.noNewPrivs && !nnp) remote.call('prctl', SYS.prctl, [PR.SET_NO_NEW_PRIVS, 1, 0, 0, 0], `${who}: no_new_privs`);
+  if (!s.noNewPrivs && nnp) throw new StasisError(`${who}: no_new_privs is set in the new task and cannot be cleared: restart from a process without it`);
 }

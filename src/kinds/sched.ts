@@ -51,12 +51,11 @@ function affinityOf(tid: number): string {
   return '0x' + v.toString(16);
 }
 
-/** The scheduling state of one thread (`remote` runs in it, for the timer slack). */
-export function dumpSched(remote: Remote): SchedState {
-  const tid = remote.task.pid;
+/** All but the timer slack, read from outside. */
+function schedOf(tid: number, tgid: number): Omit<SchedState, 'timerSlack'> {
   const a = getattr(tid);
   if (a.policy === SCHED_DEADLINE) {
-    throw new UnsupportedError(`pid ${remote.task.tgid} thread ${tid}: SCHED_DEADLINE is not supported (its runtime budget cannot be carried over); switch it to another policy (chrt) before the checkpoint`);
+    throw new UnsupportedError(`pid ${tgid} thread ${tid}: SCHED_DEADLINE is not supported (its runtime budget cannot be carried over); switch it to another policy (chrt) before the checkpoint`);
   }
   const st = readStat(tid);
   return {
@@ -67,8 +66,12 @@ export function dumpSched(remote: Remote): SchedState {
     slice: isFair(a.policy) ? Number(a.runtime) : 0,
     affinity: affinityOf(tid),
     ioprio: syscall(NR.ioprio_get, 'ioprio_get', IOPRIO_WHO_PROCESS, tid),
-    timerSlack: remote.call('prctl', NR.prctl, [PR_GET_TIMERSLACK], 'timer slack'),
   };
+}
+
+/** The scheduling state of one thread (`remote` runs in it, for the timer slack). */
+export function dumpSched(remote: Remote): SchedState {
+  return { ...schedOf(remote.task.pid, remote.task.tgid), timerSlack: remote.call('prctl', NR.prctl, [PR_GET_TIMERSLACK], 'timer slack') };
 }
 
 /**
@@ -79,7 +82,7 @@ export function dumpSched(remote: Remote): SchedState {
 export function restoreSched(remote: Remote, s: SchedState): void {
   const tid = remote.task.pid;
   const where = `pid ${remote.task.tgid} thread ${tid}`;
-  const now = dumpSched(remote);
+  const now = schedOf(tid, remote.task.tgid);
   try {
     if (now.policy !== s.policy || now.resetOnFork !== s.resetOnFork || now.rtPriority !== s.rtPriority || now.slice !== s.slice || (isFair(s.policy) && now.nice !== s.nice)) {
       const a = Buffer.alloc(SCHED_ATTR_SIZE);
@@ -106,9 +109,7 @@ export function restoreSched(remote: Remote, s: SchedState): void {
     }
     throw e;
   }
-  // Real-time tasks have no slack and ignore PR_SET_TIMERSLACK.
-  if (!isRealtime(s.policy)) {
-    const slack = remote.call('prctl', NR.prctl, [PR_GET_TIMERSLACK], 'timer slack');
-    if (slack !== s.timerSlack) remote.call('prctl', NR.prctl, [PR_SET_TIMERSLACK, s.timerSlack], `${where}: timer slack`);
-  }
+  // Real-time tasks have no slack and ignore PR_SET_TIMERSLACK. Set, not
+  // compared: as cheap as asking.
+  if (!isRealtime(s.policy)) remote.call('prctl', NR.prctl, [PR_SET_TIMERSLACK, s.timerSlack], `${where}: timer slack`);
 }

@@ -1,10 +1,14 @@
+// build: -pthread
 // Attributes a checkpoint must refuse by name: run with `seccomp` (an
 // allow-everything seccomp filter), `sud` (syscall user dispatch on, the
-// selector allowing calls) or `deadline` (SCHED_DEADLINE, 2 ms every
-// 20 ms). Prints "ready", then "alive N" every 20 ms until killed, so a
+// selector allowing calls), `deadline` (SCHED_DEADLINE, 2 ms every
+// 20 ms) or `ids` (a second thread alone becomes uid 1000, with the raw
+// system call: glibc would change every thread). Prints "ready", then "alive N" every 20 ms until killed, so a
 // test sees it go on after the refusal.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,6 +25,16 @@
 struct attr { uint32_t size, policy; uint64_t flags; int32_t nice; uint32_t prio; uint64_t runtime, deadline, period; };
 
 static volatile char selector; // SYSCALL_DISPATCH_FILTER_ALLOW
+static sem_t changed;
+static int thread_result;
+
+static void *own_ids(void *arg)
+{
+    (void)arg;
+    thread_result = syscall(SYS_setresuid, 1000, 1000, 1000);
+    sem_post(&changed);
+    for (;;) pause();
+}
 
 int main(int argc, char **argv)
 {
@@ -36,8 +50,14 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "deadline")) {
         struct attr a = { .size = sizeof a, .policy = SCHED_DEADLINE_, .runtime = 2000000, .deadline = 20000000, .period = 20000000 };
         r = syscall(SYS_sched_setattr, 0, &a, 0);
+    } else if (!strcmp(mode, "ids")) {
+        pthread_t th;
+        sem_init(&changed, 0, 0);
+        r = pthread_create(&th, NULL, own_ids, NULL) ? -1 : 0;
+        while (!r && sem_wait(&changed)) { /* EINTR */ }
+        if (!r) r = thread_result;
     } else {
-        printf("usage: attrs_refused seccomp|sud|deadline\n");
+        printf("usage: attrs_refused seccomp|sud|deadline|ids\n");
         return 2;
     }
     if (r < 0) {
