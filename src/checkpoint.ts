@@ -20,6 +20,7 @@ import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
 import { dumpCaps } from './kinds/caps';
 import { dumpSched } from './kinds/sched';
+import { dumpMempolicy } from './kinds/mempolicy';
 import { dumpProcessPrctl, dumpThreadPrctl, refuseUnrestorableAttrs } from './kinds/prctl';
 import { StasisError, UnsupportedError } from './sys/errno';
 import { PAGE_SIZE } from './sys/x86';
@@ -151,6 +152,7 @@ function dumpProcess(s: Survey): ImageProcess {
         signals: dumpThreadSignals(r),
         ...dumpThreadAttrs(r),
         sched: dumpSched(r),
+        mempolicy: dumpMempolicy(r),
         prctl: dumpThreadPrctl(r),
         caps: dumpCaps(r),
         inSyscall: cpu.inSyscall,

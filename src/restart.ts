@@ -20,6 +20,7 @@ import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, checkCreds } from './kinds/process';
 import { restoreCredsAndCaps } from './kinds/caps';
 import { restoreSched } from './kinds/sched';
+import { restoreMempolicy } from './kinds/mempolicy';
 import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
 import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
@@ -318,6 +319,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
     }
     restoreAltstack(tr, th.signals);
     restoreSched(tr, th.sched);
+    restoreMempolicy(tr, th.mempolicy);
     restoreThreadPrctl(tr, th.prctl);
     restoreCredsAndCaps(tr, p.creds, th.caps);
     restoreThreadPrctlAfterCreds(tr, th.prctl);

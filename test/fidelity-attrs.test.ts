@@ -39,6 +39,8 @@ function observeThread(tid: number): Record<string, unknown> {
     affinity: cpus.subarray(0, n).toString('hex'), cpusAllowed: st.raw['Cpus_allowed_list'],
     ioprio: syscall(SYS_ioprio_get, 'ioprio_get', 1, tid),
     timerslack: read('timerslack_ns'), loginuid: read('loginuid'), personality: read('personality'),
+    // the task's memory policy, shown for mappings without one of their own
+    mempolicy: read('numa_maps').split('\n')[0].split(' ')[1],
   };
 }
 
@@ -56,7 +58,7 @@ function observe(pid: number): Record<string, unknown> {
 
 /** The attributes this work saves, from an image: they must be saved alike from the restored process. */
 function savedAttrs(p: ImageProcess): unknown {
-  return { prctl: p.prctl, threads: p.threads.map((t) => ({ tid: t.tid, sched: t.sched, prctl: t.prctl, caps: t.caps })) };
+  return { prctl: p.prctl, threads: p.threads.map((t) => ({ tid: t.tid, sched: t.sched, mempolicy: t.mempolicy, prctl: t.prctl, caps: t.caps })) };
 }
 
 /**
@@ -129,6 +131,11 @@ test('capabilities per thread as another uid: sets, bounding, ambient, securebit
   assert.deepEqual(main.caps, { inh: '0x2400', prm: '0x2520', eff: '0x420', bnd: '0x1fff6bfffff', amb: '0x400', securebits: 0x50 });
   assert.deepEqual(second.caps, { inh: '0x1', prm: '0x0', eff: '0x0', bnd: '0x1fffefeffff', amb: '0x0', securebits: 0 });
   assert.deepEqual([p.creds.uid, p.creds.groups, p.prctl.dumpable], [[1000, 1000, 1000, 1000], [100, 200], 0]);
+});
+
+test('NUMA memory policy per thread: interleave with relative nodes; bind with static nodes', async () => {
+  const p = await fidelity('fid_mempolicy');
+  assert.deepEqual(p.threads.map((t) => t.mempolicy), [{ mode: 3 | (1 << 14), nodes: '0x1' }, { mode: 2 | (1 << 15), nodes: '0x1' }]);
 });
 
 for (const [mode, refusal] of [

@@ -4,6 +4,7 @@
 // docs/image-format.md describes every field.
 import type { CapsState } from '../kinds/caps';
 import type { SchedState } from '../kinds/sched';
+import type { MempolicyState } from '../kinds/mempolicy';
 import type { ProcessPrctlState, ThreadPrctlState } from '../kinds/prctl';
 
 /** How a file is recognised again at restart. */
@@ -106,6 +107,7 @@ export interface ImageThread {
   /** the syscall it was stopped in, if any, and how it must resume */
   inSyscall: number | null;
   sched: SchedState;
+  mempolicy: MempolicyState;
   prctl: ThreadPrctlState;
   /** capability sets and securebits of this thread (creds.cap* are the main thread's) */
   caps: CapsState;
