@@ -16,7 +16,7 @@ import { Remote, AT_FDCWD } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
 import { ptrace } from '../sys/libc';
 import { SYS } from '../sys/x86';
-import { UnsupportedError, StasisError, SyscallError } from '../sys/errno';
+import { UnsupportedError, StasisError, SyscallError, errnoName } from '../sys/errno';
 
 const PR = {
   SET_PDEATHSIG: 1, GET_PDEATHSIG: 2, GET_DUMPABLE: 3, SET_DUMPABLE: 4, GET_TSC: 25, SET_TSC: 26,
@@ -236,7 +236,7 @@ export function restoreThreadPrctl(remote: Remote, s: ThreadPrctlState): void {
     const text = Buffer.from(String(s.loginuid));
     const r = remote.task.injectRaw(SYS.write, [fd, remote.putBytes(text), text.length]);
     remote.call('close', SYS.close, [fd]);
-    if (r < 0n) throw new StasisError(`${who}: cannot set its audit loginuid to ${s.loginuid} (${new SyscallError('write', Number(-r)).code}): changing a set loginuid needs CAP_AUDIT_CONTROL; restart as root`);
+    if (r < 0n) throw new StasisError(`${who}: cannot set its audit loginuid to ${s.loginuid} (${errnoName(Number(-r))}): changing a set loginuid needs CAP_AUDIT_CONTROL; restart as root`);
   }
   if (now.tsc !== s.tsc) remote.call('prctl', SYS.prctl, [PR.SET_TSC, s.tsc], `${who}: TSC access`);
   if (now.cpuid !== s.cpuid) remote.call('arch_prctl', SYS.arch_prctl, [ARCH_SET_CPUID, s.cpuid], `${who}: cpuid faulting`);
@@ -249,7 +249,7 @@ export function restoreThreadPrctl(remote: Remote, s: ThreadPrctlState): void {
     // The state bits (enable 2, disable 4, force-disable 8, disable-noexec 16) as one value.
     const mode = s.speculation[i] & ~1;
     const r = s.speculation[i] < 0 ? -22n : remote.task.injectRaw(SYS.prctl, [PR.SET_SPECULATION_CTRL, f, mode, 0, 0]);
-    if (r < 0n) throw new StasisError(`${who}: speculation control ${f} was 0x${s.speculation[i].toString(16)}, here it is 0x${now.speculation[i].toString(16)} and cannot be set (${new SyscallError('prctl', Number(-r)).code}): restart on a machine with the same CPU mitigations`);
+    if (r < 0n) throw new StasisError(`${who}: speculation control ${f} was 0x${s.speculation[i].toString(16)}, here it is 0x${now.speculation[i].toString(16)} and cannot be set (${errnoName(Number(-r))}): restart on a machine with the same CPU mitigations`);
   });
 }
 
