@@ -8,13 +8,14 @@
 // Thread: parent-death signal, no_new_privs, speculation controls, TSC and
 // CPUID access, machine-check kill policy, audit loginuid, personality.
 // Refused: seccomp, syscall user dispatch, PR_SET_IO_FLUSHER, x86 shadow
-// stack, dumpable 2 (suid_dumpable), threads with credentials of their own.
+// stack, dumpable 2 (suid_dumpable), threads with credentials of their own,
+// a core scheduling cookie.
 import fs from 'node:fs';
 import { z } from 'zod';
 import { readStat, readStatus } from '../proc';
 import { Remote, AT_FDCWD } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
-import { ptrace } from '../sys/libc';
+import { ptrace, syscall } from '../sys/libc';
 import { SYS } from '../sys/x86';
 import { UnsupportedError, StasisError, SyscallError, errnoName } from '../sys/errno';
 
@@ -30,6 +31,7 @@ const PR_FUTEX_HASH_SET_SLOTS = 1, PR_FUTEX_HASH_GET_SLOTS = 2;
 const ARCH_GET_CPUID = 0x1011, ARCH_SET_CPUID = 0x1012;
 const NR_membarrier = 324, MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9;
 const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG = 0x4211;
+const PR_SCHED_CORE = 62, PR_SCHED_CORE_GET = 0, PIDTYPE_PID = 0;
 const PF_MEMALLOC_NOIO = 0x00080000, PF_LOCAL_THROTTLE = 0x00100000;
 /** speculation features asked with PR_GET_SPECULATION_CTRL: store bypass, indirect branch, L1D flush */
 const SPEC_FEATURES = [0, 1, 2];
@@ -94,6 +96,15 @@ export function refuseUnrestorableAttrs(pid: number, threads: Tracee[]): void {
     ptrace(PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG, t.pid, 32, sud, 'GET_SYSCALL_USER_DISPATCH_CONFIG');
     if (sud.readBigUInt64LE(0) !== 0n) {
       throw new UnsupportedError(`${who}: syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH) is on; not supported, turn it off before the checkpoint`);
+    }
+    const cookie = Buffer.alloc(8);
+    let cookieRead = false;
+    try {
+      syscall(SYS.prctl, 'prctl(PR_SCHED_CORE_GET)', PR_SCHED_CORE, PR_SCHED_CORE_GET, t.pid, PIDTYPE_PID, cookie);
+      cookieRead = true;
+    } catch { /* no core scheduling on this kernel or machine (ENODEV without SMT, EINVAL): no cookie */ }
+    if (cookieRead && cookie.readBigUInt64LE(0) !== 0n) {
+      throw new UnsupportedError(`${who}: a core scheduling cookie (PR_SCHED_CORE) is set; not supported`);
     }
     if (readStat(t.pid).flags & (PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE)) {
       throw new UnsupportedError(`${who}: PR_SET_IO_FLUSHER is set; not supported (setting it again needs CAP_SYS_RESOURCE)`);

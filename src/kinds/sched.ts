@@ -37,11 +37,14 @@ export type SchedState = z.infer<typeof SchedState>;
 const isRealtime = (policy: number) => policy === SCHED_FIFO || policy === SCHED_RR || policy === SCHED_DEADLINE;
 const isFair = (policy: number) => !isRealtime(policy);
 
-function getattr(tid: number): { policy: number; flags: bigint; runtime: bigint } {
+function getattr(tid: number): { policy: number; flags: bigint; runtime: bigint; utilMin: number; utilMax: number } {
   const a = Buffer.alloc(SCHED_ATTR_SIZE);
   syscall(NR.sched_getattr, 'sched_getattr', tid, a, SCHED_ATTR_SIZE, 0);
-  return { policy: a.readUInt32LE(4), flags: a.readBigUInt64LE(8), runtime: a.readBigUInt64LE(24) };
+  return { policy: a.readUInt32LE(4), flags: a.readBigUInt64LE(8), runtime: a.readBigUInt64LE(24), utilMin: a.readUInt32LE(48), utilMax: a.readUInt32LE(52) };
 }
+
+/** Utilization clamps: 0/1024 by default, 0/0 on a kernel without them. */
+const UCLAMP_DEFAULTS = ['0/1024', '0/0'];
 
 function affinityOf(tid: number): string {
   const b = Buffer.alloc(AFFINITY_BYTES);
@@ -56,6 +59,9 @@ function schedOf(tid: number, tgid: number): Omit<SchedState, 'timerSlack'> {
   const a = getattr(tid);
   if (a.policy === SCHED_DEADLINE) {
     throw new UnsupportedError(`pid ${tgid} thread ${tid}: SCHED_DEADLINE is not supported (its runtime budget cannot be carried over); switch it to another policy (chrt) before the checkpoint`);
+  }
+  if (!UCLAMP_DEFAULTS.includes(`${a.utilMin}/${a.utilMax}`)) {
+    throw new UnsupportedError(`pid ${tgid} thread ${tid}: utilization clamps ${a.utilMin}/${a.utilMax} (sched_setattr SCHED_FLAG_UTIL_CLAMP) are not supported; reset them before the checkpoint`);
   }
   const st = readStat(tid);
   return {
