@@ -14,6 +14,10 @@ import { checkpointSync, restartSync, loadImage } from '../src';
 import { readStat, readStatus, listThreads } from '../src/proc';
 import { syscall } from '../src/sys/libc';
 import type { ImageProcess } from '../src/image/schema';
+import { CapsState } from '../src/kinds/caps';
+import { SchedState } from '../src/kinds/sched';
+import { MempolicyState } from '../src/kinds/mempolicy';
+import { ProcessPrctlState, ThreadPrctlState } from '../src/kinds/prctl';
 
 const procs = new Procs();
 after(() => procs.cleanup());
@@ -83,6 +87,14 @@ async function fidelity(name: string): Promise<ImageProcess> {
   const again = path.join(dir, 'again');
   checkpointSync(r.pid, again);
   const saved = loadImage(img).process;
+  // What was saved fits the declared schemas (images are checked against them).
+  ProcessPrctlState.parse(saved.prctl);
+  for (const t of saved.threads) {
+    CapsState.parse(t.caps);
+    SchedState.parse(t.sched);
+    MempolicyState.parse(t.mempolicy);
+    ThreadPrctlState.parse(t.prctl);
+  }
   assert.deepEqual(savedAttrs(loadImage(again).process), savedAttrs(saved), 'the restored process saves the same attributes');
   process.kill(r.pid, 'SIGUSR1');
   const exit = await r.wait();
