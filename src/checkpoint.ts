@@ -9,19 +9,25 @@ import { Remote } from './ptrace/remote';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames } from './kinds/memory';
+import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, dumpLockFuture, refuseMempolicy } from './kinds/memory';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals } from './kinds/signals';
 import { dumpFds } from './kinds/files';
+import { LockTable } from './kinds/locks';
+import { dumpSharing, fdTableSharers, Sharing } from './kinds/sharing';
+import { dumpFdOwners, refuseForeignOwners } from './kinds/fdowner';
+import { refuseForeignProcFiles } from './kinds/procfs';
 import { PipeTable } from './kinds/pipes';
-import { MemfdTable } from './kinds/memfd';
+import { MemfdTable, refuseMemfdExe } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
 import { dumpCaps } from './kinds/caps';
 import { dumpSched } from './kinds/sched';
 import { dumpMempolicy } from './kinds/mempolicy';
 import { dumpProcessPrctl, dumpThreadPrctl, refuseUnrestorableAttrs } from './kinds/prctl';
+import { refuseForeignNamespaces } from './kinds/namespaces';
+import { dumpCgroups } from './kinds/cgroups';
 import { StasisError, UnsupportedError } from './sys/errno';
 import { PAGE_SIZE } from './sys/x86';
 
@@ -63,16 +69,19 @@ function checkTarget(pid: number): void {
   if (state === 'Z') throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
 }
 
-/** A `syscall` instruction to inject through: where the task stopped, or in its vDSO. */
-function locateSyscall(t: Tracee, vdso?: { start: number; end: number }): number {
+/**
+ * A `syscall` instruction to inject through: where the task stopped, or in
+ * its vDSO, or (a program that unmapped its vDSO) in any code it maps.
+ */
+function locateSyscall(t: Tracee, code: Array<{ start: number; end: number }>): number {
   const rip = Number(t.saved!.get('rip'));
   try {
     const b = t.readMem(rip - 2, 2);
     if (b[0] === 0x0f && b[1] === 0x05) return rip - 2;
   } catch { /* rip-2 not readable: fall through to the vDSO */ }
-  if (vdso) {
-    const code = t.readMem(vdso.start, vdso.end - vdso.start);
-    for (let i = 0; i + 1 < code.length; i++) if (code[i] === 0x0f && code[i + 1] === 0x05) return vdso.start + i;
+  for (const r of code) {
+    const bytes = t.readMem(r.start, r.end - r.start);
+    for (let i = 0; i + 1 < bytes.length; i++) if (bytes[i] === 0x0f && bytes[i + 1] === 0x05) return r.start + i;
   }
   throw new StasisError(`pid ${t.pid}: found no syscall instruction to run system calls in the task`);
 }
@@ -98,6 +107,7 @@ interface Survey {
   proc: FrozenProcess;
   vmas: ImageVma[];
   fds: ImageFd[];
+  sharing: Sharing;
 }
 
 function dumpZombie(p: FrozenProcess): ImageZombie {
@@ -130,8 +140,10 @@ function dumpProcess(s: Survey): ImageProcess {
   const pid = s.proc.pid;
   const stat = readStat(pid);
   const attrs = dumpProcessAttrs(pid);
+  const cgroups = dumpCgroups(pid);
   const main = s.proc.threads[0];
-  const insn = locateSyscall(main, specialVmas(s.vmas).get('[vdso]'));
+  const vdso = specialVmas(s.vmas).get('[vdso]');
+  const insn = locateSyscall(main, vdso ? [vdso] : s.vmas.filter((v) => v.prot === 'r-x' && v.kind === 'file'));
   for (const t of s.proc.threads) t.syscallInsn = insn;
   const remote = new Remote(main);
   remote.mapScratch(4 * PAGE_SIZE);
@@ -141,6 +153,8 @@ function dumpProcess(s: Survey): ImageProcess {
     const xcompPerm = dumpXcompPerm(remote);
     const mm = dumpMm(remote);
     const prctl = dumpProcessPrctl(remote);
+    const lockFuture = dumpLockFuture(remote);
+    refuseMempolicy(remote, s.vmas);
     const threads: ImageThread[] = s.proc.threads.map((t) => {
       const r = remote.withTask(t);
       const cpu = dumpCpu(t);
@@ -160,7 +174,7 @@ function dumpProcess(s: Survey): ImageProcess {
     });
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
-      xcompPerm: '0x' + xcompPerm.toString(16), mm, prctl, vmas: s.vmas, fds: s.fds, threads,
+      xcompPerm: '0x' + xcompPerm.toString(16), mm, prctl, lockFuture, vmas: s.vmas, fds: dumpFdOwners(remote, s.fds), sharing: s.sharing, threads, cgroups,
       ...(s.proc.stopped ? { stopped: true } : {}),
     };
   } finally {
@@ -193,6 +207,8 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
   try {
     const pipes = new PipeTable();
     const memfds = new MemfdTable();
+    const locks = new LockTable();
+    const sharing = dumpSharing(tree.processes.filter((p) => !p.zombie), pid);
     const surveys: Survey[] = [];
     const zombies: ImageZombie[] = [];
     for (const p of tree.processes) {
@@ -202,14 +218,19 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
         continue;
       }
       refuseUnrestorableAttrs(p.pid, p.threads);
+      refuseForeignNamespaces(p.pid);
+      refuseMemfdExe(p.pid);
       const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
-      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds);
-      surveys.push({ proc: p, vmas, fds });
+      const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds, locks, fdTableSharers(sharing, p.pid));
+      surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
     }
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
+    refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
+    locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)));
     linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => dumpProcess(s));
+    refuseForeignOwners(images);
     // Only a tree can share pages copy-on-write between its processes.
     const frames = surveys.length > 1 ? new SavedFrames() : undefined;
     const parentOf = new Map(tree.processes.map((p) => [p.pid, p.ppid]));
@@ -218,7 +239,8 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       for (let p = parentOf.get(child); p !== undefined && parentOf.has(p); p = parentOf.get(p)) set.add(p);
       return set;
     };
-    const runs = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v, frames, ancestorsOf(s.proc.pid))));
+    const shmem = new ShmemPages();
+    const runs = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v, frames, ancestorsOf(s.proc.pid), shmem)));
     const pipeData = pipes.collect();
     const memfdData = memfds.collect();
     log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes, ${memfdData.length} memfds`);

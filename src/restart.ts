@@ -7,24 +7,32 @@ import { Tracee } from './ptrace/tracee';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE } from './ptrace/remote';
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
-import { readImage, readImageBuffer, RecordType, decodePages, PageRun } from './image/stream';
-import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd } from './image/schema';
+import { loadImage, LoadedImage } from './image/load';
+import { ImageProcess } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
-import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, PageIndex } from './kinds/memory';
+import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, checkMappedFiles, PageIndex, restoreLockFuture } from './kinds/memory';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack } from './kinds/signals';
 import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
+import { restoreLocks } from './kinds/locks';
+import { restoreFdOwners } from './kinds/fdowner';
+import { sharingFlags } from './kinds/sharing';
+import { imageTaskIds, refuseProcFilesUnderNewPids } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, checkCreds } from './kinds/process';
 import { restoreCredsAndCaps } from './kinds/caps';
 import { restoreSched } from './kinds/sched';
 import { restoreMempolicy } from './kinds/mempolicy';
 import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
+import { checkCgroups, restoreCgroups } from './kinds/cgroups';
 import { ImageError, StasisError } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
-import { waitpidSync, waitpidAsync, mapFile, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
+import { waitpidSync, waitpidAsync, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
+
+export { loadImage };
+export type { LoadedImage };
 
 export interface RestartOptions {
   /**
@@ -50,64 +58,6 @@ export interface Restarted {
   pid: number;
   /** Resolves when the restored process ends (it is our child). */
   wait(): Promise<ExitInfo>;
-}
-
-export interface LoadedImage {
-  /** live processes, parents before children; the first is the root */
-  processes: ImageProcess[];
-  zombies: ImageZombie[];
-  pipes: ImagePipe[];
-  memfds: ImageMemfd[];
-  pages: Array<{ pid: number; runs: PageRun[]; data: Buffer }>;
-  /** the root process */
-  process: ImageProcess;
-  /** Let go of the mapped image file, once nothing reads the page buffers any more. */
-  release(): void;
-}
-
-function parseJson<T>(payload: Buffer, what: string): T {
-  try {
-    return JSON.parse(payload.toString('utf8')) as T;
-  } catch (e) {
-    throw new ImageError(`${what} is not valid JSON (${(e as Error).message})`);
-  }
-}
-
-/** Read an image from a path or fd, verifying every record. */
-export function loadImage(input: string | number): LoadedImage {
-  const fd = typeof input === 'number' ? input : fs.openSync(input, 'r');
-  const source = typeof input === 'number' ? (input === 0 ? 'the image on stdin' : `the image on fd ${input}`) : input;
-  let records;
-  let release = () => {};
-  try {
-    // A file is mapped rather than read: no copy of the pages, no fresh memory.
-    const st = fs.fstatSync(fd);
-    if (typeof input !== 'number' && st.isFile() && st.size > 0) {
-      const map = mapFile(fd, st.size, source);
-      release = map.unmap;
-      try {
-        records = readImageBuffer(map.buf, source);
-      } catch (e) {
-        map.unmap();
-        throw e;
-      }
-    } else {
-      records = readImage(fd, source);
-    }
-  } finally {
-    if (typeof input !== 'number') fs.closeSync(fd);
-  }
-  const processes = records.filter((r) => r.type === RecordType.Process)
-    .map((r) => parseJson<ImageProcess>(r.payload, `${source}: Process record at byte ${r.offset}`));
-  if (!processes.length) throw new ImageError(`${source}: no Process record`);
-  const zombies = records.filter((r) => r.type === RecordType.Zombie)
-    .map((r) => parseJson<ImageZombie>(r.payload, `${source}: Zombie record at byte ${r.offset}`));
-  const pipes = records.filter((r) => r.type === RecordType.Pipes)
-    .flatMap((r) => parseJson<ImagePipe[]>(r.payload, `${source}: Pipes record at byte ${r.offset}`));
-  const memfds = records.filter((r) => r.type === RecordType.Memfds)
-    .flatMap((r) => parseJson<ImageMemfd[]>(r.payload, `${source}: Memfds record at byte ${r.offset}`));
-  const pages = records.filter((r) => r.type === RecordType.Pages).map((r) => decodePages(r.payload, `${source} at byte ${r.offset}`));
-  return { processes, zombies, pipes, memfds, pages, process: processes[0], release };
 }
 
 function pidInUse(pid: number): string | null {
@@ -139,20 +89,12 @@ function pidHolder(pid: number): string | null {
 
 /** Everything that can be checked before a process is created. */
 function preflight(img: LoadedImage, ns: boolean): void {
-  const known = new Set<number>([...img.processes.map((p) => p.pid), ...img.zombies.map((z) => z.pid)]);
   for (const p of img.processes) {
     checkCreds(p.creds);
     checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
-    for (const v of p.vmas) {
-      if (v.kind === 'file') checkFileIdentity(v.file!, `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`);
-    }
-    checkFds(p.fds);
-    const saved = p.vmas.reduce((s, v) => s + v.savedPages, 0) * PAGE_SIZE;
-    const carried = img.pages.filter((r) => r.pid === p.pid).reduce((s, r) => s + r.data.length, 0);
-    if (saved !== carried) throw new ImageError(`pid ${p.pid}: the image lists ${saved} bytes of pages but carries ${carried}`);
-  }
-  for (const e of [...img.processes.slice(1), ...img.zombies]) {
-    if (!known.has(e.ppid)) throw new ImageError(`pid ${e.pid}: its parent ${e.ppid} is not in the image`);
+    checkMappedFiles(p.vmas, p.creds, p.pid);
+    checkFds(p.fds, p.creds, p.pid, imageTaskIds(img.processes, img.zombies));
+    checkCgroups(p.pid, p.cgroups);
   }
   if (ns || singleTask(img)) return; // pids are free in a new namespace; one task may take a new pid
   for (const id of [...img.processes.flatMap((p) => p.threads.map((t) => t.tid)), ...img.zombies.map((z) => z.pid)]) {
@@ -268,7 +210,8 @@ function clearAddressSpace(remote: Remote, p: ImageProcess, log: (m: string) => 
   const t = remote.task;
   const gadget = t.syscallInsn;
   const live = readMaps(t.pid);
-  remote.call('close_range', SYS.close_range, [0, 0xffffffff, 0], 'inherited fds');
+  // An fd table shared with the parent holds the parent's restored fds already.
+  if (!p.sharing?.files) remote.call('close_range', SYS.close_range, [0, 0xffffffff, 0], 'inherited fds');
   const specials = specialVmas(live);
   remote.batch(live.filter((v) => !specials.has(v.path) && v.start !== gadget)
     .map((v) => ({ name: 'munmap', nr: SYS.munmap, args: [v.start, v.end - v.start], where: `blank mapping ${v.path}` })));
@@ -292,19 +235,22 @@ interface Keepers { pipes: PipeKeeper; memfds: MemfdKeeper }
 function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
   const p = r.image;
   const remote = r.remote;
+  restoreCgroups(remote.task.pid, p.pid, p.cgroups);
   clearAddressSpace(remote, p, log);
   // Signals that reached the blank while the tree was built (SIGCHLD from
   // zombies made on purpose) are artifacts of the restore, not its state.
   remote.task.deferredSignals.length = 0;
   mapVmas(remote, p.vmas, host, keep.memfds);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
-  for (const pg of pages) writePages(remote, pg.runs, pg.data);
+  for (const pg of pages) writePages(remote, p.vmas, pg.runs, pg.data);
   writeInheritedPages(remote, p, img);
   finishVmas(remote, p.vmas);
   log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written`);
   restoreMm(remote, p.mm);
-  restoreFds(remote, p.fds, keep.pipes, keep.memfds);
-  restoreProcessAttrs(remote, p);
+  if (!p.sharing?.files) restoreFds(remote, p.fds, keep.pipes, keep.memfds);
+  restoreLocks(remote, p.fds);
+  // cwd, root and umask shared with the parent are set already (a second chroot would nest).
+  restoreProcessAttrs(remote, p.sharing?.fs ? { ...p, root: '/' } : p);
   restoreSigactions(remote, p.sigactions);
   restoreXcompPerm(remote, BigInt(p.xcompPerm));
   // Threads: created at their tids inside this process, then given their state.
@@ -326,6 +272,8 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
   restoreProcessPrctl(remote, p.prctl);
+  restoreFdOwners(remote, p.fds);
+  restoreLockFuture(remote, p.lockFuture);
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
@@ -347,7 +295,7 @@ function writeInheritedPages(remote: Remote, p: ImageProcess, img: LoadedImage):
         index.copy(run.addr, run.len, data, at, `pid ${p.pid}`);
         at += run.len;
       }
-      writePages(remote, group.runs, data);
+      writePages(remote, [v], group.runs, data);
     }
   }
 }
@@ -433,6 +381,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     // The tree, top down: every task is a copy of the blank until rebuilt.
     let nsInit: Tracee | null = null;
     if (ns) {
+      refuseProcFilesUnderNewPids(img.processes, 'inside a new pid namespace');
       blankRemote.call('unshare', SYS.unshare, [CLONE_NEWPID], 'new pid namespace');
       nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0);
       nsInit.vpid = nsInit.vtgid = 1;
@@ -441,6 +390,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       rootTask = cloneAt(blankRemote.withTask(nsInit), root.pid, 0, SIGCHLD, 0, true);
       created.push(rootTask);
     } else if (singleTask(img) && pidInUse(root.pid) !== null) {
+      refuseProcFilesUnderNewPids(img.processes, `under a new pid (pid ${root.pid} is in use)`);
       log(`pid ${root.pid} is in use: restoring under a new pid`);
       rootTask = blank;
     } else {
@@ -457,7 +407,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       for (const e of entries) {
         const parent = remotes.get(e.ppid);
         if (remotes.has(e.pid) || !parent) continue;
-        const t = cloneAt(parent, e.pid, 0, SIGCHLD, 0, ns);
+        const t = cloneAt(parent, e.pid, 'sharing' in e ? sharingFlags(e.sharing) : 0, SIGCHLD, 0, ns);
         created.push(t);
         const r = blankRemote.withTask(t);
         remotes.set(e.pid, r);

@@ -66,14 +66,19 @@ function savedAttrs(p: ImageProcess): unknown {
 }
 
 /**
- * Start NAME, wait for "ready", observe, checkpoint with --kill, restart,
+ * Start NAME (its output file owned by `owner` if given), wait for "ready", observe, checkpoint with --kill, restart,
  * observe again and compare; checkpoint the restored process (it keeps
  * running) and compare what is saved; then SIGUSR1 makes it check itself.
  * Returns the first image's root process for test-specific assertions.
  */
-async function fidelity(name: string): Promise<ImageProcess> {
+async function fidelity(name: string, owner?: number): Promise<ImageProcess> {
   const dir = tmpdir(name);
   const out = path.join(dir, 'out');
+  // A restart opens files only as the saved process could have: its stdout is its own.
+  if (owner !== undefined) {
+    fs.writeFileSync(out, '');
+    fs.chownSync(out, owner, owner);
+  }
   const pid = procs.start(build(name), [], out);
   await waitFor(out, /^ready$/m);
   const before = observe(pid);
@@ -138,7 +143,7 @@ test('prctl state: subreaper, THP, MDWE, KSM, futex hash, dumpable; per thread p
 });
 
 test('capabilities per thread as another uid: sets, bounding, ambient, securebits and keepcaps; dumpable cleared by the uid change', async () => {
-  const p = await fidelity('fid_caps');
+  const p = await fidelity('fid_caps', 1000);
   const [main, second] = p.threads;
   assert.deepEqual(main.caps, { inh: '0x2400', prm: '0x2520', eff: '0x420', bnd: '0x1fff6bfffff', amb: '0x400', securebits: 0x50 });
   assert.deepEqual(second.caps, { inh: '0x1', prm: '0x0', eff: '0x0', bnd: '0x1fffefeffff', amb: '0x0', securebits: 0 });

@@ -138,6 +138,11 @@ function cmdShow(args: string[]): number {
   return 0;
 }
 
+/** Control characters shown escaped, so a refusal stays one line. */
+function oneLine(s: string): string {
+  return s.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   let code: number;
@@ -155,7 +160,8 @@ export async function main(argv: string[]): Promise<void> {
       process.stderr.write(`stasis: ${e.message}\n${USAGE}\n`);
       code = 2;
     } else if (e instanceof StasisError) {
-      process.stderr.write(`stasis: ${e.message}\n`);
+      // One line, whatever an image put into a name or path.
+      process.stderr.write(`stasis: ${oneLine(e.message)}\n`);
       code = 1;
     } else {
       process.stderr.write(`stasis: internal error: ${(e as Error).stack ?? e}\n`);

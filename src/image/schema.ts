@@ -1,201 +1,288 @@
-// The metadata schema of an image (the JSON payload of a Process record).
+// The metadata schema of an image, declared once with zod: the types the
+// rest of stasis uses are z.infer of these schemas, and every JSON record is
+// parsed through them when an image is loaded (src/image/load.ts).
 // Addresses are JSON numbers (user space fits in 53 bits); 64-bit masks and
 // values that may not fit are hex strings; raw kernel structs are base64.
-// docs/image-format.md describes every field.
-import type { CapsState } from '../kinds/caps';
-import type { SchedState } from '../kinds/sched';
-import type { MempolicyState } from '../kinds/mempolicy';
-import type { ProcessPrctlState, ThreadPrctlState } from '../kinds/prctl';
+// docs/image-format.md describes every field and the validation rules.
+//
+// ADDING A FIELD (convention for every kind module):
+//  - declare the state as a bounded zod schema in the kind module, with the
+//    type of the same name:
+//      export const SchedState = z.object({ policy: int(0, 7), ... });
+//      export type SchedState = z.infer<typeof SchedState>;
+//    using the bounded blocks of ./fields (int, u32, hex64, path, ...), never
+//    a bare z.number() or z.string();
+//  - add ONE line to the z.object of the record below, e.g. `sched: SchedState,`
+//    in ImageProcess, with a VALUE import (`import { SchedState } from
+//    '../kinds/sched'`); the kind module may import types from here
+//    (`import type`) but no values, so there is no import cycle;
+//  - keep it required unless absence has a meaning (then `.optional()`);
+//  - checks that span records (ids that must exist, ranges that must not
+//    overlap) go into src/image/validate.ts.
+import { z } from 'zod';
+import {
+  int, u32, count, pid, pidOrZero, fd, address, pageAligned, hex64, hex32, decimalU64, decimalI64,
+  path, name, base64Exact, base64Max, PID_MAX, FD_MAX,
+} from './fields';
+import { CgroupMembership } from '../kinds/cgroups';
+import { FileLock } from '../kinds/locks';
+import { FdOwner } from '../kinds/fdowner';
+import { Sharing } from '../kinds/sharing';
+import { GuardRuns, LockFuture, ShmemSize } from '../kinds/memory';
+import { CapsState } from '../kinds/caps';
+import { SchedState } from '../kinds/sched';
+import { MempolicyState } from '../kinds/mempolicy';
+import { ProcessPrctlState, ThreadPrctlState } from '../kinds/prctl';
 
 /** How a file is recognised again at restart. */
-export interface FileIdentity {
-  path: string;
-  dev: number;
-  ino: number;
-  size: number;
+export const FileIdentity = z.object({
+  path,
+  dev: count,
+  ino: count,
+  size: count,
   /** mtime in nanoseconds, as a decimal string */
-  mtimeNs: string;
-}
+  mtimeNs: decimalI64,
+});
+export type FileIdentity = z.infer<typeof FileIdentity>;
 
-export type VmaKind = 'anon' | 'file' | 'shmem' | 'vdso' | 'vvar' | 'vvar_vclock';
+export const VmaKind = z.enum(['anon', 'file', 'shmem', 'vdso', 'vvar', 'vvar_vclock']);
+export type VmaKind = z.infer<typeof VmaKind>;
 
-export interface ImageVma {
-  start: number;
-  end: number;
+const AddressRun = z.object({ addr: pageAligned, len: pageAligned.refine((v) => v > 0, 'empty run') });
+
+export const ImageVma = z.object({
+  start: pageAligned,
+  end: pageAligned,
   /** "rwx" with '-' for missing rights, as in /proc/pid/maps */
-  prot: string;
-  shared: boolean;
-  kind: VmaKind;
+  prot: z.string().regex(/^[r-][w-][x-]$/, "not 'rwx' with '-' for missing rights"),
+  shared: z.boolean(),
+  kind: VmaKind,
   /** /proc name for anonymous kinds: "[heap]", "[stack]", "" */
-  name: string;
-  file?: FileIdentity;
-  offset: number;
+  name: name(4096),
+  file: FileIdentity.optional(),
+  offset: count.refine((v) => v % 4096 === 0, 'not page aligned'),
   /** VmFlags from smaps, restored where they carry behaviour (gd, dd, hg ...) */
-  vmFlags: string[];
+  vmFlags: z.array(z.string().regex(/^[a-z0-9]{2}$/, 'not a two-letter VmFlag')).max(64),
   /**
-   * Shared anonymous memory: the shmem object's inode. The first process
-   * (in image order) mapping an object saves its pages; later ones name it
-   * as `from` and map the same object again.
+   * Shared anonymous memory: the shmem object's inode and size. The first
+   * VMA (in image order) mapping an object makes it; later ones (in any
+   * process) name it as `from` and map the same object at their offset.
+   * Each page of the object is saved once, with the first VMA mapping it.
    */
-  shmem?: { ino: number; from?: { pid: number; start: number; end: number } };
+  shmem: z.object({ ino: count, from: z.object({ pid, start: pageAligned, end: pageAligned }).optional(), size: ShmemSize.optional() }).optional(),
   /** a shared mapping of a memfd file: its id in the Memfds record (contents saved there) */
-  memfd?: number;
+  memfd: count.optional(),
   /** number of pages saved for this VMA in Pages records */
-  savedPages: number;
+  savedPages: count,
   /**
    * Pages still shared copy-on-write with an ancestor at checkpoint time:
    * saved once, in the ancestor's Pages records, and copied from there.
    */
-  inherited?: Array<{ from: number; runs: Array<{ addr: number; len: number }> }>;
-}
+  inherited: z.array(z.object({ from: pid, runs: z.array(AddressRun).max(1 << 20) })).max(4096).optional(),
+  /** guard regions (MADV_GUARD_INSTALL) inside the VMA; absent when none */
+  guards: GuardRuns.optional(),
+});
+export type ImageVma = z.infer<typeof ImageVma>;
 
-export interface ImageFd {
-  fd: number;
-  kind: 'file' | 'dir' | 'chr' | 'pipe' | 'fifo' | 'memfd' | 'eventfd' | 'signalfd' | 'timerfd' | 'epoll';
-  path: string;
+export const FdKind = z.enum(['file', 'dir', 'chr', 'pipe', 'fifo', 'memfd', 'eventfd', 'signalfd', 'timerfd', 'epoll']);
+
+/** [seconds, nanoseconds] */
+const Timespec = z.tuple([count, int(0, 999_999_999)]);
+
+export const ImageFd = z.object({
+  fd,
+  kind: FdKind,
+  path: name(4096),
   /** open flags from fdinfo (O_CLOEXEC stripped; see cloexec) */
-  flags: number;
-  pos: number;
-  cloexec: boolean;
+  flags: int(0, 0o77777777),
+  pos: count,
+  cloexec: z.boolean(),
   /** an earlier fd with the same open file description (dup'ed, not reopened) */
-  sameAs?: number;
+  sameAs: fd.optional(),
   /** the same open file description as an fd of an earlier process (fork) */
-  sharedWith?: { pid: number; fd: number };
+  sharedWith: z.object({ pid, fd }).optional(),
   /** pipe or FIFO: its id in the Pipes record */
-  pipe?: number;
+  pipe: count.optional(),
   /** memfd: its id in the Memfds record */
-  memfd?: number;
+  memfd: count.optional(),
   /** eventfd: its counter (decimal string, 64-bit), semaphore mode and kernel id */
-  eventfd?: { count: string; semaphore: boolean; id: number };
+  eventfd: z.object({ count: decimalU64, semaphore: z.boolean(), id: count }).optional(),
   /** signalfd: the signal mask it reads (hex) */
-  signalfd?: { mask: string };
+  signalfd: z.object({ mask: hex64 }).optional(),
   /** timerfd: clock, remaining time and interval as [s, ns], unread expirations */
-  timerfd?: { clock: number; value: [number, number]; interval: [number, number]; ticks: string };
+  timerfd: z.object({ clock: int(0, 11), value: Timespec, interval: Timespec, ticks: decimalU64 }).optional(),
   /** epoll: what it watches, as (fd of this process, events hex, data hex) */
-  epoll?: Array<{ fd: number; events: string; data: string }>;
-  file?: FileIdentity;
-}
+  epoll: z.array(z.object({ fd, events: hex32, data: hex64 })).max(1 << 16).optional(),
+  file: FileIdentity.optional(),
+  /** locks held through this fd (flock and OFD locks: on the fd that restores the open file description) */
+  locks: z.array(FileLock).max(1 << 16).optional(),
+  /** F_SETOWN_EX owner and F_SETSIG signal of the open file description, when set */
+  owner: FdOwner.optional(),
+});
+export type ImageFd = z.infer<typeof ImageFd>;
 
-export interface ImageSigaction {
-  sig: number;
-  handler: string;
-  flags: string;
-  restorer: string;
-  mask: string;
-}
+/** A raw siginfo_t, base64. */
+const Siginfo = base64Exact(128);
+/** More queued signals than RLIMIT_SIGPENDING allows in practice. */
+const MAX_PENDING = 1 << 16;
+
+export const ImageSigaction = z.object({
+  sig: int(1, 64),
+  handler: hex64,
+  flags: hex64,
+  restorer: hex64,
+  mask: hex64,
+});
+export type ImageSigaction = z.infer<typeof ImageSigaction>;
 
 /** Per-thread signal state. */
-export interface ImageSignals {
-  blocked: string;
+export const ImageSignals = z.object({
+  blocked: hex64,
   /** raw siginfo_t (128 bytes), base64, pending for this thread */
-  pending: string[];
-  altstack: { sp: number; flags: number; size: number };
-}
+  pending: z.array(Siginfo).max(MAX_PENDING),
+  altstack: z.object({ sp: address, flags: u32, size: address }),
+});
+export type ImageSignals = z.infer<typeof ImageSignals>;
 
-export interface ImageThread {
-  tid: number;
+export const ImageThread = z.object({
+  tid: pid,
   /** thread name (/proc/pid/task/tid/comm) */
-  comm: string;
+  comm: name(64),
   /** struct user_regs_struct, base64 */
-  regs: string;
+  regs: base64Exact(216),
   /** NT_X86_XSTATE regset, base64 */
-  xstate: string;
-  signals: ImageSignals;
-  rseq: { addr: string; len: number; sig: number; flags: number } | null;
-  tidAddress: string;
-  robustList: { head: string; len: number };
+  xstate: base64Max(16384),
+  signals: ImageSignals,
+  rseq: z.object({ addr: hex64, len: int(0, 4096), sig: u32, flags: u32 }).nullable(),
+  tidAddress: hex64,
+  robustList: z.object({ head: hex64, len: int(0, 4096) }),
   /** the syscall it was stopped in, if any, and how it must resume */
-  inSyscall: number | null;
-  sched: SchedState;
-  mempolicy: MempolicyState;
-  prctl: ThreadPrctlState;
+  inSyscall: int(0, 4095).nullable(),
+  sched: SchedState,
+  mempolicy: MempolicyState,
+  prctl: ThreadPrctlState,
   /** capability sets and securebits of this thread (creds.cap* are the main thread's) */
-  caps: CapsState;
-}
+  caps: CapsState,
+});
+export type ImageThread = z.infer<typeof ImageThread>;
 
-export interface ImageMm {
-  startCode: number; endCode: number; startData: number; endData: number;
-  startBrk: number; brk: number; startStack: number;
-  argStart: number; argEnd: number; envStart: number; envEnd: number;
-  /** saved auxv vector, base64 */
-  auxv: string;
-  exe: FileIdentity;
-}
+export const ImageMm = z.object({
+  startCode: address, endCode: address, startData: address, endData: address,
+  startBrk: address, brk: address, startStack: address,
+  argStart: address, argEnd: address, envStart: address, envEnd: address,
+  /** saved auxv vector, base64 (the kernel keeps at most AT_VECTOR_SIZE pairs) */
+  auxv: base64Max(1024),
+  exe: FileIdentity,
+});
+export type ImageMm = z.infer<typeof ImageMm>;
 
-export interface ImageCreds {
-  uid: number[];
-  gid: number[];
-  groups: number[];
-  capEff: string;
-  capPrm: string;
-  capInh: string;
-  capBnd: string;
-  capAmb: string;
-  noNewPrivs: number;
-}
+const uid = int(0, 0xfffffffe);
+export const ImageCreds = z.object({
+  /** real, effective, saved, filesystem */
+  uid: z.array(uid).length(4),
+  gid: z.array(uid).length(4),
+  groups: z.array(uid).max(65536),
+  capEff: hex64,
+  capPrm: hex64,
+  capInh: hex64,
+  capBnd: hex64,
+  capAmb: hex64,
+  noNewPrivs: int(0, 1),
+});
+export type ImageCreds = z.infer<typeof ImageCreds>;
 
-export interface ImageProcess {
-  pid: number;
-  ppid: number;
-  pgid: number;
-  sid: number;
-  comm: string;
+export const ImageRlimit = z.object({ resource: int(0, 15), name: name(64), soft: hex64, hard: hex64 });
+
+export const ImageProcess = z.object({
+  pid,
+  ppid: pidOrZero,
+  pgid: pidOrZero,
+  sid: pidOrZero,
+  comm: name(64),
   /** signal dispositions, shared by the threads */
-  sigactions: ImageSigaction[];
+  sigactions: z.array(ImageSigaction).max(64),
   /** raw siginfo_t, base64: signals pending for the whole process */
-  sharedPending: string[];
+  sharedPending: z.array(Siginfo).max(MAX_PENDING),
   /** kernel the image was taken on (uname -r) */
-  kernel: string;
-  personality: number;
-  umask: number;
-  cwd: string;
-  root: string;
+  kernel: name(256),
+  personality: u32,
+  umask: int(0, 0o777),
+  cwd: path,
+  root: path,
   /** ARCH_GET_XCOMP_PERM: extended state components it may use (AMX) */
-  xcompPerm: string;
-  rlimits: Array<{ resource: number; name: string; soft: string; hard: string }>;
-  creds: ImageCreds;
-  mm: ImageMm;
-  prctl: ProcessPrctlState;
-  vmas: ImageVma[];
-  fds: ImageFd[];
+  xcompPerm: hex64,
+  rlimits: z.array(ImageRlimit).max(16),
+  creds: ImageCreds,
+  mm: ImageMm,
+  prctl: ProcessPrctlState,
+  /** mlockall(MCL_FUTURE) in force for new mappings */
+  lockFuture: LockFuture,
+  vmas: z.array(ImageVma).max(1 << 18),
+  fds: z.array(ImageFd).max(FD_MAX),
+  /** what it shares with its parent (fd table, fs info) */
+  sharing: Sharing,
   /** main thread first */
-  threads: ImageThread[];
+  threads: z.array(ImageThread).min(1).max(1 << 16),
+  /** cgroup membership per hierarchy */
+  cgroups: z.array(CgroupMembership).max(64),
   /** stopped by a signal (SIGSTOP, SIGTSTP ...): restored stopped */
-  stopped?: boolean;
-}
+  stopped: z.boolean().optional(),
+});
+export type ImageProcess = z.infer<typeof ImageProcess>;
 
 /** A child that has exited but not been waited for. */
-export interface ImageZombie {
-  pid: number;
-  ppid: number;
-  pgid: number;
-  sid: number;
+export const ImageZombie = z.object({
+  pid,
+  ppid: pid,
+  pgid: pidOrZero,
+  sid: pidOrZero,
   /** wait status as wait() reports it */
-  exitStatus: number;
-}
+  exitStatus: int(0, 0xffff),
+});
+export type ImageZombie = z.infer<typeof ImageZombie>;
+
+/** Largest pipe buffer the kernel allows (F_SETPIPE_SZ is an int, a power of two). */
+const PIPE_MAX = 1 << 30;
 
 /** Pipes and FIFOs of the tree, with the bytes in flight (Pipes record). */
-export interface ImagePipe {
-  id: number;
-  kind: 'pipe' | 'fifo';
+export const ImagePipe = z.object({
+  id: count,
+  kind: z.enum(['pipe', 'fifo']),
   /** FIFO path */
-  path?: string;
+  path: path.optional(),
   /** buffer capacity (F_GETPIPE_SZ) */
-  size: number;
+  size: int(0, PIPE_MAX),
   /** unread bytes, base64 (empty for an external pipe: they are not ours) */
-  data: string;
+  data: base64Max(PIPE_MAX),
   /** a pipe also held outside the tree, declared with --external: at restart it must be handed in with --inherit-fd */
-  external?: boolean;
-}
+  external: z.boolean().optional(),
+});
+export type ImagePipe = z.infer<typeof ImagePipe>;
 
 /** A memfd file with its contents (Memfds record, ImageMemfd[]). */
-export interface ImageMemfd {
+export const ImageMemfd = z.object({
   /** inode number at checkpoint time */
-  id: number;
-  name: string;
-  size: number;
+  id: count,
+  name: name(249),
+  size: count,
   /** F_GET_SEALS */
-  seals: number;
+  seals: int(0, 0x3f),
   /** data segments (holes are not saved), base64 */
-  segments: Array<{ offset: number; data: string }>;
-}
+  segments: z.array(z.object({ offset: count, data: base64Max(1 << 30) })).max(1 << 20),
+});
+export type ImageMemfd = z.infer<typeof ImageMemfd>;
+
+/** The payload of each JSON record type. */
+export const PipesRecord = z.array(ImagePipe).max(1 << 20);
+export const MemfdsRecord = z.array(ImageMemfd).max(1 << 20);
+/** End: the record count lets a reader prove it saw everything; the rest is informational. */
+export const EndRecord = z.object({ records: int(0, 1 << 30), pageBytes: count.optional() });
+export type EndRecord = z.infer<typeof EndRecord>;
+
+/** Header of a binary Pages record: u32 runs, u32 pid, (u64 addr, u64 len)*, then the data. */
+export const PageRun = AddressRun;
+export type PageRun = z.infer<typeof PageRun>;
+export const PagesHeader = z.object({ pid, runs: z.array(PageRun).max(1 << 24) });
+export type PagesHeader = z.infer<typeof PagesHeader>;
+
+export { PID_MAX, FD_MAX };

@@ -5,6 +5,10 @@ import fs from 'node:fs';
 import { ImageError, StasisError } from '../sys/errno';
 import { crc32c } from './crc32c';
 import { writevAsync, sleepSync } from '../sys/libc';
+import { EndRecord, PagesHeader, PageRun } from './schema';
+import { issueText } from './fields';
+
+export type { PageRun };
 
 export const MAGIC = Buffer.from('STASIS\0\n', 'latin1');
 export const FORMAT_VERSION = 1;
@@ -219,7 +223,7 @@ function parseImage(src: Source, source: string): ImageRecord[] {
       throw new ImageError(`${source} is corrupted: ${recordTypeName(type)} record at byte ${offset} (${len} bytes) fails its checksum`);
     }
     if (type === RecordType.End) {
-      const end = JSON.parse(payload.toString('utf8')) as { records: number };
+      const end = parseEnd(payload, `${source}: record ${records.length + 1} (End)`);
       if (end.records !== records.length) {
         throw new ImageError(`${source} is inconsistent: End record counts ${end.records} records, found ${records.length}`);
       }
@@ -230,12 +234,23 @@ function parseImage(src: Source, source: string): ImageRecord[] {
   }
 }
 
-/** Binary layout of a Pages record: u32 runs, u32 pid, (u64 addr, u64 len)*, data. */
-export interface PageRun {
-  addr: number;
-  len: number;
+/** The End record: small JSON, checked like every other record. */
+function parseEnd(payload: Buffer, where: string): EndRecord {
+  if (payload.length > 4096) throw new ImageError(`${where}: ${payload.length} bytes is more than an End record holds`);
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString('utf8'));
+  } catch (e) {
+    throw new ImageError(`${where}: not valid JSON (${(e as Error).message})`);
+  }
+  const got = EndRecord.safeParse(value);
+  if (!got.success) {
+    throw new ImageError(`${where}: ${issueText(got.error)}`);
+  }
+  return got.data;
 }
 
+/** Binary layout of a Pages record: u32 runs, u32 pid, (u64 addr, u64 len)*, data. */
 export function encodePagesHeader(runs: PageRun[], pid: number): Buffer {
   const b = Buffer.alloc(8 + runs.length * 16);
   b.writeUInt32LE(runs.length, 0);
@@ -247,21 +262,34 @@ export function encodePagesHeader(runs: PageRun[], pid: number): Buffer {
   return b;
 }
 
-export function decodePages(payload: Buffer, where: string): { pid: number; runs: PageRun[]; data: Buffer } {
-  if (payload.length < 8) throw new ImageError(`${where}: Pages record too short`);
+/**
+ * The header of a Pages record, checked against PagesHeader (pid, page
+ * aligned runs in user space); the data stays a view into the payload.
+ * `where(pid)` names the record in a refusal.
+ */
+export function decodePages(payload: Buffer, where: string | ((pid?: number) => string)): { pid: number; runs: PageRun[]; data: Buffer } {
+  const label = typeof where === 'string' ? () => where : where;
+  if (payload.length < 8) throw new ImageError(`${label()}: Pages record too short`);
   const n = payload.readUInt32LE(0);
-  const dataStart = 8 + n * 16;
-  if (dataStart > payload.length) throw new ImageError(`${where}: Pages record lists ${n} runs but is only ${payload.length} bytes`);
-  const runs: PageRun[] = [];
+  const rawPid = payload.readUInt32LE(4);
+  // Checked before anything is allocated for the runs.
+  if (8 + n * 16 > payload.length) throw new ImageError(`${label(rawPid)}: field runs: lists ${n} runs but the record is only ${payload.length} bytes`);
+  const runs: PageRun[] = new Array(n);
   let total = 0;
   for (let i = 0; i < n; i++) {
+    // Above 2^53 the number is inexact, but then it is far out of range and refused below.
     const addr = Number(payload.readBigUInt64LE(8 + i * 16));
     const len = Number(payload.readBigUInt64LE(16 + i * 16));
-    runs.push({ addr, len });
+    runs[i] = { addr, len };
     total += len;
   }
-  if (dataStart + total !== payload.length) {
-    throw new ImageError(`${where}: Pages record runs add up to ${total} bytes but it carries ${payload.length - dataStart}`);
+  const got = PagesHeader.safeParse({ pid: rawPid, runs });
+  if (!got.success) {
+    throw new ImageError(`${label(rawPid)}: ${issueText(got.error)}`);
   }
-  return { pid: payload.readUInt32LE(4), runs, data: payload.subarray(dataStart) };
+  const dataStart = 8 + n * 16;
+  if (dataStart + total !== payload.length) {
+    throw new ImageError(`${label(rawPid)}: field runs: they add up to ${total} bytes but the record carries ${payload.length - dataStart}`);
+  }
+  return { pid: rawPid, runs: got.data.runs, data: payload.subarray(dataStart) };
 }

@@ -7,7 +7,7 @@
 // securebits, and the saved sets last (lowering needs no privilege).
 import { z } from 'zod';
 import { readStatus } from '../proc';
-import { ImageCreds } from '../image/schema';
+import type { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { StasisError, SyscallError } from '../sys/errno';

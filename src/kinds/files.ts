@@ -3,8 +3,10 @@
 // close-on-exec and shared open file descriptions (dup'ed fds share one
 // offset, within a process and across fork).
 import fs from 'node:fs';
-import { listFds, readFdinfo } from '../proc';
-import { ImageFd } from '../image/schema';
+import { listFds, readFdinfo, readLimits, Fdinfo } from '../proc';
+import { LockTable } from './locks';
+import { O_ASYNC } from './fdowner';
+import { ImageFd, ImageCreds } from '../image/schema';
 import { Remote, AT_FDCWD } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { syscall } from '../sys/libc';
@@ -15,9 +17,11 @@ import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
 import { isEventfd, dumpEventfd, createEventfd } from './eventfd';
 import { dumpSignalfd, dumpTimerfd, createSignalfd, createTimerfd } from './timerfd';
 import { isEpoll, dumpEpoll, createEpoll } from './epoll';
+import { procPidOf } from './procfs';
 
 const O_CLOEXEC = 0o2000000, O_CREAT = 0o100, O_EXCL = 0o200, O_TRUNC = 0o1000, O_PATH = 0o10000000;
 const KCMP_FILE = 0;
+const RLIMIT_NOFILE = 7;
 const SEEK_SET = 0;
 
 /** Character devices with no state of their own: reopened by path. */
@@ -38,6 +42,22 @@ function describeLink(target: string): string {
   return target;
 }
 
+const RESOLVE_NO_SYMLINKS = 0x04;
+/** Flags openat2 accepts (VALID_OPEN_FLAGS); openat ignored the others, openat2 refuses them. */
+const VALID_OPEN_FLAGS = 0o37777703;
+
+/**
+ * Arguments of an openat2 that follows no symlink anywhere in `path` (nor
+ * a /proc magic link): a path named by an image reaches exactly that
+ * file, not wherever a link planted since points.
+ */
+export function openNoSymlinks(remote: Remote, path: string, flags: number): number[] {
+  const how = Buffer.alloc(24); // struct open_how: flags, mode, resolve
+  how.writeBigUInt64LE(BigInt(flags & VALID_OPEN_FLAGS), 0);
+  how.writeBigUInt64LE(BigInt(RESOLVE_NO_SYMLINKS), 16);
+  return [AT_FDCWD, remote.putString(path), remote.putBytes(how), how.length];
+}
+
 /** The same open file description: compared by the kernel (kcmp). */
 function sameFile(pidA: number, fdA: number, pidB: number, fdB: number): boolean {
   return syscall(SYS.kcmp, 'kcmp', pidA, pidB, KCMP_FILE, fdA, fdB) === 0;
@@ -56,17 +76,23 @@ function key(f: ImageFd): string {
  * dumped (parents first): an fd inherited through fork is recorded as
  * shared with theirs.
  */
-export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: number; fds: ImageFd[] }> = [], memfds?: MemfdTable): ImageFd[] {
+export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: number; fds: ImageFd[] }> = [], memfds?: MemfdTable, locks?: LockTable, filesSharers?: Set<number>): ImageFd[] {
   const out: ImageFd[] = [];
+  /** Shared open file descriptions found, then the locks the fd carries. */
+  const add = (entry: ImageFd, info: Fdinfo): void => {
+    const e = withSharing(entry, pid, out, earlier);
+    const held = locks?.note(pid, e.fd, e.path, info.lines, e.sameAs === undefined && !e.sharedWith, filesSharers);
+    out.push(held ? { ...e, locks: held } : e);
+  };
   for (const { fd, target } of listFds(pid)) {
     const where = pid ? `fd ${fd} of pid ${pid}` : `fd ${fd}`;
     const pipeLink = /^pipe:\[(\d+)\]$/.exec(target);
     if (pipeLink) {
       const info = readFdinfo(pid, fd);
-      out.push(withSharing({
+      add({
         fd, kind: 'pipe', path: target, flags: info.flags & ~O_CLOEXEC, pos: 0, cloexec: (info.flags & O_CLOEXEC) !== 0,
         pipe: pipes.note(pid, fd, 'pipe', Number(pipeLink[1])),
-      }, pid, out, earlier));
+      }, info);
       continue;
     }
     if (isEventfd(target) || isEpoll(target) || target === 'anon_inode:[signalfd]' || target === 'anon_inode:[timerfd]') {
@@ -76,7 +102,7 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
         : isEpoll(target) ? { ...base, kind: 'epoll', epoll: dumpEpoll(pid, info, where) }
           : target === 'anon_inode:[signalfd]' ? { ...base, kind: 'signalfd', signalfd: dumpSignalfd(info, where) }
             : { ...base, kind: 'timerfd', timerfd: dumpTimerfd(info, where) };
-      out.push(withSharing(entry, pid, out, earlier));
+      add(entry, info);
       continue;
     }
     if (!target.startsWith('/')) throw new UnsupportedError(`${where}: ${describeLink(target)} is not supported yet`);
@@ -84,10 +110,10 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
     if (memfd !== null && memfds) {
       const info = readFdinfo(pid, fd);
       const ino = fs.statSync(`/proc/${pid}/fd/${fd}`).ino;
-      out.push(withSharing({
+      add({
         fd, kind: 'memfd', path: target, flags: info.flags & ~O_CLOEXEC, pos: info.pos, cloexec: (info.flags & O_CLOEXEC) !== 0,
         memfd: memfds.note(ino, memfd, `/proc/${pid}/fd/${fd}`),
-      }, pid, out, earlier));
+      }, info);
       continue;
     }
     if (target.endsWith(' (deleted)')) throw new UnsupportedError(`${where}: ${target} is an unlinked file, not supported yet`);
@@ -118,7 +144,7 @@ export function dumpFds(pid: number, pipes: PipeTable, earlier: Array<{ pid: num
     if (entry.kind === 'file' && entry.file!.ino !== Number(st.ino)) {
       throw new StasisError(`${where}: ${target} was replaced by another file while open`);
     }
-    out.push(withSharing(entry, pid, out, earlier));
+    add(entry, info);
   }
   return out;
 }
@@ -173,10 +199,12 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, me
       }
       continue;
     }
-    const path = f.pipe !== undefined ? pipes.pathFor(f.pipe, f.flags)
-      : f.memfd !== undefined && memfds ? memfds.pathFor(f.memfd) : f.path;
-    const flags = (f.flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | (f.cloexec ? O_CLOEXEC : 0);
-    const got = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(path), flags, 0], where);
+    // O_ASYNC is set afterwards with F_SETFL (restoreFdOwners): open() would not register it.
+    const flags = (f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_ASYNC)) | (f.cloexec ? O_CLOEXEC : 0);
+    // Pipes and memfds are stasis's own, reached through /proc; the image's paths are opened without following links.
+    const got = f.pipe !== undefined || f.memfd !== undefined
+      ? remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(f.pipe !== undefined ? pipes.pathFor(f.pipe, f.flags) : memfds!.pathFor(f.memfd!)), flags, 0], where)
+      : remote.call('openat2', SYS.openat2, openNoSymlinks(remote, f.path, flags), where);
     if (got !== f.fd) {
       remote.call('dup3', SYS.dup3, [got, f.fd, f.cloexec ? O_CLOEXEC : 0], where);
       remote.call('close', SYS.close, [got], where);
@@ -187,10 +215,65 @@ export function restoreFds(remote: Remote, fds: ImageFd[], pipes: PipeKeeper, me
   }
 }
 
-/** Before any process exists: every file an fd names must be there. */
-export function checkFds(fds: ImageFd[]): void {
+/** The restarter's RLIMIT_NOFILE: the blank tasks inherit it while their fds are made. */
+export function openFileLimit(): number {
+  const l = readLimits(process.pid).find((x) => x.resource === RLIMIT_NOFILE);
+  return l === undefined || l.soft > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(l.soft);
+}
+
+const CAP_DAC_OVERRIDE = 1n, CAP_DAC_READ_SEARCH = 2n;
+const O_ACCMODE = 3;
+
+/**
+ * Could the saved process itself have opened this file so? Its fs
+ * credentials and capabilities from the image against the file's owner
+ * and mode bits (ACLs are not consulted: they may only refuse more).
+ * A restart as root must not open what the image's process could not.
+ */
+export function mayOpen(st: fs.Stats, flags: number, creds: ImageCreds): boolean {
+  if (flags & O_PATH) return true;
+  const acc = flags & O_ACCMODE;
+  const read = acc !== 1, write = acc !== 0;
+  const caps = BigInt(creds.capEff);
+  if (caps & (1n << CAP_DAC_OVERRIDE)) return true;
+  if (!write && caps & (1n << CAP_DAC_READ_SEARCH)) return true;
+  const fsuid = creds.uid[3], fsgid = creds.gid[3];
+  const bits = st.uid === fsuid ? (st.mode >> 6) & 7
+    : st.gid === fsgid || creds.groups.includes(st.gid) ? (st.mode >> 3) & 7 : st.mode & 7;
+  return (!read || (bits & 4) !== 0) && (!write || (bits & 2) !== 0);
+}
+
+/**
+ * Before any process exists: every fd fits under the restarter's
+ * RLIMIT_NOFILE, and every file an fd names is there, is no symlink, is
+ * the same file (device and inode) for a regular file, and could have been
+ * opened that way by the saved process.
+ */
+export function checkFds(fds: ImageFd[], creds: ImageCreds, pid: number, taskIds: Set<number> = new Set(), limit = openFileLimit()): void {
   for (const f of fds) {
-    if (f.sameAs !== undefined || f.sharedWith || f.kind === 'pipe' || f.kind === 'memfd' || f.kind === 'eventfd' || f.kind === 'signalfd' || f.kind === 'timerfd' || f.kind === 'epoll') continue;
-    if (!fs.existsSync(f.path)) throw new StasisError(`fd ${f.fd}: ${f.path} is missing; restore the file or restart where it exists`);
+    if (f.fd >= limit) throw new StasisError(`pid ${pid}: fd ${f.fd} is at or above this restarter's RLIMIT_NOFILE (${limit}); raise it (ulimit -n) and restart again`);
+  }
+  for (const f of fds) {
+    if (f.sameAs !== undefined || f.sharedWith || (f.kind !== 'file' && f.kind !== 'dir' && f.kind !== 'chr')) continue;
+    const where = `pid ${pid}: fd ${f.fd}`;
+    // /proc directories of the image's own tasks come into being with them.
+    const procPid = procPidOf(f.path);
+    if (procPid !== null && taskIds.has(procPid)) continue;
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(f.path);
+    } catch (e) {
+      throw new StasisError(`${where}: ${f.path} is missing (${(e as NodeJS.ErrnoException).code}); restore the file or restart where it exists`);
+    }
+    if (st.isSymbolicLink()) throw new StasisError(`${where}: ${f.path} is now a symbolic link; refusing to follow it`);
+    if (f.kind === 'chr' && !Object.values(PLAIN_DEVICES).includes(f.path)) throw new StasisError(`${where}: ${f.path} is not one of the devices a checkpoint saves`);
+    const right = f.kind === 'file' ? st.isFile() : f.kind === 'dir' ? st.isDirectory() : st.isCharacterDevice();
+    if (!right) throw new StasisError(`${where}: ${f.path} is no longer a ${f.kind === 'chr' ? 'character device' : f.kind === 'dir' ? 'directory' : 'regular file'}`);
+    if (f.kind === 'file' && (st.dev !== f.file!.dev || st.ino !== f.file!.ino)) {
+      throw new StasisError(`${where}: ${f.path} is not the file the image had open (inode ${f.file!.dev}:${f.file!.ino}, now ${st.dev}:${st.ino}); refusing to open a different file`);
+    }
+    if (!mayOpen(st, f.flags, creds)) {
+      throw new StasisError(`${where}: the saved process (uid ${creds.uid[3]}) could not open ${f.path} ${(f.flags & O_ACCMODE) === 0 ? 'for reading' : 'for writing'}; refusing to open it with this restarter's rights`);
+    }
   }
 }

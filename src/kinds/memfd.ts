@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import { ImageMemfd } from '../image/schema';
 import { memfdCreate, syscall } from '../sys/libc';
-import { StasisError } from '../sys/errno';
+import { StasisError, UnsupportedError } from '../sys/errno';
 
 const SYS_LSEEK = 8, SYS_FCNTL = 72;
 const SEEK_DATA = 3, SEEK_HOLE = 4;
@@ -17,6 +17,40 @@ const O_RDONLY = 0;
 export function memfdName(path: string): string | null {
   const m = /^\/memfd:(.*) \(deleted\)$/.exec(path);
   return m ? m[1] : null;
+}
+
+/**
+ * A program started from a memfd (fexecve, execveat with AT_EMPTY_PATH) has
+ * it as exe and maps it privately: neither is restored yet.
+ */
+export function refuseMemfdExe(pid: number): void {
+  let exe: string;
+  try {
+    exe = fs.readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return; // no exe (kernel thread): refused elsewhere
+  }
+  const name = memfdName(exe);
+  if (name !== null) {
+    throw new UnsupportedError(`pid ${pid}: its executable is the memfd "${name}" (started with fexecve or execveat), which stasis cannot restore yet; run the program from a file on disk`);
+  }
+}
+
+/** The byte ranges of a file that hold data (SEEK_DATA / SEEK_HOLE): holes hold nothing. */
+export function dataRanges(fd: number, size: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let off = 0; off < size;) {
+    let data: number;
+    try {
+      data = syscall(SYS_LSEEK, 'lseek(SEEK_DATA)', fd, off, SEEK_DATA);
+    } catch {
+      break; // ENXIO: only a hole is left
+    }
+    const hole = syscall(SYS_LSEEK, 'lseek(SEEK_HOLE)', fd, data, SEEK_HOLE);
+    out.push([data, hole]);
+    off = hole;
+  }
+  return out;
 }
 
 export class MemfdTable {

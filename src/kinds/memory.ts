@@ -3,25 +3,49 @@
 // (pagemap) and streams them; restore maps every VMA at its address and
 // writes the pages back.
 import fs from 'node:fs';
-import { Vma, readPagemap } from '../proc';
-import { FileIdentity, ImageVma } from '../image/schema';
+import { z } from 'zod';
+import { Vma, readPagemap, readVmas } from '../proc';
+import type { FileIdentity, ImageVma, ImageCreds } from '../image/schema';
+import { savesPages, vmaAt } from '../image/vma';
+import { mayOpen, openNoSymlinks } from './files';
 import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
 import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
-import { MemfdTable, MemfdKeeper, memfdName } from './memfd';
+import { MemfdTable, MemfdKeeper, memfdName, dataRanges } from './memfd';
 import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
+import { syscall } from '../sys/libc';
+
+/** Page runs of a VMA that are guard regions (MADV_GUARD_INSTALL): nothing to read, installed again. */
+export const GuardRuns = z.array(z.object({
+  addr: z.number().int().min(0).max(2 ** 47).multipleOf(4096),
+  len: z.number().int().min(4096).max(2 ** 47).multipleOf(4096),
+})).max(1 << 20);
+export type GuardRuns = z.infer<typeof GuardRuns>;
+
+/** Size in bytes of a shared anonymous object (absent in older images: the VMA's end). */
+export const ShmemSize = z.number().int().min(0).max(2 ** 47);
+export type ShmemSize = z.infer<typeof ShmemSize>;
+
+/** mlockall(MCL_FUTURE) in force: every new mapping is locked (mm->def_flags). */
+export const LockFuture = z.enum(['off', 'on', 'onfault']);
+export type LockFuture = z.infer<typeof LockFuture>;
 
 const SPECIAL: Record<string, ImageVma['kind']> = { '[vdso]': 'vdso', '[vvar]': 'vvar', '[vvar_vclock]': 'vvar_vclock' };
 
-/** VmFlags that mean state we cannot recreate: refused by name. */
-const REFUSED_FLAGS: Record<string, string> = {
-  io: 'a device (VM_IO) mapping',
-  pf: 'a raw PFN mapping',
-  um: 'a userfaultfd-registered range',
-  uw: 'a userfaultfd write-protected range',
-  ss: 'a shadow stack',
-  sl: 'a sealed (mseal) range',
-};
+/**
+ * Every VmFlags mnemonic of this kernel (fs/proc/task_mmu.c) and what
+ * happens to it: restored by how the VMA is mapped, restored by a call
+ * after mapping, irrelevant, or refused by name. A mnemonic not listed here
+ * is refused: it is state stasis does not know.
+ */
+const MAPPED_FLAGS = new Set([
+  'rd', 'wr', 'ex', 'sh', // prot and MAP_SHARED
+  'mr', 'mw', 'me', 'ms', // what the mapping may become: from the backing file's open mode and MAP_SHARED
+  'gd', // MAP_GROWSDOWN
+  'ac', // VM_ACCOUNT: mapped writable (then mprotect'ed) when it was
+  'nr', // MAP_NORESERVE
+  'dp', // MAP_DROPPABLE
+]);
 
 /** VmFlags restored with madvise after mapping. */
 const MADVISE_FOR_FLAG: Record<string, number> = {
@@ -31,7 +55,51 @@ const MADVISE_FOR_FLAG: Record<string, number> = {
   hg: 14, // MADV_HUGEPAGE
   nh: 15, // MADV_NOHUGEPAGE
   mg: 12, // MADV_MERGEABLE
+  sr: 2, // MADV_SEQUENTIAL
+  rr: 1, // MADV_RANDOM
 };
+
+/** Restored by their own calls in finishVmas (mlock2, guard install, mseal). */
+const CALL_FLAGS = new Set(['lo', 'lf', 'gu', 'sl']);
+
+/** No behaviour a program can see: soft-dirty only feeds /proc's clear_refs tracking. */
+const IRRELEVANT_FLAGS = new Set(['sd']);
+
+/** VmFlags that mean state we cannot recreate: refused by name. */
+const REFUSED_FLAGS: Record<string, string> = {
+  io: 'a device (VM_IO) mapping',
+  pf: 'a raw PFN mapping',
+  mm: 'a mixed PFN (device or DAX) mapping',
+  de: 'a driver mapping that cannot be expanded (VM_DONTEXPAND)',
+  ar: 'a PAT-reserved device mapping',
+  sf: 'a synchronous DAX (MAP_SYNC) mapping',
+  ht: 'a hugetlbfs mapping',
+  um: 'a userfaultfd-registered range',
+  uw: 'a userfaultfd write-protected range',
+  ui: 'a userfaultfd minor-fault range',
+  ss: 'a shadow stack',
+  bt: 'a branch-target-protected range',
+  mt: 'a memory-tagged range',
+  nl: 'a nonlinear mapping',
+};
+
+const MADV_GUARD_INSTALL = 102, MADV_GUARD_REMOVE = 103;
+const MAP_NORESERVE = 0x4000, MAP_DROPPABLE = 0x08;
+const MLOCK_ONFAULT = 1;
+const SYS_MSEAL = 462, SYS_MLOCKALL = 151;
+
+/** Refuse a VMA whose flags or protection key stasis cannot give back. */
+function refuseFlags(v: Vma, label: string, pid: number): void {
+  const who = pid ? `pid ${pid}: ` : '';
+  for (const f of v.vmFlags) {
+    if (MAPPED_FLAGS.has(f) || MADVISE_FOR_FLAG[f] !== undefined || CALL_FLAGS.has(f) || IRRELEVANT_FLAGS.has(f)) continue;
+    const what = REFUSED_FLAGS[f] ?? `a range with VmFlag "${f}", unknown to stasis`;
+    throw new UnsupportedError(`${who}${label}: ${what} is not supported; unmap it (or undo what set it) before the checkpoint`);
+  }
+  if (v.protectionKey) {
+    throw new UnsupportedError(`${who}${label}: memory protection key ${v.protectionKey} is not supported; pkey_mprotect it back to key 0 before the checkpoint`);
+  }
+}
 
 export function fileIdentity(path: string): FileIdentity {
   const st = fs.statSync(path, { bigint: true });
@@ -42,8 +110,12 @@ export function fileIdentity(path: string): FileIdentity {
 export function checkFileIdentity(id: FileIdentity, what: string): void {
   let now: FileIdentity;
   try {
-    now = fileIdentity(id.path);
+    // lstat: a symlink put in the file's place is not the file.
+    const st = fs.lstatSync(id.path, { bigint: true });
+    if (st.isSymbolicLink()) throw new StasisError(`${what}: ${id.path} is now a symbolic link; refusing to follow it`);
+    now = { path: id.path, dev: Number(st.dev), ino: Number(st.ino), size: Number(st.size), mtimeNs: st.mtimeNs.toString() };
   } catch (e) {
+    if (e instanceof StasisError) throw e;
     throw new StasisError(`${what}: ${id.path} is missing (${(e as NodeJS.ErrnoException).code}); restore the file or restart where it exists`);
   }
   const diffs: string[] = [];
@@ -51,6 +123,27 @@ export function checkFileIdentity(id: FileIdentity, what: string): void {
   if (now.size !== id.size) diffs.push(`size ${id.size} became ${now.size}`);
   if (now.mtimeNs !== id.mtimeNs) diffs.push('mtime changed');
   if (diffs.length) throw new StasisError(`${what}: ${id.path} changed since the checkpoint (${diffs.join(', ')}); refusing to map different contents`);
+}
+
+/**
+ * Before any process exists: every mapped file is the one the image names,
+ * and the saved process could have opened it the way mapVmas will (read
+ * and write for a shared mapping that may become writable).
+ */
+export function checkMappedFiles(vmas: ImageVma[], creds: ImageCreds, pid: number): void {
+  for (const v of vmas) {
+    if (v.kind !== 'file') continue;
+    const what = `pid ${pid}: mapping at 0x${v.start.toString(16)}`;
+    checkFileIdentity(v.file!, what);
+    const mode = v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY;
+    if (!mayOpen(fs.statSync(v.file!.path), mode, creds)) {
+      throw new StasisError(`${what}: the saved process (uid ${creds.uid[3]}) could not open ${v.file!.path} ${mode === O_RDWR ? 'for writing' : 'for reading'}; refusing to map it with this restarter's rights`);
+    }
+  }
+}
+
+function mapFilesPath(pid: number, v: { start: number; end: number }): string {
+  return `/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`;
 }
 
 function vmaLabel(v: { start: number; end: number }, path: string): string {
@@ -62,21 +155,25 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVm
   const out: ImageVma[] = [];
   for (const v of vmas) {
     const label = vmaLabel(v, v.path);
-    for (const f of v.vmFlags) {
-      if (REFUSED_FLAGS[f] && !SPECIAL[v.path]) throw new UnsupportedError(`${label}: ${REFUSED_FLAGS[f]} is not supported yet`);
-    }
+    if (!SPECIAL[v.path]) refuseFlags(v, label, pid);
     const prot = `${v.prot.read ? 'r' : '-'}${v.prot.write ? 'w' : '-'}${v.prot.exec ? 'x' : '-'}`;
     const base = { start: v.start, end: v.end, prot, shared: v.shared, offset: v.offset, vmFlags: v.vmFlags, savedPages: 0 };
     if (SPECIAL[v.path]) {
       out.push({ ...base, kind: SPECIAL[v.path], name: v.path });
     } else if (v.path.startsWith('[') || v.path === '') {
-      if (v.path && v.path !== '[heap]' && v.path !== '[stack]' && !v.path.startsWith('[anon:')) {
+      if (v.path.startsWith('[anon:')) {
+        // PR_SET_VMA_ANON_NAME (not configured in the kernel stasis is tested on).
+        throw new UnsupportedError(`pid ${pid}: ${label}: named anonymous memory is not supported yet; checkpoint it without the name`);
+      }
+      if (v.path && v.path !== '[heap]' && v.path !== '[stack]') {
         throw new UnsupportedError(`${label}: special mapping ${v.path} is not supported yet`);
       }
       if (v.shared) throw new UnsupportedError(`${label}: shared anonymous mapping without a backing object is not supported yet`);
       out.push({ ...base, kind: 'anon', name: v.path });
     } else if (v.shared && v.path === '/dev/zero (deleted)') {
-      out.push({ ...base, kind: 'shmem', name: '', shmem: { ino: v.inode } });
+      // The object may be larger than this VMA (split, partly unmapped): its size.
+      const size = pid ? fs.statSync(mapFilesPath(pid, v)).size : v.offset + v.end - v.start;
+      out.push({ ...base, kind: 'shmem', name: '', shmem: { ino: v.inode, size } });
     } else if (memfdName(v.path) !== null && memfds) {
       if (!v.shared) throw new UnsupportedError(`${label}: private mapping of a memfd is not supported yet`);
       const range = `${v.start.toString(16)}-${v.end.toString(16)}`;
@@ -100,18 +197,48 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVm
 }
 
 /**
- * Shared anonymous memory seen in several processes of a tree is one object:
- * the first process to map it keeps it, the later ones point at it.
+ * Shared anonymous memory is one object however many VMAs map it, in one
+ * process or several: the first VMA to map it makes it at restart, every
+ * later one (in the same process too) points at that VMA and maps the same
+ * object at its own offset.
  */
 export function linkSharedMemory(procs: Array<{ pid: number; vmas: ImageVma[] }>): void {
   const owners = new Map<number, { pid: number; start: number; end: number }>();
   for (const p of procs) {
     for (const v of p.vmas) {
-      if (!v.shmem) continue;
+      if (!v.shmem || v.memfd !== undefined) continue;
       const owner = owners.get(v.shmem.ino);
       if (!owner) owners.set(v.shmem.ino, { pid: p.pid, start: v.start, end: v.end });
-      else if (owner.pid !== p.pid) v.shmem.from = owner;
+      else v.shmem.from = owner;
     }
+  }
+}
+
+/**
+ * The pages of shared anonymous objects, each saved once, through the first
+ * VMA that maps it. Which pages exist is asked of the object itself
+ * (SEEK_DATA through map_files): a page written by one process is in no
+ * page table of another, and pagemap would miss it there.
+ */
+export class ShmemPages {
+  private readonly objects = new Map<number, { data: Array<[number, number]>; claimed: Set<number> }>();
+
+  /** Whether the page at object offset `off` holds data not claimed yet; claims it. */
+  claim(pid: number, v: ImageVma, off: number): boolean {
+    const ino = v.shmem!.ino;
+    let o = this.objects.get(ino);
+    if (!o) {
+      const fd = fs.openSync(mapFilesPath(pid, v), 'r');
+      try {
+        o = { data: dataRanges(fd, fs.fstatSync(fd).size), claimed: new Set() };
+      } finally {
+        fs.closeSync(fd);
+      }
+      this.objects.set(ino, o);
+    }
+    if (o.claimed.has(off) || !o.data.some(([a, b]) => a <= off && off < b)) return false;
+    o.claimed.add(off);
+    return true;
   }
 }
 
@@ -132,42 +259,90 @@ export class SavedFrames {
   }
 }
 
-function addRun(runs: PageRun[], addr: number): void {
+let zeroFrame: number | undefined;
+
+/**
+ * The frame of the kernel's shared zero page, which backs anonymous memory
+ * that was only read: found by read-faulting a fresh page of our own.
+ * Such pages hold no data; saving them would make them real, locked and
+ * counted in Rss after restart.
+ */
+function zeroPfn(): number {
+  if (zeroFrame !== undefined) return zeroFrame;
+  const addr = syscall(SYS.mmap, 'mmap', 0, PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  try {
+    const fd = fs.openSync('/proc/self/mem', 'r');
+    try { fs.readSync(fd, Buffer.alloc(1), 0, 1, addr); } finally { fs.closeSync(fd); }
+    const e = readPagemap('self', addr, addr + PAGE_SIZE)[0];
+    zeroFrame = e >> 63n ? Number(e & ((1n << 55n) - 1n)) : 0;
+  } finally {
+    syscall(SYS.munmap, 'munmap', addr, PAGE_SIZE);
+  }
+  return zeroFrame;
+}
+
+/** A run of pages to read; `slow` ones go through /proc/pid/mem (see readBatch). */
+export interface ReadRun extends PageRun { slow?: boolean }
+
+function addRun(runs: ReadRun[], addr: number, slow = false): void {
   const last = runs[runs.length - 1];
-  if (last && last.addr + last.len === addr) last.len += PAGE_SIZE;
-  else runs.push({ addr, len: PAGE_SIZE });
+  if (last && last.addr + last.len === addr && !!last.slow === slow) last.len += PAGE_SIZE;
+  else runs.push(slow ? { addr, len: PAGE_SIZE, slow } : { addr, len: PAGE_SIZE });
 }
 
 /**
  * Pages that exist only in this process's memory, as address runs. With
  * `frames`, pages still shared copy-on-write with an ancestor are listed
- * in v.inherited instead (saved once, with that ancestor).
+ * in v.inherited instead (saved once, with that ancestor). Guard regions
+ * are listed in v.guards: they hold no data and fault on any access.
  */
-export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ancestors: Set<number> = new Set()): PageRun[] {
+export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ancestors: Set<number> = new Set(), shmem = new ShmemPages()): ReadRun[] {
   if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') return [];
   if (v.kind === 'file' && v.shared) return []; // the file holds them
-  if (v.shmem?.from) return []; // saved with the process that maps it first
   if (v.memfd !== undefined) return []; // the Memfds record holds the file
+  if (v.shmem) {
+    // By object offset, whether this process ever touched the page or not.
+    const runs: ReadRun[] = [];
+    for (let addr = v.start; addr < v.end; addr += PAGE_SIZE) {
+      if (shmem.claim(pid, v, v.offset + addr - v.start)) addRun(runs, addr);
+    }
+    v.savedPages = runs.reduce((n, r) => n + r.len / PAGE_SIZE, 0);
+    return runs;
+  }
   const pm = readPagemap(pid, v.start, v.end);
   // The entries as 32-bit halves: no BigInt work per page (a 1 GiB VMA has
-  // 262144 of them). Bits 63/62/61 (present/swapped/file) are in the high half.
+  // 262144 of them). Bits 63..56 are in the high half.
   const halves = new Uint32Array(pm.buffer, pm.byteOffset, pm.length * 2);
   const privateFile = v.kind === 'file';
-  const runs: PageRun[] = [];
+  const runs: ReadRun[] = [];
+  const guards: PageRun[] = [];
+  const zero = zeroPfn();
   for (let i = 0; i < pm.length; i++) {
     const hi = halves[2 * i + 1];
     const present = hi >>> 31;
     const swapped = (hi >>> 30) & 1;
     const filePage = (hi >>> 29) & 1;
+    const exclusive = (hi >>> 24) & 1;
+    const addr = v.start + i * PAGE_SIZE;
+    // A guard region is a swap-like marker entry (bit 58): reading it faults.
+    if (!present && (hi >>> 26) & 1) {
+      addRun(guards, addr);
+      continue;
+    }
     // In a private file mapping only copied-on-write (anonymous) pages are
     // ours; file pages come back from the file.
     const keep = swapped === 1 || (present === 1 && !(privateFile && filePage === 1));
     if (!keep) continue;
-    const addr = v.start + i * PAGE_SIZE;
-    const pfn = present && frames ? (hi & 0x7fffff) * 0x100000000 + halves[2 * i] : 0;
+    // process_vm_readv pins pages, and pinning a page shared copy-on-write
+    // makes the kernel give the reader's task its own copy: a checkpoint
+    // would silently undo the sharing in the live tree. Such pages (mapped
+    // more than once, or swapped) are read through /proc/pid/mem instead.
+    const pfn = present ? (hi & 0x7fffff) * 0x100000000 + halves[2 * i] : 0;
+    if (pfn !== 0 && pfn === zero && !privateFile) continue; // never written: reads as zeros again
+    const slow = present === 0 || exclusive === 0;
     const from = frames && pfn ? frames.sharedWith(pfn, pid, addr, ancestors) : undefined;
     if (from === undefined) {
-      addRun(runs, addr);
+      addRun(runs, addr, slow);
       continue;
     }
     v.inherited ??= [];
@@ -175,6 +350,7 @@ export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ance
     if (!group) v.inherited.push(group = { from, runs: [] });
     addRun(group.runs, addr);
   }
+  if (guards.length) v.guards = guards;
   v.savedPages = runs.reduce((s, r) => s + r.len / PAGE_SIZE, 0);
   return runs;
 }
@@ -220,13 +396,13 @@ const RECORD_BYTES = 16 << 20;
 
 interface PageBatch { runs: PageRun[]; bytes: number; slow: boolean }
 
-/** Split the runs into Pages records of at most RECORD_BYTES; unreadable VMAs apart. */
-function batchRuns(vmas: ImageVma[], runsByVma: PageRun[][]): PageBatch[] {
+/** Split the runs into Pages records of at most RECORD_BYTES; runs read the slow way apart. */
+function batchRuns(vmas: ImageVma[], runsByVma: ReadRun[][]): PageBatch[] {
   const out: PageBatch[] = [];
   let cur: PageBatch | undefined;
   vmas.forEach((v, i) => {
-    const slow = !v.prot.startsWith('r');
     for (const run of runsByVma[i]) {
+      const slow = !v.prot.startsWith('r') || !!run.slow;
       for (let off = 0; off < run.len; ) {
         if (!cur || cur.slow !== slow || cur.bytes >= RECORD_BYTES) out.push(cur = { runs: [], bytes: 0, slow });
         const len = Math.min(run.len - off, RECORD_BYTES - cur.bytes);
@@ -241,7 +417,8 @@ function batchRuns(vmas: ImageVma[], runsByVma: PageRun[][]): PageBatch[] {
 
 /**
  * Readable VMAs go through process_vm_readv in large iovecs; unreadable ones
- * (PROT_NONE after a write) through /proc/pid/mem.
+ * (PROT_NONE after a write) and pages shared copy-on-write through
+ * /proc/pid/mem, which neither needs read permission nor unshares.
  */
 function readBatch(remote: Remote, b: PageBatch, into: Buffer): Buffer {
   const data = into.subarray(0, b.bytes);
@@ -258,7 +435,7 @@ function readBatch(remote: Remote, b: PageBatch, into: Buffer): Buffer {
 }
 
 /** The same as dumpPages, all on this thread, for synchronous callers. */
-export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: PageRun[][], writer: ImageWriter): number {
+export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: ReadRun[][], writer: ImageWriter): number {
   const buffer = Buffer.allocUnsafe(RECORD_BYTES);
   let total = 0;
   for (const b of batchRuns(vmas, runsByVma)) {
@@ -275,7 +452,7 @@ export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: PageR
  * after their first record (process_vm_readv runs several times faster
  * into touched memory).
  */
-export async function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: PageRun[][], writer: ImageWriter): Promise<number> {
+export async function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: ReadRun[][], writer: ImageWriter): Promise<number> {
   const pid = remote.task.tgid;
   const buffers: Buffer[] = [];
   const busy: Array<Promise<void>> = [];
@@ -310,6 +487,15 @@ function receivesPages(v: ImageVma): boolean {
 }
 
 /**
+ * Mapped writable first and given its final protection in finishVmas: to
+ * receive pages, or to carry VM_ACCOUNT, which the kernel sets only on a
+ * private mapping that was writable at some point.
+ */
+function mappedWritable(v: ImageVma): boolean {
+  return receivesPages(v) || (!v.shared && v.vmFlags.includes('ac'));
+}
+
+/**
  * Map every (non-special) VMA of the image at its address. Mappings that
  * will receive saved pages are made writable for now; `finishVmas` puts the
  * final protection in place once the pages are written.
@@ -317,7 +503,7 @@ function receivesPages(v: ImageVma): boolean {
 export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper): void {
   const wanted = vmas.filter((v) => v.kind !== 'vdso' && v.kind !== 'vvar' && v.kind !== 'vvar_vclock');
   // What each mapping is backed by: a path to open (and how), or nothing.
-  const source = (v: ImageVma, label: string): { path: string; mode: number; what: string } | null => {
+  const source = (v: ImageVma, label: string): { path: string; mode: number; what: string; image?: boolean } | null => {
     if (v.memfd !== undefined) {
       if (!memfds) throw new StasisError(`${label}: memfd mapping without its file`);
       return { path: memfds.pathFor(v.memfd), mode: v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: label };
@@ -330,59 +516,173 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
     }
     if (v.kind === 'file') {
       // A shared mapping that may become writable needs a writable fd.
-      return { path: v.file!.path, mode: v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: v.file!.path };
+      return { path: v.file!.path, mode: v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: v.file!.path, image: true };
     }
     return null;
   };
   const labels = wanted.map((v) => vmaLabel(v, v.file?.path ?? v.name));
-  const sources = wanted.map((v, i) => source(v, labels[i]));
-  // Three batches: open every backing file once, map everything, close.
+  wanted.forEach((v, i) => {
+    // Made writable to receive pages: only memory of the process's own.
+    if (receivesPages(v) && !savesPages(v)) throw new ImageError(`${labels[i]}: a ${v.shared ? 'shared' : 'private'} ${v.kind} mapping never receives saved pages`);
+  });
+  // Shared anonymous objects this process makes: created full size in a
+  // scratch mapping, opened through its map_files, then that mapping is
+  // dropped (the fd keeps the object) before any VMA is placed.
   remote.reset();
+  const own = new Map<number, number>();
+  for (const v of wanted) {
+    if (!v.shmem || v.memfd !== undefined) continue;
+    if (v.shmem.from && hostPid(v.shmem.from.pid) !== remote.task.pid) continue;
+    own.set(v.shmem.ino, Math.max(own.get(v.shmem.ino) ?? 0, v.shmem.size ?? v.offset + v.end - v.start));
+  }
+  const inos = [...own.keys()];
+  const sizes = inos.map((ino) => Math.ceil(own.get(ino)! / PAGE_SIZE) * PAGE_SIZE);
+  const temps = remote.batch(inos.map((ino, i) => ({ name: 'mmap', nr: SYS.mmap, args: [0, sizes[i], PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0], where: `shared memory object of ${sizes[i]} bytes` })));
+  const objectPath = new Map(inos.map((ino, i) => [ino, `/proc/${remote.task.pid}/map_files/${temps[i].toString(16)}-${(temps[i] + sizes[i]).toString(16)}`]));
+  const sources = wanted.map((v, i) => {
+    const path = v.shmem && objectPath.get(v.shmem.ino);
+    return path ? { path, mode: O_RDWR, what: `${labels[i]}: shared memory` } : source(v, labels[i]);
+  });
+  // Three batches: open every backing file once, map everything, close.
   const keys = [...new Set(sources.filter((x) => x).map((x) => `${x!.mode}:${x!.path}`))];
   const opens = keys.map((k) => {
     const x = sources.find((y) => y && `${y.mode}:${y.path}` === k)!;
-    return { name: 'openat', nr: SYS.openat, args: [AT_FDCWD, remote.putString(x.path), x.mode, 0], where: x.what };
+    // The image's files without following links; stasis's own /proc paths (memfd, shared memory) as they are.
+    return x.image
+      ? { name: 'openat2', nr: SYS.openat2, args: openNoSymlinks(remote, x.path, x.mode), where: x.what }
+      : { name: 'openat', nr: SYS.openat, args: [AT_FDCWD, remote.putString(x.path), x.mode, 0], where: x.what };
   });
-  const fdList = remote.batch(opens);
+  let fdList: number[];
+  try {
+    fdList = remote.batch(opens);
+  } finally {
+    remote.batch(inos.map((_, i) => ({ name: 'munmap', nr: SYS.munmap, args: [temps[i], sizes[i]], where: 'shared memory object' })));
+  }
   const fds = new Map(keys.map((k, i) => [k, fdList[i]]));
   try {
     const maps = wanted.map((v, i) => {
       let prot = protBits(v.prot);
-      if (receivesPages(v)) prot |= PROT_WRITE;
+      if (mappedWritable(v)) prot |= PROT_WRITE;
       const src = sources[i];
-      let flags = MAP_FIXED | (v.shared ? MAP_SHARED : MAP_PRIVATE) | (src ? 0 : MAP_ANONYMOUS);
+      const type = v.vmFlags.includes('dp') ? MAP_DROPPABLE : v.shared ? MAP_SHARED : MAP_PRIVATE;
+      let flags = MAP_FIXED | type | (src ? 0 : MAP_ANONYMOUS);
       if (v.vmFlags.includes('gd')) flags |= MAP_GROWSDOWN;
+      if (v.vmFlags.includes('nr')) flags |= MAP_NORESERVE;
       const fd = src ? fds.get(`${src.mode}:${src.path}`)! : -1;
       return { name: 'mmap', nr: SYS.mmap, args: [v.start, v.end - v.start, prot, flags, fd, src ? v.offset : 0], where: labels[i] };
     });
     remote.batch(maps).forEach((got, i) => {
       if (got !== wanted[i].start) throw new StasisError(`${labels[i]}: mmap placed it at 0x${got.toString(16)}`);
     });
+    // Advice before any page is written: a huge page policy decides how the
+    // writes below are backed.
+    remote.batch(wanted.flatMap((v, i) => v.vmFlags.filter((f) => MADVISE_FOR_FLAG[f] !== undefined).map((f) =>
+      ({ name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADVISE_FOR_FLAG[f]], where: `${labels[i]}, flag ${f}` }))));
+    // "gu" stays on a VMA whose guard regions were all removed: one page
+    // guarded and unguarded again, before any page is written.
+    remote.batch(wanted.flatMap((v, i) => v.vmFlags.includes('gu') && !v.guards?.length ? [
+      { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_INSTALL], where: `${labels[i]}, flag gu` },
+      { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_REMOVE], where: `${labels[i]}, flag gu` },
+    ] : []));
   } finally {
     remote.batch([...fds.values()].map((fd) => ({ name: 'close', nr: SYS.close, args: [fd] })));
   }
 }
 
-/** Write saved page runs into the task (the VMAs are mapped writable). */
-export function writePages(remote: Remote, runs: PageRun[], data: Buffer): void {
+/**
+ * Write saved page runs into the task (the VMAs are mapped writable).
+ * Defence in depth besides the image checks: a run must lie in one mapping
+ * that a checkpoint saves pages for, never in a shared file mapping,
+ * whose pages would land in the file.
+ */
+export function writePages(remote: Remote, vmas: ImageVma[], runs: PageRun[], data: Buffer): void {
+  for (const r of runs) {
+    const v = vmas[vmaAt(vmas, r.addr)] as ImageVma | undefined; // sorted: checked at load
+    if (!v || r.addr + r.len > v.end || !savesPages(v)) {
+      throw new ImageError(`pages at 0x${r.addr.toString(16)}-0x${(r.addr + r.len).toString(16)}: ${v ? `aimed at a ${v.shared ? 'shared' : 'private'} ${v.kind} mapping, which never has saved pages` : 'outside every mapping'}`);
+    }
+  }
   remote.task.writev(data, 0, runs);
 }
 
-/** Final protections and VmFlags once the contents are in place. */
+/**
+ * Final protections and VmFlags once the contents are in place. Order
+ * matters: guards cannot be installed in locked ranges, and a sealed range
+ * takes no change at all, so mseal comes last.
+ */
 export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
   const calls: BatchCall[] = [];
+  const seals: BatchCall[] = [];
   for (const v of vmas) {
     if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
     const label = vmaLabel(v, v.file?.path ?? v.name);
     const len = v.end - v.start;
-    if (receivesPages(v) && v.prot[1] !== 'w') calls.push({ name: 'mprotect', nr: SYS.mprotect, args: [v.start, len, protBits(v.prot)], where: label });
-    for (const f of v.vmFlags) {
-      const advice = MADVISE_FOR_FLAG[f];
-      if (advice !== undefined) calls.push({ name: 'madvise', nr: SYS.madvise, args: [v.start, len, advice], where: `${label}, flag ${f}` });
+    if (mappedWritable(v) && v.prot[1] !== 'w') calls.push({ name: 'mprotect', nr: SYS.mprotect, args: [v.start, len, protBits(v.prot)], where: label });
+    for (const g of v.guards ?? []) calls.push({ name: 'madvise', nr: SYS.madvise, args: [g.addr, g.len, MADV_GUARD_INSTALL], where: `${label}, guard pages` });
+    if (v.vmFlags.includes('lo')) {
+      calls.push({ name: 'mlock2', nr: SYS.mlock2, args: [v.start, len, v.vmFlags.includes('lf') ? MLOCK_ONFAULT : 0], where: `${label}: lock it (RLIMIT_MEMLOCK or CAP_IPC_LOCK of the restarting user)` });
     }
-    if (v.vmFlags.includes('lo')) calls.push({ name: 'mlock2', nr: SYS.mlock2, args: [v.start, len, v.vmFlags.includes('lf') ? 1 : 0], where: label });
+    if (v.vmFlags.includes('sl')) seals.push({ name: 'mseal', nr: SYS_MSEAL, args: [v.start, len, 0], where: label });
   }
-  remote.batch(calls);
+  remote.batch([...calls, ...seals]);
+}
+
+/**
+ * mlockall(MCL_FUTURE) leaves no mark on existing VMAs; it shows on new
+ * ones. A page mapped (and unmapped) in the task tells: mm->locked_vm
+ * grows with it, and its VmFlags say whether locking is on fault.
+ */
+export function dumpLockFuture(remote: Remote): LockFuture {
+  const pid = remote.pid;
+  const lockedKb = () => Number(/^VmLck:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  const before = lockedKb();
+  const probe = remote.call('mmap', SYS.mmap, [0, PAGE_SIZE, 0, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0], 'probe page for mlockall');
+  try {
+    if (lockedKb() === before) return 'off';
+    const vma = readVmas(pid).find((v) => v.start <= probe && probe < v.end);
+    return vma?.vmFlags.includes('lf') ? 'onfault' : 'on';
+  } finally {
+    remote.call('munmap', SYS.munmap, [probe, PAGE_SIZE], 'probe page for mlockall');
+  }
+}
+
+const MCL_FUTURE = 2, MCL_ONFAULT = 4;
+const SYS_GET_MEMPOLICY = 239, MPOL_F_ADDR = 2;
+const MPOL_NAMES = ['default', 'preferred', 'bind', 'interleave', 'local', 'preferred many', 'weighted interleave'];
+
+/**
+ * NUMA memory policies of VMAs (mbind) are not saved: any policy other
+ * than the default is refused by name. get_mempolicy(MPOL_F_ADDR) gives a
+ * VMA's own policy (the default when it has none, whatever the task's):
+ * one batch of calls for every VMA. Task policies (set_mempolicy) are
+ * saved per thread by kinds/mempolicy.
+ */
+export function refuseMempolicy(remote: Remote, vmas: ImageVma[]): void {
+  const pid = remote.pid;
+  const targets = vmas.filter((v) => v.kind !== 'vvar' && v.kind !== 'vvar_vclock')
+    .map((v) => ({ addr: v.start, what: vmaLabel(v, v.file?.path ?? v.name) }));
+  for (let i = 0; i < targets.length; i += 256) {
+    const part = targets.slice(i, i + 256);
+    remote.reset();
+    const modes = remote.alloc(4 * part.length);
+    remote.batch(part.map((t, k) => ({
+      name: 'get_mempolicy', nr: SYS_GET_MEMPOLICY,
+      args: [modes + 4 * k, 0, 0, t.addr, MPOL_F_ADDR], where: `NUMA policy of ${t.what}`,
+    })));
+    const got = remote.task.readMem(modes, 4 * part.length);
+    part.forEach((t, k) => {
+      const mode = got.readInt32LE(4 * k) & 0xffff; // the high bits are mode flags
+      if (mode !== 0) {
+        throw new UnsupportedError(`pid ${pid}: ${t.what} has NUMA memory policy "${MPOL_NAMES[mode] ?? mode}" (set_mempolicy or mbind): not supported; checkpoint it with the default policy`);
+      }
+    });
+  }
+}
+
+/** The last memory call of a restore: later mappings of the program are locked again. */
+export function restoreLockFuture(remote: Remote, lock: LockFuture | undefined): void {
+  if (!lock || lock === 'off') return;
+  remote.call('mlockall', SYS_MLOCKALL, [MCL_FUTURE | (lock === 'onfault' ? MCL_ONFAULT : 0)], 'mlockall(MCL_FUTURE)');
 }
 
 /** A free address range of `size` bytes outside every listed range. */

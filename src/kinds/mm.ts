@@ -4,9 +4,10 @@
 import { readStat, readAuxv } from '../proc';
 import fs from 'node:fs';
 import { ImageMm } from '../image/schema';
-import { Remote, AT_FDCWD } from '../ptrace/remote';
+import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { fileIdentity } from './memory';
+import { openNoSymlinks } from './files';
 
 const PR_SET_MM = 35, PR_SET_MM_MAP = 14;
 
@@ -28,7 +29,7 @@ export function restoreMm(remote: Remote, mm: ImageMm): void {
   remote.reset();
   const auxv = Buffer.from(mm.auxv, 'base64');
   const auxvAddr = remote.putBytes(auxv);
-  const exeFd = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString(mm.exe.path), 0, 0], `exe ${mm.exe.path}`);
+  const exeFd = remote.call('openat2', SYS.openat2, openNoSymlinks(remote, mm.exe.path, 0), `exe ${mm.exe.path}`);
   const map = Buffer.alloc(104);
   [mm.startCode, mm.endCode, mm.startData, mm.endData, mm.startBrk, mm.brk, mm.startStack,
     mm.argStart, mm.argEnd, mm.envStart, mm.envEnd, auxvAddr].forEach((v, i) => map.writeBigUInt64LE(BigInt(v), i * 8));

@@ -10,7 +10,7 @@ import { StasisError, UnsupportedError } from '../sys/errno';
 
 const SYS_PIPE2 = 293, SYS_TEE = 276, SYS_FCNTL = 72;
 const F_SETPIPE_SZ = 1031, F_GETPIPE_SZ = 1032;
-const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
+const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000, O_NOFOLLOW = 0o400000;
 const SPLICE_F_NONBLOCK = 2;
 
 interface Holder { pid: number; fd: number }
@@ -142,9 +142,14 @@ export class PipeKeeper {
           // O_RDWR on a FIFO never blocks and keeps its buffer alive.
           let fd: number;
           try {
-            fd = fs.openSync(p.path!, O_RDWR | O_NONBLOCK);
+            fd = fs.openSync(p.path!, O_RDWR | O_NONBLOCK | O_NOFOLLOW);
           } catch (e) {
             throw new StasisError(`FIFO ${p.path}: cannot open (${(e as NodeJS.ErrnoException).code}); it must exist at restart`);
+          }
+          // Saved bytes go into a FIFO only, never into a file named in its place.
+          if (!fs.fstatSync(fd).isFIFO()) {
+            fs.closeSync(fd);
+            throw new StasisError(`FIFO ${p.path}: is not a FIFO at restart; refusing to write its saved bytes`);
           }
           syscall(SYS_FCNTL, 'fcntl(F_SETPIPE_SZ)', fd, F_SETPIPE_SZ, p.size);
           writeAll(fd, data, `FIFO ${p.path}`);

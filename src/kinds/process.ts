@@ -49,8 +49,10 @@ export function restoreProcessAttrs(remote: Remote, p: ImageProcess): void {
   remote.reset();
   remote.call('personality', SYS.personality, [p.personality]);
   remote.call('umask', SYS.umask, [p.umask]);
-  if (p.root !== '/') remote.call('chroot', SYS.chroot, [remote.putString(p.root)], p.root);
+  // Both paths are as seen from our root: cwd first, then chroot (which
+  // leaves cwd alone, inside the new root or not, as the program had it).
   remote.call('chdir', SYS.chdir, [remote.putString(p.cwd)], `cwd ${p.cwd}`);
+  if (p.root !== '/') remote.call('chroot', SYS.chroot, [remote.putString(p.root)], p.root);
   remote.call('prctl', SYS.prctl, [PR_SET_NAME, remote.putString(p.comm)], 'comm');
   const current = new Map(readLimits(remote.pid).map((l) => [l.resource, l]));
   for (const l of p.rlimits) {

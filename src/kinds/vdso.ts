@@ -1,7 +1,10 @@
 // The kernel's special mappings ([vvar], [vvar_vclock], [vdso]) are not
 // saved: the fresh process has its own, which are moved with mremap to the
 // addresses the program knows. Both sets must come from the same kernel
-// layout, so sizes are compared and a mismatch is refused.
+// layout, so sizes are compared and a mismatch is refused. A program may
+// have moved them (mremap) or unmapped them: they are moved to where it
+// put them, and the ones it unmapped are unmapped again. (The kernel
+// forbids splitting them, so each is whole or absent.)
 import { Vma } from '../proc';
 import { ImageVma } from '../image/schema';
 import { Remote } from '../ptrace/remote';
@@ -20,12 +23,18 @@ export function specialVmas(vmas: Array<Vma | ImageVma>): Map<string, { start: n
   return m;
 }
 
-/** Move the live task's special mappings to where the image had them. */
+/** Move the live task's special mappings to where the image had them; unmap the ones it had not. */
 export function moveVdso(remote: Remote, image: ImageVma[], live: Vma[], park: number): void {
   const want = specialVmas(image);
   const have = specialVmas(live);
   for (const name of NAMES) {
     const w = want.get(name), h = have.get(name);
+    if (!w && h) {
+      // The program had unmapped it.
+      remote.call('munmap', SYS.munmap, [h.start, h.end - h.start], `${name}, unmapped by the program`);
+      have.delete(name);
+      continue;
+    }
     if (!w && !h) continue;
     if (!w || !h || w.end - w.start !== h.end - h.start) {
       const size = (r?: { start: number; end: number }) => (r ? `${(r.end - r.start) / 1024} KiB` : 'absent');

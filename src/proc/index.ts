@@ -41,6 +41,8 @@ export interface Vma {
   deleted: boolean;
   /** Two-letter VmFlags mnemonics from smaps; empty when parsed from maps. */
   vmFlags: string[];
+  /** smaps "ProtectionKey:" (CPUs with pkeys only); 0 when absent. */
+  protectionKey?: number;
 }
 
 // start-end perms offset dev inode [path]. The path is whatever follows the
@@ -113,6 +115,8 @@ export function parseSmaps(input: string | Buffer): Vma[] {
     if (cur === null) throw new Error(`smaps data before first header: ${JSON.stringify(line)}`);
     if (cur !== "skip" && line.startsWith("VmFlags:")) {
       cur.vmFlags = line.slice("VmFlags:".length).trim().split(/\s+/).filter((s) => s !== "");
+    } else if (cur !== "skip" && line.startsWith("ProtectionKey:")) {
+      cur.protectionKey = Number(line.slice("ProtectionKey:".length).trim());
     }
   }
   return out;

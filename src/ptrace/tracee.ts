@@ -20,6 +20,9 @@ export interface SeizeOptions {
 
 export class TaskGoneError extends StasisError {}
 
+/** Synchronous fault signals: SIGILL, SIGBUS, SIGFPE, SIGSEGV. */
+const FAULTS = new Set([4, 7, 8, 11]);
+
 export class Tracee {
   readonly pid: number;
   private memFd = -1;
@@ -102,9 +105,22 @@ export class Tracee {
         ptrace(PTRACE.CONT, this.pid, 0, 0, 'CONT');
         continue;
       }
+      if (FAULTS.has(sig) && this.kernelSent()) {
+        // The injected step itself faulted (memory the image made
+        // unusable, e.g. an rseq area in a read-only mapping): resuming
+        // would fault again forever.
+        throw new StasisError(`pid ${this.pid}: ${what}: the task faulted with signal ${sig}; the image's memory does not allow it`);
+      }
       this.deferSignal(sig);
       ptrace(resume, this.pid, 0, 0, 'resume');
     }
+  }
+
+  /** The pending stop's signal came from the kernel (a fault), not from kill(). */
+  private kernelSent(): boolean {
+    const info = Buffer.alloc(128);
+    ptrace(PTRACE.GETSIGINFO, this.pid, 0, info, 'GETSIGINFO');
+    return info.readInt32LE(8) > 0; // si_code > 0: SEGV_MAPERR, BUS_ADRERR, ...
   }
 
   private deferSignal(sig: number): void {

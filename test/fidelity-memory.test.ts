@@ -1,0 +1,228 @@
+// Fidelity of memory: VMA flags, copy-on-write layouts across a tree,
+// mappings that cannot be read, and the special mappings a program moved.
+// Each program sets its state, prints "ready", and checks itself after the
+// restart; the test also reads the state from outside before and after.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { build, Procs, waitFor, waitGone, tmpdir } from './harness';
+import { checkpointSync, restartSync, loadImage } from '../src';
+import { readVmas, readPagemap, readStatus, readStat } from '../src/proc';
+import { scanTree } from '../src/ptrace/freeze';
+
+const procs = new Procs();
+after(() => procs.cleanup());
+
+/** Start NAME with ARGS in a fresh directory and wait for "ready". */
+async function startReady(name: string, args: string[] = []): Promise<{ pid: number; dir: string; out: string }> {
+  const dir = tmpdir(name);
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build(name), args, out, { cwd: dir });
+  await waitFor(out, /^ready$/m);
+  return { pid, dir, out };
+}
+
+/** Checkpoint with --kill, wait until it is gone, restart under the same pid. */
+async function killRestart(pid: number, dir: string): Promise<{ pid: number; wait: () => Promise<unknown> }> {
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  for (const p of [pid]) await waitGone(p, procs);
+  const r = restartSync(img);
+  procs.addTree(r.pid);
+  assert.equal(r.pid, pid, 'restored under its own pid');
+  return r;
+}
+
+/** Frames at the same address in two processes (pagemap PFNs, as root). */
+function sharedFrames(a: number, b: number): number {
+  const bMaps = readVmas(b);
+  let n = 0;
+  for (const v of readVmas(a)) {
+    if (v.path.startsWith('[v')) continue;
+    for (const w of bMaps) {
+      const lo = Math.max(v.start, w.start), hi = Math.min(v.end, w.end);
+      if (lo >= hi) continue;
+      const pa = readPagemap(a, lo, hi), pb = readPagemap(b, lo, hi);
+      for (let i = 0; i < pa.length; i++) {
+        const present = (x: bigint) => (x >> 63n) & 1n;
+        const pfn = (x: bigint) => x & ((1n << 55n) - 1n);
+        if (present(pa[i]) && present(pb[i]) && pfn(pa[i]) === pfn(pb[i])) n++;
+      }
+    }
+  }
+  return n;
+}
+
+test('copy-on-write layouts of a parent, child and grandchild keep every byte', async () => {
+  const { pid, dir, out } = await startReady('fid_cow_layouts');
+  const tree = scanTree(pid).map((p) => p.pid);
+  assert.equal(tree.length, 3);
+  const shared = [sharedFrames(tree[0], tree[1]), sharedFrames(tree[1], tree[2])];
+  assert.ok(shared[0] > 100 && shared[1] > 100, 'parent, child and grandchild share frames');
+  // Reading the pages must not unshare them in the live tree.
+  checkpointSync(pid, path.join(dir, 'live'));
+  assert.deepEqual([sharedFrames(tree[0], tree[1]), sharedFrames(tree[1], tree[2])], shared, 'a checkpoint keeps the sharing');
+  const img = path.join(dir, 'image');
+  const res = checkpointSync(pid, img, { kill: true });
+  const image = loadImage(img);
+  assert.ok(image.processes.slice(1).some((p) => p.vmas.some((v) => v.inherited?.length)), 'shared pages saved once');
+  assert.ok(res.pageBytes > 0);
+  await waitGone(pid, procs);
+  const r = restartSync(img);
+  procs.addTree(r.pid);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\ngrandchild ok\nchild ok\nparent ok\n');
+});
+
+/**
+ * What smaps says of every mapping, minus the counters that legitimately
+ * move (Rss, Pss, Referenced ...): range, protection, name, VmFlags, locked
+ * size, and whether huge pages back it.
+ */
+function smapsState(pid: number): string[] {
+  const out: string[] = [];
+  let cur = '';
+  let fields: Record<string, string> = {};
+  const flush = () => {
+    if (cur) out.push(`${cur} | ${fields.VmFlags} | locked ${fields.Locked} | thp ${fields.AnonHugePages !== '0 kB'}`);
+  };
+  for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const head = /^([0-9a-f]+-[0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (head) {
+      flush();
+      cur = `${head[1]} ${head[2]} ${head[3]}`;
+      fields = {};
+    } else {
+      const kv = /^(\w+):\s+(.*)$/.exec(line);
+      if (kv) fields[kv[1]] = kv[2].trim();
+    }
+  }
+  flush();
+  return out;
+}
+
+async function vmflagsRoundTrip(args: string[]): Promise<void> {
+  const { pid, dir, out } = await startReady('fid_vmflags', args);
+  const before = smapsState(pid);
+  const locked = readStatus(pid).raw.VmLck;
+  for (const f of ['wf', 'dc', 'dd', 'hg', 'nh', 'mg', 'lo', 'lf', 'sr', 'rr', 'nr', 'gu', 'sl', 'dp']) {
+    assert.ok(before.some((l) => l.split(' | ')[1].split(' ').includes(f)), `the program set ${f}`);
+  }
+  const r = await killRestart(pid, dir);
+  assert.deepEqual(smapsState(r.pid), before);
+  assert.equal(readStatus(r.pid).raw.VmLck, locked);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+}
+
+test('VMA flags from madvise, mlock, mmap flags, guard pages and mseal come back identical', async () => {
+  await vmflagsRoundTrip([]);
+});
+
+test('mlockall(MCL_FUTURE | MCL_ONFAULT) still locks new mappings after restart', async () => {
+  await vmflagsRoundTrip(['future']);
+});
+
+/** The special mappings of a process, as "name start-end". */
+function specials(pid: number): string[] {
+  return fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter((l) => /\[(vdso|vvar|vvar_vclock)\]$/.test(l))
+    .map((l) => `${l.split(/\s+/).pop()} ${l.split(' ')[0]}`);
+}
+
+const VDSO_CASES: Record<string, string> = {
+  moved: 'a [vdso] the program moved is moved again after restart',
+  unmapped: 'a [vdso] the program unmapped is unmapped again after restart',
+  'unmapped-spin': 'a process without [vdso], stopped outside any system call, checkpoints and restarts',
+};
+for (const [mode, title] of Object.entries(VDSO_CASES)) {
+  test(title, async () => {
+    const { pid, dir, out } = await startReady('fid_vdso_moved', [mode]);
+    const before = specials(pid);
+    if (mode !== 'moved') assert.deepEqual(before, []);
+    const r = await killRestart(pid, dir);
+    assert.deepEqual(specials(r.pid), before);
+    process.kill(r.pid, 'SIGUSR1');
+    assert.deepEqual(await r.wait(), { code: 0, signal: null });
+    assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+  });
+}
+
+/** A refused checkpoint: the named error, no image, the tree running untraced and unfrozen. */
+async function refused(name: string, args: string[], why: RegExp): Promise<void> {
+  const { pid, dir, out } = await startReady(name, args);
+  const tree = scanTree(pid).map((p) => p.pid);
+  const img = path.join(dir, 'image');
+  assert.throws(() => checkpointSync(pid, img), why);
+  assert.equal(fs.existsSync(img), false, 'no image left');
+  for (const p of tree) {
+    assert.equal(readStatus(p).tracerPid, 0, `pid ${p} untraced`);
+    assert.match(readStat(p).state, /^[RS]$/, `pid ${p} running`);
+    assert.doesNotMatch(fs.readFileSync(`/proc/${p}/cgroup`, 'utf8'), /freezer:\/stasis/, `pid ${p} back in its cgroup`);
+  }
+  const ticks = (t: string) => (t.match(/^tick /gm) ?? []).length;
+  const seen = ticks(fs.readFileSync(out, 'utf8'));
+  await waitFor(out, (t) => ticks(t) >= seen + 2);
+}
+
+test('a userfaultfd-registered range is refused by name; the target keeps running', async () => {
+  await refused('fid_refuse_mem', ['uffd'], /pid \d+: vma [0-9a-f]+-[0-9a-f]+: a userfaultfd-registered range is not supported/);
+});
+
+test('a NUMA policy set with mbind on a range is refused by name; the target keeps running', async () => {
+  await refused('fid_refuse_mem', ['mbind'], /pid \d+: vma [0-9a-f]+-[0-9a-f]+ has NUMA memory policy "bind" \(set_mempolicy or mbind\): not supported/);
+});
+
+test('two processes sharing one mm (clone CLONE_VM) are refused by name; both keep running', async () => {
+  await refused('fid_refuse_mem', ['clonevm'], /pids \d+ and \d+: share one address space as separate processes \(CLONE_VM without CLONE_THREAD, vfork\)/);
+});
+
+test('mappings that cannot be read (past the end of a file, truncated memfd, PROT_NONE, guard pages) checkpoint and come back', async () => {
+  const { pid, dir, out } = await startReady('fid_unreadable', ['data']);
+  const before = smapsState(pid);
+  const r = await killRestart(pid, dir);
+  assert.deepEqual(smapsState(r.pid), before);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+});
+
+test('/proc files of tree members, held open, name the same processes after restart', async () => {
+  const { pid, dir, out } = await startReady('fid_procfiles');
+  const live = path.join(dir, 'live');
+  checkpointSync(pid, live);
+  // Under other pids the paths would lead to other processes.
+  assert.throws(() => restartSync(live, { pidNs: true }), /fd \d+ is \/proc\/\d+\/\w+, which would name another process inside a new pid namespace/);
+  const r = await killRestart(pid, dir);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild ok\nparent ok\n');
+});
+
+test('a /proc file of a process outside the tree is refused by name; the tree keeps running', async () => {
+  await refused('fid_procfiles', ['outside'], /fd \d+ of pid \d+: \/proc\/1\/status belongs to pid 1, which is outside the tree/);
+});
+
+test('FIFOs opened read-write, read-only and write-only in one process keep their flags, bytes and ends', async () => {
+  const { pid, dir, out } = await startReady('fid_fifo');
+  const r = await killRestart(pid, dir);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+});
+
+for (const mode of ['inside', 'outside']) {
+  test(`a chrooted process with its cwd ${mode} the new root keeps both`, async () => {
+    const { pid, dir, out } = await startReady('fid_chroot', [mode]);
+    const links = (p: number) => ['root', 'cwd'].map((l) => fs.readlinkSync(`/proc/${p}/${l}`));
+    const before = links(pid);
+    assert.equal(before[0], path.join(fs.realpathSync(dir), 'jail'));
+    const r = await killRestart(pid, dir);
+    assert.deepEqual(links(r.pid), before);
+    process.kill(r.pid, 'SIGUSR1');
+    assert.deepEqual(await r.wait(), { code: 0, signal: null });
+    assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
+  });
+}
