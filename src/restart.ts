@@ -23,7 +23,7 @@ import { imageTaskIds, refuseProcFilesUnderNewPids } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, checkCreds } from './kinds/process';
 import { restoreCredsAndCaps } from './kinds/caps';
-import { restoreSched } from './kinds/sched';
+import { restoreSched, restoreTimerSlack } from './kinds/sched';
 import { restoreMempolicy } from './kinds/mempolicy';
 import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
 import { checkCgroups, restoreCgroups } from './kinds/cgroups';
@@ -264,7 +264,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
       tr.call('prctl', SYS.prctl, [PR_SET_NAME, tr.putString(th.comm)], 'thread name');
     }
     restoreAltstack(tr, th.signals);
-    restoreSched(tr, th.sched);
+    restoreTimerSlack(tr, th.sched);
     restoreMempolicy(tr, th.mempolicy);
     restoreThreadPrctl(tr, th.prctl);
     restoreCredsAndCaps(tr, p.creds, th.caps);
@@ -277,6 +277,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
+  p.threads.forEach((th, i) => restoreSched(r.threads[i], th.sched));
   p.threads.forEach((th, i) => restoreCpu(r.threads[i], new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64')));
   log(`pid ${p.pid}: ${p.threads.length} thread(s) ready`);
 }

@@ -30,6 +30,9 @@ const PR_MCE_KILL_CLEAR = 0, PR_MCE_KILL_SET = 1, PR_MCE_KILL_DEFAULT = 2;
 const PR_FUTEX_HASH_SET_SLOTS = 1, PR_FUTEX_HASH_GET_SLOTS = 2;
 const ARCH_GET_CPUID = 0x1011, ARCH_SET_CPUID = 0x1012;
 const NR_membarrier = 324, MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9;
+/** the REGISTER_* commands: global expedited, private expedited, with sync-core, with rseq */
+const MEMBARRIER_REGISTER_COMMANDS = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+const MEMBARRIER_REGISTER_MASK = MEMBARRIER_REGISTER_COMMANDS.reduce((a, b) => a | b, 0);
 const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG = 0x4211;
 const PR_SCHED_CORE = 62, PR_SCHED_CORE_GET = 0, PIDTYPE_PID = 0;
 const PF_MEMALLOC_NOIO = 0x00080000, PF_LOCAL_THROTTLE = 0x00100000;
@@ -41,13 +44,13 @@ const int = z.number().int();
 export const ProcessPrctlState = z.object({
   childSubreaper: z.boolean(),
   /** PR_GET_THP_DISABLE: 0, 1, or 3 (PR_THP_DISABLE_EXCEPT_ADVISED) */
-  thpDisable: int.min(0).max(3),
+  thpDisable: int.min(0).max(3).refine((v) => v !== 2, 'PR_THP_DISABLE_EXCEPT_ADVISED without disable'),
   dumpable: int.min(0).max(1),
   /** PR_GET_MDWE bits (once set, never unset) */
   mdwe: int.min(0).max(3),
   memoryMerge: z.boolean(),
   /** MEMBARRIER_CMD_GET_REGISTRATIONS: the REGISTER_* commands made */
-  membarrier: int.min(0).max(0x1ff),
+  membarrier: int.min(0).max(MEMBARRIER_REGISTER_MASK).refine((v) => (v & ~MEMBARRIER_REGISTER_MASK) === 0, 'not a set of membarrier REGISTER_* commands'),
   /** PR_FUTEX_HASH_GET_SLOTS (0: the global hash; -1: not on this kernel) */
   futexSlots: int.min(-1).max(1 << 24),
   oomScoreAdj: int.min(-1000).max(1000),
@@ -189,7 +192,7 @@ export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState): void 
   if (now.childSubreaper !== s.childSubreaper) prctl('child subreaper', PR.SET_CHILD_SUBREAPER, s.childSubreaper ? 1 : 0);
   if (now.thpDisable !== s.thpDisable) prctl('THP disable', PR.SET_THP_DISABLE, s.thpDisable ? 1 : 0, s.thpDisable & 2);
   if (now.memoryMerge !== s.memoryMerge) prctl('KSM merge-any', PR.SET_MEMORY_MERGE, s.memoryMerge ? 1 : 0);
-  for (let bit = 1; bit < MEMBARRIER_CMD_GET_REGISTRATIONS; bit <<= 1) {
+  for (const bit of MEMBARRIER_REGISTER_COMMANDS) {
     if (s.membarrier & bit & ~now.membarrier) remote.call('membarrier', NR_membarrier, [bit, 0, 0], `pid ${pid}: membarrier registration 0x${bit.toString(16)}`);
   }
   if (s.futexSlots >= 0 && now.futexSlots !== s.futexSlots) prctl('private futex hash size', PR.FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, s.futexSlots);

@@ -1,10 +1,12 @@
 // Scheduling attributes of each thread: policy, real-time priority, nice,
 // SCHED_RESET_ON_FORK, the fair time slice, CPU affinity, I/O priority and
 // timer slack. Read and set from outside where the kernel takes a tid
-// (sched_getattr, sched_getaffinity, ioprio_get); timer slack from inside.
+// (sched_getattr, sched_getaffinity, ioprio_get), last; timer slack from
+// inside.
 import { z } from 'zod';
 import { readStat } from '../proc';
 import { Remote } from '../ptrace/remote';
+import { Tracee } from '../ptrace/tracee';
 import { syscall } from '../sys/libc';
 import { SyscallError, UnsupportedError, StasisError } from '../sys/errno';
 
@@ -19,7 +21,7 @@ const AFFINITY_BYTES = 128;
 
 export const SchedState = z.object({
   /** SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5, EXT 7 (DEADLINE is refused) */
-  policy: z.number().int().min(0).max(7),
+  policy: z.number().int().min(0).max(7).refine((v) => v !== 4 && v !== SCHED_DEADLINE, 'not a policy a checkpoint saves'),
   resetOnFork: z.boolean(),
   rtPriority: z.number().int().min(0).max(99),
   nice: z.number().int().min(-20).max(19),
@@ -81,14 +83,26 @@ export function dumpSched(remote: Remote): SchedState {
 }
 
 /**
- * Before credentials: raising a priority needs CAP_SYS_NICE, which the
- * restored task may no longer have afterwards. Policy before timer slack:
- * a change of policy resets the slack.
+ * Timer slack, injected while the thread is still being set up. Set before
+ * the policy (restoreSched), which keeps it between fair policies and
+ * makes it 0 for real-time ones, as the saved value then is.
  */
-export function restoreSched(remote: Remote, s: SchedState): void {
-  const tid = remote.task.pid;
-  const where = `pid ${remote.task.tgid} thread ${tid}`;
-  const now = schedOf(tid, remote.task.tgid);
+export function restoreTimerSlack(remote: Remote, s: SchedState): void {
+  // Real-time tasks have no slack and ignore PR_SET_TIMERSLACK. Set, not
+  // compared: as cheap as asking.
+  if (!isRealtime(s.policy)) remote.call('prctl', NR.prctl, [PR_SET_TIMERSLACK, s.timerSlack], `pid ${remote.task.tgid} thread ${remote.task.pid}: timer slack`);
+}
+
+/**
+ * Policy, priority, nice, affinity and I/O priority, set from outside with
+ * stasis's own rights (CAP_SYS_NICE for a raise), once nothing more is
+ * injected into the thread: a thread made SCHED_IDLE, nice 19 or pinned
+ * to a busy CPU would make every later injected call crawl.
+ */
+export function restoreSched(t: Tracee, s: SchedState): void {
+  const tid = t.pid;
+  const where = `pid ${t.tgid} thread ${tid}`;
+  const now = schedOf(tid, t.tgid);
   try {
     if (now.policy !== s.policy || now.resetOnFork !== s.resetOnFork || now.rtPriority !== s.rtPriority || now.slice !== s.slice || (isFair(s.policy) && now.nice !== s.nice)) {
       const a = Buffer.alloc(SCHED_ATTR_SIZE);
@@ -115,7 +129,4 @@ export function restoreSched(remote: Remote, s: SchedState): void {
     }
     throw e;
   }
-  // Real-time tasks have no slack and ignore PR_SET_TIMERSLACK. Set, not
-  // compared: as cheap as asking.
-  if (!isRealtime(s.policy)) remote.call('prctl', NR.prctl, [PR_SET_TIMERSLACK, s.timerSlack], `${where}: timer slack`);
 }
