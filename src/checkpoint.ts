@@ -26,6 +26,10 @@ import { PipeTable } from './kinds/pipes';
 import { MemfdTable, refuseMemfdExe } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
+import { dumpCaps } from './kinds/caps';
+import { dumpSched } from './kinds/sched';
+import { dumpMempolicy } from './kinds/mempolicy';
+import { dumpProcessPrctl, dumpThreadPrctl, refuseUnrestorableAttrs } from './kinds/prctl';
 import { refuseForeignNamespaces } from './kinds/namespaces';
 import { dumpCgroups } from './kinds/cgroups';
 import { StasisError, UnsupportedError } from './sys/errno';
@@ -130,6 +134,7 @@ export function surveyProcesses(procs: FrozenProcess[], root: number, pipes: Pip
   const surveys: Survey[] = [];
   for (const p of procs) {
     // A tree read back by restart --verify may live in namespaces of its own (--pid-ns, a user's restart).
+    refuseUnrestorableAttrs(p.pid, p.threads);
     if (!readBack) refuseForeignNamespaces(p.pid);
     refuseMemfdExe(p.pid);
     const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
@@ -191,6 +196,7 @@ export function dumpProcess(s: Survey, stoppedChildren: number[] = []): ImagePro
     const sharedPending = dumpSharedPending(remote);
     const xcompPerm = dumpXcompPerm(remote);
     const mm = dumpMm(remote);
+    const prctl = dumpProcessPrctl(remote);
     const lockFuture = dumpLockFuture(remote);
     refuseMempolicy(remote, s.vmas);
     const timers = dumpTimers(remote, pid, s.proc.threads.map((t) => t.pid));
@@ -205,13 +211,17 @@ export function dumpProcess(s: Survey, stoppedChildren: number[] = []): ImagePro
         xstate: cpu.xstate.toString('base64'),
         signals: dumpThreadSignals(r),
         ...dumpThreadAttrs(r),
+        sched: dumpSched(r),
+        mempolicy: dumpMempolicy(r),
+        prctl: dumpThreadPrctl(r),
+        caps: dumpCaps(r),
         inSyscall: cpu.inSyscall,
       };
     });
     refuseLinkedTimerSignals(timers, [...sharedPending, ...threads.flatMap((t) => t.signals.pending)].map((b) => Buffer.from(b, 'base64')), `pid ${pid}`);
     return {
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
-      xcompPerm: '0x' + xcompPerm.toString(16), mm, lockFuture, ksmMergeAny: dumpMergeAny(pid), vmas: s.vmas, fds: dumpFdOwners(remote, s.fds), sharing: s.sharing, threads, cgroups,
+      xcompPerm: '0x' + xcompPerm.toString(16), mm, prctl, lockFuture, ksmMergeAny: dumpMergeAny(pid), vmas: s.vmas, fds: dumpFdOwners(remote, s.fds), sharing: s.sharing, threads, cgroups,
       ...(s.proc.stopped ? { stopped: true, stopSignal: checkStopSignal(s.proc.stopSignal ?? 19, pid) } : {}),
       stopsReported, exitSignal: dumpExitSignal(pid), timers,
     };

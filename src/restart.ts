@@ -23,8 +23,12 @@ import { restoreFdOwners } from './kinds/fdowner';
 import { sharingFlags } from './kinds/sharing';
 import { imageTaskIds, refuseProcFilesUnderNewPids } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
-import { restoreProcessAttrs, restoreThreadAttrs, restoreCreds, checkCreds, checkFilePrivilege } from './kinds/process';
+import { restoreProcessAttrs, restoreThreadAttrs, checkCreds, checkFilePrivilege } from './kinds/process';
 import { verifyTree } from './verify';
+import { restoreCredsAndCaps } from './kinds/caps';
+import { restoreSched, restoreTimerSlack } from './kinds/sched';
+import { restoreMempolicy } from './kinds/mempolicy';
+import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
 import { checkCgroups, restoreCgroups } from './kinds/cgroups';
 import { ImageError, StasisError, UnsupportedError, errnoName } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
@@ -295,9 +299,14 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
       tr.call('prctl', SYS.prctl, [PR_SET_NAME, tr.putString(th.comm)], 'thread name');
     }
     restoreAltstack(tr, th.signals);
-    restoreCreds(tr, p.creds);
+    restoreTimerSlack(tr, th.sched);
+    restoreMempolicy(tr, th.mempolicy);
+    restoreThreadPrctl(tr, th.prctl);
+    restoreCredsAndCaps(tr, p.creds, th.caps);
+    restoreThreadPrctlAfterCreds(tr, th.prctl);
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
+  restoreProcessPrctl(remote, p.prctl);
   restoreFdOwners(remote, p.fds);
 }
 
@@ -314,6 +323,7 @@ function finishProcess(r: Rebuilding, img: LoadedImage, log: (m: string) => void
   // The last injected call removes the injection page itself; the single
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
+  p.threads.forEach((th, i) => restoreSched(r.threads[i], th.sched));
   p.threads.forEach((th, i) => restoreCpu(r.threads[i], new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64')));
   if (p.stopped) enterGroupStop(r.threads, p.stopSignal ?? SIGSTOP, `pid ${host(p.pid)}`);
   restoreBlocked(r.threads, p.threads.map((th) => th.signals));

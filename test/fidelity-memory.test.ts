@@ -189,10 +189,6 @@ test('a NUMA policy set with mbind on a range is refused by name; the target kee
   await refused('fid_refuse_mem', ['mbind'], /pid \d+: vma [0-9a-f]+-[0-9a-f]+ has NUMA memory policy "bind" \(set_mempolicy or mbind\): not supported/);
 });
 
-test('a NUMA policy set with set_mempolicy for the task is refused by name; the target keeps running', async () => {
-  await refused('fid_refuse_mem', ['mempolicy'], /pid \d+: the task has NUMA memory policy "preferred"/);
-});
-
 test('two processes sharing one mm (clone CLONE_VM) are refused by name; both keep running', async () => {
   await refused('fid_refuse_mem', ['clonevm'], /pids \d+ and \d+: share one address space as separate processes \(CLONE_VM without CLONE_THREAD, vfork\)/);
 });

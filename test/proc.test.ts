@@ -144,7 +144,10 @@ test("parseStat: comm with ') (' and spaces, field positions", () => {
     pgrp: 2672,
     session: 1864,
     flags: 4194304,
+    nice: 0,
     numThreads: 1,
+    rtPriority: 0,
+    policy: 0,
     startTime: 111169,
     startCode: 94491822239744,
     endCode: 94491822257673,
@@ -159,6 +162,9 @@ test("parseStat: comm with ') (' and spaces, field positions", () => {
     exitCode: 0,
   });
   assert.equal(parseStat("5 (a ) b)) Z 1 5 5" + " 0".repeat(49)).comm, "a ) b)");
+  // nice (19), rt_priority (40) and policy (41) of a SCHED_FIFO 10 task at nice -3
+  const rt = parseStat("7 (rt) S" + [...Array(38)].map((_, i) => ` ${[19, 40, 41].includes(i + 4) ? { 19: -3, 40: 10, 41: 1 }[i + 4] : 0}`).join(""));
+  assert.deepEqual([rt.nice, rt.rtPriority, rt.policy], [-3, 10, 1]);
 });
 
 const STATUS = `Name:	cat

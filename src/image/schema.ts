@@ -32,6 +32,10 @@ import { GuardRuns, ShmemSize } from '../kinds/memory';
 import { LockFuture, MergeAny } from '../kinds/mmpolicy';
 import { TimersState } from '../kinds/timers';
 import { StopSignal, ExitSignal } from '../kinds/signals';
+import { CapsState } from '../kinds/caps';
+import { SchedState } from '../kinds/sched';
+import { MempolicyState } from '../kinds/mempolicy';
+import { ProcessPrctlState, ThreadPrctlState } from '../kinds/prctl';
 
 /** How a file is recognised again at restart. */
 export const FileIdentity = z.object({
@@ -157,6 +161,11 @@ export const ImageThread = z.object({
   robustList: z.object({ head: hex64, len: int(0, 4096) }),
   /** the syscall it was stopped in, if any, and how it must resume */
   inSyscall: int(0, 4095).nullable(),
+  sched: SchedState,
+  mempolicy: MempolicyState,
+  prctl: ThreadPrctlState,
+  /** capability sets and securebits of this thread (creds.cap* are the main thread's) */
+  caps: CapsState,
 });
 export type ImageThread = z.infer<typeof ImageThread>;
 
@@ -208,6 +217,7 @@ export const ImageProcess = z.object({
   rlimits: z.array(ImageRlimit).max(16),
   creds: ImageCreds,
   mm: ImageMm,
+  prctl: ProcessPrctlState,
   /** mlockall(MCL_FUTURE) in force for new mappings */
   lockFuture: LockFuture,
   /** prctl(PR_SET_MEMORY_MERGE): KSM merges all its memory */

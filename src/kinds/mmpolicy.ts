@@ -69,22 +69,23 @@ const MPOL_MODE_FLAGS = 0xe000; // MPOL_F_STATIC_NODES, MPOL_F_RELATIVE_NODES, M
 const MPOL_NAMES = ['default', 'preferred', 'bind', 'interleave', 'local', 'preferred many', 'weighted interleave'];
 
 /**
- * NUMA memory policies (set_mempolicy, mbind) are not saved: any policy
- * other than the default, for the task or for a VMA, is refused by name.
- * get_mempolicy(MPOL_F_ADDR) gives a VMA's policy, or the task's when it
- * has none of its own: one batch of calls for every VMA.
+ * NUMA memory policies of VMAs (mbind) are not saved: any policy other
+ * than the default is refused by name. get_mempolicy(MPOL_F_ADDR) gives a
+ * VMA's own policy (the default when it has none, whatever the task's):
+ * one batch of calls for every VMA. Task policies (set_mempolicy) are
+ * saved per thread by kinds/mempolicy.
  */
 export function refuseMempolicy(remote: Remote, vmas: ImageVma[]): void {
   const pid = remote.pid;
-  const targets = [{ addr: 0, what: 'the task' }, ...vmas.filter((v) => v.kind !== 'vvar' && v.kind !== 'vvar_vclock')
-    .map((v) => ({ addr: v.start, what: vmaLabel(v, v.file?.path ?? v.name) }))];
+  const targets = vmas.filter((v) => v.kind !== 'vvar' && v.kind !== 'vvar_vclock')
+    .map((v) => ({ addr: v.start, what: vmaLabel(v, v.file?.path ?? v.name) }));
   for (let i = 0; i < targets.length; i += 256) {
     const part = targets.slice(i, i + 256);
     remote.reset();
     const modes = remote.alloc(4 * part.length);
     remote.batch(part.map((t, k) => ({
       name: 'get_mempolicy', nr: SYS_GET_MEMPOLICY,
-      args: [modes + 4 * k, 0, 0, t.addr, t.addr ? MPOL_F_ADDR : 0], where: `NUMA policy of ${t.what}`,
+      args: [modes + 4 * k, 0, 0, t.addr, MPOL_F_ADDR], where: `NUMA policy of ${t.what}`,
     })));
     const got = remote.task.readMem(modes, 4 * part.length);
     part.forEach((t, k) => {

@@ -141,7 +141,12 @@ export interface Stat {
   pgrp: number;
   session: number;
   flags: number;
+  /** nice value (-20..19), also kept for real-time tasks */
+  nice: number;
   numThreads: number;
+  rtPriority: number;
+  /** SCHED_* policy (without SCHED_RESET_ON_FORK) */
+  policy: number;
   /** Clock ticks since boot. */
   startTime: number;
   startCode: number;
@@ -181,7 +186,10 @@ export function parseStat(input: string | Buffer): Stat {
     pgrp: field(5),
     session: field(6),
     flags: field(9),
+    nice: field(19),
     numThreads: field(20),
+    rtPriority: field(40),
+    policy: field(41),
     startTime: field(22),
     startCode: field(26),
     endCode: field(27),

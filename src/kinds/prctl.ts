@@ -1,0 +1,278 @@
+// prctl-style state of a process and of its threads, asked inside the task
+// (PR_GET_*) or read from /proc, and set again at restart; what cannot be
+// restored is refused by name before anything is injected into the target.
+//
+// Process (per mm / signal struct): child subreaper, THP disable, dumpable,
+// MDWE, KSM merge-any, membarrier registrations, private futex hash size,
+// oom_score_adj, coredump_filter, the nice value of its session's autogroup.
+// Thread: parent-death signal, no_new_privs, speculation controls, TSC and
+// CPUID access, machine-check kill policy, audit loginuid, personality.
+// Refused: seccomp, syscall user dispatch, PR_SET_IO_FLUSHER, x86 shadow
+// stack, dumpable 2 (suid_dumpable), threads with credentials of their own,
+// a core scheduling cookie.
+import fs from 'node:fs';
+import { z } from 'zod';
+import { readStat, readStatus } from '../proc';
+import { Remote, AT_FDCWD } from '../ptrace/remote';
+import { Tracee } from '../ptrace/tracee';
+import { ptrace, syscall } from '../sys/libc';
+import { SYS } from '../sys/x86';
+import { UnsupportedError, StasisError, SyscallError, errnoName } from '../sys/errno';
+
+const PR = {
+  SET_PDEATHSIG: 1, GET_PDEATHSIG: 2, GET_DUMPABLE: 3, SET_DUMPABLE: 4, GET_TSC: 25, SET_TSC: 26,
+  MCE_KILL: 33, MCE_KILL_GET: 34, SET_CHILD_SUBREAPER: 36, GET_CHILD_SUBREAPER: 37,
+  SET_NO_NEW_PRIVS: 38, GET_NO_NEW_PRIVS: 39, SET_THP_DISABLE: 41, GET_THP_DISABLE: 42,
+  GET_SPECULATION_CTRL: 52, SET_SPECULATION_CTRL: 53, SET_MDWE: 65, GET_MDWE: 66,
+  SET_MEMORY_MERGE: 67, GET_MEMORY_MERGE: 68, FUTEX_HASH: 78,
+} as const;
+const PR_MCE_KILL_CLEAR = 0, PR_MCE_KILL_SET = 1, PR_MCE_KILL_DEFAULT = 2;
+const PR_FUTEX_HASH_SET_SLOTS = 1, PR_FUTEX_HASH_GET_SLOTS = 2;
+const ARCH_GET_CPUID = 0x1011, ARCH_SET_CPUID = 0x1012;
+const NR_membarrier = 324, MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9;
+/** the REGISTER_* commands: global expedited, private expedited, with sync-core, with rseq */
+const MEMBARRIER_REGISTER_COMMANDS = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+const MEMBARRIER_REGISTER_MASK = MEMBARRIER_REGISTER_COMMANDS.reduce((a, b) => a | b, 0);
+const PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG = 0x4211;
+const PR_SCHED_CORE = 62, PR_SCHED_CORE_GET = 0, PIDTYPE_PID = 0;
+const PF_MEMALLOC_NOIO = 0x00080000, PF_LOCAL_THROTTLE = 0x00100000;
+/** speculation features asked with PR_GET_SPECULATION_CTRL: store bypass, indirect branch, L1D flush */
+const SPEC_FEATURES = [0, 1, 2];
+const O_WRONLY = 1, O_CLOEXEC = 0o2000000;
+
+const int = z.number().int();
+export const ProcessPrctlState = z.object({
+  childSubreaper: z.boolean(),
+  /** PR_GET_THP_DISABLE: 0, 1, or 3 (PR_THP_DISABLE_EXCEPT_ADVISED) */
+  thpDisable: int.min(0).max(3).refine((v) => v !== 2, 'PR_THP_DISABLE_EXCEPT_ADVISED without disable'),
+  dumpable: int.min(0).max(1),
+  /** PR_GET_MDWE bits (once set, never unset) */
+  mdwe: int.min(0).max(3),
+  memoryMerge: z.boolean(),
+  /** MEMBARRIER_CMD_GET_REGISTRATIONS: the REGISTER_* commands made */
+  membarrier: int.min(0).max(MEMBARRIER_REGISTER_MASK).refine((v) => (v & ~MEMBARRIER_REGISTER_MASK) === 0, 'not a set of membarrier REGISTER_* commands'),
+  /** PR_FUTEX_HASH_GET_SLOTS (0: the global hash; -1: not on this kernel) */
+  futexSlots: int.min(-1).max(1 << 24),
+  oomScoreAdj: int.min(-1000).max(1000),
+  coredumpFilter: int.min(0).max(0x1ff),
+  /** nice of the session's scheduler autogroup (/proc/PID/autogroup); null without autogroups */
+  autogroupNice: int.min(-20).max(19).nullable(),
+});
+export type ProcessPrctlState = z.infer<typeof ProcessPrctlState>;
+
+export const ThreadPrctlState = z.object({
+  pdeathsig: int.min(0).max(64),
+  noNewPrivs: z.boolean(),
+  /** PR_GET_SPECULATION_CTRL per feature (-1: not on this kernel or CPU) */
+  speculation: z.array(int.min(-1).max(0xff)).length(SPEC_FEATURES.length),
+  /** PR_GET_TSC: 1 enabled, 2 SIGSEGV */
+  tsc: int.min(1).max(2),
+  /** ARCH_GET_CPUID: 1 cpuid allowed, 0 faulting */
+  cpuid: int.min(0).max(1),
+  /** PR_MCE_KILL_GET: 0 late, 1 early, 2 system default */
+  mceKill: int.min(0).max(2),
+  /** /proc/PID/task/TID/loginuid (4294967295: unset) */
+  loginuid: int.min(0).max(0xffffffff),
+  personality: int.min(0).max(0xffffffff),
+});
+export type ThreadPrctlState = z.infer<typeof ThreadPrctlState>;
+
+/**
+ * Refusals that must come before any system call is injected: a seccomp
+ * filter or syscall user dispatch would see the injected calls themselves.
+ */
+export function refuseUnrestorableAttrs(pid: number, threads: Tracee[]): void {
+  let ids = '';
+  for (const t of threads) {
+    const who = `pid ${pid}${t.pid !== pid ? ` thread ${t.pid}` : ''}`;
+    const st = readStatus(t.pid);
+    if (st.seccomp !== 0) {
+      throw new UnsupportedError(`${who}: seccomp ${st.seccomp === 1 ? 'strict mode' : 'filter'} is not supported (filters cannot be read back); run it without seccomp to checkpoint it`);
+    }
+    const features = st.raw['x86_Thread_features'];
+    if (features) throw new UnsupportedError(`${who}: x86 thread features "${features}" (shadow stack) are not supported`);
+    // Credentials are saved per process: a thread with ids of its own would lose them.
+    const mine = `uids ${st.uid.join(',')} gids ${st.gid.join(',')} groups ${st.groups.join(',') || 'none'}`;
+    if (!ids) ids = mine;
+    else if (mine !== ids) throw new UnsupportedError(`${who}: its credentials (${mine}) differ from its process's (${ids}); threads with credentials of their own are not supported`);
+    const sud = Buffer.alloc(32);
+    ptrace(PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG, t.pid, 32, sud, 'GET_SYSCALL_USER_DISPATCH_CONFIG');
+    if (sud.readBigUInt64LE(0) !== 0n) {
+      throw new UnsupportedError(`${who}: syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH) is on; not supported, turn it off before the checkpoint`);
+    }
+    const cookie = Buffer.alloc(8);
+    let cookieRead = false;
+    try {
+      syscall(SYS.prctl, 'prctl(PR_SCHED_CORE_GET)', PR_SCHED_CORE, PR_SCHED_CORE_GET, t.pid, PIDTYPE_PID, cookie);
+      cookieRead = true;
+    } catch { /* no core scheduling on this kernel or machine (ENODEV without SMT, EINVAL): no cookie */ }
+    if (cookieRead && cookie.readBigUInt64LE(0) !== 0n) {
+      throw new UnsupportedError(`${who}: a core scheduling cookie (PR_SCHED_CORE) is set; not supported`);
+    }
+    if (readStat(t.pid).flags & (PF_MEMALLOC_NOIO | PF_LOCAL_THROTTLE)) {
+      throw new UnsupportedError(`${who}: PR_SET_IO_FLUSHER is set; not supported (setting it again needs CAP_SYS_RESOURCE)`);
+    }
+  }
+}
+
+/** A read-only query: a system call, and whether its answer is an int it writes at arg2. */
+interface Query { nr: number; args: number[]; out?: boolean }
+
+/**
+ * Run queries in the task and return their raw results (negative: -errno),
+ * ints written at arg2 in place of the result. In one round trip where the
+ * task has a batch area (a restart), else one by one.
+ */
+function ask(remote: Remote, queries: Query[]): number[] {
+  remote.reset();
+  const outs = queries.map((q) => (q.out ? remote.alloc(4) : 0));
+  const calls = queries.map((q, i) => ({ name: 'query', nr: q.nr, args: q.out ? [q.args[0], outs[i], ...q.args.slice(1)] : q.args }));
+  let raw: number[] | undefined;
+  if (remote.batchArea) {
+    try {
+      raw = remote.batch(calls);
+    } catch (e) {
+      if (!(e instanceof SyscallError)) throw e; // a query this kernel lacks: ask one by one
+    }
+  }
+  raw ??= calls.map((c) => Number(remote.task.injectRaw(c.nr, c.args)));
+  return raw.map((r, i) => (outs[i] && r >= 0 ? remote.read(outs[i], 4).readInt32LE(0) : r));
+}
+
+function must(r: number, what: string, pid: number): number {
+  if (r < 0) throw new SyscallError(`${what} in pid ${pid}`, -r);
+  return r;
+}
+
+const prctlQuery = (option: number, ...rest: number[]): Query => ({ nr: SYS.prctl, args: [option, ...rest] });
+
+export function dumpProcessPrctl(remote: Remote): ProcessPrctlState {
+  const pid = remote.pid;
+  const [subreaper, thp, dumpable, mdwe, merge, membarrier, futex] = ask(remote, [
+    { ...prctlQuery(PR.GET_CHILD_SUBREAPER), out: true }, prctlQuery(PR.GET_THP_DISABLE), prctlQuery(PR.GET_DUMPABLE),
+    prctlQuery(PR.GET_MDWE), prctlQuery(PR.GET_MEMORY_MERGE),
+    { nr: NR_membarrier, args: [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0] }, prctlQuery(PR.FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS),
+  ]);
+  if (dumpable > 1) {
+    throw new UnsupportedError(`pid ${pid}: dumpable is ${dumpable} (set by fs.suid_dumpable on a credential change); prctl cannot set it back: call prctl(PR_SET_DUMPABLE, 1 or 0) in it first`);
+  }
+  return {
+    childSubreaper: must(subreaper, 'PR_GET_CHILD_SUBREAPER', pid) !== 0,
+    thpDisable: must(thp, 'PR_GET_THP_DISABLE', pid),
+    dumpable: must(dumpable, 'PR_GET_DUMPABLE', pid),
+    mdwe: must(mdwe, 'PR_GET_MDWE', pid),
+    memoryMerge: must(merge, 'PR_GET_MEMORY_MERGE', pid) !== 0,
+    membarrier: must(membarrier, 'membarrier(GET_REGISTRATIONS)', pid),
+    futexSlots: futex < 0 ? -1 : futex,
+    oomScoreAdj: Number(fs.readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8')),
+    coredumpFilter: parseInt(fs.readFileSync(`/proc/${pid}/coredump_filter`, 'utf8'), 16),
+    autogroupNice: autogroupNice(pid),
+  };
+}
+
+function autogroupNice(pid: number): number | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/autogroup`, 'utf8');
+  } catch {
+    return null; // kernel without CONFIG_SCHED_AUTOGROUP
+  }
+  const m = /nice (-?\d+)/.exec(text);
+  return m ? Number(m[1]) : null;
+}
+
+/**
+ * After every thread has its credentials (a uid change resets dumpable)
+ * and every VMA is mapped (MDWE and KSM act on mappings).
+ */
+export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState): void {
+  const pid = remote.pid;
+  const now = dumpProcessPrctl(remote);
+  const prctl = (what: string, ...args: number[]) => remote.call('prctl', SYS.prctl, args, `pid ${pid}: ${what}`);
+  if (now.childSubreaper !== s.childSubreaper) prctl('child subreaper', PR.SET_CHILD_SUBREAPER, s.childSubreaper ? 1 : 0);
+  if (now.thpDisable !== s.thpDisable) prctl('THP disable', PR.SET_THP_DISABLE, s.thpDisable ? 1 : 0, s.thpDisable & 2);
+  if (now.memoryMerge !== s.memoryMerge) prctl('KSM merge-any', PR.SET_MEMORY_MERGE, s.memoryMerge ? 1 : 0);
+  for (const bit of MEMBARRIER_REGISTER_COMMANDS) {
+    if (s.membarrier & bit & ~now.membarrier) remote.call('membarrier', NR_membarrier, [bit, 0, 0], `pid ${pid}: membarrier registration 0x${bit.toString(16)}`);
+  }
+  if (s.futexSlots >= 0 && now.futexSlots !== s.futexSlots) prctl('private futex hash size', PR.FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, s.futexSlots);
+  if (now.dumpable !== s.dumpable) prctl('dumpable', PR.SET_DUMPABLE, s.dumpable);
+  if (now.mdwe !== s.mdwe) {
+    if (now.mdwe & ~s.mdwe) throw new StasisError(`pid ${pid}: MDWE is 0x${now.mdwe.toString(16)} in the new process and cannot be cleared`);
+    prctl('MDWE', PR.SET_MDWE, s.mdwe);
+  }
+  try {
+    if (now.oomScoreAdj !== s.oomScoreAdj) fs.writeFileSync(`/proc/${pid}/oom_score_adj`, String(s.oomScoreAdj));
+  } catch (e) {
+    throw new StasisError(`pid ${pid}: cannot set oom_score_adj ${s.oomScoreAdj} (${(e as NodeJS.ErrnoException).code}): lowering it needs CAP_SYS_RESOURCE; restart as a user who has it`);
+  }
+  if (now.coredumpFilter !== s.coredumpFilter) fs.writeFileSync(`/proc/${pid}/coredump_filter`, '0x' + s.coredumpFilter.toString(16));
+  if (s.autogroupNice !== null && now.autogroupNice !== s.autogroupNice) {
+    // The autogroup belongs to the session: only a leader restored by us owns a new one.
+    if (readStat(pid).session !== pid) {
+      throw new StasisError(`pid ${pid}: its session's autogroup had nice ${s.autogroupNice}, the session it joins here has ${now.autogroupNice}: restart it in a session of its own (-d), or set that nice (/proc/self/autogroup) first`);
+    }
+    try {
+      fs.writeFileSync(`/proc/${pid}/autogroup`, String(s.autogroupNice));
+    } catch (e) {
+      throw new StasisError(`pid ${pid}: cannot set its autogroup nice ${s.autogroupNice} (${(e as NodeJS.ErrnoException).code}): lowering it needs CAP_SYS_NICE; restart as root`);
+    }
+  }
+}
+
+export function dumpThreadPrctl(remote: Remote): ThreadPrctlState {
+  const tid = remote.task.pid;
+  const [pdeathsig, nnp, tsc, cpuid, mce, ...speculation] = ask(remote, [
+    { ...prctlQuery(PR.GET_PDEATHSIG), out: true }, prctlQuery(PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0), { ...prctlQuery(PR.GET_TSC), out: true },
+    { nr: SYS.arch_prctl, args: [ARCH_GET_CPUID, 0] }, prctlQuery(PR.MCE_KILL_GET, 0, 0, 0, 0),
+    ...SPEC_FEATURES.map((f) => prctlQuery(PR.GET_SPECULATION_CTRL, f, 0, 0, 0)),
+  ]);
+  return {
+    pdeathsig: must(pdeathsig, 'PR_GET_PDEATHSIG', tid),
+    noNewPrivs: must(nnp, 'PR_GET_NO_NEW_PRIVS', tid) !== 0,
+    speculation: speculation.map((v) => (v < 0 ? -1 : v)),
+    tsc: must(tsc, 'PR_GET_TSC', tid),
+    cpuid: must(cpuid, 'ARCH_GET_CPUID', tid),
+    mceKill: must(mce, 'PR_MCE_KILL_GET', tid),
+    loginuid: Number(fs.readFileSync(`/proc/${tid}/loginuid`, 'utf8')),
+    personality: parseInt(fs.readFileSync(`/proc/${tid}/personality`, 'utf8'), 16),
+  };
+}
+
+/** Before credentials: a loginuid already set can only be changed with CAP_AUDIT_CONTROL. */
+export function restoreThreadPrctl(remote: Remote, s: ThreadPrctlState): void {
+  const who = `pid ${remote.task.tgid} thread ${remote.task.pid}`;
+  const now = dumpThreadPrctl(remote);
+  if (now.personality !== s.personality) remote.call('personality', SYS.personality, [s.personality], `${who}: personality`);
+  if (now.loginuid !== s.loginuid) {
+    remote.reset();
+    const fd = remote.call('openat', SYS.openat, [AT_FDCWD, remote.putString('/proc/thread-self/loginuid'), O_WRONLY | O_CLOEXEC], `${who}: loginuid`);
+    const text = Buffer.from(String(s.loginuid));
+    const r = remote.task.injectRaw(SYS.write, [fd, remote.putBytes(text), text.length]);
+    remote.call('close', SYS.close, [fd]);
+    if (r < 0n) throw new StasisError(`${who}: cannot set its audit loginuid to ${s.loginuid} (${errnoName(Number(-r))}): changing a set loginuid needs CAP_AUDIT_CONTROL; restart as root`);
+  }
+  if (now.tsc !== s.tsc) remote.call('prctl', SYS.prctl, [PR.SET_TSC, s.tsc], `${who}: TSC access`);
+  if (now.cpuid !== s.cpuid) remote.call('arch_prctl', SYS.arch_prctl, [ARCH_SET_CPUID, s.cpuid], `${who}: cpuid faulting`);
+  if (now.mceKill !== s.mceKill) {
+    const args = s.mceKill === PR_MCE_KILL_DEFAULT ? [PR.MCE_KILL, PR_MCE_KILL_CLEAR, 0] : [PR.MCE_KILL, PR_MCE_KILL_SET, s.mceKill];
+    remote.call('prctl', SYS.prctl, [...args, 0, 0], `${who}: machine-check kill policy`);
+  }
+  SPEC_FEATURES.forEach((f, i) => {
+    if (now.speculation[i] === s.speculation[i]) return;
+    // The state bits (enable 2, disable 4, force-disable 8, disable-noexec 16) as one value.
+    const mode = s.speculation[i] & ~1;
+    const r = s.speculation[i] < 0 ? -22n : remote.task.injectRaw(SYS.prctl, [PR.SET_SPECULATION_CTRL, f, mode, 0, 0]);
+    if (r < 0n) throw new StasisError(`${who}: speculation control ${f} was 0x${s.speculation[i].toString(16)}, here it is 0x${now.speculation[i].toString(16)} and cannot be set (${errnoName(Number(-r))}): restart on a machine with the same CPU mitigations`);
+  });
+}
+
+/** After credentials: a uid change clears the parent-death signal. */
+export function restoreThreadPrctlAfterCreds(remote: Remote, s: ThreadPrctlState): void {
+  const who = `pid ${remote.task.tgid} thread ${remote.task.pid}`;
+  // Set whatever it is now: as cheap as asking.
+  remote.call('prctl', SYS.prctl, [PR.SET_PDEATHSIG, s.pdeathsig], `${who}: parent-death signal`);
+  const nnp = readStatus(remote.task.pid).noNewPrivs !== 0;
+  if (s.noNewPrivs && !nnp) remote.call('prctl', SYS.prctl, [PR.SET_NO_NEW_PRIVS, 1, 0, 0, 0], `${who}: no_new_privs`);
+  if (!s.noNewPrivs && nnp) throw new StasisError(`${who}: no_new_privs is set in the new task and cannot be cleared: restart from a process without it`);
+}
