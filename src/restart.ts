@@ -533,6 +533,16 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     }
     for (const z of img.zombies) becomeZombie(remotes.get(z.pid)!.task, z.exitStatus);
     for (const z of img.zombies) waitZombie(host(z.pid));
+    // The exit signals of zombies made on purpose are artifacts of the
+    // restore: taken now (a parent whose memory was rebuilt before the
+    // zombies existed would otherwise take them in a later injected call,
+    // and have them re-sent as if by stasis).
+    for (const ppid of new Set(img.zombies.map((z) => z.ppid))) {
+      const parent = remotes.get(ppid);
+      if (!parent || !images.has(ppid)) continue;
+      parent.call('getpid', SYS.getpid, [], `pid ${ppid}: taking its zombies' exit signals`);
+      parent.task.deferredSignals.length = 0;
+    }
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => rebuildingOf(p.pid));
     for (const r of live) {

@@ -426,8 +426,18 @@ export function verifyTree(input: VerifyInput): void {
     imageIds.add(z.image.pid);
   }
   // The registers each thread resumes with: the dump reads them, injections start from them.
+  // Every signal but SIGTRAP blocked while the tree is read back, as at
+  // checkpoint: an injected call returns to user mode, where a pending
+  // unblocked signal would be taken (and its siginfo lost). The dump reads
+  // each thread's own mask from heldMask.
   for (const p of input.processes) for (const t of p.threads) t.saved = t.getRegs();
   const tampered = tamper(input.processes);
+  for (const p of input.processes) {
+    for (const t of p.threads) {
+      t.heldMask = t.getSigmask();
+      t.setSigmask(~(1n << 4n) & 0xffffffffffffffffn);
+    }
+  }
   // Processes restored stopped are not given here (they are back in their group stop, untraced).
   const frozen: FrozenProcess[] = input.processes.map((p) => ({ pid: p.threads[0].pid, ppid: readStat(p.threads[0].pid).ppid, zombie: false, stopped: false, threads: p.threads }));
   const pipes = new PipeTable();
@@ -448,7 +458,13 @@ export function verifyTree(input: VerifyInput): void {
     if (e instanceof StasisError) throw new StasisError(`verify: reading the restored tree back: ${e.message}`);
     throw e;
   } finally {
-    for (const p of input.processes) for (const t of p.threads) t.setRegs(t.saved!);
+    for (const p of input.processes) {
+      for (const t of p.threads) {
+        t.setRegs(t.saved!);
+        t.setSigmask(t.heldMask!);
+        t.heldMask = undefined;
+      }
+    }
   }
   const zombies = input.zombies.map((z) => dumpZombie({ pid: z.pid, ppid: 0, zombie: true, stopped: false, threads: [] }));
 

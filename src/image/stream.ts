@@ -11,7 +11,14 @@ import { issueText } from './fields';
 export type { PageRun };
 
 export const MAGIC = Buffer.from('STASIS\0\n', 'latin1');
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
+/**
+ * Version 1 images (the first landing) lack state that version 2 saves
+ * (locks, timers, queued signals, per-thread capabilities and scheduling,
+ * prctl state, cgroups, VMA advice...): no converter can supply what was
+ * never read, so they are refused with what to do.
+ */
+const UNCONVERTIBLE_BELOW = 2;
 export const HEADER_SIZE = 16;
 export const RECORD_HEADER_SIZE = 24;
 /** Largest payload a reader accepts: guards against a corrupt length. */
@@ -204,7 +211,10 @@ function parseImage(src: Source, source: string): ImageRecord[] {
   if (h.readUInt32LE(12) !== crc32c(h.subarray(0, 12))) throw new ImageError(`${source}: header checksum mismatch (corrupted)`);
   const version = h.readUInt32LE(8);
   if (version !== FORMAT_VERSION) {
-    throw new ImageError(`${source} has format version ${version}; this stasis reads version ${FORMAT_VERSION}${version < FORMAT_VERSION ? " (run 'stasis convert')" : ' (upgrade stasis)'}`);
+    const what = version > FORMAT_VERSION ? 'upgrade stasis'
+      : version < UNCONVERTIBLE_BELOW ? 'it lacks state this stasis saves and restores, which no converter can supply: checkpoint the program again'
+        : "run 'stasis convert'";
+    throw new ImageError(`${source} has format version ${version}; this stasis reads version ${FORMAT_VERSION} (${what})`);
   }
   const records: ImageRecord[] = [];
   for (;;) {

@@ -312,7 +312,11 @@ export class FrozenTree {
    * mask back at release; the dump reads it from heldMask.
    */
   private holdSignals(): void {
+    // A target injected safely blocks every signal itself, and only once its
+    // way home (which restores its own mask) exists: holding them here would
+    // leave them blocked if stasis died before that.
     for (const t of this.tracees) {
+      if (t.injectsSafely) continue;
       t.heldMask = t.getSigmask();
       t.setSigmask(~(1n << 4n) & 0xffffffffffffffffn);
     }
@@ -361,8 +365,10 @@ export class FrozenTree {
       for (const p of this.processes) {
         // A stopped process is detached with its stop signal: whatever became
         // of its group stop while traced, it goes back to being stopped.
+        // Injected safely, a task keeps its group stop (the stop signal sent
+        // again would stay pending on it); the old way, it needs the signal.
         const sig = p.stopSignal ?? 19;
-        if (p.stopped && p.threads.length && !p.threads[0].deferredSignals.includes(sig)) p.threads[0].deferredSignals.unshift(sig);
+        if (p.stopped && p.threads.length && !p.threads[0].injectsSafely && !p.threads[0].deferredSignals.includes(sig)) p.threads[0].deferredSignals.unshift(sig);
         for (const t of p.threads) {
           try {
             if (t.heldMask !== undefined) t.setSigmask(t.heldMask);

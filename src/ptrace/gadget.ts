@@ -130,6 +130,19 @@ function vdsoOf(pid: number): { start: number; end: number } | null {
 }
 
 /**
+ * Whether a process has a vDSO to hold the injection code. One that
+ * unmapped its vDSO is injected the old way (a breakpoint after each call):
+ * a stasis killed while injecting into it can harm it (docs/state.md).
+ */
+export function hasVdso(pid: number): boolean {
+  try {
+    return vdsoOf(pid) !== null;
+  } catch {
+    return true; // gone or unreadable: the safe path reports it
+  }
+}
+
+/**
  * The injection blocks of one process. Block 0 belongs to the main thread
  * (its way home also unmaps the scratch area); block 1 to whichever other
  * thread is being worked on, one at a time.

@@ -6,7 +6,7 @@ import {
   WIFSTOPPED, WSTOPSIG, WEVENT, WIFEXITED, WIFSIGNALED, WTERMSIG, WEXITSTATUS, __WALL,
   processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD,
 } from '../sys/libc';
-import { Gadget, resumeRegs } from './gadget';
+import { Gadget, resumeRegs, hasVdso } from './gadget';
 import { whoTraces } from './busy';
 import { StasisError, SyscallError } from '../sys/errno';
 import { Regs, SYSCALL_ARGS, USER_REGS_SIZE } from '../sys/x86';
@@ -77,7 +77,7 @@ export class Tracee {
     // TRACESYSGOOD: a syscall stop the tracer never answers ends without a
     // signal (a plain SIGTRAP would be delivered to the task).
     const options = (opts.exitKill ? PTRACE_O_EXITKILL : 0) | PTRACE_O_TRACESYSGOOD;
-    this.safe = !opts.exitKill;
+    this.safe = !opts.exitKill && hasVdso(this.tgid);
     try {
       ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
     } catch (e) {
@@ -359,7 +359,11 @@ export class Tracee {
         // It ran injected code and waits in a syscall stop, where the kernel
         // would not restart its interrupted call: resume with `home`.
         this.disarm();
-        if (restoreRegs) this.setRegs(this.home);
+        // Registers as found where they need no restart fix-up: the saved
+        // orig_rax then still says which call the task is in (a task stopped
+        // on its way out of a call keeps that call in /proc and in images).
+        const home = this.home.get('rip') === this.saved!.get('rip') && this.home.get('rax') === this.saved!.get('rax') ? this.saved! : this.home;
+        if (restoreRegs) this.setRegs(home);
         Gadget.existing(this.tgid)?.removeIfIdle(this.gadgetTask());
       } else if (restoreRegs && this.saved) this.setRegs(this.saved);
     } finally {
