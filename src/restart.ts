@@ -555,7 +555,9 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     // the tree finds itself under the pids it knows.
     if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);
     // Processes restored stopped are back in their group stop, untraced: not read back.
-    if (opts.verify) verifyTree({ processes: live.filter((r) => !r.image.stopped), zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    const running = live.filter((r) => !r.image.stopped);
+    if (opts.verify && !running.length) log('verify: every process was restored stopped; nothing read back');
+    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
     for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);
