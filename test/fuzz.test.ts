@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, CLI, alive } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, CLI, alive, seededRandom } from './harness';
 import { checkpointSync, restartSync, StasisError } from '../src';
 import { readImageBuffer, RecordType, HEADER_SIZE, MAGIC, FORMAT_VERSION, ImageRecord } from '../src/image/stream';
 import { crc32c } from '../src/image/crc32c';
@@ -34,17 +34,7 @@ const CLI_TIMEOUT_MS = 60_000;
 const procs = new Procs();
 after(() => procs.cleanup());
 
-/** mulberry32: a small seeded generator, so a failing case can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 /** A record as the fuzzer holds it: JSON records as values, binary ones as bytes. */
 interface Rec { type: number; json?: unknown; bin?: Buffer; /** the seed's own encoding, while unmutated */ text?: Buffer }

@@ -185,3 +185,15 @@ export async function referenceRun(procs: Procs, file: string, args: string[], d
   if (status !== 0) throw new Error(`reference run of ${file} failed (wait status ${status})`);
   return fs.readFileSync(out, 'utf8');
 }
+
+/** mulberry32: a small seeded generator, so a failing case can be replayed from its seed. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

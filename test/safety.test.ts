@@ -19,7 +19,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
-import { build, Procs, tmpdir, waitFor, waitGone, alive, CLI } from './harness';
+import { build, Procs, tmpdir, waitFor, waitGone, alive, CLI, seededRandom } from './harness';
 import { loadImage, restartSync } from '../src';
 
 const procs = new Procs();
@@ -27,17 +27,7 @@ after(() => procs.cleanup());
 
 const SEED = Number(process.env.STASIS_SAFETY_SEED ?? 20261129);
 
-/** mulberry32: a small seeded generator, so a failing trial can be replayed. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const seeded = seededRandom;
 
 const PHASES: Array<[RegExp, string]> = [
   [/\] (freezing|thawed .*)$/, 'freeze'],

@@ -8,6 +8,7 @@
 // we cannot tie to an fd of the tree and locks on open files shared with
 // processes outside the tree are refused by name. (Mandatory locking no longer exists in Linux.)
 import fs from 'node:fs';
+import { outsideFdLinks } from '../proc';
 import { z } from 'zod';
 import type { ImageFd } from '../image/schema';
 import { Remote } from '../ptrace/remote';
@@ -149,31 +150,16 @@ export class LockTable {
     const byOfd = this.held.filter((h) => h.lock.kind !== 'posix');
     if (!byOfd.length) return;
     const paths = new Set(byOfd.map((h) => h.path));
-    for (const d of fs.readdirSync('/proc')) {
-      if (!/^\d+$/.test(d) || tree.has(Number(d))) continue;
-      let fds: string[];
-      try {
-        fds = fs.readdirSync(`/proc/${d}/fd`);
-      } catch {
-        continue;
-      }
-      for (const fd of fds) {
-        let link: string;
+    for (const { pid: d, fd, link } of outsideFdLinks(tree)) {
+      if (!paths.has(link)) continue; // one open file description has one path
+      for (const h of byOfd) {
+        if (h.path !== link) continue;
+        let same = false;
         try {
-          link = fs.readlinkSync(`/proc/${d}/fd/${fd}`);
-        } catch {
-          continue;
-        }
-        if (!paths.has(link)) continue; // one open file description has one path
-        for (const h of byOfd) {
-          if (h.path !== link) continue;
-          let same = false;
-          try {
-            same = syscall(SYS.kcmp, 'kcmp', h.pid, Number(d), KCMP_FILE, h.fd, Number(fd)) === 0;
-          } catch { /* gone meanwhile */ }
-          if (same) {
-            throw new UnsupportedError(`fd ${h.fd} of pid ${h.pid}: its ${describe(h.lock)} on ${h.path} belongs to an open file shared with pid ${d} outside the tree; checkpoint that process with the tree or close the file there`);
-          }
+          same = syscall(SYS.kcmp, 'kcmp', h.pid, d, KCMP_FILE, h.fd, fd) === 0;
+        } catch { /* gone meanwhile */ }
+        if (same) {
+          throw new UnsupportedError(`fd ${h.fd} of pid ${h.pid}: its ${describe(h.lock)} on ${h.path} belongs to an open file shared with pid ${d} outside the tree; checkpoint that process with the tree or close the file there`);
         }
       }
     }

@@ -4,6 +4,7 @@
 // their ends through /proc without blocking, and the saved bytes are
 // written back before anyone reads.
 import fs from 'node:fs';
+import { outsideFdLinks } from '../proc';
 import { ImagePipe } from '../image/schema';
 import { syscall } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
@@ -40,40 +41,25 @@ export class PipeTable {
     const wanted = new Map<string, number>();
     for (const [ino, p] of this.pipes) wanted.set(p.kind === 'pipe' ? `pipe:[${ino}]` : p.path!, ino);
     if (!wanted.size) return;
-    for (const d of fs.readdirSync('/proc')) {
-      if (!/^\d+$/.test(d) || tree.has(Number(d))) continue;
-      let fds: string[];
-      try {
-        fds = fs.readdirSync(`/proc/${d}/fd`);
-      } catch {
-        continue;
-      }
-      for (const fd of fds) {
-        let link: string;
+    for (const { pid: d, fd, link } of outsideFdLinks(tree)) {
+      const ino = wanted.get(link);
+      if (ino === undefined) continue;
+      const p = this.pipes.get(ino)!;
+      if (p.kind === 'fifo') {
         try {
-          link = fs.readlinkSync(`/proc/${d}/fd/${fd}`);
+          if (fs.statSync(`/proc/${d}/fd/${fd}`).ino !== ino) continue; // another file at that path now
         } catch {
           continue;
         }
-        const ino = wanted.get(link);
-        if (ino === undefined) continue;
-        const p = this.pipes.get(ino)!;
-        if (p.kind === 'fifo') {
-          try {
-            if (fs.statSync(`/proc/${d}/fd/${fd}`).ino !== ino) continue; // another file at that path now
-          } catch {
-            continue;
-          }
-        }
-        if (external.includes(link)) {
-          p.external = true;
-          continue;
-        }
-        if (p.kind === 'fifo') {
-          throw new UnsupportedError(`fd ${p.holder.fd} of pid ${p.holder.pid}: FIFO ${link} is also open in pid ${d} outside the tree, which keeps its unread bytes; pass --external ${link} to leave them in the FIFO`);
-        }
-        throw new UnsupportedError(`fd ${p.holder.fd} of pid ${p.holder.pid}: ${link} is shared with pid ${d} outside the tree; pass --external ${link} to checkpoint it and --inherit-fd at restart`);
       }
+      if (external.includes(link)) {
+        p.external = true;
+        continue;
+      }
+      if (p.kind === 'fifo') {
+        throw new UnsupportedError(`fd ${p.holder.fd} of pid ${p.holder.pid}: FIFO ${link} is also open in pid ${d} outside the tree, which keeps its unread bytes; pass --external ${link} to leave them in the FIFO`);
+      }
+      throw new UnsupportedError(`fd ${p.holder.fd} of pid ${p.holder.pid}: ${link} is shared with pid ${d} outside the tree; pass --external ${link} to checkpoint it and --inherit-fd at restart`);
     }
   }
 

@@ -541,3 +541,29 @@ export function readPagemap(pid: Pid, start: number, end: number): BigUint64Arra
   }
   return entries;
 }
+
+/**
+ * Every fd of every process outside `tree`, with what its link names:
+ * how a checkpoint finds an object the tree shares with the outside.
+ * Processes and fds that vanish meanwhile are skipped.
+ */
+export function* outsideFdLinks(tree: Set<number>): Generator<{ pid: number; fd: number; link: string }> {
+  for (const d of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(d) || tree.has(Number(d))) continue;
+    let fds: string[];
+    try {
+      fds = fs.readdirSync(`/proc/${d}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      let link: string;
+      try {
+        link = fs.readlinkSync(`/proc/${d}/fd/${fd}`);
+      } catch {
+        continue;
+      }
+      yield { pid: Number(d), fd: Number(fd), link };
+    }
+  }
+}
