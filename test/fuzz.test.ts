@@ -285,9 +285,13 @@ test(`${INPROC_CASES} mutated images loaded in-process: each refused as an Image
 
 interface Run { code: number | null; signal: string | null; stdout: string; stderr: string }
 
-function run(args: string[]): Promise<Run> {
+/** `stasis ARGS`, as root or (asUser) as the unprivileged user nobody. */
+function run(args: string[], asUser = false): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const argv = [CLI, ...args];
+    const child = asUser
+      ? spawn('/usr/bin/setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', '--', process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '', stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
@@ -298,6 +302,12 @@ function run(args: string[]): Promise<Run> {
       resolve({ code, signal, stdout, stderr });
     });
   });
+}
+
+/** Let the user nobody read an image of the test's directory. */
+function shareWithNobody(img: string): void {
+  fs.chmodSync(path.dirname(img), 0o755);
+  fs.chmodSync(img, 0o644);
 }
 
 /** Our children (we are their subreaper): whatever a restart left behind ends up here. */
@@ -430,6 +440,11 @@ test('a shared file mapping given saved pages is refused at load and at restore;
     oneLineRefusal(r, args.join(' '));
     assert.match(r.stderr, /shared file mapping|never has saved pages/);
   }
+  // And restarted by an ordinary user.
+  shareWithNobody(img);
+  const u = await run(['restart', '-d', img], true);
+  oneLineRefusal(u, 'restart -d as nobody');
+  assert.match(u.stderr, /shared file mapping|never has saved pages/);
   // Defence in depth: the restore code refuses it too, before any system call.
   const v = (recs[0].json as { vmas: ImageVma[] }).vmas.find((x) => x.kind === 'file' && x.shared && x.savedPages > 0)!;
   const noRemote = {} as Remote;
@@ -455,6 +470,11 @@ test('an fd opening a root-only file for writing, in an image of an ordinary use
     oneLineRefusal(r, args.join(' '));
     assert.match(r.stderr, /fd 9: the saved process \(uid 65534\) could not open .*root-only for writing/);
   }
+  // The user the image claims to be gets the same answer.
+  shareWithNobody(img);
+  const u = await run(['restart', '-d', img], true);
+  oneLineRefusal(u, 'restart -d as nobody');
+  assert.match(u.stderr, /fd 9: .*root-only/);
   const now = fs.statSync(secret, { bigint: true });
   assert.equal(fs.readFileSync(secret, 'utf8'), 'root only\n');
   assert.equal(now.mtimeNs, before.mtimeNs);
