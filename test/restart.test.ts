@@ -167,7 +167,7 @@ test('checkpointing the same process twice gives two working images', async () =
   await waitFor(out, /^counter: 4$/m);
   const st = readStatus(pid);
   assert.equal(st.tracerPid, 0);
-  assert.equal(st.state, 'S');
+  assert.match(st.state, /^[RS]/, 'running or sleeping, not stopped');
   process.kill(pid, 'SIGKILL');
   await waitGone(pid, procs);
   for (const [image, next] of [['one', 3], ['two', 4]] as const) {
