@@ -30,7 +30,7 @@ import { restoreSched, restoreTimerSlack } from './kinds/sched';
 import { restoreMempolicy } from './kinds/mempolicy';
 import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
 import { checkCgroups, restoreCgroups } from './kinds/cgroups';
-import { ImageError, StasisError, UnsupportedError, errnoName } from './sys/errno';
+import { StasisError, UnsupportedError, errnoName } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
 

@@ -385,7 +385,6 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-const SIGSTOP = 19;
 
 // ---- reading the rebuilt tree back ------------------------------------------------
 

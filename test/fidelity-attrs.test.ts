@@ -135,7 +135,8 @@ test('membarrier registrations are made again: global, private, sync-core and rs
 
 test('prctl state: subreaper, THP, MDWE, KSM, futex hash, dumpable; per thread pdeathsig, no_new_privs, TSC, cpuid, MCE, personality', async () => {
   const p = await fidelity('fid_prctl');
-  assert.deepEqual(p.prctl, { ...p.prctl, childSubreaper: true, thpDisable: 3, mdwe: 1, memoryMerge: true, futexSlots: 32, dumpable: 0 });
+  assert.deepEqual(p.prctl, { ...p.prctl, childSubreaper: true, thpDisable: 3, mdwe: 1, futexSlots: 32, dumpable: 0 });
+  assert.equal(p.ksmMergeAny, true, 'KSM merge-any (kinds/mmpolicy)');
   const [main, second] = p.threads;
   assert.deepEqual([main.prctl.pdeathsig, main.prctl.mceKill, main.prctl.noNewPrivs, main.prctl.personality], [28, 1, false, 0x0040000]);
   assert.deepEqual([second.prctl.pdeathsig, second.prctl.noNewPrivs, second.prctl.tsc, second.prctl.cpuid, second.prctl.mceKill, second.prctl.personality],

@@ -84,18 +84,10 @@ export class MemfdTable {
         let seals = 0;
         try { seals = syscall(SYS_FCNTL, 'fcntl(F_GET_SEALS)', fd, F_GET_SEALS); } catch { /* sealing not allowed */ }
         const segments: ImageMemfd['segments'] = [];
-        for (let off = 0; contents && off < size;) {
-          let data: number;
-          try {
-            data = syscall(SYS_LSEEK, 'lseek(SEEK_DATA)', fd, off, SEEK_DATA);
-          } catch {
-            break; // ENXIO: only a hole is left
-          }
-          const hole = syscall(SYS_LSEEK, 'lseek(SEEK_HOLE)', fd, data, SEEK_HOLE);
+        for (const [data, hole] of contents ? dataRanges(fd, size) : []) {
           const b = Buffer.alloc(hole - data);
           fs.readSync(fd, b, 0, b.length, data);
           segments.push({ offset: data, data: b.toString('base64') });
-          off = hole;
         }
         out.push({ id, name: f.name, size, seals, segments });
       } finally {

@@ -8,7 +8,6 @@ import { ImageVma } from '../image/schema';
 import { Remote, MAP_PRIVATE, MAP_ANONYMOUS } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
 import { UnsupportedError } from '../sys/errno';
-import { syscall } from '../sys/libc';
 import { vmaLabel } from './memory';
 
 /** prctl(PR_SET_MEMORY_MERGE): KSM on every eligible VMA, present and future. */
@@ -94,21 +93,5 @@ export function refuseMempolicy(remote: Remote, vmas: ImageVma[]): void {
         throw new UnsupportedError(`pid ${pid}: ${t.what} has NUMA memory policy "${MPOL_NAMES[mode] ?? mode}" (set_mempolicy or mbind): not supported; checkpoint it with the default policy`);
       }
     });
-  }
-}
-
-/**
- * Processes sharing one address space without being threads of one
- * process (clone(CLONE_VM), a vfork child before it execs) would come back
- * with separate copies: refused by name.
- */
-export function refuseSharedMm(pids: number[]): void {
-  const KCMP_VM = 1;
-  for (let i = 0; i < pids.length; i++) {
-    for (let j = 0; j < i; j++) {
-      if (syscall(SYS.kcmp, 'kcmp(KCMP_VM)', pids[i], pids[j], KCMP_VM, 0, 0) === 0) {
-        throw new UnsupportedError(`pid ${pids[i]} shares its address space with pid ${pids[j]} (clone with CLONE_VM, or vfork before exec): not supported; checkpoint once the child has called exec or exited`);
-      }
-    }
   }
 }

@@ -3,8 +3,9 @@
 // restored is refused by name before anything is injected into the target.
 //
 // Process (per mm / signal struct): child subreaper, THP disable, dumpable,
-// MDWE, KSM merge-any, membarrier registrations, private futex hash size,
-// oom_score_adj, coredump_filter, the nice value of its session's autogroup.
+// MDWE, membarrier registrations, private futex hash size, oom_score_adj,
+// coredump_filter, the nice value of its session's autogroup (KSM merge-any
+// is kinds/mmpolicy's: it must be in force before any VMA is mapped).
 // Thread: parent-death signal, no_new_privs, speculation controls, TSC and
 // CPUID access, machine-check kill policy, audit loginuid, personality.
 // Refused: seccomp, syscall user dispatch, PR_SET_IO_FLUSHER, x86 shadow
@@ -24,7 +25,7 @@ const PR = {
   MCE_KILL: 33, MCE_KILL_GET: 34, SET_CHILD_SUBREAPER: 36, GET_CHILD_SUBREAPER: 37,
   SET_NO_NEW_PRIVS: 38, GET_NO_NEW_PRIVS: 39, SET_THP_DISABLE: 41, GET_THP_DISABLE: 42,
   GET_SPECULATION_CTRL: 52, SET_SPECULATION_CTRL: 53, SET_MDWE: 65, GET_MDWE: 66,
-  SET_MEMORY_MERGE: 67, GET_MEMORY_MERGE: 68, FUTEX_HASH: 78,
+  FUTEX_HASH: 78,
 } as const;
 const PR_MCE_KILL_CLEAR = 0, PR_MCE_KILL_SET = 1, PR_MCE_KILL_DEFAULT = 2;
 const PR_FUTEX_HASH_SET_SLOTS = 1, PR_FUTEX_HASH_GET_SLOTS = 2;
@@ -48,7 +49,6 @@ export const ProcessPrctlState = z.object({
   dumpable: int.min(0).max(1),
   /** PR_GET_MDWE bits (once set, never unset) */
   mdwe: int.min(0).max(3),
-  memoryMerge: z.boolean(),
   /** MEMBARRIER_CMD_GET_REGISTRATIONS: the REGISTER_* commands made */
   membarrier: int.min(0).max(MEMBARRIER_REGISTER_MASK).refine((v) => (v & ~MEMBARRIER_REGISTER_MASK) === 0, 'not a set of membarrier REGISTER_* commands'),
   /** PR_FUTEX_HASH_GET_SLOTS (0: the global hash; -1: not on this kernel) */
@@ -148,9 +148,9 @@ const prctlQuery = (option: number, ...rest: number[]): Query => ({ nr: SYS.prct
 
 export function dumpProcessPrctl(remote: Remote): ProcessPrctlState {
   const pid = remote.pid;
-  const [subreaper, thp, dumpable, mdwe, merge, membarrier, futex] = ask(remote, [
+  const [subreaper, thp, dumpable, mdwe, membarrier, futex] = ask(remote, [
     { ...prctlQuery(PR.GET_CHILD_SUBREAPER), out: true }, prctlQuery(PR.GET_THP_DISABLE), prctlQuery(PR.GET_DUMPABLE),
-    prctlQuery(PR.GET_MDWE), prctlQuery(PR.GET_MEMORY_MERGE),
+    prctlQuery(PR.GET_MDWE),
     { nr: NR_membarrier, args: [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0] }, prctlQuery(PR.FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS),
   ]);
   if (dumpable > 1) {
@@ -161,7 +161,6 @@ export function dumpProcessPrctl(remote: Remote): ProcessPrctlState {
     thpDisable: must(thp, 'PR_GET_THP_DISABLE', pid),
     dumpable: must(dumpable, 'PR_GET_DUMPABLE', pid),
     mdwe: must(mdwe, 'PR_GET_MDWE', pid),
-    memoryMerge: must(merge, 'PR_GET_MEMORY_MERGE', pid) !== 0,
     membarrier: must(membarrier, 'membarrier(GET_REGISTRATIONS)', pid),
     futexSlots: futex < 0 ? -1 : futex,
     oomScoreAdj: Number(fs.readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8')),
@@ -183,7 +182,7 @@ function autogroupNice(pid: number): number | null {
 
 /**
  * After every thread has its credentials (a uid change resets dumpable)
- * and every VMA is mapped (MDWE and KSM act on mappings).
+ * and every VMA is mapped (MDWE acts on mappings).
  */
 export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState): void {
   const pid = remote.pid;
@@ -191,7 +190,6 @@ export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState): void 
   const prctl = (what: string, ...args: number[]) => remote.call('prctl', SYS.prctl, args, `pid ${pid}: ${what}`);
   if (now.childSubreaper !== s.childSubreaper) prctl('child subreaper', PR.SET_CHILD_SUBREAPER, s.childSubreaper ? 1 : 0);
   if (now.thpDisable !== s.thpDisable) prctl('THP disable', PR.SET_THP_DISABLE, s.thpDisable ? 1 : 0, s.thpDisable & 2);
-  if (now.memoryMerge !== s.memoryMerge) prctl('KSM merge-any', PR.SET_MEMORY_MERGE, s.memoryMerge ? 1 : 0);
   for (const bit of MEMBARRIER_REGISTER_COMMANDS) {
     if (s.membarrier & bit & ~now.membarrier) remote.call('membarrier', NR_membarrier, [bit, 0, 0], `pid ${pid}: membarrier registration 0x${bit.toString(16)}`);
   }

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { readStatus, readLimits, RLIM_INFINITY } from '../proc';
-import { ImageCreds, ImageProcess, ImageThread } from '../image/schema';
+import type { ImageCreds, ImageProcess, ImageThread } from '../image/schema';
 import { Remote } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
@@ -133,54 +133,6 @@ export function restoreProcessAttrs(remote: Remote, p: ImageProcess): void {
       throw new StasisError(`rlimit "${l.name}": cannot set ${fmt(soft)}/${fmt(hard)} (errno ${-r}): raising a hard limit needs CAP_SYS_RESOURCE; raise it for the restoring shell (ulimit -H) and retry`);
     }
   }
-}
-
-const PR_SET_KEEPCAPS = 8, PR_CAPBSET_DROP = 24, PR_SET_NO_NEW_PRIVS = 38, PR_CAP_AMBIENT = 47, PR_CAP_AMBIENT_RAISE = 2;
-const SYS_CAPSET = 126, LINUX_CAPABILITY_VERSION_3 = 0x20080522;
-
-/**
- * Credentials last: after them the task may no longer be allowed the rest.
- * Ids, then capabilities as the image has them (a restart as root, or in a
- * user namespace, would otherwise leave the task with the restarter's).
- */
-export function restoreCreds(remote: Remote, c: ImageCreds): void {
-  const same = (a: number[], b: number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
-  let me = readStatus(remote.pid);
-  remote.reset();
-  // The bounding set only shrinks, and needs CAP_SETPCAP: before the ids change.
-  const drop = me.capBnd & ~BigInt(c.capBnd);
-  for (let bit = 0; bit < 64; bit++) {
-    if (drop & (1n << BigInt(bit))) remote.call('prctl', SYS.prctl, [PR_CAPBSET_DROP, bit], `drop CAP_${CAP_NAMES[bit] ?? bit} from the bounding set`);
-  }
-  if (!same(me.uid, c.uid) || !same(me.gid, c.gid) || !same(me.groups, c.groups)) {
-    const groups = Buffer.alloc(4 * Math.max(1, c.groups.length));
-    c.groups.forEach((g, i) => groups.writeUInt32LE(g, i * 4));
-    // In a user namespace setgroups is denied and the groups are already the restarter's.
-    if (!same(me.groups, c.groups)) remote.call('setgroups', SYS.setgroups, [c.groups.length, remote.putBytes(groups)]);
-    remote.call('setresgid', SYS.setresgid, [c.gid[0], c.gid[1], c.gid[2]]);
-    // Leaving uid 0 empties the permitted set unless keep-caps is on: kept
-    // just for the change when the image holds capabilities as another user.
-    const keep = BigInt(c.capPrm) !== 0n && c.uid.some((u) => u !== 0);
-    if (keep) remote.call('prctl', SYS.prctl, [PR_SET_KEEPCAPS, 1, 0, 0, 0], 'keep capabilities across the uid change');
-    remote.call('setresuid', SYS.setresuid, [c.uid[0], c.uid[1], c.uid[2]]);
-    if (keep) remote.call('prctl', SYS.prctl, [PR_SET_KEEPCAPS, 0, 0, 0, 0], 'keep-caps off again');
-    me = readStatus(remote.pid);
-  }
-  const eff = BigInt(c.capEff), prm = BigInt(c.capPrm), inh = BigInt(c.capInh), amb = BigInt(c.capAmb);
-  if (me.capEff !== eff || me.capPrm !== prm || me.capInh !== inh) {
-    const head = Buffer.alloc(8);
-    head.writeUInt32LE(LINUX_CAPABILITY_VERSION_3, 0);
-    const data = Buffer.alloc(24);
-    [eff, prm, inh].forEach((v, i) => {
-      data.writeUInt32LE(Number(v & 0xffffffffn), i * 4);
-      data.writeUInt32LE(Number(v >> 32n), 12 + i * 4);
-    });
-    remote.call('capset', SYS_CAPSET, [remote.putBytes(head), remote.putBytes(data)], 'capabilities');
-  }
-  for (let bit = 0; bit < 64; bit++) {
-    if ((amb & ~me.capAmb) & (1n << BigInt(bit))) remote.call('prctl', SYS.prctl, [PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, bit, 0, 0], 'ambient capability');
-  }
-  if (c.noNewPrivs && !me.noNewPrivs) remote.call('prctl', SYS.prctl, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0], 'no_new_privs');
 }
 
 export type ThreadAttrs = Pick<ImageThread, 'rseq' | 'tidAddress' | 'robustList'>;
