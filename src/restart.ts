@@ -106,7 +106,7 @@ function pidHolder(pid: number): string | null {
 /** Everything that can be checked before a process is created. */
 function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
   for (const p of img.processes) {
-    checkCreds(p.creds, `pid ${p.pid}`);
+    checkCreds(p.creds, `pid ${p.pid}`, p.threads.map((t) => ({ tid: t.tid, caps: t.caps })));
     checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
     checkFilePrivilege(p.mm.exe.path, `pid ${p.pid}: executable`);
     for (const v of p.vmas) {

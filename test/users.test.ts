@@ -304,6 +304,8 @@ test("images of root's process, or claiming uid 0, gid 0 or capabilities, are re
     [edited('group0.img', (p) => { p.creds.groups = [0]; }), new RegExp(`^stasis: pid ${pid}: the image holds supplementary group\\(s\\) 0`)],
     [edited('caps.img', (p) => { p.creds.capPrm = p.creds.capEff = '0x1ffffffffff'; }), new RegExp(`^stasis: pid ${pid}: the image claims permitted capabilities 0x1ffffffffff with CAP_CHOWN`)],
     [edited('ambient.img', (p) => { p.creds.capAmb = '0x200000'; }), new RegExp(`^stasis: pid ${pid}: the image claims ambient capabilities 0x200000 with CAP_SYS_ADMIN`)],
+    // Restart gives each thread its own sets: claiming them there only is refused the same.
+    [edited('threadcaps.img', (p) => { p.threads[0].caps.prm = p.threads[0].caps.eff = '0x200000'; }), new RegExp(`^stasis: pid ${pid}: the image claims for thread ${pid} permitted capabilities 0x200000 with CAP_SYS_ADMIN`)],
   ];
   const running = userProcesses();
   assert.ok(running.includes(pid));

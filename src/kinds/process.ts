@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { readStatus, readLimits, RLIM_INFINITY } from '../proc';
 import type { ImageCreds, ImageProcess, ImageThread } from '../image/schema';
+import type { CapsState } from './caps';
 import { Remote } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
@@ -58,7 +59,7 @@ function capNames(mask: bigint): string {
  * in); nobody restores capabilities they lack, a larger bounding set, or
  * the absence of no_new_privs they are under. Root may become anyone.
  */
-export function checkCreds(c: ImageCreds, who: string): void {
+export function checkCreds(c: ImageCreds, who: string, threadCaps: Array<{ tid: number; caps: CapsState }> = []): void {
   const me = readStatus('self');
   if (me.uid[1] !== 0) {
     const uid = me.uid[1], gid = me.gid[1];
@@ -76,11 +77,16 @@ export function checkCreds(c: ImageCreds, who: string): void {
     const extra = BigInt(mask) & ~allowed;
     if (extra) throw new StasisError(`${who}: the image claims ${name} ${mask} with ${capNames(extra)} that you do not hold: restart as a user who holds them`);
   };
-  claim('permitted capabilities', c.capPrm, me.capPrm);
-  claim('effective capabilities', c.capEff, me.capPrm);
-  claim('inheritable capabilities', c.capInh, me.capPrm | me.capInh);
-  claim('ambient capabilities', c.capAmb, me.capPrm);
-  claim('a capability bounding set', c.capBnd, me.capBnd);
+  // The process's sets, and each thread's own, which are what restart gives it (kinds/caps).
+  const claims = (label: string, sets: { prm: string; eff: string; inh: string; amb: string; bnd: string }) => {
+    claim(`${label}permitted capabilities`, sets.prm, me.capPrm);
+    claim(`${label}effective capabilities`, sets.eff, me.capPrm);
+    claim(`${label}inheritable capabilities`, sets.inh, me.capPrm | me.capInh);
+    claim(`${label}ambient capabilities`, sets.amb, me.capPrm);
+    claim(`${label}a capability bounding set`, sets.bnd, me.capBnd);
+  };
+  claims('', { prm: c.capPrm, eff: c.capEff, inh: c.capInh, amb: c.capAmb, bnd: c.capBnd });
+  for (const { tid, caps } of threadCaps) claims(`for thread ${tid} `, caps);
   if (me.noNewPrivs && !c.noNewPrivs) throw new StasisError(`${who}: the image runs without no_new_privs, which you are under: restart from a process without it`);
 }
 
