@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, restartVerified } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, restartVerified, assertLeftRunning } from './harness';
 import { checkpointSync, restartSync } from '../src';
 import type { Restarted } from '../src';
 import { readStatus, listFds, readFdinfo, listChildren } from '../src/proc';
@@ -51,16 +51,6 @@ function getlk(file: string, at: number): { type: number; pid: number; start: nu
     return { type: fl.readInt16LE(0), pid: fl.readInt32LE(24), start: Number(fl.readBigInt64LE(8)), len: Number(fl.readBigInt64LE(16)) };
   } finally {
     fs.closeSync(fd);
-  }
-}
-
-/** The target of a refused checkpoint: still running, untraced, unfrozen. */
-function assertUntouched(pids: number[]): void {
-  for (const p of pids) {
-    const st = readStatus(p);
-    assert.equal(st.tracerPid, 0, `pid ${p} untraced`);
-    assert.match(st.state, /^[RS]/, `pid ${p} running`);
-    assert.doesNotMatch(fs.readFileSync(`/proc/${p}/cgroup`, 'utf8'), /freezer:\/stasis/, `pid ${p} back in its cgroup`);
   }
 }
 
@@ -159,7 +149,7 @@ test('a flock on an open file shared with a process outside the tree, or held on
     assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
       new RegExp(`fd ${fdA} of pid ${pid}: its flock write lock on ${cwd}/a belongs to an open file shared with pid ${process.pid} outside the tree`));
     assert.equal(fs.existsSync(path.join(dir, 'image')), false);
-    assertUntouched([pid]);
+    assertLeftRunning([pid]);
     // The tree closes its fd: the lock (listed under its pid) now lives only outside.
     process.kill(pid, 'SIGUSR2');
     await until('fd a to close', () => !listFds(pid).some((f) => f.fd === fdA));
@@ -169,7 +159,7 @@ test('a flock on an open file shared with a process outside the tree, or held on
   } finally {
     fs.closeSync(mine);
   }
-  assertUntouched([pid]);
+  assertLeftRunning([pid]);
   process.kill(pid, 'SIGUSR1');
   await waitFor(out, /^locks ok$/m);
 });
@@ -262,7 +252,7 @@ test('a read lease comes back; a lease being broken is refused by name', async (
   assert.throws(() => fs.openSync(path.join(cwd, 'f'), fs.constants.O_WRONLY | fs.constants.O_NONBLOCK), /EAGAIN|EWOULDBLOCK/);
   assert.match(locksOn(cwd)[0], /^LEASE BREAKING /);
   assert.throws(() => checkpointSync(pid, path.join(dir, 'image2')), new RegExp(`fd \\d+ of pid ${pid} \\(${cwd}/f\\): its lease \\(F_SETLEASE\\) is being broken by another opener`));
-  assertUntouched([pid]);
+  assertLeftRunning([pid]);
   process.kill(pid, 'SIGUSR1');
   await waitFor(out, /^lease read\nlease \w+$/m);
 });
@@ -273,7 +263,7 @@ test('a directory watched with F_NOTIFY (dnotify) is refused by name and keeps i
   const pid = procs.start(build('fid_fdowner'), ['dnotify'], out, { cwd: dir });
   await waitFor(out, /^ready$/m);
   assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`fd \\d+ of pid ${pid} \\(${dir}\\): the directory has a signal owner, set by F_NOTIFY \\(dnotify\\)`));
-  assertUntouched([pid]);
+  assertLeftRunning([pid]);
   process.kill(pid, 'SIGUSR1');
   await waitFor(out, /^dnotify ok$/m);
 });
@@ -284,7 +274,7 @@ test('an F_SETOWN owner outside the tree is refused by name', async () => {
   const pid = procs.start(build('fid_fdowner'), ['owner', String(process.pid)], out, { cwd: dir });
   await waitFor(out, /^ready$/m);
   assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`fd \\d+ of pid ${pid} \\(pipe:\\[\\d+\\]\\): its F_SETOWN owner, process ${process.pid}, is outside the tree`));
-  assertUntouched([pid]);
+  assertLeftRunning([pid]);
 });
 
 const KCMP_FILES = 2, KCMP_FS = 3;
@@ -331,7 +321,7 @@ test('processes sharing signal handlers (CLONE_SIGHAND) are refused by name, the
   await waitFor(out, /^ready$/m);
   const kid = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
   assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pids ${pid} and ${kid}: share one signal handler table as separate processes \\(CLONE_SIGHAND\\)`));
-  assertUntouched([pid, kid]);
+  assertLeftRunning([pid, kid]);
 });
 
 test('processes sharing an I/O context (CLONE_IO) are refused by name, the tree goes on', async () => {
@@ -341,7 +331,7 @@ test('processes sharing an I/O context (CLONE_IO) are refused by name, the tree 
   await waitFor(out, /^ready$/m);
   const kid = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
   assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pids ${pid} and ${kid}: share one I/O context \\(CLONE_IO`));
-  assertUntouched([pid, kid]);
+  assertLeftRunning([pid, kid]);
 });
 
 test('System V semaphore undo adjustments (SEM_UNDO) are refused by name, the process goes on; without SEM_UNDO it is restored', async () => {
@@ -351,7 +341,7 @@ test('System V semaphore undo adjustments (SEM_UNDO) are refused by name, the pr
   const semid = /^semid (\d+)$/m.exec(await waitFor(out, /^ready$/m))![1];
   try {
     assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pid ${pid}: has a System V semaphore undo list while \\d+ semaphore set\\(s\\) exist \\(semop with SEM_UNDO, or threads\\)`));
-    assertUntouched([pid]);
+    assertLeftRunning([pid]);
     process.kill(pid, 'SIGUSR1');
     await waitFor(out, /^sem ok$/m);
     // The same semaphore used without SEM_UNDO: nothing to undo, restored.
@@ -380,7 +370,7 @@ test('a program running from a memfd (fexecve) is refused by name and goes on', 
   await waitFor(out, /^ready$/m);
   assert.match(fs.readlinkSync(`/proc/${pid}/exe`), /^\/memfd:fid-exe \(deleted\)$/);
   assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pid ${pid}: its executable is the memfd "fid-exe" \\(started with fexecve or execveat\\)`));
-  assertUntouched([pid]);
+  assertLeftRunning([pid]);
   process.kill(pid, 'SIGUSR1');
   await waitFor(out, /^memfd exe ok$/m);
 });
@@ -397,7 +387,7 @@ test('a FIFO also held open outside the tree is refused by name, or left with it
     await until('the target to open the FIFO', () => listFds(pid).some((f) => f.target === fifo));
     assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
       new RegExp(`fd 0 of pid ${pid}: FIFO ${fifo} is also open in pid ${process.pid} outside the tree, which keeps its unread bytes; pass --external ${fifo}`));
-    assertUntouched([pid]);
+    assertLeftRunning([pid]);
     checkpointSync(pid, path.join(dir, 'image'), { kill: true, external: [fifo] });
     await waitGone(pid, procs);
     const r = restartVerified(path.join(dir, 'image'));

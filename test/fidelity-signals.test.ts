@@ -7,10 +7,10 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { build, Procs, waitFor, tmpdir, checkpointKillRestart } from './harness';
+import { build, Procs, waitFor, tmpdir, checkpointKillRestart, assertLeftRunning } from './harness';
 import { checkpointSync, loadImage } from '../src';
 import type { ImageProcess } from '../src';
-import { readStat, readStatus, listThreads } from '../src/proc';
+import { readStat, listThreads } from '../src/proc';
 import type { TimersState } from '../src/kinds/timers';
 import { waitpidAsync } from '../src/sys/libc';
 
@@ -63,9 +63,7 @@ function sameTimers(after: TimersState, before: TimersState): void {
 
 /** The target of a refusal: running, untraced, out of any stasis freezer cgroup, and it goes on. */
 async function leftRunning(pid: number, out: string): Promise<void> {
-  assert.equal(readStatus(pid).tracerPid, 0);
-  assert.match(readStat(pid).state, /^[RS]$/);
-  assert.doesNotMatch(fs.readFileSync(`/proc/${pid}/cgroup`, 'utf8'), /stasis-/);
+  assertLeftRunning(pid);
   process.kill(pid, 'SIGUSR2');
   await waitFor(out, /^still here$/m);
 }

@@ -4,9 +4,11 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { posixSpawn, waitpidSync, WNOHANG, __WALL } from '../src/sys/libc';
 import { scanTree } from '../src/ptrace/freeze';
+import { readStat, readStatus } from '../src/proc';
 import { waitpidAsync } from '../src/sys/libc';
 import { checkpointSync, restartSync } from '../src';
 import type { Restarted, RestartOptions } from '../src';
@@ -196,4 +198,16 @@ export function seededRandom(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/**
+ * The target of a refused or failed checkpoint: untraced, running or
+ * sleeping (not stopped), and out of any stasis freezer cgroup.
+ */
+export function assertLeftRunning(pids: number | number[]): void {
+  for (const p of typeof pids === 'number' ? [pids] : pids) {
+    assert.equal(readStatus(p).tracerPid, 0, `pid ${p} untraced`);
+    assert.match(readStat(p).state, /^[RS]$/, `pid ${p} running`);
+    assert.doesNotMatch(fs.readFileSync(`/proc/${p}/cgroup`, 'utf8'), /freezer:\/stasis|stasis-/, `pid ${p} back in its own cgroup`);
+  }
 }

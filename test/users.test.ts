@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawn, ChildProcess } from 'node:child_process';
 import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, CliResult, restartVerified } from './harness';
-import { checkpointSync, restartSync, loadImage } from '../src';
+import { checkpointSync, loadImage } from '../src';
 import { readStat, readStatus, listThreads } from '../src/proc';
 import { scanTree } from '../src/ptrace/freeze';
 import { readImageBuffer, ImageWriter, RecordType } from '../src/image/stream';
