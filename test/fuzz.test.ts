@@ -458,8 +458,10 @@ test('an fd opening a root-only file for writing, in an image of an ordinary use
   fs.writeFileSync(secret, 'root only\n', { mode: 0o600 });
   const before = fs.statSync(secret, { bigint: true });
   const recs = seeds[0].recs.map((r) => (r.bin ? { ...r } : { type: r.type, json: structuredClone(r.json) }));
-  const p = recs[0].json as { creds: Record<string, unknown>; fds: unknown[] };
+  const p = recs[0].json as { creds: Record<string, unknown>; fds: unknown[]; threads: Array<{ caps: Record<string, unknown> }> };
   Object.assign(p.creds, { uid: [65534, 65534, 65534, 65534], gid: [65534, 65534, 65534, 65534], groups: [], capEff: '0x0', capPrm: '0x0', capInh: '0x0', capAmb: '0x0' });
+  // Each thread's own sets too: an ordinary user's process holds no capabilities.
+  for (const t of p.threads) Object.assign(t.caps, { eff: '0x0', prm: '0x0', inh: '0x0', amb: '0x0' });
   // Its only other fd is /dev/null: the output files of the seed are root's too.
   p.fds = [p.fds[0]];
   p.fds.push({ fd: 9, kind: 'file', path: secret, flags: 2 /* O_RDWR */, pos: 0, cloexec: false, file: fileIdentity(secret) });
