@@ -5,9 +5,9 @@ import fs from 'node:fs';
 import { z } from 'zod';
 import { readVmas } from '../proc';
 import { ImageVma } from '../image/schema';
-import { Remote, MAP_PRIVATE, MAP_ANONYMOUS } from '../ptrace/remote';
-import { SYS, PAGE_SIZE } from '../sys/x86';
-import { UnsupportedError } from '../sys/errno';
+import { Remote } from '../ptrace/remote';
+import { SYS } from '../sys/x86';
+import { UnsupportedError, StasisError } from '../sys/errno';
 import { vmaLabel } from './memory';
 
 /** prctl(PR_SET_MEMORY_MERGE): KSM on every eligible VMA, present and future. */
@@ -20,21 +20,16 @@ export type LockFuture = z.infer<typeof LockFuture>;
 
 /**
  * mlockall(MCL_FUTURE) leaves no mark on existing VMAs; it shows on new
- * ones. A page mapped (and unmapped) in the task tells: mm->locked_vm
- * grows with it, and its VmFlags say whether locking is on fault.
+ * ones. The scratch area stasis mapped in the task is such a new mapping:
+ * its VmFlags say whether it was locked, and whether on fault. (A probe
+ * page of its own would be left behind by a stasis killed meanwhile.)
  */
 export function dumpLockFuture(remote: Remote): LockFuture {
-  const pid = remote.pid;
-  const lockedKb = () => Number(/^VmLck:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-  const before = lockedKb();
-  const probe = remote.call('mmap', SYS.mmap, [0, PAGE_SIZE, 0, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0], 'probe page for mlockall');
-  try {
-    if (lockedKb() === before) return 'off';
-    const vma = readVmas(pid).find((v) => v.start <= probe && probe < v.end);
-    return vma?.vmFlags.includes('lf') ? 'onfault' : 'on';
-  } finally {
-    remote.call('munmap', SYS.munmap, [probe, PAGE_SIZE], 'probe page for mlockall');
-  }
+  const at = remote.scratch;
+  const vma = readVmas(remote.pid).find((v) => v.start <= at && at < v.end);
+  if (!at || !vma) throw new StasisError(`pid ${remote.pid}: its scratch area is not mapped; cannot tell whether mlockall(MCL_FUTURE) is in force`);
+  if (!vma.vmFlags.includes('lo')) return 'off';
+  return vma.vmFlags.includes('lf') ? 'onfault' : 'on';
 }
 
 const MCL_FUTURE = 2, MCL_ONFAULT = 4, SYS_MLOCKALL = 151;
