@@ -18,6 +18,7 @@ import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals, checkStopSignal, stopReported, dumpExitSignal } from './kinds/signals';
 import { dumpTimers, refuseLinkedTimerSignals } from './kinds/timers';
 import { dumpFds } from './kinds/files';
+import { DumpContext } from './kinds/fdkind';
 import { LockTable } from './kinds/locks';
 import { dumpSharing, fdTableSharers, Sharing } from './kinds/sharing';
 import { dumpFdOwners, refuseForeignOwners } from './kinds/fdowner';
@@ -129,7 +130,7 @@ export interface Survey {
  * shared memory linked across them. Nothing is injected yet. Also how
  * restart --verify reads a rebuilt tree back.
  */
-export function surveyProcesses(procs: FrozenProcess[], root: number, pipes: PipeTable, memfds: MemfdTable, locks: LockTable, readBack = false): Survey[] {
+export function surveyProcesses(procs: FrozenProcess[], root: number, ctx: DumpContext, locks: LockTable, readBack = false): Survey[] {
   const sharing = dumpSharing(procs, root);
   const surveys: Survey[] = [];
   for (const p of procs) {
@@ -137,8 +138,8 @@ export function surveyProcesses(procs: FrozenProcess[], root: number, pipes: Pip
     refuseUnrestorableAttrs(p.pid, p.threads);
     if (!readBack) refuseForeignNamespaces(p.pid);
     refuseMemfdExe(p.pid);
-    const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
-    const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds, locks, fdTableSharers(sharing, p.pid));
+    const vmas = classifyVmas(readVmas(p.pid), p.pid, ctx.memfds);
+    const fds = dumpFds(p.pid, ctx, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), locks, fdTableSharers(sharing, p.pid));
     surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
   }
   linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
@@ -268,10 +269,12 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     const locks = new LockTable();
     if (tree.processes.find((p) => p.pid === pid)?.zombie) throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
     const zombies = tree.processes.filter((p) => p.zombie).map(dumpZombie);
-    const surveys = surveyProcesses(tree.processes.filter((p) => !p.zombie), pid, pipes, memfds, locks);
+    const kinds = new DumpContext(pipes, memfds);
+    const surveys = surveyProcesses(tree.processes.filter((p) => !p.zombie), pid, kinds, locks);
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
+    kinds.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external ?? []);
     locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)));
     const images = surveys.map((s) => { log(`injecting into pid ${s.proc.pid}`); return dumpProcess(s, stoppedChildrenOf(surveys, s)); });
     refuseForeignOwners(images);
@@ -295,6 +298,8 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       for (const z of zombies) writer.json(RecordType.Zombie, z);
       if (pipeData.length) writer.json(RecordType.Pipes, pipeData);
       if (memfdData.length) writer.json(RecordType.Memfds, memfdData);
+      const objects = kinds.objects();
+      if (objects) writer.json(RecordType.Objects, objects);
       return { pid, tree, frozenAt, out, writer, surveys, runs, log, deadline };
     } catch (e) {
       out.close(false);

@@ -18,6 +18,7 @@ import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals
 import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
 import { restoreFds, checkFds } from './kinds/files';
+import { RestoreContext } from './kinds/fdkind';
 import { restoreLocks } from './kinds/locks';
 import { restoreFdOwners } from './kinds/fdowner';
 import { sharingFlags } from './kinds/sharing';
@@ -268,7 +269,7 @@ interface Rebuilding {
 }
 
 /** What stasis holds for the tasks to open while they are rebuilt. */
-interface Keepers { pipes: PipeKeeper; memfds: MemfdKeeper }
+interface Keepers extends RestoreContext { memfds: MemfdKeeper }
 
 /** Everything of one process, its threads created and set up, in its main thread. */
 function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
@@ -279,7 +280,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   // zombies made on purpose) are artifacts of the restore, not its state.
   remote.task.deferredSignals.length = 0;
   restoreMm(remote, p.mm);
-  if (!p.sharing?.files) restoreFds(remote, p.fds, keep.pipes, keep.memfds);
+  if (!p.sharing?.files) restoreFds(remote, p.fds, keep);
   restoreLocks(remote, p.fds);
   // cwd, root and umask shared with the parent are set already (a second chroot would nest).
   restoreProcessAttrs(remote, p.sharing?.fs ? { ...p, root: '/' } : p);

@@ -12,6 +12,7 @@ import { PipeTable } from './kinds/pipes';
 import { pagesToSave } from './kinds/memory';
 import { LockTable } from './kinds/locks';
 import { MemfdTable } from './kinds/memfd';
+import { DumpContext } from './kinds/fdkind';
 import { specialVmas } from './kinds/vdso';
 import { resumeRegs } from './kinds/registers';
 import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd, ImageFd, ImageVma } from './image/schema';
@@ -443,7 +444,7 @@ export function verifyTree(input: VerifyInput): void {
   const memfds = new MemfdTable();
   let images: ImageProcess[];
   try {
-    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, pipes, memfds, new LockTable(), true);
+    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, new DumpContext(pipes, memfds), new LockTable(), true);
     // Guard regions are found where pages are (pagemap), which the read-back otherwise skips.
     for (const x of surveys) for (const v of x.vmas) if (v.vmFlags.includes('gu') && !v.shmem) pagesToSave(x.proc.pid, v);
     images = surveys.map((s) => dumpProcess(s, stoppedChildrenOf(surveys, s)));

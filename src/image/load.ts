@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import { z } from 'zod';
 import { readImage, readImageBuffer, RecordType, decodePages, recordTypeName, ImageRecord } from './stream';
 import {
-  ImageProcess, ImageZombie, ImagePipe, ImageMemfd, PipesRecord, MemfdsRecord, PageRun,
+  ImageProcess, ImageZombie, ImagePipe, ImageMemfd, PipesRecord, MemfdsRecord, PageRun, ObjectTables,
 } from './schema';
 import { validateImage } from './validate';
 import { ImageError } from '../sys/errno';
@@ -21,6 +21,8 @@ export interface LoadedImage {
   zombies: ImageZombie[];
   pipes: ImagePipe[];
   memfds: ImageMemfd[];
+  /** the Objects record: tables of sockets, deleted files, IPC objects ({} when absent) */
+  objects: ObjectTables;
   pages: Array<{ pid: number; runs: PageRun[]; data: Buffer }>;
   /** the root process */
   process: ImageProcess;
@@ -68,10 +70,11 @@ function parseRecord<S extends z.ZodType>(schema: S, r: ImageRecord, n: number, 
 /** Parse verified records into a LoadedImage (the records' buffers are not copied). */
 export function parseRecords(records: ImageRecord[], source: string, release: () => void = () => {}): LoadedImage {
   const img: LoadedImage = {
-    source, processes: [], zombies: [], pipes: [], memfds: [], pages: [], process: undefined as unknown as ImageProcess,
+    source, processes: [], zombies: [], pipes: [], memfds: [], objects: {}, pages: [], process: undefined as unknown as ImageProcess,
     recordOf: new Map(), release,
   };
   const pagesRecord: number[] = [];
+  let sawObjects = false;
   records.forEach((r, i) => {
     const n = i + 1;
     switch (r.type) {
@@ -89,6 +92,12 @@ export function parseRecords(records: ImageRecord[], source: string, release: ()
       }
       case RecordType.Pipes: img.pipes.push(...parseRecord(PipesRecord, r, n, source)); break;
       case RecordType.Memfds: img.memfds.push(...parseRecord(MemfdsRecord, r, n, source)); break;
+      case RecordType.Objects: {
+        if (sawObjects) throw new ImageError(`${recordLabel(source, n, r.type)}: a second Objects record`);
+        sawObjects = true;
+        img.objects = parseRecord(ObjectTables, r, n, source);
+        break;
+      }
       case RecordType.Pages:
         img.pages.push(decodePages(r.payload, (pid) => recordLabel(source, n, r.type, pid)));
         pagesRecord.push(n);

@@ -36,16 +36,15 @@ import { CapsState } from '../kinds/caps';
 import { SchedState } from '../kinds/sched';
 import { MempolicyState } from '../kinds/mempolicy';
 import { ProcessPrctlState, ThreadPrctlState } from '../kinds/prctl';
+import { FileIdentity, FileFd, DirFd } from '../kinds/regular';
+import { ChrFd } from '../kinds/devices';
+import { PipeFd, FifoFd } from '../kinds/pipes';
+import { MemfdFd } from '../kinds/memfd';
+import { EventfdFd } from '../kinds/eventfd';
+import { SignalfdFd, TimerfdFd } from '../kinds/timerfd';
+import { EpollFd } from '../kinds/epoll';
 
-/** How a file is recognised again at restart. */
-export const FileIdentity = z.object({
-  path,
-  dev: count,
-  ino: count,
-  size: count,
-  /** mtime in nanoseconds, as a decimal string */
-  mtimeNs: decimalI64,
-});
+export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
 
 export const VmaKind = z.enum(['anon', 'file', 'shmem', 'vdso', 'vvar', 'vvar_vclock']);
@@ -87,14 +86,9 @@ export const ImageVma = z.object({
 });
 export type ImageVma = z.infer<typeof ImageVma>;
 
-export const FdKind = z.enum(['file', 'dir', 'chr', 'pipe', 'fifo', 'memfd', 'eventfd', 'signalfd', 'timerfd', 'epoll']);
-
-/** [seconds, nanoseconds] */
-const Timespec = z.tuple([count, int(0, 999_999_999)]);
-
-export const ImageFd = z.object({
+/** What every fd record has; its kind's own fields are added by the kind module (src/kinds/fdkind.ts). */
+const FdCommon = z.object({
   fd,
-  kind: FdKind,
   path: name(4096),
   /** open flags from fdinfo (O_CLOEXEC stripped; see cloexec) */
   flags: int(0, 0o77777777),
@@ -104,24 +98,25 @@ export const ImageFd = z.object({
   sameAs: fd.optional(),
   /** the same open file description as an fd of an earlier process (fork) */
   sharedWith: z.object({ pid, fd }).optional(),
-  /** pipe or FIFO: its id in the Pipes record */
-  pipe: count.optional(),
-  /** memfd: its id in the Memfds record */
-  memfd: count.optional(),
-  /** eventfd: its counter (decimal string, 64-bit), semaphore mode and kernel id */
-  eventfd: z.object({ count: decimalU64, semaphore: z.boolean(), id: count }).optional(),
-  /** signalfd: the signal mask it reads (hex) */
-  signalfd: z.object({ mask: hex64 }).optional(),
-  /** timerfd: clock, remaining time and interval as [s, ns], unread expirations */
-  timerfd: z.object({ clock: int(0, 11), value: Timespec, interval: Timespec, ticks: decimalU64 }).optional(),
-  /** epoll: what it watches, as (fd of this process, events hex, data hex) */
-  epoll: z.array(z.object({ fd, events: hex32, data: hex64 })).max(1 << 16).optional(),
-  file: FileIdentity.optional(),
   /** locks held through this fd (flock and OFD locks: on the fd that restores the open file description) */
   locks: z.array(FileLock).max(1 << 16).optional(),
   /** F_SETOWN_EX owner and F_SETSIG signal of the open file description, when set */
   owner: FdOwner.optional(),
 });
+
+/** An fd: the common fields and one registered kind's, tagged by `kind` (one line per kind). */
+export const ImageFd = z.discriminatedUnion('kind', [
+  FdCommon.extend(FileFd.shape),
+  FdCommon.extend(DirFd.shape),
+  FdCommon.extend(ChrFd.shape),
+  FdCommon.extend(PipeFd.shape),
+  FdCommon.extend(FifoFd.shape),
+  FdCommon.extend(MemfdFd.shape),
+  FdCommon.extend(EventfdFd.shape),
+  FdCommon.extend(SignalfdFd.shape),
+  FdCommon.extend(TimerfdFd.shape),
+  FdCommon.extend(EpollFd.shape),
+]);
 export type ImageFd = z.infer<typeof ImageFd>;
 
 /** A raw siginfo_t, base64. */
@@ -286,6 +281,17 @@ export const ImageMemfd = z.object({
   segments: z.array(z.object({ offset: count, data: base64Max(1 << 30) })).max(1 << 20),
 });
 export type ImageMemfd = z.infer<typeof ImageMemfd>;
+
+/**
+ * Objects of the tree held by fds of several processes (sockets, deleted
+ * files, IPC objects): one optional table per kind, one line per kind,
+ * e.g. `unix: z.array(UnixSocket).max(1 << 20).optional(),` with the item
+ * schema from the kind module. The Objects record is written when any
+ * table has entries.
+ */
+export const ObjectTables = z.object({
+});
+export type ObjectTables = z.infer<typeof ObjectTables>;
 
 /** The payload of each JSON record type. */
 export const PipesRecord = z.array(ImagePipe).max(1 << 20);

@@ -35,6 +35,8 @@ export enum RecordType {
   Pipes = 4,
   /** JSON: memfd files with their contents (ImageMemfd[]) */
   Memfds = 5,
+  /** JSON: objects of the tree that fds of several processes share, one table per kind (ObjectTables) */
+  Objects = 6,
   /** JSON: end marker with counts; its absence means a truncated image */
   End = 0x7fffffff,
 }

@@ -3,26 +3,32 @@
 // back. Level-triggered readiness is recomputed by the kernel; an
 // edge-triggered event that had fired but was not yet collected is lost.
 import fs from 'node:fs';
+import { z } from 'zod';
 import { Fdinfo } from '../proc';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { UnsupportedError } from '../sys/errno';
+import { fd, hex32, hex64 } from '../image/fields';
+import { FdKind } from './fdkind';
 
 const O_CLOEXEC = 0o2000000, EPOLL_CTL_ADD = 1;
 
-export interface EpollTarget {
-  fd: number;
-  /** events mask, hex */
-  events: string;
-  /** user data, hex (64-bit) */
-  data: string;
-}
+/** One registration: the watched fd of this process, its events mask and user data (hex). */
+export const EpollTarget = z.object({ fd, events: hex32, data: hex64 });
+export type EpollTarget = z.infer<typeof EpollTarget>;
+export const EpollFd = z.object({ kind: z.literal('epoll'), epoll: z.array(EpollTarget).max(1 << 16) });
+export type EpollFd = z.infer<typeof EpollFd>;
 
-export function isEpoll(target: string): boolean {
-  return target === 'anon_inode:[eventpoll]';
-}
+export const epollKind: FdKind<EpollFd> = {
+  kinds: ['epoll'],
+  claims: (f) => f.target === 'anon_inode:[eventpoll]',
+  dump: (f) => ({ kind: 'epoll', pos: 0, epoll: dumpEpoll(f.pid, f.info(), f.where) }),
+  sharingKey: (r) => r.path, // kcmp tells them apart
+  open: (remote, r, _ctx, where) => createEpoll(remote, r.epoll, r.cloexec, where),
+  late: true, // it watches fds of every other kind
+};
 
-export function dumpEpoll(pid: number, info: Fdinfo, where: string): EpollTarget[] {
+function dumpEpoll(pid: number, info: Fdinfo, where: string): EpollTarget[] {
   const out: EpollTarget[] = [];
   for (const line of info.lines) {
     const m = /^tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)\s+pos:\s*\d+\s+ino:\s*([0-9a-f]+)/.exec(line);
@@ -42,7 +48,7 @@ export function dumpEpoll(pid: number, info: Fdinfo, where: string): EpollTarget
 }
 
 /** A new epoll at the lowest free fd with every registration made again; returns it. */
-export function createEpoll(remote: Remote, targets: EpollTarget[], cloexec: boolean, where: string): number {
+function createEpoll(remote: Remote, targets: EpollTarget[], cloexec: boolean, where: string): number {
   const ep = remote.call('epoll_create1', SYS.epoll_create1, [cloexec ? O_CLOEXEC : 0], where);
   remote.reset();
   const calls = targets.map((t) => {

@@ -1,25 +1,30 @@
 // eventfd: a 64-bit counter with a semaphore mode. Saved from fdinfo,
 // recreated inside the task with eventfd2 at the same count and flags.
+import { z } from 'zod';
 import { Fdinfo } from '../proc';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { StasisError } from '../sys/errno';
+import { count, decimalU64 } from '../image/fields';
+import { FdKind } from './fdkind';
 
 const EFD_SEMAPHORE = 1, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
 
-export interface EventfdState {
-  /** the counter, decimal (it is 64-bit) */
-  count: string;
-  semaphore: boolean;
-  /** the kernel's id of the object (tells two eventfds apart) */
-  id: number;
-}
+/** The counter (decimal, 64-bit), semaphore mode and the kernel's id of the object (tells two apart). */
+export const EventfdState = z.object({ count: decimalU64, semaphore: z.boolean(), id: count });
+export type EventfdState = z.infer<typeof EventfdState>;
+export const EventfdFd = z.object({ kind: z.literal('eventfd'), eventfd: EventfdState });
+export type EventfdFd = z.infer<typeof EventfdFd>;
 
-export function isEventfd(target: string): boolean {
-  return target === 'anon_inode:[eventfd]';
-}
+export const eventfdKind: FdKind<EventfdFd> = {
+  kinds: ['eventfd'],
+  claims: (f) => f.target === 'anon_inode:[eventfd]',
+  dump: (f) => ({ kind: 'eventfd', pos: 0, eventfd: dumpEventfd(f.info(), f.where) }),
+  sharingKey: (r) => `eventfd:${r.eventfd.id}`,
+  open: (remote, r, _ctx, where) => createEventfd(remote, r.eventfd, r.flags, r.cloexec, where),
+};
 
-export function dumpEventfd(info: Fdinfo, where: string): EventfdState {
+function dumpEventfd(info: Fdinfo, where: string): EventfdState {
   const count = info.raw['eventfd-count'];
   if (count === undefined) throw new StasisError(`${where}: eventfd without eventfd-count in fdinfo`);
   // fdinfo prints the counter in hexadecimal.
@@ -27,7 +32,7 @@ export function dumpEventfd(info: Fdinfo, where: string): EventfdState {
 }
 
 /** A new eventfd in the task, at the lowest free fd; returns it. */
-export function createEventfd(remote: Remote, e: EventfdState, fdFlags: number, cloexec: boolean, where: string): number {
+function createEventfd(remote: Remote, e: EventfdState, fdFlags: number, cloexec: boolean, where: string): number {
   const flags = (e.semaphore ? EFD_SEMAPHORE : 0) | (fdFlags & O_NONBLOCK) | (cloexec ? O_CLOEXEC : 0);
   // eventfd2 takes an unsigned int: a larger count is added with write(2).
   const count = BigInt(e.count);

@@ -3,9 +3,12 @@
 // at restart stasis creates each one itself and the tasks open it through
 // /proc, so every mapping and fd meets the same file again.
 import fs from 'node:fs';
-import { ImageMemfd } from '../image/schema';
+import { z } from 'zod';
+import type { ImageMemfd } from '../image/schema';
 import { memfdCreate, syscall } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
+import { count } from '../image/fields';
+import { FdKind, openHeld, seekTo } from './fdkind';
 
 const SYS_LSEEK = 8, SYS_FCNTL = 72;
 const SEEK_DATA = 3, SEEK_HOLE = 4;
@@ -18,6 +21,25 @@ export function memfdName(path: string): string | null {
   const m = /^\/memfd:(.*) \(deleted\)$/.exec(path);
   return m ? m[1] : null;
 }
+
+/** An fd on a memfd: its id in the Memfds record; `pos` its offset. */
+export const MemfdFd = z.object({ kind: z.literal('memfd'), memfd: count });
+export type MemfdFd = z.infer<typeof MemfdFd>;
+
+export const memfdKind: FdKind<MemfdFd> = {
+  kinds: ['memfd'],
+  claims: (f) => memfdName(f.target) !== null,
+  dump(f, ctx) {
+    if (!ctx.memfds) throw new StasisError(`${f.where}: a memfd outside a checkpoint`);
+    return { kind: 'memfd', pos: f.info().pos, memfd: ctx.memfds.note(Number(f.stat().ino), memfdName(f.target)!, `/proc/${f.pid}/fd/${f.fd}`) };
+  },
+  sharingKey: (r) => `memfd:${r.memfd}`,
+  open(remote, r, ctx, where) {
+    if (!ctx.memfds) throw new StasisError(`${where}: a memfd without the Memfds record`);
+    return openHeld(remote, ctx.memfds.pathFor(r.memfd), r, where);
+  },
+  settle: seekTo,
+};
 
 /**
  * A program started from a memfd (fexecve, execveat with AT_EMPTY_PATH) has
@@ -145,3 +167,4 @@ export class MemfdKeeper {
     this.held.clear();
   }
 }
+

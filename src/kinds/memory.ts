@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { Vma, readPagemap } from '../proc';
 import type { FileIdentity, ImageVma, ImageCreds } from '../image/schema';
 import { savesPages, vmaAt } from '../image/vma';
-import { mayOpen, openNoSymlinks } from './files';
+import { mayOpen, openNoSymlinks } from './regular';
 import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/stream';
 import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';

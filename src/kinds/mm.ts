@@ -7,7 +7,7 @@ import { ImageMm } from '../image/schema';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { fileIdentity } from './memory';
-import { openNoSymlinks } from './files';
+import { openNoSymlinks } from './regular';
 
 const PR_SET_MM = 35, PR_SET_MM_MAP = 14;
 

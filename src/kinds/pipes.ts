@@ -5,9 +5,12 @@
 // written back before anyone reads.
 import fs from 'node:fs';
 import { outsideFdLinks } from '../proc';
-import { ImagePipe } from '../image/schema';
+import { z } from 'zod';
+import type { ImagePipe } from '../image/schema';
 import { syscall } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
+import { count } from '../image/fields';
+import { FdKind, openHeld } from './fdkind';
 
 const SYS_PIPE2 = 293, SYS_TEE = 276, SYS_FCNTL = 72;
 const F_SETPIPE_SZ = 1031, F_GETPIPE_SZ = 1032;
@@ -15,6 +18,25 @@ const O_RDONLY = 0, O_RDWR = 2, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000, O_NO
 const SPLICE_F_NONBLOCK = 2;
 
 interface Holder { pid: number; fd: number }
+
+/** A pipe end: its id in the Pipes record. */
+export const PipeFd = z.object({ kind: z.literal('pipe'), pipe: count });
+/** A FIFO opened by path (the common `path`): its id in the Pipes record. */
+export const FifoFd = z.object({ kind: z.literal('fifo'), pipe: count });
+type PipeOrFifoFd = z.infer<typeof PipeFd> | z.infer<typeof FifoFd>;
+
+/** Pipes, and FIFOs (found by stat once no other kind claimed the path). */
+export const pipeKind: FdKind<PipeOrFifoFd> = {
+  kinds: ['pipe', 'fifo'],
+  claims: (f) => /^pipe:\[\d+\]$/.test(f.target) || (f.target.startsWith('/') && f.stat().isFIFO()),
+  dump(f, ctx) {
+    const pipe = f.target.startsWith('pipe:');
+    const kind = pipe ? 'pipe' : 'fifo';
+    return { kind, pos: 0, pipe: ctx.pipes.note(f.pid, f.fd, kind, Number(f.stat().ino), pipe ? undefined : f.target) };
+  },
+  sharingKey: (r) => `pipe:${r.pipe}`,
+  open: (remote, r, ctx, where) => openHeld(remote, ctx.pipes.pathFor(r.pipe, r.flags), r, where),
+};
 
 export class PipeTable {
   private readonly pipes = new Map<number, { kind: 'pipe' | 'fifo'; path?: string; holder: Holder; external?: boolean }>();

@@ -1,0 +1,40 @@
+// Character devices with no state of their own (/dev/null, /dev/zero,
+// /dev/full, /dev/random, /dev/urandom): reopened by path. Any other
+// device is refused by name.
+import { z } from 'zod';
+import { UnsupportedError, StasisError } from '../sys/errno';
+import { FdKind, FoundFd } from './fdkind';
+import { checkPath, openByPath } from './regular';
+
+/** major:minor -> the path it is reopened by */
+const PLAIN_DEVICES: Record<string, string> = {
+  '1:3': '/dev/null', '1:5': '/dev/zero', '1:7': '/dev/full', '1:8': '/dev/random', '1:9': '/dev/urandom',
+};
+
+/** The common `path` is the device's canonical one. */
+export const ChrFd = z.object({ kind: z.literal('chr') });
+type ChrFd = z.infer<typeof ChrFd>;
+
+function deviceNumber(f: FoundFd): string {
+  const rdev = f.stat().rdev;
+  return `${Number(rdev >> 8n) & 0xfff}:${Number(rdev & 0xffn)}`;
+}
+
+export const chrKind: FdKind<ChrFd> = {
+  kinds: ['chr'],
+  claims: (f) => f.target.startsWith('/') && f.stat().isCharacterDevice(),
+  dump(f) {
+    const dev = deviceNumber(f);
+    const path = PLAIN_DEVICES[dev];
+    if (path) return { kind: 'chr', path, pos: 0 };
+    if (f.target.startsWith('/dev/pts/') || f.target.startsWith('/dev/tty')) {
+      throw new UnsupportedError(`${f.where}: terminal ${f.target} is not supported yet; start the program with its stdin, stdout and stderr away from the terminal (e.g. </dev/null >log 2>&1)`);
+    }
+    throw new UnsupportedError(`${f.where}: character device ${f.target} (${dev}) is not supported yet`);
+  },
+  open: (remote, r, _ctx, where) => openByPath(remote, r, where),
+  check(r, creds, where, ownTasks) {
+    if (!Object.values(PLAIN_DEVICES).includes(r.path)) throw new StasisError(`${where}: ${r.path} is not one of the devices a checkpoint saves`);
+    checkPath(r, creds, where, ownTasks, 'character device', (s) => s.isCharacterDevice());
+  },
+};
