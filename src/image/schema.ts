@@ -43,6 +43,7 @@ import { MemfdFd } from '../kinds/memfd';
 import { EventfdFd } from '../kinds/eventfd';
 import { SignalfdFd, TimerfdFd } from '../kinds/timerfd';
 import { EpollFd } from '../kinds/epoll';
+import { MqueueFd, MqueueObject } from '../kinds/mqueue';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
@@ -116,6 +117,7 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(SignalfdFd.shape),
   FdCommon.extend(TimerfdFd.shape),
   FdCommon.extend(EpollFd.shape),
+  FdCommon.extend(MqueueFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 
@@ -290,6 +292,7 @@ export type ImageMemfd = z.infer<typeof ImageMemfd>;
  * table has entries.
  */
 export const ObjectTables = z.object({
+  mqueues: z.array(MqueueObject).max(1 << 16).optional(),
 });
 export type ObjectTables = z.infer<typeof ObjectTables>;
 

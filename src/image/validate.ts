@@ -89,6 +89,8 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
   });
   for (const list of runsOf.values()) list.sort((a, b) => a.addr - b.addr);
 
+  checkMqueues(img, fail);
+
   const isAncestor = ancestry(img.processes);
   const fdsOf = new Map<number, Set<number>>();
   img.processes.forEach((p, i) => {
@@ -106,6 +108,22 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
 }
 
 type Fail = (pid: number, field: string, why: string) => never;
+
+/** Message queues: ids unique, messages within the queue's attributes, every fd's queue in the table. */
+function checkMqueues(img: LoadedImage, fail: Fail): void {
+  const queues = img.objects.mqueues ?? [];
+  const ids = new Set(queues.map((q) => q.id));
+  if (ids.size !== queues.length) throw new ImageError(`${img.source}: Objects record: a message queue id is listed twice`);
+  for (const q of queues) {
+    if (q.messages.length > q.maxmsg) throw new ImageError(`${img.source}: Objects record: message queue ${q.id} holds more than its ${q.maxmsg} messages`);
+    if (q.messages.some((m) => base64Bytes(m.data) > q.msgsize)) throw new ImageError(`${img.source}: Objects record: message queue ${q.id} holds a message larger than its ${q.msgsize} bytes`);
+  }
+  for (const p of img.processes) {
+    p.fds.forEach((f, j) => {
+      if (f.kind === 'mqueue' && !ids.has(f.mqueue)) fail(p.pid, `fds[${j}].mqueue`, `message queue ${f.mqueue} is not in the Objects record`);
+    });
+  }
+}
 
 function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>, img: LoadedImage, index: Map<number, number>, isAncestor: (a: number, b: number) => boolean): void {
   let prevEnd = 0;
