@@ -18,6 +18,7 @@ import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals
 import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
 import { MqueueKeeper } from './kinds/mqueue';
+import { SysvShmKeeper } from './kinds/sysvshm';
 import { restoreFds, checkFds } from './kinds/files';
 import { RestoreContext } from './kinds/fdkind';
 import { restoreLocks } from './kinds/locks';
@@ -453,7 +454,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
   preflight(img, ns, userNs);
   const pipes = new PipeKeeper(img.pipes, opts.inheritFds);
-  let memfds: MemfdKeeper, mqueues: MqueueKeeper;
+  let memfds: MemfdKeeper, mqueues: MqueueKeeper, segments: SysvShmKeeper;
   try {
     memfds = new MemfdKeeper(img.memfds);
   } catch (e) {
@@ -465,6 +466,14 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   } catch (e) {
     pipes.close();
     memfds.close();
+    throw e;
+  }
+  try {
+    segments = new SysvShmKeeper(img.objects.sysvShm ?? []);
+  } catch (e) {
+    pipes.close();
+    memfds.close();
+    mqueues.close(true);
     throw e;
   }
   let restored = false;
@@ -561,6 +570,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     }
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
     memfds.seal();
+    segments.finish();
     // Every fd is open: the namespace may now have its own /proc, in which
     // the tree finds itself under the pids it knows.
     if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);
@@ -584,6 +594,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     pipes.close();
     memfds.close();
     mqueues.close(!restored);
+    segments.close(!restored);
   }
   const pid = rootTask.pid;
   log(`restored as pid ${pid}${ns ? ` (pid ${root.pid} in a new pid namespace)` : ''}`);

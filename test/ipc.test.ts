@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { build, Procs, waitFor, waitGone, tmpdir, restartVerified, assertLeftRunning } from './harness';
 import { checkpointSync } from '../src';
+import { execFileSync } from 'node:child_process';
 import { syscall } from '../src/sys/libc';
 
 const procs = new Procs();
@@ -123,5 +124,85 @@ test('a message queue also open outside the tree is refused by name and the targ
     await waitFor(out, /^ok$/m);
   } finally {
     mqUnlink(name);
+  }
+});
+
+const SYS_SHMAT = 30, SYS_SHMDT = 67;
+let keys = 0;
+/** A key of this test run: 0x5a, the low bits of our pid, a counter. */
+const shmKey = () => (0x5a000000 | ((process.pid & 0xffff) << 8) | ++keys) >>> 0;
+const hexKey = (k: number) => k.toString(16).padStart(8, '0');
+
+function removeKey(key: number): void {
+  try { execFileSync('ipcrm', ['-M', `0x${hexKey(key)}`], { stdio: 'ignore' }); } catch { /* gone */ }
+}
+
+/** Start ipc_shm with a fresh key; checkpoint it with --kill. */
+async function checkpointedSegments(tag: string): Promise<{ out: string; img: string; key: number; id: number }> {
+  const dir = tmpdir(tag);
+  const out = path.join(dir, 'out');
+  const key = shmKey();
+  const pid = procs.start(build('ipc_shm'), [hexKey(key)], out, { cwd: dir });
+  const id = Number(/^ready (\d+) /m.exec(await waitFor(out, /^ready .*$/m))![1]);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  return { out, img, key, id };
+}
+
+async function restartAndCheckShm(img: string, out: string): Promise<void> {
+  const r = restartVerified(img);
+  procs.addTree(r.pid);
+  process.kill(r.pid, 'SIGUSR1');
+  const end = await r.wait();
+  assert.match(fs.readFileSync(out, 'utf8'), /^ready [^\n]*\nok\n$/);
+  assert.deepEqual(end, { code: 0, signal: null });
+}
+
+test('System V shared memory: a keyed segment that outlived the original and a removed private one come back at their ids, keys, addresses and contents', async () => {
+  const { out, img, key } = await checkpointedSegments('ipc-shm');
+  try {
+    await restartAndCheckShm(img, out);
+  } finally {
+    removeKey(key);
+  }
+});
+
+test('a System V segment removed since the checkpoint is created again with its id, key, mode and contents', async () => {
+  const { out, img, key } = await checkpointedSegments('ipc-shm-gone');
+  try {
+    removeKey(key);
+    await restartAndCheckShm(img, out);
+  } finally {
+    removeKey(key);
+  }
+});
+
+test('a System V segment written since the checkpoint is refused at restart by name, nothing left running', async () => {
+  const { out, img, key, id } = await checkpointedSegments('ipc-shm-changed');
+  try {
+    const addr = syscall(SYS_SHMAT, 'shmat', id, 0, 0);
+    const mem = fs.openSync('/proc/self/mem', 'r+');
+    fs.writeSync(mem, Buffer.from('changed'), 0, 7, addr + 100);
+    fs.closeSync(mem);
+    syscall(SYS_SHMDT, 'shmdt', addr);
+    assert.throws(() => restartVerified(img), new RegExp(`System V segment ${id} \\(key 0x${hexKey(key)}\\): segment ${id} exists with other contents; remove it \\(ipcrm -m ${id}\\)`));
+    assert.match(fs.readFileSync(out, 'utf8'), /^ready [^\n]*\n$/);
+  } finally {
+    removeKey(key);
+  }
+});
+
+test('a System V attachment partly unmapped is refused by name and the target goes on', async () => {
+  const dir = tmpdir('ipc-shm-partial');
+  const out = path.join(dir, 'out');
+  const key = shmKey();
+  const pid = procs.start(build('ipc_shm'), [hexKey(key), 'partial'], out, { cwd: dir });
+  try {
+    const id = Number(/^ready (\d+) /m.exec(await waitFor(out, /^ready .*$/m))![1]);
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pid ${pid}: vma [0-9a-f]+-[0-9a-f]+ \\(/SYSV${hexKey(key)} \\(deleted\\)\\): part of the attachment of System V segment ${id} at 0x[0-9a-f]+ was unmapped or moved`));
+    assertLeftRunning(pid);
+  } finally {
+    removeKey(key);
   }
 });
