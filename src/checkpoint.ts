@@ -24,6 +24,7 @@ import { dumpSharing, fdTableSharers, Sharing } from './kinds/sharing';
 import { dumpFdOwners, refuseForeignOwners } from './kinds/fdowner';
 import { refuseForeignProcFiles } from './kinds/procfs';
 import { PipeTable } from './kinds/pipes';
+import { SysvShmTable } from './kinds/sysvshm';
 import { MemfdTable, refuseMemfdExe } from './kinds/memfd';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
@@ -138,7 +139,7 @@ export function surveyProcesses(procs: FrozenProcess[], root: number, ctx: DumpC
     refuseUnrestorableAttrs(p.pid, p.threads);
     if (!readBack) refuseForeignNamespaces(p.pid);
     refuseMemfdExe(p.pid);
-    const vmas = classifyVmas(readVmas(p.pid), p.pid, ctx.memfds);
+    const vmas = classifyVmas(readVmas(p.pid), p.pid, ctx.memfds, ctx.table(SysvShmTable));
     const fds = dumpFds(p.pid, ctx, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), locks, fdTableSharers(sharing, p.pid));
     surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
   }

@@ -17,6 +17,8 @@ import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals, restoreBlocked, consumeStopNotice, enterGroupStop, releaseStopped } from './kinds/signals';
 import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
+import { MqueueKeeper } from './kinds/mqueue';
+import { SysvShmKeeper } from './kinds/sysvshm';
 import { restoreFds, checkFds } from './kinds/files';
 import { RestoreContext } from './kinds/fdkind';
 import { restoreLocks } from './kinds/locks';
@@ -452,13 +454,29 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
   preflight(img, ns, userNs);
   const pipes = new PipeKeeper(img.pipes, opts.inheritFds);
-  let memfds: MemfdKeeper;
+  let memfds: MemfdKeeper, mqueues: MqueueKeeper, segments: SysvShmKeeper;
   try {
     memfds = new MemfdKeeper(img.memfds);
   } catch (e) {
     pipes.close();
     throw e;
   }
+  try {
+    mqueues = new MqueueKeeper(img.objects.mqueues ?? [], img.processes);
+  } catch (e) {
+    pipes.close();
+    memfds.close();
+    throw e;
+  }
+  try {
+    segments = new SysvShmKeeper(img.objects.sysvShm ?? []);
+  } catch (e) {
+    pipes.close();
+    memfds.close();
+    mqueues.close(true);
+    throw e;
+  }
+  let restored = false;
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
   const created: Tracee[] = [blank];
   let rootTask: Tracee;
@@ -467,7 +485,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   try {
     blank.seize({ exitKill: true });
     const blankRemote = mapGadget(blank, img);
-    const relay = userNs ? enterUserNs(blankRemote, [pipes, memfds], log) : null;
+    const relay = userNs ? enterUserNs(blankRemote, [pipes, memfds, mqueues], log) : null;
     // The tree, top down: every task is a copy of the blank until rebuilt.
     let nsInit: Tracee | null = null;
     if (ns) {
@@ -508,7 +526,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       const p = r.image;
       if (!r.memoryBuilt && !p.ksmMergeAny
         && p.vmas.every((v) => !v.shmem?.from || v.shmem.from.pid === p.pid || rebuilding.get(v.shmem.from.pid)?.memoryBuilt)) {
-        rebuildMemory(r, img, { pipes, memfds }, log, host);
+        rebuildMemory(r, img, { pipes, memfds, mqueues }, log, host);
       }
       return !!r.memoryBuilt;
     };
@@ -547,11 +565,12 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => rebuildingOf(p.pid));
     for (const r of live) {
-      rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
+      rebuildProcess(r, img, { pipes, memfds, mqueues }, log, ns, host);
       created.push(...r.threads.slice(1));
     }
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
     memfds.seal();
+    segments.finish();
     // Every fd is open: the namespace may now have its own /proc, in which
     // the tree finds itself under the pids it knows.
     if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);
@@ -566,6 +585,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     } else {
       waitFor = rootTask;
     }
+    restored = true;
   } catch (e) {
     discard(created);
     if (e instanceof StasisError) throw new StasisError(`restart failed, nothing left running: ${e.message}`);
@@ -573,6 +593,8 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   } finally {
     pipes.close();
     memfds.close();
+    mqueues.close(!restored);
+    segments.close(!restored);
   }
   const pid = rootTask.pid;
   log(`restored as pid ${pid}${ns ? ` (pid ${root.pid} in a new pid namespace)` : ''}`);

@@ -43,6 +43,8 @@ import { MemfdFd } from '../kinds/memfd';
 import { EventfdFd } from '../kinds/eventfd';
 import { SignalfdFd, TimerfdFd } from '../kinds/timerfd';
 import { EpollFd } from '../kinds/epoll';
+import { MqueueFd, MqueueObject } from '../kinds/mqueue';
+import { SysvId, SysvShmObject } from '../kinds/sysvshm';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
@@ -74,6 +76,8 @@ export const ImageVma = z.object({
   shmem: z.object({ ino: count, from: z.object({ pid, start: pageAligned, end: pageAligned }).optional(), size: ShmemSize.optional() }).optional(),
   /** a shared mapping of a memfd file: its id in the Memfds record (contents saved there) */
   memfd: count.optional(),
+  /** an attachment of a System V shared memory segment: its id in the Objects record's sysvShm table */
+  sysv: SysvId.optional(),
   /** number of pages saved for this VMA in Pages records */
   savedPages: count,
   /**
@@ -116,6 +120,7 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(SignalfdFd.shape),
   FdCommon.extend(TimerfdFd.shape),
   FdCommon.extend(EpollFd.shape),
+  FdCommon.extend(MqueueFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 
@@ -290,6 +295,8 @@ export type ImageMemfd = z.infer<typeof ImageMemfd>;
  * table has entries.
  */
 export const ObjectTables = z.object({
+  mqueues: z.array(MqueueObject).max(1 << 16).optional(),
+  sysvShm: z.array(SysvShmObject).max(1 << 16).optional(),
 });
 export type ObjectTables = z.infer<typeof ObjectTables>;
 

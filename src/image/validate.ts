@@ -89,6 +89,8 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
   });
   for (const list of runsOf.values()) list.sort((a, b) => a.addr - b.addr);
 
+  checkMqueues(img, fail);
+
   const isAncestor = ancestry(img.processes);
   const fdsOf = new Map<number, Set<number>>();
   img.processes.forEach((p, i) => {
@@ -107,8 +109,35 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
 
 type Fail = (pid: number, field: string, why: string) => never;
 
+/** System V segments: ids unique, data inside. Message queues: ids unique, messages within the queue's attributes, every fd's queue in the table. */
+function checkMqueues(img: LoadedImage, fail: Fail): void {
+  const queues = img.objects.mqueues ?? [];
+  const ids = new Set(queues.map((q) => q.id));
+  if (ids.size !== queues.length) throw new ImageError(`${img.source}: Objects record: a message queue id is listed twice`);
+  for (const q of queues) {
+    if (q.messages.length > q.maxmsg) throw new ImageError(`${img.source}: Objects record: message queue ${q.id} holds more than its ${q.maxmsg} messages`);
+    if (q.messages.some((m) => base64Bytes(m.data) > q.msgsize)) throw new ImageError(`${img.source}: Objects record: message queue ${q.id} holds a message larger than its ${q.msgsize} bytes`);
+  }
+  const segments = img.objects.sysvShm ?? [];
+  if (new Set(segments.map((s) => s.id)).size !== segments.length) throw new ImageError(`${img.source}: Objects record: a System V segment id is listed twice`);
+  for (const s of segments) {
+    let end = 0;
+    for (const d of s.segments) {
+      if (d.offset < end) throw new ImageError(`${img.source}: Objects record: System V segment ${s.id}: data out of order or overlapping`);
+      end = d.offset + base64Bytes(d.data);
+    }
+    if (end > s.size) throw new ImageError(`${img.source}: Objects record: System V segment ${s.id}: data beyond its size ${s.size}`);
+  }
+  for (const p of img.processes) {
+    p.fds.forEach((f, j) => {
+      if (f.kind === 'mqueue' && !ids.has(f.mqueue)) fail(p.pid, `fds[${j}].mqueue`, `message queue ${f.mqueue} is not in the Objects record`);
+    });
+  }
+}
+
 function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>, img: LoadedImage, index: Map<number, number>, isAncestor: (a: number, b: number) => boolean): void {
   let prevEnd = 0;
+  const segmentIds = new Set((img.objects.sysvShm ?? []).map((s) => s.id));
   p.vmas.forEach((v, j) => {
     const f = `vmas[${j}]`;
     if (v.end <= v.start) fail(p.pid, `${f}.end`, `${hex(v.end)} is not above its start ${hex(v.start)}`);
@@ -118,8 +147,9 @@ function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>
     if (v.kind === 'file' && !v.file) fail(p.pid, `${f}.file`, 'a file mapping without its file');
     if (v.kind !== 'file' && v.file) fail(p.pid, `${f}.file`, `a ${v.kind} mapping with a file`);
     if (v.kind === 'shmem' && !v.shared) fail(p.pid, `${f}.shared`, 'shared memory mapped private');
-    if (v.kind === 'shmem' && (v.memfd === undefined) === (v.shmem === undefined)) fail(p.pid, `${f}.shmem`, 'shared memory needs exactly one of shmem and memfd');
-    if (v.kind !== 'shmem' && (v.memfd !== undefined || v.shmem !== undefined)) fail(p.pid, `${f}.kind`, `a ${v.kind} mapping cannot name shared memory`);
+    if (v.kind === 'shmem' && [v.memfd, v.shmem, v.sysv].filter((x) => x !== undefined).length !== 1) fail(p.pid, `${f}.shmem`, 'shared memory needs exactly one of shmem, memfd and sysv');
+    if (v.sysv !== undefined && !segmentIds.has(v.sysv)) fail(p.pid, `${f}.sysv`, `System V segment ${v.sysv} is not in the Objects record`);
+    if (v.kind !== 'shmem' && (v.memfd !== undefined || v.shmem !== undefined || v.sysv !== undefined)) fail(p.pid, `${f}.kind`, `a ${v.kind} mapping cannot name shared memory`);
     if (v.memfd !== undefined && !memfdIds.has(v.memfd)) fail(p.pid, `${f}.memfd`, `memfd ${v.memfd} is not in the Memfds record`);
     const from = v.shmem?.from;
     if (from) {

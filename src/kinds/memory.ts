@@ -14,6 +14,7 @@ import { SYS, PAGE_SIZE } from '../sys/x86';
 import { MemfdTable, MemfdKeeper, memfdName, dataRanges } from './memfd';
 import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
 import { syscall } from '../sys/libc';
+import { SysvShmTable, attachSegments } from './sysvshm';
 
 /** Page runs of a VMA that are guard regions (MADV_GUARD_INSTALL): nothing to read, installed again. */
 export const GuardRuns = z.array(z.object({
@@ -167,7 +168,7 @@ export function vmaLabel(v: { start: number; end: number }, path: string): strin
 }
 
 /** Turn /proc VMAs into image VMAs, refusing what cannot be restored. */
-export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVma[] {
+export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, sysv?: SysvShmTable): ImageVma[] {
   const out: ImageVma[] = [];
   for (const v of vmas) {
     const label = vmaLabel(v, v.path);
@@ -194,6 +195,9 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVm
       if (!v.shared) throw new UnsupportedError(`${label}: private mapping of a memfd is not supported yet`);
       const range = `${v.start.toString(16)}-${v.end.toString(16)}`;
       out.push({ ...base, kind: 'shmem', name: v.path, memfd: memfds.note(v.inode, memfdName(v.path)!, `/proc/${pid}/map_files/${range}`) });
+    } else if (v.path.startsWith('/SYSV') && v.deleted && v.shared && sysv) {
+      // A System V segment: its inode number is its id; contents in the Objects record.
+      out.push({ ...base, kind: 'shmem', name: v.path, sysv: v.inode });
     } else if (v.path.startsWith('/SYSV')) {
       throw new UnsupportedError(`${label}: System V shared memory is not supported yet`);
     } else if (v.deleted) {
@@ -209,6 +213,7 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVm
       out.push({ ...base, kind: 'file', name: '', file });
     }
   }
+  sysv?.note(pid, out, (v) => vmaLabel(v, v.name));
   return out;
 }
 
@@ -311,6 +316,7 @@ export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ance
   if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') return [];
   if (v.kind === 'file' && v.shared) return []; // the file holds them
   if (v.memfd !== undefined) return []; // the Memfds record holds the file
+  if (v.sysv !== undefined) return []; // the Objects record holds the segment
   if (v.shmem) {
     // By object offset, whether this process ever touched the page or not.
     const runs: ReadRun[] = [];
@@ -518,7 +524,7 @@ function mappedWhole(v: ImageVma, vmas: ImageVma[]): boolean {
  * user namespace): every one but an object a single VMA maps whole.
  */
 export function opensSharedObject(v: ImageVma, vmas: ImageVma[]): boolean {
-  return v.kind === 'shmem' && v.memfd === undefined && (v.shmem?.from !== undefined || !mappedWhole(v, vmas));
+  return v.kind === 'shmem' && v.memfd === undefined && v.sysv === undefined && (v.shmem?.from !== undefined || !mappedWhole(v, vmas));
 }
 
 /**
@@ -527,7 +533,11 @@ export function opensSharedObject(v: ImageVma, vmas: ImageVma[]): boolean {
  * final protection in place once the pages are written.
  */
 export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper, mergeAny = false): void {
-  const wanted = vmas.filter((v) => v.kind !== 'vdso' && v.kind !== 'vvar' && v.kind !== 'vvar_vclock');
+  const wanted = vmas.filter((v) => v.kind !== 'vdso' && v.kind !== 'vvar' && v.kind !== 'vvar_vclock' && v.sysv === undefined);
+  // System V attachments: attached (shmat) after the mappings, advised with them.
+  const sysv = vmas.filter((v) => v.sysv !== undefined);
+  const advised = [...wanted, ...sysv];
+  const label = (v: ImageVma) => vmaLabel(v, v.file?.path ?? v.name);
   // What each mapping is backed by: a path to open (and how), or nothing.
   const source = (v: ImageVma, label: string): { path: string; mode: number; what: string; image?: boolean } | null => {
     if (v.memfd !== undefined) {
@@ -600,19 +610,20 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
     remote.batch(maps).forEach((got, i) => {
       if (got !== wanted[i].start) throw new StasisError(`${labels[i]}: mmap placed it at 0x${got.toString(16)}`);
     });
+    attachSegments(remote, sysv, label);
     // Advice before any page is written: a huge page policy decides how the
     // writes below are backed.
-    remote.batch(wanted.flatMap((v, i) => v.vmFlags.filter((f) => MADVISE_FOR_FLAG[f] !== undefined).map((f) =>
-      ({ name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADVISE_FOR_FLAG[f]], where: `${labels[i]}, flag ${f}` }))));
+    remote.batch(advised.flatMap((v) => v.vmFlags.filter((f) => MADVISE_FOR_FLAG[f] !== undefined).map((f) =>
+      ({ name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADVISE_FOR_FLAG[f]], where: `${label(v)}, flag ${f}` }))));
     if (mergeAny) {
-      remote.batch(wanted.flatMap((v, i) => v.vmFlags.includes('mg') ? [] : [
-        { name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADV_UNMERGEABLE], where: `${labels[i]}, not mergeable` }]));
+      remote.batch(advised.flatMap((v) => v.vmFlags.includes('mg') ? [] : [
+        { name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADV_UNMERGEABLE], where: `${label(v)}, not mergeable` }]));
     }
     // "gu" stays on a VMA whose guard regions were all removed: one page
     // guarded and unguarded again, before any page is written.
-    remote.batch(wanted.flatMap((v, i) => v.vmFlags.includes('gu') && !v.guards?.length ? [
-      { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_INSTALL], where: `${labels[i]}, flag gu` },
-      { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_REMOVE], where: `${labels[i]}, flag gu` },
+    remote.batch(advised.flatMap((v) => v.vmFlags.includes('gu') && !v.guards?.length ? [
+      { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_INSTALL], where: `${label(v)}, flag gu` },
+      { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_REMOVE], where: `${label(v)}, flag gu` },
     ] : []));
   } finally {
     remote.batch([...fds.values()].map((fd) => ({ name: 'close', nr: SYS.close, args: [fd] })));
