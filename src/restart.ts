@@ -17,12 +17,13 @@ import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals, restoreBlocked, consumeStopNotice, enterGroupStop, releaseStopped } from './kinds/signals';
 import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
+import { PidfdKeeper } from './kinds/pidfd';
 import { restoreFds, checkFds } from './kinds/files';
 import { RestoreContext } from './kinds/fdkind';
 import { restoreLocks } from './kinds/locks';
 import { restoreFdOwners } from './kinds/fdowner';
 import { sharingFlags } from './kinds/sharing';
-import { imageTaskIds, refuseProcFilesUnderNewPids } from './kinds/procfs';
+import { imageTaskIds, refuseProcFilesUnderNewPids, refusePidfdsUnderNewPids, refuseDeadPidfdsInNewPidNs } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, checkCreds, checkFilePrivilege } from './kinds/process';
 import { verifyTree } from './verify';
@@ -459,6 +460,14 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     pipes.close();
     throw e;
   }
+  let deadPidfd: PidfdKeeper;
+  try {
+    deadPidfd = new PidfdKeeper(img.processes);
+  } catch (e) {
+    pipes.close();
+    memfds.close();
+    throw e;
+  }
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
   const created: Tracee[] = [blank];
   let rootTask: Tracee;
@@ -467,11 +476,12 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   try {
     blank.seize({ exitKill: true });
     const blankRemote = mapGadget(blank, img);
-    const relay = userNs ? enterUserNs(blankRemote, [pipes, memfds], log) : null;
+    const relay = userNs ? enterUserNs(blankRemote, [pipes, memfds, deadPidfd], log) : null;
     // The tree, top down: every task is a copy of the blank until rebuilt.
     let nsInit: Tracee | null = null;
     if (ns) {
       refuseProcFilesUnderNewPids(img.processes, 'inside a new pid namespace');
+      refuseDeadPidfdsInNewPidNs(img.processes);
       blankRemote.call('unshare', SYS.unshare, [CLONE_NEWPID], 'new pid namespace');
       nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0);
       nsInit.vpid = nsInit.vtgid = 1;
@@ -482,6 +492,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       created.push(rootTask);
     } else if (singleTask(img) && pidInUse(root.pid) !== null) {
       refuseProcFilesUnderNewPids(img.processes, `under a new pid (pid ${root.pid} is in use)`);
+      refusePidfdsUnderNewPids(img.processes, `under a new pid (pid ${root.pid} is in use)`);
       log(`pid ${root.pid} is in use: restoring under a new pid`);
       rootTask = blank;
     } else {
@@ -508,7 +519,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       const p = r.image;
       if (!r.memoryBuilt && !p.ksmMergeAny
         && p.vmas.every((v) => !v.shmem?.from || v.shmem.from.pid === p.pid || rebuilding.get(v.shmem.from.pid)?.memoryBuilt)) {
-        rebuildMemory(r, img, { pipes, memfds }, log, host);
+        rebuildMemory(r, img, { pipes, memfds, deadPidfd }, log, host);
       }
       return !!r.memoryBuilt;
     };
@@ -547,7 +558,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => rebuildingOf(p.pid));
     for (const r of live) {
-      rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
+      rebuildProcess(r, img, { pipes, memfds, deadPidfd }, log, ns, host);
       created.push(...r.threads.slice(1));
     }
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
@@ -573,6 +584,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   } finally {
     pipes.close();
     memfds.close();
+    deadPidfd.close();
   }
   const pid = rootTask.pid;
   log(`restored as pid ${pid}${ns ? ` (pid ${root.pid} in a new pid namespace)` : ''}`);

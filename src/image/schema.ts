@@ -43,6 +43,9 @@ import { MemfdFd } from '../kinds/memfd';
 import { EventfdFd } from '../kinds/eventfd';
 import { SignalfdFd, TimerfdFd } from '../kinds/timerfd';
 import { EpollFd } from '../kinds/epoll';
+import { InotifyFd } from '../kinds/inotify';
+import { PidfdFd } from '../kinds/pidfd';
+import { SymlinkFd } from '../kinds/symlink';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
@@ -116,6 +119,9 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(SignalfdFd.shape),
   FdCommon.extend(TimerfdFd.shape),
   FdCommon.extend(EpollFd.shape),
+  FdCommon.extend(InotifyFd.shape),
+  FdCommon.extend(PidfdFd.shape),
+  FdCommon.extend(SymlinkFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 
