@@ -80,7 +80,7 @@ const NETLINK_PROTOCOLS: Record<number, string> = {
 };
 
 /** Sockets whose families another module does (or will) restore: not claimed here. */
-const OTHERS_SOCKETS = new Set(['UNIX', 'TCP', 'TCPv6', 'UDP', 'UDPv6', 'UDP-Lite', 'UDPLITEv6', 'MPTCP', 'MPTCPv6']);
+const OTHERS_SOCKETS = /^(UNIX|TCP|UDP|MPTCP)/; // UNIX, UNIX-STREAM, TCPv6, UDPLITE ...
 const isSocket = (f: FoundFd) => f.target.startsWith('socket:[');
 
 const DROP = 'close it before the checkpoint, or checkpoint a program that does not hold one';
@@ -125,7 +125,7 @@ export const REFUSED_FDS: ReadonlyArray<RefusedKind<FoundFd>> = [
   },
   {
     name: 'socket of another family',
-    claims: (f) => isSocket(f) && !OTHERS_SOCKETS.has(socketProtocol(f)),
+    claims: (f) => isSocket(f) && !/^\?$/.test(socketProtocol(f)) && !OTHERS_SOCKETS.test(socketProtocol(f)),
     refusal: (f) => `${f.where}: socket of protocol ${socketProtocol(f)} is not supported yet; ${DROP}`,
   },
 ];
