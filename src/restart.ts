@@ -19,12 +19,13 @@ import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
 import { MqueueKeeper } from './kinds/mqueue';
 import { SysvShmKeeper } from './kinds/sysvshm';
+import { PidfdKeeper } from './kinds/pidfd';
 import { restoreFds, checkFds } from './kinds/files';
 import { RestoreContext } from './kinds/fdkind';
 import { restoreLocks } from './kinds/locks';
 import { restoreFdOwners } from './kinds/fdowner';
 import { sharingFlags } from './kinds/sharing';
-import { imageTaskIds, refuseProcFilesUnderNewPids } from './kinds/procfs';
+import { imageTaskIds, refuseProcFilesUnderNewPids, refusePidfdsUnderNewPids, refuseDeadPidfdsInNewPidNs } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, restoreThreadAttrs, checkCreds, checkFilePrivilege } from './kinds/process';
 import { verifyTree } from './verify';
@@ -273,6 +274,32 @@ interface Rebuilding {
 /** What stasis holds for the tasks to open while they are rebuilt. */
 interface Keepers extends RestoreContext { memfds: MemfdKeeper }
 
+/**
+ * What stasis makes and holds for the tasks while the tree is rebuilt
+ * (pipes, memfds, queues, segments ...), closed together in reverse order;
+ * after a failed restart each undoes what it created outside stasis.
+ */
+class Held {
+  private readonly made: Array<{ close(failed: boolean): void }> = [];
+
+  add<T extends { close(failed: boolean): void }>(make: () => T): T {
+    try {
+      const k = make();
+      this.made.push(k);
+      return k;
+    } catch (e) {
+      this.close(true);
+      throw e;
+    }
+  }
+
+  close(failed: boolean): void {
+    for (const k of this.made.splice(0).reverse()) {
+      try { k.close(failed); } catch { /* closing the others matters more */ }
+    }
+  }
+}
+
 /** Everything of one process, its threads created and set up, in its main thread. */
 function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
   const p = r.image;
@@ -453,29 +480,14 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   const ns = !!opts.pidNs || userNs;
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
   preflight(img, ns, userNs);
-  const pipes = new PipeKeeper(img.pipes, opts.inheritFds);
-  let memfds: MemfdKeeper, mqueues: MqueueKeeper, segments: SysvShmKeeper;
-  try {
-    memfds = new MemfdKeeper(img.memfds);
-  } catch (e) {
-    pipes.close();
-    throw e;
-  }
-  try {
-    mqueues = new MqueueKeeper(img.objects.mqueues ?? [], img.processes);
-  } catch (e) {
-    pipes.close();
-    memfds.close();
-    throw e;
-  }
-  try {
-    segments = new SysvShmKeeper(img.objects.sysvShm ?? []);
-  } catch (e) {
-    pipes.close();
-    memfds.close();
-    mqueues.close(true);
-    throw e;
-  }
+  const held = new Held();
+  const keep: Keepers = {
+    pipes: held.add(() => new PipeKeeper(img.pipes, opts.inheritFds)),
+    memfds: held.add(() => new MemfdKeeper(img.memfds)),
+    mqueues: held.add(() => new MqueueKeeper(img.objects.mqueues ?? [], img.processes)),
+    deadPidfd: held.add(() => new PidfdKeeper(img.processes)),
+  };
+  const segments = held.add(() => new SysvShmKeeper(img.objects.sysvShm ?? []));
   let restored = false;
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
   const created: Tracee[] = [blank];
@@ -485,11 +497,12 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   try {
     blank.seize({ exitKill: true });
     const blankRemote = mapGadget(blank, img);
-    const relay = userNs ? enterUserNs(blankRemote, [pipes, memfds, mqueues], log) : null;
+    const relay = userNs ? enterUserNs(blankRemote, [keep.pipes, keep.memfds, keep.mqueues!, keep.deadPidfd!], log) : null;
     // The tree, top down: every task is a copy of the blank until rebuilt.
     let nsInit: Tracee | null = null;
     if (ns) {
       refuseProcFilesUnderNewPids(img.processes, 'inside a new pid namespace');
+      refuseDeadPidfdsInNewPidNs(img.processes);
       blankRemote.call('unshare', SYS.unshare, [CLONE_NEWPID], 'new pid namespace');
       nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0);
       nsInit.vpid = nsInit.vtgid = 1;
@@ -500,6 +513,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       created.push(rootTask);
     } else if (singleTask(img) && pidInUse(root.pid) !== null) {
       refuseProcFilesUnderNewPids(img.processes, `under a new pid (pid ${root.pid} is in use)`);
+      refusePidfdsUnderNewPids(img.processes, `under a new pid (pid ${root.pid} is in use)`);
       log(`pid ${root.pid} is in use: restoring under a new pid`);
       rootTask = blank;
     } else {
@@ -526,7 +540,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       const p = r.image;
       if (!r.memoryBuilt && !p.ksmMergeAny
         && p.vmas.every((v) => !v.shmem?.from || v.shmem.from.pid === p.pid || rebuilding.get(v.shmem.from.pid)?.memoryBuilt)) {
-        rebuildMemory(r, img, { pipes, memfds, mqueues }, log, host);
+        rebuildMemory(r, img, keep, log, host);
       }
       return !!r.memoryBuilt;
     };
@@ -565,11 +579,11 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => rebuildingOf(p.pid));
     for (const r of live) {
-      rebuildProcess(r, img, { pipes, memfds, mqueues }, log, ns, host);
+      rebuildProcess(r, img, keep, log, ns, host);
       created.push(...r.threads.slice(1));
     }
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
-    memfds.seal();
+    keep.memfds.seal();
     segments.finish();
     // Every fd is open: the namespace may now have its own /proc, in which
     // the tree finds itself under the pids it knows.
@@ -591,10 +605,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     if (e instanceof StasisError) throw new StasisError(`restart failed, nothing left running: ${e.message}`);
     throw e;
   } finally {
-    pipes.close();
-    memfds.close();
-    mqueues.close(!restored);
-    segments.close(!restored);
+    held.close(!restored);
   }
   const pid = rootTask.pid;
   log(`restored as pid ${pid}${ns ? ` (pid ${root.pid} in a new pid namespace)` : ''}`);

@@ -7,6 +7,9 @@ import { spawn } from 'node:child_process';
 import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, alive, restartVerified } from './harness';
 import { loadImage } from '../src';
 import { readStatus, listChildren } from '../src/proc';
+import { FD_KINDS } from '../src/kinds/fdkinds';
+import { REFUSED_FDS, REFUSED_MAPPINGS } from '../src/kinds/refused';
+import { VmaKind } from '../src/image/schema';
 
 const procs = new Procs();
 after(() => procs.cleanup());
@@ -133,6 +136,22 @@ test('stasis check finds every feature it needs on this machine', async () => {
   assert.equal(r.code, 0, r.stdout + r.stderr);
   assert.match(r.stdout, /^ok +syscall injection/m);
   assert.match(r.stdout, /^ok +PR_SET_MM_MAP/m);
+});
+
+test('stasis check --kinds lists every registered fd kind as supported and every named refusal as refused, each once', async () => {
+  const r = await cli(['check', '--kinds']);
+  assert.equal(r.code, 0, r.stderr);
+  const rows = r.stdout.trim().split('\n').map((l) => /^(fd|mapping) +(supported|refused) +(.+)$/.exec(l)!.slice(1));
+  const names = (of: string, status: string) => rows.filter((x) => x[0] === of && x[1] === status).map((x) => x[2]);
+  assert.deepEqual(names('fd', 'supported').sort(), [...new Set(FD_KINDS.flatMap((k) => [...k.kinds]))].sort());
+  assert.deepEqual(names('fd', 'refused'), [...REFUSED_FDS.map((k) => k.name), 'any other fd']);
+  assert.deepEqual(names('mapping', 'supported'), VmaKind.options);
+  assert.deepEqual(names('mapping', 'refused'), [...REFUSED_MAPPINGS.map((k) => k.name), 'any other mapping']);
+  for (const k of ['inotify', 'pidfd', 'symlink', 'file', 'pipe', 'epoll']) assert.ok(names('fd', 'supported').includes(k), k);
+  for (const k of ['fanotify', 'io_uring', 'netlink socket', 'packet socket', 'raw inet socket']) assert.ok(names('fd', 'refused').includes(k), k);
+  assert.ok(names('mapping', 'refused').includes('[aio] ring (io_setup)'));
+  const all = rows.map((x) => `${x[0]} ${x[2]}`);
+  assert.equal(new Set(all).size, all.length, 'no kind is listed twice (supported and refused)');
 });
 
 test('checkpoint refuses to write an image to a terminal and bad arguments', async () => {

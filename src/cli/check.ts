@@ -9,6 +9,9 @@ import { readMaps, readPagemap, readStatus } from '../proc';
 import { specialVmas } from '../kinds/vdso';
 import { SYS, PAGE_SIZE } from '../sys/x86';
 import { waitpidSync, __WALL } from '../sys/libc';
+import { FD_KINDS } from '../kinds/fdkinds';
+import { REFUSED_FDS, REFUSED_MAPPINGS } from '../kinds/refused';
+import { VmaKind } from '../image/schema';
 
 interface Check { name: string; ok: boolean; detail: string; required: boolean }
 
@@ -100,4 +103,26 @@ export function runChecks(): number {
   }
   process.stdout.write(bad ? `${bad} required feature(s) missing\n` : 'everything stasis needs is here\n');
   return bad ? 1 : 0;
+}
+
+/**
+ * `stasis check --kinds`: every fd and mapping kind with "supported" or
+ * "refused", from the registry of kind modules and the list of refusals
+ * (src/kinds/refused.ts), so it stays true as kinds are added.
+ */
+export function kindList(): Array<{ of: 'fd' | 'mapping'; name: string; status: 'supported' | 'refused' }> {
+  const supportedFds = [...new Set(FD_KINDS.flatMap((k) => [...k.kinds]))];
+  return [
+    ...supportedFds.map((name) => ({ of: 'fd' as const, name, status: 'supported' as const })),
+    ...REFUSED_FDS.map((r) => ({ of: 'fd' as const, name: r.name, status: 'refused' as const })),
+    { of: 'fd', name: 'any other fd', status: 'refused' },
+    ...VmaKind.options.map((name) => ({ of: 'mapping' as const, name, status: 'supported' as const })),
+    ...REFUSED_MAPPINGS.map((r) => ({ of: 'mapping' as const, name: r.name, status: 'refused' as const })),
+    { of: 'mapping', name: 'any other mapping', status: 'refused' },
+  ];
+}
+
+export function runKindList(): number {
+  for (const k of kindList()) process.stdout.write(`${k.of.padEnd(8)} ${k.status.padEnd(10)} ${k.name}\n`);
+  return 0;
 }

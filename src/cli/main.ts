@@ -4,7 +4,7 @@ import tty from 'node:tty';
 import { checkpoint, DEFAULT_FREEZE_TIMEOUT_MS } from '../checkpoint';
 import { restartSync, loadImage } from '../restart';
 import { showImage } from './show';
-import { runChecks } from './check';
+import { runChecks, runKindList } from './check';
 import { StasisError } from '../sys/errno';
 import { constants as osConstants } from 'node:os';
 
@@ -28,8 +28,9 @@ const USAGE = `usage:
       the image; --inherit-fd connects an external pipe of the image to fd FD
   stasis show FILE [--json]
       describe an image (--json: all metadata, no page contents)
-  stasis check
-      report the kernel features stasis relies on`;
+  stasis check [--kinds]
+      report the kernel features stasis relies on (--kinds: every fd and
+      mapping kind, supported or refused)`;
 
 class UsageError extends Error {}
 
@@ -161,7 +162,7 @@ export async function main(argv: string[]): Promise<void> {
       case 'checkpoint': case 'dump': code = await cmdCheckpoint(rest); break;
       case 'restart': case 'restore': code = await cmdRestart(rest); break;
       case 'show': code = cmdShow(rest); break;
-      case 'check': code = runChecks(); break;
+      case 'check': code = rest[0] === '--kinds' ? runKindList() : runChecks(); break;
       case '-h': case '--help': case 'help': process.stdout.write(USAGE + '\n'); code = 0; break;
       default: throw new UsageError(cmd ? `unknown command ${cmd}` : 'no command given');
     }

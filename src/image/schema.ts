@@ -45,6 +45,9 @@ import { SignalfdFd, TimerfdFd } from '../kinds/timerfd';
 import { EpollFd } from '../kinds/epoll';
 import { MqueueFd, MqueueObject } from '../kinds/mqueue';
 import { SysvId, SysvShmObject } from '../kinds/sysvshm';
+import { InotifyFd } from '../kinds/inotify';
+import { PidfdFd } from '../kinds/pidfd';
+import { SymlinkFd } from '../kinds/symlink';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
@@ -121,6 +124,9 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(TimerfdFd.shape),
   FdCommon.extend(EpollFd.shape),
   FdCommon.extend(MqueueFd.shape),
+  FdCommon.extend(InotifyFd.shape),
+  FdCommon.extend(PidfdFd.shape),
+  FdCommon.extend(SymlinkFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 

@@ -21,6 +21,7 @@ import { StasisError } from '../sys/errno';
 import type { PipeTable, PipeKeeper } from './pipes';
 import type { MemfdTable, MemfdKeeper } from './memfd';
 import type { MqueueKeeper } from './mqueue';
+import type { PidfdKeeper } from './pidfd';
 
 export const O_CLOEXEC = 0o2000000;
 const SEEK_SET = 0, O_PATH = 0o10000000;
@@ -100,6 +101,8 @@ export interface RestoreContext {
   memfds?: MemfdKeeper;
   mqueues?: MqueueKeeper;
   image?: LoadedImage;
+  /** a pidfd of an exited process, when the image holds one */
+  deadPidfd?: PidfdKeeper;
 }
 
 /** The kind-specific part of an fd record: `kind` and the kind's own fields. */

@@ -10,9 +10,15 @@ import { pipeKind } from './pipes';
 import { fileKind, dirKind } from './regular';
 import { chrKind } from './devices';
 import { mqueueKind } from './mqueue';
+import { inotifyKind } from './inotify';
+import { pidfdKind } from './pidfd';
+import { symlinkKind } from './symlink';
+import { REFUSED_FD_KINDS } from './refused';
 
 export const FD_KINDS: ReadonlyArray<FdKind<any>> = [ // eslint-disable-line @typescript-eslint/no-explicit-any
   memfdKind, eventfdKind, signalfdKind, timerfdKind, epollKind, pipeKind, mqueueKind, fileKind, dirKind, chrKind,
+  inotifyKind, pidfdKind, symlinkKind,
+  ...REFUSED_FD_KINDS, // last: named refusals of what no kind above restores (src/kinds/refused.ts)
 ];
 
 const byTag = new Map<string, FdKind<KindRecord>>(FD_KINDS.flatMap((k) => k.kinds.map((t: string) => [t, k] as const)));

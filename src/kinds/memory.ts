@@ -13,6 +13,7 @@ import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_S
 import { SYS, PAGE_SIZE } from '../sys/x86';
 import { MemfdTable, MemfdKeeper, memfdName, dataRanges } from './memfd';
 import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
+import { refuseMapping } from './refused';
 import { syscall } from '../sys/libc';
 import { SysvShmTable, attachSegments } from './sysvshm';
 
@@ -172,6 +173,7 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, sysv?: S
   const out: ImageVma[] = [];
   for (const v of vmas) {
     const label = vmaLabel(v, v.path);
+    refuseMapping({ path: v.path, label, pid, shared: v.shared });
     if (!SPECIAL[v.path]) refuseFlags(v, label, pid);
     const prot = `${v.prot.read ? 'r' : '-'}${v.prot.write ? 'w' : '-'}${v.prot.exec ? 'x' : '-'}`;
     const base = { start: v.start, end: v.end, prot, shared: v.shared, offset: v.offset, vmFlags: v.vmFlags, savedPages: 0 };
