@@ -17,6 +17,7 @@ import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals, restoreBlocked, consumeStopNotice, enterGroupStop, releaseStopped } from './kinds/signals';
 import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
+import { UnixKeeper, socketOwners } from './kinds/unix';
 import { restoreFds, checkFds } from './kinds/files';
 import { RestoreContext } from './kinds/fdkind';
 import { restoreLocks } from './kinds/locks';
@@ -52,7 +53,7 @@ export interface RestartOptions {
    * lacks CAP_CHECKPOINT_RESTORE (an ordinary user).
    */
   userNs?: boolean;
-  /** external pipes of the image ("pipe:[INO]") -> an fd of this process on the pipe to connect them to */
+  /** external pipes ("pipe:[INO]") and unix sockets ("unix:[INO]") of the image -> an fd of this process to connect them to */
   inheritFds?: Record<string, number>;
   /** Start the restored process in a new session (for running detached). */
   setsid?: boolean;
@@ -453,10 +454,18 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   preflight(img, ns, userNs);
   const pipes = new PipeKeeper(img.pipes, opts.inheritFds);
   let memfds: MemfdKeeper;
+  let unix: UnixKeeper;
   try {
     memfds = new MemfdKeeper(img.memfds);
   } catch (e) {
     pipes.close();
+    throw e;
+  }
+  try {
+    unix = new UnixKeeper(img.objects.unix ?? [], socketOwners(img.processes), opts.inheritFds);
+  } catch (e) {
+    pipes.close();
+    memfds.close();
     throw e;
   }
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
@@ -508,7 +517,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       const p = r.image;
       if (!r.memoryBuilt && !p.ksmMergeAny
         && p.vmas.every((v) => !v.shmem?.from || v.shmem.from.pid === p.pid || rebuilding.get(v.shmem.from.pid)?.memoryBuilt)) {
-        rebuildMemory(r, img, { pipes, memfds }, log, host);
+        rebuildMemory(r, img, { pipes, memfds, unix }, log, host);
       }
       return !!r.memoryBuilt;
     };
@@ -547,7 +556,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => rebuildingOf(p.pid));
     for (const r of live) {
-      rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
+      rebuildProcess(r, img, { pipes, memfds, unix }, log, ns, host);
       created.push(...r.threads.slice(1));
     }
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
@@ -558,7 +567,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     // Processes restored stopped are back in their group stop, untraced: not read back.
     const running = live.filter((r) => !r.image.stopped);
     if (opts.verify && !running.length) log('verify: every process was restored stopped; nothing read back');
-    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, objects: img.objects, startedAt, log });
     for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);
@@ -573,6 +582,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   } finally {
     pipes.close();
     memfds.close();
+    unix.close();
   }
   const pid = rootTask.pid;
   log(`restored as pid ${pid}${ns ? ` (pid ${root.pid} in a new pid namespace)` : ''}`);

@@ -43,6 +43,7 @@ import { MemfdFd } from '../kinds/memfd';
 import { EventfdFd } from '../kinds/eventfd';
 import { SignalfdFd, TimerfdFd } from '../kinds/timerfd';
 import { EpollFd } from '../kinds/epoll';
+import { UnixFd, UnixSocket } from '../kinds/unix';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
@@ -116,6 +117,7 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(SignalfdFd.shape),
   FdCommon.extend(TimerfdFd.shape),
   FdCommon.extend(EpollFd.shape),
+  FdCommon.extend(UnixFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 
@@ -290,6 +292,7 @@ export type ImageMemfd = z.infer<typeof ImageMemfd>;
  * table has entries.
  */
 export const ObjectTables = z.object({
+  unix: z.array(UnixSocket).max(1 << 20).optional(),
 });
 export type ObjectTables = z.infer<typeof ObjectTables>;
 

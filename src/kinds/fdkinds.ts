@@ -6,12 +6,13 @@ import { memfdKind } from './memfd';
 import { eventfdKind } from './eventfd';
 import { signalfdKind, timerfdKind } from './timerfd';
 import { epollKind } from './epoll';
+import { unixKind } from './unix';
 import { pipeKind } from './pipes';
 import { fileKind, dirKind } from './regular';
 import { chrKind } from './devices';
 
 export const FD_KINDS: ReadonlyArray<FdKind<any>> = [ // eslint-disable-line @typescript-eslint/no-explicit-any
-  memfdKind, eventfdKind, signalfdKind, timerfdKind, epollKind, pipeKind, fileKind, dirKind, chrKind,
+  memfdKind, eventfdKind, signalfdKind, timerfdKind, epollKind, unixKind, pipeKind, fileKind, dirKind, chrKind,
 ];
 
 const byTag = new Map<string, FdKind<KindRecord>>(FD_KINDS.flatMap((k) => k.kinds.map((t: string) => [t, k] as const)));
