@@ -20,6 +20,7 @@ import { PipeKeeper } from './kinds/pipes';
 import { MqueueKeeper } from './kinds/mqueue';
 import { SysvShmKeeper } from './kinds/sysvshm';
 import { PidfdKeeper } from './kinds/pidfd';
+import { UnixKeeper, socketOwners } from './kinds/unix';
 import { restoreFds, checkFds } from './kinds/files';
 import { RestoreContext } from './kinds/fdkind';
 import { restoreLocks } from './kinds/locks';
@@ -55,7 +56,7 @@ export interface RestartOptions {
    * lacks CAP_CHECKPOINT_RESTORE (an ordinary user).
    */
   userNs?: boolean;
-  /** external pipes of the image ("pipe:[INO]") -> an fd of this process on the pipe to connect them to */
+  /** external pipes ("pipe:[INO]") and unix sockets ("unix:[INO]") of the image -> an fd of this process to connect them to */
   inheritFds?: Record<string, number>;
   /** Start the restored process in a new session (for running detached). */
   setsid?: boolean;
@@ -487,6 +488,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     mqueues: held.add(() => new MqueueKeeper(img.objects.mqueues ?? [], img.processes)),
     deadPidfd: held.add(() => new PidfdKeeper(img.processes)),
   };
+  keep.unix = held.add(() => new UnixKeeper(img.objects.unix ?? [], socketOwners(img.processes), opts.inheritFds));
   const segments = held.add(() => new SysvShmKeeper(img.objects.sysvShm ?? []));
   let restored = false;
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
@@ -591,7 +593,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     // Processes restored stopped are back in their group stop, untraced: not read back.
     const running = live.filter((r) => !r.image.stopped);
     if (opts.verify && !running.length) log('verify: every process was restored stopped; nothing read back');
-    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, objects: img.objects, startedAt, log });
     for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);

@@ -15,7 +15,7 @@ import { MemfdTable } from './kinds/memfd';
 import { DumpContext } from './kinds/fdkind';
 import { specialVmas } from './kinds/vdso';
 import { resumeRegs } from './kinds/registers';
-import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd, ImageFd, ImageVma } from './image/schema';
+import { ImageProcess, ImageZombie, ImagePipe, ImageMemfd, ImageFd, ImageVma, ObjectTables } from './image/schema';
 import { StasisError } from './sys/errno';
 import { Regs, SYS } from './sys/x86';
 
@@ -253,7 +253,8 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['vmas[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['fds[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['fds[].pipe', sameId('pipe'), 'pipes are new: same ends, new inodes'],
-  ['fds[].path', sameId('pipe', /^pipe:\[(\d+)\]$/), 'a pipe is named by its new inode'],
+  ['fds[].path', (a, b, cx) => (typeof a === 'string' && a.startsWith('socket:') ? sameId('socket', /^socket:\[(\d+)\]$/) : sameId('pipe', /^pipe:\[(\d+)\]$/))(a, b, cx), 'a pipe or a socket is named by its new inode'],
+  ['fds[].sock', sameId('socket'), 'sockets are new: same ends, new inodes'],
   ['fds[].flags', withoutBits(0o100000, (f) => ['pipe', 'pidfd', 'mqueue'].includes((f as ImageFd).kind)), 'O_LARGEFILE: pipe2, pidfd_open and mq_open leave it out, reopening a pipe end, pidfd or queue through /proc adds it; it means nothing there'],
   ['fds[].mqueue', sameId('mqueue'), 'a message queue made again is a new inode: same sharing'],
   ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
@@ -292,6 +293,14 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['pipes[].external', skip, 'an external pipe is the one handed in with --inherit-fd'],
   ['memfds[].id', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['memfds[].segments', skip, 'contents are pages: not re-read'],
+  ['mqueues[].id', sameId('mqueue'), 'a message queue made again is a new inode: same sharing'],
+  ['unix[].id', sameId('socket'), 'sockets are new: same ends, new inodes'],
+  ['unix[].peer', (a, b, cx) => ((cx.imageParent as { external?: boolean }).external ? undefined : sameId('socket')(a, b, cx)), 'the peer is a new socket; an external socket is the one handed in with --inherit-fd'],
+  ['unix[].acceptedFrom', (a, b, cx) => (a === -1 || b === -1 ? (a === b ? undefined : differs(a, b)) : sameId('socket')(a, b, cx)), 'the listening socket is a new socket'],
+  ['unix[].queue[].from', sameId('socket'), 'the sender is a new socket'],
+  ['unix[].external', skip, 'an external socket is the one handed in with --inherit-fd'],
+  ['unix[].name', skipIf((_, s) => !!(s as { external?: boolean }).external), 'an external socket is the one handed in with --inherit-fd'],
+  ['unix[].options', skipIf((_, s) => !!(s as { external?: boolean }).external), 'an external socket is the one handed in with --inherit-fd'],
 ];
 
 const RULES = new Map<string, Rule>(NORMALISATIONS.map(([p, r]) => [p, r]));
@@ -403,6 +412,8 @@ export interface VerifyInput {
   zombies: Array<{ image: ImageZombie; pid: number }>;
   pipes: ImagePipe[];
   memfds: ImageMemfd[];
+  /** the Objects record's tables */
+  objects?: ObjectTables;
   /** when the restart began (process.hrtime.bigint()) */
   startedAt: bigint;
   log?: (m: string) => void;
@@ -444,9 +455,10 @@ export function verifyTree(input: VerifyInput): void {
   const frozen: FrozenProcess[] = input.processes.map((p) => ({ pid: p.threads[0].pid, ppid: readStat(p.threads[0].pid).ppid, zombie: false, stopped: false, threads: p.threads }));
   const pipes = new PipeTable();
   const memfds = new MemfdTable();
+  const kinds = new DumpContext(pipes, memfds);
   let images: ImageProcess[];
   try {
-    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, new DumpContext(pipes, memfds), new LockTable(), true);
+    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, kinds, new LockTable(), true);
     // Guard regions are found where pages are (pagemap), which the read-back otherwise skips.
     for (const x of surveys) for (const v of x.vmas) if (v.vmFlags.includes('gu') && !v.shmem) pagesToSave(x.proc.pid, v);
     images = surveys.map((s) => dumpProcess(s, stoppedChildrenOf(surveys, s)));
@@ -477,6 +489,8 @@ export function verifyTree(input: VerifyInput): void {
   ];
   if (input.pipes.length) records.push({ where: 'pipes', prefix: '', image: { pipes: input.pipes }, restored: { pipes: pipes.collect() } });
   if (input.memfds.length) records.push({ where: 'memfds', prefix: '', image: { memfds: input.memfds }, restored: { memfds: memfds.collect(false) } });
+  const objects = kinds.objects() ?? {};
+  if (input.objects && Object.keys(input.objects).length) records.push({ where: 'objects', prefix: '', image: input.objects, restored: objects });
   const found = compareRecords(records, hostToImage, imageIds, elapsedNs);
   if (found.length) {
     for (const f of found) log(`verify: ${f.where}: ${f.path}: ${f.message}`);

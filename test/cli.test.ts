@@ -62,7 +62,7 @@ test('an unsupported fd is refused by name and the target keeps running untraced
   await waitFor(out, /^ready$/m);
   const r = await cli(['checkpoint', String(pid), '-o', img]);
   assert.equal(r.code, 1);
-  assert.match(r.stderr, /^stasis: fd \d+ of pid \d+: socket is not supported yet\n$/);
+  assert.match(r.stderr, /^stasis: fd \d+ of pid \d+: netlink socket, route \(NETLINK_ROUTE\), is not supported yet; [^\n]+\n$/);
   assert.equal(fs.existsSync(img), false, 'no partial image is left');
   const st = readStatus(pid);
   assert.equal(st.tracerPid, 0);

@@ -145,7 +145,7 @@ test('a failure in the middle of a tree checkpoint leaves every task running, un
   await waitFor(out, /^ready$/m);
   const tree = scanTree(pid).map((p) => p.pid);
   assert.equal(tree.length, 4);
-  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), /fd \d+ of pid \d+: socket is not supported yet/);
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), /fd \d+ of pid \d+: netlink socket, route \(NETLINK_ROUTE\), is not supported yet/);
   assert.equal(fs.existsSync(path.join(dir, 'image')), false);
   assertLeftRunning(tree);
   // Every process keeps counting.

@@ -9,23 +9,25 @@ import { StasisError } from '../sys/errno';
 import { constants as osConstants } from 'node:os';
 
 const USAGE = `usage:
-  stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]|FIFO]...
+  stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]|unix:[INO]|FIFO]...
                     [--freeze-timeout SECONDS] [-v]
       save the process tree rooted at PID into an image (FILE, or stdout when
       it is not a terminal); it keeps running unless --kill is given;
       --external takes along a pipe shared with a process outside the tree
-      (or a FIFO held open outside, whose bytes stay in it);
+      (or a FIFO held open outside, whose bytes stay in it), or a unix
+      socket (its own inode) connected to one outside;
       --freeze-timeout: the longest the tree stays frozen (default 60, 0: no
       limit), then the checkpoint is abandoned and the tree resumed
   stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns] [--verify]
-                 [--inherit-fd FD:pipe:[INO]]... [-v]
+                 [--inherit-fd FD:pipe:[INO]|FD:unix:[INO]]... [-v]
       recreate the process tree from an image (a file, or stdin with - or no
       FILE) with its original pids; waits for its root and returns its exit
       status unless --detach; --pid-ns restores inside a new pid namespace
       (for a user without CAP_CHECKPOINT_RESTORE, always, in a new user
       namespace too, mapping only their own uid and gid); --verify reads the
       tree back before it runs and fails the restart on any difference from
-      the image; --inherit-fd connects an external pipe of the image to fd FD
+      the image; --inherit-fd connects an external pipe of the image to fd FD,
+      or puts socket FD in the place of an external unix socket
   stasis show FILE [--json]
       describe an image (--json: all metadata, no page contents)
   stasis check [--kinds]
@@ -114,8 +116,8 @@ async function cmdRestart(args: string[]): Promise<number> {
   const p = parse(args, ['--pidfile', '--inherit-fd'], ['-d', '--detach', '-v', '--verbose', '--pid-ns', '--verify']);
   const inheritFds: Record<string, number> = {};
   for (const spec of p.lists.get('--inherit-fd') ?? []) {
-    const m = /^(\d+):(pipe:\[\d+\])$/.exec(spec);
-    if (!m) throw new UsageError(`--inherit-fd takes FD:pipe:[INODE], not ${spec}`);
+    const m = /^(\d+):((?:pipe|unix):\[\d+\])$/.exec(spec);
+    if (!m) throw new UsageError(`--inherit-fd takes FD:pipe:[INODE] or FD:unix:[INODE], not ${spec}`);
     inheritFds[m[2]] = Number(m[1]);
   }
   if (p.positional.length > 1) throw new UsageError('restart takes at most one image');

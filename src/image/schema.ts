@@ -48,6 +48,7 @@ import { SysvId, SysvShmObject } from '../kinds/sysvshm';
 import { InotifyFd } from '../kinds/inotify';
 import { PidfdFd } from '../kinds/pidfd';
 import { SymlinkFd } from '../kinds/symlink';
+import { UnixFd, UnixSocket } from '../kinds/unix';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
@@ -127,6 +128,7 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(InotifyFd.shape),
   FdCommon.extend(PidfdFd.shape),
   FdCommon.extend(SymlinkFd.shape),
+  FdCommon.extend(UnixFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 
@@ -303,6 +305,7 @@ export type ImageMemfd = z.infer<typeof ImageMemfd>;
 export const ObjectTables = z.object({
   mqueues: z.array(MqueueObject).max(1 << 16).optional(),
   sysvShm: z.array(SysvShmObject).max(1 << 16).optional(),
+  unix: z.array(UnixSocket).max(1 << 20).optional(),
 });
 export type ObjectTables = z.infer<typeof ObjectTables>;
 

@@ -68,6 +68,7 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
     if (base64Bytes(p.data) > p.size) throw new ImageError(`${src}: Pipes record: pipe ${p.id} holds more data than its size ${p.size}`);
     if (p.external && p.data) throw new ImageError(`${src}: Pipes record: external pipe ${p.id} carries data`);
   }
+  checkUnixSockets(img, fail);
   for (const m of img.memfds) {
     let end = 0;
     for (const s of m.segments) {
@@ -254,6 +255,61 @@ function checkPages(p: ImageProcess, runs: PageRun[], runsOf: Map<number, PageRu
       });
     });
   });
+}
+
+/**
+ * The unix table (Objects record): ids unique, every fd names one, peers,
+ * listeners and senders are sockets of the table that make sense as such,
+ * so the restart never wires a socket to something that is not there.
+ */
+function checkUnixSockets(img: LoadedImage, fail: Fail): void {
+  const socks = img.objects.unix ?? [];
+  const where = `${img.source}: Objects record: unix`;
+  const byId = new Map(socks.map((s) => [s.id, s]));
+  if (byId.size !== socks.length) throw new ImageError(`${where}: a socket id is listed twice`);
+  const bad = (s: { id: number }, why: string): never => {
+    throw new ImageError(`${where}: socket ${s.id}: ${why}`);
+  };
+  const names = new Set<string>();
+  for (const s of socks) {
+    if (s.name && s.acceptedFrom === undefined && !s.external) {
+      const key = JSON.stringify(s.name);
+      if (names.has(key)) bad(s, 'its name is bound by another socket of the table too');
+      names.add(key);
+    }
+    if (s.file && !(s.name && 'path' in s.name)) bad(s, 'a socket file without a path');
+    if (s.external) {
+      if (s.queue.length || s.peer !== undefined || s.state !== 'connected') bad(s, 'an external socket is connected, with no peer or queue of its own');
+      continue;
+    }
+    if ((s.state === 'connected') !== (s.peer !== undefined)) bad(s, 'a peer exactly when connected');
+    if ((s.state === 'listening') !== (s.backlog !== undefined) || (s.state === 'listening' && !s.name)) bad(s, 'a listening socket has a name and a backlog, and only it');
+    const peer = s.peer !== undefined ? byId.get(s.peer) : undefined;
+    if (s.peer !== undefined && (!peer || peer.external || peer.type !== s.type || peer.state === 'listening' || peer.id === s.id)) bad(s, `peer ${s.peer} is not another socket of its type in the table`);
+    if (s.type !== 'dgram' && peer && peer.peer !== s.id) bad(s, 'a stream or seqpacket connection goes both ways');
+    if (s.type === 'dgram' && peer && peer.peer !== s.id && !peer.name) bad(s, 'connected one way to an unnamed datagram socket');
+    if (s.acceptedFrom !== undefined) {
+      if (s.type === 'dgram' || !peer || !s.name || peer.acceptedFrom !== undefined) bad(s, 'an accepted connection is a named stream or seqpacket socket with an unaccepted peer');
+      const l = s.acceptedFrom >= 0 ? byId.get(s.acceptedFrom) : undefined;
+      if (s.acceptedFrom >= 0 && (!l || l.state !== 'listening' || l.type !== s.type || JSON.stringify(l.name) !== JSON.stringify(s.name))) bad(s, `accepted from ${s.acceptedFrom}, which is not a listening socket of its type and name`);
+      if (s.acceptedFrom < 0 && !('abstract' in s.name!)) bad(s, 'only an abstract name can be listened on again for a while');
+    } else if (s.type !== 'dgram' && peer && (s.name || peer.name) && peer.acceptedFrom === undefined) {
+      bad(s, 'a named connection must say which end was accepted');
+    }
+    if (s.type === 'stream' && s.queue.length > 1) bad(s, 'a stream socket queues one run of bytes');
+    if (s.type !== 'dgram' && s.queue.length && !peer) bad(s, 'data queued without a peer to send it');
+    for (const q of s.queue) {
+      if (q.from === undefined) continue;
+      const from = byId.get(q.from);
+      if (s.type !== 'dgram' || !from || from.type !== 'dgram' || from.external || !from.name || from.acceptedFrom !== undefined || (!s.name && (s.peer !== q.from || from.peer !== s.id))) bad(s, `a queued datagram from ${q.from}, which cannot send it here`);
+    }
+    if (s.type === 'dgram' && !s.name && s.queue.some((q) => q.from === undefined) && !(peer && peer.peer === s.id && !peer.name)) bad(s, 'datagrams queued on an unnamed socket without its socketpair peer');
+  }
+  for (const p of img.processes) {
+    p.fds.forEach((f, j) => {
+      if (f.kind === 'unix' && f.sameAs === undefined && !f.sharedWith && !byId.has(f.sock)) fail(p.pid, `fds[${j}].sock`, `unix socket ${f.sock} is not in the Objects record`);
+    });
+  }
 }
 
 function checkFds(p: ImageProcess, i: number, fail: Fail, pipeIds: Set<number>, memfdIds: Set<number>, index: Map<number, number>, fdsOf: Map<number, Set<number>>): void {

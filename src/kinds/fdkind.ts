@@ -22,6 +22,7 @@ import type { PipeTable, PipeKeeper } from './pipes';
 import type { MemfdTable, MemfdKeeper } from './memfd';
 import type { MqueueKeeper } from './mqueue';
 import type { PidfdKeeper } from './pidfd';
+import type { UnixKeeper } from './unix';
 
 export const O_CLOEXEC = 0o2000000;
 const SEEK_SET = 0, O_PATH = 0o10000000;
@@ -100,6 +101,7 @@ export interface RestoreContext {
   pipes: PipeKeeper;
   memfds?: MemfdKeeper;
   mqueues?: MqueueKeeper;
+  unix?: UnixKeeper;
   image?: LoadedImage;
   /** a pidfd of an exited process, when the image holds one */
   deadPidfd?: PidfdKeeper;

@@ -6,6 +6,7 @@ import { memfdKind } from './memfd';
 import { eventfdKind } from './eventfd';
 import { signalfdKind, timerfdKind } from './timerfd';
 import { epollKind } from './epoll';
+import { unixKind } from './unix';
 import { pipeKind } from './pipes';
 import { fileKind, dirKind } from './regular';
 import { chrKind } from './devices';
@@ -16,7 +17,7 @@ import { symlinkKind } from './symlink';
 import { REFUSED_FD_KINDS } from './refused';
 
 export const FD_KINDS: ReadonlyArray<FdKind<any>> = [ // eslint-disable-line @typescript-eslint/no-explicit-any
-  memfdKind, eventfdKind, signalfdKind, timerfdKind, epollKind, pipeKind, mqueueKind, fileKind, dirKind, chrKind,
+  memfdKind, eventfdKind, signalfdKind, timerfdKind, epollKind, unixKind, pipeKind, mqueueKind, fileKind, dirKind, chrKind,
   inotifyKind, pidfdKind, symlinkKind,
   ...REFUSED_FD_KINDS, // last: named refusals of what no kind above restores (src/kinds/refused.ts)
 ];

@@ -1,5 +1,5 @@
-// tree_unsupported: a root and 3 children; the second child holds a unix
-// socket pair, which a checkpoint must refuse by name. Each process prints
+// tree_unsupported: a root and 3 children; the second child holds a netlink
+// route socket, which a checkpoint must refuse by name. Each process prints
 // "alive <name> <n>" every 100 steps of 5 ms. "ready" once all children run
 // (counted in a shared page, so no extra fd is open).
 #include <errno.h>
@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <linux/netlink.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,8 +38,7 @@ int main(void)
     const char *names[] = {"one", "two", "three"};
     for (int i = 0; i < 3; i++) {
         if (fork() == 0) {
-            int sv[2];
-            if (i == 1 && socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) _exit(2);
+            if (i == 1 && socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE) < 0) _exit(2);
             __atomic_add_fetch(started, 1, __ATOMIC_SEQ_CST);
             loop(names[i]);
         }

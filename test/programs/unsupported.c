@@ -1,7 +1,8 @@
 // unsupported.c
 //
-// Holds both ends of a unix socket pair open (used to test that checkpoint
-// refuses a socket fd and leaves the process running).  Prints "ready", then every 5 ms
+// Holds a netlink route socket, a kind stasis refuses (used to test that
+// checkpoint refuses it by name and leaves the process running), and both
+// ends of a unix socket pair it keeps using.  Prints "ready", then every 5 ms
 // increments a counter; every 100 iterations it pushes one byte through the
 // pipe and reads it back, then prints "alive <n>" (n = iterations so far:
 // 100, 200, ...).  Runs forever.
@@ -13,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <linux/netlink.h>
 
 static void say(const char *s)
 {
@@ -44,6 +46,10 @@ int main(void)
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0) {
         say("FAIL: socketpair\n");
+        return 1;
+    }
+    if (socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE) < 0) {
+        say("FAIL: netlink socket\n");
         return 1;
     }
     say("ready\n");
