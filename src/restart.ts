@@ -31,6 +31,7 @@ import { restoreSched, restoreTimerSlack } from './kinds/sched';
 import { restoreMempolicy } from './kinds/mempolicy';
 import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
 import { checkCgroups, restoreCgroups } from './kinds/cgroups';
+import { TtyKeeper, acquireTerminal, restoreForeground } from './kinds/tty';
 import { StasisError, UnsupportedError, errnoName } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
@@ -62,6 +63,8 @@ export interface RestartOptions {
    * the field. Off by default: it costs a dump of every process's metadata.
    */
   verify?: boolean;
+  /** --shell-job: an image of a job of a terminal outside its tree gets the terminal on our stdin */
+  shellJob?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -269,7 +272,7 @@ interface Rebuilding {
 }
 
 /** What stasis holds for the tasks to open while they are rebuilt. */
-interface Keepers extends RestoreContext { memfds: MemfdKeeper }
+interface Keepers extends RestoreContext { memfds: MemfdKeeper; ttys: TtyKeeper }
 
 /** Everything of one process, its threads created and set up, in its main thread. */
 function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
@@ -453,10 +456,21 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   preflight(img, ns, userNs);
   const pipes = new PipeKeeper(img.pipes, opts.inheritFds);
   let memfds: MemfdKeeper;
+  let ttys: TtyKeeper;
   try {
     memfds = new MemfdKeeper(img.memfds);
   } catch (e) {
     pipes.close();
+    throw e;
+  }
+  try {
+    // Tasks of a user namespace could not take a pty master from us (pidfd_getfd).
+    if (userNs && img.objects.ttys?.length) throw new UnsupportedError('terminals of an image are restored by root only (a pty master is handed over with pidfd_getfd, which tasks in a new user namespace may not do to stasis): restart as root');
+    const slaveUsed = new Set(img.processes.flatMap((p) => [...p.fds.filter((f) => f.kind === 'tty' && f.side !== 'master').map((f) => (f as { tty: number }).tty), ...(p.ctty !== undefined ? [p.ctty] : [])]));
+    ttys = new TtyKeeper(img.objects.ttys ?? [], { shellJob: opts.shellJob, slaveUsed });
+  } catch (e) {
+    pipes.close();
+    memfds.close();
     throw e;
   }
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
@@ -508,11 +522,12 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       const p = r.image;
       if (!r.memoryBuilt && !p.ksmMergeAny
         && p.vmas.every((v) => !v.shmem?.from || v.shmem.from.pid === p.pid || rebuilding.get(v.shmem.from.pid)?.memoryBuilt)) {
-        rebuildMemory(r, img, { pipes, memfds }, log, host);
+        rebuildMemory(r, img, { pipes, memfds, ttys }, log, host);
       }
       return !!r.memoryBuilt;
     };
     setSession(remotes.get(root.pid)!, root);
+    acquireTerminal(remotes.get(root.pid)!, root, ttys);
     for (let progress = true; progress; ) {
       progress = false;
       for (const e of entries) {
@@ -525,6 +540,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
         remotes.set(e.pid, r);
         if (fork) rebuildingOf(e.pid).forkedFrom = images.get(e.ppid);
         setSession(r, e);
+        if ('ctty' in e) acquireTerminal(r, e, ttys);
         progress = true;
       }
     }
@@ -532,6 +548,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       if (e.sid === e.pid || e.pgid === e.pid) continue;
       if (readStat(host(e.pid)).pgrp !== host(e.pgid)) remotes.get(e.pid)!.call('setpgid', SYS.setpgid, [0, e.pgid], `pid ${e.pid}: join group ${e.pgid}`);
     }
+    restoreForeground(img.objects.ttys ?? [], img.processes, (pid) => remotes.get(pid)!, ttys, ns ? (pid) => pid : host);
     for (const z of img.zombies) becomeZombie(remotes.get(z.pid)!.task, z.exitStatus);
     for (const z of img.zombies) waitZombie(host(z.pid));
     // The exit signals of zombies made on purpose are artifacts of the
@@ -547,18 +564,19 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => rebuildingOf(p.pid));
     for (const r of live) {
-      rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
+      rebuildProcess(r, img, { pipes, memfds, ttys }, log, ns, host);
       created.push(...r.threads.slice(1));
     }
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
     memfds.seal();
+    ttys.finish();
     // Every fd is open: the namespace may now have its own /proc, in which
     // the tree finds itself under the pids it knows.
     if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);
     // Processes restored stopped are back in their group stop, untraced: not read back.
     const running = live.filter((r) => !r.image.stopped);
     if (opts.verify && !running.length) log('verify: every process was restored stopped; nothing read back');
-    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, ttys: img.objects.ttys, startedAt, log });
     for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);
@@ -573,6 +591,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   } finally {
     pipes.close();
     memfds.close();
+    ttys.close();
   }
   const pid = rootTask.pid;
   log(`restored as pid ${pid}${ns ? ` (pid ${root.pid} in a new pid namespace)` : ''}`);

@@ -12,6 +12,7 @@ import { PipeTable } from './kinds/pipes';
 import { pagesToSave } from './kinds/memory';
 import { LockTable } from './kinds/locks';
 import { MemfdTable } from './kinds/memfd';
+import { TtyTable, ImageTty } from './kinds/tty';
 import { DumpContext } from './kinds/fdkind';
 import { specialVmas } from './kinds/vdso';
 import { resumeRegs } from './kinds/registers';
@@ -198,6 +199,15 @@ const notFewer: Rule = (a, b) => {
   }
 };
 
+/** fds[].path: a pipe named by its inode, a pty slave by its number; both are new. */
+const pipeOrPts: Rule = (a, b, cx) => {
+  const pts = /^\/dev\/pts\/(\d+)$/;
+  if (typeof a === 'string' && typeof b === 'string' && pts.test(a) && pts.test(b)) {
+    return cx.pair('tty', Number(pts.exec(a)![1]), Number(pts.exec(b)![1])) ? undefined : `${differs(a, b)} (image tty ${a} is restored elsewhere as another one)`;
+  }
+  return sameId('pipe', /^pipe:\[(\d+)\]$/)(a, b, cx);
+};
+
 /** Registers by name, as the task will resume them (resumeRegs), so a difference names the register. */
 const registers: Rule = (a, b, cx) => {
   const named = (v: unknown) => new Regs(Buffer.from(String(v), 'base64')).toJSON();
@@ -253,7 +263,7 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['vmas[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['fds[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['fds[].pipe', sameId('pipe'), 'pipes are new: same ends, new inodes'],
-  ['fds[].path', sameId('pipe', /^pipe:\[(\d+)\]$/), 'a pipe is named by its new inode'],
+  ['fds[].path', pipeOrPts, 'a pipe is named by its new inode, a pty slave by its new number'],
   ['fds[].flags', withoutBits(0o100000, (f) => (f as ImageFd).kind === 'pipe'), 'O_LARGEFILE: pipe2 leaves it out, reopening a pipe end through /proc adds it; it means nothing for a pipe'],
   ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
   ['fds[].file.ino', skipIf((_, f) => /^\/proc\//.test((f as { path: string }).path)), 'a /proc file of a tree member is a new inode of the new process; its path, which names the process, is compared'],
@@ -290,6 +300,11 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['pipes[].external', skip, 'an external pipe is the one handed in with --inherit-fd'],
   ['memfds[].id', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['memfds[].segments', skip, 'contents are pages: not re-read'],
+  ['fds[].tty', sameId('tty'), 'a pty is made anew: its slave gets a new number'],
+  ['ctty', sameId('tty'), 'a pty is made anew: its slave gets a new number'],
+  ['ttys[].id', sameId('tty'), 'a pty is made anew: its slave gets a new number (a --shell-job terminal is the restarter\'s)'],
+  ['ttys[].session', treePid('session'), 'a pid of the tree, as seen from here'],
+  ['ttys[].foreground', treePid('group'), 'a pid of the tree, as seen from here'],
 ];
 
 const RULES = new Map<string, Rule>(NORMALISATIONS.map(([p, r]) => [p, r]));
@@ -401,6 +416,8 @@ export interface VerifyInput {
   zombies: Array<{ image: ImageZombie; pid: number }>;
   pipes: ImagePipe[];
   memfds: ImageMemfd[];
+  /** the Objects record's terminals */
+  ttys?: ImageTty[];
   /** when the restart began (process.hrtime.bigint()) */
   startedAt: bigint;
   log?: (m: string) => void;
@@ -443,8 +460,14 @@ export function verifyTree(input: VerifyInput): void {
   const pipes = new PipeTable();
   const memfds = new MemfdTable();
   let images: ImageProcess[];
+  let ttysBack: ImageTty[] = [];
   try {
-    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, new DumpContext(pipes, memfds), new LockTable(), true);
+    const ctx = new DumpContext(pipes, memfds);
+    const ttyTable = ctx.table(TtyTable);
+    ttyTable.readBack = true;
+    ttyTable.shellJob = !!input.ttys?.some((t) => t.external);
+    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, ctx, new LockTable(), true);
+    if (input.ttys?.length) ttysBack = ttyTable.read(new Set(frozen.map((p) => p.pid)));
     // Guard regions are found where pages are (pagemap), which the read-back otherwise skips.
     for (const x of surveys) for (const v of x.vmas) if (v.vmFlags.includes('gu') && !v.shmem) pagesToSave(x.proc.pid, v);
     images = surveys.map((s) => dumpProcess(s, stoppedChildrenOf(surveys, s)));
@@ -475,6 +498,7 @@ export function verifyTree(input: VerifyInput): void {
   ];
   if (input.pipes.length) records.push({ where: 'pipes', prefix: '', image: { pipes: input.pipes }, restored: { pipes: pipes.collect() } });
   if (input.memfds.length) records.push({ where: 'memfds', prefix: '', image: { memfds: input.memfds }, restored: { memfds: memfds.collect(false) } });
+  if (input.ttys?.length) records.push({ where: 'ttys', prefix: '', image: { ttys: input.ttys }, restored: { ttys: ttysBack } });
   const found = compareRecords(records, hostToImage, imageIds, elapsedNs);
   if (found.length) {
     for (const f of found) log(`verify: ${f.where}: ${f.path}: ${f.message}`);

@@ -43,6 +43,7 @@ import { MemfdFd } from '../kinds/memfd';
 import { EventfdFd } from '../kinds/eventfd';
 import { SignalfdFd, TimerfdFd } from '../kinds/timerfd';
 import { EpollFd } from '../kinds/epoll';
+import { TtyFd, ImageTty, Ctty } from '../kinds/tty';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
@@ -116,6 +117,7 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(SignalfdFd.shape),
   FdCommon.extend(TimerfdFd.shape),
   FdCommon.extend(EpollFd.shape),
+  FdCommon.extend(TtyFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 
@@ -235,6 +237,8 @@ export const ImageProcess = z.object({
   exitSignal: ExitSignal,
   /** POSIX timers and interval timers */
   timers: TimersState,
+  /** its controlling terminal: an id in the Objects record's ttys (absent: none, or its session's, led outside the tree) */
+  ctty: Ctty,
 });
 export type ImageProcess = z.infer<typeof ImageProcess>;
 
@@ -290,6 +294,7 @@ export type ImageMemfd = z.infer<typeof ImageMemfd>;
  * table has entries.
  */
 export const ObjectTables = z.object({
+  ttys: z.array(ImageTty).max(4096).optional(),
 });
 export type ObjectTables = z.infer<typeof ObjectTables>;
 

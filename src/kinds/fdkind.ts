@@ -20,6 +20,7 @@ import { SYS } from '../sys/x86';
 import { StasisError } from '../sys/errno';
 import type { PipeTable, PipeKeeper } from './pipes';
 import type { MemfdTable, MemfdKeeper } from './memfd';
+import type { TtyKeeper } from './tty';
 
 export const O_CLOEXEC = 0o2000000;
 const SEEK_SET = 0, O_PATH = 0o10000000;
@@ -98,6 +99,7 @@ export interface RestoreContext {
   pipes: PipeKeeper;
   memfds?: MemfdKeeper;
   image?: LoadedImage;
+  ttys?: TtyKeeper;
 }
 
 /** The kind-specific part of an fd record: `kind` and the kind's own fields. */
