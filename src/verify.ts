@@ -264,7 +264,7 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['fds[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['fds[].pipe', sameId('pipe'), 'pipes are new: same ends, new inodes'],
   ['fds[].path', pipeOrPts, 'a pipe is named by its new inode, a pty slave by its new number'],
-  ['fds[].flags', withoutBits(0o100000, (f) => (f as ImageFd).kind === 'pipe'), 'O_LARGEFILE: pipe2 leaves it out, reopening a pipe end through /proc adds it; it means nothing for a pipe'],
+  ['fds[].flags', withoutBits(0o100000, (f) => (f as ImageFd).kind === 'pipe' || (f as ImageFd).kind === 'tty'), 'O_LARGEFILE: pipe2 and TIOCGPTPEER leave it out, reopening a pipe end or pty slave by path adds it; it means nothing for either'],
   ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
   ['fds[].file.ino', skipIf((_, f) => /^\/proc\//.test((f as { path: string }).path)), 'a /proc file of a tree member is a new inode of the new process; its path, which names the process, is compared'],
   ['fds[].file.size', skip, 'the file an fd is open on may have been written since the checkpoint (its dev:ino is compared)'],
