@@ -34,6 +34,7 @@ import { dumpMempolicy } from './kinds/mempolicy';
 import { dumpProcessPrctl, dumpThreadPrctl, refuseUnrestorableAttrs } from './kinds/prctl';
 import { refuseForeignNamespaces } from './kinds/namespaces';
 import { dumpCgroups } from './kinds/cgroups';
+import { TtyTable } from './kinds/tty';
 import { StasisError, UnsupportedError } from './sys/errno';
 import { PAGE_SIZE } from './sys/x86';
 
@@ -51,6 +52,8 @@ export interface CheckpointOptions {
    * wherever we were blocked (a write to a stalled pipe). For the CLI.
    */
   freezeTimeoutMs?: number;
+  /** --shell-job: a job of the user's terminal; its terminal (outside the tree) is the restarter's at restart */
+  shellJob?: boolean;
 }
 
 /** Default of --freeze-timeout: a reader that stopped reading, not a big image, should hit it. */
@@ -124,6 +127,8 @@ export interface Survey {
   vmas: ImageVma[];
   fds: ImageFd[];
   sharing: Sharing;
+  /** its controlling terminal, as recorded (src/kinds/tty.ts) */
+  ctty?: number;
 }
 
 /**
@@ -141,7 +146,9 @@ export function surveyProcesses(procs: FrozenProcess[], root: number, ctx: DumpC
     refuseMemfdExe(p.pid);
     const vmas = classifyVmas(readVmas(p.pid), p.pid, ctx.memfds, ctx.table(SysvShmTable));
     const fds = dumpFds(p.pid, ctx, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), locks, fdTableSharers(sharing, p.pid));
-    surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
+    const st = readStat(p.pid);
+    const ctty = ctx.table(TtyTable).noteCtty(p.pid, st.ttyNr, st.session, new Set(procs.map((x) => x.pid)));
+    surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)!, ...(ctty !== undefined ? { ctty } : {}) });
   }
   linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
   return surveys;
@@ -225,7 +232,7 @@ export function dumpProcess(s: Survey, stoppedChildren: number[] = []): ImagePro
       pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
       xcompPerm: '0x' + xcompPerm.toString(16), mm, prctl, lockFuture, ksmMergeAny: dumpMergeAny(pid), vmas: s.vmas, fds: dumpFdOwners(remote, s.fds), sharing: s.sharing, threads, cgroups,
       ...(s.proc.stopped ? { stopped: true, stopSignal: checkStopSignal(s.proc.stopSignal ?? 19, pid) } : {}),
-      stopsReported, exitSignal: dumpExitSignal(pid), timers,
+      stopsReported, exitSignal: dumpExitSignal(pid), timers, ...(s.ctty !== undefined ? { ctty: s.ctty } : {}),
     };
   } finally {
     remote.unmapScratch();
@@ -271,6 +278,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     if (tree.processes.find((p) => p.pid === pid)?.zombie) throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
     const zombies = tree.processes.filter((p) => p.zombie).map(dumpZombie);
     const kinds = new DumpContext(pipes, memfds);
+    kinds.table(TtyTable).shellJob = !!opts.shellJob;
     const surveys = surveyProcesses(tree.processes.filter((p) => !p.zombie), pid, kinds, locks);
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));

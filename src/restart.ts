@@ -35,6 +35,7 @@ import { restoreSched, restoreTimerSlack } from './kinds/sched';
 import { restoreMempolicy } from './kinds/mempolicy';
 import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
 import { checkCgroups, restoreCgroups } from './kinds/cgroups';
+import { TtyKeeper, acquireTerminal, restoreForeground } from './kinds/tty';
 import { StasisError, UnsupportedError, errnoName } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
@@ -66,6 +67,8 @@ export interface RestartOptions {
    * the field. Off by default: it costs a dump of every process's metadata.
    */
   verify?: boolean;
+  /** --shell-job: an image of a job of a terminal outside its tree gets the terminal on our stdin */
+  shellJob?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -273,7 +276,7 @@ interface Rebuilding {
 }
 
 /** What stasis holds for the tasks to open while they are rebuilt. */
-interface Keepers extends RestoreContext { memfds: MemfdKeeper }
+interface Keepers extends RestoreContext { memfds: MemfdKeeper; ttys: TtyKeeper }
 
 /**
  * What stasis makes and holds for the tasks while the tree is rebuilt
@@ -481,14 +484,18 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   const ns = !!opts.pidNs || userNs;
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
   preflight(img, ns, userNs);
+  // Tasks of a user namespace could not take a pty master from us (pidfd_getfd).
+  if (userNs && img.objects.ttys?.length) throw new UnsupportedError('terminals of an image are restored by root only (a pty master is handed over with pidfd_getfd, which tasks in a new user namespace may not do to stasis): restart as root');
+  const slaveUsed = new Set(img.processes.flatMap((p) => [...p.fds.filter((f) => f.kind === 'tty' && f.side !== 'master').map((f) => (f as { tty: number }).tty), ...(p.ctty !== undefined ? [p.ctty] : [])]));
   const held = new Held();
   const keep: Keepers = {
     pipes: held.add(() => new PipeKeeper(img.pipes, opts.inheritFds)),
     memfds: held.add(() => new MemfdKeeper(img.memfds)),
     mqueues: held.add(() => new MqueueKeeper(img.objects.mqueues ?? [], img.processes)),
     deadPidfd: held.add(() => new PidfdKeeper(img.processes)),
+    unix: held.add(() => new UnixKeeper(img.objects.unix ?? [], socketOwners(img.processes), opts.inheritFds)),
+    ttys: held.add(() => new TtyKeeper(img.objects.ttys ?? [], { shellJob: opts.shellJob, slaveUsed })),
   };
-  keep.unix = held.add(() => new UnixKeeper(img.objects.unix ?? [], socketOwners(img.processes), opts.inheritFds));
   const segments = held.add(() => new SysvShmKeeper(img.objects.sysvShm ?? []));
   let restored = false;
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
@@ -547,6 +554,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       return !!r.memoryBuilt;
     };
     setSession(remotes.get(root.pid)!, root);
+    acquireTerminal(remotes.get(root.pid)!, root, keep.ttys);
     for (let progress = true; progress; ) {
       progress = false;
       for (const e of entries) {
@@ -559,6 +567,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
         remotes.set(e.pid, r);
         if (fork) rebuildingOf(e.pid).forkedFrom = images.get(e.ppid);
         setSession(r, e);
+        if ('ctty' in e) acquireTerminal(r, e, keep.ttys);
         progress = true;
       }
     }
@@ -566,6 +575,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       if (e.sid === e.pid || e.pgid === e.pid) continue;
       if (readStat(host(e.pid)).pgrp !== host(e.pgid)) remotes.get(e.pid)!.call('setpgid', SYS.setpgid, [0, e.pgid], `pid ${e.pid}: join group ${e.pgid}`);
     }
+    restoreForeground(img.objects.ttys ?? [], img.processes, (pid) => remotes.get(pid)!, keep.ttys, ns ? (pid) => pid : host);
     for (const z of img.zombies) becomeZombie(remotes.get(z.pid)!.task, z.exitStatus);
     for (const z of img.zombies) waitZombie(host(z.pid));
     // The exit signals of zombies made on purpose are artifacts of the
@@ -587,6 +597,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
     keep.memfds.seal();
     segments.finish();
+    keep.ttys.finish();
     // Every fd is open: the namespace may now have its own /proc, in which
     // the tree finds itself under the pids it knows.
     if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);

@@ -12,6 +12,7 @@ import { PipeTable } from './kinds/pipes';
 import { pagesToSave } from './kinds/memory';
 import { LockTable } from './kinds/locks';
 import { MemfdTable } from './kinds/memfd';
+import { TtyTable } from './kinds/tty';
 import { DumpContext } from './kinds/fdkind';
 import { specialVmas } from './kinds/vdso';
 import { resumeRegs } from './kinds/registers';
@@ -198,6 +199,15 @@ const notFewer: Rule = (a, b) => {
   }
 };
 
+/** fds[].path: a pipe named by its inode, a pty slave by its number; both are new. */
+const pipeOrPts: Rule = (a, b, cx) => {
+  const pts = /^\/dev\/pts\/(\d+)$/;
+  if (typeof a === 'string' && typeof b === 'string' && pts.test(a) && pts.test(b)) {
+    return cx.pair('tty', Number(pts.exec(a)![1]), Number(pts.exec(b)![1])) ? undefined : `${differs(a, b)} (image tty ${a} is restored elsewhere as another one)`;
+  }
+  return sameId('pipe', /^pipe:\[(\d+)\]$/)(a, b, cx);
+};
+
 /** Registers by name, as the task will resume them (resumeRegs), so a difference names the register. */
 const registers: Rule = (a, b, cx) => {
   const named = (v: unknown) => new Regs(Buffer.from(String(v), 'base64')).toJSON();
@@ -253,9 +263,9 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['vmas[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['fds[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['fds[].pipe', sameId('pipe'), 'pipes are new: same ends, new inodes'],
-  ['fds[].path', (a, b, cx) => (typeof a === 'string' && a.startsWith('socket:') ? sameId('socket', /^socket:\[(\d+)\]$/) : sameId('pipe', /^pipe:\[(\d+)\]$/))(a, b, cx), 'a pipe or a socket is named by its new inode'],
+  ['fds[].path', (a, b, cx) => (typeof a === 'string' && a.startsWith('socket:') ? sameId('socket', /^socket:\[(\d+)\]$/)(a, b, cx) : pipeOrPts(a, b, cx)), 'a pipe or a socket is named by its new inode, a pty slave by its new number'],
   ['fds[].sock', sameId('socket'), 'sockets are new: same ends, new inodes'],
-  ['fds[].flags', withoutBits(0o100000, (f) => ['pipe', 'pidfd', 'mqueue'].includes((f as ImageFd).kind)), 'O_LARGEFILE: pipe2, pidfd_open and mq_open leave it out, reopening a pipe end, pidfd or queue through /proc adds it; it means nothing there'],
+  ['fds[].flags', withoutBits(0o100000, (f) => ['pipe', 'pidfd', 'mqueue', 'tty'].includes((f as ImageFd).kind)), 'O_LARGEFILE: pipe2, pidfd_open, mq_open and TIOCGPTPEER leave it out, reopening a pipe end, pidfd, queue or pty slave by path adds it; it means nothing there'],
   ['fds[].mqueue', sameId('mqueue'), 'a message queue made again is a new inode: same sharing'],
   ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
   ['fds[].file.ino', skipIf((_, f) => /^\/proc\//.test((f as { path: string }).path)), 'a /proc file of a tree member is a new inode of the new process; its path, which names the process, is compared'],
@@ -301,6 +311,11 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['unix[].external', skip, 'an external socket is the one handed in with --inherit-fd'],
   ['unix[].name', skipIf((_, s) => !!(s as { external?: boolean }).external), 'an external socket is the one handed in with --inherit-fd'],
   ['unix[].options', skipIf((_, s) => !!(s as { external?: boolean }).external), 'an external socket is the one handed in with --inherit-fd'],
+  ['fds[].tty', sameId('tty'), 'a pty is made anew: its slave gets a new number'],
+  ['ctty', sameId('tty'), 'a pty is made anew: its slave gets a new number'],
+  ['ttys[].id', sameId('tty'), 'a pty is made anew: its slave gets a new number (a --shell-job terminal is the restarter\'s)'],
+  ['ttys[].session', treePid('session'), 'a pid of the tree, as seen from here'],
+  ['ttys[].foreground', treePid('group'), 'a pid of the tree, as seen from here'],
 ];
 
 const RULES = new Map<string, Rule>(NORMALISATIONS.map(([p, r]) => [p, r]));
@@ -458,7 +473,11 @@ export function verifyTree(input: VerifyInput): void {
   const kinds = new DumpContext(pipes, memfds);
   let images: ImageProcess[];
   try {
+    const ttyTable = kinds.table(TtyTable);
+    ttyTable.readBack = true;
+    ttyTable.shellJob = !!input.objects?.ttys?.some((t) => t.external);
     const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, kinds, new LockTable(), true);
+    if (input.objects?.ttys?.length) ttyTable.refuseOutsiders(new Set(frozen.map((p) => p.pid)));
     // Guard regions are found where pages are (pagemap), which the read-back otherwise skips.
     for (const x of surveys) for (const v of x.vmas) if (v.vmFlags.includes('gu') && !v.shmem) pagesToSave(x.proc.pid, v);
     images = surveys.map((s) => dumpProcess(s, stoppedChildrenOf(surveys, s)));

@@ -10,16 +10,18 @@ import { constants as osConstants } from 'node:os';
 
 const USAGE = `usage:
   stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]|unix:[INO]|FIFO]...
-                    [--freeze-timeout SECONDS] [-v]
+                    [--freeze-timeout SECONDS] [--shell-job] [-v]
       save the process tree rooted at PID into an image (FILE, or stdout when
       it is not a terminal); it keeps running unless --kill is given;
+      --shell-job takes a job started from a terminal outside the tree
+      (restart it with --shell-job on a terminal);
       --external takes along a pipe shared with a process outside the tree
       (or a FIFO held open outside, whose bytes stay in it), or a unix
       socket (its own inode) connected to one outside;
       --freeze-timeout: the longest the tree stays frozen (default 60, 0: no
       limit), then the checkpoint is abandoned and the tree resumed
   stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns] [--verify]
-                 [--inherit-fd FD:pipe:[INO]|FD:unix:[INO]]... [-v]
+                 [--inherit-fd FD:pipe:[INO]|FD:unix:[INO]]... [--shell-job] [-v]
       recreate the process tree from an image (a file, or stdin with - or no
       FILE) with its original pids; waits for its root and returns its exit
       status unless --detach; --pid-ns restores inside a new pid namespace
@@ -27,7 +29,8 @@ const USAGE = `usage:
       namespace too, mapping only their own uid and gid); --verify reads the
       tree back before it runs and fails the restart on any difference from
       the image; --inherit-fd connects an external pipe of the image to fd FD,
-      or puts socket FD in the place of an external unix socket
+      or puts socket FD in the place of an external unix socket;
+      --shell-job gives a job's terminal fds the terminal on stdin
   stasis show FILE [--json]
       describe an image (--json: all metadata, no page contents)
   stasis check [--kinds]
@@ -76,7 +79,7 @@ function logger(verbose: boolean): ((m: string) => void) | undefined {
 }
 
 async function cmdCheckpoint(args: string[]): Promise<number> {
-  const p = parse(args, ['-o', '--output', '--external', '--freeze-timeout'], ['--kill', '-v', '--verbose']);
+  const p = parse(args, ['-o', '--output', '--external', '--freeze-timeout'], ['--kill', '-v', '--verbose', '--shell-job']);
   const timeoutArg = p.flags.get('--freeze-timeout') as string | undefined;
   const timeoutS = timeoutArg === undefined ? DEFAULT_FREEZE_TIMEOUT_MS / 1000 : Number(timeoutArg);
   if (!Number.isFinite(timeoutS) || timeoutS < 0) throw new UsageError(`--freeze-timeout takes seconds, not ${timeoutArg}`);
@@ -97,7 +100,7 @@ async function cmdCheckpoint(args: string[]): Promise<number> {
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
   for (const sig of signals) process.on(sig, hold);
   try {
-    const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), freezeTimeoutMs: timeoutS * 1000, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+    const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), shellJob: p.flags.has('--shell-job'), freezeTimeoutMs: timeoutS * 1000, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
     if (p.flags.has('-v') || p.flags.has('--verbose')) {
       process.stderr.write(`checkpointed pid ${r.pid}: ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
     }
@@ -113,7 +116,7 @@ function signalName(sig: number): string {
 }
 
 async function cmdRestart(args: string[]): Promise<number> {
-  const p = parse(args, ['--pidfile', '--inherit-fd'], ['-d', '--detach', '-v', '--verbose', '--pid-ns', '--verify']);
+  const p = parse(args, ['--pidfile', '--inherit-fd'], ['-d', '--detach', '-v', '--verbose', '--pid-ns', '--verify', '--shell-job']);
   const inheritFds: Record<string, number> = {};
   for (const spec of p.lists.get('--inherit-fd') ?? []) {
     const m = /^(\d+):((?:pipe|unix):\[\d+\])$/.exec(spec);
@@ -123,7 +126,7 @@ async function cmdRestart(args: string[]): Promise<number> {
   if (p.positional.length > 1) throw new UsageError('restart takes at most one image');
   const src = p.positional[0] ?? '-';
   const detach = p.flags.has('-d') || p.flags.has('--detach');
-  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, pidNs: p.flags.has('--pid-ns'), verify: p.flags.has('--verify'), inheritFds, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, pidNs: p.flags.has('--pid-ns'), verify: p.flags.has('--verify'), shellJob: p.flags.has('--shell-job'), inheritFds, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
   const pidfile = p.flags.get('--pidfile') as string | undefined;
   if (pidfile) fs.writeFileSync(pidfile, `${r.pid}\n`);
   if (detach) {

@@ -49,6 +49,7 @@ import { InotifyFd } from '../kinds/inotify';
 import { PidfdFd } from '../kinds/pidfd';
 import { SymlinkFd } from '../kinds/symlink';
 import { UnixFd, UnixSocket } from '../kinds/unix';
+import { TtyFd, ImageTty, Ctty } from '../kinds/tty';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
@@ -129,6 +130,7 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(PidfdFd.shape),
   FdCommon.extend(SymlinkFd.shape),
   FdCommon.extend(UnixFd.shape),
+  FdCommon.extend(TtyFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 
@@ -248,6 +250,8 @@ export const ImageProcess = z.object({
   exitSignal: ExitSignal,
   /** POSIX timers and interval timers */
   timers: TimersState,
+  /** its controlling terminal: an id in the Objects record's ttys (absent: none, or its session's, led outside the tree) */
+  ctty: Ctty,
 });
 export type ImageProcess = z.infer<typeof ImageProcess>;
 
@@ -306,6 +310,7 @@ export const ObjectTables = z.object({
   mqueues: z.array(MqueueObject).max(1 << 16).optional(),
   sysvShm: z.array(SysvShmObject).max(1 << 16).optional(),
   unix: z.array(UnixSocket).max(1 << 20).optional(),
+  ttys: z.array(ImageTty).max(4096).optional(),
 });
 export type ObjectTables = z.infer<typeof ObjectTables>;
 

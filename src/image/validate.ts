@@ -78,6 +78,8 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
     if (end > m.size) throw new ImageError(`${src}: Memfds record: memfd ${m.id}: data beyond its size ${m.size}`);
   }
 
+  checkTtys(img);
+
   // Saved pages of each process, sorted, to check them against its VMAs.
   const runsOf = new Map<number, PageRun[]>();
   img.pages.forEach((pg, i) => {
@@ -337,4 +339,43 @@ function checkFds(p: ImageProcess, i: number, fail: Fail, pipeIds: Set<number>, 
       if (!seen.has(w.fd)) fail(p.pid, `fds[${j}].epoll[${k}].fd`, `watches fd ${w.fd}, which the process does not have`);
     });
   });
+}
+
+/** Terminals: every id named exists once; sessions and foreground groups are the tree's; an external one has no master. */
+function checkTtys(img: LoadedImage): void {
+  const ttys = img.objects.ttys ?? [];
+  const src = img.source;
+  const byId = new Map(ttys.map((t) => [t.id, t]));
+  if (byId.size !== ttys.length) throw new ImageError(`${src}: Objects record: a tty id is listed twice`);
+  const procs = new Map(img.processes.map((p) => [p.pid, p]));
+  for (const t of ttys) {
+    const bad = (why: string): never => { throw new ImageError(`${src}: Objects record: tty ${t.id}: ${why}`); };
+    if (t.external) {
+      if (t.session) bad('an external terminal names a session');
+      if (t.foreground && !img.processes.some((p) => p.pgid === t.foreground && p.ctty === t.id)) bad(`foreground group ${t.foreground} is no group of a process it controls`);
+      continue;
+    }
+    if (!t.termios) bad('a pty without its termios');
+    if (t.session) {
+      const leader = procs.get(t.session);
+      if (!leader || leader.sid !== leader.pid || leader.ctty !== t.id) bad(`session ${t.session} is not led by a process of the image with it as controlling terminal`);
+    }
+    if (t.foreground && !img.processes.some((p) => p.pgid === t.foreground && p.sid === t.session)) bad(`foreground group ${t.foreground} is no group of its session`);
+    if (!t.session && t.foreground) bad('a foreground group without a session');
+  }
+  for (const p of img.processes) {
+    const at = recordLabel(src, img.recordOf.get(p.pid) ?? 0, RecordType.Process, p.pid);
+    if (p.ctty !== undefined) {
+      const t = byId.get(p.ctty);
+      if (!t) throw new ImageError(`${at}: field ctty: tty ${p.ctty} is not in the Objects record`);
+      if (!t.external && t.session !== p.sid) throw new ImageError(`${at}: field ctty: tty ${p.ctty} controls session ${t.session}, not ${p.sid}`);
+    }
+    p.fds.forEach((f, j) => {
+      if (f.kind !== 'tty') return;
+      const t = byId.get(f.tty);
+      if (!t) throw new ImageError(`${at}: field fds[${j}].tty: tty ${f.tty} is not in the Objects record`);
+      if (t.external && f.side === 'master') throw new ImageError(`${at}: field fds[${j}].side: the master of an external terminal`);
+      if (f.side === 'ctty' && p.ctty !== f.tty) throw new ImageError(`${at}: field fds[${j}].tty: /dev/tty of a terminal that is not its controlling one`);
+    });
+  }
 }

@@ -1,6 +1,6 @@
 // Character devices with no state of their own (/dev/null, /dev/zero,
 // /dev/full, /dev/random, /dev/urandom): reopened by path. Any other
-// device is refused by name.
+// device is refused by name (terminals are src/kinds/tty.ts's).
 import { z } from 'zod';
 import { UnsupportedError, StasisError } from '../sys/errno';
 import { FdKind, FoundFd } from './fdkind';
@@ -27,9 +27,6 @@ export const chrKind: FdKind<ChrFd> = {
     const dev = deviceNumber(f);
     const path = PLAIN_DEVICES[dev];
     if (path) return { kind: 'chr', path, pos: 0 };
-    if (f.target.startsWith('/dev/pts/') || f.target.startsWith('/dev/tty')) {
-      throw new UnsupportedError(`${f.where}: terminal ${f.target} is not supported yet; start the program with its stdin, stdout and stderr away from the terminal (e.g. </dev/null >log 2>&1)`);
-    }
     throw new UnsupportedError(`${f.where}: character device ${f.target} (${dev}) is not supported yet`);
   },
   open: (remote, r, _ctx, where) => openByPath(remote, r, where),

@@ -23,6 +23,7 @@ import type { MemfdTable, MemfdKeeper } from './memfd';
 import type { MqueueKeeper } from './mqueue';
 import type { PidfdKeeper } from './pidfd';
 import type { UnixKeeper } from './unix';
+import type { TtyKeeper } from './tty';
 
 export const O_CLOEXEC = 0o2000000;
 const SEEK_SET = 0, O_PATH = 0o10000000;
@@ -105,6 +106,7 @@ export interface RestoreContext {
   image?: LoadedImage;
   /** a pidfd of an exited process, when the image holds one */
   deadPidfd?: PidfdKeeper;
+  ttys?: TtyKeeper;
 }
 
 /** The kind-specific part of an fd record: `kind` and the kind's own fields. */

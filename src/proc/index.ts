@@ -140,6 +140,9 @@ export interface Stat {
   ppid: number;
   pgrp: number;
   session: number;
+  /** device number of the controlling terminal (0: none), and its foreground group (-1: none) */
+  ttyNr: number;
+  tpgid: number;
   flags: number;
   /** nice value (-20..19), also kept for real-time tasks */
   nice: number;
@@ -185,6 +188,8 @@ export function parseStat(input: string | Buffer): Stat {
     ppid: field(4),
     pgrp: field(5),
     session: field(6),
+    ttyNr: field(7),
+    tpgid: field(8),
     flags: field(9),
     nice: field(19),
     numThreads: field(20),

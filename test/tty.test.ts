@@ -1,0 +1,159 @@
+// Terminals (issue #8): a pty pair inside the tree, a shell in a terminal,
+// tmux, and --shell-job for a job of the user's terminal.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, assertLeftRunning, CLI } from './harness';
+import { checkpointSync } from '../src';
+import { readStat } from '../src/proc';
+import { syscall } from '../src/sys/libc';
+import { SYS } from '../src/sys/x86';
+
+const procs = new Procs();
+after(() => procs.cleanup());
+
+test('a pty pair inside the tree keeps termios, window size, packet mode, queued bytes both ways, its session and foreground group', async () => {
+  const dir = tmpdir('pty');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('fid_pty'), [], out);
+  await waitFor(out, /^ready\n/);
+  const child = readStat(pid) && fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).map(Number)[0];
+  const fgBefore = readStat(child).tpgid;
+  const r = await checkpointKillRestart(procs, pid, dir);
+  // The session leader has its terminal back, with the grandchild's group in the foreground.
+  assert.equal(readStat(child).session, child);
+  assert.equal(readStat(child).tpgid, fgBefore);
+  assert.notEqual(readStat(child).ttyNr, 0);
+  process.kill(r.pid, 'SIGUSR1');
+  assert.deepEqual(await r.wait(), { code: 0, signal: null });
+  assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nmaster ok\nslave ok\ndone\n');
+});
+
+/** Type into a FIFO the terminal program copies to its pty master. */
+function type(keys: string, text: string): void {
+  fs.appendFileSync(keys, text);
+}
+
+test('an interactive bash in a pty whose master is in the tree: keys reach the same shell after restart, stty -a is as before', async () => {
+  const dir = tmpdir('ptyshell');
+  const out = path.join(dir, 'out');
+  const keys = path.join(dir, 'keys');
+  execFileSync('mkfifo', [keys]);
+  const pid = procs.start(build('ptyshell'), [keys], out);
+  await waitFor(out, /\$ $/);
+  // $((...)) makes the answer differ from the echo of what was typed.
+  type(keys, 'stty -a; echo "shell $$ mark-$((40+2))"\n');
+  const before = await waitFor(out, /shell \d+ mark-42\r?\n/);
+  const shell = /shell (\d+) mark-42/.exec(before)![1];
+  const sttyBefore = before.slice(before.lastIndexOf('speed '), before.indexOf(`shell ${shell} mark-42`));
+  assert.match(sttyBefore, /rows 40; columns 120/);
+  await waitFor(out, (t) => t.endsWith('$ '));
+  await checkpointKillRestart(procs, pid, dir);
+  type(keys, 'stty -a; echo "shell $$ mark-$((40+3))"\n');
+  const after = await waitFor(out, /shell \d+ mark-43\r?\n/);
+  assert.equal(/shell (\d+) mark-43/.exec(after)![1], shell, 'the same shell answers');
+  const sttyAfter = after.slice(after.lastIndexOf('speed '), after.indexOf(`shell ${shell} mark-43`));
+  assert.equal(sttyAfter, sttyBefore);
+});
+
+// ---- tmux -------------------------------------------------------------------
+
+interface Tmux { sock: string; run(...args: string[]): string; server: number }
+
+function startTmux(dir: string, cmd: string): Tmux {
+  const sock = path.join(dir, 'tmux.sock');
+  const run = (...args: string[]) => execFileSync('tmux', ['-S', sock, '-f', '/dev/null', ...args], { encoding: 'utf8', env: { ...process.env, PS1: '$ ', TERM: 'xterm' } });
+  run('new-session', '-d', '-x', '100', '-y', '30', cmd);
+  const server = procs.add(Number(run('display-message', '-p', '#{pid}').trim()));
+  return { sock, run, server };
+}
+
+async function paneShows(t: Tmux, want: RegExp, ms = 20000): Promise<string> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const text = t.run('capture-pane', '-p', '-S', '-1000');
+    if (want.test(text)) return text;
+    if (Date.now() > until) throw new Error(`timed out waiting for ${want} in the pane; it shows:\n${text}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+test('a job started from an interactive shell in a terminal (tmux) restarts with --shell-job on that terminal and reads the keys typed there', async () => {
+  const dir = tmpdir('shelljob');
+  const out = path.join(dir, 'out');
+  const img = path.join(dir, 'image');
+  const pidfile = path.join(dir, 'pid');
+  const t = startTmux(dir, "env PS1='$ ' bash --norc --noprofile -i");
+  await paneShows(t, /^\$\s*$/m);
+  t.run('send-keys', '-l', `${build('ttyjob')} ${out}`);
+  t.run('send-keys', 'Enter');
+  const job = Number(/ready (\d+)/.exec(await waitFor(out, /ready \d+\n/))![1]);
+  assert.equal(readStat(job).tpgid, readStat(job).pgrp, 'the job is in the foreground');
+  checkpointSync(job, img, { kill: true, shellJob: true });
+  await waitGone(job, procs);
+  t.run('send-keys', '-l', `node ${CLI} restart --shell-job --verify --pidfile ${pidfile} ${img}`);
+  t.run('send-keys', 'Enter');
+  await waitFor(pidfile, /^\d+\n$/);
+  const restored = procs.add(Number(fs.readFileSync(pidfile, 'utf8')));
+  assert.equal(readStat(restored).tpgid, readStat(restored).pgrp, 'the restored job is in the foreground of the terminal');
+  t.run('send-keys', '-l', 'hello after restart');
+  t.run('send-keys', 'Enter');
+  await waitFor(out, /got: hello after restart\n/);
+  t.run('send-keys', '-l', 'quit');
+  t.run('send-keys', 'Enter');
+  assert.equal(await waitFor(out, /got: quit\n/), `ready ${job}\ngot: hello after restart\ngot: quit\n`);
+  // The restart returned the job's exit status to the shell.
+  t.run('send-keys', '-l', 'echo "status $?"');
+  t.run('send-keys', 'Enter');
+  await paneShows(t, /^status 0$/m);
+});
+
+test('a terminal outside the tree without --shell-job is refused by name; the target goes on', async () => {
+  const dir = tmpdir('ttyout');
+  const master = fs.openSync('/dev/ptmx', fs.constants.O_RDWR | fs.constants.O_NOCTTY);
+  try {
+    const n = Buffer.alloc(4);
+    syscall(SYS.ioctl, 'TIOCGPTN', master, 0x80045430, n);
+    syscall(SYS.ioctl, 'TIOCSPTLCK', master, 0x40045431, Buffer.alloc(4));
+    const slave = fs.openSync(`/dev/pts/${n.readUInt32LE(0)}`, fs.constants.O_RDWR | fs.constants.O_NOCTTY);
+    let pid: number;
+    try {
+      pid = procs.start(build('counter'), [], '', { stdout: slave });
+    } finally {
+      fs.closeSync(slave);
+    }
+    // Its first line on the terminal: it runs.
+    for (const until = Date.now() + 10000; ;) {
+      const b = Buffer.alloc(64);
+      if (fs.readSync(master, b, 0, 64, null) > 0) break;
+      if (Date.now() > until) throw new Error('counter printed nothing');
+    }
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), /fd 1 of pid \d+: terminal \/dev\/pts\/\d+ belongs to a terminal outside the tree .*--shell-job/);
+    assertLeftRunning(pid);
+    assert.equal(fs.existsSync(path.join(dir, 'image')), false);
+  } finally {
+    fs.closeSync(master);
+  }
+});
+
+test('tmux with a shell in a pane: after restart keys typed into the pane reach the same shell, scrollback and stty -a are as before, tmux ls answers',
+  { todo: 'the tmux server holds its listening unix socket (tmux -S): needs the unix socket kind (issue #8, another branch); everything else of this test passes with ptyshell above' }, async () => {
+    const dir = tmpdir('tmux');
+    const t = startTmux(dir, "env PS1='$ ' bash --norc --noprofile -i");
+    await paneShows(t, /^\$\s*$/m);
+    t.run('send-keys', '-l', 'stty -a; echo "shell $$ mark-$((40+2))"');
+    t.run('send-keys', 'Enter');
+    const before = await paneShows(t, /^shell \d+ mark-42$/m);
+    const shell = /^shell (\d+) mark-42$/m.exec(before)![1];
+    await checkpointKillRestart(procs, t.server, dir);
+    assert.match(t.run('ls'), /^0: 1 windows/m);
+    assert.equal(t.run('capture-pane', '-p', '-S', '-1000').trimEnd(), before.trimEnd(), 'the scrollback is as before');
+    t.run('send-keys', '-l', 'stty -a; echo "shell $$ mark-$((40+3))"');
+    t.run('send-keys', 'Enter');
+    const after = await paneShows(t, /^shell \d+ mark-43$/m);
+    assert.equal(/^shell (\d+) mark-43$/m.exec(after)![1], shell, 'the same shell answers');
+    const stty = (text: string, mark: string) => text.slice(text.lastIndexOf('speed ', text.indexOf(mark)), text.indexOf(mark));
+    assert.equal(stty(after, `shell ${shell} mark-43`), stty(before, `shell ${shell} mark-42`));
+  });
