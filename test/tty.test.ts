@@ -139,7 +139,7 @@ test('a terminal outside the tree without --shell-job is refused by name; the ta
 });
 
 test('tmux with a shell in a pane: after restart keys typed into the pane reach the same shell, scrollback and stty -a are as before, tmux ls answers',
-  { todo: 'the tmux server holds its listening unix socket (tmux -S): needs the unix socket kind (issue #8, another branch); everything else of this test passes with ptyshell above' }, async () => {
+  async () => {
     const dir = tmpdir('tmux');
     const t = startTmux(dir, "env PS1='$ ' bash --norc --noprofile -i");
     await paneShows(t, /^\$\s*$/m);
