@@ -17,6 +17,7 @@ import { restoreCpu, restoreXcompPerm } from './kinds/registers';
 import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals, restoreBlocked, consumeStopNotice, enterGroupStop, releaseStopped } from './kinds/signals';
 import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
+import { InetKeeper } from './kinds/inet';
 import { restoreFds, checkFds } from './kinds/files';
 import { RestoreContext } from './kinds/fdkind';
 import { restoreLocks } from './kinds/locks';
@@ -269,7 +270,7 @@ interface Rebuilding {
 }
 
 /** What stasis holds for the tasks to open while they are rebuilt. */
-interface Keepers extends RestoreContext { memfds: MemfdKeeper }
+interface Keepers extends RestoreContext { memfds: MemfdKeeper; inet: InetKeeper }
 
 /** Everything of one process, its threads created and set up, in its main thread. */
 function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
@@ -459,6 +460,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     pipes.close();
     throw e;
   }
+  const inet = new InetKeeper();
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
   const created: Tracee[] = [blank];
   let rootTask: Tracee;
@@ -508,7 +510,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       const p = r.image;
       if (!r.memoryBuilt && !p.ksmMergeAny
         && p.vmas.every((v) => !v.shmem?.from || v.shmem.from.pid === p.pid || rebuilding.get(v.shmem.from.pid)?.memoryBuilt)) {
-        rebuildMemory(r, img, { pipes, memfds }, log, host);
+        rebuildMemory(r, img, { pipes, memfds, inet }, log, host);
       }
       return !!r.memoryBuilt;
     };
@@ -547,9 +549,11 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => rebuildingOf(p.pid));
     for (const r of live) {
-      rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
+      rebuildProcess(r, img, { pipes, memfds, inet }, log, ns, host);
       created.push(...r.threads.slice(1));
     }
+    // Every socket of the tree exists: connections may leave repair mode.
+    inet.finish();
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
     memfds.seal();
     // Every fd is open: the namespace may now have its own /proc, in which

@@ -75,6 +75,25 @@ const sameId = (space: string, pattern?: RegExp): Rule => (a, b, cx) => {
 };
 
 /**
+ * An established connection read back after it left repair mode: the same
+ * sequence numbers, MSS and options; the peer may have sent (retransmitted)
+ * bytes since, appended to the receive queue, and acknowledged some, taken
+ * from the front of the send queue; unsent bytes went out.
+ */
+const tcpContinued: Rule = (a, b) => {
+  const x = a as Record<string, unknown> | undefined, y = b as Record<string, unknown> | undefined;
+  if (!x || !y) return x === y ? undefined : differs(a, b);
+  for (const k of ['sndSeq', 'mss', 'sndWscale', 'rcvWscale', 'sack']) if (x[k] !== y[k]) return `${k}: ${differs(x[k], y[k])}`;
+  if ((x.timestamp === undefined) !== (y.timestamp === undefined)) return `timestamp: ${differs(x.timestamp, y.timestamp)}`;
+  const ri = Buffer.from(String(x.recvQueue), 'base64'), rr = Buffer.from(String(y.recvQueue), 'base64');
+  if (rr.length < ri.length || !rr.subarray(0, ri.length).equals(ri)) return 'recvQueue: the restored receive queue does not begin with the saved bytes';
+  if (((Number(y.rcvSeq) - Number(x.rcvSeq)) >>> 0) !== rr.length - ri.length) return `rcvSeq: ${differs(x.rcvSeq, y.rcvSeq)} (${rr.length - ri.length} bytes received since)`;
+  const si = Buffer.from(String(x.sendQueue), 'base64'), sr = Buffer.from(String(y.sendQueue), 'base64');
+  if (sr.length > si.length || !si.subarray(si.length - sr.length).equals(sr)) return 'sendQueue: the restored send queue is not what is left of the saved one';
+  return undefined;
+};
+
+/**
  * A pid, tid, process group or session. One of the tree's must be the same
  * task again (read by the id this process sees: a new pid namespace or a
  * single process restored under a new pid are translated back). One from
@@ -253,7 +272,8 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['vmas[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['fds[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['fds[].pipe', sameId('pipe'), 'pipes are new: same ends, new inodes'],
-  ['fds[].path', sameId('pipe', /^pipe:\[(\d+)\]$/), 'a pipe is named by its new inode'],
+  ['fds[].path', (a, b, cx) => (typeof a === 'string' && a.startsWith('socket:') ? sameId('socket', /^socket:\[(\d+)\]$/) : sameId('pipe', /^pipe:\[(\d+)\]$/))(a, b, cx), 'a pipe or socket is named by its new inode'],
+  ['fds[].inet.tcp', tcpContinued, 'a connection out of repair mode carries on: bytes the peer sent since are appended, bytes it acknowledged leave the send queue; window and timestamp clock move'],
   ['fds[].flags', withoutBits(0o100000, (f) => (f as ImageFd).kind === 'pipe'), 'O_LARGEFILE: pipe2 leaves it out, reopening a pipe end through /proc adds it; it means nothing for a pipe'],
   ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
   ['fds[].file.ino', skipIf((_, f) => /^\/proc\//.test((f as { path: string }).path)), 'a /proc file of a tree member is a new inode of the new process; its path, which names the process, is compared'],
@@ -442,9 +462,11 @@ export function verifyTree(input: VerifyInput): void {
   const frozen: FrozenProcess[] = input.processes.map((p) => ({ pid: p.threads[0].pid, ppid: readStat(p.threads[0].pid).ppid, zombie: false, stopped: false, threads: p.threads }));
   const pipes = new PipeTable();
   const memfds = new MemfdTable();
+  const kinds = new DumpContext(pipes, memfds);
   let images: ImageProcess[];
   try {
-    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, new DumpContext(pipes, memfds), new LockTable(), true);
+    kinds.tcpEstablished = true;
+    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, kinds, new LockTable(), true);
     // Guard regions are found where pages are (pagemap), which the read-back otherwise skips.
     for (const x of surveys) for (const v of x.vmas) if (v.vmFlags.includes('gu') && !v.shmem) pagesToSave(x.proc.pid, v);
     images = surveys.map((s) => dumpProcess(s, stoppedChildrenOf(surveys, s)));
@@ -458,6 +480,7 @@ export function verifyTree(input: VerifyInput): void {
     if (e instanceof StasisError) throw new StasisError(`verify: reading the restored tree back: ${e.message}`);
     throw e;
   } finally {
+    kinds.release(false);
     for (const p of input.processes) {
       for (const t of p.threads) {
         t.setRegs(t.saved!);

@@ -43,6 +43,7 @@ import { MemfdFd } from '../kinds/memfd';
 import { EventfdFd } from '../kinds/eventfd';
 import { SignalfdFd, TimerfdFd } from '../kinds/timerfd';
 import { EpollFd } from '../kinds/epoll';
+import { InetFd } from '../kinds/inet';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
@@ -116,6 +117,7 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(SignalfdFd.shape),
   FdCommon.extend(TimerfdFd.shape),
   FdCommon.extend(EpollFd.shape),
+  FdCommon.extend(InetFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 

@@ -20,6 +20,7 @@ import { SYS } from '../sys/x86';
 import { StasisError } from '../sys/errno';
 import type { PipeTable, PipeKeeper } from './pipes';
 import type { MemfdTable, MemfdKeeper } from './memfd';
+import type { InetKeeper } from './inet';
 
 export const O_CLOEXEC = 0o2000000;
 const SEEK_SET = 0, O_PATH = 0o10000000;
@@ -63,6 +64,8 @@ export interface ObjectTable {
   refuseOutsiders?(tree: Set<number>, external: string[]): void;
   /** Its table in the Objects record, and the entries to write there. */
   collect?(): Partial<ObjectTables>;
+  /** The tree is let go (`kill`: ended): undo what the dump left in place for it (sockets in repair mode). */
+  release?(kill: boolean): void;
 }
 
 /**
@@ -72,6 +75,8 @@ export interface ObjectTable {
  */
 export class DumpContext {
   private readonly tables = new Map<new () => ObjectTable, ObjectTable>();
+  /** --tcp-established: established TCP connections are taken along (in repair mode) */
+  tcpEstablished = false;
 
   constructor(readonly pipes: PipeTable, readonly memfds?: MemfdTable) {}
 
@@ -83,6 +88,10 @@ export class DumpContext {
 
   refuseOutsiders(tree: Set<number>, external: string[]): void {
     for (const t of this.tables.values()) t.refuseOutsiders?.(tree, external);
+  }
+
+  release(kill: boolean): void {
+    for (const t of this.tables.values()) t.release?.(kill);
   }
 
   /** The Objects record's payload, or null when no kind has objects. */
@@ -97,6 +106,7 @@ export class DumpContext {
 export interface RestoreContext {
   pipes: PipeKeeper;
   memfds?: MemfdKeeper;
+  inet?: InetKeeper;
   image?: LoadedImage;
 }
 
