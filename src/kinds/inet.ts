@@ -18,7 +18,7 @@ import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { syscall, addressOf } from '../sys/libc';
 import { StasisError, SyscallError, UnsupportedError } from '../sys/errno';
-import { int, i32, u32, name, base64Max } from '../image/fields';
+import { int, i32, u32, name, base64Max, base64Bytes } from '../image/fields';
 import { inetDiag, InetDiag, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, TCP_STATES } from '../sys/sockdiag';
 import {
   SOCK, takeFd, closeFd, getsockoptBuf, getsockoptInt, getsockoptIntOr, setsockoptBuf, setsockoptInt, ioctlInt, peek,
@@ -103,7 +103,8 @@ export const TcpRepair = z.object({
   timestamp: u32.optional(),
   /** TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup */
   window: z.array(u32).length(5),
-});
+}).refine((t) => t.unsent <= base64Bytes(t.sendQueue), 'more unsent bytes than the send queue holds')
+  .refine((t) => (t.sndWscale === undefined) === (t.rcvWscale === undefined), 'window scaling is both ways or none');
 export type TcpRepair = z.infer<typeof TcpRepair>;
 
 export const InetState = z.object({
@@ -121,7 +122,7 @@ export const InetState = z.object({
   /** SO_BINDTODEVICE */
   device: name(16).optional(),
   tcp: TcpRepair.optional(),
-}).refine((s) => (s.proto === 'tcp') === (s.state !== 'connected'), 'connected is a UDP state; listen and established are TCP states')
+}).refine((s) => s.proto === 'udp' || s.state !== 'connected', 'connected is a UDP state (TCP: established)')
   .refine((s) => s.proto === 'tcp' || (s.state !== 'listen' && s.state !== 'established'), 'a UDP socket neither listens nor is established')
   .refine((s) => (s.state === 'established') === (s.tcp !== undefined), 'established connections, and only they, carry tcp repair state')
   .refine((s) => (s.state === 'listen') === (s.backlog !== undefined), 'listening sockets, and only they, carry a backlog')

@@ -6,6 +6,9 @@
 // and waits for a line on the fifo named by argv[1] (or SIGUSR1); then
 // reads everything and checks that no byte and no datagram is missing,
 // doubled or out of order. Prints `ok` and exits 0, or `FAIL: why`.
+// argv[2]: "udp" also makes the UDP pair with datagrams queued before
+// `ready`; "udp-after" makes the pair but sends the datagrams only after
+// the go (the restored sockets must still be bound and connected).
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -96,8 +99,19 @@ static void udp_check(int s, int dir, int count) {
   if (recv(s, buf, sizeof buf, 0) >= 0 || errno != EAGAIN) { printf("FAIL: udp %d: more than %d datagrams\n", dir, count); exit(1); }
 }
 
+static void send_datagrams(int u1, int u2, struct sockaddr_in6 *ub) {
+  char msg[64];
+  for (int i = 0; i < UDP_COUNT; i++) {
+    snprintf(msg, sizeof msg, "datagram %d of %d", i, 0);
+    if (send(u2, msg, strlen(msg), 0) < 0) die("send udp");
+    snprintf(msg, sizeof msg, "datagram %d of %d", i, 1);
+    if (sendto(u1, msg, strlen(msg), 0, (struct sockaddr *)ub, sizeof *ub) < 0) die("sendto udp");
+  }
+}
+
 int main(int argc, char **argv) {
-  int udp = argc > 2 && !strcmp(argv[2], "udp");
+  int after = argc > 2 && !strcmp(argv[2], "udp-after");
+  int udp = after || (argc > 2 && !strcmp(argv[2], "udp"));
   struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
   int l = socket(AF_INET6, SOCK_STREAM, 0);
   if (l < 0) die("socket");
@@ -121,14 +135,8 @@ int main(int argc, char **argv) {
     u1 = udp_socket(&ua);
     u2 = udp_socket(&ub);
     if (connect(u2, (struct sockaddr *)&ua, sizeof ua)) die("connect udp");
-    char msg[64];
-    for (int i = 0; i < UDP_COUNT; i++) {
-      snprintf(msg, sizeof msg, "datagram %d of %d", i, 0);
-      if (send(u2, msg, strlen(msg), 0) < 0) die("send udp");
-      snprintf(msg, sizeof msg, "datagram %d of %d", i, 1);
-      if (sendto(u1, msg, strlen(msg), 0, (struct sockaddr *)&ub, sizeof ub) < 0) die("sendto udp");
-    }
   }
+  if (udp && !after) send_datagrams(u1, u2, &ub);
   printf("ready %ld %ld\n", toServer, toClient);
   fflush(stdout);
   // Wait for the go: a line on the fifo.
@@ -136,6 +144,7 @@ int main(int argc, char **argv) {
   if (go < 0) die("open fifo");
   char b;
   if (read(go, &b, 1) != 1) die("read fifo");
+  if (after) send_datagrams(u1, u2, &ub);
   drain(s, toServer, 0);
   drain(c, toClient, 1);
   if (udp) {
