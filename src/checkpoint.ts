@@ -54,6 +54,8 @@ export interface CheckpointOptions {
   freezeTimeoutMs?: number;
   /** --shell-job: a job of the user's terminal; its terminal (outside the tree) is the restarter's at restart */
   shellJob?: boolean;
+  /** Take established TCP connections along, in TCP repair mode (else they are refused by name). */
+  tcpEstablished?: boolean;
 }
 
 /** Default of --freeze-timeout: a reader that stopped reading, not a big image, should hit it. */
@@ -250,6 +252,7 @@ interface Session {
   runs: PageRun[][][];
   log: (m: string) => void;
   deadline?: FreezeDeadline;
+  kinds: DumpContext;
 }
 
 /**
@@ -271,14 +274,16 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     throw e;
   }
   const frozenAt = process.hrtime.bigint();
+  let kinds: DumpContext | undefined;
   try {
     const pipes = new PipeTable();
     const memfds = new MemfdTable();
     const locks = new LockTable();
     if (tree.processes.find((p) => p.pid === pid)?.zombie) throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
     const zombies = tree.processes.filter((p) => p.zombie).map(dumpZombie);
-    const kinds = new DumpContext(pipes, memfds);
+    kinds = new DumpContext(pipes, memfds);
     kinds.table(TtyTable).shellJob = !!opts.shellJob;
+    kinds.tcpEstablished = !!opts.tcpEstablished;
     const surveys = surveyProcesses(tree.processes.filter((p) => !p.zombie), pid, kinds, locks);
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
@@ -309,12 +314,13 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       if (memfdData.length) writer.json(RecordType.Memfds, memfdData);
       const objects = kinds.objects();
       if (objects) writer.json(RecordType.Objects, objects);
-      return { pid, tree, frozenAt, out, writer, surveys, runs, log, deadline };
+      return { pid, tree, frozenAt, out, writer, surveys, runs, log, deadline, kinds };
     } catch (e) {
       out.close(false);
       throw e;
     }
   } catch (e) {
+    kinds?.release(false);
     try { tree.release(false); } catch { /* gone */ }
     deadline?.done();
     throw e;
@@ -330,6 +336,7 @@ function finish(s: Session, pageBytes: number, opts: CheckpointOptions): Checkpo
   s.log(`image written: ${s.writer.bytes} bytes, ${pageBytes} of pages`);
   const frozenMs = Number(process.hrtime.bigint() - s.frozenAt) / 1e6;
   s.log(opts.kill ? 'killing the tree' : 'detaching');
+  s.kinds.release(!!opts.kill);
   s.tree.release(!!opts.kill);
   s.log(opts.kill ? 'tree killed' : 'tree resumed');
   return {
@@ -340,6 +347,7 @@ function finish(s: Session, pageBytes: number, opts: CheckpointOptions): Checkpo
 }
 
 function abort(s: Session): void {
+  s.kinds.release(false);
   try { s.tree.release(false); } catch { /* gone */ }
   s.deadline?.done();
   s.out.close(false);

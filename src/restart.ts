@@ -21,6 +21,7 @@ import { MqueueKeeper } from './kinds/mqueue';
 import { SysvShmKeeper } from './kinds/sysvshm';
 import { PidfdKeeper } from './kinds/pidfd';
 import { UnixKeeper, socketOwners } from './kinds/unix';
+import { InetKeeper } from './kinds/inet';
 import { restoreFds, checkFds } from './kinds/files';
 import { RestoreContext } from './kinds/fdkind';
 import { restoreLocks } from './kinds/locks';
@@ -276,7 +277,7 @@ interface Rebuilding {
 }
 
 /** What stasis holds for the tasks to open while they are rebuilt. */
-interface Keepers extends RestoreContext { memfds: MemfdKeeper; ttys: TtyKeeper }
+interface Keepers extends RestoreContext { memfds: MemfdKeeper; ttys: TtyKeeper; inet: InetKeeper }
 
 /**
  * What stasis makes and holds for the tasks while the tree is rebuilt
@@ -495,6 +496,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     deadPidfd: held.add(() => new PidfdKeeper(img.processes)),
     unix: held.add(() => new UnixKeeper(img.objects.unix ?? [], socketOwners(img.processes), opts.inheritFds)),
     ttys: held.add(() => new TtyKeeper(img.objects.ttys ?? [], { shellJob: opts.shellJob, slaveUsed })),
+    inet: new InetKeeper(),
   };
   const segments = held.add(() => new SysvShmKeeper(img.objects.sysvShm ?? []));
   let restored = false;
@@ -594,6 +596,8 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       rebuildProcess(r, img, keep, log, ns, host);
       created.push(...r.threads.slice(1));
     }
+    // Every socket of the tree exists: connections may leave repair mode.
+    keep.inet.finish();
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
     keep.memfds.seal();
     segments.finish();

@@ -76,6 +76,25 @@ const sameId = (space: string, pattern?: RegExp): Rule => (a, b, cx) => {
 };
 
 /**
+ * An established connection read back after it left repair mode: the same
+ * sequence numbers, MSS and options; the peer may have sent (retransmitted)
+ * bytes since, appended to the receive queue, and acknowledged some, taken
+ * from the front of the send queue; unsent bytes went out.
+ */
+const tcpContinued: Rule = (a, b) => {
+  const x = a as Record<string, unknown> | undefined, y = b as Record<string, unknown> | undefined;
+  if (!x || !y) return x === y ? undefined : differs(a, b);
+  for (const k of ['sndSeq', 'mss', 'sndWscale', 'rcvWscale', 'sack']) if (x[k] !== y[k]) return `${k}: ${differs(x[k], y[k])}`;
+  if ((x.timestamp === undefined) !== (y.timestamp === undefined)) return `timestamp: ${differs(x.timestamp, y.timestamp)}`;
+  const ri = Buffer.from(String(x.recvQueue), 'base64'), rr = Buffer.from(String(y.recvQueue), 'base64');
+  if (rr.length < ri.length || !rr.subarray(0, ri.length).equals(ri)) return 'recvQueue: the restored receive queue does not begin with the saved bytes';
+  if (((Number(y.rcvSeq) - Number(x.rcvSeq)) >>> 0) !== rr.length - ri.length) return `rcvSeq: ${differs(x.rcvSeq, y.rcvSeq)} (${rr.length - ri.length} bytes received since)`;
+  const si = Buffer.from(String(x.sendQueue), 'base64'), sr = Buffer.from(String(y.sendQueue), 'base64');
+  if (sr.length > si.length || !si.subarray(si.length - sr.length).equals(sr)) return 'sendQueue: the restored send queue is not what is left of the saved one';
+  return undefined;
+};
+
+/**
  * A pid, tid, process group or session. One of the tree's must be the same
  * task again (read by the id this process sees: a new pid namespace or a
  * single process restored under a new pid are translated back). One from
@@ -267,6 +286,7 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['fds[].sock', sameId('socket'), 'sockets are new: same ends, new inodes'],
   ['fds[].flags', withoutBits(0o100000, (f) => ['pipe', 'pidfd', 'mqueue', 'tty'].includes((f as ImageFd).kind)), 'O_LARGEFILE: pipe2, pidfd_open, mq_open and TIOCGPTPEER leave it out, reopening a pipe end, pidfd, queue or pty slave by path adds it; it means nothing there'],
   ['fds[].mqueue', sameId('mqueue'), 'a message queue made again is a new inode: same sharing'],
+  ['fds[].inet.tcp', tcpContinued, 'a connection out of repair mode carries on: bytes the peer sent since are appended, bytes it acknowledged leave the send queue; window and timestamp clock move'],
   ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
   ['fds[].file.ino', skipIf((_, f) => /^\/proc\//.test((f as { path: string }).path)), 'a /proc file of a tree member is a new inode of the new process; its path, which names the process, is compared'],
   ['fds[].file.size', skip, 'the file an fd is open on may have been written since the checkpoint (its dev:ino is compared)'],
@@ -476,6 +496,7 @@ export function verifyTree(input: VerifyInput): void {
     const ttyTable = kinds.table(TtyTable);
     ttyTable.readBack = true;
     ttyTable.shellJob = !!input.objects?.ttys?.some((t) => t.external);
+    kinds.tcpEstablished = true;
     const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, kinds, new LockTable(), true);
     if (input.objects?.ttys?.length) ttyTable.refuseOutsiders(new Set(frozen.map((p) => p.pid)));
     // Guard regions are found where pages are (pagemap), which the read-back otherwise skips.
@@ -491,6 +512,7 @@ export function verifyTree(input: VerifyInput): void {
     if (e instanceof StasisError) throw new StasisError(`verify: reading the restored tree back: ${e.message}`);
     throw e;
   } finally {
+    kinds.release(false);
     for (const p of input.processes) {
       for (const t of p.threads) {
         t.setRegs(t.saved!);

@@ -10,7 +10,7 @@ import { constants as osConstants } from 'node:os';
 
 const USAGE = `usage:
   stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]|unix:[INO]|FIFO]...
-                    [--freeze-timeout SECONDS] [--shell-job] [-v]
+                    [--tcp-established] [--freeze-timeout SECONDS] [--shell-job] [-v]
       save the process tree rooted at PID into an image (FILE, or stdout when
       it is not a terminal); it keeps running unless --kill is given;
       --shell-job takes a job started from a terminal outside the tree
@@ -18,6 +18,8 @@ const USAGE = `usage:
       --external takes along a pipe shared with a process outside the tree
       (or a FIFO held open outside, whose bytes stay in it), or a unix
       socket (its own inode) connected to one outside;
+      --tcp-established takes established TCP connections along (TCP repair
+      mode; with --kill they close without a FIN or RST to the peer);
       --freeze-timeout: the longest the tree stays frozen (default 60, 0: no
       limit), then the checkpoint is abandoned and the tree resumed
   stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns] [--verify]
@@ -79,7 +81,7 @@ function logger(verbose: boolean): ((m: string) => void) | undefined {
 }
 
 async function cmdCheckpoint(args: string[]): Promise<number> {
-  const p = parse(args, ['-o', '--output', '--external', '--freeze-timeout'], ['--kill', '-v', '--verbose', '--shell-job']);
+  const p = parse(args, ['-o', '--output', '--external', '--freeze-timeout'], ['--kill', '-v', '--verbose', '--shell-job', '--tcp-established']);
   const timeoutArg = p.flags.get('--freeze-timeout') as string | undefined;
   const timeoutS = timeoutArg === undefined ? DEFAULT_FREEZE_TIMEOUT_MS / 1000 : Number(timeoutArg);
   if (!Number.isFinite(timeoutS) || timeoutS < 0) throw new UsageError(`--freeze-timeout takes seconds, not ${timeoutArg}`);
@@ -100,7 +102,7 @@ async function cmdCheckpoint(args: string[]): Promise<number> {
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
   for (const sig of signals) process.on(sig, hold);
   try {
-    const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), shellJob: p.flags.has('--shell-job'), freezeTimeoutMs: timeoutS * 1000, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+    const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), shellJob: p.flags.has('--shell-job'), tcpEstablished: p.flags.has('--tcp-established'), freezeTimeoutMs: timeoutS * 1000, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
     if (p.flags.has('-v') || p.flags.has('--verbose')) {
       process.stderr.write(`checkpointed pid ${r.pid}: ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
     }

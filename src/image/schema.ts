@@ -50,6 +50,7 @@ import { PidfdFd } from '../kinds/pidfd';
 import { SymlinkFd } from '../kinds/symlink';
 import { UnixFd, UnixSocket } from '../kinds/unix';
 import { TtyFd, ImageTty, Ctty } from '../kinds/tty';
+import { InetFd } from '../kinds/inet';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
@@ -131,6 +132,7 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(SymlinkFd.shape),
   FdCommon.extend(UnixFd.shape),
   FdCommon.extend(TtyFd.shape),
+  FdCommon.extend(InetFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 

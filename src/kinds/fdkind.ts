@@ -24,6 +24,7 @@ import type { MqueueKeeper } from './mqueue';
 import type { PidfdKeeper } from './pidfd';
 import type { UnixKeeper } from './unix';
 import type { TtyKeeper } from './tty';
+import type { InetKeeper } from './inet';
 
 export const O_CLOEXEC = 0o2000000;
 const SEEK_SET = 0, O_PATH = 0o10000000;
@@ -67,6 +68,8 @@ export interface ObjectTable {
   refuseOutsiders?(tree: Set<number>, external: string[]): void;
   /** Its table in the Objects record, and the entries to write there. */
   collect?(): Partial<ObjectTables>;
+  /** The tree is let go (`kill`: ended): undo what the dump left in place for it (sockets in repair mode). */
+  release?(kill: boolean): void;
 }
 
 /**
@@ -76,6 +79,8 @@ export interface ObjectTable {
  */
 export class DumpContext {
   private readonly tables = new Map<new () => ObjectTable, ObjectTable>();
+  /** --tcp-established: established TCP connections are taken along (in repair mode) */
+  tcpEstablished = false;
 
   constructor(readonly pipes: PipeTable, readonly memfds?: MemfdTable) {}
 
@@ -87,6 +92,10 @@ export class DumpContext {
 
   refuseOutsiders(tree: Set<number>, external: string[]): void {
     for (const t of this.tables.values()) t.refuseOutsiders?.(tree, external);
+  }
+
+  release(kill: boolean): void {
+    for (const t of this.tables.values()) t.release?.(kill);
   }
 
   /** The Objects record's payload, or null when no kind has objects. */
@@ -103,6 +112,7 @@ export interface RestoreContext {
   memfds?: MemfdKeeper;
   mqueues?: MqueueKeeper;
   unix?: UnixKeeper;
+  inet?: InetKeeper;
   image?: LoadedImage;
   /** a pidfd of an exited process, when the image holds one */
   deadPidfd?: PidfdKeeper;

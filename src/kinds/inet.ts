@@ -1,0 +1,596 @@
+// TCP and UDP sockets over IPv4 and IPv6. Read from stasis itself on a
+// copy of the socket (pidfd_getfd: the same socket, so what is read is the
+// target's): family, addresses, the options that differ from a fresh
+// socket's, the backlog and accept queue (sock_diag). An established TCP
+// connection is read in TCP repair mode (sequence numbers, both queues,
+// window, MSS, window scaling, timestamps) with --tcp-established; it stays
+// in repair mode, its incoming segments dropped unacknowledged by a socket
+// filter, until the tree is let go: killed, it closes silently (no FIN, no
+// RST); left running, it leaves repair mode and drops the filter.
+// Restored by system calls injected into the task: socket, setsockopt,
+// bind, listen, or repair-mode connect and queue writes; connections leave
+// repair mode once every process of the tree is rebuilt (InetKeeper).
+import net from 'node:net';
+import { z } from 'zod';
+import { FdKind, FoundFd, ObjectTable, CommonFd, RestoreContext } from './fdkind';
+import type { ImageCreds } from '../image/schema';
+import { Remote } from '../ptrace/remote';
+import { SYS } from '../sys/x86';
+import { syscall, addressOf } from '../sys/libc';
+import { StasisError, SyscallError, UnsupportedError } from '../sys/errno';
+import { int, i32, u32, name, base64Max, base64Bytes } from '../image/fields';
+import { inetDiag, InetDiag, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, TCP_STATES } from '../sys/sockdiag';
+import {
+  SOCK, takeFd, closeFd, getsockoptBuf, getsockoptInt, getsockoptIntOr, setsockoptBuf, setsockoptInt, ioctlInt, peek,
+} from '../sys/sockopt';
+
+const SOL_SOCKET = 1, SOL_IP = 0, SOL_TCP = 6, SOL_IPV6 = 41, SO_REUSEADDR = 2;
+const SO_TYPE = 3, SO_PROTOCOL = 38, SO_DOMAIN = 39, SO_LINGER = 13, SO_BINDTODEVICE = 25;
+const SO_ATTACH_FILTER = 26, SO_DETACH_FILTER = 27, SO_RCVBUF = 8, SO_SNDBUF = 7, SO_RCVBUFFORCE = 33, SO_SNDBUFFORCE = 32;
+const SOCK_STREAM = 1, SOCK_DGRAM = 2, SOCK_NONBLOCK = 0o4000, O_NONBLOCK = 0o4000;
+const TCP_INFO = 11, TCP_MAXSEG = 2, TCP_REPAIR = 19, TCP_REPAIR_QUEUE = 20, TCP_QUEUE_SEQ = 21;
+const TCP_REPAIR_OPTIONS = 22, TCP_TIMESTAMP = 24, TCP_REPAIR_WINDOW = 29;
+const TCP_NO_QUEUE = 0, TCP_RECV_QUEUE = 1, TCP_SEND_QUEUE = 2;
+const TCPOPT_MSS = 2, TCPOPT_WINDOW = 3, TCPOPT_SACK_PERM = 4, TCPOPT_TIMESTAMP = 8;
+const TCPI_OPT_TIMESTAMPS = 1, TCPI_OPT_SACK = 2, TCPI_OPT_WSCALE = 4;
+const SIOCINQ = 0x541b, SIOCOUTQ = 0x5411, SIOCOUTQNSD = 0x894b;
+const F_SETFL = 4;
+const TCP_ESTABLISHED = 1, TCP_CLOSE = 7, TCP_LISTEN = 10;
+/** Largest socket queue saved: well above net.core.{r,w}mem_max and tcp_{r,w}mem. */
+const QUEUE_MAX = 64 << 20;
+
+/**
+ * Options a server sets, read with getsockopt and set back with setsockopt
+ * (same level and number). Recorded only where they differ from a fresh
+ * socket of the same family and type.
+ */
+const OPTIONS: ReadonlyArray<{ name: string; level: number; opt: number; tcp?: boolean; v4?: boolean; v6?: boolean }> = [
+  { name: 'reuseaddr', level: SOL_SOCKET, opt: 2 },
+  { name: 'reuseport', level: SOL_SOCKET, opt: 15 },
+  { name: 'keepalive', level: SOL_SOCKET, opt: 9 },
+  { name: 'broadcast', level: SOL_SOCKET, opt: 6 },
+  { name: 'oobinline', level: SOL_SOCKET, opt: 10 },
+  { name: 'priority', level: SOL_SOCKET, opt: 12 },
+  { name: 'mark', level: SOL_SOCKET, opt: 36 },
+  { name: 'rcvlowat', level: SOL_SOCKET, opt: 18 },
+  { name: 'rcvbuf', level: SOL_SOCKET, opt: SO_RCVBUF },
+  { name: 'sndbuf', level: SOL_SOCKET, opt: SO_SNDBUF },
+  { name: 'nodelay', level: SOL_TCP, opt: 1, tcp: true },
+  { name: 'cork', level: SOL_TCP, opt: 3, tcp: true },
+  { name: 'keepidle', level: SOL_TCP, opt: 4, tcp: true },
+  { name: 'keepintvl', level: SOL_TCP, opt: 5, tcp: true },
+  { name: 'keepcnt', level: SOL_TCP, opt: 6, tcp: true },
+  { name: 'deferAccept', level: SOL_TCP, opt: 9, tcp: true },
+  { name: 'userTimeout', level: SOL_TCP, opt: 18, tcp: true },
+  { name: 'fastopen', level: SOL_TCP, opt: 23, tcp: true },
+  { name: 'notsentLowat', level: SOL_TCP, opt: 25, tcp: true },
+  { name: 'tos', level: SOL_IP, opt: 1, v4: true },
+  { name: 'ttl', level: SOL_IP, opt: 2, v4: true },
+  { name: 'freebind', level: SOL_IP, opt: 15, v4: true },
+  { name: 'transparent', level: SOL_IP, opt: 19, v4: true },
+  { name: 'v6only', level: SOL_IPV6, opt: 26, v6: true },
+  { name: 'tclass', level: SOL_IPV6, opt: 67, v6: true },
+  { name: 'hops', level: SOL_IPV6, opt: 16, v6: true },
+  { name: 'freebind6', level: SOL_IPV6, opt: 78, v6: true },
+  { name: 'transparent6', level: SOL_IPV6, opt: 75, v6: true },
+];
+
+const ipText = z.string().max(64).refine((s) => net.isIP(s) !== 0, 'not an IP address');
+export const Endpoint = z.object({ addr: ipText, port: int(0, 65535) });
+export type Endpoint = z.infer<typeof Endpoint>;
+
+/** Each option of OPTIONS that differs from a fresh socket's, by name. */
+export const InetOptions = z.object(Object.fromEntries(OPTIONS.map((o) => [o.name, i32.optional()]))) as unknown as z.ZodType<Partial<Record<string, number>>>;
+export type InetOptions = Partial<Record<string, number>>;
+
+/** An established connection as TCP repair mode reads it. */
+export const TcpRepair = z.object({
+  /** TCP_QUEUE_SEQ of the send queue (write_seq) and the receive queue (rcv_nxt) */
+  sndSeq: u32,
+  rcvSeq: u32,
+  /** bytes sent, not acknowledged, then not yet sent, base64 */
+  sendQueue: base64Max(QUEUE_MAX),
+  /** how many bytes at the end of sendQueue were not sent yet */
+  unsent: int(0, QUEUE_MAX),
+  /** bytes received, not read by the program, base64 */
+  recvQueue: base64Max(QUEUE_MAX),
+  mss: int(1, 65535),
+  /** window scaling (absent: not negotiated) */
+  sndWscale: int(0, 14).optional(),
+  rcvWscale: int(0, 14).optional(),
+  sack: z.boolean(),
+  /** TCP_TIMESTAMP: the connection's timestamp clock (absent: no timestamps) */
+  timestamp: u32.optional(),
+  /** TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup */
+  window: z.array(u32).length(5),
+}).refine((t) => t.unsent <= base64Bytes(t.sendQueue), 'more unsent bytes than the send queue holds')
+  .refine((t) => (t.sndWscale === undefined) === (t.rcvWscale === undefined), 'window scaling is both ways or none');
+export type TcpRepair = z.infer<typeof TcpRepair>;
+
+export const InetState = z.object({
+  family: z.enum(['inet', 'inet6']),
+  proto: z.enum(['tcp', 'udp']),
+  /** unbound, bound to a port, listening (TCP), connected (UDP) or established (TCP) */
+  state: z.enum(['unbound', 'bound', 'listen', 'connected', 'established']),
+  local: Endpoint,
+  remote: Endpoint.optional(),
+  /** listen(2) backlog */
+  backlog: int(0, 0x7fffffff).optional(),
+  opts: InetOptions,
+  /** SO_LINGER while on: seconds */
+  linger: int(0, 0x7fffffff).optional(),
+  /** SO_BINDTODEVICE */
+  device: name(16).optional(),
+  tcp: TcpRepair.optional(),
+}).refine((s) => s.proto === 'udp' || s.state !== 'connected', 'connected is a UDP state (TCP: established)')
+  .refine((s) => s.proto === 'tcp' || (s.state !== 'listen' && s.state !== 'established'), 'a UDP socket neither listens nor is established')
+  .refine((s) => (s.state === 'established') === (s.tcp !== undefined), 'established connections, and only they, carry tcp repair state')
+  .refine((s) => (s.state === 'listen') === (s.backlog !== undefined), 'listening sockets, and only they, carry a backlog')
+  .refine((s) => (s.state === 'established' || s.state === 'connected') === (s.remote !== undefined), 'only a connected socket has a remote end')
+  .refine((s) => [s.local, ...(s.remote ? [s.remote] : [])].every((e) => net.isIP(e.addr) === (s.family === 'inet' ? 4 : 6)), 'an address of the other family');
+export type InetState = z.infer<typeof InetState>;
+export const InetFd = z.object({ kind: z.literal('inet'), inet: InetState });
+export type InetFd = z.infer<typeof InetFd>;
+
+/** "tcp 127.0.0.1:6379", "udp [::1]:53": how messages name an endpoint. */
+export function endpointText(proto: string, e: Endpoint): string {
+  return `${proto} ${e.addr.includes(':') ? `[${e.addr}]` : e.addr}:${e.port}`;
+}
+
+// ---- checkpoint ------------------------------------------------------------------
+
+/** Copies of the tree's sockets taken by claims(), by FoundFd; dump() keeps or closes them. */
+const taken = new WeakMap<FoundFd, { fd: number; domain: number }>();
+
+/**
+ * The connections of one checkpoint held in repair mode. Let go with the
+ * tree: killed, they close in repair mode (silently); resumed, they leave
+ * repair mode (a window probe tells the peer where things are) and drop
+ * the filter, so the program carries on as if nothing happened.
+ */
+export class InetTable implements ObjectTable {
+  private readonly held: Array<{ fd: number; where: string; reuse: number }> = [];
+
+  /** `reuse`: its SO_REUSEADDR, which leaving repair mode clears */
+  hold(fd: number, where: string, reuse: number): void {
+    this.held.push({ fd, where, reuse });
+  }
+
+  release(kill: boolean): void {
+    for (const h of this.held.splice(0)) {
+      try {
+        if (!kill) {
+          setsockoptInt(h.fd, SOL_TCP, TCP_REPAIR, 0, 'TCP_REPAIR off');
+          if (h.reuse) setsockoptInt(h.fd, SOL_SOCKET, SO_REUSEADDR, h.reuse, 'SO_REUSEADDR');
+          setsockoptBuf(h.fd, SOL_SOCKET, SO_DETACH_FILTER, Buffer.alloc(4), 'SO_DETACH_FILTER');
+        }
+      } catch { /* gone with its process */ }
+      closeFd(h.fd);
+    }
+  }
+}
+
+function isSocketLink(target: string): boolean {
+  return /^socket:\[\d+\]$/.test(target);
+}
+
+/** The family of a socket of the tree, from a copy of it (kept for dump when inet). */
+function claimInet(f: FoundFd): boolean {
+  if (!isSocketLink(f.target)) return false;
+  const fd = takeFd(f.pid, f.fd, f.where);
+  let domain: number;
+  try {
+    domain = getsockoptInt(fd, SOL_SOCKET, SO_DOMAIN, 'SO_DOMAIN');
+  } catch (e) {
+    closeFd(fd);
+    throw e;
+  }
+  if (domain !== AF_INET && domain !== AF_INET6) {
+    closeFd(fd);
+    return false;
+  }
+  taken.set(f, { fd, domain });
+  return true;
+}
+
+function sockaddrText(b: Buffer): Endpoint {
+  const family = b.readUInt16LE(0);
+  const port = b.readUInt16BE(2);
+  if (family === AF_INET) return { addr: [...b.subarray(4, 8)].join('.'), port };
+  const words: string[] = [];
+  for (let i = 8; i < 24; i += 2) words.push(b.readUInt16BE(i).toString(16));
+  return { addr: canonicalV6(words.join(':')), port };
+}
+
+/** One text per IPv6 address (the compressed form node's net module would also accept). */
+function canonicalV6(s: string): string {
+  const sock = new net.SocketAddress({ address: s, family: 'ipv6' });
+  return sock.address;
+}
+
+function sockname(fd: number, call: number, what: string): Endpoint | null {
+  const b = Buffer.alloc(28);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(28);
+  try {
+    syscall(call, what, fd, b, len);
+  } catch (e) {
+    if (e instanceof SyscallError && e.code === 'ENOTCONN') return null;
+    throw e;
+  }
+  return sockaddrText(b);
+}
+
+/** What a fresh socket of this family and type says of each option (the defaults). */
+const freshCache = new Map<string, Map<string, number | null>>();
+function freshDefaults(domain: number, type: number, protocol: number): Map<string, number | null> {
+  const key = `${domain}/${type}/${protocol}`;
+  let m = freshCache.get(key);
+  if (m) return m;
+  const fd = syscall(SOCK.socket, 'socket', domain, type, protocol);
+  try {
+    m = readOptions(fd, domain, type);
+  } finally {
+    closeFd(fd);
+  }
+  freshCache.set(key, m);
+  return m;
+}
+
+function applies(o: (typeof OPTIONS)[number], domain: number, type: number): boolean {
+  if (o.tcp && type !== SOCK_STREAM) return false;
+  if (o.v4 && domain !== AF_INET) return false;
+  if (o.v6 && domain !== AF_INET6) return false;
+  return true;
+}
+
+function readOptions(fd: number, domain: number, type: number): Map<string, number | null> {
+  const m = new Map<string, number | null>();
+  for (const o of OPTIONS) if (applies(o, domain, type)) m.set(o.name, getsockoptIntOr(fd, o.level, o.opt, o.name));
+  return m;
+}
+
+function dumpOptions(fd: number, domain: number, type: number, protocol: number): { opts: InetOptions; linger?: number; device?: string } {
+  const fresh = freshDefaults(domain, type, protocol);
+  const opts: InetOptions = {};
+  for (const [k, v] of readOptions(fd, domain, type)) if (v !== null && v !== fresh.get(k)) opts[k] = v;
+  const linger = getsockoptBuf(fd, SOL_SOCKET, SO_LINGER, 8, 'SO_LINGER');
+  const dev = getsockoptBuf(fd, SOL_SOCKET, SO_BINDTODEVICE, 16, 'SO_BINDTODEVICE').toString('latin1').replace(/\0.*$/s, '');
+  return { opts, ...(linger.readInt32LE(0) ? { linger: linger.readInt32LE(4) } : {}), ...(dev ? { device: dev } : {}) };
+}
+
+/** Installed filters cannot be read back in full: a socket with one is refused. */
+function filterLength(fd: number): number {
+  const len = Buffer.alloc(4);
+  syscall(SOCK.getsockopt, 'getsockopt(SO_GET_FILTER)', fd, SOL_SOCKET, SO_ATTACH_FILTER, Buffer.alloc(8), len);
+  return len.readUInt32LE(0);
+}
+
+/** A classic BPF program of one instruction, "ret 0": every incoming packet dropped. */
+const DROP_ALL = Buffer.from([0x06, 0, 0, 0, 0, 0, 0, 0]);
+function attachDropFilter(fd: number): void {
+  const prog = Buffer.alloc(16); // struct sock_fprog
+  prog.writeUInt16LE(1, 0);
+  prog.writeBigUInt64LE(BigInt(addressOf(DROP_ALL)), 8);
+  setsockoptBuf(fd, SOL_SOCKET, SO_ATTACH_FILTER, prog, 'SO_ATTACH_FILTER');
+}
+
+/**
+ * An established connection in repair mode: what the kernel needs to make
+ * it again. The socket is left in repair mode with incoming segments
+ * dropped (the peer retransmits them to the restored socket).
+ */
+function dumpRepair(fd: number, where: string): TcpRepair {
+  attachDropFilter(fd);
+  try {
+    setsockoptInt(fd, SOL_TCP, TCP_REPAIR, 1, 'TCP_REPAIR');
+  } catch (e) {
+    setsockoptBuf(fd, SOL_SOCKET, SO_DETACH_FILTER, Buffer.alloc(4), 'SO_DETACH_FILTER');
+    if (e instanceof SyscallError && e.code === 'EPERM') throw new UnsupportedError(`${where}: TCP repair mode needs CAP_NET_ADMIN (EPERM): checkpoint established connections as root`);
+    throw e;
+  }
+  const info = getsockoptBuf(fd, SOL_TCP, TCP_INFO, 8, 'TCP_INFO');
+  const options = info.readUInt8(5), scales = info.readUInt8(6);
+  const mss = getsockoptInt(fd, SOL_TCP, TCP_MAXSEG, 'TCP_MAXSEG');
+  const timestamps = (options & TCPI_OPT_TIMESTAMPS) !== 0;
+  const queue = (q: number, what: string) => {
+    setsockoptInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, q, `TCP_REPAIR_QUEUE ${what}`);
+    return getsockoptInt(fd, SOL_TCP, TCP_QUEUE_SEQ, `TCP_QUEUE_SEQ ${what}`) >>> 0;
+  };
+  const rcvSeq = queue(TCP_RECV_QUEUE, 'receive');
+  const inq = ioctlInt(fd, SIOCINQ, 'SIOCINQ');
+  const recvQueue = inq ? peek(fd, inq, 'the receive queue') : Buffer.alloc(0);
+  const sndSeq = queue(TCP_SEND_QUEUE, 'send');
+  const outq = ioctlInt(fd, SIOCOUTQ, 'SIOCOUTQ');
+  const unsent = ioctlInt(fd, SIOCOUTQNSD, 'SIOCOUTQNSD');
+  const sendQueue = outq ? peek(fd, outq, 'the send queue') : Buffer.alloc(0);
+  setsockoptInt(fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, 'TCP_REPAIR_QUEUE none');
+  if (recvQueue.length !== inq || sendQueue.length !== outq) {
+    throw new StasisError(`${where}: read ${recvQueue.length} of ${inq} received and ${sendQueue.length} of ${outq} unacknowledged bytes`);
+  }
+  const w = getsockoptBuf(fd, SOL_TCP, TCP_REPAIR_WINDOW, 20, 'TCP_REPAIR_WINDOW');
+  return {
+    sndSeq, rcvSeq, sendQueue: sendQueue.toString('base64'), unsent, recvQueue: recvQueue.toString('base64'), mss,
+    ...(options & TCPI_OPT_WSCALE ? { sndWscale: scales & 0xf, rcvWscale: scales >> 4 } : {}),
+    sack: (options & TCPI_OPT_SACK) !== 0,
+    ...(timestamps ? { timestamp: getsockoptInt(fd, SOL_TCP, TCP_TIMESTAMP, 'TCP_TIMESTAMP') >>> 0 } : {}),
+    window: [0, 4, 8, 12, 16].map((o) => w.readUInt32LE(o)),
+  };
+}
+
+function dumpInet(f: FoundFd, ctx: { table<T extends ObjectTable>(c: new () => T): T; tcpEstablished?: boolean }): InetState {
+  const t = taken.get(f);
+  if (!t) throw new StasisError(`${f.where}: socket not claimed before its dump`);
+  taken.delete(f);
+  const { fd, domain } = t;
+  let keep = false;
+  try {
+    const type = getsockoptInt(fd, SOL_SOCKET, SO_TYPE, 'SO_TYPE');
+    const protocol = getsockoptInt(fd, SOL_SOCKET, SO_PROTOCOL, 'SO_PROTOCOL');
+    const family = domain === AF_INET ? 'inet' : 'inet6';
+    const typeName = type === SOCK_STREAM ? 'stream' : type === SOCK_DGRAM ? 'datagram' : type === 3 ? 'raw' : `type ${type}`;
+    if (!((type === SOCK_STREAM && protocol === IPPROTO_TCP) || (type === SOCK_DGRAM && protocol === IPPROTO_UDP))) {
+      throw new UnsupportedError(`${f.where}: ${family} ${typeName} socket of protocol ${protocol} is not supported yet (TCP and UDP are)`);
+    }
+    const proto = protocol === IPPROTO_TCP ? 'tcp' : 'udp';
+    if (filterLength(fd)) throw new UnsupportedError(`${f.where}: ${proto} socket with a BPF socket filter attached; not supported yet`);
+    const local = sockname(fd, SOCK.getsockname, 'getsockname')!;
+    const remote = sockname(fd, SOCK.getpeername, 'getpeername');
+    const ino = Number(/\d+/.exec(f.target)![0]);
+    const diag: InetDiag | null = inetDiag(domain, protocol, ino);
+    const base = { family, proto, local, ...dumpOptions(fd, domain, type, protocol) } as const;
+    if (proto === 'udp') {
+      if (diag && diag.rqueue > 0) throw new UnsupportedError(`${f.where}: ${endpointText(proto, local)} has datagrams queued for the program to read; not supported yet`);
+      return remote ? { ...base, state: 'connected', remote } : { ...base, state: local.port ? 'bound' : 'unbound' };
+    }
+    const tcpState = getsockoptBuf(fd, SOL_TCP, TCP_INFO, 1, 'TCP_INFO').readUInt8(0);
+    if (tcpState === TCP_LISTEN) {
+      if (!diag) throw new StasisError(`${f.where}: listening ${endpointText(proto, local)} not found by sock_diag`);
+      if (diag.rqueue > 0) {
+        throw new UnsupportedError(`${f.where}: listening ${endpointText(proto, local)} has ${diag.rqueue} connection(s) waiting in its accept queue; not supported yet: checkpoint once the program has accepted them`);
+      }
+      return { ...base, state: 'listen', backlog: diag.wqueue };
+    }
+    if (tcpState === TCP_CLOSE) return { ...base, state: local.port ? 'bound' : 'unbound' };
+    const conn = `${endpointText(proto, local)} -> ${remote ? endpointText(proto, remote).slice(4) : '?'}`;
+    if (tcpState !== TCP_ESTABLISHED) {
+      throw new UnsupportedError(`${f.where}: ${conn} is in state ${TCP_STATES[tcpState] ?? tcpState}; only listening and established TCP sockets are supported yet`);
+    }
+    if (diag?.shutdown) throw new UnsupportedError(`${f.where}: ${conn} is half-closed (shutdown ${diag.shutdown === 1 ? 'of reading' : diag.shutdown === 2 ? 'of writing' : 'both ways'}); not supported yet`);
+    if (!ctx.tcpEstablished) throw new UnsupportedError(`${f.where}: established connection ${conn}: pass --tcp-established to checkpoint it with TCP repair mode`);
+    const tcp = dumpRepair(fd, f.where);
+    ctx.table(InetTable).hold(fd, f.where, base.opts.reuseaddr ?? 0);
+    keep = true;
+    return { ...base, state: 'established', remote: remote!, tcp };
+  } finally {
+    if (!keep) closeFd(fd);
+  }
+}
+
+// ---- restart -------------------------------------------------------------------
+
+function sockaddr(family: 'inet' | 'inet6', e: Endpoint): Buffer {
+  if (family === 'inet') {
+    const b = Buffer.alloc(16);
+    b.writeUInt16LE(AF_INET, 0);
+    b.writeUInt16BE(e.port, 2);
+    e.addr.split('.').forEach((x, i) => b.writeUInt8(Number(x), 4 + i));
+    return b;
+  }
+  const b = Buffer.alloc(28);
+  b.writeUInt16LE(AF_INET6, 0);
+  b.writeUInt16BE(e.port, 2);
+  v6Bytes(e.addr).copy(b, 8);
+  return b;
+}
+
+function v6Bytes(addr: string): Buffer {
+  const out = Buffer.alloc(16);
+  let text = addr;
+  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (v4) {
+    const p = v4[1].split('.').map(Number);
+    text = text.slice(0, -v4[1].length) + `${((p[0] << 8) | p[1]).toString(16)}:${((p[2] << 8) | p[3]).toString(16)}`;
+  }
+  const [head, tail] = text.includes('::') ? text.split('::') : [text, undefined];
+  const h = head ? head.split(':') : [];
+  const t = tail !== undefined && tail ? tail.split(':') : [];
+  const words = tail === undefined ? h : [...h, ...new Array(8 - h.length - t.length).fill('0'), ...t];
+  words.forEach((w, i) => out.writeUInt16BE(parseInt(w, 16), i * 2));
+  return out;
+}
+
+/** Connections rebuilt in repair mode, let out of it once the whole tree is rebuilt. */
+export class InetKeeper {
+  private readonly pending: Array<{ remote: Remote; fd: number; unsent: Buffer; nonblock: boolean; reuse: number; where: string }> = [];
+
+  note(remote: Remote, fd: number, unsent: Buffer, nonblock: boolean, reuse: number, where: string): void {
+    this.pending.push({ remote, fd, unsent, nonblock, reuse, where });
+  }
+
+  /** Every connection out of repair mode; the bytes that were not sent yet are sent now. */
+  finish(): void {
+    for (const p of this.pending.splice(0)) {
+      const { remote, fd, where } = p;
+      remote.reset();
+      setInt(remote, fd, SOL_TCP, TCP_REPAIR, 0, where, 'TCP_REPAIR off');
+      // Leaving repair mode clears SO_REUSEADDR.
+      if (p.reuse) setInt(remote, fd, SOL_SOCKET, SO_REUSEADDR, p.reuse, where, 'SO_REUSEADDR');
+      writeAll(remote, fd, p.unsent, `${where}: unsent bytes`);
+      if (!p.nonblock) remote.call('fcntl', SYS.fcntl, [fd, F_SETFL, 0], `${where}: blocking again`);
+    }
+  }
+}
+
+function setInt(remote: Remote, fd: number, level: number, opt: number, val: number, where: string, what: string): void {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(val);
+  remote.call('setsockopt', SOCK.setsockopt, [fd, level, opt, remote.putBytes(b), 4], `${where}: ${what}`);
+}
+
+function writeAll(remote: Remote, fd: number, data: Buffer, where: string): void {
+  const chunk = Math.max(4096, remote.scratchSize - 4096);
+  for (let off = 0; off < data.length;) {
+    remote.reset();
+    const part = data.subarray(off, off + chunk);
+    const n = remote.call('sendto', SOCK.sendto, [fd, remote.putBytes(part), part.length, 0, 0, 0], where);
+    if (n <= 0) throw new StasisError(`${where}: the socket took no bytes`);
+    off += n;
+  }
+}
+
+function setOptions(remote: Remote, fd: number, s: InetState, where: string): void {
+  const type = s.proto === 'tcp' ? SOCK_STREAM : SOCK_DGRAM;
+  const domain = s.family === 'inet' ? AF_INET : AF_INET6;
+  for (const o of OPTIONS) {
+    const v = s.opts[o.name];
+    if (v === undefined || !applies(o, domain, type)) continue;
+    remote.reset();
+    if (o.opt === SO_RCVBUF || o.opt === SO_SNDBUF) {
+      // The kernel doubles what it is given: half of what it reported.
+      const force = o.opt === SO_RCVBUF ? SO_RCVBUFFORCE : SO_SNDBUFFORCE;
+      try {
+        setInt(remote, fd, SOL_SOCKET, force, Math.floor(v / 2), where, `${o.name} ${v}`);
+      } catch {
+        setInt(remote, fd, SOL_SOCKET, o.opt, Math.floor(v / 2), where, `${o.name} ${v}`);
+      }
+      continue;
+    }
+    setInt(remote, fd, o.level, o.opt, v, where, `${o.name} ${v}`);
+  }
+  if (s.linger !== undefined) {
+    remote.reset();
+    const b = Buffer.alloc(8);
+    b.writeInt32LE(1, 0);
+    b.writeInt32LE(s.linger, 4);
+    remote.call('setsockopt', SOCK.setsockopt, [fd, SOL_SOCKET, SO_LINGER, remote.putBytes(b), 8], `${where}: SO_LINGER`);
+  }
+  if (s.device !== undefined) {
+    remote.reset();
+    const b = Buffer.from(s.device + '\0', 'latin1');
+    remote.call('setsockopt', SOCK.setsockopt, [fd, SOL_SOCKET, SO_BINDTODEVICE, remote.putBytes(b), b.length], `${where}: SO_BINDTODEVICE ${s.device}`);
+  }
+}
+
+function bindTo(remote: Remote, fd: number, s: InetState, where: string): void {
+  remote.reset();
+  const a = sockaddr(s.family, s.local);
+  try {
+    remote.call('bind', SOCK.bind, [fd, remote.putBytes(a), a.length], where);
+  } catch (e) {
+    if (e instanceof SyscallError) throw new StasisError(`${where}: cannot bind ${endpointText(s.proto, s.local)} (${e.code}): ${e.code === 'EADDRINUSE' ? 'another socket holds it; free it and restart again' : 'the address must exist on this machine'}`);
+    throw e;
+  }
+}
+
+function openInet(remote: Remote, r: InetFd & CommonFd, ctx: RestoreContext, where: string): number {
+  const s = r.inet;
+  const domain = s.family === 'inet' ? AF_INET : AF_INET6;
+  const type = s.proto === 'tcp' ? SOCK_STREAM : SOCK_DGRAM;
+  const fd = remote.call('socket', SOCK.socket, [domain, type | SOCK_NONBLOCK, s.proto === 'tcp' ? IPPROTO_TCP : IPPROTO_UDP], where);
+  const nonblock = (r.flags & O_NONBLOCK) !== 0;
+  if (s.state === 'established') {
+    const tcp = s.tcp!;
+    // Options first: SO_REUSEADDR would undo the forced reuse repair mode
+    // gives its bind (the listener holds the same port).
+    setOptions(remote, fd, s, where);
+    setInt(remote, fd, SOL_TCP, TCP_REPAIR, 1, where, 'TCP_REPAIR');
+    // A bind to one IPv6 address sets IPV6_V6ONLY for good; a socket that
+    // got its address from connect() has it clear: bound to the wildcard
+    // then, and connect() picks the same source address again.
+    const byConnect = s.family === 'inet6' && !s.opts.v6only && !s.local.addr.startsWith('::ffff:');
+    bindTo(remote, fd, byConnect ? { ...s, local: { addr: '::', port: s.local.port } } : s, where);
+    const send = Buffer.from(tcp.sendQueue, 'base64'), recv = Buffer.from(tcp.recvQueue, 'base64');
+    if (tcp.unsent > send.length) throw new StasisError(`${where}: more unsent bytes (${tcp.unsent}) than queued (${send.length})`);
+    remote.reset();
+    setInt(remote, fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, where, 'TCP_REPAIR_QUEUE receive');
+    setInt(remote, fd, SOL_TCP, TCP_QUEUE_SEQ, (tcp.rcvSeq - recv.length) | 0, where, 'TCP_QUEUE_SEQ receive');
+    setInt(remote, fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, where, 'TCP_REPAIR_QUEUE send');
+    setInt(remote, fd, SOL_TCP, TCP_QUEUE_SEQ, (tcp.sndSeq - send.length) | 0, where, 'TCP_QUEUE_SEQ send');
+    remote.reset();
+    const peer = sockaddr(s.family, s.remote!);
+    try {
+      remote.call('connect', SOCK.connect, [fd, remote.putBytes(peer), peer.length], where);
+    } catch (e) {
+      if (e instanceof SyscallError) throw new StasisError(`${where}: cannot restore ${endpointText('tcp', s.local)} -> ${endpointText('tcp', s.remote!).slice(4)} (${e.code}): ${e.code === 'EADDRNOTAVAIL' || e.code === 'EADDRINUSE' ? 'that connection still exists here; checkpoint with --kill before restarting it' : 'repair-mode connect failed'}`);
+      throw e;
+    }
+    remote.reset();
+    const opts: Array<[number, number]> = [[TCPOPT_MSS, tcp.mss]];
+    if (tcp.sndWscale !== undefined) opts.push([TCPOPT_WINDOW, tcp.sndWscale | (tcp.rcvWscale! << 16)]);
+    if (tcp.sack) opts.push([TCPOPT_SACK_PERM, 0]);
+    if (tcp.timestamp !== undefined) opts.push([TCPOPT_TIMESTAMP, 0]);
+    const ob = Buffer.alloc(opts.length * 8);
+    opts.forEach(([c, v], i) => { ob.writeUInt32LE(c, i * 8); ob.writeUInt32LE(v >>> 0, i * 8 + 4); });
+    remote.call('setsockopt', SOCK.setsockopt, [fd, SOL_TCP, TCP_REPAIR_OPTIONS, remote.putBytes(ob), ob.length], `${where}: TCP_REPAIR_OPTIONS`);
+    if (tcp.timestamp !== undefined) setInt(remote, fd, SOL_TCP, TCP_TIMESTAMP, tcp.timestamp | 0, where, 'TCP_TIMESTAMP');
+    remote.reset();
+    setInt(remote, fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, where, 'TCP_REPAIR_QUEUE receive');
+    writeAll(remote, fd, recv, `${where}: received bytes`);
+    remote.reset();
+    setInt(remote, fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, where, 'TCP_REPAIR_QUEUE send');
+    writeAll(remote, fd, send.subarray(0, send.length - tcp.unsent), `${where}: sent bytes`);
+    remote.reset();
+    setInt(remote, fd, SOL_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, where, 'TCP_REPAIR_QUEUE none');
+    const w = Buffer.alloc(20);
+    tcp.window.forEach((v, i) => w.writeUInt32LE(v, i * 4));
+    remote.call('setsockopt', SOCK.setsockopt, [fd, SOL_TCP, TCP_REPAIR_WINDOW, remote.putBytes(w), 20], `${where}: TCP_REPAIR_WINDOW`);
+    if (!ctx.inet) throw new StasisError(`${where}: no keeper for TCP connections in this restart`);
+    ctx.inet.note(remote, r.fd, send.subarray(send.length - tcp.unsent), nonblock, s.opts.reuseaddr ?? 0, where);
+    return fd;
+  }
+  setOptions(remote, fd, s, where);
+  if (s.state !== 'unbound') bindTo(remote, fd, s, where);
+  if (s.state === 'listen') remote.call('listen', SOCK.listen, [fd, s.backlog!], `${where}: listen`);
+  if (s.state === 'connected') {
+    remote.reset();
+    const peer = sockaddr(s.family, s.remote!);
+    remote.call('connect', SOCK.connect, [fd, remote.putBytes(peer), peer.length], `${where}: connect to ${endpointText(s.proto, s.remote!)}`);
+  }
+  if (!nonblock) remote.call('fcntl', SYS.fcntl, [fd, F_SETFL, 0], `${where}: blocking`);
+  return fd;
+}
+
+const CAP_NET_BIND_SERVICE = 10n, CAP_NET_ADMIN = 12n;
+
+/**
+ * Before any process exists: the address can be bound here (a test bind
+ * with the socket's own reuse options), and the saved process could have
+ * bound it or used repair mode.
+ */
+function checkInet(r: InetFd & CommonFd, creds: ImageCreds, where: string): void {
+  const s = r.inet;
+  const caps = BigInt(creds.capEff);
+  if (s.state === 'established') {
+    if (!(caps & (1n << CAP_NET_ADMIN))) throw new StasisError(`${where}: a TCP connection restored in repair mode needs CAP_NET_ADMIN, which the saved process did not have`);
+    return;
+  }
+  if (s.state === 'unbound' || s.local.port === 0) return;
+  if (s.local.port < 1024 && !(caps & (1n << CAP_NET_BIND_SERVICE))) throw new StasisError(`${where}: ${endpointText(s.proto, s.local)} is a privileged port the saved process could not bind`);
+  const domain = s.family === 'inet' ? AF_INET : AF_INET6;
+  const fd = syscall(SOCK.socket, 'socket', domain, (s.proto === 'tcp' ? SOCK_STREAM : SOCK_DGRAM) | 0o2000000, 0);
+  try {
+    for (const o of OPTIONS) {
+      if (!['reuseaddr', 'reuseport', 'v6only', 'freebind', 'freebind6', 'transparent', 'transparent6'].includes(o.name)) continue;
+      const v = s.opts[o.name];
+      if (v !== undefined && applies(o, domain, s.proto === 'tcp' ? SOCK_STREAM : SOCK_DGRAM)) setsockoptInt(fd, o.level, o.opt, v, o.name);
+    }
+    const a = sockaddr(s.family, s.local);
+    try {
+      syscall(SOCK.bind, 'bind', fd, a, a.length);
+    } catch (e) {
+      if (e instanceof SyscallError) throw new StasisError(`${where}: cannot bind ${endpointText(s.proto, s.local)} (${e.code}): ${e.code === 'EADDRINUSE' ? 'another socket holds it; free it and restart again' : 'the address must exist on this machine'}`);
+      throw e;
+    }
+  } finally {
+    closeFd(fd);
+  }
+}
+
+export const inetKind: FdKind<InetFd> = {
+  kinds: ['inet'],
+  claims: claimInet,
+  dump: (f, ctx) => ({ kind: 'inet', pos: 0, inet: dumpInet(f, ctx) }),
+  open: openInet,
+  check: (r, creds, where) => checkInet(r, creds, where),
+};

@@ -1,0 +1,255 @@
+// TCP and UDP sockets (issue #9): redis-server with 100k keys comes back
+// listening on its port with every key; a client connection held open
+// inside a MULTI across the checkpoint (--tcp-established) gets the right
+// answer to EXEC on the same connection; a snapshot left running does not
+// disturb its clients; an IPv6 TCP connection with bytes queued both ways
+// loses and doubles nothing; a port taken at restart is refused by name.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { build, Procs, waitFor, waitGone, tmpdir, restartVerified, assertLeftRunning, alive } from './harness';
+import { checkpointSync } from '../src';
+import { listFds } from '../src/proc';
+
+const procs = new Procs();
+after(() => procs.cleanup());
+
+const REDIS = '/usr/bin/redis-server';
+
+/** A port nothing listens on now (the kernel's choice, released at once). */
+async function freePort(host: string): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, host, r));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** A small RESP client on one connection: commands out, replies parsed in order. */
+class Redis {
+  readonly sock: net.Socket;
+  private buf = Buffer.alloc(0);
+  private waiting: Array<(v: unknown) => void> = [];
+
+  private constructor(sock: net.Socket) {
+    this.sock = sock;
+    sock.on('data', (d) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      for (;;) {
+        const r = parse(this.buf, 0);
+        if (!r || !this.waiting.length) break;
+        this.buf = this.buf.subarray(r.end);
+        this.waiting.shift()!(r.value);
+      }
+    });
+  }
+
+  static connect(port: number): Promise<Redis> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(port, '127.0.0.1', () => resolve(new Redis(s)));
+      s.once('error', reject);
+    });
+  }
+
+  /** Send commands (pipelined); resolves with their replies. */
+  send(...cmds: string[][]): Promise<unknown[]> {
+    const out = cmds.map((c) => `*${c.length}\r\n${c.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`).join('');
+    const replies = cmds.map(() => new Promise<unknown>((r) => this.waiting.push(r)));
+    this.sock.write(out);
+    return Promise.all(replies);
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((r) => this.sock.end(r));
+    this.sock.destroy();
+  }
+}
+
+function parse(b: Buffer, at: number): { value: unknown; end: number } | null {
+  const nl = b.indexOf('\r\n', at);
+  if (nl < 0) return null;
+  const line = b.toString('utf8', at + 1, nl);
+  switch (String.fromCharCode(b[at])) {
+    case '+': return { value: line, end: nl + 2 };
+    case '-': return { value: new Error(line), end: nl + 2 };
+    case ':': return { value: Number(line), end: nl + 2 };
+    case '$': {
+      const n = Number(line);
+      if (n < 0) return { value: null, end: nl + 2 };
+      if (b.length < nl + 2 + n + 2) return null;
+      return { value: b.toString('utf8', nl + 2, nl + 2 + n), end: nl + 2 + n + 2 };
+    }
+    case '*': {
+      const n = Number(line);
+      const out: unknown[] = [];
+      let end = nl + 2;
+      for (let i = 0; i < n; i++) {
+        const r = parse(b, end);
+        if (!r) return null;
+        out.push(r.value);
+        end = r.end;
+      }
+      return { value: out, end };
+    }
+    default: throw new Error(`unexpected reply byte ${b[at]}`);
+  }
+}
+
+async function until(what: string, cond: () => boolean): Promise<void> {
+  const end = Date.now() + 10000;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const sockets = (pid: number) => listFds(pid).filter((f) => f.target.startsWith('socket:')).length;
+
+/** redis-server on 127.0.0.1 at a free port, in a directory of its own, saving nothing. */
+async function startRedis(tag: string): Promise<{ pid: number; port: number; dir: string }> {
+  const dir = tmpdir(tag);
+  const port = await freePort('127.0.0.1');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(REDIS, ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no', '--daemonize', 'no'], out, { cwd: dir });
+  await waitFor(out, /Ready to accept connections/);
+  return { pid, port, dir };
+}
+
+test('redis-server with 100k keys: checkpoint --kill, restart; every key is back and new clients connect', async () => {
+  const { pid, port, dir } = await startRedis('redis-keys');
+  const c = await Redis.connect(port);
+  const N = 100_000, BATCH = 1000;
+  for (let i = 0; i < N; i += BATCH) {
+    const args = ['MSET'];
+    for (let k = i; k < i + BATCH; k++) args.push(`key:${k}`, `value:${k}:${'x'.repeat(k % 50)}`);
+    assert.equal((await c.send(args))[0], 'OK');
+  }
+  await c.close();
+  // The server closes its end once it reads ours: then only the listener is left.
+  await until('redis to close the loading connection', () => sockets(pid) === 1);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  const r = restartVerified(img);
+  procs.addTree(r.pid);
+  const d = await Redis.connect(port);
+  assert.deepEqual(await d.send(['DBSIZE']), [N]);
+  for (const k of [0, 1, 4999, 77777, N - 1]) {
+    assert.deepEqual(await d.send(['GET', `key:${k}`]), [`value:${k}:${'x'.repeat(k % 50)}`]);
+  }
+  assert.deepEqual(await d.send(['SET', 'after', 'restart'], ['GET', 'after']), ['OK', 'restart']);
+  await d.close();
+  // redis-cli, another client program, too.
+  assert.equal(execFileSync('redis-cli', ['-p', String(port), 'GET', 'key:42'], { encoding: 'utf8' }).trim(), 'value:42:' + 'x'.repeat(42));
+});
+
+test('a client inside MULTI across checkpoint --kill --tcp-established gets the right EXEC reply on the same connection', async () => {
+  const { pid, port, dir } = await startRedis('redis-multi');
+  const c = await Redis.connect(port);
+  assert.deepEqual(await c.send(['SET', 'n', '41'], ['MULTI'], ['INCR', 'n'], ['SET', 'k', 'v'], ['GET', 'k']), ['OK', 'OK', 'QUEUED', 'QUEUED', 'QUEUED']);
+  let closed = false;
+  c.sock.on('close', () => { closed = true; });
+  const img = path.join(dir, 'image');
+  // Without --tcp-established the connection is refused by name, and redis left as it was.
+  assert.throws(() => checkpointSync(pid, img, { kill: true }), /established connection tcp 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+: pass --tcp-established/);
+  assertLeftRunning(pid);
+  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
+  await waitGone(pid, procs);
+  const r = restartVerified(img);
+  procs.addTree(r.pid);
+  assert.deepEqual(await c.send(['EXEC']), [[42, 'OK', 'v']]);
+  assert.deepEqual(await c.send(['GET', 'n']), ['42']);
+  assert.equal(closed, false);
+  const d = await Redis.connect(port);
+  assert.deepEqual(await d.send(['GET', 'k']), ['v']);
+  await d.close();
+  await c.close();
+});
+
+test('a snapshot left running (--tcp-established, no --kill) does not disturb the clients of a server', async () => {
+  const { pid, port, dir } = await startRedis('redis-snapshot');
+  const c = await Redis.connect(port);
+  assert.deepEqual(await c.send(['MULTI'], ['INCR', 'hits'], ['INCR', 'hits']), ['OK', 'QUEUED', 'QUEUED']);
+  let closed = false;
+  c.sock.on('close', () => { closed = true; });
+  checkpointSync(pid, path.join(dir, 'image'), { tcpEstablished: true });
+  assertLeftRunning(pid);
+  assert.deepEqual(await c.send(['EXEC']), [[1, 2]]);
+  assert.deepEqual(await c.send(['PING']), ['PONG']);
+  const d = await Redis.connect(port);
+  assert.deepEqual(await d.send(['GET', 'hits']), ['2']);
+  await d.close();
+  assert.equal(closed, false);
+  await c.close();
+});
+
+test('a restart whose port is taken is refused naming the address, with nothing left running', async () => {
+  const { pid, port, dir } = await startRedis('redis-taken');
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  const blocker = net.createServer();
+  await new Promise<void>((r) => blocker.listen(port, '127.0.0.1', r));
+  try {
+    assert.throws(() => restartVerified(img), new RegExp(`cannot bind tcp 127\\.0\\.0\\.1:${port} \\(EADDRINUSE\\)`));
+    assert.equal(alive(pid), false);
+  } finally {
+    await new Promise((r) => blocker.close(r));
+  }
+  // Freed, the same image restarts.
+  const r = restartVerified(img);
+  procs.addTree(r.pid);
+  const d = await Redis.connect(port);
+  assert.deepEqual(await d.send(['PING']), ['PONG']);
+  await d.close();
+});
+
+test('an IPv6 TCP connection with bytes queued both ways loses and doubles nothing (--kill --tcp-established)', async () => {
+  const dir = tmpdir('inet-pair');
+  const out = path.join(dir, 'out');
+  const fifo = path.join(dir, 'go');
+  execFileSync('mkfifo', [fifo]);
+  const pid = procs.start(build('inet_pair'), [fifo], out, { cwd: dir });
+  const ready = await waitFor(out, /^ready (\d+) (\d+)$/m);
+  const [, toServer, toClient] = /^ready (\d+) (\d+)$/m.exec(ready)!.map(Number);
+  assert.ok(toServer > 0 && toClient > 0);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
+  await waitGone(pid, procs);
+  const r = restartVerified(img);
+  procs.addTree(r.pid);
+  fs.writeFileSync(fifo, 'g');
+  const text = await waitFor(out, /^(ok|FAIL.*)$/m);
+  assert.match(text, /^ok$/m);
+});
+
+test('a bound and a connected UDP socket (IPv6) come back bound and connected; datagrams queued are refused by name', async () => {
+  const dir = tmpdir('inet-udp');
+  const out = path.join(dir, 'out');
+  const fifo = path.join(dir, 'go');
+  execFileSync('mkfifo', [fifo]);
+  const pid = procs.start(build('inet_pair'), [fifo, 'udp-after'], out, { cwd: dir });
+  await waitFor(out, /^ready /m);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
+  await waitGone(pid, procs);
+  const r = restartVerified(img);
+  procs.addTree(r.pid);
+  fs.writeFileSync(fifo, 'g');
+  assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
+
+  const dir2 = tmpdir('inet-udp-queued');
+  const out2 = path.join(dir2, 'out');
+  const fifo2 = path.join(dir2, 'go');
+  execFileSync('mkfifo', [fifo2]);
+  const queued = procs.start(build('inet_pair'), [fifo2, 'udp'], out2, { cwd: dir2 });
+  await waitFor(out2, /^ready /m);
+  assert.throws(() => checkpointSync(queued, path.join(dir2, 'image'), { kill: true, tcpEstablished: true }), /: udp \[::1\]:\d+ has datagrams queued for the program to read; not supported yet/);
+  assertLeftRunning(queued);
+  // Left as it was: the program still finds every byte and datagram.
+  fs.writeFileSync(fifo2, 'g');
+  assert.match(await waitFor(out2, /^(ok|FAIL.*)$/m), /^ok$/m);
+});
