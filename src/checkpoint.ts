@@ -25,6 +25,7 @@ import { dumpFdOwners, refuseForeignOwners } from './kinds/fdowner';
 import { refuseForeignProcFiles } from './kinds/procfs';
 import { PipeTable } from './kinds/pipes';
 import { MemfdTable, refuseMemfdExe } from './kinds/memfd';
+import { GhostTable } from './kinds/ghost';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
 import { dumpCaps } from './kinds/caps';
@@ -50,6 +51,8 @@ export interface CheckpointOptions {
    * wherever we were blocked (a write to a stalled pipe). For the CLI.
    */
   freezeTimeoutMs?: number;
+  /** The most bytes of data one deleted file may carry into the image (default DEFAULT_GHOST_LIMIT, 64 MiB). */
+  ghostLimit?: number;
 }
 
 /** Default of --freeze-timeout: a reader that stopped reading, not a big image, should hit it. */
@@ -138,7 +141,7 @@ export function surveyProcesses(procs: FrozenProcess[], root: number, ctx: DumpC
     refuseUnrestorableAttrs(p.pid, p.threads);
     if (!readBack) refuseForeignNamespaces(p.pid);
     refuseMemfdExe(p.pid);
-    const vmas = classifyVmas(readVmas(p.pid), p.pid, ctx.memfds);
+    const vmas = classifyVmas(readVmas(p.pid), p.pid, ctx.memfds, ctx.table(GhostTable));
     const fds = dumpFds(p.pid, ctx, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), locks, fdTableSharers(sharing, p.pid));
     surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
   }
@@ -270,6 +273,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     if (tree.processes.find((p) => p.pid === pid)?.zombie) throw new StasisError(`pid ${pid} is a zombie: nothing left to checkpoint`);
     const zombies = tree.processes.filter((p) => p.zombie).map(dumpZombie);
     const kinds = new DumpContext(pipes, memfds);
+    kinds.table(GhostTable).limit = opts.ghostLimit ?? kinds.table(GhostTable).limit;
     const surveys = surveyProcesses(tree.processes.filter((p) => !p.zombie), pid, kinds, locks);
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));

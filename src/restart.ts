@@ -10,6 +10,7 @@ import { nsInitCode } from './ptrace/nsinit';
 import { loadImage, LoadedImage } from './image/load';
 import { ImageProcess, ImageVma, PageRun } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
+import { GhostKeeper, checkGhosts } from './kinds/ghost';
 import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, checkMappedFiles, PageIndex, lockVmas, keptFromParent, dropUnshared, opensSharedObject } from './kinds/memory';
 import { restoreMergeAny, restoreLockFuture } from './kinds/mmpolicy';
 import { moveVdso, specialVmas } from './kinds/vdso';
@@ -121,6 +122,7 @@ function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
     checkFds(p.fds, p.creds, p.pid, imageTaskIds(img.processes, img.zombies));
     checkCgroups(p.pid, p.cgroups);
   }
+  checkGhosts(img);
   if (ns || singleTask(img)) return; // pids are free in a new namespace; one task may take a new pid
   for (const id of [...img.processes.flatMap((p) => p.threads.map((t) => t.tid)), ...img.zombies.map((z) => z.pid)]) {
     const user = pidHolder(id);
@@ -269,7 +271,7 @@ interface Rebuilding {
 }
 
 /** What stasis holds for the tasks to open while they are rebuilt. */
-interface Keepers extends RestoreContext { memfds: MemfdKeeper }
+interface Keepers extends RestoreContext { memfds: MemfdKeeper; ghosts: GhostKeeper }
 
 /** Everything of one process, its threads created and set up, in its main thread. */
 function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
@@ -343,7 +345,7 @@ function rebuildMemory(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: 
   restoreCgroups(remote.task.pid, p.pid, p.cgroups);
   clearAddressSpace(remote, p, log, [...kept.keys()]);
   restoreMergeAny(remote, p.ksmMergeAny);
-  mapVmas(remote, p.vmas.filter((v) => !kept.has(v)), host, keep.memfds, p.ksmMergeAny);
+  mapVmas(remote, p.vmas.filter((v) => !kept.has(v)), host, keep.memfds, p.ksmMergeAny, keep.ghosts);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
   dropUnshared(remote, kept, pages.flatMap((pg) => pg.runs));
   for (const pg of pages) writePages(remote, p.vmas, pg.runs, pg.data);
@@ -453,10 +455,18 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   preflight(img, ns, userNs);
   const pipes = new PipeKeeper(img.pipes, opts.inheritFds);
   let memfds: MemfdKeeper;
+  let ghosts: GhostKeeper;
   try {
     memfds = new MemfdKeeper(img.memfds);
   } catch (e) {
     pipes.close();
+    throw e;
+  }
+  try {
+    ghosts = new GhostKeeper(img.objects.ghosts ?? [], log);
+  } catch (e) {
+    pipes.close();
+    memfds.close();
     throw e;
   }
   const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
@@ -467,7 +477,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   try {
     blank.seize({ exitKill: true });
     const blankRemote = mapGadget(blank, img);
-    const relay = userNs ? enterUserNs(blankRemote, [pipes, memfds], log) : null;
+    const relay = userNs ? enterUserNs(blankRemote, [pipes, memfds, ghosts], log) : null;
     // The tree, top down: every task is a copy of the blank until rebuilt.
     let nsInit: Tracee | null = null;
     if (ns) {
@@ -508,7 +518,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       const p = r.image;
       if (!r.memoryBuilt && !p.ksmMergeAny
         && p.vmas.every((v) => !v.shmem?.from || v.shmem.from.pid === p.pid || rebuilding.get(v.shmem.from.pid)?.memoryBuilt)) {
-        rebuildMemory(r, img, { pipes, memfds }, log, host);
+        rebuildMemory(r, img, { pipes, memfds, ghosts }, log, host);
       }
       return !!r.memoryBuilt;
     };
@@ -547,7 +557,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => rebuildingOf(p.pid));
     for (const r of live) {
-      rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
+      rebuildProcess(r, img, { pipes, memfds, ghosts }, log, ns, host);
       created.push(...r.threads.slice(1));
     }
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
@@ -558,7 +568,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     // Processes restored stopped are back in their group stop, untraced: not read back.
     const running = live.filter((r) => !r.image.stopped);
     if (opts.verify && !running.length) log('verify: every process was restored stopped; nothing read back');
-    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, ghosts: img.objects.ghosts, startedAt, log });
     for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);
@@ -573,6 +583,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   } finally {
     pipes.close();
     memfds.close();
+    ghosts.close();
   }
   const pid = rootTask.pid;
   log(`restored as pid ${pid}${ns ? ` (pid ${root.pid} in a new pid namespace)` : ''}`);

@@ -12,6 +12,7 @@ import { PipeTable } from './kinds/pipes';
 import { pagesToSave } from './kinds/memory';
 import { LockTable } from './kinds/locks';
 import { MemfdTable } from './kinds/memfd';
+import { GhostTable, ImageGhost } from './kinds/ghost';
 import { DumpContext } from './kinds/fdkind';
 import { specialVmas } from './kinds/vdso';
 import { resumeRegs } from './kinds/registers';
@@ -254,7 +255,7 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['fds[].memfd', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['fds[].pipe', sameId('pipe'), 'pipes are new: same ends, new inodes'],
   ['fds[].path', sameId('pipe', /^pipe:\[(\d+)\]$/), 'a pipe is named by its new inode'],
-  ['fds[].flags', withoutBits(0o100000, (f) => (f as ImageFd).kind === 'pipe'), 'O_LARGEFILE: pipe2 leaves it out, reopening a pipe end through /proc adds it; it means nothing for a pipe'],
+  ['fds[].flags', (a, b, cx) => withoutBits((cx.imageParent as ImageFd).kind === 'ghost' ? 0o400000 : 0o100000, (f) => ['pipe', 'ghost'].includes((f as ImageFd).kind))(a, b, cx), 'O_LARGEFILE: pipe2 leaves it out, reopening a pipe end through /proc adds it; it means nothing for a pipe. O_NOFOLLOW of a deleted file: it only governed the lookup, and its reopening through /proc cannot have it'],
   ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
   ['fds[].file.ino', skipIf((_, f) => /^\/proc\//.test((f as { path: string }).path)), 'a /proc file of a tree member is a new inode of the new process; its path, which names the process, is compared'],
   ['fds[].file.size', skip, 'the file an fd is open on may have been written since the checkpoint (its dev:ino is compared)'],
@@ -290,6 +291,10 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['pipes[].external', skip, 'an external pipe is the one handed in with --inherit-fd'],
   ['memfds[].id', sameId('memfd'), 'memfds are new files: same sharing, new inodes'],
   ['memfds[].segments', skip, 'contents are pages: not re-read'],
+  ['vmas[].ghost', sameId('ghost'), 'deleted files are made again: same sharing, new ids'],
+  ['fds[].ghost', sameId('ghost'), 'deleted files are made again: same sharing, new ids'],
+  ['ghosts[].id', sameId('ghost'), 'deleted files are made again: same sharing, new ids'],
+  ['ghosts[].segments', skip, 'contents are pages: not re-read'],
 ];
 
 const RULES = new Map<string, Rule>(NORMALISATIONS.map(([p, r]) => [p, r]));
@@ -401,6 +406,8 @@ export interface VerifyInput {
   zombies: Array<{ image: ImageZombie; pid: number }>;
   pipes: ImagePipe[];
   memfds: ImageMemfd[];
+  /** the deleted files of the image (Objects record) */
+  ghosts?: ImageGhost[];
   /** when the restart began (process.hrtime.bigint()) */
   startedAt: bigint;
   log?: (m: string) => void;
@@ -442,9 +449,11 @@ export function verifyTree(input: VerifyInput): void {
   const frozen: FrozenProcess[] = input.processes.map((p) => ({ pid: p.threads[0].pid, ppid: readStat(p.threads[0].pid).ppid, zombie: false, stopped: false, threads: p.threads }));
   const pipes = new PipeTable();
   const memfds = new MemfdTable();
+  const kinds = new DumpContext(pipes, memfds);
+  Object.assign(kinds.table(GhostTable), { contents: false, limit: Infinity });
   let images: ImageProcess[];
   try {
-    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, new DumpContext(pipes, memfds), new LockTable(), true);
+    const surveys = surveyProcesses(frozen, input.processes[0].threads[0].pid, kinds, new LockTable(), true);
     // Guard regions are found where pages are (pagemap), which the read-back otherwise skips.
     for (const x of surveys) for (const v of x.vmas) if (v.vmFlags.includes('gu') && !v.shmem) pagesToSave(x.proc.pid, v);
     images = surveys.map((s) => dumpProcess(s, stoppedChildrenOf(surveys, s)));
@@ -475,6 +484,7 @@ export function verifyTree(input: VerifyInput): void {
   ];
   if (input.pipes.length) records.push({ where: 'pipes', prefix: '', image: { pipes: input.pipes }, restored: { pipes: pipes.collect() } });
   if (input.memfds.length) records.push({ where: 'memfds', prefix: '', image: { memfds: input.memfds }, restored: { memfds: memfds.collect(false) } });
+  if (input.ghosts?.length) records.push({ where: 'deleted files', prefix: '', image: { ghosts: input.ghosts }, restored: { ghosts: kinds.table(GhostTable).collect().ghosts } });
   const found = compareRecords(records, hostToImage, imageIds, elapsedNs);
   if (found.length) {
     for (const f of found) log(`verify: ${f.where}: ${f.path}: ${f.message}`);

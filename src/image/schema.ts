@@ -43,11 +43,12 @@ import { MemfdFd } from '../kinds/memfd';
 import { EventfdFd } from '../kinds/eventfd';
 import { SignalfdFd, TimerfdFd } from '../kinds/timerfd';
 import { EpollFd } from '../kinds/epoll';
+import { GhostFd, ImageGhost } from '../kinds/ghost';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
 
-export const VmaKind = z.enum(['anon', 'file', 'shmem', 'vdso', 'vvar', 'vvar_vclock']);
+export const VmaKind = z.enum(['anon', 'file', 'shmem', 'vdso', 'vvar', 'vvar_vclock', 'ghost']);
 export type VmaKind = z.infer<typeof VmaKind>;
 
 const AddressRun = z.object({ addr: pageAligned, len: pageAligned.refine((v) => v > 0, 'empty run') });
@@ -74,6 +75,8 @@ export const ImageVma = z.object({
   shmem: z.object({ ino: count, from: z.object({ pid, start: pageAligned, end: pageAligned }).optional(), size: ShmemSize.optional() }).optional(),
   /** a shared mapping of a memfd file: its id in the Memfds record (contents saved there) */
   memfd: count.optional(),
+  /** a mapping (shared or private) of a deleted file: its id in the Objects record's ghosts table */
+  ghost: count.optional(),
   /** number of pages saved for this VMA in Pages records */
   savedPages: count,
   /**
@@ -116,6 +119,7 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(SignalfdFd.shape),
   FdCommon.extend(TimerfdFd.shape),
   FdCommon.extend(EpollFd.shape),
+  FdCommon.extend(GhostFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 
@@ -290,6 +294,7 @@ export type ImageMemfd = z.infer<typeof ImageMemfd>;
  * table has entries.
  */
 export const ObjectTables = z.object({
+  ghosts: z.array(ImageGhost).max(1 << 16).optional(),
 });
 export type ObjectTables = z.infer<typeof ObjectTables>;
 

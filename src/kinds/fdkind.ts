@@ -20,6 +20,7 @@ import { SYS } from '../sys/x86';
 import { StasisError } from '../sys/errno';
 import type { PipeTable, PipeKeeper } from './pipes';
 import type { MemfdTable, MemfdKeeper } from './memfd';
+import type { GhostKeeper } from './ghost';
 
 export const O_CLOEXEC = 0o2000000;
 const SEEK_SET = 0, O_PATH = 0o10000000;
@@ -97,6 +98,7 @@ export class DumpContext {
 export interface RestoreContext {
   pipes: PipeKeeper;
   memfds?: MemfdKeeper;
+  ghosts?: GhostKeeper;
   image?: LoadedImage;
 }
 

@@ -9,9 +9,10 @@ import { epollKind } from './epoll';
 import { pipeKind } from './pipes';
 import { fileKind, dirKind } from './regular';
 import { chrKind } from './devices';
+import { ghostKind } from './ghost';
 
 export const FD_KINDS: ReadonlyArray<FdKind<any>> = [ // eslint-disable-line @typescript-eslint/no-explicit-any
-  memfdKind, eventfdKind, signalfdKind, timerfdKind, epollKind, pipeKind, fileKind, dirKind, chrKind,
+  memfdKind, eventfdKind, signalfdKind, timerfdKind, epollKind, pipeKind, ghostKind, fileKind, dirKind, chrKind,
 ];
 
 const byTag = new Map<string, FdKind<KindRecord>>(FD_KINDS.flatMap((k) => k.kinds.map((t: string) => [t, k] as const)));

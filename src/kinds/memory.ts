@@ -12,6 +12,7 @@ import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/st
 import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
 import { MemfdTable, MemfdKeeper, memfdName, dataRanges } from './memfd';
+import type { GhostTable, GhostKeeper } from './ghost';
 import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
 import { syscall } from '../sys/libc';
 
@@ -167,7 +168,7 @@ export function vmaLabel(v: { start: number; end: number }, path: string): strin
 }
 
 /** Turn /proc VMAs into image VMAs, refusing what cannot be restored. */
-export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVma[] {
+export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, ghosts?: GhostTable): ImageVma[] {
   const out: ImageVma[] = [];
   for (const v of vmas) {
     const label = vmaLabel(v, v.path);
@@ -196,6 +197,9 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable): ImageVm
       out.push({ ...base, kind: 'shmem', name: v.path, memfd: memfds.note(v.inode, memfdName(v.path)!, `/proc/${pid}/map_files/${range}`) });
     } else if (v.path.startsWith('/SYSV')) {
       throw new UnsupportedError(`${label}: System V shared memory is not supported yet`);
+    } else if (v.deleted && ghosts && v.path.startsWith('/')) {
+      // Shared or private: the ghosts table carries the file, Pages the private copies.
+      out.push({ ...base, kind: 'ghost', name: v.path, ghost: ghosts.noteMapping(pid, v, label) });
     } else if (v.deleted) {
       throw new UnsupportedError(`${label}: mapping of a deleted file is not supported yet`);
     } else {
@@ -309,7 +313,7 @@ function addRun(runs: ReadRun[], addr: number, slow = false): void {
  */
 export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ancestors: Set<number> = new Set(), shmem = new ShmemPages()): ReadRun[] {
   if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') return [];
-  if (v.kind === 'file' && v.shared) return []; // the file holds them
+  if ((v.kind === 'file' || v.kind === 'ghost') && v.shared) return []; // the file holds them
   if (v.memfd !== undefined) return []; // the Memfds record holds the file
   if (v.shmem) {
     // By object offset, whether this process ever touched the page or not.
@@ -324,7 +328,7 @@ export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ance
   // The entries as 32-bit halves: no BigInt work per page (a 1 GiB VMA has
   // 262144 of them). Bits 63..56 are in the high half.
   const halves = new Uint32Array(pm.buffer, pm.byteOffset, pm.length * 2);
-  const privateFile = v.kind === 'file';
+  const privateFile = v.kind === 'file' || v.kind === 'ghost';
   const runs: ReadRun[] = [];
   const guards: PageRun[] = [];
   const zero = zeroPfn();
@@ -526,13 +530,18 @@ export function opensSharedObject(v: ImageVma, vmas: ImageVma[]): boolean {
  * will receive saved pages are made writable for now; `finishVmas` puts the
  * final protection in place once the pages are written.
  */
-export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper, mergeAny = false): void {
+export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper, mergeAny = false, ghosts?: GhostKeeper): void {
   const wanted = vmas.filter((v) => v.kind !== 'vdso' && v.kind !== 'vvar' && v.kind !== 'vvar_vclock');
   // What each mapping is backed by: a path to open (and how), or nothing.
   const source = (v: ImageVma, label: string): { path: string; mode: number; what: string; image?: boolean } | null => {
     if (v.memfd !== undefined) {
       if (!memfds) throw new StasisError(`${label}: memfd mapping without its file`);
       return { path: memfds.pathFor(v.memfd), mode: v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: label };
+    }
+    if (v.ghost !== undefined) {
+      // A deleted file stasis re-created and holds: through /proc, like a memfd.
+      if (!ghosts) throw new StasisError(`${label}: mapping of a deleted file without the file`);
+      return { path: ghosts.pathFor(v.ghost), mode: v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: label };
     }
     if (v.shmem?.from) {
       // The same shmem object as an earlier process: opened through that
