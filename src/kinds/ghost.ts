@@ -124,9 +124,11 @@ export class GhostTable implements ObjectTable {
       if (g.st.nlink > 0n) {
         throw new UnsupportedError(`${what}: its name was removed but it still has ${g.st.nlink} other link(s) elsewhere, which stasis cannot find; close it before the checkpoint, or unlink its other names`);
       }
-      let dir: fs.Stats | undefined;
-      try { dir = fs.lstatSync(nodePath.dirname(g.path)); } catch { /* gone */ }
+      let dir: fs.BigIntStats | undefined;
+      try { dir = fs.lstatSync(nodePath.dirname(g.path), { bigint: true }); } catch { /* gone */ }
       if (!dir?.isDirectory()) throw new UnsupportedError(`${what}: its directory ${nodePath.dirname(g.path)} is gone, and a restart re-creates the file there; close the file before the checkpoint`);
+      // Linked there once, it lived on that filesystem: a kernel-internal file ("/i915 (deleted)") did not.
+      if (dir.dev !== g.st.dev) throw new UnsupportedError(`${what}: not on the filesystem of ${nodePath.dirname(g.path)} (device ${devKey(g.st.dev)}, not ${devKey(dir.dev)}): a kernel-internal file, not one stasis can re-create there`);
       if (!this.contents) continue;
       if (!g.ranges) {
         const fd = fs.openSync(g.procPath, 'r');
@@ -318,8 +320,9 @@ export class GhostKeeper {
         fd = syscall(SYS.openat, `reopening ${g.path}`, dirfd, cstr(name), O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
         fds.push(fd);
         const a = fs.fstatSync(tmp, { bigint: true }), b = fs.fstatSync(fd, { bigint: true });
-        syscall(SYS_UNLINKAT, `unlinkat ${g.path}`, dirfd, cstr(name), 0);
+        // Never unlink what another process put at that name meanwhile.
         if (a.ino !== b.ino || a.dev !== b.dev) throw new StasisError(`deleted file ${g.path}: another file took its name while it was re-created`);
+        syscall(SYS_UNLINKAT, `unlinkat ${g.path}`, dirfd, cstr(name), 0);
       } else {
         fd = syscall(SYS.openat, `creating ${g.path}`, dirfd, cstr(name), O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0o600);
         fds.push(fd);

@@ -197,7 +197,7 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, ghosts?:
       out.push({ ...base, kind: 'shmem', name: v.path, memfd: memfds.note(v.inode, memfdName(v.path)!, `/proc/${pid}/map_files/${range}`) });
     } else if (v.path.startsWith('/SYSV')) {
       throw new UnsupportedError(`${label}: System V shared memory is not supported yet`);
-    } else if (v.deleted && ghosts && v.path.startsWith('/')) {
+    } else if (v.deleted && ghosts && v.path.startsWith('/') && v.path !== '/[aio] (deleted)') {
       // Shared or private: the ghosts table carries the file, Pages the private copies.
       out.push({ ...base, kind: 'ghost', name: v.path, ghost: ghosts.noteMapping(pid, v, label) });
     } else if (v.deleted) {
