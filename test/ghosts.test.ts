@@ -17,7 +17,7 @@ import { scanTree } from '../src/ptrace/freeze';
 const procs = new Procs();
 after(() => procs.cleanup());
 
-test('deleted files held open and mapped, POSIX semaphores and shared memory come back deleted, with their contents, one file for parent and child', async () => {
+test('deleted files held open and mapped, POSIX semaphores and shared memory come back deleted, with their contents, one file for parent and child; a named semaphore is mapped by its name', async () => {
   const prog = build('ghost');
   const dir = tmpdir('ghost');
   const out = path.join(dir, 'out');
@@ -33,6 +33,9 @@ test('deleted files held open and mapped, POSIX semaphores and shared memory com
   assert.deepEqual(dat.segments.map((s) => s.offset), [0, 512 * 1024], 'the hole is not saved');
   assert.equal(dat.mode, 0o640);
   assert.equal(ghosts.filter((g) => /^\/dev\/shm\/sem\./.test(g.path)).length, 3);
+  // The semaphore left linked is no deleted file: mapped by its name.
+  const named = `/dev/shm/sem.stasis-ghost-${pid}-named`;
+  assert.ok(loadImage(img).process.vmas.some((v) => v.kind === 'file' && v.shared && v.file!.path === named));
   await waitGone(pid, procs);
   const r = restartVerified(img);
   procs.addTree(r.pid);
@@ -40,6 +43,7 @@ test('deleted files held open and mapped, POSIX semaphores and shared memory com
   const maps = fs.readFileSync(`/proc/${r.pid}/maps`, 'utf8');
   assert.match(maps, new RegExp(`${dir}/ghost\\.dat \\(deleted\\)`));
   assert.equal(maps.match(/\/dev\/shm\/sem\.\S+ \(deleted\)/g)?.length, 3);
+  assert.ok(maps.includes(`${named}\n`), 'the named semaphore mapped by its name');
   const child = scanTree(r.pid).find((p) => p.pid !== r.pid)!.pid;
   // One file for both processes: the same inode behind the parent's fd and the child's mapping.
   const ino = fs.statSync(`/proc/${r.pid}/fd/3`).ino;
@@ -49,6 +53,7 @@ test('deleted files held open and mapped, POSIX semaphores and shared memory com
   process.kill(r.pid, 'SIGUSR1');
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild ok\nok\n');
+  assert.ok(!fs.existsSync(named), 'removed by the program at its end');
 });
 
 test('a deleted file larger than the ghost limit is refused by name, naming --ghost-limit; the target keeps running; a raised limit takes it', async () => {

@@ -93,6 +93,34 @@ export class GhostTable implements ObjectTable {
     return id;
   }
 
+  private readonly dirs = new Map<string, Map<string, string>>();
+
+  /**
+   * Another name, in the same directory, of a deleted name still mapped
+   * (glibc's sem_open maps a temporary name, links the semaphore's name to
+   * it and removes the temporary one): such a file is not deleted, and is
+   * mapped by that name. Each directory is read once per checkpoint.
+   */
+  linkedName(v: { dev: string; inode: number; path: string }): string | null {
+    const p = ghostPath(v.path);
+    if (!p) return null;
+    const dir = nodePath.dirname(p);
+    let index = this.dirs.get(dir);
+    if (!index) {
+      this.dirs.set(dir, index = new Map());
+      let names: string[] = [];
+      try { names = fs.readdirSync(dir); } catch { /* gone: no other name there */ }
+      for (const n of names.length <= 65536 ? names : []) {
+        const at = nodePath.join(dir, n);
+        try {
+          const st = fs.lstatSync(at, { bigint: true });
+          if (st.isFile()) index.set(`${devKey(st.dev)}:${st.ino}`, at);
+        } catch { /* removed meanwhile */ }
+      }
+    }
+    return index.get(`${v.dev}:${v.inode}`) ?? null;
+  }
+
   noteFd(f: FoundFd): number {
     const st = f.stat();
     return this.note(`${devKey(st.dev)}:${st.ino}`, ghostPath(f.target)!, `/proc/${f.pid}/fd/${f.fd}`, f.where);

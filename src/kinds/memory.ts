@@ -197,19 +197,23 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, ghosts?:
       out.push({ ...base, kind: 'shmem', name: v.path, memfd: memfds.note(v.inode, memfdName(v.path)!, `/proc/${pid}/map_files/${range}`) });
     } else if (v.path.startsWith('/SYSV')) {
       throw new UnsupportedError(`${label}: System V shared memory is not supported yet`);
-    } else if (v.deleted && ghosts && v.path.startsWith('/') && v.path !== '/[aio] (deleted)') {
-      // Shared or private: the ghosts table carries the file, Pages the private copies.
-      out.push({ ...base, kind: 'ghost', name: v.path, ghost: ghosts.noteMapping(pid, v, label) });
-    } else if (v.deleted) {
+    } else if (v.deleted && (!ghosts || !v.path.startsWith('/') || v.path === '/[aio] (deleted)')) {
       throw new UnsupportedError(`${label}: mapping of a deleted file is not supported yet`);
+    } else if (v.deleted && !ghosts!.linkedName(v)) {
+      // Shared or private: the ghosts table carries the file, Pages the private copies.
+      out.push({ ...base, kind: 'ghost', name: v.path, ghost: ghosts!.noteMapping(pid, v, label) });
     } else {
+      // A file; or one whose mapped name was removed while another name in
+      // the same directory stays (glibc's sem_open maps its temporary name):
+      // mapped again by that name.
+      const at = v.deleted ? ghosts!.linkedName(v)! : v.path;
       let file: FileIdentity;
       try {
-        file = fileIdentity(v.path);
+        file = fileIdentity(at);
       } catch (e) {
         throw new StasisError(`${label}: cannot stat the mapped file (${(e as NodeJS.ErrnoException).code})`);
       }
-      if (file.ino !== v.inode) throw new StasisError(`${label}: the file at ${v.path} is no longer the mapped one (inode ${v.inode} vs ${file.ino})`);
+      if (file.ino !== v.inode) throw new StasisError(`${label}: the file at ${at} is no longer the mapped one (inode ${v.inode} vs ${file.ino})`);
       out.push({ ...base, kind: 'file', name: '', file });
     }
   }

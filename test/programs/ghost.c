@@ -4,7 +4,9 @@
 // DIR/offset.dat held read-only at offset 100, unlinked; three POSIX
 // semaphores (sem_open: mappings of deleted /dev/shm/sem.* files once
 // sem_unlink'ed), "value" at 4, "go" at 0, "started"; POSIX shared memory
-// (shm_open, shm_unlink'ed, its fd closed: mapped only). The child blocks
+// (shm_open, shm_unlink'ed, its fd closed: mapped only); a named semaphore
+// left linked ("named" at 2: its mapping names glibc's removed temporary
+// file, the semaphore's name links it still). The child blocks
 // in sem_wait(go); "ready" once it does. On SIGUSR1 the parent checks its
 // view (contents, offset, link count 0, "(deleted)" links, semaphore
 // value), writes through the shared mapping, the fd and the shm, and posts
@@ -33,7 +35,7 @@ static void fail(const char *who, const char *what) { printf("FAIL %s: %s\n", wh
 
 static int fd, fd2;
 static char *shared, *priv, *shm;
-static sem_t *value, *go, *started;
+static sem_t *value, *go, *started, *named;
 static char name[256];
 
 static volatile sig_atomic_t usr1;
@@ -73,6 +75,7 @@ static void common(const char *who)
     EXPECT(who, memcmp(shm, "posix shm", 9) == 0);
     int v = -1;
     EXPECT(who, sem_getvalue(value, &v) == 0 && v == 4);
+    EXPECT(who, sem_getvalue(named, &v) == 0 && v == 2);
 }
 
 int main(int argc, char **argv)
@@ -113,7 +116,10 @@ int main(int argc, char **argv)
     snprintf(sname, sizeof sname, "/stasis-ghost-%d-started", getpid());
     started = sem_open(sname, O_CREAT | O_EXCL, 0600, 0);
     sem_unlink(sname);
-    if (value == SEM_FAILED || go == SEM_FAILED || started == SEM_FAILED) { printf("setup failed: sem_open\n"); return 2; }
+    char named_name[64];
+    snprintf(named_name, sizeof named_name, "/stasis-ghost-%d-named", getpid());
+    named = sem_open(named_name, O_CREAT | O_EXCL, 0600, 2);
+    if (value == SEM_FAILED || go == SEM_FAILED || started == SEM_FAILED || named == SEM_FAILED) { printf("setup failed: sem_open\n"); return 2; }
     MUST(sem_wait(value));
 
     snprintf(sname, sizeof sname, "/stasis-ghost-%d-shm", getpid());
@@ -169,6 +175,7 @@ int main(int argc, char **argv)
     char page1[16] = {0};
     EXPECT("parent", pread(fd, page1, 10, PAGE + 8) == 10 && memcmp(page1, "from child", 10) == 0);
     EXPECT("parent", memcmp(priv + PAGE + 8, "copy", 4) == 0); // its own copy, not the file's page
+    sem_unlink(named_name);
     if (failures) return 1;
     printf("ok\n");
     return 0;
