@@ -562,6 +562,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     }
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
     memfds.seal();
+    ghosts.setTimes();
     // Every fd is open: the namespace may now have its own /proc, in which
     // the tree finds itself under the pids it knows.
     if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);

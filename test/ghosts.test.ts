@@ -50,6 +50,9 @@ test('deleted files held open and mapped, POSIX semaphores and shared memory com
   const line = fs.readFileSync(`/proc/${child}/maps`, 'utf8').split('\n').find((l) => l.includes('ghost.dat') && / rw-s /.test(l))!;
   assert.equal(Number(line.split(/\s+/)[4]), ino);
   assert.equal(fs.statSync(`/proc/${r.pid}/fd/3`).nlink, 0);
+  const restored = fs.statSync(`/proc/${r.pid}/fd/3`, { bigint: true });
+  assert.equal(restored.mtimeNs.toString(), dat.mtimeNs, 'its modification time');
+  assert.equal(restored.mode & 0o7777n, 0o640n);
   process.kill(r.pid, 'SIGUSR1');
   assert.deepEqual(await r.wait(), { code: 0, signal: null });
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nchild ok\nok\n');

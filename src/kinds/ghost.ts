@@ -17,7 +17,7 @@ import type { LoadedImage } from '../image/load';
 import { syscall } from '../sys/libc';
 import { SYS } from '../sys/x86';
 import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
-import { count, int, path, base64Max } from '../image/fields';
+import { count, int, path, base64Max, decimalI64 } from '../image/fields';
 import { FdKind, FoundFd, ObjectTable, openHeld, seekTo } from './fdkind';
 import { dataRanges } from './memfd';
 
@@ -38,6 +38,9 @@ export const ImageGhost = z.object({
   uid: int(0, 0xfffffffe),
   gid: int(0, 0xfffffffe),
   size: count,
+  /** last access and modification, ns since the epoch, decimal (set again with futimens; the change time cannot be) */
+  atimeNs: decimalI64,
+  mtimeNs: decimalI64,
   /** data segments (holes are not saved), base64 */
   segments: z.array(z.object({ offset: count, data: base64Max(GHOST_LIMIT_MAX) })).max(1 << 20),
 });
@@ -228,7 +231,10 @@ export class GhostTable implements ObjectTable {
           fs.closeSync(fd);
         }
       }
-      out.push({ id: g.id, path: g.path, mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid), size: Number(st.size), segments });
+      out.push({
+        id: g.id, path: g.path, mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid), size: Number(st.size),
+        atimeNs: st.atimeNs.toString(), mtimeNs: st.mtimeNs.toString(), segments,
+      });
     }
     return { ghosts: out };
   }
@@ -290,17 +296,19 @@ function mayOwn(g: ImageGhost, c: ImageCreds): boolean {
 const O_RDWR = 2, O_CLOEXEC = 0o2000000, O_PATH = 0o10000000, O_DIRECTORY = 0o200000, O_NOFOLLOW = 0o400000;
 const O_CREAT = 0o100, O_EXCL = 0o200, O_TMPFILE = 0o20000000 | O_DIRECTORY;
 const RESOLVE_NO_SYMLINKS = 0x04, AT_SYMLINK_FOLLOW = 0x400, AT_FDCWD = -100;
-const SYS_LINKAT = 265, SYS_UNLINKAT = 263, SYS_FCHOWN = 93, SYS_FCHMOD = 91, SYS_FTRUNCATE = 77;
+const SYS_LINKAT = 265, SYS_UNLINKAT = 263, SYS_FCHOWN = 93, SYS_FCHMOD = 91, SYS_FTRUNCATE = 77, SYS_UTIMENSAT = 280;
 
 const cstr = (s: string) => Buffer.from(`${s}\0`);
 
 /** Restart side: stasis makes every deleted file again and holds it until the tree has it. */
 export class GhostKeeper {
   private readonly held = new Map<number, number>();
+  private readonly files: ImageGhost[];
   /** How a task reaches one of our fds (through the namespace init in a user-namespace restart). */
   fdPath = (fd: number) => `/proc/${process.pid}/fd/${fd}`;
 
   constructor(files: ImageGhost[], log: (m: string) => void = () => {}) {
+    this.files = files;
     try {
       for (const g of files) this.held.set(g.id, this.make(g, log));
     } catch (e) {
@@ -371,6 +379,23 @@ export class GhostKeeper {
     const st = fs.fstatSync(fd);
     if (st.uid !== g.uid || st.gid !== g.gid) syscall(SYS_FCHOWN, `fchown ${g.path} to ${g.uid}:${g.gid}`, fd, g.uid, g.gid);
     syscall(SYS_FCHMOD, `fchmod ${g.path}`, fd, g.mode);
+  }
+
+  /** Access and modification times, once every task has opened and mapped the files (mmap touches the access time). */
+  setTimes(): void {
+    for (const g of this.files) {
+      const fd = this.held.get(g.id);
+      if (fd !== undefined) this.setTime(fd, g);
+    }
+  }
+
+  private setTime(fd: number, g: ImageGhost): void {
+    const times = Buffer.alloc(32); // struct timespec[2]: access, modification
+    for (const [i, ns] of [BigInt(g.atimeNs), BigInt(g.mtimeNs)].entries()) {
+      times.writeBigInt64LE(ns / 1_000_000_000n - (ns < 0n && ns % 1_000_000_000n ? 1n : 0n), 16 * i);
+      times.writeBigInt64LE(((ns % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n, 16 * i + 8);
+    }
+    syscall(SYS_UTIMENSAT, `futimens ${g.path}`, fd, 0, times, 0);
   }
 
   /** The path a task opens to reach deleted file `id`. */
