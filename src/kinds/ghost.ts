@@ -87,7 +87,10 @@ export class GhostTable implements ObjectTable {
     if (known) {
       // An fd is better than a map_files link: anyone who may trace the task
       // opens it, where map_files needs CAP_CHECKPOINT_RESTORE.
-      if (known.procPath.includes('/map_files/') && !procPath.includes('/map_files/')) Object.assign(known, { procPath, where, st: undefined });
+      if (known.procPath.includes('/map_files/') && !procPath.includes('/map_files/')) {
+        Object.assign(known, { procPath, where, st: undefined });
+        this.settled = false;
+      }
       return known.id;
     }
     const id = this.files.size + 1;
@@ -162,7 +165,7 @@ export class GhostTable implements ObjectTable {
       if (dir.dev !== g.st.dev) throw new UnsupportedError(`${what}: not on the filesystem of ${nodePath.dirname(g.path)} (device ${devKey(g.st.dev)}, not ${devKey(dir.dev)}): a kernel-internal file, not one stasis can re-create there`);
       if (!this.contents) continue;
       if (!g.ranges) {
-        const fd = fs.openSync(g.procPath, 'r');
+        const fd = openToRead(g.procPath, what);
         try { g.ranges = dataRanges(fd, Number(g.st.size)); } finally { fs.closeSync(fd); }
       }
       const bytes = g.ranges.reduce((n, [a, b]) => n + b - a, 0);
@@ -216,7 +219,7 @@ export class GhostTable implements ObjectTable {
       const st = g.st!;
       const segments: ImageGhost['segments'] = [];
       if (this.contents) {
-        const fd = fs.openSync(g.procPath, 'r');
+        const fd = openToRead(g.procPath, `${g.where}: deleted file ${g.path}`);
         try {
           for (const [a, b] of g.ranges!) {
             const buf = Buffer.alloc(b - a);
@@ -237,6 +240,14 @@ export class GhostTable implements ObjectTable {
       });
     }
     return { ghosts: out };
+  }
+}
+
+function openToRead(procPath: string, what: string): number {
+  try {
+    return fs.openSync(procPath, 'r');
+  } catch (e) {
+    throw new StasisError(`${what}: cannot open it for reading through ${procPath} (${(e as NodeJS.ErrnoException).code})`);
   }
 }
 
