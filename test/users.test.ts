@@ -610,4 +610,7 @@ test('a user restarts a deleted file held as an fd; a root restart refuses to ma
   assert.equal(refused.code, 1);
   assert.match(refused.stderr, /^stasis: pid \d+: vma [0-9a-f]+-[0-9a-f]+ \(\/dev\/shm\/(sem\.|stasis-ghost-)\S+ \(deleted\)\): deleted file \/dev\/shm\/\S+: only mapped, not held as an fd, and reading it through map_files needs CAP_CHECKPOINT_RESTORE \(EPERM\)/);
   for (const p of scanTree(sem)) assertUntraced(p.pid, /S/);
+  // Carried on: it checks its state and removes its named semaphore.
+  process.kill(sem, 'SIGUSR1');
+  await waitFor(path.join(dir, 'sem.out'), /^ok$/m);
 });

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""mp_ghosts.py PROGRESS ROUNDS
+"""mp_ghosts.py PROGRESS ROUNDS [START_METHOD]
 
 Checkpoint/restart target using multiprocessing with the fork start
 method: WORKERS processes each run a sha256 chain for ROUNDS rounds, add
@@ -10,6 +10,9 @@ deleted /dev/shm temp file) and send each round's digest through a Queue
 "round N" to PROGRESS once every worker reported round N, and at the end
 prints "result <64 hex digits>": a digest of every worker's digests, in
 order, and of the Array. Deterministic: nothing depends on scheduling.
+START_METHOD is "fork" unless given ("spawn": workers are new
+interpreters, a resource tracker process runs, semaphores stay linked
+under their names until the end).
 """
 import hashlib
 import multiprocessing as mp
@@ -32,11 +35,11 @@ def worker(w, rounds, arr, lock, q):
 
 
 def main():
-    if len(sys.argv) != 3:
-        print("usage: mp_ghosts.py PROGRESS ROUNDS", file=sys.stderr)
+    if len(sys.argv) not in (3, 4):
+        print("usage: mp_ghosts.py PROGRESS ROUNDS [START_METHOD]", file=sys.stderr)
         return 2
     progress, rounds = sys.argv[1], int(sys.argv[2])
-    mp.set_start_method("fork")
+    mp.set_start_method(sys.argv[3] if len(sys.argv) == 4 else "fork")
     arr = mp.Array("q", 8, lock=False)
     lock = mp.Lock()
     q = mp.Queue()
