@@ -26,6 +26,7 @@ import { refuseForeignProcFiles } from './kinds/procfs';
 import { PipeTable } from './kinds/pipes';
 import { SysvShmTable } from './kinds/sysvshm';
 import { MemfdTable, refuseMemfdExe } from './kinds/memfd';
+import { GhostTable } from './kinds/ghost';
 import { dumpMm } from './kinds/mm';
 import { dumpProcessAttrs, dumpThreadAttrs } from './kinds/process';
 import { dumpCaps } from './kinds/caps';
@@ -56,6 +57,8 @@ export interface CheckpointOptions {
   shellJob?: boolean;
   /** Take established TCP connections along, in TCP repair mode (else they are refused by name). */
   tcpEstablished?: boolean;
+  /** The most bytes of data one deleted file may carry into the image (default DEFAULT_GHOST_LIMIT, 64 MiB). */
+  ghostLimit?: number;
 }
 
 /** Default of --freeze-timeout: a reader that stopped reading, not a big image, should hit it. */
@@ -146,7 +149,7 @@ export function surveyProcesses(procs: FrozenProcess[], root: number, ctx: DumpC
     refuseUnrestorableAttrs(p.pid, p.threads);
     if (!readBack) refuseForeignNamespaces(p.pid);
     refuseMemfdExe(p.pid);
-    const vmas = classifyVmas(readVmas(p.pid), p.pid, ctx.memfds, ctx.table(SysvShmTable));
+    const vmas = classifyVmas(readVmas(p.pid), p.pid, ctx.memfds, ctx.table(SysvShmTable), ctx.table(GhostTable));
     const fds = dumpFds(p.pid, ctx, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), locks, fdTableSharers(sharing, p.pid));
     const st = readStat(p.pid);
     const ctty = ctx.table(TtyTable).noteCtty(p.pid, st.ttyNr, st.session, new Set(procs.map((x) => x.pid)));
@@ -284,6 +287,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     kinds = new DumpContext(pipes, memfds);
     kinds.table(TtyTable).shellJob = !!opts.shellJob;
     kinds.tcpEstablished = !!opts.tcpEstablished;
+    kinds.table(GhostTable).limit = opts.ghostLimit ?? kinds.table(GhostTable).limit;
     const surveys = surveyProcesses(tree.processes.filter((p) => !p.zombie), pid, kinds, locks);
     refuseForeignGroups(pid, [...surveys.map((x) => ({ pid: x.proc.pid, stat: readStat(x.proc.pid) })), ...zombies.map((z) => ({ pid: z.pid, stat: { pgrp: z.pgid, session: z.sid } }))]);
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));

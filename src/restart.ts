@@ -10,6 +10,7 @@ import { nsInitCode } from './ptrace/nsinit';
 import { loadImage, LoadedImage } from './image/load';
 import { ImageProcess, ImageVma, PageRun } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
+import { GhostKeeper, checkGhosts } from './kinds/ghost';
 import { mapVmas, writePages, finishVmas, findGap, checkFileIdentity, checkMappedFiles, PageIndex, lockVmas, keptFromParent, dropUnshared, opensSharedObject } from './kinds/memory';
 import { restoreMergeAny, restoreLockFuture } from './kinds/mmpolicy';
 import { moveVdso, specialVmas } from './kinds/vdso';
@@ -129,6 +130,7 @@ function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
     checkFds(p.fds, p.creds, p.pid, imageTaskIds(img.processes, img.zombies));
     checkCgroups(p.pid, p.cgroups);
   }
+  checkGhosts(img);
   if (ns || singleTask(img)) return; // pids are free in a new namespace; one task may take a new pid
   for (const id of [...img.processes.flatMap((p) => p.threads.map((t) => t.tid)), ...img.zombies.map((z) => z.pid)]) {
     const user = pidHolder(id);
@@ -277,7 +279,7 @@ interface Rebuilding {
 }
 
 /** What stasis holds for the tasks to open while they are rebuilt. */
-interface Keepers extends RestoreContext { memfds: MemfdKeeper; ttys: TtyKeeper; inet: InetKeeper }
+interface Keepers extends RestoreContext { memfds: MemfdKeeper; ttys: TtyKeeper; inet: InetKeeper; ghosts: GhostKeeper }
 
 /**
  * What stasis makes and holds for the tasks while the tree is rebuilt
@@ -377,7 +379,7 @@ function rebuildMemory(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: 
   restoreCgroups(remote.task.pid, p.pid, p.cgroups);
   clearAddressSpace(remote, p, log, [...kept.keys()]);
   restoreMergeAny(remote, p.ksmMergeAny);
-  mapVmas(remote, p.vmas.filter((v) => !kept.has(v)), host, keep.memfds, p.ksmMergeAny);
+  mapVmas(remote, p.vmas.filter((v) => !kept.has(v)), host, keep.memfds, p.ksmMergeAny, keep.ghosts);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
   dropUnshared(remote, kept, pages.flatMap((pg) => pg.runs));
   for (const pg of pages) writePages(remote, p.vmas, pg.runs, pg.data);
@@ -497,6 +499,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     unix: held.add(() => new UnixKeeper(img.objects.unix ?? [], socketOwners(img.processes), opts.inheritFds)),
     ttys: held.add(() => new TtyKeeper(img.objects.ttys ?? [], { shellJob: opts.shellJob, slaveUsed })),
     inet: new InetKeeper(),
+    ghosts: held.add(() => new GhostKeeper(img.objects.ghosts ?? [], log)),
   };
   const segments = held.add(() => new SysvShmKeeper(img.objects.sysvShm ?? []));
   let restored = false;
@@ -508,7 +511,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   try {
     blank.seize({ exitKill: true });
     const blankRemote = mapGadget(blank, img);
-    const relay = userNs ? enterUserNs(blankRemote, [keep.pipes, keep.memfds, keep.mqueues!, keep.deadPidfd!], log) : null;
+    const relay = userNs ? enterUserNs(blankRemote, [keep.pipes, keep.memfds, keep.mqueues!, keep.deadPidfd!, keep.ghosts], log) : null;
     // The tree, top down: every task is a copy of the blank until rebuilt.
     let nsInit: Tracee | null = null;
     if (ns) {
@@ -602,6 +605,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     keep.memfds.seal();
     segments.finish();
     keep.ttys.finish();
+    keep.ghosts.setTimes();
     // Every fd is open: the namespace may now have its own /proc, in which
     // the tree finds itself under the pids it knows.
     if (userNs && nsInit) mountOwnProc(blankRemote.withTask(nsInit), log);

@@ -13,6 +13,7 @@ import { pagesToSave } from './kinds/memory';
 import { LockTable } from './kinds/locks';
 import { MemfdTable } from './kinds/memfd';
 import { TtyTable } from './kinds/tty';
+import { GhostTable } from './kinds/ghost';
 import { DumpContext } from './kinds/fdkind';
 import { specialVmas } from './kinds/vdso';
 import { resumeRegs } from './kinds/registers';
@@ -284,7 +285,7 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['fds[].pipe', sameId('pipe'), 'pipes are new: same ends, new inodes'],
   ['fds[].path', (a, b, cx) => (typeof a === 'string' && a.startsWith('socket:') ? sameId('socket', /^socket:\[(\d+)\]$/)(a, b, cx) : pipeOrPts(a, b, cx)), 'a pipe or a socket is named by its new inode, a pty slave by its new number'],
   ['fds[].sock', sameId('socket'), 'sockets are new: same ends, new inodes'],
-  ['fds[].flags', withoutBits(0o100000, (f) => ['pipe', 'pidfd', 'mqueue', 'tty'].includes((f as ImageFd).kind)), 'O_LARGEFILE: pipe2, pidfd_open, mq_open and TIOCGPTPEER leave it out, reopening a pipe end, pidfd, queue or pty slave by path adds it; it means nothing there'],
+  ['fds[].flags', (a, b, cx) => withoutBits((cx.imageParent as ImageFd).kind === 'ghost' ? 0o400000 : 0o100000, (f) => ['pipe', 'pidfd', 'mqueue', 'tty', 'ghost'].includes((f as ImageFd).kind))(a, b, cx), 'O_LARGEFILE: pipe2, pidfd_open, mq_open and TIOCGPTPEER leave it out, reopening a pipe end, pidfd, queue or pty slave through /proc adds it; it means nothing there. A deleted file\'s O_NOFOLLOW: reopening it through /proc cannot keep it (the open would fail with ELOOP)'],
   ['fds[].mqueue', sameId('mqueue'), 'a message queue made again is a new inode: same sharing'],
   ['fds[].inet.tcp', tcpContinued, 'a connection out of repair mode carries on: bytes the peer sent since are appended, bytes it acknowledged leave the send queue; window and timestamp clock move'],
   ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
@@ -336,6 +337,10 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['ttys[].id', sameId('tty'), 'a pty is made anew: its slave gets a new number (a --shell-job terminal is the restarter\'s)'],
   ['ttys[].session', treePid('session'), 'a pid of the tree, as seen from here'],
   ['ttys[].foreground', treePid('group'), 'a pid of the tree, as seen from here'],
+  ['vmas[].ghost', sameId('ghost'), 'deleted files are made again: same sharing, new ids'],
+  ['fds[].ghost', sameId('ghost'), 'deleted files are made again: same sharing, new ids'],
+  ['ghosts[].id', sameId('ghost'), 'deleted files are made again: same sharing, new ids'],
+  ['ghosts[].segments', skip, 'contents are pages: not re-read'],
 ];
 
 const RULES = new Map<string, Rule>(NORMALISATIONS.map(([p, r]) => [p, r]));
@@ -491,6 +496,7 @@ export function verifyTree(input: VerifyInput): void {
   const pipes = new PipeTable();
   const memfds = new MemfdTable();
   const kinds = new DumpContext(pipes, memfds);
+  Object.assign(kinds.table(GhostTable), { contents: false, limit: Infinity });
   let images: ImageProcess[];
   try {
     const ttyTable = kinds.table(TtyTable);

@@ -252,6 +252,7 @@ test('the three seed images load and show', () => {
   assert.equal(tree.zombies.length, 1);
   assert.ok(tree.pipes.some((p) => p.data.length > 0), 'a pipe holds data');
   assert.equal(tree.memfds.length, 1);
+  assert.equal(tree.objects.ghosts?.length, 1, 'a deleted /dev/shm file');
   assert.ok(tree.process.vmas.some((v) => v.kind === 'shmem' && v.shmem), 'shared memory');
   assert.ok(tree.process.fds.some((f) => f.kind === 'eventfd') && tree.process.fds.some((f) => f.kind === 'epoll'));
 });

@@ -549,3 +549,68 @@ test("root restores a user's process with its capabilities, ambient and bounding
   assert.equal(u.code, 1);
   assert.match(u.stderr, new RegExp(`^stasis: pid ${pid}: the image claims permitted capabilities 0x2000 with CAP_NET_RAW that you do not hold`));
 });
+
+test('a user restarts a deleted file held as an fd; a root restart refuses to make it where, or owned by whom, the user could not; a /dev/shm file only mapped (sem_open, shm_open) is refused to a user by name', async () => {
+  const dir = userDir('user-ghost');
+  const file = userFile(dir, 'scratch');
+  fs.writeFileSync(file, 'kept through the restart\n');
+  const out = userFile(dir, 'out');
+  const pid = startAsUser('/bin/sh', ['-c', 'exec 3<>"$0"; rm "$0"; echo ready; exec sleep 1000', file], out);
+  await waitFor(out, /^ready$/m);
+  await waitState(pid, () => fs.readFileSync(`/proc/${pid}/comm`, 'utf8') === 'sleep\n');
+  const img = path.join(dir, 'image');
+  const ck = await asUser(['checkpoint', String(pid), '-o', img, '--kill']);
+  assert.equal(ck.code, 0, ck.stderr);
+  fs.chmodSync(img, 0o644);
+  assert.equal(loadImage(img).objects.ghosts?.[0].path, file);
+  await waitGone(pid, procs);
+  const { host, done } = await restartForeground(img, dir);
+  assert.equal(fs.readlinkSync(`/proc/${host}/fd/3`), `${file} (deleted)`);
+  assert.equal(fs.readFileSync(`/proc/${host}/fd/3`, 'utf8'), 'kept through the restart\n');
+  assert.equal(fs.statSync(`/proc/${host}/fd/3`).nlink, 0);
+  assert.equal(fs.statSync(`/proc/${host}/fd/3`).uid, user.uid);
+  assert.ok(!fs.existsSync(file), 'deleted again');
+  process.kill(host, 'SIGKILL');
+  await done;
+  // The same image edited: the file in a directory only root may write, or owned by root.
+  const edited = (name: string, edit: (g: Record<string, any>) => void) => {
+    const f = path.join(dir, name);
+    const records = readImageBuffer(fs.readFileSync(img), img);
+    const fd = fs.openSync(f, 'w', 0o644);
+    try {
+      const w = new ImageWriter(fd);
+      for (const r of records) {
+        if (r.type !== RecordType.Objects) { w.record(r.type, [r.payload]); continue; }
+        const o = JSON.parse(r.payload.toString('utf8'));
+        edit(o.ghosts[0]);
+        w.json(RecordType.Objects, o);
+      }
+      w.end();
+    } finally {
+      fs.closeSync(fd);
+    }
+    return f;
+  };
+  const planted = '/etc/stasis-planted-ghost';
+  for (const [f, want] of [
+    [edited('etc.img', (g) => { g.path = planted; }), /^stasis: deleted file \/etc\/stasis-planted-ghost: the saved process \(uid \d+\) could not have made it in \/etc owned by/],
+    [edited('owner.img', (g) => { g.uid = 0; g.mode = 0o4755; }), /^stasis: deleted file .*\/scratch: the saved process \(uid \d+\) could not have made it in .* owned by 0:/],
+  ] as const) {
+    const r = await cli(['restart', '--pid-ns', '-d', f]);
+    assert.equal(r.code, 1, r.stdout);
+    assert.match(r.stderr, want);
+    assert.equal(r.stderr.trim().split('\n').length, 1, 'one line');
+  }
+  assert.ok(!fs.existsSync(planted));
+  assert.deepEqual(fs.readdirSync(dir).filter((n) => n.startsWith('scratch')), [], 'nothing made');
+  // Semaphores and shm_open memory only mapped (glibc closes a semaphore's fd): reading them needs map_files, root's.
+  const sem = startAsUser(build('ghost'), [dir], userFile(dir, 'sem.out'));
+  await waitFor(path.join(dir, 'sem.out'), /^ready$/m);
+  const refused = await asUser(['checkpoint', String(sem), '-o', path.join(dir, 'sem.img')]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /^stasis: pid \d+: vma [0-9a-f]+-[0-9a-f]+ \(\/dev\/shm\/(sem\.|stasis-ghost-)\S+ \(deleted\)\): deleted file \/dev\/shm\/\S+: only mapped, not held as an fd, and reading it through map_files needs CAP_CHECKPOINT_RESTORE \(EPERM\)/);
+  for (const p of scanTree(sem)) assertUntraced(p.pid, /S/);
+  // Carried on: it checks its state and removes its named semaphore.
+  process.kill(sem, 'SIGUSR1');
+  await waitFor(path.join(dir, 'sem.out'), /^ok$/m);
+});

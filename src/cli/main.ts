@@ -6,11 +6,12 @@ import { restartSync, loadImage } from '../restart';
 import { showImage } from './show';
 import { runChecks, runKindList } from './check';
 import { StasisError } from '../sys/errno';
+import { GHOST_LIMIT_MAX } from '../kinds/ghost';
 import { constants as osConstants } from 'node:os';
 
 const USAGE = `usage:
   stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]|unix:[INO]|FIFO]...
-                    [--tcp-established] [--freeze-timeout SECONDS] [--shell-job] [-v]
+                    [--tcp-established] [--freeze-timeout SECONDS] [--shell-job] [--ghost-limit SIZE] [-v]
       save the process tree rooted at PID into an image (FILE, or stdout when
       it is not a terminal); it keeps running unless --kill is given;
       --shell-job takes a job started from a terminal outside the tree
@@ -21,7 +22,9 @@ const USAGE = `usage:
       --tcp-established takes established TCP connections along (TCP repair
       mode; with --kill they close without a FIN or RST to the peer);
       --freeze-timeout: the longest the tree stays frozen (default 60, 0: no
-      limit), then the checkpoint is abandoned and the tree resumed
+      limit), then the checkpoint is abandoned and the tree resumed;
+      --ghost-limit: the most data one deleted file held open or mapped may
+      carry into the image (default 64M; K, M, G suffixes; at most 512M)
   stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns] [--verify]
                  [--inherit-fd FD:pipe:[INO]|FD:unix:[INO]]... [--shell-job] [-v]
       recreate the process tree from an image (a file, or stdin with - or no
@@ -81,7 +84,8 @@ function logger(verbose: boolean): ((m: string) => void) | undefined {
 }
 
 async function cmdCheckpoint(args: string[]): Promise<number> {
-  const p = parse(args, ['-o', '--output', '--external', '--freeze-timeout'], ['--kill', '-v', '--verbose', '--shell-job', '--tcp-established']);
+  const p = parse(args, ['-o', '--output', '--external', '--freeze-timeout', '--ghost-limit'], ['--kill', '-v', '--verbose', '--shell-job', '--tcp-established']);
+  const ghostLimit = parseSize(p.flags.get('--ghost-limit') as string | undefined, '--ghost-limit', GHOST_LIMIT_MAX);
   const timeoutArg = p.flags.get('--freeze-timeout') as string | undefined;
   const timeoutS = timeoutArg === undefined ? DEFAULT_FREEZE_TIMEOUT_MS / 1000 : Number(timeoutArg);
   if (!Number.isFinite(timeoutS) || timeoutS < 0) throw new UsageError(`--freeze-timeout takes seconds, not ${timeoutArg}`);
@@ -102,7 +106,7 @@ async function cmdCheckpoint(args: string[]): Promise<number> {
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
   for (const sig of signals) process.on(sig, hold);
   try {
-    const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), shellJob: p.flags.has('--shell-job'), tcpEstablished: p.flags.has('--tcp-established'), freezeTimeoutMs: timeoutS * 1000, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
+    const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), shellJob: p.flags.has('--shell-job'), tcpEstablished: p.flags.has('--tcp-established'), freezeTimeoutMs: timeoutS * 1000, ghostLimit, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
     if (p.flags.has('-v') || p.flags.has('--verbose')) {
       process.stderr.write(`checkpointed pid ${r.pid}: ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
     }
@@ -111,6 +115,15 @@ async function cmdCheckpoint(args: string[]): Promise<number> {
     if (interrupted) process.stderr.write(`stasis: ${interrupted} arrived during the checkpoint; the checkpoint finished first and let the tree go\n`);
   }
   return interrupted ? 128 + osConstants.signals[interrupted] : 0;
+}
+
+/** "64M", "1048576", "512k": bytes, at most `max`; undefined when not given. */
+function parseSize(v: string | undefined, flag: string, max: number): number | undefined {
+  if (v === undefined) return undefined;
+  const m = /^(\d+)([kKmMgG]?)$/.exec(v);
+  const n = m ? Number(m[1]) * ({ '': 1, k: 1 << 10, m: 1 << 20, g: 1 << 30 } as Record<string, number>)[m[2].toLowerCase()] : NaN;
+  if (!Number.isSafeInteger(n) || n > max) throw new UsageError(`${flag} takes a size in bytes (K, M, G suffixes) up to ${max}, not ${v}`);
+  return n;
 }
 
 function signalName(sig: number): string {

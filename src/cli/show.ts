@@ -18,6 +18,10 @@ export function showImage(img: LoadedImage): string {
     for (const z of img.zombies) lines.push(`  pid ${z.pid} ppid ${z.ppid} pgid ${z.pgid} sid ${z.sid} zombie, wait status ${z.exitStatus}`);
   }
   for (const p of img.processes) lines.push(...showProcess(img, p));
+  for (const g of img.objects.ghosts ?? []) {
+    const data = g.segments.reduce((n, s) => n + Buffer.byteLength(s.data, 'base64'), 0);
+    lines.push(`deleted file ${g.id}: ${g.path}, ${size(g.size)} (${size(data)} of data), mode 0${g.mode.toString(8)}, owner ${g.uid}:${g.gid}`);
+  }
   return lines.join('\n') + '\n';
 }
 

@@ -51,11 +51,12 @@ import { SymlinkFd } from '../kinds/symlink';
 import { UnixFd, UnixSocket } from '../kinds/unix';
 import { TtyFd, ImageTty, Ctty } from '../kinds/tty';
 import { InetFd } from '../kinds/inet';
+import { GhostFd, ImageGhost } from '../kinds/ghost';
 
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
 
-export const VmaKind = z.enum(['anon', 'file', 'shmem', 'vdso', 'vvar', 'vvar_vclock']);
+export const VmaKind = z.enum(['anon', 'file', 'shmem', 'vdso', 'vvar', 'vvar_vclock', 'ghost']);
 export type VmaKind = z.infer<typeof VmaKind>;
 
 const AddressRun = z.object({ addr: pageAligned, len: pageAligned.refine((v) => v > 0, 'empty run') });
@@ -84,6 +85,8 @@ export const ImageVma = z.object({
   memfd: count.optional(),
   /** an attachment of a System V shared memory segment: its id in the Objects record's sysvShm table */
   sysv: SysvId.optional(),
+  /** a mapping (shared or private) of a deleted file: its id in the Objects record's ghosts table */
+  ghost: count.optional(),
   /** number of pages saved for this VMA in Pages records */
   savedPages: count,
   /**
@@ -133,6 +136,7 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(UnixFd.shape),
   FdCommon.extend(TtyFd.shape),
   FdCommon.extend(InetFd.shape),
+  FdCommon.extend(GhostFd.shape),
 ]);
 export type ImageFd = z.infer<typeof ImageFd>;
 
@@ -313,6 +317,7 @@ export const ObjectTables = z.object({
   sysvShm: z.array(SysvShmObject).max(1 << 16).optional(),
   unix: z.array(UnixSocket).max(1 << 20).optional(),
   ttys: z.array(ImageTty).max(4096).optional(),
+  ghosts: z.array(ImageGhost).max(1 << 16).optional(),
 });
 export type ObjectTables = z.infer<typeof ObjectTables>;
 

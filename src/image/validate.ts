@@ -10,6 +10,7 @@ import { RecordType } from './stream';
 import { PAGE_SIZE, USER_END, base64Bytes } from './fields';
 import { ImageError } from '../sys/errno';
 import { savesPages, vmaAt } from './vma';
+import { GHOST_LIMIT_MAX } from '../kinds/ghost';
 
 export { savesPages, vmaAt };
 
@@ -77,6 +78,7 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
     }
     if (end > m.size) throw new ImageError(`${src}: Memfds record: memfd ${m.id}: data beyond its size ${m.size}`);
   }
+  const ghostIds = checkGhosts(img);
 
   checkTtys(img);
 
@@ -98,6 +100,13 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
   const fdsOf = new Map<number, Set<number>>();
   img.processes.forEach((p, i) => {
     checkVmas(p, i, fail, memfdIds, img, index, isAncestor);
+    p.vmas.forEach((v, j) => {
+      if ((v.kind === 'ghost') !== (v.ghost !== undefined)) fail(p.pid, `vmas[${j}].ghost`, v.ghost === undefined ? 'a mapping of a deleted file without its id' : `a ${v.kind} mapping cannot name a deleted file`);
+      if (v.ghost !== undefined && !ghostIds.has(v.ghost)) fail(p.pid, `vmas[${j}].ghost`, `deleted file ${v.ghost} is not in the ghosts table`);
+    });
+    p.fds.forEach((f, j) => {
+      if (f.kind === 'ghost' && f.sameAs === undefined && !f.sharedWith && !ghostIds.has(f.ghost)) fail(p.pid, `fds[${j}].ghost`, `deleted file ${f.ghost} is not in the ghosts table`);
+    });
     checkPages(p, runsOf.get(p.pid) ?? [], runsOf, fail);
     checkFds(p, i, fail, pipeIds, memfdIds, index, fdsOf);
     p.threads.forEach((t, k) => {
@@ -136,6 +145,34 @@ function checkMqueues(img: LoadedImage, fail: Fail): void {
       if (f.kind === 'mqueue' && !ids.has(f.mqueue)) fail(p.pid, `fds[${j}].mqueue`, `message queue ${f.mqueue} is not in the Objects record`);
     });
   }
+}
+
+/** The ghosts table: ids unique, segments in order inside the file, each file held by some fd or mapping (nothing is made for nobody). */
+function checkGhosts(img: LoadedImage): Set<number> {
+  const where = `${img.source}: Objects record: ghosts`;
+  const ghosts = img.objects.ghosts ?? [];
+  const ids = new Set(ghosts.map((g) => g.id));
+  if (ids.size !== ghosts.length) throw new ImageError(`${where}: a deleted file id is listed twice`);
+  const held = new Set<number>();
+  for (const p of img.processes) {
+    for (const v of p.vmas) if (v.ghost !== undefined) held.add(v.ghost);
+    for (const f of p.fds) if (f.kind === 'ghost') held.add(f.ghost);
+  }
+  let total = 0;
+  for (const g of ghosts) {
+    if (!held.has(g.id)) throw new ImageError(`${where}: deleted file ${g.id} (${g.path}) is held by no fd or mapping of the image`);
+    const name = g.path.slice(g.path.lastIndexOf('/') + 1);
+    if (!name || name === '.' || name === '..' || g.path.includes('//') || /\/\.\.?\//.test(g.path)) throw new ImageError(`${where}: deleted file ${g.id}: ${g.path} is not a plain path to a file`);
+    let end = 0;
+    for (const s of g.segments) {
+      if (s.offset < end) throw new ImageError(`${where}: deleted file ${g.id}: segments overlap or are out of order`);
+      end = s.offset + base64Bytes(s.data);
+      total += base64Bytes(s.data);
+    }
+    if (end > g.size) throw new ImageError(`${where}: deleted file ${g.id}: data beyond its size ${g.size}`);
+  }
+  if (total > GHOST_LIMIT_MAX) throw new ImageError(`${where}: ${total} bytes of data, more than an image carries (${GHOST_LIMIT_MAX})`);
+  return ids;
 }
 
 function checkVmas(p: ImageProcess, i: number, fail: Fail, memfdIds: Set<number>, img: LoadedImage, index: Map<number, number>, isAncestor: (a: number, b: number) => boolean): void {

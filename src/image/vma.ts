@@ -13,6 +13,7 @@ import type { ImageVma } from './schema';
 export function savesPages(v: ImageVma): boolean {
   if (v.kind === 'anon') return !v.shared;
   if (v.kind === 'file') return !v.shared;
+  if (v.kind === 'ghost') return !v.shared; // like a file: the ghosts table holds its contents
   if (v.kind === 'shmem') return v.shared && v.memfd === undefined && v.shmem !== undefined;
   return false;
 }

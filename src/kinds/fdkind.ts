@@ -25,6 +25,7 @@ import type { PidfdKeeper } from './pidfd';
 import type { UnixKeeper } from './unix';
 import type { TtyKeeper } from './tty';
 import type { InetKeeper } from './inet';
+import type { GhostKeeper } from './ghost';
 
 export const O_CLOEXEC = 0o2000000;
 const SEEK_SET = 0, O_PATH = 0o10000000;
@@ -113,6 +114,7 @@ export interface RestoreContext {
   mqueues?: MqueueKeeper;
   unix?: UnixKeeper;
   inet?: InetKeeper;
+  ghosts?: GhostKeeper;
   image?: LoadedImage;
   /** a pidfd of an exited process, when the image holds one */
   deadPidfd?: PidfdKeeper;

@@ -16,10 +16,11 @@ import { pidfdKind } from './pidfd';
 import { symlinkKind } from './symlink';
 import { ttyKind } from './tty';
 import { inetKind } from './inet';
+import { ghostKind } from './ghost';
 import { REFUSED_FD_KINDS } from './refused';
 
 export const FD_KINDS: ReadonlyArray<FdKind<any>> = [ // eslint-disable-line @typescript-eslint/no-explicit-any
-  memfdKind, eventfdKind, signalfdKind, timerfdKind, epollKind, unixKind, inetKind, pipeKind, mqueueKind, fileKind, dirKind, ttyKind, chrKind,
+  memfdKind, eventfdKind, signalfdKind, timerfdKind, epollKind, unixKind, inetKind, pipeKind, mqueueKind, ghostKind, fileKind, dirKind, ttyKind, chrKind,
   inotifyKind, pidfdKind, symlinkKind,
   ...REFUSED_FD_KINDS, // last: named refusals of what no kind above restores (src/kinds/refused.ts)
 ];

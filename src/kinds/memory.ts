@@ -12,6 +12,7 @@ import { ImageWriter, RecordType, encodePagesHeader, PageRun } from '../image/st
 import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED, MAP_GROWSDOWN, MAP_NORESERVE, AT_FDCWD } from '../ptrace/remote';
 import { SYS, PAGE_SIZE } from '../sys/x86';
 import { MemfdTable, MemfdKeeper, memfdName, dataRanges } from './memfd';
+import type { GhostTable, GhostKeeper } from './ghost';
 import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
 import { refuseMapping } from './refused';
 import { syscall } from '../sys/libc';
@@ -169,7 +170,7 @@ export function vmaLabel(v: { start: number; end: number }, path: string): strin
 }
 
 /** Turn /proc VMAs into image VMAs, refusing what cannot be restored. */
-export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, sysv?: SysvShmTable): ImageVma[] {
+export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, sysv?: SysvShmTable, ghosts?: GhostTable): ImageVma[] {
   const out: ImageVma[] = [];
   for (const v of vmas) {
     const label = vmaLabel(v, v.path);
@@ -202,16 +203,23 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, sysv?: S
       out.push({ ...base, kind: 'shmem', name: v.path, sysv: v.inode });
     } else if (v.path.startsWith('/SYSV')) {
       throw new UnsupportedError(`${label}: System V shared memory is not supported yet`);
-    } else if (v.deleted) {
+    } else if (v.deleted && (!ghosts || !v.path.startsWith('/') || v.path === '/[aio] (deleted)')) {
       throw new UnsupportedError(`${label}: mapping of a deleted file is not supported yet`);
+    } else if (v.deleted && !ghosts!.linkedName(v)) {
+      // Shared or private: the ghosts table carries the file, Pages the private copies.
+      out.push({ ...base, kind: 'ghost', name: v.path, ghost: ghosts!.noteMapping(pid, v, label) });
     } else {
+      // A file; or one whose mapped name was removed while another name in
+      // the same directory stays (glibc's sem_open maps its temporary name):
+      // mapped again by that name.
+      const at = v.deleted ? ghosts!.linkedName(v)! : v.path;
       let file: FileIdentity;
       try {
-        file = fileIdentity(v.path);
+        file = fileIdentity(at);
       } catch (e) {
         throw new StasisError(`${label}: cannot stat the mapped file (${(e as NodeJS.ErrnoException).code})`);
       }
-      if (file.ino !== v.inode) throw new StasisError(`${label}: the file at ${v.path} is no longer the mapped one (inode ${v.inode} vs ${file.ino})`);
+      if (file.ino !== v.inode) throw new StasisError(`${label}: the file at ${at} is no longer the mapped one (inode ${v.inode} vs ${file.ino})`);
       out.push({ ...base, kind: 'file', name: '', file });
     }
   }
@@ -316,7 +324,7 @@ function addRun(runs: ReadRun[], addr: number, slow = false): void {
  */
 export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ancestors: Set<number> = new Set(), shmem = new ShmemPages()): ReadRun[] {
   if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') return [];
-  if (v.kind === 'file' && v.shared) return []; // the file holds them
+  if ((v.kind === 'file' || v.kind === 'ghost') && v.shared) return []; // the file holds them
   if (v.memfd !== undefined) return []; // the Memfds record holds the file
   if (v.sysv !== undefined) return []; // the Objects record holds the segment
   if (v.shmem) {
@@ -332,7 +340,7 @@ export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ance
   // The entries as 32-bit halves: no BigInt work per page (a 1 GiB VMA has
   // 262144 of them). Bits 63..56 are in the high half.
   const halves = new Uint32Array(pm.buffer, pm.byteOffset, pm.length * 2);
-  const privateFile = v.kind === 'file';
+  const privateFile = v.kind === 'file' || v.kind === 'ghost';
   const runs: ReadRun[] = [];
   const guards: PageRun[] = [];
   const zero = zeroPfn();
@@ -534,7 +542,7 @@ export function opensSharedObject(v: ImageVma, vmas: ImageVma[]): boolean {
  * will receive saved pages are made writable for now; `finishVmas` puts the
  * final protection in place once the pages are written.
  */
-export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper, mergeAny = false): void {
+export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number) => number = (p) => p, memfds?: MemfdKeeper, mergeAny = false, ghosts?: GhostKeeper): void {
   const wanted = vmas.filter((v) => v.kind !== 'vdso' && v.kind !== 'vvar' && v.kind !== 'vvar_vclock' && v.sysv === undefined);
   // System V attachments: attached (shmat) after the mappings, advised with them.
   const sysv = vmas.filter((v) => v.sysv !== undefined);
@@ -545,6 +553,11 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
     if (v.memfd !== undefined) {
       if (!memfds) throw new StasisError(`${label}: memfd mapping without its file`);
       return { path: memfds.pathFor(v.memfd), mode: v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: label };
+    }
+    if (v.ghost !== undefined) {
+      // A deleted file stasis re-created and holds: through /proc, like a memfd.
+      if (!ghosts) throw new StasisError(`${label}: mapping of a deleted file without the file`);
+      return { path: ghosts.pathFor(v.ghost), mode: v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY, what: label };
     }
     if (v.shmem?.from) {
       // The same shmem object as an earlier process: opened through that

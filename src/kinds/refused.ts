@@ -1,7 +1,7 @@
 // Kinds no module supports yet, each named precisely at checkpoint time
 // with what to do instead: fds (fanotify, io_uring, netlink, packet and raw
-// sockets ...) and mappings ([aio] rings, io_uring rings, deleted files
-// ...). `stasis check --kinds` lists them beside the registry's
+// sockets ...) and mappings ([aio] rings, io_uring rings, named anonymous
+// memory ...). `stasis check --kinds` lists them beside the registry's
 // supported kinds. A kind module that lands for one of these removes its
 // entry here (a refusal here is asked before the module would be).
 import fs from 'node:fs';
@@ -159,11 +159,7 @@ export const REFUSED_MAPPINGS: ReadonlyArray<RefusedKind<MappingFacts>> = [
     claims: (m) => m.path.startsWith('/memfd:') && !m.shared,
     refusal: (m) => `${m.label}: private mapping of a memfd is not supported yet`,
   },
-  {
-    name: 'mapping of a deleted file',
-    claims: (m) => m.path.endsWith(' (deleted)') && !m.path.startsWith('/memfd:') && !m.path.startsWith('/SYSV') && m.path !== '/dev/zero (deleted)',
-    refusal: (m) => `${m.label}: mapping of a deleted file is not supported yet`,
-  },
+
   {
     name: 'named anonymous memory',
     claims: (m) => m.path.startsWith('[anon:') || m.path.startsWith('[anon_shmem:'),

@@ -4,7 +4,8 @@
 // mutates: a child sharing anonymous shared memory with its parent, a pipe
 // to it with unread bytes in flight, a zombie child never waited for, a
 // memfd (mapped shared and held as an fd), an eventfd with a count and an
-// epoll watching it. Prints "ready" once all is set up, then both
+// epoll watching it, a deleted /dev/shm file (shm_open, unlinked) held as an
+// fd and mapped shared. Prints "ready" once all is set up, then both
 // processes wait in pause(); on SIGUSR1 the parent checks its state and
 // prints "ok" (or "FAIL: <what>") and exits.
 #define _GNU_SOURCE
@@ -15,6 +16,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <poll.h>
 #include <unistd.h>
@@ -43,6 +45,13 @@ int main(void)
     if (mem == MAP_FAILED) return fail("memfd mmap");
     strcpy(mem, "memfd contents");
     shared[0] = 0x5eed;
+    char shmname[64];
+    snprintf(shmname, sizeof shmname, "/stasis-fuzzseed-%d", getpid());
+    int gfd = shm_open(shmname, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (gfd < 0 || ftruncate(gfd, 4096) < 0 || shm_unlink(shmname) < 0) return fail("shm_open");
+    char *ghost = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, gfd, 0);
+    if (ghost == MAP_FAILED) return fail("shm mmap");
+    strcpy(ghost, "deleted file contents");
     int efd = eventfd(7, 0);
     int ep = epoll_create1(0);
     struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 0x1234 };
@@ -73,6 +82,7 @@ int main(void)
     if (read(p[0], buf, 9) != 9 || strcmp(buf, "in flight")) return fail("pipe data");
     if (strcmp(mem, "memfd contents")) return fail("memfd");
     if (shared[0] != 0x5eed) return fail("shared memory");
+    if (strcmp(ghost, "deleted file contents") || pread(gfd, buf, 7, 0) != 7 || memcmp(buf, "deleted", 7)) return fail("deleted file");
     if (epoll_wait(ep, &got, 1, 0) != 1 || got.data.u64 != 0x1234) return fail("epoll");
     if (read(efd, &count, 8) != 8 || count != 7) return fail("eventfd");
     printf("ok\n");
