@@ -143,6 +143,8 @@ test("parseStat: comm with ') (' and spaces, field positions", () => {
     ppid: 2717,
     pgrp: 2672,
     session: 1864,
+    ttyNr: 0,
+    tpgid: -1,
     flags: 4194304,
     nice: 0,
     numThreads: 1,

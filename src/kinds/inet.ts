@@ -25,6 +25,7 @@ import {
 } from '../sys/sockopt';
 
 const SOL_SOCKET = 1, SOL_IP = 0, SOL_TCP = 6, SOL_IPV6 = 41, SO_REUSEADDR = 2;
+const SOCK_RAW = 3;
 const SO_TYPE = 3, SO_PROTOCOL = 38, SO_DOMAIN = 39, SO_LINGER = 13, SO_BINDTODEVICE = 25;
 const SO_ATTACH_FILTER = 26, SO_DETACH_FILTER = 27, SO_RCVBUF = 8, SO_SNDBUF = 7, SO_RCVBUFFORCE = 33, SO_SNDBUFFORCE = 32;
 const SOCK_STREAM = 1, SOCK_DGRAM = 2, SOCK_NONBLOCK = 0o4000, O_NONBLOCK = 0o4000;
@@ -185,7 +186,8 @@ function claimInet(f: FoundFd): boolean {
     closeFd(fd);
     throw e;
   }
-  if (domain !== AF_INET && domain !== AF_INET6) {
+  // Raw sockets are left to the named refusals (src/kinds/refused.ts).
+  if ((domain !== AF_INET && domain !== AF_INET6) || getsockoptInt(fd, SOL_SOCKET, SO_TYPE, 'SO_TYPE') === SOCK_RAW) {
     closeFd(fd);
     return false;
   }
