@@ -148,11 +148,11 @@ interface Source {
 /** An image already in memory (a mapped file): records are views, not copies. */
 class BufferSource implements Source {
   offset = 0;
-  constructor(private readonly buf: Buffer) {}
+  constructor(private readonly buf: Buffer, private readonly source: string) {}
   read(n: number): Buffer | null {
     const left = this.buf.length - this.offset;
     if (left === 0) return null;
-    if (left < n) throw new ImageError(`image is truncated: needed ${n} bytes at byte ${this.offset}, the stream ended after ${left}`);
+    if (left < n) throw new ImageError(`${this.source} is truncated: needed ${n} bytes at byte ${this.offset}, the stream ended after ${left}`);
     const b = this.buf.subarray(this.offset, this.offset + n);
     this.offset += n;
     return b;
@@ -163,7 +163,7 @@ class BufferSource implements Source {
 class StreamSource implements Source {
   private readonly fd: number;
   offset = 0;
-  constructor(fd: number) {
+  constructor(fd: number, private readonly source: string) {
     this.fd = fd;
   }
   read(n: number): Buffer | null {
@@ -179,14 +179,14 @@ class StreamSource implements Source {
           sleepSync(1);
           continue;
         }
-        throw new ImageError(`reading the image at byte ${this.offset + got}: ${code ?? (e as Error).message}`);
+        throw new ImageError(`${this.source}: ${code === 'EISDIR' ? 'is a directory, not an image' : `reading it at byte ${this.offset + got}: ${code ?? (e as Error).message}`}`);
       }
       if (r === 0) break;
       got += r;
     }
     this.offset += got;
     if (got === 0) return null;
-    if (got < n) throw new ImageError(`image is truncated: needed ${n} bytes at byte ${this.offset - got}, the stream ended after ${got}`);
+    if (got < n) throw new ImageError(`${this.source} is truncated: needed ${n} bytes at byte ${this.offset - got}, the stream ended after ${got}`);
     return b;
   }
 }
@@ -196,12 +196,12 @@ class StreamSource implements Source {
  * End record. Nothing is trusted before all of it checks out.
  */
 export function readImage(fd: number, source = 'the image'): ImageRecord[] {
-  return parseImage(new StreamSource(fd), source);
+  return parseImage(new StreamSource(fd, source), source);
 }
 
 /** The same for an image held in memory (records are views into `buf`). */
 export function readImageBuffer(buf: Buffer, source = 'the image'): ImageRecord[] {
-  return parseImage(new BufferSource(buf), source);
+  return parseImage(new BufferSource(buf, source), source);
 }
 
 function parseImage(src: Source, source: string): ImageRecord[] {
