@@ -301,6 +301,12 @@ async function run(argv: string[]): Promise<number> {
     throw new UsageError(`takes ${what}${n > max ? `; extra: ${p.positionals.slice(max).join(' ')}` : ''}`, name);
   }
   reportRss();
+  if (process.env.STASIS_ZOD_JIT !== '1') {
+    // One image is parsed once: zod's code generation for each object
+    // schema (new Function per shape) costs more than it ever saves here.
+    // Set before any schema exists, as zod reads it when one is made.
+    (require('zod') as typeof import('zod')).config({ jitless: true });
+  }
   return c.run(p);
 }
 
