@@ -109,6 +109,7 @@ export function install(dir = CACHE_DIR, save = true): void {
   const file = cacheFile(dir);
   const state = installed = { table: readTable(file), fresh: new Map<string, vm.Script>(), file };
   M.prototype._compile = function (this: Internal, content: string, filename: string): unknown {
+    if (filename.endsWith(ZOD_LOCALES) && lazyIndex(this, content)) return undefined;
     // As Node does: a #! line is not JavaScript.
     const source = M.wrap(content.startsWith('#!') ? `//${content}` : content);
     const cachedData = state.table.get(filename);
@@ -127,6 +128,34 @@ export function install(dir = CACHE_DIR, save = true): void {
     return fn.call(mod.exports, mod.exports, req, mod, filename, path.dirname(filename));
   };
   if (save) process.on('exit', () => saveNow());
+}
+
+/**
+ * zod's index of its 64 translations of error messages (1.6 MB of source)
+ * loads every one of them for `z.locales`, which stasis never reads; it was
+ * a quarter of a command's module loading. Each translation is loaded on
+ * first access instead, the same object otherwise. The index is read as
+ * zod writes it (`var X = require("./NAME.cjs"); ... exports, "NAME"`);
+ * in any other shape it is simply run.
+ */
+const ZOD_LOCALES = `${path.sep}zod${path.sep}v4${path.sep}locales${path.sep}index.cjs`;
+
+function lazyIndex(mod: Internal, content: string): boolean {
+  const entries = [...content.matchAll(/^var (\w+) = require\("(\.\/[\w-]+\.cjs)"\);\nObject\.defineProperty\(exports, "([\w]+)", \{ enumerable: true, get: function \(\) \{ return __importDefault\(\1\)\.default; \} \}\);$/gm)];
+  const requires = content.match(/require\(/g)?.length ?? 0;
+  if (!entries.length || entries.length !== requires) return false;
+  const exports = mod.exports as Record<string, unknown>;
+  Object.defineProperty(exports, '__esModule', { value: true });
+  for (const [, , file, name] of entries) {
+    Object.defineProperty(exports, name, {
+      enumerable: true,
+      get: () => {
+        const m = mod.require(file) as { __esModule?: boolean; default?: unknown };
+        return m && m.__esModule ? m.default : m;
+      },
+    });
+  }
+  return true;
 }
 
 /** Write the cache now if modules were compiled anew (made after they ran: their used functions are in it). */

@@ -5,10 +5,18 @@ import fs from 'node:fs';
 import { ImageError, StasisError } from '../sys/errno';
 import { crc32c } from './crc32c';
 import { writevAsync, sleepSync } from '../sys/libc';
-import { EndRecord, PagesHeader, PageRun } from './schema';
+import type { EndRecord, PageRun } from './schema';
 import { issueText } from './fields';
 
 export type { PageRun };
+
+/**
+ * The image schema, for readers only: building its zod objects is a good
+ * part of a command's start-up, and a checkpoint only writes.
+ */
+function schema(): typeof import('./schema') {
+  return require('./schema') as typeof import('./schema');
+}
 
 export const MAGIC = Buffer.from('STASIS\0\n', 'latin1');
 export const FORMAT_VERSION = 2;
@@ -253,7 +261,7 @@ function parseEnd(payload: Buffer, where: string): EndRecord {
   } catch (e) {
     throw new ImageError(`${where}: not valid JSON (${(e as Error).message})`);
   }
-  const got = EndRecord.safeParse(value);
+  const got = schema().EndRecord.safeParse(value);
   if (!got.success) {
     throw new ImageError(`${where}: ${issueText(got.error)}`);
   }
@@ -293,7 +301,7 @@ export function decodePages(payload: Buffer, where: string | ((pid?: number) => 
     runs[i] = { addr, len };
     total += len;
   }
-  const got = PagesHeader.safeParse({ pid: rawPid, runs });
+  const got = schema().PagesHeader.safeParse({ pid: rawPid, runs });
   if (!got.success) {
     throw new ImageError(`${label(rawPid)}: ${issueText(got.error)}`);
   }
