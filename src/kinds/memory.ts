@@ -737,6 +737,8 @@ export function keptFromParent(child: ImageVma[], parent: ImageVma[], parentPid:
  * (never touched, dropped) are dropped; its own pages are written after.
  */
 export function dropUnshared(remote: Remote, kept: Map<ImageVma, Set<number>>, ownRuns: PageRun[]): void {
+  // Nothing kept as forked (every lone process): no set of every saved page (~80 ms for 1 GiB, cold).
+  if (!kept.size) return;
   const own = new Set<number>();
   for (const r of ownRuns) for (let a = r.addr; a < r.addr + r.len; a += PAGE_SIZE) own.add(a);
   const calls: BatchCall[] = [];
