@@ -9,7 +9,15 @@
 // (made by `npm run build`, refreshed when V8 rejects it, e.g. after a Node
 // upgrade, if that directory is ours). V8 itself checks each entry against
 // the source it was made from, its own version and flags; anything it
-// rejects is compiled as usual. STASIS_COMPILE_CACHE=0 turns it off.
+// rejects is compiled as usual. STASIS_COMPILE_CACHE=0 turns it off,
+// STASIS_COMPILE_CACHE=ro never writes it.
+//
+// What V8 serializes is the bytecode of the functions compiled so far. At
+// build time that is the modules' top level only; a checkpoint then
+// compiles its own functions on first call, while the tree is frozen. So
+// the first command of each kind that succeeds writes the cache again at
+// its exit, with everything it ran (as Node 22's compile cache learns from
+// the runs it sees); later commands of that kind find their code compiled.
 import fs from 'node:fs';
 import path from 'node:path';
 import vm from 'node:vm';
@@ -98,7 +106,23 @@ function writeTable(file: string, table: Map<string, Buffer>): void {
   }
 }
 
-let installed: { table: Map<string, Buffer>; fresh: Map<string, vm.Script>; file: string } | undefined;
+interface State {
+  table: Map<string, Buffer>;
+  /** compiled without accepted cache data */
+  fresh: Map<string, vm.Script>;
+  /** everything compiled through the hook in this process */
+  all: Map<string, vm.Script>;
+  file: string;
+  /** the command to learn from at exit, if it succeeds */
+  learning?: string;
+  /** V8 turned down an entry (its source changed): what was learned is stale */
+  rejected?: boolean;
+}
+
+/** The table entry naming the commands the cache has learned from. */
+const LEARNED = '\0learned';
+
+let installed: State | undefined;
 
 /**
  * Compile every CommonJS module loaded from now on through the cache.
@@ -107,7 +131,7 @@ let installed: { table: Map<string, Buffer>; fresh: Map<string, vm.Script>; file
 export function install(dir = CACHE_DIR, save = true): void {
   if (installed || process.env.STASIS_COMPILE_CACHE === '0') return;
   const file = cacheFile(dir);
-  const state = installed = { table: readTable(file), fresh: new Map<string, vm.Script>(), file };
+  const state: State = installed = { table: readTable(file), fresh: new Map(), all: new Map(), file };
   M.prototype._compile = function (this: Internal, content: string, filename: string): unknown {
     if (filename.endsWith(ZOD_LOCALES) && lazyIndex(this, content)) return undefined;
     // As Node does: a #! line is not JavaScript.
@@ -115,6 +139,8 @@ export function install(dir = CACHE_DIR, save = true): void {
     const cachedData = state.table.get(filename);
     const script = new vm.Script(source, { filename, cachedData });
     if (!cachedData || script.cachedDataRejected) state.fresh.set(filename, script);
+    if (cachedData && script.cachedDataRejected) state.rejected = true;
+    state.all.set(filename, script);
     const fn = script.runInThisContext({ displayErrors: true }) as (...a: unknown[]) => unknown;
     // The `require` Node would hand the module.
     const mod = this;
@@ -127,7 +153,31 @@ export function install(dir = CACHE_DIR, save = true): void {
     req.cache = M._cache as NodeJS.Dict<NodeModule>;
     return fn.call(mod.exports, mod.exports, req, mod, filename, path.dirname(filename));
   };
-  if (save) process.on('exit', () => saveNow());
+  if (save && process.env.STASIS_COMPILE_CACHE !== 'ro') {
+    process.on('exit', (code) => {
+      if (state.rejected) state.table.delete(LEARNED);
+      const known = learned(state);
+      if (code === 0 && state.learning && !known.includes(state.learning)) {
+        for (const [name, script] of state.all) state.fresh.set(name, script);
+        state.table.set(LEARNED, Buffer.from(JSON.stringify([...known, state.learning])));
+      }
+      saveNow();
+    });
+  }
+}
+
+function learned(state: State): string[] {
+  try {
+    const v = JSON.parse(state.table.get(LEARNED)?.toString() ?? '[]') as unknown;
+    return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+  } catch {
+    return [];
+  }
+}
+
+/** The running command, for the cache to learn from once, when it succeeds (see above). */
+export function learnFrom(command: string): void {
+  if (installed) installed.learning = command;
 }
 
 /**

@@ -301,6 +301,8 @@ async function run(argv: string[]): Promise<number> {
     throw new UsageError(`takes ${what}${n > max ? `; extra: ${p.positionals.slice(max).join(' ')}` : ''}`, name);
   }
   reportRss();
+  // The code cache learns from the first successful run of each command (compile-cache.ts).
+  if (require.cache[require.resolve('./compile-cache')]) (require('./compile-cache') as typeof import('./compile-cache')).learnFrom(`${name}${flag(p, 'verify') ? ' --verify' : ''}`);
   if (process.env.STASIS_ZOD_JIT !== '1') {
     // One image is parsed once: zod's code generation for each object
     // schema (new Function per shape) costs more than it ever saves here.
