@@ -1019,7 +1019,7 @@ async function main(): Promise<void> {
       lines.push(
         '## Whole commands',
         '',
-        `Every figure is a whole \`bin/stasis\` command spawned fresh, as a user runs it (medians: 1 GiB ${CLI_BIG_RUNS} rounds, \`sleep\` ${CLI_TINY_RUNS}, 100 tasks ${CLI_MANY_RUNS}; no warm-up of stasis; each limit measured in the same run, interleaved). "target frozen": how long the target was stopped (\`stasis -v\`); peak RSS: stasis's own (\`STASIS_REPORT_RSS=1\`).`,
+        `Every figure is a whole \`bin/stasis\` command spawned fresh, as a user runs it (medians: 1 GiB ${CLI_BIG_RUNS} rounds, \`sleep\` ${CLI_TINY_RUNS}, 100 tasks ${CLI_MANY_RUNS}; no warm-up of stasis; each limit measured in the same run, interleaved). The code cache is the one \`npm run bench\` builds; the first run of each command completes it, as it does for a user (README). "target frozen": how long the target was stopped (\`stasis -v\`); peak RSS: stasis's own (\`STASIS_REPORT_RSS=1\`; a restart maps its image file, whose pages count in it).`,
         '',
         ...cliTable(cliRows),
         '',
