@@ -3,7 +3,7 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, alive, restartVerified } from './harness';
 import { loadImage } from '../src';
 import { readStatus, listChildren } from '../src/proc';
@@ -45,13 +45,40 @@ test('an image round-trips through stasis show --json', async () => {
   const shown = await cli(['show', '--json', img]);
   assert.equal(shown.code, 0, shown.stderr);
   const meta = JSON.parse(shown.stdout);
-  assert.deepEqual(meta, loadImage(img).process);
-  assert.equal(meta.pid, pid);
-  assert.equal(meta.comm, 'counter');
-  assert.ok(meta.vmas.some((v: { name: string }) => v.name === '[stack]'));
+  const loaded = loadImage(img);
+  assert.deepEqual(meta.processes, loaded.processes);
+  assert.equal(meta.root, pid);
+  assert.equal(meta.processes[0].pid, pid);
+  assert.equal(meta.processes[0].comm, 'counter');
+  assert.ok(meta.processes[0].vmas.some((v: { name: string }) => v.name === '[stack]'));
+  // Page records as their runs only: no contents.
+  assert.deepEqual(meta.pages, loaded.pages.map((p) => ({ pid: p.pid, bytes: p.data.length, runs: p.runs })));
+  assert.ok(meta.pages.length > 0);
   const human = await cli(['show', img]);
   assert.match(human.stdout, new RegExp(`^process ${pid} \\(counter\\)`));
   assert.match(human.stdout, /fd +1 file/);
+});
+
+test('stasis show --json covers the whole tree, not only its root', async () => {
+  const prog = build('many');
+  const dir = tmpdir('showtree');
+  const out = path.join(dir, 'out'), img = path.join(dir, 'image');
+  const pid = procs.start(prog, ['procs', '4'], out);
+  await waitFor(out, /^ready$/m);
+  const ck = await cli(['checkpoint', String(pid), '--output=' + img]);
+  assert.equal(ck.code, 0, ck.stderr);
+  procs.addTree(pid);
+  const meta = JSON.parse((await cli(['show', img, '--json'])).stdout);
+  assert.equal(meta.processes.length, 4);
+  assert.equal(meta.processes[0].pid, pid);
+  const pids = meta.processes.map((p: { pid: number }) => p.pid);
+  for (const p of meta.processes.slice(1)) assert.equal(p.ppid, pid);
+  assert.deepEqual(meta.processes, loadImage(img).processes);
+  // Every process's page records are listed under its own pid.
+  assert.deepEqual(new Set(meta.pages.map((p: { pid: number }) => p.pid)), new Set(pids));
+  assert.ok(Array.isArray(meta.zombies) && Array.isArray(meta.pipes) && Array.isArray(meta.memfds));
+  const human = await cli(['show', img]);
+  assert.match(human.stdout, /^tree of 4 process\(es\)/);
 });
 
 test('an unsupported fd is refused by name and the target keeps running untraced', async () => {
@@ -210,4 +237,147 @@ test('the demo of the README runs: the restored counter carries on from 6', asyn
   });
   assert.equal(r.code, 0, r.out);
   assert.match(r.out, /\[original\] counter: 5\n[^]*\[restored\] counter: 6\n/);
+});
+
+/** The exit status lines of `stasis --help` ("  N   meaning"). */
+function exitLines(help: string): string[] {
+  return help.slice(help.indexOf('exit status:')).split('\n').filter((l) => /^  (\d+|128\+N) /.test(l)).map((l) => l.trim());
+}
+
+test('stasis --version and --help; COMMAND --help for every command and alias', async () => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8'));
+  for (const v of ['--version', '-V']) {
+    const r = await cli([v]);
+    assert.equal(r.code, 0);
+    assert.equal(r.stdout, `stasis ${pkg.version}\n`);
+  }
+  const help = await cli(['--help']);
+  assert.equal(help.code, 0);
+  assert.equal(help.stderr, '');
+  for (const c of ['checkpoint', 'restart', 'show', 'check']) assert.match(help.stdout, new RegExp(`^  stasis ${c}\\b`, 'm'));
+  const options: Record<string, string[]> = {
+    checkpoint: ['-o, --output', '--kill', '--external', '--freeze-timeout', '-v, --verbose', '-h, --help'],
+    restart: ['-d, --detach', '--pidfile', '--pid-ns', '--verify', '--inherit-fd', '-v, --verbose', '-h, --help'],
+    show: ['--json', '-h, --help'],
+    check: ['-h, --help'],
+  };
+  for (const [args, name] of [[['checkpoint', '--help'], 'checkpoint'], [['restart', '-h'], 'restart'], [['show', '--help'], 'show'], [['check', '--help'], 'check'],
+    [['dump', '--help'], 'checkpoint'], [['restore', '--help'], 'restart'], [['help', 'restart'], 'restart'], [['restart', '/nonexistent', '--help'], 'restart']] as Array<[string[], string]>) {
+    const r = await cli(args);
+    assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stderr, '', args.join(' '));
+    assert.match(r.stdout, new RegExp(`^usage: stasis ${name}\\b`), args.join(' '));
+    for (const o of options[name]) assert.ok(r.stdout.includes(`  ${o.startsWith('-') && !o.includes(',') ? '    ' : ''}${o}`), `${args.join(' ')} lists ${o}`);
+    // Every page states the exit statuses.
+    assert.deepEqual(exitLines(r.stdout), exitLines(help.stdout), args.join(' '));
+  }
+});
+
+test('the exit statuses of --help are the ones the README documents', () => {
+  const readme = fs.readFileSync(path.join(__dirname, '..', '..', 'README.md'), 'utf8');
+  const help = spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8' }).stdout;
+  const lines = exitLines(help);
+  assert.ok(lines.length >= 5);
+  for (const l of lines) {
+    const [code] = l.split(/\s+/);
+    assert.match(readme, new RegExp(`^\\| \`${code.replace('+', '\\+')}\` \\|`, 'm'), `README documents exit status ${code}`);
+  }
+});
+
+test('usage errors name the command and exit 2; nothing is started', async () => {
+  const cases: Array<[string[], RegExp]> = [
+    [['checkpoint'], /^stasis checkpoint: takes one PID\n/],
+    [['checkpoint', 'abc'], /^stasis checkpoint: not a pid: abc\n/],
+    [['checkpoint', '12abc'], /^stasis checkpoint: not a pid: 12abc\n/],
+    [['checkpoint', '1', '2'], /^stasis checkpoint: takes one PID; extra: 2\n/],
+    [['checkpoint', '1', '--bogus'], /^stasis checkpoint: unknown option --bogus\n/],
+    [['checkpoint', '1', '-o'], /^stasis checkpoint: -o needs a value\n/],
+    [['checkpoint', '1', '-o', '--kill'], /^stasis checkpoint: -o needs a value\n/],
+    [['checkpoint', '1', '--kill=yes'], /^stasis checkpoint: --kill takes no value\n/],
+    [['checkpoint', '1', '--freeze-timeout', 'soon'], /^stasis checkpoint: --freeze-timeout takes seconds, not soon\n/],
+    [['dump', 'x'], /^stasis checkpoint: not a pid: x\n/],
+    [['restart', '--kill'], /^stasis restart: unknown option --kill\n/],
+    [['restart', 'a', 'b'], /^stasis restart: takes at most one image; extra: b\n/],
+    [['restart', '--inherit-fd', '3:x', 'img'], /^stasis restart: --inherit-fd takes FD:pipe:\[INODE\], not 3:x\n/],
+    [['restart', '--pidfile'], /^stasis restart: --pidfile needs a value\n/],
+    [['show'], /^stasis show: takes one image file/],
+    [['show', 'img', '--verify'], /^stasis show: unknown option --verify\n/],
+    [['check', 'now'], /^stasis check: takes no arguments; extra: now\n/],
+    [['frobnicate'], /^stasis: unknown command frobnicate\n/],
+    [['--kill'], /^stasis: unknown option --kill \(options follow the command\)\n/],
+    [['help', 'frobnicate'], /^stasis: unknown command frobnicate\n/],
+    [[], /^stasis: no command given\n/],
+  ];
+  const children = listChildren(process.pid);
+  for (const [args, re] of cases) {
+    const r = await cli(args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, re, args.join(' '));
+    assert.match(r.stderr, /^usage: stasis /m, args.join(' '));
+    assert.equal(r.stdout, '', args.join(' '));
+  }
+  assert.deepEqual(listChildren(process.pid), children);
+});
+
+test('a missing, unreadable or non-image file is refused in one line, exit 1', async () => {
+  const dir = tmpdir('noimage');
+  const secret = path.join(dir, 'secret.img');
+  fs.writeFileSync(secret, 'STASIS', { mode: 0o600 });
+  fs.chmodSync(dir, 0o755);
+  const tiny = path.join(dir, 'tiny.img');
+  fs.writeFileSync(tiny, 'STA');
+  const cases: Array<[string[], RegExp, { uid?: number }?]> = [
+    [['restart', '/nonexistent'], /^stasis: \/nonexistent: cannot open \(ENOENT\)\n$/],
+    [['restart', '-d', '--verify', '/nonexistent'], /^stasis: \/nonexistent: cannot open \(ENOENT\)\n$/],
+    [['show', '/nonexistent'], /^stasis: \/nonexistent: cannot open \(ENOENT\)\n$/],
+    [['show', '--json', dir], new RegExp(`^stasis: ${dir}: is a directory, not an image\n$`)],
+    [['restart', dir], new RegExp(`^stasis: ${dir}: is a directory, not an image\n$`)],
+    [['show', '/etc/passwd'], /^stasis: \/etc\/passwd is not a stasis image \(bad magic\)\n$/],
+    [['restart', tiny], new RegExp(`^stasis: ${tiny} is truncated: needed 16 bytes at byte 0, the stream ended after 3\n$`)],
+    [['restart', secret], new RegExp(`^stasis: ${secret}: cannot open \\(EACCES\\)\n$`), { uid: 65534 }],
+  ];
+  for (const [args, re, as] of cases) {
+    const r = as?.uid !== undefined
+      ? spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', uid: as.uid, gid: as.uid })
+      : await cli(args);
+    const code = 'status' in r ? r.status : r.code;
+    assert.equal(code, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, re, args.join(' '));
+  }
+});
+
+test('the long forms of every flag work: --output=, --verbose, --detach, --pidfile', async () => {
+  const prog = build('counter');
+  const dir = tmpdir('longflags');
+  const out = path.join(dir, 'out'), img = path.join(dir, 'image'), pidfile = path.join(dir, 'pid');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^counter: 1$/m);
+  const c = await cli(['checkpoint', `--output=${img}`, '--kill', '--freeze-timeout=30', '--verbose', String(pid)]);
+  assert.equal(c.code, 0, c.stderr);
+  assert.match(c.stderr, /^\[[\d.]+ ms\] freezing$/m);
+  assert.match(c.stderr, new RegExp(`^checkpointed pid ${pid}: 1 process\\(es\\), 1 thread\\(s\\), \\d+ bytes \\(\\d+ of pages\\), frozen [\\d.]+ ms$`, 'm'));
+  await waitGone(pid, procs);
+  const r = await cli(['restore', '--detach', '--verify', '--verbose', `--pidfile=${pidfile}`, img]);
+  assert.equal(r.code, 0, r.stderr);
+  const restored = procs.add(Number(fs.readFileSync(pidfile, 'utf8')));
+  assert.equal(r.stdout, `${restored}\n`);
+  assert.match(r.stderr, /^\[[\d.]+ ms\] restored as pid \d+/m);
+  const seen = fs.readFileSync(out, 'utf8').trim().split('\n').length;
+  await waitFor(out, new RegExp(`^counter: ${seen + 1}$`, 'm'));
+});
+
+test('STASIS_REPORT_RSS=1 reports the peak resident memory of the command at exit', async () => {
+  const dir = tmpdir('rss');
+  const prog = build('counter');
+  const out = path.join(dir, 'out'), img = path.join(dir, 'image');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^counter: 1$/m);
+  const run = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, STASIS_REPORT_RSS: '1' } });
+  const c = run(['checkpoint', String(pid), '-o', img]);
+  assert.equal(c.status, 0, c.stderr);
+  const kib = Number(/^stasis: peak RSS (\d+) KiB$/m.exec(c.stderr)?.[1]);
+  assert.ok(kib > 1024 && kib < 16 << 20, c.stderr);
+  assert.match(run(['show', img]).stderr, /^stasis: peak RSS \d+ KiB\n$/);
+  // Without the variable, nothing extra.
+  assert.equal((await cli(['show', img])).stderr, '');
 });

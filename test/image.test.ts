@@ -43,6 +43,26 @@ test('the generated crc32c code agrees with the portable one on every length and
   }
 });
 
+test('crc32c of large buffers (three interleaved chains, joined) agrees with the portable one', () => {
+  const data = Buffer.alloc((1 << 20) + 64);
+  let x = 0x9e3779b9;
+  for (let i = 0; i < data.length; i++) {
+    x = (x ^ (x << 13)) >>> 0; x = (x ^ (x >>> 17)) >>> 0; x = (x ^ (x << 5)) >>> 0;
+    data[i] = x & 0xff;
+  }
+  // Around the size where the chains start, thirds that are and are not whole words, and a tail.
+  for (const len of [3 * 4096 - 1, 3 * 4096, 3 * 4096 + 1, 3 * 4096 + 23, 3 * 4096 + 24, 65536 + 5, 1 << 20]) {
+    for (const off of [0, 1, 5]) {
+      const part = data.subarray(off, off + len);
+      assert.equal(crc32c(part, 0xdeadbeef), crc32cPortable(part, 0xdeadbeef), `offset ${off}, length ${len}`);
+      assert.equal(crc32c(part), crc32cPortable(part), `offset ${off}, length ${len}, from 0`);
+    }
+  }
+  // Continuing a CRC across two large parts is the CRC of the whole.
+  const a = data.subarray(0, 300000), b = data.subarray(300000, 700001);
+  assert.equal(crc32c(b, crc32c(a)), crc32cPortable(data.subarray(0, 700001)));
+});
+
 test('records round-trip in order with their payloads', () => {
   const dir = tmpdir('codec');
   const data = Buffer.alloc(3 * 4096, 7);

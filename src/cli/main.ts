@@ -1,102 +1,207 @@
 // The `stasis` command: checkpoint, restart, show, check.
-import fs from 'node:fs';
-import tty from 'node:tty';
-import { checkpoint, DEFAULT_FREEZE_TIMEOUT_MS } from '../checkpoint';
-import { restartSync, loadImage } from '../restart';
-import { showImage } from './show';
-import { runChecks, runKindList } from './check';
-import { StasisError } from '../sys/errno';
-import { GHOST_LIMIT_MAX } from '../kinds/ghost';
-import { constants as osConstants } from 'node:os';
+//
+// Start-up is part of every command's time, so this file loads nothing but
+// node:util's parseArgs (already in Node's own start-up snapshot): each
+// command requires the modules it uses when it runs, and --help and
+// --version load no stasis module at all.
+import { parseArgs } from 'node:util';
+import type { CheckpointResult } from '../checkpoint';
 
-const USAGE = `usage:
-  stasis checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]|unix:[INO]|FIFO]...
-                    [--tcp-established] [--freeze-timeout SECONDS] [--shell-job] [--ghost-limit SIZE] [-v]
-      save the process tree rooted at PID into an image (FILE, or stdout when
-      it is not a terminal); it keeps running unless --kill is given;
-      --shell-job takes a job started from a terminal outside the tree
-      (restart it with --shell-job on a terminal);
-      --external takes along a pipe shared with a process outside the tree
-      (or a FIFO held open outside, whose bytes stay in it), or a unix
-      socket (its own inode) connected to one outside;
-      --tcp-established takes established TCP connections along (TCP repair
-      mode; with --kill they close without a FIN or RST to the peer);
-      --freeze-timeout: the longest the tree stays frozen (default 60, 0: no
-      limit), then the checkpoint is abandoned and the tree resumed;
-      --ghost-limit: the most data one deleted file held open or mapped may
-      carry into the image (default 64M; K, M, G suffixes; at most 512M)
-  stasis restart [FILE|-] [-d|--detach] [--pidfile FILE] [--pid-ns] [--verify]
-                 [--inherit-fd FD:pipe:[INO]|FD:unix:[INO]]... [--shell-job] [-v]
-      recreate the process tree from an image (a file, or stdin with - or no
-      FILE) with its original pids; waits for its root and returns its exit
-      status unless --detach; --pid-ns restores inside a new pid namespace
-      (for a user without CAP_CHECKPOINT_RESTORE, always, in a new user
-      namespace too, mapping only their own uid and gid); --verify reads the
-      tree back before it runs and fails the restart on any difference from
-      the image; --inherit-fd connects an external pipe of the image to fd FD,
-      or puts socket FD in the place of an external unix socket;
-      --shell-job gives a job's terminal fds the terminal on stdin
-  stasis show FILE [--json]
-      describe an image (--json: all metadata, no page contents)
-  stasis check [--kinds]
-      report the kernel features stasis relies on (--kinds: every fd and
-      mapping kind, supported or refused)`;
 
-class UsageError extends Error {}
+interface Command {
+  /** the first line of its usage, after "stasis " */
+  synopsis: string;
+  /** one line for the list of commands */
+  summary: string;
+  /** what it does, wrapped at 78 columns */
+  about: string;
+  options: Record<string, { type: 'string' | 'boolean'; short?: string; multiple?: boolean; help: string }>;
+  /** positional arguments: at least, at most */
+  positionals: [number, number];
+  run(p: Parsed): Promise<number> | number;
+}
 
 interface Parsed {
-  positional: string[];
-  flags: Map<string, string | true>;
-  /** every value of flags that may repeat */
-  lists: Map<string, string[]>;
+  positionals: string[];
+  values: Record<string, string | boolean | string[] | undefined>;
 }
 
-/** Minimal option parser: known flags, some taking a value. */
-function parse(args: string[], withValue: string[], boolean: string[]): Parsed {
-  const positional: string[] = [];
-  const flags = new Map<string, string | true>();
-  const lists = new Map<string, string[]>();
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i];
-    if (a === '-' || !a.startsWith('-')) {
-      positional.push(a);
-      continue;
-    }
-    const [name, inline] = a.split(/=(.*)/s, 2);
-    if (withValue.includes(name)) {
-      const v = inline ?? args[++i];
-      if (v === undefined) throw new UsageError(`${name} needs a value`);
-      flags.set(name, v);
-      lists.set(name, [...(lists.get(name) ?? []), v]);
-    } else if (boolean.includes(name)) {
-      flags.set(name, true);
+const verbose = { type: 'boolean', short: 'v', help: 'say each step on stderr, with times' } as const;
+
+const COMMANDS: Record<string, Command> = {
+  checkpoint: {
+    synopsis: 'checkpoint PID [-o FILE] [--kill] [--external pipe:[INO]|unix:[INO]|FIFO]... [--tcp-established] [--shell-job] [--ghost-limit SIZE] [--freeze-timeout SECONDS] [-v]',
+    summary: 'save the process tree rooted at PID into an image',
+    about: `Save the process tree rooted at PID into an image: FILE, or stdout when it
+is not a terminal. The tree keeps running unless --kill is given. Anything
+stasis cannot restore is refused by name before a byte is written, and the
+tree is left running as it was.`,
+    options: {
+      output: { type: 'string', short: 'o', help: 'write the image to FILE (- for stdout)' },
+      kill: { type: 'boolean', help: 'end the tree once the image is written and flushed' },
+      external: { type: 'string', multiple: true, help: 'take along a pipe shared with a process outside the tree (pipe:[INO]), a FIFO held open outside (its bytes stay in it), or a unix socket (unix:[INO], its own inode) connected to one outside; at restart, connect it with --inherit-fd' },
+      'tcp-established': { type: 'boolean', help: 'take established TCP connections along (TCP repair mode; with --kill they close without a FIN or RST to the peer); needs CAP_NET_ADMIN' },
+      'shell-job': { type: 'boolean', help: 'take a job started from a terminal outside the tree (restart it with --shell-job on a terminal)' },
+      'ghost-limit': { type: 'string', help: 'the most data one deleted file held open or mapped may carry into the image (default 64M; K, M, G suffixes; at most 512M)' },
+      'freeze-timeout': { type: 'string', help: 'the longest the tree stays frozen, in seconds (default 60, 0: no limit); past it the checkpoint is abandoned, the tree resumed, exit status 1' },
+      verbose,
+    },
+    positionals: [1, 1],
+    run: cmdCheckpoint,
+  },
+  restart: {
+    synopsis: 'restart [FILE|-] [-d] [--pidfile FILE] [--pid-ns] [--verify] [--inherit-fd FD:pipe:[INO]|FD:unix:[INO]]... [--shell-job] [-v]',
+    summary: 'recreate the process tree of an image, with its pids',
+    about: `Recreate the process tree of an image (FILE, or stdin with - or no FILE)
+with its original pids. The whole image is verified before any process
+exists. In the foreground, stasis waits for the tree's root and ends with
+its exit status (or its fatal signal); with -d it prints the root's pid.`,
+    options: {
+      detach: { type: 'boolean', short: 'd', help: 'start the tree in a new session, print its pid and return' },
+      pidfile: { type: 'string', help: 'write the root\'s pid to FILE' },
+      'pid-ns': { type: 'boolean', help: 'restore inside a new pid namespace, where the saved pids are free (always, in a new user namespace too, for a user without CAP_CHECKPOINT_RESTORE)' },
+      verify: { type: 'boolean', help: 'read the tree back before it runs and fail the restart on any difference from the image' },
+      'inherit-fd': { type: 'string', multiple: true, help: 'connect the external pipe pipe:[INO] of the image to fd FD of stasis, or put socket FD in the place of the external unix socket unix:[INO]' },
+      'shell-job': { type: 'boolean', help: 'give a job\'s terminal fds the terminal on stdin (an image checkpointed with --shell-job)' },
+      verbose,
+    },
+    positionals: [0, 1],
+    run: cmdRestart,
+  },
+  show: {
+    synopsis: 'show FILE [--json]',
+    summary: 'describe an image',
+    about: 'Describe an image (FILE, or - for stdin): every process, thread, mapping and fd.',
+    options: {
+      json: { type: 'boolean', help: 'print all metadata of the whole tree as JSON (no page contents)' },
+    },
+    positionals: [1, 1],
+    run: cmdShow,
+  },
+  check: {
+    synopsis: 'check [--kinds]',
+    summary: 'try the kernel features stasis relies on',
+    about: 'Try, on this machine, each kernel feature stasis relies on; with --kinds, list every fd and mapping kind, supported or refused.',
+    options: {
+      kinds: { type: 'boolean', help: 'list every fd and mapping kind with supported or refused' },
+    },
+    positionals: [0, 0],
+    run: (p) => {
+      const check = require('./check') as typeof import('./check');
+      return flag(p, 'kinds') ? check.runKindList() : check.runChecks();
+    },
+  },
+};
+
+const ALIASES: Record<string, string> = { dump: 'checkpoint', restore: 'restart' };
+
+const EXIT_CODES = `exit status:
+  0        done (restart -d: the tree is running)
+  1        refused or failed: the message on stderr says what, where and what to do
+  2        the command line is wrong (usage)
+  70       internal error: a bug in stasis, please report it
+  128+N    checkpoint: signal N arrived meanwhile (the checkpoint finished first)
+  restart in the foreground ends as the restored root ended: its exit
+  status, or 128+N when signal N killed it`;
+
+function commandHelp(name: string): string {
+  const c = COMMANDS[name];
+  const lines = [`usage: ${synopsis(name)}`, '', c.about, ''];
+  const entries = Object.entries({ ...c.options, help: { type: 'boolean', short: 'h', help: 'show this help' } } as Command['options']);
+  if (entries.length) lines.push('options:');
+  for (const [long, o] of entries) {
+    const arg = o.type === 'string' ? ` ${long === 'inherit-fd' ? 'FD:pipe:[INO]|FD:unix:[INO]' : long === 'external' ? 'pipe:[INO]|unix:[INO]|FIFO' : long === 'freeze-timeout' ? 'SECONDS' : long === 'ghost-limit' ? 'SIZE' : 'FILE'}` : '';
+    lines.push(`  ${o.short ? `-${o.short}, ` : '    '}--${long}${arg}${o.multiple ? ' (repeatable)' : ''}`);
+    lines.push(...wrap(o.help, 78 - 8).map((l) => `        ${l}`));
+  }
+  lines.push('', EXIT_CODES);
+  return lines.join('\n') + '\n';
+}
+
+function usage(): string {
+  const lines = ['usage: stasis COMMAND [OPTION]... [ARG]...', '', 'commands:'];
+  for (const [name, c] of Object.entries(COMMANDS)) {
+    lines.push(`  ${synopsis(name, '  ')}`);
+    lines.push(`      ${c.summary}`);
+  }
+  lines.push('', "'stasis COMMAND --help' describes each command's options; 'stasis --version' prints the version.", '', EXIT_CODES);
+  return lines.join('\n') + '\n';
+}
+
+/** `stasis SYNOPSIS`, wrapped at 78 columns, continued lines indented. */
+function synopsis(name: string, indent = ''): string {
+  return wrap(`stasis ${COMMANDS[name].synopsis}`, 78 - indent.length).join(`\n${indent}        `);
+}
+
+function wrap(text: string, width: number): string[] {
+  const out: string[] = [];
+  let line = '';
+  for (const word of text.split(/\s+/)) {
+    if (line && line.length + 1 + word.length > width) {
+      out.push(line);
+      line = word;
     } else {
-      throw new UsageError(`unknown option ${a}`);
+      line = line ? `${line} ${word}` : word;
     }
   }
-  return { positional, flags, lists };
+  if (line) out.push(line);
+  return out;
 }
 
-function logger(verbose: boolean): ((m: string) => void) | undefined {
-  if (!verbose) return undefined;
+/** A wrong command line: exit status 2, the command's usage on stderr. */
+class UsageError extends Error {
+  constructor(message: string, readonly command?: string) {
+    super(message);
+  }
+}
+
+/**
+ * Options through node's util.parseArgs (loose mode, then checked here, so
+ * every complaint is one short line that names the command and the option).
+ */
+function parse(name: string, args: string[]): Parsed {
+  const c = COMMANDS[name];
+  const options: Command['options'] = { ...c.options, help: { type: 'boolean', short: 'h', help: '' } };
+  const { values, positionals, tokens } = parseArgs({ args, options, allowPositionals: true, strict: false, tokens: true });
+  const known = (raw: string) => Object.entries(options).some(([long, o]) => raw === `--${long}` || (o.short && raw === `-${o.short}`));
+  for (const t of tokens) {
+    if (t.kind !== 'option') continue;
+    const o = options[t.name];
+    if (!o) throw new UsageError(`unknown option ${t.rawName}`, name);
+    if (o.type === 'boolean' && t.value !== undefined) throw new UsageError(`${t.rawName} takes no value`, name);
+    if (o.type === 'string' && (t.value === undefined || (!t.inlineValue && t.value.startsWith('-') && known(t.value)))) {
+      throw new UsageError(`${t.rawName} needs a value`, name);
+    }
+  }
+  return { positionals, values: values as Parsed['values'] };
+}
+
+const str = (p: Parsed, k: string) => p.values[k] as string | undefined;
+const list = (p: Parsed, k: string) => (p.values[k] as string[] | undefined) ?? [];
+const flag = (p: Parsed, k: string) => p.values[k] === true;
+
+function logger(on: boolean): ((m: string) => void) | undefined {
+  if (!on) return undefined;
   const t0 = process.hrtime.bigint();
   return (m) => process.stderr.write(`[${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms] ${m}\n`);
 }
 
-async function cmdCheckpoint(args: string[]): Promise<number> {
-  const p = parse(args, ['-o', '--output', '--external', '--freeze-timeout', '--ghost-limit'], ['--kill', '-v', '--verbose', '--shell-job', '--tcp-established']);
-  const ghostLimit = parseSize(p.flags.get('--ghost-limit') as string | undefined, '--ghost-limit', GHOST_LIMIT_MAX);
-  const timeoutArg = p.flags.get('--freeze-timeout') as string | undefined;
-  const timeoutS = timeoutArg === undefined ? DEFAULT_FREEZE_TIMEOUT_MS / 1000 : Number(timeoutArg);
-  if (!Number.isFinite(timeoutS) || timeoutS < 0) throw new UsageError(`--freeze-timeout takes seconds, not ${timeoutArg}`);
-  if (p.positional.length !== 1) throw new UsageError('checkpoint takes one PID');
-  const pid = Number(p.positional[0]);
-  if (!Number.isInteger(pid) || pid <= 0) throw new UsageError(`not a pid: ${p.positional[0]}`);
-  const file = (p.flags.get('-o') ?? p.flags.get('--output')) as string | undefined;
+async function cmdCheckpoint(p: Parsed): Promise<number> {
+  const timeoutArg = str(p, 'freeze-timeout');
+  const timeoutS = timeoutArg === undefined ? undefined : Number(timeoutArg);
+  if (timeoutS !== undefined && (!Number.isFinite(timeoutS) || timeoutS < 0)) throw new UsageError(`--freeze-timeout takes seconds, not ${timeoutArg}`, 'checkpoint');
+  const pid = Number(p.positionals[0]);
+  if (!/^\d+$/.test(p.positionals[0]) || !Number.isSafeInteger(pid) || pid <= 0) throw new UsageError(`not a pid: ${p.positionals[0]}`, 'checkpoint');
+  const file = str(p, 'output');
+  const ghostLimit = parseSize(str(p, 'ghost-limit'), '--ghost-limit', 512 << 20); // GHOST_LIMIT_MAX, without loading kinds/ghost
+  const { checkpoint, DEFAULT_FREEZE_TIMEOUT_MS } = require('../checkpoint') as typeof import('../checkpoint');
   let output: string | number;
   if (file && file !== '-') output = file;
   else {
-    if (tty.isatty(1)) throw new StasisError('refusing to write an image to a terminal: give -o FILE or redirect stdout');
+    if ((require('node:tty') as typeof import('node:tty')).isatty(1)) {
+      const { StasisError } = require('../sys/errno') as typeof import('../sys/errno');
+      throw new StasisError('refusing to write an image to a terminal: give -o FILE or redirect stdout');
+    }
     output = 1;
   }
   // Dying half way would leave the tree frozen or with injected registers:
@@ -105,45 +210,46 @@ async function cmdCheckpoint(args: string[]): Promise<number> {
   const hold = (sig: NodeJS.Signals) => { interrupted ??= sig; };
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'];
   for (const sig of signals) process.on(sig, hold);
+  let r: CheckpointResult;
   try {
-    const r = await checkpoint(pid, output, { kill: p.flags.has('--kill'), external: p.lists.get('--external'), shellJob: p.flags.has('--shell-job'), tcpEstablished: p.flags.has('--tcp-established'), freezeTimeoutMs: timeoutS * 1000, ghostLimit, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
-    if (p.flags.has('-v') || p.flags.has('--verbose')) {
-      process.stderr.write(`checkpointed pid ${r.pid}: ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
-    }
+    r = await checkpoint(pid, output, { kill: flag(p, 'kill'), external: list(p, 'external'), shellJob: flag(p, 'shell-job'), tcpEstablished: flag(p, 'tcp-established'), ghostLimit, freezeTimeoutMs: (timeoutS ?? DEFAULT_FREEZE_TIMEOUT_MS / 1000) * 1000, log: logger(flag(p, 'verbose')) });
   } finally {
     for (const sig of signals) process.off(sig, hold);
     if (interrupted) process.stderr.write(`stasis: ${interrupted} arrived during the checkpoint; the checkpoint finished first and let the tree go\n`);
   }
-  return interrupted ? 128 + osConstants.signals[interrupted] : 0;
+  if (flag(p, 'verbose')) {
+    process.stderr.write(`checkpointed pid ${r.pid}: ${r.processes} process(es), ${r.threads} thread(s), ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
+  }
+  return interrupted ? 128 + (require('node:os') as typeof import('node:os')).constants.signals[interrupted] : 0;
 }
 
-/** "64M", "1048576", "512k": bytes, at most `max`; undefined when not given. */
-function parseSize(v: string | undefined, flag: string, max: number): number | undefined {
+/** A size in bytes with an optional K, M or G suffix, at most `max`. */
+function parseSize(v: string | undefined, option: string, max: number): number | undefined {
   if (v === undefined) return undefined;
   const m = /^(\d+)([kKmMgG]?)$/.exec(v);
   const n = m ? Number(m[1]) * ({ '': 1, k: 1 << 10, m: 1 << 20, g: 1 << 30 } as Record<string, number>)[m[2].toLowerCase()] : NaN;
-  if (!Number.isSafeInteger(n) || n > max) throw new UsageError(`${flag} takes a size in bytes (K, M, G suffixes) up to ${max}, not ${v}`);
+  if (!Number.isSafeInteger(n) || n > max) throw new UsageError(`${option} takes a size in bytes (K, M, G suffixes) up to ${max}, not ${v}`, 'checkpoint');
   return n;
 }
 
 function signalName(sig: number): string {
-  return Object.entries(osConstants.signals).find(([, v]) => v === sig)?.[0] ?? String(sig);
+  const { constants } = require('node:os') as typeof import('node:os');
+  return Object.entries(constants.signals).find(([, v]) => v === sig)?.[0] ?? String(sig);
 }
 
-async function cmdRestart(args: string[]): Promise<number> {
-  const p = parse(args, ['--pidfile', '--inherit-fd'], ['-d', '--detach', '-v', '--verbose', '--pid-ns', '--verify', '--shell-job']);
+async function cmdRestart(p: Parsed): Promise<number> {
   const inheritFds: Record<string, number> = {};
-  for (const spec of p.lists.get('--inherit-fd') ?? []) {
+  for (const spec of list(p, 'inherit-fd')) {
     const m = /^(\d+):((?:pipe|unix):\[\d+\])$/.exec(spec);
-    if (!m) throw new UsageError(`--inherit-fd takes FD:pipe:[INODE] or FD:unix:[INODE], not ${spec}`);
+    if (!m) throw new UsageError(`--inherit-fd takes FD:pipe:[INODE] or FD:unix:[INODE], not ${spec}`, 'restart');
     inheritFds[m[2]] = Number(m[1]);
   }
-  if (p.positional.length > 1) throw new UsageError('restart takes at most one image');
-  const src = p.positional[0] ?? '-';
-  const detach = p.flags.has('-d') || p.flags.has('--detach');
-  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, pidNs: p.flags.has('--pid-ns'), verify: p.flags.has('--verify'), shellJob: p.flags.has('--shell-job'), inheritFds, log: logger(p.flags.has('-v') || p.flags.has('--verbose')) });
-  const pidfile = p.flags.get('--pidfile') as string | undefined;
-  if (pidfile) fs.writeFileSync(pidfile, `${r.pid}\n`);
+  const src = p.positionals[0] ?? '-';
+  const detach = flag(p, 'detach');
+  const { restartSync } = require('../restart') as typeof import('../restart');
+  const r = restartSync(src === '-' ? 0 : src, { setsid: detach, pidNs: flag(p, 'pid-ns'), verify: flag(p, 'verify'), shellJob: flag(p, 'shell-job'), inheritFds, log: logger(flag(p, 'verbose')) });
+  const pidfile = str(p, 'pidfile');
+  if (pidfile) (require('node:fs') as typeof import('node:fs')).writeFileSync(pidfile, `${r.pid}\n`);
   if (detach) {
     process.stdout.write(`${r.pid}\n`);
     return 0;
@@ -161,11 +267,16 @@ async function cmdRestart(args: string[]): Promise<number> {
   return end.code ?? 1;
 }
 
-function cmdShow(args: string[]): number {
-  const p = parse(args, [], ['--json']);
-  if (p.positional.length !== 1) throw new UsageError('show takes one image file (or - for stdin)');
-  const img = loadImage(p.positional[0] === '-' ? 0 : p.positional[0]);
-  process.stdout.write(p.flags.has('--json') ? JSON.stringify(img.process, null, 2) + '\n' : showImage(img));
+function cmdShow(p: Parsed): number {
+  const { loadImage } = require('../image/load') as typeof import('../image/load');
+  const img = loadImage(p.positionals[0] === '-' ? 0 : p.positionals[0]);
+  if (flag(p, 'json')) {
+    const { imageJson } = require('./show') as typeof import('./show');
+    process.stdout.write(JSON.stringify(imageJson(img), null, 2) + '\n');
+  } else {
+    const { showImage } = require('./show') as typeof import('./show');
+    process.stdout.write(showImage(img));
+  }
   return 0;
 }
 
@@ -174,34 +285,79 @@ function oneLine(s: string): string {
   return s.replace(/[\x00-\x1f\x7f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
+/** STASIS_REPORT_RSS=1: the command's peak resident memory on stderr at exit (for the benchmark). */
+function reportRss(): void {
+  if (!process.env.STASIS_REPORT_RSS) return;
+  process.on('exit', () => process.stderr.write(`stasis: peak RSS ${process.resourceUsage().maxRSS} KiB\n`));
+}
+
+async function run(argv: string[]): Promise<number> {
+  const [first, ...rest] = argv;
+  if (first === undefined) throw new UsageError('no command given');
+  if (first === '--version' || first === '-V' || first === 'version') {
+    const pkg = require(require('node:path').join(__dirname, '..', '..', '..', 'package.json')) as { version: string };
+    process.stdout.write(`stasis ${pkg.version}\n`);
+    return 0;
+  }
+  if (first === '-h' || first === '--help' || first === 'help') {
+    const about = rest[0] && (ALIASES[rest[0]] ?? rest[0]);
+    if (about && !COMMANDS[about]) throw new UsageError(`unknown command ${rest[0]}`);
+    process.stdout.write(about ? commandHelp(about) : usage());
+    return 0;
+  }
+  const name = ALIASES[first] ?? first;
+  const c = COMMANDS[name];
+  if (!c) throw new UsageError(first.startsWith('-') ? `unknown option ${first} (options follow the command)` : `unknown command ${first}`);
+  const p = parse(name, rest);
+  if (flag(p, 'help')) {
+    process.stdout.write(commandHelp(name));
+    return 0;
+  }
+  const [min, max] = c.positionals;
+  const n = p.positionals.length;
+  if (n < min || n > max) {
+    const what = name === 'checkpoint' ? 'one PID' : name === 'show' ? 'one image file (or - for stdin)' : name === 'restart' ? 'at most one image' : 'no arguments';
+    throw new UsageError(`takes ${what}${n > max ? `; extra: ${p.positionals.slice(max).join(' ')}` : ''}`, name);
+  }
+  reportRss();
+  // The code cache learns from the first successful run of each command (compile-cache.ts).
+  if (require.cache[require.resolve('./compile-cache')]) (require('./compile-cache') as typeof import('./compile-cache')).learnFrom(`${name}${flag(p, 'verify') ? ' --verify' : ''}`);
+  if (process.env.STASIS_ZOD_JIT !== '1') {
+    // One image is parsed once: zod's code generation for each object
+    // schema (new Function per shape) costs more than it ever saves here.
+    // Set before any schema exists, as zod reads it when one is made.
+    (require('zod') as typeof import('zod')).config({ jitless: true });
+  }
+  return c.run(p);
+}
+
 export async function main(argv: string[]): Promise<void> {
-  const [cmd, ...rest] = argv;
   let code: number;
   try {
-    switch (cmd) {
-      case 'checkpoint': case 'dump': code = await cmdCheckpoint(rest); break;
-      case 'restart': case 'restore': code = await cmdRestart(rest); break;
-      case 'show': code = cmdShow(rest); break;
-      case 'check': code = rest[0] === '--kinds' ? runKindList() : runChecks(); break;
-      case '-h': case '--help': case 'help': process.stdout.write(USAGE + '\n'); code = 0; break;
-      default: throw new UsageError(cmd ? `unknown command ${cmd}` : 'no command given');
-    }
+    code = await run(argv);
   } catch (e) {
     if (e instanceof UsageError) {
-      process.stderr.write(`stasis: ${e.message}\n${USAGE}\n`);
+      const c = e.command;
+      process.stderr.write(`stasis${c ? ` ${c}` : ''}: ${e.message}\n`);
+      process.stderr.write(c ? `usage: ${synopsis(c)}\n'stasis ${c} --help' says more.\n` : usage());
       code = 2;
-    } else if (e instanceof StasisError) {
+    } else if ((e as Error)?.name && isStasisError(e)) {
       // One line, whatever an image put into a name or path.
-      process.stderr.write(`stasis: ${oneLine(e.message)}\n`);
+      process.stderr.write(`stasis: ${oneLine((e as Error).message)}\n`);
       code = 1;
     } else {
-      process.stderr.write(`stasis: internal error: ${(e as Error).stack ?? e}\n`);
-      code = 1;
+      process.stderr.write(`stasis: internal error (a bug in stasis; please report it with this message): ${(e as Error)?.stack ?? e}\n`);
+      code = 70;
     }
   }
   process.exitCode = code;
   // A checkpoint is over: an image write still blocked on a stalled reader
   // (on a worker thread) must not keep the command alive.
-  if (cmd === 'checkpoint' || cmd === 'dump') process.exit(code);
+  if (argv[0] === 'checkpoint' || argv[0] === 'dump') process.exit(code);
 }
 
+/** Without loading the error module for a usage error (any command that failed past parsing has it loaded). */
+function isStasisError(e: unknown): boolean {
+  const { StasisError } = require('../sys/errno') as typeof import('../sys/errno');
+  return e instanceof StasisError;
+}

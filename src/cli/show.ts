@@ -49,3 +49,20 @@ function showProcess(img: LoadedImage, p: ImageProcess): string[] {
   }
   return lines;
 }
+
+/**
+ * `stasis show --json`: every record's metadata, the whole tree (processes
+ * parents first, the root first; zombies; pipes; memfds), the page records
+ * as their address runs, and no page or memfd contents.
+ */
+export function imageJson(img: LoadedImage): unknown {
+  return {
+    source: img.source,
+    root: img.process.pid,
+    processes: img.processes,
+    zombies: img.zombies,
+    pipes: img.pipes,
+    memfds: img.memfds.map((m) => ({ ...m, segments: m.segments.map((s) => ({ offset: s.offset, bytes: Buffer.byteLength(s.data, 'base64') })) })),
+    pages: img.pages.map((pg) => ({ pid: pg.pid, bytes: pg.data.length, runs: pg.runs })),
+  };
+}

@@ -5,10 +5,18 @@ import fs from 'node:fs';
 import { ImageError, StasisError } from '../sys/errno';
 import { crc32c } from './crc32c';
 import { writevAsync, sleepSync } from '../sys/libc';
-import { EndRecord, PagesHeader, PageRun } from './schema';
+import type { EndRecord, PageRun } from './schema';
 import { issueText } from './fields';
 
 export type { PageRun };
+
+/**
+ * The image schema, for readers only: building its zod objects is a good
+ * part of a command's start-up, and a checkpoint only writes.
+ */
+function schema(): typeof import('./schema') {
+  return require('./schema') as typeof import('./schema');
+}
 
 export const MAGIC = Buffer.from('STASIS\0\n', 'latin1');
 export const FORMAT_VERSION = 2;
@@ -150,11 +158,11 @@ interface Source {
 /** An image already in memory (a mapped file): records are views, not copies. */
 class BufferSource implements Source {
   offset = 0;
-  constructor(private readonly buf: Buffer) {}
+  constructor(private readonly buf: Buffer, private readonly source: string) {}
   read(n: number): Buffer | null {
     const left = this.buf.length - this.offset;
     if (left === 0) return null;
-    if (left < n) throw new ImageError(`image is truncated: needed ${n} bytes at byte ${this.offset}, the stream ended after ${left}`);
+    if (left < n) throw new ImageError(`${this.source} is truncated: needed ${n} bytes at byte ${this.offset}, the stream ended after ${left}`);
     const b = this.buf.subarray(this.offset, this.offset + n);
     this.offset += n;
     return b;
@@ -165,7 +173,7 @@ class BufferSource implements Source {
 class StreamSource implements Source {
   private readonly fd: number;
   offset = 0;
-  constructor(fd: number) {
+  constructor(fd: number, private readonly source: string) {
     this.fd = fd;
   }
   read(n: number): Buffer | null {
@@ -181,14 +189,14 @@ class StreamSource implements Source {
           sleepSync(1);
           continue;
         }
-        throw new ImageError(`reading the image at byte ${this.offset + got}: ${code ?? (e as Error).message}`);
+        throw new ImageError(`${this.source}: ${code === 'EISDIR' ? 'is a directory, not an image' : `reading it at byte ${this.offset + got}: ${code ?? (e as Error).message}`}`);
       }
       if (r === 0) break;
       got += r;
     }
     this.offset += got;
     if (got === 0) return null;
-    if (got < n) throw new ImageError(`image is truncated: needed ${n} bytes at byte ${this.offset - got}, the stream ended after ${got}`);
+    if (got < n) throw new ImageError(`${this.source} is truncated: needed ${n} bytes at byte ${this.offset - got}, the stream ended after ${got}`);
     return b;
   }
 }
@@ -198,12 +206,12 @@ class StreamSource implements Source {
  * End record. Nothing is trusted before all of it checks out.
  */
 export function readImage(fd: number, source = 'the image'): ImageRecord[] {
-  return parseImage(new StreamSource(fd), source);
+  return parseImage(new StreamSource(fd, source), source);
 }
 
 /** The same for an image held in memory (records are views into `buf`). */
 export function readImageBuffer(buf: Buffer, source = 'the image'): ImageRecord[] {
-  return parseImage(new BufferSource(buf), source);
+  return parseImage(new BufferSource(buf, source), source);
 }
 
 function parseImage(src: Source, source: string): ImageRecord[] {
@@ -255,7 +263,7 @@ function parseEnd(payload: Buffer, where: string): EndRecord {
   } catch (e) {
     throw new ImageError(`${where}: not valid JSON (${(e as Error).message})`);
   }
-  const got = EndRecord.safeParse(value);
+  const got = schema().EndRecord.safeParse(value);
   if (!got.success) {
     throw new ImageError(`${where}: ${issueText(got.error)}`);
   }
@@ -295,7 +303,7 @@ export function decodePages(payload: Buffer, where: string | ((pid?: number) => 
     runs[i] = { addr, len };
     total += len;
   }
-  const got = PagesHeader.safeParse({ pid: rawPid, runs });
+  const got = schema().PagesHeader.safeParse({ pid: rawPid, runs });
   if (!got.success) {
     throw new ImageError(`${label(rawPid)}: ${issueText(got.error)}`);
   }

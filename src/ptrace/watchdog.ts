@@ -6,7 +6,7 @@
 // not told about goes to the root cgroup, as thawStale does) and removes the
 // cgroup. The kernel itself detaches a dead tracer's tracees.
 import fs from 'node:fs';
-import { posixSpawn, syscall, waitpidSync } from '../sys/libc';
+import { posixSpawn, syscall, waitpidSync, executableCode, startThread, addressOf } from '../sys/libc';
 
 const FREEZER = '/sys/fs/cgroup/freezer';
 const SYS_PIPE2 = 293;
@@ -75,35 +75,87 @@ export class FreezeWatchdog {
 }
 
 // The freeze timeout. The image may block us anywhere (a synchronous write
-// to a pipe whose reader stopped), so the deadline is kept by a worker
-// thread: on expiry it names the timeout on stderr, removes the partial
+// to a pipe whose reader stopped), so the deadline is kept by a thread of
+// its own: on expiry it names the timeout on stderr, removes the partial
 // image and ends the whole process. That is safe by design: the kernel
 // detaches every tracee of a dead tracer, injected code finds its own way
-// home and the freeze watchdog thaws the cgroup.
-const DEADLINE_WORKER = `
-const { workerData } = require('node:worker_threads');
-const fs = require('node:fs');
-const flag = new Int32Array(workerData.flag);
-if (Atomics.wait(flag, 0, 0, workerData.ms) === 'timed-out') {
-  try { fs.writeSync(2, workerData.message + '\\n'); } catch {}
-  if (workerData.partial) try { fs.rmSync(workerData.partial, { force: true }); } catch {}
-  require(workerData.koffi).load('libc.so.6').func('void _exit(int)')(1);
-}`;
+// home and the freeze watchdog thaws the cgroup. The thread is a few
+// instructions, not a Node worker: booting a worker cost every checkpoint
+// command ~40 ms of CPU and ~35 ms of its time (bench/results.md).
+//
+// void deadline(struct { u32 done; u32 pad; struct timespec until; u64 msg,
+//                        msg_len, path; } *b): until is CLOCK_MONOTONIC.
+const DEADLINE_CODE = Buffer.from([
+  0x53, //                            push rbx
+  0x48, 0x89, 0xfb, //                mov rbx, rdi
+  0x8b, 0x03, //                      wait: mov eax, [rbx]          (done?)
+  0x85, 0xc0, //                      test eax, eax
+  0x75, 0x5c, //                      jnz out
+  0x48, 0x89, 0xdf, //                mov rdi, rbx
+  0xbe, 0x89, 0x00, 0x00, 0x00, //    mov esi, 137                 (FUTEX_WAIT_BITSET_PRIVATE: an absolute monotonic time)
+  0x31, 0xd2, //                      xor edx, edx                 (sleep while done == 0)
+  0x4c, 0x8d, 0x53, 0x08, //          lea r10, [rbx+8]             (until)
+  0x45, 0x31, 0xc0, //                xor r8d, r8d
+  0x41, 0xb9, 0xff, 0xff, 0xff, 0xff, // mov r9d, -1                 (any bit)
+  0xb8, 0xca, 0x00, 0x00, 0x00, //    mov eax, 202                 (futex)
+  0x0f, 0x05, //                      syscall
+  0x48, 0x83, 0xf8, 0x92, //          cmp rax, -110                (ETIMEDOUT?)
+  0x75, 0xd6, //                      jne wait                     (woken, EINTR, EAGAIN: look again)
+  0x8b, 0x03, //                      mov eax, [rbx]
+  0x85, 0xc0, //                      test eax, eax
+  0x75, 0x32, //                      jnz out                      (done at the last moment)
+  0xbf, 0x02, 0x00, 0x00, 0x00, //    mov edi, 2
+  0x48, 0x8b, 0x73, 0x18, //          mov rsi, [rbx+24]
+  0x48, 0x8b, 0x53, 0x20, //          mov rdx, [rbx+32]
+  0xb8, 0x01, 0x00, 0x00, 0x00, //    mov eax, 1                   (write the message to stderr)
+  0x0f, 0x05, //                      syscall
+  0x48, 0x8b, 0x7b, 0x28, //          mov rdi, [rbx+40]
+  0x48, 0x85, 0xff, //                test rdi, rdi
+  0x74, 0x07, //                      jz end
+  0xb8, 0x57, 0x00, 0x00, 0x00, //    mov eax, 87                  (unlink the partial image)
+  0x0f, 0x05, //                      syscall
+  0xbf, 0x01, 0x00, 0x00, 0x00, //    end: mov edi, 1
+  0xb8, 0xe7, 0x00, 0x00, 0x00, //    mov eax, 231                 (exit_group(1))
+  0x0f, 0x05, //                      syscall
+  0xeb, 0xf2, //                      jmp end
+  0x31, 0xc0, //                      out: xor eax, eax
+  0x5b, //                            pop rbx
+  0xc3, //                            ret
+]);
+const SYS_FUTEX = 202, FUTEX_WAKE_PRIVATE = 129;
+let deadlineCode: unknown;
+/** Every deadline's block: the thread may read it until the process ends, so none is ever freed. */
+const blocks: Buffer[] = [];
 
 export class FreezeDeadline {
-  private readonly flag = new SharedArrayBuffer(4);
+  private readonly block: Buffer;
 
   /** End this process with `message` unless done() comes within `ms`. */
   constructor(ms: number, message: string, partial?: string) {
-    // Loaded here only: most checkpoints from the library set no deadline.
-    const { Worker } = require('node:worker_threads') as typeof import('node:worker_threads');
-    const w = new Worker(DEADLINE_WORKER, { eval: true, workerData: { flag: this.flag, ms, message, partial, koffi: require.resolve('koffi') } });
-    w.unref();
+    deadlineCode ??= executableCode(DEADLINE_CODE);
+    const msg = Buffer.from(`${message}\n`, 'utf8');
+    const path = partial === undefined ? undefined : Buffer.from(`${partial}\0`, 'utf8');
+    // Off the V8 heap (never moved), with the message and path inside.
+    const b = this.block = Buffer.allocUnsafeSlow(Math.max(4096, 64 + msg.length + (path?.length ?? 0)));
+    blocks.push(b);
+    b.fill(0, 0, 64);
+    const until = process.hrtime.bigint() + BigInt(Math.round(ms * 1e6)); // CLOCK_MONOTONIC, as futex wants
+    b.writeBigInt64LE(until / 1_000_000_000n, 8);
+    b.writeBigInt64LE(until % 1_000_000_000n, 16);
+    const base = BigInt(addressOf(b));
+    msg.copy(b, 64);
+    b.writeBigUInt64LE(base + 64n, 24);
+    b.writeBigUInt64LE(BigInt(msg.length), 32);
+    if (path) {
+      path.copy(b, 64 + msg.length);
+      b.writeBigUInt64LE(base + 64n + BigInt(msg.length), 40);
+    }
+    startThread(deadlineCode, b, 'the freeze deadline');
   }
 
   done(): void {
-    const a = new Int32Array(this.flag);
-    Atomics.store(a, 0, 1);
-    Atomics.notify(a, 0);
+    if (this.block.readUInt32LE(0)) return;
+    this.block.writeUInt32LE(1, 0);
+    syscall(SYS_FUTEX, 'futex(FUTEX_WAKE)', this.block, FUTEX_WAKE_PRIVATE, 1);
   }
 }

@@ -35,6 +35,24 @@ const c = {
 
 const writevFn = libc.func('intptr_t writev(int fd, void *iov, int cnt)');
 
+let threadFns: { create: ReturnType<typeof libc.func>; detach: ReturnType<typeof libc.func> } | undefined;
+
+/**
+ * A detached native thread running machine code (from executableCode) with
+ * `arg`, which must stay allocated for as long as the thread may read it.
+ * No JavaScript runs on it: it costs a clone, not a Node worker's start-up.
+ */
+export function startThread(code: unknown, arg: Buffer, what: string): void {
+  threadFns ??= {
+    create: libc.func('int pthread_create(_Out_ uint64_t *thread, void *attr, void *start, void *arg)'),
+    detach: libc.func('int pthread_detach(uint64_t thread)'),
+  };
+  const id = [0n];
+  const rc = threadFns.create(id, null, code, arg) as number;
+  if (rc !== 0) throw new SyscallError('pthread_create', rc, what);
+  threadFns.detach(id[0]);
+}
+
 /**
  * One writev(2) on a libuv worker thread. Resolves with the bytes written,
  * or -1 on failure (the caller finishes synchronously to learn the errno).

@@ -1,0 +1,227 @@
+// V8's code cache for the command line. Compiling the ~150 CommonJS files a
+// command loads (zod alone is ~100) took 40-60 ms of every cold `stasis`
+// run; with V8's serialized bytecode for them the compile is a lookup.
+// Node 22 does this itself (module.enableCompileCache); Node 20 does not,
+// so this hook does the same through vm.Script's cachedData, in one file.
+//
+// The cache is code: it is read only from a file that only its owner (us
+// or root) can change, in a directory likewise, next to dist/ by default
+// (made by `npm run build`, refreshed when V8 rejects it, e.g. after a Node
+// upgrade, if that directory is ours). V8 itself checks each entry against
+// the source it was made from, its own version and flags; anything it
+// rejects is compiled as usual. STASIS_COMPILE_CACHE=0 turns it off,
+// STASIS_COMPILE_CACHE=ro never writes it.
+//
+// What V8 serializes is the bytecode of the functions compiled so far. At
+// build time that is the modules' top level only; a checkpoint then
+// compiles its own functions on first call, while the tree is frozen. So
+// the first command of each kind that succeeds writes the cache again at
+// its exit, with everything it ran (as Node 22's compile cache learns from
+// the runs it sees); later commands of that kind find their code compiled.
+import fs from 'node:fs';
+import path from 'node:path';
+import vm from 'node:vm';
+import Module from 'node:module';
+
+/** dist/.compile-cache, beside the code it caches */
+export const CACHE_DIR = path.join(__dirname, '..', '..', '.compile-cache');
+
+interface Internal {
+  _compile(content: string, filename: string): unknown;
+  require(id: string): unknown;
+  exports: unknown;
+  paths: string[];
+}
+const M = Module as unknown as {
+  prototype: Internal;
+  wrap(s: string): string;
+  _resolveFilename(request: string, parent: unknown, isMain: boolean, options?: unknown): string;
+  _resolveLookupPaths(request: string, parent: unknown): string[] | null;
+  _extensions: unknown;
+  _cache: unknown;
+};
+
+/** The cache file of this Node and V8 (another version's entries would all be rejected). */
+function cacheFile(dir: string): string {
+  return path.join(dir, `v8-${process.versions.v8}-${process.arch}.bin`);
+}
+
+/** Ours (or root's) and writable by nobody else: then it may hold code we run. */
+function trusted(st: fs.Stats): boolean {
+  const uid = process.geteuid?.() ?? -1;
+  return (st.uid === uid || st.uid === 0) && (st.mode & 0o022) === 0;
+}
+
+/** name -> cached data; layout: (u32 name length, u32 data length, name, data)* */
+function readTable(file: string): Map<string, Buffer> {
+  const table = new Map<string, Buffer>();
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch {
+    return table;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() || !trusted(st) || !trusted(fs.statSync(path.dirname(file)))) return table;
+    const b = Buffer.allocUnsafe(st.size);
+    let got = 0;
+    while (got < b.length) {
+      const n = fs.readSync(fd, b, got, b.length - got, got);
+      if (n === 0) return table;
+      got += n;
+    }
+    for (let off = 0; off + 8 <= b.length;) {
+      const nl = b.readUInt32LE(off), dl = b.readUInt32LE(off + 4);
+      if (off + 8 + nl + dl > b.length) break;
+      table.set(b.toString('utf8', off + 8, off + 8 + nl), b.subarray(off + 8 + nl, off + 8 + nl + dl));
+      off += 8 + nl + dl;
+    }
+  } catch {
+    table.clear();
+  } finally {
+    fs.closeSync(fd);
+  }
+  return table;
+}
+
+function writeTable(file: string, table: Map<string, Buffer>): void {
+  const dir = path.dirname(file);
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    if (!trusted(fs.statSync(dir)) || fs.statSync(dir).uid !== (process.geteuid?.() ?? -1)) return;
+    const parts: Buffer[] = [];
+    for (const [name, data] of table) {
+      const h = Buffer.allocUnsafe(8);
+      const n = Buffer.from(name, 'utf8');
+      h.writeUInt32LE(n.length, 0);
+      h.writeUInt32LE(data.length, 4);
+      parts.push(h, n, data);
+    }
+    const tmp = `${file}.${process.pid}.tmp`;
+    fs.writeFileSync(tmp, Buffer.concat(parts), { mode: 0o644, flag: 'wx' });
+    fs.renameSync(tmp, file);
+  } catch {
+    // A cache we cannot write is only slower.
+  }
+}
+
+interface State {
+  table: Map<string, Buffer>;
+  /** compiled without accepted cache data */
+  fresh: Map<string, vm.Script>;
+  /** everything compiled through the hook in this process */
+  all: Map<string, vm.Script>;
+  file: string;
+  /** the command to learn from at exit, if it succeeds */
+  learning?: string;
+  /** V8 turned down an entry (its source changed): what was learned is stale */
+  rejected?: boolean;
+}
+
+/** The table entry naming the commands the cache has learned from. */
+const LEARNED = '\0learned';
+
+let installed: State | undefined;
+
+/**
+ * Compile every CommonJS module loaded from now on through the cache.
+ * With `save`, write it back at exit when some module was compiled anew.
+ */
+export function install(dir = CACHE_DIR, save = true): void {
+  if (installed || process.env.STASIS_COMPILE_CACHE === '0') return;
+  const file = cacheFile(dir);
+  const state: State = installed = { table: readTable(file), fresh: new Map(), all: new Map(), file };
+  M.prototype._compile = function (this: Internal, content: string, filename: string): unknown {
+    if (filename.endsWith(ZOD_LOCALES) && lazyIndex(this, content)) return undefined;
+    // As Node does: a #! line is not JavaScript.
+    const source = M.wrap(content.startsWith('#!') ? `//${content}` : content);
+    const cachedData = state.table.get(filename);
+    const script = new vm.Script(source, { filename, cachedData });
+    if (!cachedData || script.cachedDataRejected) state.fresh.set(filename, script);
+    if (cachedData && script.cachedDataRejected) state.rejected = true;
+    state.all.set(filename, script);
+    const fn = script.runInThisContext({ displayErrors: true }) as (...a: unknown[]) => unknown;
+    // The `require` Node would hand the module.
+    const mod = this;
+    const req = ((id: string) => mod.require(id)) as NodeJS.Require;
+    req.resolve = Object.assign((request: string, options?: { paths?: string[] }) => M._resolveFilename(request, mod, false, options), {
+      paths: (request: string) => M._resolveLookupPaths(request, mod),
+    });
+    req.main = require.main;
+    req.extensions = M._extensions as NodeJS.RequireExtensions;
+    req.cache = M._cache as NodeJS.Dict<NodeModule>;
+    return fn.call(mod.exports, mod.exports, req, mod, filename, path.dirname(filename));
+  };
+  if (save && process.env.STASIS_COMPILE_CACHE !== 'ro') {
+    process.on('exit', (code) => {
+      if (state.rejected) state.table.delete(LEARNED);
+      const known = learned(state);
+      if (code === 0 && state.learning && !known.includes(state.learning)) {
+        for (const [name, script] of state.all) state.fresh.set(name, script);
+        state.table.set(LEARNED, Buffer.from(JSON.stringify([...known, state.learning])));
+      }
+      saveNow();
+    });
+  }
+}
+
+function learned(state: State): string[] {
+  try {
+    const v = JSON.parse(state.table.get(LEARNED)?.toString() ?? '[]') as unknown;
+    return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+  } catch {
+    return [];
+  }
+}
+
+/** The running command, for the cache to learn from once, when it succeeds (see above). */
+export function learnFrom(command: string): void {
+  if (installed) installed.learning = command;
+}
+
+/**
+ * zod's index of its 64 translations of error messages (1.6 MB of source)
+ * loads every one of them for `z.locales`, which stasis never reads; it was
+ * a quarter of a command's module loading. Each translation is loaded on
+ * first access instead, the same object otherwise. The index is read as
+ * zod writes it (`var X = require("./NAME.cjs"); ... exports, "NAME"`);
+ * in any other shape it is simply run.
+ */
+const ZOD_LOCALES = `${path.sep}zod${path.sep}v4${path.sep}locales${path.sep}index.cjs`;
+
+function lazyIndex(mod: Internal, content: string): boolean {
+  const entries = [...content.matchAll(/^var (\w+) = require\("(\.\/[\w-]+\.cjs)"\);\nObject\.defineProperty\(exports, "([\w]+)", \{ enumerable: true, get: function \(\) \{ return __importDefault\(\1\)\.default; \} \}\);$/gm)];
+  const requires = content.match(/require\(/g)?.length ?? 0;
+  if (!entries.length || entries.length !== requires) return false;
+  const exports = mod.exports as Record<string, unknown>;
+  Object.defineProperty(exports, '__esModule', { value: true });
+  for (const [, , file, name] of entries) {
+    Object.defineProperty(exports, name, {
+      enumerable: true,
+      get: () => {
+        const m = mod.require(file) as { __esModule?: boolean; default?: unknown };
+        return m && m.__esModule ? m.default : m;
+      },
+    });
+  }
+  return true;
+}
+
+/** Write the cache now if modules were compiled anew (made after they ran: their used functions are in it). */
+export function saveNow(): void {
+  if (!installed?.fresh.size) return;
+  for (const [name, script] of installed.fresh) installed.table.set(name, script.createCachedData());
+  installed.fresh.clear();
+  writeTable(installed.file, installed.table);
+}
+
+// `node dist/src/cli/compile-cache.js`: made by `npm run build`, so that the
+// first command run is as quick as the next. Loads what the commands load.
+if (require.main === module) {
+  fs.rmSync(cacheFile(CACHE_DIR), { force: true });
+  install(CACHE_DIR, false);
+  for (const m of ['./main', './show', './check', '../checkpoint', '../restart', '../verify', '../image/load']) require(m);
+  saveNow();
+  process.stdout.write(`compile cache: ${installed!.table.size} modules in ${path.relative(process.cwd(), cacheFile(CACHE_DIR))}\n`);
+}
