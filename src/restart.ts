@@ -361,7 +361,10 @@ function finishProcess(r: Rebuilding, img: LoadedImage, log: (m: string) => void
   // step traps before the next instruction is fetched from it.
   remote.call('munmap', SYS.munmap, [remote.task.syscallInsn, GADGET_SIZE], 'injection page');
   p.threads.forEach((th, i) => restoreSched(r.threads[i], th.sched));
-  p.threads.forEach((th, i) => restoreCpu(r.threads[i], new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64')));
+  // A signal pending and not blocked interrupts a call the thread was in, as it would have.
+  const signo = (b: string) => Buffer.from(b, 'base64').readInt32LE(0);
+  const deliverable = (th: typeof p.threads[number]) => [...th.signals.pending, ...p.sharedPending].some((b) => !(BigInt(th.signals.blocked) & (1n << BigInt(signo(b) - 1))));
+  p.threads.forEach((th, i) => restoreCpu(r.threads[i], new Regs(Buffer.from(th.regs, 'base64')), Buffer.from(th.xstate, 'base64'), deliverable(th)));
   if (p.stopped) enterGroupStop(r.threads, p.stopSignal ?? SIGSTOP, `pid ${host(p.pid)}`);
   restoreBlocked(r.threads, p.threads.map((th) => th.signals));
   if (p.stopped) releaseStopped(r.threads, `pid ${host(p.pid)}`);

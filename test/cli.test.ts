@@ -298,7 +298,7 @@ test('usage errors name the command and exit 2; nothing is started', async () =>
     [['dump', 'x'], /^stasis checkpoint: not a pid: x\n/],
     [['restart', '--kill'], /^stasis restart: unknown option --kill\n/],
     [['restart', 'a', 'b'], /^stasis restart: takes at most one image; extra: b\n/],
-    [['restart', '--inherit-fd', '3:x', 'img'], /^stasis restart: --inherit-fd takes FD:pipe:\[INODE\], not 3:x\n/],
+    [['restart', '--inherit-fd', '3:x', 'img'], /^stasis restart: --inherit-fd takes FD:pipe:\[INODE\] or FD:unix:\[INODE\], not 3:x\n/],
     [['restart', '--pidfile'], /^stasis restart: --pidfile needs a value\n/],
     [['show'], /^stasis show: takes one image file/],
     [['show', 'img', '--verify'], /^stasis show: unknown option --verify\n/],

@@ -90,6 +90,25 @@ test('a process inside nanosleep finishes its full sleep after restart', async (
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nslept\n');
 });
 
+test('threads in clock_nanosleep, nanosleep, poll and a futex wait (restart_block calls) carry on after restart with no spurious EINTR', async () => {
+  const prog = build('timed_waits');
+  const dir = tmpdir('timed');
+  const out = path.join(dir, 'out'), progress = path.join(dir, 'progress');
+  const pid = procs.start(prog, [progress], out);
+  await waitFor(out, /^ready$/m);
+  const counts = (t: string) => t.trim().split(/\s+/).map(Number);
+  await waitFor(progress, (t) => counts(t).length === 4 && counts(t).every((n) => n > 0));
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  // Each thread was stopped inside its call, which resumes through its restart_block.
+  assert.equal(loadImage(img).process.threads.filter((t) => t.inSyscall !== null).length, 4);
+  await waitGone(pid, procs);
+  const before = counts(fs.readFileSync(progress, 'utf8'));
+  procs.add(restartVerified(img).pid);
+  await waitFor(progress, (t) => counts(t).every((n, i) => n >= before[i] + 2));
+  assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /FAIL/);
+});
+
 test('a process in pause() still waits after restart and wakes on a signal', async () => {
   const prog = build('blockers');
   const dir = tmpdir('pause');

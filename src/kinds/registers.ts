@@ -40,19 +40,28 @@ export function restoreXcompPerm(remote: Remote, perm: bigint): void {
  * the saved registers go back verbatim and the kernel itself decides, as it
  * would have: restart the call, or return EINTR when a signal with a handler
  * arrives first (rewinding rip ourselves would lose such a signal's EINTR).
- * A call that needs its restart_block (nanosleep, poll...) cannot continue
- * in another process: it returns EINTR, which libc and programs retry.
+ * A call that resumes through its restart_block (nanosleep, clock_nanosleep,
+ * poll, futex waits with a timeout) cannot continue in another process:
+ * the call is made again with its own arguments, still in the registers, so
+ * it waits at least as long as it had left (a sleep may always last longer;
+ * an absolute deadline is exact). Only when a signal is already deliverable
+ * to the thread does it return EINTR, as the original would have.
  */
-export function resumeRegs(saved: Regs): Regs {
+export function resumeRegs(saved: Regs, signalDeliverable = false): Regs {
   const r = saved.clone();
   if (r.signed('orig_rax') >= 0n && r.signed('rax') === -BigInt(ERESTART_RESTARTBLOCK)) {
-    r.set('rax', -BigInt(EINTR));
+    if (signalDeliverable) {
+      r.set('rax', -BigInt(EINTR));
+    } else {
+      r.set('rax', r.get('orig_rax'));
+      r.set('rip', r.get('rip') - 2n); // back onto the 2-byte syscall instruction
+    }
     r.set('orig_rax', -1n);
   }
   return r;
 }
 
-export function restoreCpu(t: Tracee, regs: Regs, xstate: Buffer): void {
+export function restoreCpu(t: Tracee, regs: Regs, xstate: Buffer, signalDeliverable = false): void {
   t.setXstate(xstate);
-  t.setRegs(resumeRegs(regs));
+  t.setRegs(resumeRegs(regs, signalDeliverable));
 }
