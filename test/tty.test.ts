@@ -6,7 +6,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, assertLeftRunning, CLI } from './harness';
-import { checkpointSync } from '../src';
+import { checkpointSync, StasisError } from '../src';
+import { loadImage } from '../src/image/load';
+import { validateImage } from '../src/image/validate';
+import { ImageTty } from '../src/kinds/tty';
 import { readStat } from '../src/proc';
 import { syscall } from '../src/sys/libc';
 import { SYS } from '../src/sys/x86';
@@ -66,6 +69,29 @@ test('lines waiting in a canonical-mode pty (escaped ^D and newline, lines ended
   const r = await checkpointKillRestart(procs, c.pid, c.dir);
   const out = await readCanon(c, async () => assert.deepEqual(await r.wait(), { code: 0, signal: null }));
   assert.equal(out, `ready\n${CANON_READS}master quiet\ndone\n`);
+  // The image holds the lines as read() gives them, and the unfinished line.
+  const img = loadImage(path.join(c.dir, 'image'));
+  try {
+    const t = img.objects.ttys!.find((x) => x.lines)!;
+    assert.deepEqual(t.lines!.map((l) => Buffer.from(l, 'base64').toString('latin1')), ['one\n', 'x\x04y\nz\n', 'eof', '']);
+    assert.equal(Buffer.from(t.partial!, 'base64').toString('latin1'), 'abc');
+    // Crafted: lines for a non-canonical slave, with raw input too, more than n_tty holds.
+    const crafted = (edit: (t: ImageTty) => void, want: RegExp) => {
+      const saved = structuredClone(t);
+      edit(t);
+      try {
+        assert.throws(() => validateImage(img, []), (e: Error) => e instanceof StasisError && want.test(e.message) && !e.message.includes('\n'));
+      } finally {
+        Object.assign(t, saved);
+      }
+    };
+    crafted((x) => { x.termios!.lflag &= ~2; }, /tty \d+: lines queued for a slave that is not in canonical mode/);
+    crafted((x) => { x.input = 'eA=='; }, /tty \d+: both raw input and canonical lines queued/);
+    crafted((x) => { x.partial = Buffer.alloc(4090).toString('base64'); }, /tty \d+: 4105 bytes of queued lines: more than a terminal holds/);
+    validateImage(img, []);
+  } finally {
+    img.release();
+  }
 });
 
 test('after a snapshot of a canonical-mode pty the original reads the same lines and the same unfinished line', async () => {
