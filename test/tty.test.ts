@@ -6,7 +6,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, assertLeftRunning, CLI } from './harness';
-import { checkpointSync } from '../src';
+import { checkpointSync, StasisError } from '../src';
+import { loadImage } from '../src/image/load';
+import { validateImage } from '../src/image/validate';
+import { ImageTty } from '../src/kinds/tty';
 import { readStat } from '../src/proc';
 import { syscall } from '../src/sys/libc';
 import { SYS } from '../src/sys/x86';
@@ -35,6 +38,82 @@ test('a pty pair inside the tree keeps termios, window size, packet mode, queued
 function type(keys: string, text: string): void {
   fs.appendFileSync(keys, text);
 }
+
+// ---- lines waiting in a canonical-mode terminal -------------------------------
+
+/** canon_pty's child's five reads: the lines queued at checkpoint, then the unfinished one completed by "def\n". */
+const CANON_READS = 'read 1: one\\n\nread 2: x\\x04y\\nz\\n\nread 3: eof\nread 4: \nread 5: abcdef\\n\n';
+
+async function startCanon(tag: string): Promise<{ dir: string; out: string; keys: string; pid: number; child: number }> {
+  const dir = tmpdir(tag);
+  const out = path.join(dir, 'out');
+  const keys = path.join(dir, 'keys');
+  execFileSync('mkfifo', [keys]);
+  const pid = procs.start(build('canon_pty'), [keys], out);
+  await waitFor(out, /^ready\n/);
+  const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/)[0]);
+  return { dir, out, keys, pid, child };
+}
+
+/** Let the child read: the queued lines come first, then "def\n" typed now completes "abc". */
+async function readCanon(c: { out: string; keys: string; child: number }, wait: () => Promise<unknown>): Promise<string> {
+  process.kill(c.child, 'SIGUSR1');
+  await waitFor(c.out, /read 4: .*\n/);
+  type(c.keys, 'def\n');
+  await wait();
+  return fs.readFileSync(c.out, 'utf8').replace(/^typed \d+\n/gm, '');
+}
+
+test('lines waiting in a canonical-mode pty (escaped ^D and newline, lines ended by ^D, an empty one) and an unfinished line come back whole after restart', async () => {
+  const c = await startCanon('canon');
+  const r = await checkpointKillRestart(procs, c.pid, c.dir);
+  const out = await readCanon(c, async () => assert.deepEqual(await r.wait(), { code: 0, signal: null }));
+  assert.equal(out, `ready\n${CANON_READS}master quiet\ndone\n`);
+  // The image holds the lines as read() gives them, and the unfinished line.
+  const img = loadImage(path.join(c.dir, 'image'));
+  try {
+    const t = img.objects.ttys!.find((x) => x.lines)!;
+    assert.deepEqual(t.lines!.map((l) => Buffer.from(l, 'base64').toString('latin1')), ['one\n', 'x\x04y\nz\n', 'eof', '']);
+    assert.equal(Buffer.from(t.partial!, 'base64').toString('latin1'), 'abc');
+    // Crafted: lines for a non-canonical slave, with raw input too, more than n_tty holds.
+    const crafted = (edit: (t: ImageTty) => void, want: RegExp) => {
+      const saved = structuredClone(t);
+      edit(t);
+      try {
+        assert.throws(() => validateImage(img, []), (e: Error) => e instanceof StasisError && want.test(e.message) && !e.message.includes('\n'));
+      } finally {
+        Object.assign(t, saved);
+      }
+    };
+    crafted((x) => { x.termios!.lflag &= ~2; }, /tty \d+: lines queued for a slave that is not in canonical mode/);
+    crafted((x) => { x.input = 'eA=='; }, /tty \d+: both raw input and canonical lines queued/);
+    crafted((x) => { x.partial = Buffer.alloc(4090).toString('base64'); }, /tty \d+: 4105 bytes of queued lines: more than a terminal holds/);
+    validateImage(img, []);
+  } finally {
+    img.release();
+  }
+});
+
+test('after a snapshot of a canonical-mode pty the original reads the same lines and the same unfinished line', async () => {
+  const c = await startCanon('canonsnap');
+  checkpointSync(c.pid, path.join(c.dir, 'image'));
+  assertLeftRunning([c.pid, c.child]);
+  const out = await readCanon(c, () => waitFor(c.out, /done\n/));
+  assert.equal(out, `ready\n${CANON_READS}master quiet\ndone\n`);
+});
+
+test('a canonical-mode pty whose output is stopped (^S) is refused by name; the target goes on and loses no key', async () => {
+  const c = await startCanon('canonstop');
+  type(c.keys, '\x13');
+  await waitFor(c.out, /typed 1\n/);
+  assert.throws(() => checkpointSync(c.pid, path.join(c.dir, 'image')), /pty \/dev\/pts\/\d+ \(master fd \d+ of pid \d+\): its output is stopped \(\^S with IXON\).*resume it \(\^Q\)/);
+  assertLeftRunning([c.pid, c.child]);
+  assert.equal(fs.existsSync(path.join(c.dir, 'image')), false);
+  type(c.keys, '\x11');
+  await waitFor(c.out, /typed 1\n.*typed 1\n/s);
+  const out = await readCanon(c, () => waitFor(c.out, /done\n/));
+  assert.equal(out, `ready\n${CANON_READS}master quiet\ndone\n`);
+});
 
 test('an interactive bash in a pty whose master is in the tree: keys reach the same shell after restart, stty -a is as before', async () => {
   const dir = tmpdir('ptyshell');

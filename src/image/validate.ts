@@ -11,6 +11,7 @@ import { PAGE_SIZE, USER_END, base64Bytes } from './fields';
 import { ImageError } from '../sys/errno';
 import { savesPages, vmaAt } from './vma';
 import { GHOST_LIMIT_MAX } from '../kinds/ghost';
+import { isCanonical, queuedLineBytes } from '../kinds/tty';
 
 export { savesPages, vmaAt };
 
@@ -393,6 +394,12 @@ function checkTtys(img: LoadedImage): void {
       continue;
     }
     if (!t.termios) bad('a pty without its termios');
+    if (t.lines || t.partial !== undefined) {
+      if (!isCanonical(t.termios!)) bad('lines queued for a slave that is not in canonical mode');
+      if (t.input) bad('both raw input and canonical lines queued');
+      const size = queuedLineBytes(t);
+      if (size > 4095) bad(`${size} bytes of queued lines: more than a terminal holds`);
+    }
     if (t.session) {
       const leader = procs.get(t.session);
       if (!leader || leader.sid !== leader.pid || leader.ctty !== t.id) bad(`session ${t.session} is not led by a process of the image with it as controlling terminal`);

@@ -35,7 +35,7 @@ const FIONREAD = 0x541b, TIOCGETD = 0x5424, TIOCGDEV = 0x80045432;
 const TIOCEXCL = 0x540c, TIOCGEXCL = 0x80045440;
 const O_RDWR = 2, O_NOCTTY = 0o400, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
 const F_GETFL = 3, F_SETFL = 4;
-const SYS_POLL = 7, POLLPRI = 2, POLLHUP = 0x10;
+const SYS_POLL = 7, POLLIN = 1, POLLPRI = 2, POLLOUT = 4, POLLHUP = 0x10;
 const SIG_BLOCK = 0, SIG_SETMASK = 2, SIGTTOU = 22;
 
 // termios flags the requeue clears so that bytes pass the line discipline unchanged
@@ -43,8 +43,12 @@ const OPOST = 1;
 const ICANON = 2, ISIG = 1, ECHO = 0o10, ECHOE = 0o20, ECHOK = 0o40, ECHONL = 0o100, IEXTEN = 0o100000, EXTPROC = 0o200000;
 const ECHOCTL = 0o1000, ECHOPRT = 0o2000, ECHOKE = 0o4000;
 const INLCR = 0o100, IGNCR = 0o200, ICRNL = 0o400, IUCLC = 0o1000, ISTRIP = 0o40, PARMRK = 0o10, BRKINT = 2, IGNBRK = 1;
-/** Bytes a non-canonical n_tty keeps at most (N_TTY_BUF_SIZE - 1). */
-const N_TTY_MAX = 4095;
+const IXON = 0o2000, IXANY = 0o4000;
+// c_cc indices
+const VERASE = 2, VKILL = 3, VEOF = 4, VTIME = 5, VMIN = 6, VSTART = 8, VSTOP = 9, VEOL = 11, VREPRINT = 12, VWERASE = 14, VLNEXT = 15, VEOL2 = 16;
+const NL = 0x0a;
+/** n_tty's read buffer (N_TTY_BUF_SIZE); a non-canonical one keeps one byte less. */
+const N_TTY_BUF = 4096, N_TTY_MAX = N_TTY_BUF - 1;
 
 const PTS_MAJOR_FIRST = 136, PTS_MAJOR_LAST = 143, PTMX = '5:2', DEV_TTY = '5:0';
 
@@ -76,8 +80,15 @@ export const ImageTty = z.object({
   exclusive: z.boolean().optional(),
   /** the slave was opened and closed again: the master reads EOF/EIO (POLLHUP) */
   hungUp: z.boolean().optional(),
-  /** typed into the terminal, not yet read on the slave side (base64) */
+  /** typed into the terminal, not yet read on the slave side (base64); a slave in non-canonical mode */
   input: base64Max(1 << 16),
+  /**
+   * A slave in canonical mode: the complete lines waiting, each as read()
+   * returns it (base64; one not ending in a newline was ended by VEOF, an
+   * empty one is a VEOF alone), and the keys of the unfinished line.
+   */
+  lines: z.array(base64Max(N_TTY_BUF)).max(N_TTY_BUF).optional(),
+  partial: base64Max(N_TTY_BUF).optional(),
   /** written on the slave side, not yet read from the master (base64) */
   output: base64Max(1 << 20),
 });
@@ -214,6 +225,15 @@ function pollEvents(fd: number): number {
   return b.readInt16LE(6);
 }
 
+/** poll one fd for `events`, up to `ms` milliseconds; the events it has. */
+function pollWait(fd: number, events: number, ms: number): number {
+  const b = Buffer.alloc(8);
+  b.writeInt32LE(fd, 0);
+  b.writeInt16LE(events, 4);
+  syscall(SYS_POLL, 'poll', b, 1, ms);
+  return b.readInt16LE(6);
+}
+
 /** Read everything readable now (the fd is non-blocking; a read that finds nothing flushes the pending receive work first). */
 function readAll(fd: number): Buffer {
   const parts: Buffer[] = [];
@@ -274,24 +294,169 @@ function passThrough(t: Termios): Termios {
   };
 }
 
+/** What a pty holds queued: non-canonical input, canonical lines and the unfinished line, output. */
+export interface Queued { input: Buffer; lines: Buffer[]; partial: Buffer; output: Buffer }
+
+export const nothingQueued = (): Queued => ({ input: Buffer.alloc(0), lines: [], partial: Buffer.alloc(0), output: Buffer.alloc(0) });
+
 /** Put queued bytes into a pty: input as if typed (unprocessed), output as if written by the slave side. */
-export function requeue(master: number, slave: number, t: Termios, input: Buffer, output: Buffer, what: string): void {
-  if (input.length) {
+export function requeue(master: number, slave: number, t: Termios, q: Queued, what: string): void {
+  if (q.input.length) {
     setTermios(master, passThrough(t));
     try {
-      writeAll(master, input, `${what}: input`);
-      awaitQueued(slave, Math.min(input.length, N_TTY_MAX), `${what}: input`);
+      writeAll(master, q.input, `${what}: input`);
+      awaitQueued(slave, Math.min(q.input.length, N_TTY_MAX), `${what}: input`);
     } finally {
       setTermios(master, t);
     }
   }
-  if (output.length) {
+  requeueLines(master, t, q.lines, q.partial, what);
+  if (q.output.length) {
     setTermios(master, { ...t, oflag: t.oflag & ~OPOST });
     try {
-      writeAll(slave, output, `${what}: output`);
+      writeAll(slave, q.output, `${what}: output`);
     } finally {
       setTermios(master, t);
     }
+  }
+}
+
+/** The bytes the lines of an image take in n_tty's buffer once queued again (a line not ending in '\n' gets VEOF's marker). */
+export function queuedLineBytes(t: Pick<ImageTty, 'lines' | 'partial'>): number {
+  let n = Buffer.from(t.partial ?? '', 'base64').length;
+  for (const l of t.lines ?? []) {
+    const b = Buffer.from(l, 'base64');
+    n += b.length + (b.length && b[b.length - 1] === NL ? 0 : 1);
+  }
+  return n;
+}
+
+/** ICANON without EXTPROC: the slave reads whole lines (with EXTPROC n_tty queues input raw). */
+export function isCanonical(t: Termios): boolean {
+  return (t.lflag & ICANON) !== 0 && (t.lflag & EXTPROC) === 0;
+}
+
+/**
+ * Read out the input of a canonical-mode slave (the tree is frozen): the
+ * complete lines one read() each, as the program would get them (a line
+ * ended by VEOF comes without it, an empty one reads 0), until none is
+ * left (that read first runs the pending receive work); then, switched
+ * to non-canonical (VMIN = VTIME = 0), the keys of the unfinished line,
+ * which no canonical read returns. The slave is left non-canonical with an
+ * empty buffer: switching ICANON back on with bytes queued would end the
+ * unfinished line (n_tty_set_termios), so requeueLines puts it back first.
+ */
+function drainLines(m: number, s: number, t: Termios, into: Queued, who: string): void {
+  nonBlocking(s, () => {
+    const b = Buffer.alloc(2 * N_TTY_BUF);
+    for (;;) {
+      let n: number;
+      try {
+        n = fs.readSync(s, b, 0, b.length, null);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') break;
+        throw e;
+      }
+      into.lines.push(Buffer.from(b.subarray(0, n)));
+      if (into.lines.length > N_TTY_BUF) throw new StasisError(`${who}: more lines than a terminal holds read back; is it hung up?`);
+    }
+    const cc = [...t.cc];
+    cc[VMIN] = 0;
+    cc[VTIME] = 0;
+    setTermios(m, { ...t, lflag: t.lflag & ~ICANON, cc });
+    into.partial = readAll(s);
+  });
+}
+
+/**
+ * The termios under which lines written to the master are queued exactly
+ * as they were: canonical, no signals, no input mapping, VERASE, VKILL,
+ * VWERASE, VEOL and VEOL2 off; VLNEXT, VEOF and VREPRINT on bytes of our
+ * choosing. Every byte of a line that is special here is written after
+ * VLNEXT (so a '\n', ^D... typed after ^V originally is queued as data again);
+ * a line not ending in '\n' gets VEOF (it reads the same). ECHO is on with
+ * OPOST off: the echo of a closing VREPRINT, which queues nothing, tells
+ * when the line discipline has taken every byte (it does so in a kernel
+ * worker after the write returns).
+ */
+function lineRebuild(t: Termios): { termios: Termios; lnext: number; eof: number; reprint: number; special: Set<number> } {
+  // With IXON the flow control characters are taken first, even escaped: never pick them.
+  const flow = t.iflag & IXON ? [t.cc[VSTART], t.cc[VSTOP]].filter((c) => c !== 0) : [];
+  const taken = new Set([0, NL, ...flow]);
+  const pick = (): number => {
+    const c = [0x16, 0x04, 0x12, 0x01, 0x02, 0x05, 0x06, 0x07].find((x) => !taken.has(x))!;
+    taken.add(c);
+    return c;
+  };
+  const lnext = pick(), eof = pick(), reprint = pick();
+  const cc = [...t.cc];
+  for (const i of [VERASE, VKILL, VWERASE, VEOL, VEOL2]) cc[i] = 0;
+  cc[VLNEXT] = lnext;
+  cc[VEOF] = eof;
+  cc[VREPRINT] = reprint;
+  return {
+    termios: {
+      ...t,
+      iflag: t.iflag & ~(INLCR | IGNCR | ICRNL | IUCLC | ISTRIP | PARMRK | IXANY),
+      oflag: t.oflag & ~OPOST,
+      lflag: (t.lflag & ~(ISIG | ECHOE | ECHOK | ECHONL | ECHOCTL | ECHOPRT | ECHOKE | EXTPROC)) | ICANON | IEXTEN | ECHO,
+      cc,
+    },
+    lnext, eof, reprint,
+    special: new Set([NL, lnext, eof, reprint, ...flow]),
+  };
+}
+
+/** Queue canonical lines and an unfinished line again on a slave whose buffer is empty; leaves termios `t`. */
+function requeueLines(master: number, t: Termios, lines: Buffer[], partial: Buffer, what: string): void {
+  if (!lines.length && !partial.length) {
+    if (isCanonical(t)) setTermios(master, t);
+    return;
+  }
+  const r = lineRebuild(t);
+  const data: number[] = [], echo: number[] = [];
+  const put = (bytes: Buffer) => {
+    for (const c of bytes) {
+      if (r.special.has(c)) data.push(r.lnext);
+      data.push(c);
+      echo.push(c);
+    }
+  };
+  for (const line of lines) {
+    const newline = line.length > 0 && line[line.length - 1] === NL;
+    put(newline ? line.subarray(0, -1) : line);
+    data.push(newline ? NL : r.eof);
+    if (newline) echo.push(NL);
+  }
+  put(partial);
+  data.push(r.reprint);
+  echo.push(r.reprint, NL, ...partial);
+  setTermios(master, r.termios);
+  try {
+    writeAll(master, Buffer.from(data), `${what}: input lines`);
+    awaitEcho(master, Buffer.from(echo), `${what}: input lines`);
+  } finally {
+    setTermios(master, t);
+  }
+}
+
+/** Read the master until `want` has come back (the echo of what was written, ending with the VREPRINT's). */
+function awaitEcho(master: number, want: Buffer, what: string): void {
+  const got = Buffer.alloc(want.length);
+  let n = 0;
+  nonBlocking(master, () => {
+    while (n < want.length) {
+      // poll blocks until the line discipline echoes (a bound, not a pace: it only runs out if the terminal is stuck)
+      if (!(pollWait(master, POLLIN, 10000) & POLLIN)) break;
+      try {
+        n += fs.readSync(master, got, n, want.length - n, null);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      }
+    }
+  });
+  if (n < want.length || !got.equals(want)) {
+    throw new StasisError(`${what}: the terminal did not take the queued input back as expected (${n} of ${want.length} echoed bytes, ${got.subarray(0, n).equals(want.subarray(0, n)) ? 'then nothing' : 'differing'})`);
   }
 }
 
@@ -405,11 +570,13 @@ export class TtyTable implements ObjectTable {
     const events = pollEvents(m);
     const hungUp = !s && (events & POLLHUP) !== 0;
     if (packet && (events & POLLPRI)) throw new UnsupportedError(`${who}: a packet-mode status change (TIOCPKT) is waiting to be read from the master; not supported`);
-    const { input, output } = drainAndRequeue(m, s, termios, packet, who);
+    const q = drainAndRequeue(m, s, termios, packet, who);
     return {
       id, session, foreground, termios,
       winsize: { rows: ws.readUInt16LE(0), cols: ws.readUInt16LE(2), xpixel: ws.readUInt16LE(4), ypixel: ws.readUInt16LE(6) },
-      packet, locked, exclusive, hungUp, input: input.toString('base64'), output: output.toString('base64'),
+      packet, locked, exclusive, hungUp, input: q.input.toString('base64'), output: q.output.toString('base64'),
+      ...(q.lines.length ? { lines: q.lines.map((l) => l.toString('base64')) } : {}),
+      ...(q.partial.length ? { partial: q.partial.toString('base64') } : {}),
     };
   }
 }
@@ -432,38 +599,46 @@ function statTpgid(pid: number): number {
  * is frozen; nothing can peek a terminal's queues). Output (slave to
  * master) is read from the master, whose line discipline is always raw,
  * and written back through the slave with OPOST off: the same bytes. Input
- * (master to slave) is read from the slave in non-canonical mode and
- * written back through the master with the slave raw and silent
- * (passThrough). A canonical-mode slave with complete lines waiting is
- * refused instead: its line boundaries could not be rebuilt for certain.
+ * (master to slave) of a non-canonical slave is read from it and written
+ * back through the master with the slave raw and silent (passThrough); a
+ * canonical slave's lines and unfinished line are read out (drainLines)
+ * and typed again so that n_tty rebuilds them (requeueLines).
  */
-function drainAndRequeue(m: number, s: number | undefined, t: Termios, packet: boolean, who: string): { input: Buffer; output: Buffer } {
-  const canonical = (t.lflag & ICANON) !== 0;
-  if (s !== undefined && canonical && ioctlInt(s, FIONREAD, 'FIONREAD') > 0) {
-    throw new UnsupportedError(`${who}: lines typed into the terminal wait to be read in canonical mode; checkpoint once the program has read them`);
-  }
+function drainAndRequeue(m: number, s: number | undefined, t: Termios, packet: boolean, who: string): Queued {
+  const canonical = isCanonical(t);
   if (packet && (t.lflag & EXTPROC)) {
     // Changing termios would report TIOCPKT_IOCTL to the master.
     if (ioctlInt(m, FIONREAD, 'FIONREAD') > 0 || (s !== undefined && ioctlInt(s, FIONREAD, 'FIONREAD') > 0)) {
       throw new UnsupportedError(`${who}: bytes are queued in a packet-mode terminal with EXTPROC; not supported`);
     }
-    return { input: Buffer.alloc(0), output: Buffer.alloc(0) };
+    return nothingQueued();
   }
   if (s === undefined) {
     // No slave to write them back through: refused before anything is read.
     if (ioctlInt(m, FIONREAD, 'FIONREAD') > 0) throw new UnsupportedError(`${who}: bytes written by a slave no process of the tree holds any more wait to be read from the master; not supported`);
-    return { input: Buffer.alloc(0), output: Buffer.alloc(0) };
+    return nothingQueued();
   }
+  // No room to write on the slave side: its output is stopped (^S), or 64 KiB wait in the master.
+  // Then output could not be written back, nor the echo that tells the lines are back come.
+  if (!(pollWait(s, POLLOUT, 0) & POLLOUT) && (canonical || ioctlInt(m, FIONREAD, 'FIONREAD') > 0)) {
+    throw new UnsupportedError(`${who}: its output is stopped (^S with IXON) or full; resume it (^Q) or read the master, then checkpoint`);
+  }
+  const hungUp = (pollEvents(s) & POLLHUP) !== 0; // reads of a hung-up file return 0: nothing to take
   if (packet) setInt(m, TIOCPKT, 0, 'TIOCPKT'); // no status byte before each read; nothing is pending (checked)
+  const q = nothingQueued();
   try {
-    const output = nonBlocking(m, () => readAll(m));
-    const input = !canonical ? nonBlocking(s, () => readAll(s)) : Buffer.alloc(0);
-    // Whatever was read goes back, whatever happens next.
-    requeue(m, s, t, input, output, who);
-    return { input, output };
+    q.output = nonBlocking(m, () => readAll(m));
+    if (!canonical) q.input = nonBlocking(s, () => readAll(s));
+    else if (!hungUp) drainLines(m, s, t, q, who);
   } finally {
-    if (packet) setInt(m, TIOCPKT, 1, 'TIOCPKT');
+    // Whatever was read goes back, whatever happens next.
+    try {
+      requeue(m, s, t, q, who);
+    } finally {
+      if (packet) setInt(m, TIOCPKT, 1, 'TIOCPKT');
+    }
   }
+  return q;
 }
 
 // ---- restart ----------------------------------------------------------------
@@ -487,7 +662,7 @@ export class TtyKeeper {
           }
           continue;
         }
-        this.held.set(t.id, this.make(t, !!(t.hungUp || t.input || t.output || opts.slaveUsed?.has(t.id))));
+        this.held.set(t.id, this.make(t, !!(t.hungUp || t.input || t.lines || t.partial || t.output || opts.slaveUsed?.has(t.id))));
       }
     } catch (e) {
       this.close();
@@ -509,7 +684,12 @@ export class TtyKeeper {
       syscall(SYS.ioctl, 'ioctl(TIOCSWINSZ)', master, TIOCSWINSZ, w);
       const termios = t.termios ?? getTermios(master);
       setTermios(master, termios);
-      requeue(master, slave, termios, Buffer.from(t.input, 'base64'), Buffer.from(t.output, 'base64'), what);
+      requeue(master, slave, termios, {
+        input: Buffer.from(t.input, 'base64'),
+        lines: (t.lines ?? []).map((l) => Buffer.from(l, 'base64')),
+        partial: Buffer.from(t.partial ?? '', 'base64'),
+        output: Buffer.from(t.output, 'base64'),
+      }, what);
       if (t.packet) setInt(master, TIOCPKT, 1, 'TIOCPKT');
       return { master, slave, tty: t };
     } catch (e) {
