@@ -253,3 +253,44 @@ test('a bound and a connected UDP socket (IPv6) come back bound and connected; d
   fs.writeFileSync(fifo2, 'g');
   assert.match(await waitFor(out2, /^(ok|FAIL.*)$/m), /^ok$/m);
 });
+
+/** inet_opts with `mode`, ready and waiting on its fifo. */
+async function startOpts(tag: string, mode?: string): Promise<{ pid: number; dir: string; out: string; fifo: string }> {
+  const dir = tmpdir(tag);
+  const out = path.join(dir, 'out');
+  const fifo = path.join(dir, 'go');
+  execFileSync('mkfifo', [fifo]);
+  const pid = procs.start(build('inet_opts'), [fifo, ...(mode ? [mode] : [])], out, { cwd: dir });
+  await waitFor(out, /^(ready|FAIL.*)$/m);
+  assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /FAIL/);
+  return { pid, dir, out, fifo };
+}
+
+test('socket options (timeouts, congestion control, ancillary-data and multicast options, TCP tuning) come back as the program set them', async () => {
+  const { pid, dir, out, fifo } = await startOpts('inet-opts');
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
+  await waitGone(pid, procs);
+  const r = restartVerified(img);
+  procs.addTree(r.pid);
+  fs.writeFileSync(fifo, 'g');
+  assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
+});
+
+test('multicast memberships, TCP MD5 keys, SO_TIMESTAMPING ids and IP_OPTIONS are refused by name; the program goes on', async () => {
+  const cases: Array<[string, RegExp]> = [
+    ['mcast', /udp 127\.0\.0\.1:\d+: member of the multicast group\(s\) 239\.7\.7\.7 on lo \(IP_ADD_MEMBERSHIP\/MCAST_JOIN_GROUP\); not supported yet/],
+    ['mcast6', /udp \[::\]:0: member of the multicast group\(s\) ff15::7 on lo /],
+    ['md5', /tcp 127\.0\.0\.1:\d+: 1 TCP MD5 signature key\(s\) \(TCP_MD5SIG, RFC 2385\); not supported yet/],
+    ['tsid', /SOF_TIMESTAMPING_OPT_ID numbers its packets with a counter that cannot be restored/],
+    ['ipopts', /udp 127\.0\.0\.1:\d+: IPv4 header options set with IP_OPTIONS; not supported yet/],
+  ];
+  for (const [mode, refusal] of cases) {
+    const { pid, dir, out, fifo } = await startOpts(`inet-refuse-${mode}`, mode);
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image'), { kill: true, tcpEstablished: true }), refusal, mode);
+    assertLeftRunning(pid);
+    // Its connection (held in repair mode until the refusal) and sockets still work.
+    fs.writeFileSync(fifo, 'g');
+    assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m, mode);
+  }
+});
