@@ -16,6 +16,7 @@ import { z } from 'zod';
 import { FdKind, FoundFd, ObjectTable, CommonFd, RestoreContext } from './fdkind';
 import type { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
+import { RepairGuards } from '../ptrace/watchdog';
 import { SYS } from '../sys/x86';
 import { syscall, addressOf } from '../sys/libc';
 import { StasisError, SyscallError, UnsupportedError } from '../sys/errno';
@@ -262,6 +263,8 @@ const taken = new WeakMap<FoundFd, { fd: number; domain: number }>();
  */
 export class InetTable implements ObjectTable {
   private readonly held: Array<{ fd: number; where: string; reuse: number }> = [];
+  /** should stasis die while connections are held, these take them out of repair mode */
+  readonly guards = new RepairGuards();
 
   /** `reuse`: its SO_REUSEADDR, which leaving repair mode clears */
   hold(fd: number, where: string, reuse: number): void {
@@ -279,6 +282,7 @@ export class InetTable implements ObjectTable {
       } catch { /* gone with its process */ }
       closeFd(h.fd);
     }
+    this.guards.done();
   }
 }
 
@@ -617,8 +621,12 @@ function dumpInet(f: FoundFd, ctx: { table<T extends ObjectTable>(c: new () => T
     }
     if (diag?.shutdown) throw new UnsupportedError(`${f.where}: ${conn} is half-closed (shutdown ${diag.shutdown === 1 ? 'of reading' : diag.shutdown === 2 ? 'of writing' : 'both ways'}); not supported yet`);
     if (!ctx.tcpEstablished) throw new UnsupportedError(`${f.where}: established connection ${conn}: pass --tcp-established to checkpoint it with TCP repair mode`);
+    const table = ctx.table(InetTable);
+    table.guards.guard(fd, (base.opts.reuseaddr ?? 0) !== 0);
     const tcp = dumpRepair(fd, f.where);
-    ctx.table(InetTable).hold(fd, f.where, base.opts.reuseaddr ?? 0);
+    table.hold(fd, f.where, base.opts.reuseaddr ?? 0);
+    // Test hook (inet.test): stasis dies with the connection in repair mode.
+    if (process.env.STASIS_TEST_DIE_IN_REPAIR) process.kill(process.pid, 'SIGKILL');
     keep = true;
     return { ...base, state: 'established', remote: remote!, tcp };
   } finally {
