@@ -340,8 +340,17 @@ function finish(s: Session, pageBytes: number, opts: CheckpointOptions): Checkpo
   s.log(`image written: ${s.writer.bytes} bytes, ${pageBytes} of pages`);
   const frozenMs = Number(process.hrtime.bigint() - s.frozenAt) / 1e6;
   s.log(opts.kill ? 'killing the tree' : 'detaching');
-  s.kinds.release(!!opts.kill);
-  s.tree.release(!!opts.kill);
+  // Killed, the tree goes first, then the repair-mode guards are let go:
+  // stasis dying before the tree is dead must not leave a tree that runs on
+  // with stalled connections (dying in the few calls after, the guards
+  // close connections the image holds: their peers see a FIN).
+  if (opts.kill) {
+    s.tree.release(true);
+    s.kinds.release(true);
+  } else {
+    s.kinds.release(false);
+    s.tree.release(false);
+  }
   s.log(opts.kill ? 'tree killed' : 'tree resumed');
   return {
     pid: s.pid, processes: s.tree.processes.length, threads: s.tree.tracees.length, imageBytes: s.writer.bytes, pageBytes,

@@ -291,6 +291,8 @@ export const NORMALISATIONS: Array<[path: string, rule: Rule, why: string]> = [
   ['fds[].sock', sameId('socket'), 'sockets are new: same ends, new inodes'],
   ['fds[].flags', (a, b, cx) => withoutBits((cx.imageParent as ImageFd).kind === 'ghost' ? 0o400000 : 0o100000, (f) => ['pipe', 'pidfd', 'mqueue', 'tty', 'ghost'].includes((f as ImageFd).kind))(a, b, cx), 'O_LARGEFILE: pipe2, pidfd_open, mq_open and TIOCGPTPEER leave it out, reopening a pipe end, pidfd, queue or pty slave through /proc adds it; it means nothing there. A deleted file\'s O_NOFOLLOW: reopening it through /proc cannot keep it (the open would fail with ELOOP)'],
   ['fds[].mqueue', sameId('mqueue'), 'a message queue made again is a new inode: same sharing'],
+  ['fds[].inet.opts.sndbuf', skipIf((_, o) => !(((o as { bufLock?: number }).bufLock ?? 0) & 1)), 'an established connection\'s send buffer size the program did not set (SO_BUF_LOCK clear) is autotuned by the kernel as traffic flows'],
+  ['fds[].inet.opts.rcvbuf', skipIf((_, o) => !(((o as { bufLock?: number }).bufLock ?? 0) & 2)), 'an established connection\'s receive buffer size the program did not set (SO_BUF_LOCK clear) is autotuned by the kernel as traffic flows'],
   ['fds[].inet.tcp', tcpContinued, 'a connection out of repair mode carries on: bytes the peer sent since are appended, bytes it acknowledged leave the send queue; window and timestamp clock move'],
   ['fds[].eventfd.id', sameId('eventfd'), 'eventfds are new objects: same sharing, new ids'],
   ['fds[].file.ino', skipIf((_, f) => /^\/proc\//.test((f as { path: string }).path)), 'a /proc file of a tree member is a new inode of the new process; its path, which names the process, is compared'],

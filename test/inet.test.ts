@@ -3,14 +3,16 @@
 // inside a MULTI across the checkpoint (--tcp-established) gets the right
 // answer to EXEC on the same connection; a snapshot left running does not
 // disturb its clients; an IPv6 TCP connection with bytes queued both ways
-// loses and doubles nothing; a port taken at restart is refused by name.
+// loses and doubles nothing; a port taken at restart is refused by name;
+// socket options come back, state that does not is refused by name; stasis
+// dying with connections in repair mode leaves them working.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, restartVerified, assertLeftRunning, alive } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, restartVerified, assertLeftRunning, alive, cli } from './harness';
 import { checkpointSync } from '../src';
 import { listFds } from '../src/proc';
 
@@ -252,4 +254,71 @@ test('a bound and a connected UDP socket (IPv6) come back bound and connected; d
   // Left as it was: the program still finds every byte and datagram.
   fs.writeFileSync(fifo2, 'g');
   assert.match(await waitFor(out2, /^(ok|FAIL.*)$/m), /^ok$/m);
+});
+
+/** inet_opts with `mode`, ready and waiting on its fifo. */
+async function startOpts(tag: string, mode?: string): Promise<{ pid: number; dir: string; out: string; fifo: string }> {
+  const dir = tmpdir(tag);
+  const out = path.join(dir, 'out');
+  const fifo = path.join(dir, 'go');
+  execFileSync('mkfifo', [fifo]);
+  const pid = procs.start(build('inet_opts'), [fifo, ...(mode ? [mode] : [])], out, { cwd: dir });
+  await waitFor(out, /^(ready|FAIL.*)$/m);
+  assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /FAIL/);
+  return { pid, dir, out, fifo };
+}
+
+test('socket options (timeouts, congestion control, ancillary-data and multicast options, TCP tuning) come back as the program set them', async () => {
+  const { pid, dir, out, fifo } = await startOpts('inet-opts');
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
+  await waitGone(pid, procs);
+  const r = restartVerified(img);
+  procs.addTree(r.pid);
+  fs.writeFileSync(fifo, 'g');
+  assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
+});
+
+test('multicast memberships, TCP MD5 keys, SO_TIMESTAMPING ids and IP_OPTIONS are refused by name; the program goes on', async () => {
+  const cases: Array<[string, RegExp]> = [
+    ['mcast', /udp 127\.0\.0\.1:\d+: member of the multicast group\(s\) 239\.7\.7\.7 on lo \(IP_ADD_MEMBERSHIP\/MCAST_JOIN_GROUP\); not supported yet/],
+    ['mcast6', /udp \[::\]:0: member of the multicast group\(s\) ff15::7 on lo /],
+    ['md5', /tcp 127\.0\.0\.1:\d+: 1 TCP MD5 signature key\(s\) \(TCP_MD5SIG, RFC 2385\); not supported yet/],
+    ['tsid', /SOF_TIMESTAMPING_OPT_ID numbers its packets with a counter that cannot be restored/],
+    ['ipopts', /udp 127\.0\.0\.1:\d+: IPv4 header options set with IP_OPTIONS; not supported yet/],
+  ];
+  for (const [mode, refusal] of cases) {
+    const { pid, dir, out, fifo } = await startOpts(`inet-refuse-${mode}`, mode);
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image'), { kill: true, tcpEstablished: true }), refusal, mode);
+    assertLeftRunning(pid);
+    // Its connection (held in repair mode until the refusal) and sockets still work.
+    fs.writeFileSync(fifo, 'g');
+    assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m, mode);
+  }
+});
+
+test('stasis killed while connections are in repair mode: its guards take them out, and the connection carries data both ways again', async () => {
+  const { pid, port, dir } = await startRedis('redis-die-in-repair');
+  const c = await Redis.connect(port);
+  assert.deepEqual(await c.send(['SET', 'k', 'before']), ['OK']);
+  let closed = false;
+  c.sock.on('close', () => { closed = true; });
+  process.env.STASIS_TEST_DIE_IN_REPAIR = '1';
+  let run;
+  try {
+    run = cli(['checkpoint', String(pid), '-o', path.join(dir, 'image'), '--tcp-established']);
+  } finally {
+    delete process.env.STASIS_TEST_DIE_IN_REPAIR;
+  }
+  const r = await run;
+  assert.equal(r.signal, 'SIGKILL', r.stderr);
+  // The freeze watchdog thaws redis; the guard has taken its connection out of repair mode.
+  await until('redis to be thawed and untraced', () => {
+    try { assertLeftRunning(pid); return true; } catch { return false; }
+  });
+  const answer = c.send(['GET', 'k'], ['SET', 'k', 'after'], ['GET', 'k']);
+  const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error('the connection stalled: no answer in 10 s (still in repair mode?)')), 10000).unref());
+  assert.deepEqual(await Promise.race([answer, timeout]), ['before', 'OK', 'after']);
+  assert.equal(closed, false);
+  await c.close();
 });

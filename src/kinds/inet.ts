@@ -10,11 +10,13 @@
 // Restored by system calls injected into the task: socket, setsockopt,
 // bind, listen, or repair-mode connect and queue writes; connections leave
 // repair mode once every process of the tree is rebuilt (InetKeeper).
+import fs from 'node:fs';
 import net from 'node:net';
 import { z } from 'zod';
 import { FdKind, FoundFd, ObjectTable, CommonFd, RestoreContext } from './fdkind';
 import type { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
+import { RepairGuards } from '../ptrace/watchdog';
 import { SYS } from '../sys/x86';
 import { syscall, addressOf } from '../sys/libc';
 import { StasisError, SyscallError, UnsupportedError } from '../sys/errno';
@@ -24,7 +26,9 @@ import {
   SOCK, takeFd, closeFd, getsockoptBuf, getsockoptInt, getsockoptIntOr, setsockoptBuf, setsockoptInt, ioctlInt, peek,
 } from '../sys/sockopt';
 
-const SOL_SOCKET = 1, SOL_IP = 0, SOL_TCP = 6, SOL_IPV6 = 41, SO_REUSEADDR = 2;
+const SOL_SOCKET = 1, SOL_IP = 0, SOL_TCP = 6, SOL_UDP = 17, SOL_IPV6 = 41, SO_REUSEADDR = 2;
+const SOCK_SNDBUF_LOCK = 1, SOCK_RCVBUF_LOCK = 2, SO_BUF_LOCK = 72;
+const SO_RCVTIMEO = 20, SO_SNDTIMEO = 21, SO_TIMESTAMPING = 37, SO_TXTIME = 61, TCP_CONGESTION = 13, TCP_ULP = 31, TCP_AO_INFO = 40;
 const SOCK_RAW = 3;
 const SO_TYPE = 3, SO_PROTOCOL = 38, SO_DOMAIN = 39, SO_LINGER = 13, SO_BINDTODEVICE = 25;
 const SO_ATTACH_FILTER = 26, SO_DETACH_FILTER = 27, SO_RCVBUF = 8, SO_SNDBUF = 7, SO_RCVBUFFORCE = 33, SO_SNDBUFFORCE = 32;
@@ -41,39 +45,141 @@ const TCP_ESTABLISHED = 1, TCP_CLOSE = 7, TCP_LISTEN = 10;
 const QUEUE_MAX = 64 << 20;
 
 /**
- * Options a server sets, read with getsockopt and set back with setsockopt
- * (same level and number). Recorded only where they differ from a fresh
- * socket of the same family and type.
+ * Int options, read with getsockopt and set back with setsockopt (same
+ * level and number). Recorded only where they differ from a fresh socket
+ * of the same family and type. SOL_IP options apply to IPv6 sockets too
+ * (their IPv4-mapped traffic). Order is restore order: SO_PRIORITY comes
+ * after IP_TOS (which sets the priority too), SO_BUF_LOCK after the
+ * buffer sizes (which set the locks too). `notEst`: the kernel computes it
+ * for an established connection (its MSS and window are restored by repair
+ * mode), so it is saved for the other states only. Not here on purpose:
+ * TCP_QUICKACK (the kernel's own delayed-ACK mode, flipped by traffic) and
+ * SO_INCOMING_CPU (the CPU that last received, updated by the kernel).
+ * Multicast options are UDP's: an accepted TCP socket reads the SYN's
+ * interface and TTL there, and TCP refuses to have them set.
  */
-const OPTIONS: ReadonlyArray<{ name: string; level: number; opt: number; tcp?: boolean; v4?: boolean; v6?: boolean }> = [
+const OPTIONS: ReadonlyArray<{ name: string; level: number; opt: number; tcp?: boolean; udp?: boolean; v6?: boolean; notEst?: boolean }> = [
   { name: 'reuseaddr', level: SOL_SOCKET, opt: 2 },
   { name: 'reuseport', level: SOL_SOCKET, opt: 15 },
   { name: 'keepalive', level: SOL_SOCKET, opt: 9 },
   { name: 'broadcast', level: SOL_SOCKET, opt: 6 },
   { name: 'oobinline', level: SOL_SOCKET, opt: 10 },
-  { name: 'priority', level: SOL_SOCKET, opt: 12 },
   { name: 'mark', level: SOL_SOCKET, opt: 36 },
   { name: 'rcvlowat', level: SOL_SOCKET, opt: 18 },
   { name: 'rcvbuf', level: SOL_SOCKET, opt: SO_RCVBUF },
   { name: 'sndbuf', level: SOL_SOCKET, opt: SO_SNDBUF },
+  { name: 'bufLock', level: SOL_SOCKET, opt: SO_BUF_LOCK },
+  { name: 'debug', level: SOL_SOCKET, opt: 1 },
+  { name: 'dontroute', level: SOL_SOCKET, opt: 5 },
+  { name: 'passcred', level: SOL_SOCKET, opt: 16 },
+  { name: 'passsec', level: SOL_SOCKET, opt: 34 },
+  { name: 'timestamp', level: SOL_SOCKET, opt: 29 },
+  { name: 'timestampns', level: SOL_SOCKET, opt: 35 },
+  { name: 'timestampNew', level: SOL_SOCKET, opt: 63 },
+  { name: 'timestampnsNew', level: SOL_SOCKET, opt: 64 },
+  { name: 'timestamping', level: SOL_SOCKET, opt: SO_TIMESTAMPING },
+  { name: 'rxqOvfl', level: SOL_SOCKET, opt: 40 },
+  { name: 'wifiStatus', level: SOL_SOCKET, opt: 41 },
+  { name: 'peekOff', level: SOL_SOCKET, opt: 42 },
+  { name: 'nofcs', level: SOL_SOCKET, opt: 43 },
+  { name: 'selectErrQueue', level: SOL_SOCKET, opt: 45 },
+  { name: 'busyPoll', level: SOL_SOCKET, opt: 46 },
+  { name: 'maxPacingRate', level: SOL_SOCKET, opt: 47 },
+  { name: 'zerocopy', level: SOL_SOCKET, opt: 60 },
+  { name: 'preferBusyPoll', level: SOL_SOCKET, opt: 69 },
+  { name: 'busyPollBudget', level: SOL_SOCKET, opt: 70 },
+  { name: 'reserveMem', level: SOL_SOCKET, opt: 73 },
+  { name: 'txrehash', level: SOL_SOCKET, opt: 74 },
+  { name: 'rcvmark', level: SOL_SOCKET, opt: 75 },
+  { name: 'passpidfd', level: SOL_SOCKET, opt: 76 },
+  { name: 'rcvpriority', level: SOL_SOCKET, opt: 82 },
   { name: 'nodelay', level: SOL_TCP, opt: 1, tcp: true },
   { name: 'cork', level: SOL_TCP, opt: 3, tcp: true },
   { name: 'keepidle', level: SOL_TCP, opt: 4, tcp: true },
   { name: 'keepintvl', level: SOL_TCP, opt: 5, tcp: true },
   { name: 'keepcnt', level: SOL_TCP, opt: 6, tcp: true },
+  { name: 'syncnt', level: SOL_TCP, opt: 7, tcp: true },
+  { name: 'linger2', level: SOL_TCP, opt: 8, tcp: true },
   { name: 'deferAccept', level: SOL_TCP, opt: 9, tcp: true },
+  { name: 'maxseg', level: SOL_TCP, opt: TCP_MAXSEG, tcp: true, notEst: true },
+  { name: 'windowClamp', level: SOL_TCP, opt: 10, tcp: true, notEst: true },
+  { name: 'thinLinearTimeouts', level: SOL_TCP, opt: 16, tcp: true },
   { name: 'userTimeout', level: SOL_TCP, opt: 18, tcp: true },
   { name: 'fastopen', level: SOL_TCP, opt: 23, tcp: true },
   { name: 'notsentLowat', level: SOL_TCP, opt: 25, tcp: true },
-  { name: 'tos', level: SOL_IP, opt: 1, v4: true },
-  { name: 'ttl', level: SOL_IP, opt: 2, v4: true },
-  { name: 'freebind', level: SOL_IP, opt: 15, v4: true },
-  { name: 'transparent', level: SOL_IP, opt: 19, v4: true },
+  { name: 'saveSyn', level: SOL_TCP, opt: 27, tcp: true },
+  { name: 'fastopenConnect', level: SOL_TCP, opt: 30, tcp: true },
+  { name: 'fastopenNoCookie', level: SOL_TCP, opt: 34, tcp: true },
+  { name: 'inq', level: SOL_TCP, opt: 36, tcp: true },
+  { name: 'txDelay', level: SOL_TCP, opt: 37, tcp: true },
+  { name: 'rtoMaxMs', level: SOL_TCP, opt: 44, tcp: true },
+  { name: 'rtoMinUs', level: SOL_TCP, opt: 45, tcp: true },
+  { name: 'delackMaxUs', level: SOL_TCP, opt: 46, tcp: true },
+  { name: 'udpCork', level: SOL_UDP, opt: 1, udp: true },
+  { name: 'udpEncap', level: SOL_UDP, opt: 100, udp: true },
+  { name: 'udpNoCheck6Tx', level: SOL_UDP, opt: 101, udp: true },
+  { name: 'udpNoCheck6Rx', level: SOL_UDP, opt: 102, udp: true },
+  { name: 'udpSegment', level: SOL_UDP, opt: 103, udp: true },
+  { name: 'udpGro', level: SOL_UDP, opt: 104, udp: true },
+  { name: 'tos', level: SOL_IP, opt: 1 },
+  { name: 'ttl', level: SOL_IP, opt: 2 },
+  { name: 'recvopts', level: SOL_IP, opt: 6 },
+  { name: 'retopts', level: SOL_IP, opt: 7 },
+  { name: 'pktinfo', level: SOL_IP, opt: 8 },
+  { name: 'mtuDiscover', level: SOL_IP, opt: 10 },
+  { name: 'recverr', level: SOL_IP, opt: 11 },
+  { name: 'recvttl', level: SOL_IP, opt: 12 },
+  { name: 'recvtos', level: SOL_IP, opt: 13 },
+  { name: 'freebind', level: SOL_IP, opt: 15 },
+  { name: 'ipPasssec', level: SOL_IP, opt: 18 },
+  { name: 'transparent', level: SOL_IP, opt: 19 },
+  { name: 'recvorigdstaddr', level: SOL_IP, opt: 20 },
+  { name: 'minttl', level: SOL_IP, opt: 21 },
+  { name: 'checksum', level: SOL_IP, opt: 23 },
+  { name: 'bindAddressNoPort', level: SOL_IP, opt: 24 },
+  { name: 'recvfragsize', level: SOL_IP, opt: 25 },
+  { name: 'recverrRfc4884', level: SOL_IP, opt: 26 },
+  { name: 'multicastIf', level: SOL_IP, opt: 32, udp: true },
+  { name: 'multicastTtl', level: SOL_IP, opt: 33, udp: true },
+  { name: 'multicastLoop', level: SOL_IP, opt: 34, udp: true },
+  { name: 'multicastAll', level: SOL_IP, opt: 49, udp: true },
+  { name: 'unicastIf', level: SOL_IP, opt: 50 },
+  { name: 'localPortRange', level: SOL_IP, opt: 51 },
   { name: 'v6only', level: SOL_IPV6, opt: 26, v6: true },
   { name: 'tclass', level: SOL_IPV6, opt: 67, v6: true },
   { name: 'hops', level: SOL_IPV6, opt: 16, v6: true },
   { name: 'freebind6', level: SOL_IPV6, opt: 78, v6: true },
   { name: 'transparent6', level: SOL_IPV6, opt: 75, v6: true },
+  { name: 'pktinfo2292', level: SOL_IPV6, opt: 2, v6: true },
+  { name: 'hopopts2292', level: SOL_IPV6, opt: 3, v6: true },
+  { name: 'dstopts2292', level: SOL_IPV6, opt: 4, v6: true },
+  { name: 'rthdr2292', level: SOL_IPV6, opt: 5, v6: true },
+  { name: 'checksum6', level: SOL_IPV6, opt: 7, v6: true },
+  { name: 'hoplimit2292', level: SOL_IPV6, opt: 8, v6: true },
+  { name: 'recvflowinfo', level: SOL_IPV6, opt: 11, v6: true },
+  { name: 'multicastIf6', level: SOL_IPV6, opt: 17, v6: true, udp: true },
+  { name: 'multicastHops', level: SOL_IPV6, opt: 18, v6: true, udp: true },
+  { name: 'multicastLoop6', level: SOL_IPV6, opt: 19, v6: true, udp: true },
+  { name: 'mtuDiscover6', level: SOL_IPV6, opt: 23, v6: true },
+  { name: 'recverr6', level: SOL_IPV6, opt: 25, v6: true },
+  { name: 'multicastAll6', level: SOL_IPV6, opt: 29, v6: true, udp: true },
+  { name: 'recverrRfc4884v6', level: SOL_IPV6, opt: 31, v6: true },
+  { name: 'flowinfoSend', level: SOL_IPV6, opt: 33, v6: true },
+  { name: 'recvpktinfo', level: SOL_IPV6, opt: 49, v6: true },
+  { name: 'recvhoplimit', level: SOL_IPV6, opt: 51, v6: true },
+  { name: 'recvhopopts', level: SOL_IPV6, opt: 53, v6: true },
+  { name: 'recvrthdr', level: SOL_IPV6, opt: 56, v6: true },
+  { name: 'recvdstopts', level: SOL_IPV6, opt: 58, v6: true },
+  { name: 'recvpathmtu', level: SOL_IPV6, opt: 60, v6: true },
+  { name: 'dontfrag', level: SOL_IPV6, opt: 62, v6: true },
+  { name: 'recvtclass', level: SOL_IPV6, opt: 66, v6: true },
+  { name: 'autoflowlabel', level: SOL_IPV6, opt: 70, v6: true },
+  { name: 'addrPreferences', level: SOL_IPV6, opt: 72, v6: true },
+  { name: 'minhopcount', level: SOL_IPV6, opt: 73, v6: true },
+  { name: 'recvorigdstaddr6', level: SOL_IPV6, opt: 74, v6: true },
+  { name: 'unicastIf6', level: SOL_IPV6, opt: 76, v6: true },
+  { name: 'recvfragsize6', level: SOL_IPV6, opt: 77, v6: true },
+  { name: 'priority', level: SOL_SOCKET, opt: 12 },
 ];
 
 const ipText = z.string().max(64).refine((s) => net.isIP(s) !== 0, 'not an IP address');
@@ -122,6 +228,13 @@ export const InetState = z.object({
   linger: int(0, 0x7fffffff).optional(),
   /** SO_BINDTODEVICE */
   device: name(16).optional(),
+  /** SO_RCVTIMEO, SO_SNDTIMEO in microseconds */
+  rcvtimeo: int(0, Number.MAX_SAFE_INTEGER).optional(),
+  sndtimeo: int(0, Number.MAX_SAFE_INTEGER).optional(),
+  /** SO_TXTIME: clock id and flags */
+  txtime: z.object({ clock: i32, flags: u32 }).optional(),
+  /** TCP_CONGESTION: the congestion control algorithm's name */
+  congestion: z.string().min(1).max(15).regex(/^[A-Za-z0-9_-]+$/, 'not an algorithm name').optional(),
   tcp: TcpRepair.optional(),
 }).refine((s) => s.proto === 'udp' || s.state !== 'connected', 'connected is a UDP state (TCP: established)')
   .refine((s) => s.proto === 'tcp' || (s.state !== 'listen' && s.state !== 'established'), 'a UDP socket neither listens nor is established')
@@ -151,6 +264,8 @@ const taken = new WeakMap<FoundFd, { fd: number; domain: number }>();
  */
 export class InetTable implements ObjectTable {
   private readonly held: Array<{ fd: number; where: string; reuse: number }> = [];
+  /** should stasis die while connections are held, these take them out of repair mode */
+  readonly guards = new RepairGuards();
 
   /** `reuse`: its SO_REUSEADDR, which leaving repair mode clears */
   hold(fd: number, where: string, reuse: number): void {
@@ -168,6 +283,7 @@ export class InetTable implements ObjectTable {
       } catch { /* gone with its process */ }
       closeFd(h.fd);
     }
+    this.guards.done();
   }
 }
 
@@ -232,6 +348,7 @@ function freshDefaults(domain: number, type: number, protocol: number): Map<stri
   const fd = syscall(SOCK.socket, 'socket', domain, type, protocol);
   try {
     m = readOptions(fd, domain, type);
+    freshExtras.set(key, readExtras(fd, type));
   } finally {
     closeFd(fd);
   }
@@ -239,33 +356,179 @@ function freshDefaults(domain: number, type: number, protocol: number): Map<stri
   return m;
 }
 
-function applies(o: (typeof OPTIONS)[number], domain: number, type: number): boolean {
+function applies(o: (typeof OPTIONS)[number], domain: number, type: number, established = false): boolean {
   if (o.tcp && type !== SOCK_STREAM) return false;
-  if (o.v4 && domain !== AF_INET) return false;
+  if (o.udp && type !== SOCK_DGRAM) return false;
   if (o.v6 && domain !== AF_INET6) return false;
+  if (o.notEst && established) return false;
   return true;
 }
 
-function readOptions(fd: number, domain: number, type: number): Map<string, number | null> {
+function readOptions(fd: number, domain: number, type: number, established = false): Map<string, number | null> {
   const m = new Map<string, number | null>();
-  for (const o of OPTIONS) if (applies(o, domain, type)) m.set(o.name, getsockoptIntOr(fd, o.level, o.opt, o.name));
+  for (const o of OPTIONS) if (applies(o, domain, type, established)) m.set(o.name, getsockoptIntOr(fd, o.level, o.opt, o.name));
   return m;
 }
 
-function dumpOptions(fd: number, domain: number, type: number, protocol: number): { opts: InetOptions; linger?: number; device?: string } {
-  const fresh = freshDefaults(domain, type, protocol);
-  const opts: InetOptions = {};
-  for (const [k, v] of readOptions(fd, domain, type)) if (v !== null && v !== fresh.get(k)) opts[k] = v;
-  const linger = getsockoptBuf(fd, SOL_SOCKET, SO_LINGER, 8, 'SO_LINGER');
-  const dev = getsockoptBuf(fd, SOL_SOCKET, SO_BINDTODEVICE, 16, 'SO_BINDTODEVICE').toString('latin1').replace(/\0.*$/s, '');
-  return { opts, ...(linger.readInt32LE(0) ? { linger: linger.readInt32LE(4) } : {}), ...(dev ? { device: dev } : {}) };
+/** SO_RCVTIMEO/SO_SNDTIMEO (struct timeval) in microseconds. */
+function timeoUs(fd: number, opt: number, what: string): number {
+  const tv = getsockoptBuf(fd, SOL_SOCKET, opt, 16, what);
+  return Number(tv.readBigInt64LE(0)) * 1e6 + Number(tv.readBigInt64LE(8));
 }
 
-/** Installed filters cannot be read back in full: a socket with one is refused. */
-function filterLength(fd: number): number {
+/** TCP_CONGESTION: the algorithm's name. */
+function congestion(fd: number): string {
+  return getsockoptBuf(fd, SOL_TCP, TCP_CONGESTION, 16, 'TCP_CONGESTION').toString('latin1').replace(/\0.*$/s, '');
+}
+
+/** What is not an int option: timeouts, SO_TXTIME, the congestion control algorithm. */
+type Extras = Pick<InetState, 'rcvtimeo' | 'sndtimeo' | 'txtime' | 'congestion'>;
+function readExtras(fd: number, type: number): Extras {
+  const tx = getsockoptBuf(fd, SOL_SOCKET, SO_TXTIME, 8, 'SO_TXTIME');
+  return {
+    rcvtimeo: timeoUs(fd, SO_RCVTIMEO, 'SO_RCVTIMEO'), sndtimeo: timeoUs(fd, SO_SNDTIMEO, 'SO_SNDTIMEO'),
+    txtime: { clock: tx.readInt32LE(0), flags: tx.readUInt32LE(4) },
+    ...(type === SOCK_STREAM ? { congestion: congestion(fd) } : {}),
+  };
+}
+const freshExtras = new Map<string, Extras>();
+
+function dumpOptions(fd: number, domain: number, type: number, protocol: number, established: boolean): { opts: InetOptions; linger?: number; device?: string } & Extras {
+  const fresh = freshDefaults(domain, type, protocol);
+  const opts: InetOptions = {};
+  for (const [k, v] of readOptions(fd, domain, type, established)) if (v !== null && v !== fresh.get(k)) opts[k] = v;
+  // A buffer size the program did not set (its SO_BUF_LOCK bit clear) is
+  // the kernel's. An established connection keeps it (its queues must fit
+  // at restart, which unlocks it again afterwards); other sockets do not.
+  if (!established && !((opts.bufLock ?? 0) & SOCK_SNDBUF_LOCK)) delete opts.sndbuf;
+  if (!established && !((opts.bufLock ?? 0) & SOCK_RCVBUF_LOCK)) delete opts.rcvbuf;
+  const linger = getsockoptBuf(fd, SOL_SOCKET, SO_LINGER, 8, 'SO_LINGER');
+  const dev = getsockoptBuf(fd, SOL_SOCKET, SO_BINDTODEVICE, 16, 'SO_BINDTODEVICE').toString('latin1').replace(/\0.*$/s, '');
+  const extras: Extras = {};
+  const mine = readExtras(fd, type), base = freshExtras.get(`${domain}/${type}/${protocol}`)!;
+  if (mine.rcvtimeo !== base.rcvtimeo) extras.rcvtimeo = mine.rcvtimeo;
+  if (mine.sndtimeo !== base.sndtimeo) extras.sndtimeo = mine.sndtimeo;
+  if (mine.txtime!.clock !== base.txtime!.clock || mine.txtime!.flags !== base.txtime!.flags) extras.txtime = mine.txtime;
+  if (mine.congestion !== base.congestion) extras.congestion = mine.congestion;
+  return { opts, ...extras, ...(linger.readInt32LE(0) ? { linger: linger.readInt32LE(4) } : {}), ...(dev ? { device: dev } : {}) };
+}
+
+/**
+ * A classic filter's length in instructions (0: none); an eBPF filter
+ * (SO_ATTACH_BPF), which has no classic program to read, is refused.
+ */
+function filterLength(fd: number, where: string): number {
   const len = Buffer.alloc(4);
-  syscall(SOCK.getsockopt, 'getsockopt(SO_GET_FILTER)', fd, SOL_SOCKET, SO_ATTACH_FILTER, Buffer.alloc(8), len);
+  try {
+    syscall(SOCK.getsockopt, 'getsockopt(SO_GET_FILTER)', fd, SOL_SOCKET, SO_ATTACH_FILTER, Buffer.alloc(8), len);
+  } catch (e) {
+    if (e instanceof SyscallError && e.code === 'EACCES') throw new UnsupportedError(`${where}: an eBPF socket filter is attached (SO_ATTACH_BPF); not supported yet`);
+    throw e;
+  }
   return len.readUInt32LE(0);
+}
+
+const SOF_TIMESTAMPING_OPT_ID = 1 << 7, SOF_TIMESTAMPING_BIND_PHC = 1 << 15;
+const IP_OPTIONS = 4, IPV6_STICKY: ReadonlyArray<[string, number]> = [['IPV6_HOPOPTS', 54], ['IPV6_RTHDRDSTOPTS', 55], ['IPV6_RTHDR', 57], ['IPV6_DSTOPTS', 59]];
+const MCAST_MSFILTER = 48;
+
+/**
+ * State of a socket that is not saved and can be seen: refused by name
+ * before anything is changed. (What cannot be seen is listed in
+ * docs/state.md with the reason.)
+ */
+function refuseUnsaved(fd: number, where: string, domain: number, proto: 'tcp' | 'udp', diag: InetDiag | null): void {
+  if (filterLength(fd, where)) throw new UnsupportedError(`${where}: a BPF socket filter is attached (SO_ATTACH_FILTER); not supported yet`);
+  const ts = getsockoptInt(fd, SOL_SOCKET, SO_TIMESTAMPING, 'SO_TIMESTAMPING');
+  if (ts & SOF_TIMESTAMPING_OPT_ID) throw new UnsupportedError(`${where}: SO_TIMESTAMPING with SOF_TIMESTAMPING_OPT_ID numbers its packets with a counter that cannot be restored; not supported`);
+  if (ts & SOF_TIMESTAMPING_BIND_PHC) throw new UnsupportedError(`${where}: SO_TIMESTAMPING bound to a PTP clock (SOF_TIMESTAMPING_BIND_PHC); not supported yet`);
+  if (getsockoptBuf(fd, SOL_IP, IP_OPTIONS, 40, 'IP_OPTIONS').length) throw new UnsupportedError(`${where}: IPv4 header options set with IP_OPTIONS; not supported yet`);
+  if (domain === AF_INET6) {
+    for (const [name, opt] of IPV6_STICKY) {
+      const v = getsockoptBufOr(fd, SOL_IPV6, opt, 64, name);
+      if (v && v.length) throw new UnsupportedError(`${where}: IPv6 extension headers set with ${name}; not supported yet`);
+    }
+  }
+  if (proto === 'tcp') {
+    const ulp = getsockoptBuf(fd, SOL_TCP, TCP_ULP, 16, 'TCP_ULP').toString('latin1').replace(/\0.*$/s, '');
+    if (ulp) throw new UnsupportedError(`${where}: the upper layer protocol "${ulp}" (TCP_ULP, e.g. kernel TLS) is attached; not supported`);
+    if (diag?.md5Keys) throw new UnsupportedError(`${where}: ${diag.md5Keys} TCP MD5 signature key(s) (TCP_MD5SIG, RFC 2385); not supported yet`);
+    if (getsockoptBufOr(fd, SOL_TCP, TCP_AO_INFO, 48, 'TCP_AO_INFO', ['ENOENT'])) throw new UnsupportedError(`${where}: TCP-AO keys (TCP_AO_ADD_KEY, RFC 5925); not supported yet`);
+  } else {
+    const groups = memberships(fd, domain);
+    if (groups.length) throw new UnsupportedError(`${where}: member of the multicast group(s) ${groups.join(', ')} (IP_ADD_MEMBERSHIP/MCAST_JOIN_GROUP); not supported yet`);
+  }
+}
+
+/** getsockopt into a buffer, null where the option (or `absent` errno) says there is none. */
+function getsockoptBufOr(fd: number, level: number, opt: number, len: number, what: string, absent: string[] = []): Buffer | null {
+  try {
+    return getsockoptBuf(fd, level, opt, len, what);
+  } catch (e) {
+    if (e instanceof SyscallError && ['ENOPROTOOPT', 'EOPNOTSUPP', 'ENOTSUP', ...absent].includes(e.code)) return null;
+    throw e;
+  }
+}
+
+/**
+ * The multicast groups a UDP socket joined, as "239.1.2.3 on eth0". No call
+ * lists a socket's memberships, but the kernel lists each interface's
+ * groups (/proc/net/igmp, /proc/net/igmp6), and MCAST_MSFILTER asked for one
+ * group on one interface answers EADDRNOTAVAIL unless this socket joined it.
+ */
+function memberships(fd: number, domain: number): string[] {
+  const out: string[] = [];
+  const ask = (level: number, family: number, ifindex: number, dev: string, addr: Buffer, text: string) => {
+    const gf = Buffer.alloc(272); // struct group_filter with room for one source
+    gf.writeUInt32LE(ifindex, 0);
+    gf.writeUInt16LE(family, 8);
+    addr.copy(gf, family === AF_INET ? 12 : 16);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(gf.length);
+    try {
+      syscall(SOCK.getsockopt, 'getsockopt(MCAST_MSFILTER)', fd, level, MCAST_MSFILTER, gf, len);
+    } catch (e) {
+      if (e instanceof SyscallError && ['EADDRNOTAVAIL', 'ENODEV', 'EINVAL', 'ENOPROTOOPT'].includes(e.code)) return;
+      throw e;
+    }
+    out.push(`${text} on ${dev}`);
+  };
+  for (const g of procGroups('/proc/net/igmp', 4)) ask(SOL_IP, AF_INET, g.ifindex, g.dev, g.addr, [...g.addr].join('.'));
+  if (domain === AF_INET6) {
+    for (const g of procGroups('/proc/net/igmp6', 6)) {
+      const words: string[] = [];
+      for (let i = 0; i < 16; i += 2) words.push(g.addr.readUInt16BE(i).toString(16));
+      ask(SOL_IPV6, AF_INET6, g.ifindex, g.dev, g.addr, canonicalV6(words.join(':')));
+    }
+  }
+  return out;
+}
+
+/** Each interface's multicast groups: /proc/net/igmp (a device line, then its groups) or /proc/net/igmp6. */
+function procGroups(file: string, version: 4 | 6): Array<{ ifindex: number; dev: string; addr: Buffer }> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  const out: Array<{ ifindex: number; dev: string; addr: Buffer }> = [];
+  if (version === 6) {
+    for (const m of text.matchAll(/^\s*(\d+)\s+(\S+)\s+([0-9a-f]{32})\s/gm)) out.push({ ifindex: Number(m[1]), dev: m[2], addr: Buffer.from(m[3], 'hex') });
+    return out;
+  }
+  let cur: { ifindex: number; dev: string } | undefined;
+  for (const line of text.split('\n').slice(1)) {
+    const d = /^(\d+)\s+(\S+)\s*:/.exec(line);
+    if (d) { cur = { ifindex: Number(d[1]), dev: d[2] }; continue; }
+    const g = /^\s+([0-9A-F]{8})\s/.exec(line);
+    if (g && cur) {
+      const addr = Buffer.alloc(4);
+      addr.writeUInt32LE(parseInt(g[1], 16)); // the kernel prints the network-order word as a host number
+      out.push({ ...cur, addr });
+    }
+  }
+  return out;
 }
 
 /** A classic BPF program of one instruction, "ret 0": every incoming packet dropped. */
@@ -335,17 +598,17 @@ function dumpInet(f: FoundFd, ctx: { table<T extends ObjectTable>(c: new () => T
       throw new UnsupportedError(`${f.where}: ${family} ${typeName} socket of protocol ${protocol} is not supported yet (TCP and UDP are)`);
     }
     const proto = protocol === IPPROTO_TCP ? 'tcp' : 'udp';
-    if (filterLength(fd)) throw new UnsupportedError(`${f.where}: ${proto} socket with a BPF socket filter attached; not supported yet`);
     const local = sockname(fd, SOCK.getsockname, 'getsockname')!;
     const remote = sockname(fd, SOCK.getpeername, 'getpeername');
     const ino = Number(/\d+/.exec(f.target)![0]);
     const diag: InetDiag | null = inetDiag(domain, protocol, ino);
-    const base = { family, proto, local, ...dumpOptions(fd, domain, type, protocol) } as const;
+    const tcpState = proto === 'tcp' ? getsockoptBuf(fd, SOL_TCP, TCP_INFO, 1, 'TCP_INFO').readUInt8(0) : 0;
+    refuseUnsaved(fd, `${f.where}: ${endpointText(proto, local)}`, domain, proto, diag);
+    const base = { family, proto, local, ...dumpOptions(fd, domain, type, protocol, tcpState === TCP_ESTABLISHED) } as const;
     if (proto === 'udp') {
       if (diag && diag.rqueue > 0) throw new UnsupportedError(`${f.where}: ${endpointText(proto, local)} has datagrams queued for the program to read; not supported yet`);
       return remote ? { ...base, state: 'connected', remote } : { ...base, state: local.port ? 'bound' : 'unbound' };
     }
-    const tcpState = getsockoptBuf(fd, SOL_TCP, TCP_INFO, 1, 'TCP_INFO').readUInt8(0);
     if (tcpState === TCP_LISTEN) {
       if (!diag) throw new StasisError(`${f.where}: listening ${endpointText(proto, local)} not found by sock_diag`);
       if (diag.rqueue > 0) {
@@ -360,8 +623,12 @@ function dumpInet(f: FoundFd, ctx: { table<T extends ObjectTable>(c: new () => T
     }
     if (diag?.shutdown) throw new UnsupportedError(`${f.where}: ${conn} is half-closed (shutdown ${diag.shutdown === 1 ? 'of reading' : diag.shutdown === 2 ? 'of writing' : 'both ways'}); not supported yet`);
     if (!ctx.tcpEstablished) throw new UnsupportedError(`${f.where}: established connection ${conn}: pass --tcp-established to checkpoint it with TCP repair mode`);
+    const table = ctx.table(InetTable);
+    table.guards.guard(fd, (base.opts.reuseaddr ?? 0) !== 0);
     const tcp = dumpRepair(fd, f.where);
-    ctx.table(InetTable).hold(fd, f.where, base.opts.reuseaddr ?? 0);
+    table.hold(fd, f.where, base.opts.reuseaddr ?? 0);
+    // Test hook (inet.test): stasis dies with the connection in repair mode.
+    if (process.env.STASIS_TEST_DIE_IN_REPAIR) process.kill(process.pid, 'SIGKILL');
     keep = true;
     return { ...base, state: 'established', remote: remote!, tcp };
   } finally {
@@ -404,10 +671,11 @@ function v6Bytes(addr: string): Buffer {
 
 /** Connections rebuilt in repair mode, let out of it once the whole tree is rebuilt. */
 export class InetKeeper {
-  private readonly pending: Array<{ remote: Remote; fd: number; unsent: Buffer; nonblock: boolean; reuse: number; where: string }> = [];
+  private readonly pending: Array<{ remote: Remote; fd: number; unsent: Buffer; nonblock: boolean; reuse: number; bufLock?: number; where: string }> = [];
 
-  note(remote: Remote, fd: number, unsent: Buffer, nonblock: boolean, reuse: number, where: string): void {
-    this.pending.push({ remote, fd, unsent, nonblock, reuse, where });
+  /** `bufLock`: SO_BUF_LOCK to set once the queues are written (buffer sizes were set) */
+  note(remote: Remote, fd: number, unsent: Buffer, nonblock: boolean, reuse: number, where: string, bufLock?: number): void {
+    this.pending.push({ remote, fd, unsent, nonblock, reuse, where, bufLock });
   }
 
   /** Every connection out of repair mode; the bytes that were not sent yet are sent now. */
@@ -419,6 +687,8 @@ export class InetKeeper {
       // Leaving repair mode clears SO_REUSEADDR.
       if (p.reuse) setInt(remote, fd, SOL_SOCKET, SO_REUSEADDR, p.reuse, where, 'SO_REUSEADDR');
       writeAll(remote, fd, p.unsent, `${where}: unsent bytes`);
+      // Buffer sizes set with SO_*BUFFORCE are locked: autotuned ones are let go again.
+      if (p.bufLock !== undefined) setInt(remote, fd, SOL_SOCKET, SO_BUF_LOCK, p.bufLock, where, 'SO_BUF_LOCK');
       if (!p.nonblock) remote.call('fcntl', SYS.fcntl, [fd, F_SETFL, 0], `${where}: blocking again`);
     }
   }
@@ -448,7 +718,7 @@ function setOptions(remote: Remote, fd: number, s: InetState, where: string): vo
     const v = s.opts[o.name];
     if (v === undefined || !applies(o, domain, type)) continue;
     remote.reset();
-    if (o.opt === SO_RCVBUF || o.opt === SO_SNDBUF) {
+    if (o.level === SOL_SOCKET && (o.opt === SO_RCVBUF || o.opt === SO_SNDBUF)) {
       // The kernel doubles what it is given: half of what it reported.
       const force = o.opt === SO_RCVBUF ? SO_RCVBUFFORCE : SO_SNDBUFFORCE;
       try {
@@ -471,6 +741,31 @@ function setOptions(remote: Remote, fd: number, s: InetState, where: string): vo
     remote.reset();
     const b = Buffer.from(s.device + '\0', 'latin1');
     remote.call('setsockopt', SOCK.setsockopt, [fd, SOL_SOCKET, SO_BINDTODEVICE, remote.putBytes(b), b.length], `${where}: SO_BINDTODEVICE ${s.device}`);
+  }
+  for (const [opt, us, what] of [[SO_RCVTIMEO, s.rcvtimeo, 'SO_RCVTIMEO'], [SO_SNDTIMEO, s.sndtimeo, 'SO_SNDTIMEO']] as const) {
+    if (us === undefined) continue;
+    remote.reset();
+    const tv = Buffer.alloc(16);
+    tv.writeBigInt64LE(BigInt(Math.floor(us / 1e6)), 0);
+    tv.writeBigInt64LE(BigInt(us % 1e6), 8);
+    remote.call('setsockopt', SOCK.setsockopt, [fd, SOL_SOCKET, opt, remote.putBytes(tv), 16], `${where}: ${what} ${us} us`);
+  }
+  if (s.txtime !== undefined) {
+    remote.reset();
+    const b = Buffer.alloc(8);
+    b.writeInt32LE(s.txtime.clock, 0);
+    b.writeUInt32LE(s.txtime.flags, 4);
+    remote.call('setsockopt', SOCK.setsockopt, [fd, SOL_SOCKET, SO_TXTIME, remote.putBytes(b), 8], `${where}: SO_TXTIME`);
+  }
+  if (s.congestion !== undefined) {
+    remote.reset();
+    const b = Buffer.from(s.congestion, 'latin1');
+    try {
+      remote.call('setsockopt', SOCK.setsockopt, [fd, SOL_TCP, TCP_CONGESTION, remote.putBytes(b), b.length], `${where}: TCP_CONGESTION ${s.congestion}`);
+    } catch (e) {
+      if (e instanceof SyscallError && e.code === 'ENOENT') throw new StasisError(`${where}: the congestion control algorithm "${s.congestion}" (TCP_CONGESTION) is not available on this machine (ENOENT): load its module (tcp_${s.congestion}) and restart again`);
+      throw e;
+    }
   }
 }
 
@@ -538,7 +833,8 @@ function openInet(remote: Remote, r: InetFd & CommonFd, ctx: RestoreContext, whe
     tcp.window.forEach((v, i) => w.writeUInt32LE(v, i * 4));
     remote.call('setsockopt', SOCK.setsockopt, [fd, SOL_TCP, TCP_REPAIR_WINDOW, remote.putBytes(w), 20], `${where}: TCP_REPAIR_WINDOW`);
     if (!ctx.inet) throw new StasisError(`${where}: no keeper for TCP connections in this restart`);
-    ctx.inet.note(remote, r.fd, send.subarray(send.length - tcp.unsent), nonblock, s.opts.reuseaddr ?? 0, where);
+    const sized = s.opts.sndbuf !== undefined || s.opts.rcvbuf !== undefined;
+    ctx.inet.note(remote, r.fd, send.subarray(send.length - tcp.unsent), nonblock, s.opts.reuseaddr ?? 0, where, sized ? s.opts.bufLock ?? 0 : undefined);
     return fd;
   }
   setOptions(remote, fd, s, where);
@@ -563,6 +859,11 @@ const CAP_NET_BIND_SERVICE = 10n, CAP_NET_ADMIN = 12n;
 function checkInet(r: InetFd & CommonFd, creds: ImageCreds, where: string): void {
   const s = r.inet;
   const caps = BigInt(creds.capEff);
+  if (s.congestion !== undefined) {
+    let avail = '';
+    try { avail = fs.readFileSync('/proc/sys/net/ipv4/tcp_available_congestion_control', 'utf8'); } catch { /* no such file: setsockopt will say */ }
+    if (avail && !avail.trim().split(/\s+/).includes(s.congestion)) throw new StasisError(`${where}: the congestion control algorithm "${s.congestion}" (TCP_CONGESTION) is not available on this machine (${avail.trim()}): load its module (tcp_${s.congestion}) and restart again`);
+  }
   if (s.state === 'established') {
     if (!(caps & (1n << CAP_NET_ADMIN))) throw new StasisError(`${where}: a TCP connection restored in repair mode needs CAP_NET_ADMIN, which the saved process did not have`);
     return;

@@ -13,7 +13,12 @@ const CODE = Buffer.from([0xb8, 0x22, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf7])
 export const BLANK_SYSCALL = BLANK_BASE + CODE_OFFSET + 5;
 
 export function blankElf(): Buffer {
-  const size = CODE_OFFSET + CODE.length;
+  return tinyElf(CODE);
+}
+
+/** A static x86-64 ELF whose one r-x segment, at BLANK_BASE, is its headers then `code` (the entry point). */
+export function tinyElf(code: Buffer): Buffer {
+  const size = CODE_OFFSET + code.length;
   const b = Buffer.alloc(size);
   // ELF header
   b.write('\x7fELF', 0, 'latin1');
@@ -42,7 +47,7 @@ export function blankElf(): Buffer {
   p += 56;
   b.writeUInt32LE(0x6474e551, p);
   b.writeUInt32LE(6, p + 4);
-  CODE.copy(b, CODE_OFFSET);
+  code.copy(b, CODE_OFFSET);
   return b;
 }
 

@@ -45,7 +45,7 @@ export function getsockoptIntOr(fd: number, level: number, opt: number, what: st
   try {
     return getsockoptInt(fd, level, opt, what);
   } catch (e) {
-    if (e instanceof SyscallError && (e.code === 'ENOPROTOOPT' || e.code === 'EOPNOTSUPP')) return null;
+    if (e instanceof SyscallError && (e.code === 'ENOPROTOOPT' || e.code === 'EOPNOTSUPP' || e.code === 'ENOTSUP')) return null;
     throw e;
   }
 }
