@@ -36,6 +36,7 @@
 //
 // Every process started here is tracked by pid and killed/reaped by pid; the
 // image files live in temporary directories removed at the end.
+import { redisPause } from './redis-pause';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -620,6 +621,19 @@ async function main(): Promise<void> {
     if (!LIB_ONLY) {
       log('command-line table: whole commands, fresh processes');
       await cliSection({ shm: shmDir, disk: dskDir, out: outDir }, cliRows, details);
+      if (!SMALL) {
+        // Issue #9: the pause a client of a server sees, whole commands again.
+        log('redis-server with 100k keys: the pause its connected client sees');
+        const rp = await redisPause({ keys: 100_000, rounds: 3 });
+        cliRows.push({
+          work: 'pause a connected redis client sees (100k keys): `checkpoint --kill --tcp-established`, then at once `restart -d`',
+          stasis: ms(rp.killRestartMedianMs), limit: `${ms(rp.baselineMs)} (a PING before)`, target: '', frozen: '', rss: '',
+        }, {
+          work: 'pause a connected redis client sees (100k keys): snapshot left running (`--tcp-established`)',
+          stasis: ms(rp.snapshotMedianMs), limit: `${ms(rp.baselineMs)} (a PING before)`, target: '', frozen: '', rss: '',
+        });
+        details.push(`- redis pause: kill+restart ms [${samples(rp.killRestartMs)}], snapshot ms [${samples(rp.snapshotMs)}], baseline PING ${ms(rp.baselineMs)}`);
+      }
     }
     let ckptRounds = 0, restartRounds = 0;
     if (!CLI_ONLY) {
