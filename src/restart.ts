@@ -29,7 +29,8 @@ import { restoreCredsAndCaps } from './kinds/caps';
 import { restoreSched, restoreTimerSlack } from './kinds/sched';
 import { restoreMempolicy } from './kinds/mempolicy';
 import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
-import { checkCgroups, restoreCgroups } from './kinds/cgroups';
+import { checkCgroups, restoreCgroups, unifiedHome } from './kinds/cgroups';
+import { RestartHold } from './ptrace/hold';
 import { StasisError, UnsupportedError, errnoName } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
 import { waitpidSync, waitpidAsync, sleepSync, __WALL, WIFEXITED, WEXITSTATUS, WTERMSIG } from './sys/libc';
@@ -153,7 +154,7 @@ const GADGET_CODE = Buffer.from([
   0xeb, 0xf7, // jmp child
   0xcc, // parent: int3
 ]);
-const CLONE_VM = 0x100, CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_SIGHAND = 0x800;
+const CLONE_VM = 0x100, CLONE_PTRACE = 0x2000, CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_SIGHAND = 0x800;
 const CLONE_PARENT = 0x8000, CLONE_THREAD = 0x10000, CLONE_SYSVSEM = 0x40000, CLONE_NEWPID = 0x20000000;
 const SIGCHLD = 17, SIGSTOP = 19;
 const PR_SET_NAME = 15;
@@ -176,16 +177,19 @@ function mapGadget(t: Tracee, img: LoadedImage): Remote {
 
 /**
  * clone3 injected into `parent` with set_tid: a new process or thread at
- * exactly `tid`, parked in the pause() loop of the injection page, seized.
+ * exactly `tid`, parked in the pause() loop of the injection page, traced
+ * by us from its creation (CLONE_PTRACE: our options, EXITKILL included,
+ * are inherited), so that no moment exists where our death would leave
+ * it running.
  */
-function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number, tgid: number, nsView = false): Tracee {
+function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number, tgid: number, log: (m: string) => void, nsView = false): Tracee {
   const gadget = parent.task.syscallInsn;
   parent.reset();
   const tids = Buffer.alloc(4);
   tids.writeInt32LE(tid);
   const tidsAddr = parent.putBytes(tids);
   const args = Buffer.alloc(88); // struct clone_args, up to set_tid_size
-  args.writeBigUInt64LE(BigInt(flags), 0);
+  args.writeBigUInt64LE(BigInt(flags | CLONE_PTRACE), 0);
   args.writeBigUInt64LE(BigInt(exitSignal), 32);
   args.writeBigUInt64LE(BigInt(tidsAddr), 64);
   args.writeBigUInt64LE(1n, 72);
@@ -201,6 +205,7 @@ function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number,
     const why = -r === 17n ? 'it is in use' : `errno ${-r}`;
     throw new StasisError(`cannot create pid ${tid} (${why}); end the process holding it, or restart in a new pid namespace`);
   }
+  log(flags & CLONE_THREAD ? `pid ${tgid}: thread ${tid} created` : `pid ${tid} created`);
   let child: Tracee;
   if (!nsView) {
     child = new Tracee(Number(r), tgid === 0 ? Number(r) : tgid);
@@ -211,7 +216,7 @@ function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number,
     child.vpid = Number(r);
     child.vtgid = tgid === 0 ? Number(r) : parent.task.vtgid;
   }
-  child.seize({ exitKill: true });
+  child.adoptCloned();
   child.syscallInsn = gadget;
   return child;
 }
@@ -267,8 +272,8 @@ interface Rebuilding {
   forkedFrom?: ImageProcess;
 }
 
-/** What stasis holds for the tasks to open while they are rebuilt. */
-interface Keepers { pipes: PipeKeeper; memfds: MemfdKeeper }
+/** What stasis holds for the tasks to open while they are rebuilt, and the cgroup holding the tree. */
+interface Keepers { pipes: PipeKeeper; memfds: MemfdKeeper; hold: RestartHold | null }
 
 /** Everything of one process, its threads created and set up, in its main thread. */
 function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: string) => void, ns: boolean, host: (pid: number) => number): void {
@@ -289,7 +294,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   restoreXcompPerm(remote, BigInt(p.xcompPerm));
   // Threads: created at their tids inside this process, then given their state.
   const cloneFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
-  for (const th of p.threads.slice(1)) r.threads.push(cloneAt(remote, th.tid, cloneFlags, 0, p.pid, ns));
+  for (const th of p.threads.slice(1)) r.threads.push(cloneAt(remote, th.tid, cloneFlags, 0, p.pid, log, ns));
   blockAllSignals(r.threads);
   p.threads.forEach((th, i) => {
     const tr = remote.withTask(r.threads[i]);
@@ -339,7 +344,7 @@ function rebuildMemory(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: 
   const p = r.image;
   const remote = r.remote;
   const kept = r.forkedFrom ? keptFromParent(p.vmas, r.forkedFrom.vmas, r.forkedFrom.pid) : new Map<ImageVma, Set<number>>();
-  restoreCgroups(remote.task.pid, p.pid, p.cgroups);
+  restoreCgroups(remote.task.pid, p.pid, p.cgroups, !!keep.hold);
   clearAddressSpace(remote, p, log, [...kept.keys()]);
   restoreMergeAny(remote, p.ksmMergeAny);
   mapVmas(remote, p.vmas.filter((v) => !kept.has(v)), host, keep.memfds, p.ksmMergeAny);
@@ -458,7 +463,26 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     pipes.close();
     throw e;
   }
-  const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
+  // Outside a new pid namespace, the tree is held in a cgroup of its own
+  // until it is whole (see ptrace/hold.ts).
+  let hold: RestartHold | null = null;
+  let blank: Tracee;
+  try {
+    hold = ns ? null : RestartHold.create();
+    blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
+  } catch (e) {
+    hold?.abandon();
+    pipes.close();
+    memfds.close();
+    throw e;
+  }
+  if (hold && !hold.enter(blank.pid)) {
+    hold.abandon();
+    hold = null;
+  }
+  if (hold) log(`the tree is held in cgroup ${hold.dir} until it is whole`);
+  else if (!ns) log('no cgroup v2 hierarchy to hold the tree in: a restart killed while it lets the tree go may leave part of it');
+  const keep: Keepers = { pipes, memfds, hold };
   const created: Tracee[] = [blank];
   let rootTask: Tracee;
   /** the task whose end is the tree's end: the root, or the namespace's init */
@@ -472,19 +496,19 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     if (ns) {
       refuseProcFilesUnderNewPids(img.processes, 'inside a new pid namespace');
       blankRemote.call('unshare', SYS.unshare, [CLONE_NEWPID], 'new pid namespace');
-      nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0);
+      nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0, log);
       nsInit.vpid = nsInit.vtgid = 1;
       created.push(nsInit);
       relay?.(nsInit.pid);
       discard([blank]);
-      rootTask = cloneAt(blankRemote.withTask(nsInit), root.pid, 0, SIGCHLD, 0, true);
+      rootTask = cloneAt(blankRemote.withTask(nsInit), root.pid, 0, SIGCHLD, 0, log, true);
       created.push(rootTask);
     } else if (singleTask(img) && pidInUse(root.pid) !== null) {
       refuseProcFilesUnderNewPids(img.processes, `under a new pid (pid ${root.pid} is in use)`);
       log(`pid ${root.pid} is in use: restoring under a new pid`);
       rootTask = blank;
     } else {
-      rootTask = cloneAt(blankRemote, root.pid, CLONE_PARENT, 0, 0);
+      rootTask = cloneAt(blankRemote, root.pid, CLONE_PARENT, 0, 0, log);
       created.push(rootTask);
       discard([blank]);
     }
@@ -507,7 +531,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       const p = r.image;
       if (!r.memoryBuilt && !p.ksmMergeAny
         && p.vmas.every((v) => !v.shmem?.from || v.shmem.from.pid === p.pid || rebuilding.get(v.shmem.from.pid)?.memoryBuilt)) {
-        rebuildMemory(r, img, { pipes, memfds }, log, host);
+        rebuildMemory(r, img, keep, log, host);
       }
       return !!r.memoryBuilt;
     };
@@ -518,7 +542,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
         const parent = remotes.get(e.ppid);
         if (remotes.has(e.pid) || !parent) continue;
         const fork = images.has(e.pid) && images.has(e.ppid) && readyToFork(e.ppid);
-        const t = cloneAt(parent, e.pid, 'sharing' in e ? sharingFlags(e.sharing) : 0, e.exitSignal ?? SIGCHLD, 0, ns);
+        const t = cloneAt(parent, e.pid, 'sharing' in e ? sharingFlags(e.sharing) : 0, e.exitSignal ?? SIGCHLD, 0, log, ns);
         created.push(t);
         const r = blankRemote.withTask(t);
         remotes.set(e.pid, r);
@@ -546,7 +570,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     log(`tree of ${entries.length} processes created`);
     const live: Rebuilding[] = img.processes.map((p) => rebuildingOf(p.pid));
     for (const r of live) {
-      rebuildProcess(r, img, { pipes, memfds }, log, ns, host);
+      rebuildProcess(r, img, keep, log, ns, host);
       created.push(...r.threads.slice(1));
     }
     for (const r of [...live].reverse()) finishProcess(r, img, log, host);
@@ -557,7 +581,12 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     // Processes restored stopped are back in their group stop, untraced: not read back.
     const running = live.filter((r) => !r.image.stopped);
     if (opts.verify && !running.length) log('verify: every process was restored stopped; nothing read back');
-    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    else if (opts.verify) log('verify: reading the restored tree back');
+    if (opts.verify && running.length) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, startedAt, log });
+    // Let go: detached tasks stay frozen in the hold (or die with the
+    // namespace's init, still ours) until one step makes the restart whole.
+    log('letting the tree go');
+    hold?.freeze();
     for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);
@@ -565,8 +594,10 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     } else {
       waitFor = rootTask;
     }
+    hold?.commit(new Map(live.map((r) => [r.remote.task.pid, unifiedHome(r.image.cgroups)])));
   } catch (e) {
     discard(created);
+    hold?.abandon();
     if (e instanceof StasisError) throw new StasisError(`restart failed, nothing left running: ${e.message}`);
     throw e;
   } finally {

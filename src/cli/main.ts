@@ -6,6 +6,7 @@ import { restartSync, loadImage } from '../restart';
 import { showImage } from './show';
 import { runChecks } from './check';
 import { StasisError } from '../sys/errno';
+import { ptraceRequestsSoFar } from '../sys/libc';
 import { constants as osConstants } from 'node:os';
 
 const USAGE = `usage:
@@ -69,7 +70,11 @@ function parse(args: string[], withValue: string[], boolean: string[]): Parsed {
 function logger(verbose: boolean): ((m: string) => void) | undefined {
   if (!verbose) return undefined;
   const t0 = process.hrtime.bigint();
-  return (m) => process.stderr.write(`[${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms] ${m}\n`);
+  return (m) => {
+    // Under the test hook, where each step begins in ptrace requests (test/safety-restart.test.ts aims at them).
+    const n = ptraceRequestsSoFar();
+    process.stderr.write(`[${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms] ${n === undefined ? '' : `[ptrace ${n}] `}${m}\n`);
+  };
 }
 
 async function cmdCheckpoint(args: string[]): Promise<number> {

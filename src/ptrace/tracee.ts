@@ -72,6 +72,17 @@ export class Tracee {
     this.afterStop();
   }
 
+  /**
+   * A task created traced (clone with CLONE_PTRACE by a task we seized):
+   * it inherited our options (EXITKILL among them) and starts with a
+   * trap stop pending. Never untraced, it cannot outlive us by a moment.
+   */
+  adoptCloned(): void {
+    this.attached = true;
+    this.waitStop('the first stop of a task created traced');
+    this.afterStop();
+  }
+
   /** Attach and ask for a stop, without waiting for it (freezing a tree). */
   seizeOnly(opts: SeizeOptions = {}): void {
     // TRACESYSGOOD: a syscall stop the tracer never answers ends without a
