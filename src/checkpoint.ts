@@ -32,6 +32,7 @@ import { dumpMempolicy } from './kinds/mempolicy';
 import { dumpProcessPrctl, dumpThreadPrctl, refuseUnrestorableAttrs } from './kinds/prctl';
 import { refuseForeignNamespaces } from './kinds/namespaces';
 import { dumpCgroups } from './kinds/cgroups';
+import { writeHint } from './image/stream';
 import { StasisError, UnsupportedError } from './sys/errno';
 import { PAGE_SIZE } from './sys/x86';
 
@@ -109,9 +110,21 @@ function openOutput(output: string | number): { fd: number; close: (ok: boolean)
     close: (ok) => {
       if (!open) return;
       open = false;
-      if (ok) fs.fsyncSync(fd);
-      fs.closeSync(fd);
-      if (!ok) fs.rmSync(output, { force: true });
+      // The image is only whole once on the device: a write-back error
+      // (EIO) surfaces here, and the partial image goes like any other.
+      let failed: NodeJS.ErrnoException | undefined;
+      try {
+        if (ok) fs.fsyncSync(fd);
+      } catch (e) {
+        failed = e as NodeJS.ErrnoException;
+      }
+      try {
+        fs.closeSync(fd);
+      } catch (e) {
+        failed ??= e as NodeJS.ErrnoException;
+      }
+      if (!ok || failed) fs.rmSync(output, { force: true });
+      if (ok && failed) throw new StasisError(`writing the image to ${output}: ${failed.code ?? failed.message}${writeHint(failed.code)}; the partial image is removed`);
     },
   };
 }
@@ -290,7 +303,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes, ${memfdData.length} memfds`);
     const out = openOutput(output);
     try {
-      const writer = new ImageWriter(out.fd);
+      const writer = new ImageWriter(out.fd, typeof output === 'string' ? output : undefined);
       for (const img of images) writer.json(RecordType.Process, img);
       for (const z of zombies) writer.json(RecordType.Zombie, z);
       if (pipeData.length) writer.json(RecordType.Pipes, pipeData);
