@@ -637,6 +637,15 @@ export function writePages(remote: Remote, vmas: ImageVma[], runs: PageRun[], da
 
 /** Final protections and guard pages once the contents are in place. */
 export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
+  // The kernel keeps VM_ACCOUNT through mprotect only on anonymous memory
+  // that was ever faulted (has an anon_vma): one that receives no page
+  // (a PROT_NONE page split off written memory) gets a page touched and
+  // dropped again first, or it would lose the flag.
+  const touch = vmas.filter((v) => v.kind === 'anon' && !v.shared && v.vmFlags.includes('ac') && v.prot[1] !== 'w' && !receivesPages(v));
+  if (touch.length) {
+    remote.task.writev(Buffer.alloc(touch.length), 0, touch.map((v) => ({ addr: v.start, len: 1 })));
+    remote.batch(touch.map((v) => ({ name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_DONTNEED], where: `${vmaLabel(v, v.name)}: the page touched for VM_ACCOUNT` })));
+  }
   const calls: BatchCall[] = [];
   for (const v of vmas) {
     if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
