@@ -11,13 +11,13 @@ import { refuseBusy } from './ptrace/busy';
 import { FreezeDeadline } from './ptrace/watchdog';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages } from './kinds/memory';
+import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, PageBuffers } from './kinds/memory';
 import { dumpLockFuture, dumpMergeAny, refuseMempolicy } from './kinds/mmpolicy';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals, checkStopSignal, stopReported, dumpExitSignal } from './kinds/signals';
 import { dumpTimers, refuseLinkedTimerSignals } from './kinds/timers';
-import { dumpFds } from './kinds/files';
+import { OpenFiles, dumpFds } from './kinds/files';
 import { LockTable } from './kinds/locks';
 import { dumpSharing, fdTableSharers, Sharing } from './kinds/sharing';
 import { dumpFdOwners, refuseForeignOwners } from './kinds/fdowner';
@@ -145,14 +145,15 @@ export interface Survey {
 export function surveyProcesses(procs: FrozenProcess[], root: number, pipes: PipeTable, memfds: MemfdTable, locks: LockTable, readBack = false): Survey[] {
   const sharing = dumpSharing(procs, root);
   const surveys: Survey[] = [];
+  const files = new OpenFiles();
   for (const p of procs) {
     // A tree read back by restart --verify may live in namespaces of its own (--pid-ns, a user's restart).
     refuseUnrestorableAttrs(p.pid, p.threads);
     if (!readBack) refuseForeignNamespaces(p.pid);
     refuseMemfdExe(p.pid);
     const vmas = classifyVmas(readVmas(p.pid), p.pid, memfds);
-    const fds = dumpFds(p.pid, pipes, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), memfds, locks, fdTableSharers(sharing, p.pid));
-    surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)! });
+    const fds = dumpFds(p.pid, pipes, files, memfds, locks, fdTableSharers(sharing, p.pid));
+    surveys.push({ proc: p, vmas, fds, sharing: sharing.byPid.get(p.pid)! });
   }
   linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
   return surveys;
@@ -349,7 +350,8 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
   const s = begin(pid, output, opts);
   try {
     let pageBytes = 0;
-    s.surveys.forEach((x, i) => { pageBytes += dumpPagesSync(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer); });
+    const buffers = new PageBuffers();
+    s.surveys.forEach((x, i) => { pageBytes += dumpPagesSync(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer, buffers); });
     return finish(s, pageBytes, opts);
   } catch (e) {
     abort(s);
@@ -367,7 +369,8 @@ export async function checkpoint(pid: number, output: string | number, opts: Che
   try {
     let pageBytes = 0;
     s.log('dumping pages');
-    for (const [i, x] of s.surveys.entries()) pageBytes += await dumpPages(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer);
+    const buffers = new PageBuffers();
+    for (const [i, x] of s.surveys.entries()) pageBytes += await dumpPages(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer, buffers);
     return finish(s, pageBytes, opts);
   } catch (e) {
     abort(s);

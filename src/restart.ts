@@ -106,6 +106,7 @@ function pidHolder(pid: number): string | null {
 
 /** Everything that can be checked before a process is created. */
 function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
+  const taskIds = imageTaskIds(img.processes, img.zombies);
   for (const p of img.processes) {
     checkCreds(p.creds, `pid ${p.pid}`, p.threads.map((t) => ({ tid: t.tid, caps: t.caps })));
     checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
@@ -118,7 +119,7 @@ function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
       }
     }
     checkMappedFiles(p.vmas, p.creds, p.pid);
-    checkFds(p.fds, p.creds, p.pid, imageTaskIds(img.processes, img.zombies));
+    checkFds(p.fds, p.creds, p.pid, taskIds);
     checkCgroups(p.pid, p.cgroups);
   }
   if (ns || singleTask(img)) return; // pids are free in a new namespace; one task may take a new pid

@@ -160,6 +160,8 @@ function oneLine(s: string): string {
 
 export async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
+  // For tests and the bench: how much memory the command took at its peak.
+  if (process.env.STASIS_REPORT_RSS) process.on('exit', () => process.stderr.write(`stasis: peak RSS ${process.resourceUsage().maxRSS} KiB\n`));
   let code: number;
   try {
     switch (cmd) {

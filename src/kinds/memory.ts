@@ -445,12 +445,24 @@ function readBatch(remote: Remote, b: PageBatch, into: Buffer): Buffer {
   return data;
 }
 
+/**
+ * The buffers pages are read into, made once per checkpoint and reused for
+ * every process (three for the pipeline): allocated per process, a tree of
+ * 1,000 processes made and faulted in 48 GB of buffers.
+ */
+export class PageBuffers {
+  private readonly buffers: Buffer[] = [];
+
+  get(slot: number): Buffer {
+    return this.buffers[slot] ??= Buffer.allocUnsafe(RECORD_BYTES);
+  }
+}
+
 /** The same as dumpPages, all on this thread, for synchronous callers. */
-export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: ReadRun[][], writer: ImageWriter): number {
-  const buffer = Buffer.allocUnsafe(RECORD_BYTES);
+export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: ReadRun[][], writer: ImageWriter, buffers = new PageBuffers()): number {
   let total = 0;
   for (const b of batchRuns(vmas, runsByVma)) {
-    writer.record(RecordType.Pages, [encodePagesHeader(b.runs, remote.task.tgid), readBatch(remote, b, buffer)]);
+    writer.record(RecordType.Pages, [encodePagesHeader(b.runs, remote.task.tgid), readBatch(remote, b, buffers.get(0))]);
     total += b.bytes;
   }
   return total;
@@ -463,9 +475,8 @@ export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: ReadR
  * after their first record (process_vm_readv runs several times faster
  * into touched memory).
  */
-export async function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: ReadRun[][], writer: ImageWriter): Promise<number> {
+export async function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: ReadRun[][], writer: ImageWriter, buffers = new PageBuffers()): Promise<number> {
   const pid = remote.task.tgid;
-  const buffers: Buffer[] = [];
   const busy: Array<Promise<void>> = [];
   let last: Promise<void> = Promise.resolve();
   let total = 0;
@@ -474,7 +485,7 @@ export async function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: Rea
     for (const b of batchRuns(vmas, runsByVma)) {
       const slot = i++ % 3;
       await busy[slot]; // the record that used this buffer is written
-      const data = readBatch(remote, b, buffers[slot] ??= Buffer.allocUnsafe(RECORD_BYTES));
+      const data = readBatch(remote, b, buffers.get(slot));
       last = busy[slot] = writer.recordAsync(RecordType.Pages, [encodePagesHeader(b.runs, pid), data], last);
       total += b.bytes;
     }
