@@ -17,23 +17,17 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
-import { build, Procs, tmpdir, waitFor, waitGone, CLI, seededRandom } from './harness';
+import { build, Procs, tmpdir, waitFor, waitGone, CLI, seededRandom, adoptOrphans, ourChildren, reapOrphans } from './harness';
 import { checkpointSync, loadImage } from '../src';
 import { readStatus } from '../src/proc';
-import { syscall, waitpidSync, WNOHANG, __WALL } from '../src/sys/libc';
-import { SYS } from '../src/sys/x86';
 
 const procs = new Procs();
 after(() => procs.cleanup());
 
 const SEED = Number(process.env.STASIS_SAFETY_SEED ?? 20261129);
-const PR_SET_CHILD_SUBREAPER = 36;
 
-before(() => {
-  // Whatever a killed restart leaves is reparented to us (not to pid 1,
-  // which reaps about once a second here): found, and reaped at once.
-  syscall(SYS.prctl, 'prctl', PR_SET_CHILD_SUBREAPER, 1);
-});
+// Whatever a killed restart leaves comes to us, to be found and reaped.
+before(adoptOrphans);
 
 const PHASES: Array<[RegExp, string]> = [
   [/\] image of pid \d+ .* verified$/, 'blank'],
@@ -97,20 +91,6 @@ function read(file: string): string | null {
     return fs.readFileSync(file, 'utf8');
   } catch {
     return null;
-  }
-}
-
-/** Our children now (orphans of a killed restart come to us). */
-function ourChildren(): number[] {
-  return fs.readdirSync('/proc/self/task').flatMap((t) => (read(`/proc/self/task/${t}/children`) ?? '').trim().split(/\s+/).filter(Boolean).map(Number));
-}
-
-/** Reap every child of ours that has ended (libuv's own children are waited for by pid, never here). */
-function reapZombies(): void {
-  for (const c of ourChildren()) {
-    if (/\) Z /.test(read(`/proc/${c}/stat`) ?? '')) {
-      try { waitpidSync(c, WNOHANG | __WALL); } catch { /* not ours after all */ }
-    }
   }
 }
 
@@ -203,7 +183,7 @@ const counters = (file: string) => (read(file) ?? '').trim().split(/\s+/).map(Nu
 async function outcome(e: Expected, run: Run, mode: Mode, trial: string): Promise<'gone' | 'whole'> {
   const deadline = Date.now() + 15000;
   for (;;) {
-    reapZombies();
+    reapOrphans();
     const holds = holdsOf(run.stasisPid);
     const live = leftovers(e.prog);
     // Gone for good: in stasis's own pid namespace the pids are free again for the next restart.
