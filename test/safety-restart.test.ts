@@ -136,9 +136,11 @@ function leftovers(prog: string): Live[] {
   return out;
 }
 
+/** Hold cgroups (src/ptrace/hold.ts) a stasis made under ours and did not remove. */
 function holdsOf(stasisPid: number): string[] {
   const mine = /^0::(.*)$/m.exec(fs.readFileSync('/proc/self/cgroup', 'utf8'))![1];
-  const dir = path.join('/sys/fs/cgroup/unified', mine);
+  const mount = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').find((l) => / - cgroup2 /.test(l))!.split(' ')[4];
+  const dir = path.join(mount, mine);
   return fs.readdirSync(dir).filter((d) => d.startsWith(`stasis-restart-${stasisPid}-`));
 }
 
