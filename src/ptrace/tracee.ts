@@ -21,6 +21,8 @@ const XSTATE_MAX = 64 * 1024;
 export interface SeizeOptions {
   /** Kill the task if this process dies (restore stubs only, never targets). */
   exitKill?: boolean;
+  /** whether its process maps a vDSO, when the caller knows (read once per process, not per thread) */
+  vdso?: boolean;
 }
 
 export class TaskGoneError extends StasisError {}
@@ -88,7 +90,7 @@ export class Tracee {
     // TRACESYSGOOD: a syscall stop the tracer never answers ends without a
     // signal (a plain SIGTRAP would be delivered to the task).
     const options = (opts.exitKill ? PTRACE_O_EXITKILL : 0) | PTRACE_O_TRACESYSGOOD;
-    this.safe = !opts.exitKill && hasVdso(this.tgid);
+    this.safe = !opts.exitKill && (opts.vdso ?? hasVdso(this.tgid));
     try {
       ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
     } catch (e) {
