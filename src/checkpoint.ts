@@ -11,13 +11,13 @@ import { refuseBusy } from './ptrace/busy';
 import { FreezeDeadline } from './ptrace/watchdog';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages } from './kinds/memory';
+import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, PageBuffers } from './kinds/memory';
 import { dumpLockFuture, dumpMergeAny, refuseMempolicy } from './kinds/mmpolicy';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals, checkStopSignal, stopReported, dumpExitSignal } from './kinds/signals';
 import { dumpTimers, refuseLinkedTimerSignals } from './kinds/timers';
-import { dumpFds } from './kinds/files';
+import { OpenFiles, dumpFds } from './kinds/files';
 import { DumpContext } from './kinds/fdkind';
 import { LockTable } from './kinds/locks';
 import { dumpSharing, fdTableSharers, Sharing } from './kinds/sharing';
@@ -36,6 +36,7 @@ import { dumpProcessPrctl, dumpThreadPrctl, refuseUnrestorableAttrs } from './ki
 import { refuseForeignNamespaces } from './kinds/namespaces';
 import { dumpCgroups } from './kinds/cgroups';
 import { TtyTable } from './kinds/tty';
+import { writeHint } from './image/stream';
 import { StasisError, UnsupportedError } from './sys/errno';
 import { PAGE_SIZE } from './sys/x86';
 
@@ -119,9 +120,21 @@ function openOutput(output: string | number): { fd: number; close: (ok: boolean)
     close: (ok) => {
       if (!open) return;
       open = false;
-      if (ok) fs.fsyncSync(fd);
-      fs.closeSync(fd);
-      if (!ok) fs.rmSync(output, { force: true });
+      // The image is only whole once on the device: a write-back error
+      // (EIO) surfaces here, and the partial image goes like any other.
+      let failed: NodeJS.ErrnoException | undefined;
+      try {
+        if (ok) fs.fsyncSync(fd);
+      } catch (e) {
+        failed = e as NodeJS.ErrnoException;
+      }
+      try {
+        fs.closeSync(fd);
+      } catch (e) {
+        failed ??= e as NodeJS.ErrnoException;
+      }
+      if (!ok || failed) fs.rmSync(output, { force: true });
+      if (ok && failed) throw new StasisError(`writing the image to ${output}: ${failed.code ?? failed.message}${writeHint(failed.code)}; the partial image is removed`);
     },
   };
 }
@@ -144,16 +157,17 @@ export interface Survey {
 export function surveyProcesses(procs: FrozenProcess[], root: number, ctx: DumpContext, locks: LockTable, readBack = false): Survey[] {
   const sharing = dumpSharing(procs, root);
   const surveys: Survey[] = [];
+  const files = new OpenFiles();
   for (const p of procs) {
     // A tree read back by restart --verify may live in namespaces of its own (--pid-ns, a user's restart).
     refuseUnrestorableAttrs(p.pid, p.threads);
     if (!readBack) refuseForeignNamespaces(p.pid);
     refuseMemfdExe(p.pid);
     const vmas = classifyVmas(readVmas(p.pid), p.pid, ctx.memfds, ctx.table(SysvShmTable), ctx.table(GhostTable));
-    const fds = dumpFds(p.pid, ctx, surveys.map((s) => ({ pid: s.proc.pid, fds: s.fds })), locks, fdTableSharers(sharing, p.pid));
+    const fds = dumpFds(p.pid, ctx, files, locks, fdTableSharers(sharing, p.pid));
     const st = readStat(p.pid);
     const ctty = ctx.table(TtyTable).noteCtty(p.pid, st.ttyNr, st.session, new Set(procs.map((x) => x.pid)));
-    surveys.push({ proc: p, vmas, fds, sharing: sharing.get(p.pid)!, ...(ctty !== undefined ? { ctty } : {}) });
+    surveys.push({ proc: p, vmas, fds, sharing: sharing.byPid.get(p.pid)!, ...(ctty !== undefined ? { ctty } : {}) });
   }
   linkSharedMemory(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
   return surveys;
@@ -311,7 +325,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes, ${memfdData.length} memfds`);
     const out = openOutput(output);
     try {
-      const writer = new ImageWriter(out.fd);
+      const writer = new ImageWriter(out.fd, typeof output === 'string' ? output : undefined);
       for (const img of images) writer.json(RecordType.Process, img);
       for (const z of zombies) writer.json(RecordType.Zombie, z);
       if (pipeData.length) writer.json(RecordType.Pipes, pipeData);
@@ -371,7 +385,8 @@ export function checkpointSync(pid: number, output: string | number, opts: Check
   const s = begin(pid, output, opts);
   try {
     let pageBytes = 0;
-    s.surveys.forEach((x, i) => { pageBytes += dumpPagesSync(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer); });
+    const buffers = new PageBuffers();
+    s.surveys.forEach((x, i) => { pageBytes += dumpPagesSync(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer, buffers); });
     return finish(s, pageBytes, opts);
   } catch (e) {
     abort(s);
@@ -389,7 +404,8 @@ export async function checkpoint(pid: number, output: string | number, opts: Che
   try {
     let pageBytes = 0;
     s.log('dumping pages');
-    for (const [i, x] of s.surveys.entries()) pageBytes += await dumpPages(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer);
+    const buffers = new PageBuffers();
+    for (const [i, x] of s.surveys.entries()) pageBytes += await dumpPages(new Remote(x.proc.threads[0]), x.vmas, s.runs[i], s.writer, buffers);
     return finish(s, pageBytes, opts);
   } catch (e) {
     abort(s);

@@ -36,7 +36,8 @@ import { restoreCredsAndCaps } from './kinds/caps';
 import { restoreSched, restoreTimerSlack } from './kinds/sched';
 import { restoreMempolicy } from './kinds/mempolicy';
 import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
-import { checkCgroups, restoreCgroups } from './kinds/cgroups';
+import { checkCgroups, restoreCgroups, unifiedHome } from './kinds/cgroups';
+import { RestartHold } from './ptrace/hold';
 import { TtyKeeper, acquireTerminal, restoreForeground } from './kinds/tty';
 import { StasisError, UnsupportedError, errnoName } from './sys/errno';
 import { SYS, Regs, PAGE_SIZE } from './sys/x86';
@@ -115,6 +116,7 @@ function pidHolder(pid: number): string | null {
 
 /** Everything that can be checked before a process is created. */
 function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
+  const taskIds = imageTaskIds(img.processes, img.zombies);
   for (const p of img.processes) {
     checkCreds(p.creds, `pid ${p.pid}`, p.threads.map((t) => ({ tid: t.tid, caps: t.caps })));
     checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
@@ -127,7 +129,7 @@ function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
       }
     }
     checkMappedFiles(p.vmas, p.creds, p.pid);
-    checkFds(p.fds, p.creds, p.pid, imageTaskIds(img.processes, img.zombies));
+    checkFds(p.fds, p.creds, p.pid, taskIds);
     checkCgroups(p.pid, p.cgroups);
   }
   checkGhosts(img);
@@ -164,7 +166,7 @@ const GADGET_CODE = Buffer.from([
   0xeb, 0xf7, // jmp child
   0xcc, // parent: int3
 ]);
-const CLONE_VM = 0x100, CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_SIGHAND = 0x800;
+const CLONE_VM = 0x100, CLONE_PTRACE = 0x2000, CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_SIGHAND = 0x800;
 const CLONE_PARENT = 0x8000, CLONE_THREAD = 0x10000, CLONE_SYSVSEM = 0x40000, CLONE_NEWPID = 0x20000000;
 const SIGCHLD = 17, SIGSTOP = 19;
 const PR_SET_NAME = 15;
@@ -187,16 +189,19 @@ function mapGadget(t: Tracee, img: LoadedImage): Remote {
 
 /**
  * clone3 injected into `parent` with set_tid: a new process or thread at
- * exactly `tid`, parked in the pause() loop of the injection page, seized.
+ * exactly `tid`, parked in the pause() loop of the injection page, traced
+ * by us from its creation (CLONE_PTRACE: our options, EXITKILL included,
+ * are inherited), so that no moment exists where our death would leave
+ * it running.
  */
-function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number, tgid: number, nsView = false): Tracee {
+function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number, tgid: number, log: (m: string) => void, nsView = false): Tracee {
   const gadget = parent.task.syscallInsn;
   parent.reset();
   const tids = Buffer.alloc(4);
   tids.writeInt32LE(tid);
   const tidsAddr = parent.putBytes(tids);
   const args = Buffer.alloc(88); // struct clone_args, up to set_tid_size
-  args.writeBigUInt64LE(BigInt(flags), 0);
+  args.writeBigUInt64LE(BigInt(flags | CLONE_PTRACE), 0);
   args.writeBigUInt64LE(BigInt(exitSignal), 32);
   args.writeBigUInt64LE(BigInt(tidsAddr), 64);
   args.writeBigUInt64LE(1n, 72);
@@ -212,6 +217,7 @@ function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number,
     const why = -r === 17n ? 'it is in use' : `errno ${-r}`;
     throw new StasisError(`cannot create pid ${tid} (${why}); end the process holding it, or restart in a new pid namespace`);
   }
+  log(flags & CLONE_THREAD ? `pid ${tgid}: thread ${tid} created` : `pid ${tid} created`);
   let child: Tracee;
   if (!nsView) {
     child = new Tracee(Number(r), tgid === 0 ? Number(r) : tgid);
@@ -222,7 +228,7 @@ function cloneAt(parent: Remote, tid: number, flags: number, exitSignal: number,
     child.vpid = Number(r);
     child.vtgid = tgid === 0 ? Number(r) : parent.task.vtgid;
   }
-  child.seize({ exitKill: true });
+  child.adoptCloned();
   child.syscallInsn = gadget;
   return child;
 }
@@ -279,7 +285,7 @@ interface Rebuilding {
 }
 
 /** What stasis holds for the tasks to open while they are rebuilt. */
-interface Keepers extends RestoreContext { memfds: MemfdKeeper; ttys: TtyKeeper; inet: InetKeeper; ghosts: GhostKeeper }
+interface Keepers extends RestoreContext { memfds: MemfdKeeper; ttys: TtyKeeper; inet: InetKeeper; ghosts: GhostKeeper; hold: RestartHold | null }
 
 /**
  * What stasis makes and holds for the tasks while the tree is rebuilt
@@ -326,7 +332,7 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   restoreXcompPerm(remote, BigInt(p.xcompPerm));
   // Threads: created at their tids inside this process, then given their state.
   const cloneFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
-  for (const th of p.threads.slice(1)) r.threads.push(cloneAt(remote, th.tid, cloneFlags, 0, p.pid, ns));
+  for (const th of p.threads.slice(1)) r.threads.push(cloneAt(remote, th.tid, cloneFlags, 0, p.pid, log, ns));
   blockAllSignals(r.threads);
   p.threads.forEach((th, i) => {
     const tr = remote.withTask(r.threads[i]);
@@ -379,7 +385,7 @@ function rebuildMemory(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: 
   const p = r.image;
   const remote = r.remote;
   const kept = r.forkedFrom ? keptFromParent(p.vmas, r.forkedFrom.vmas, r.forkedFrom.pid) : new Map<ImageVma, Set<number>>();
-  restoreCgroups(remote.task.pid, p.pid, p.cgroups);
+  restoreCgroups(remote.task.pid, p.pid, p.cgroups, !!keep.hold);
   clearAddressSpace(remote, p, log, [...kept.keys()]);
   restoreMergeAny(remote, p.ksmMergeAny);
   mapVmas(remote, p.vmas.filter((v) => !kept.has(v)), host, keep.memfds, p.ksmMergeAny, keep.ghosts);
@@ -503,10 +509,28 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     ttys: held.add(() => new TtyKeeper(img.objects.ttys ?? [], { shellJob: opts.shellJob, slaveUsed })),
     inet: new InetKeeper(),
     ghosts: held.add(() => new GhostKeeper(img.objects.ghosts ?? [], log)),
+    hold: null,
   };
   const segments = held.add(() => new SysvShmKeeper(img.objects.sysvShm ?? []));
   let restored = false;
-  const blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
+  // Outside a new pid namespace, the tree is held in a cgroup of its own
+  // until it is whole (see ptrace/hold.ts).
+  let blank: Tracee;
+  try {
+    keep.hold = ns ? null : RestartHold.create();
+    blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
+  } catch (e) {
+    keep.hold?.abandon();
+    held.close(true);
+    throw e;
+  }
+  if (keep.hold && !keep.hold.enter(blank.pid)) {
+    keep.hold.abandon();
+    keep.hold = null;
+  }
+  const hold = keep.hold;
+  if (hold) log(`the tree is held in cgroup ${hold.dir} until it is whole`);
+  else if (!ns) log('no cgroup v2 hierarchy to hold the tree in: a restart killed while it lets the tree go may leave part of it');
   const created: Tracee[] = [blank];
   let rootTask: Tracee;
   /** the task whose end is the tree's end: the root, or the namespace's init */
@@ -521,12 +545,12 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       refuseProcFilesUnderNewPids(img.processes, 'inside a new pid namespace');
       refuseDeadPidfdsInNewPidNs(img.processes);
       blankRemote.call('unshare', SYS.unshare, [CLONE_NEWPID], 'new pid namespace');
-      nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0);
+      nsInit = cloneAt(blankRemote, 1, CLONE_PARENT, 0, 0, log);
       nsInit.vpid = nsInit.vtgid = 1;
       created.push(nsInit);
       relay?.(nsInit.pid);
       discard([blank]);
-      rootTask = cloneAt(blankRemote.withTask(nsInit), root.pid, 0, SIGCHLD, 0, true);
+      rootTask = cloneAt(blankRemote.withTask(nsInit), root.pid, 0, SIGCHLD, 0, log, true);
       created.push(rootTask);
     } else if (singleTask(img) && pidInUse(root.pid) !== null) {
       refuseProcFilesUnderNewPids(img.processes, `under a new pid (pid ${root.pid} is in use)`);
@@ -534,7 +558,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       log(`pid ${root.pid} is in use: restoring under a new pid`);
       rootTask = blank;
     } else {
-      rootTask = cloneAt(blankRemote, root.pid, CLONE_PARENT, 0, 0);
+      rootTask = cloneAt(blankRemote, root.pid, CLONE_PARENT, 0, 0, log);
       created.push(rootTask);
       discard([blank]);
     }
@@ -569,7 +593,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
         const parent = remotes.get(e.ppid);
         if (remotes.has(e.pid) || !parent) continue;
         const fork = images.has(e.pid) && images.has(e.ppid) && readyToFork(e.ppid);
-        const t = cloneAt(parent, e.pid, 'sharing' in e ? sharingFlags(e.sharing) : 0, e.exitSignal ?? SIGCHLD, 0, ns);
+        const t = cloneAt(parent, e.pid, 'sharing' in e ? sharingFlags(e.sharing) : 0, e.exitSignal ?? SIGCHLD, 0, log, ns);
         created.push(t);
         const r = blankRemote.withTask(t);
         remotes.set(e.pid, r);
@@ -615,7 +639,12 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     // Processes restored stopped are back in their group stop, untraced: not read back.
     const running = live.filter((r) => !r.image.stopped);
     if (opts.verify && !running.length) log('verify: every process was restored stopped; nothing read back');
-    else if (opts.verify) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, objects: img.objects, startedAt, log });
+    else if (opts.verify) log('verify: reading the restored tree back');
+    if (opts.verify && running.length) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, objects: img.objects, startedAt, log });
+    // Let go: detached tasks stay frozen in the hold (or die with the
+    // namespace's init, still ours) until one step makes the restart whole.
+    log('letting the tree go');
+    hold?.freeze();
     for (const r of live) for (const t of r.threads) t.detach(false);
     if (nsInit) {
       startNsInit(blankRemote.withTask(nsInit), root.pid);
@@ -623,9 +652,11 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     } else {
       waitFor = rootTask;
     }
+    hold?.commit(new Map(live.map((r) => [r.remote.task.pid, unifiedHome(r.image.cgroups)])));
     restored = true;
   } catch (e) {
     discard(created);
+    hold?.abandon();
     if (e instanceof StasisError) throw new StasisError(`restart failed, nothing left running: ${e.message}`);
     throw e;
   } finally {

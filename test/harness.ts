@@ -6,7 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { posixSpawn, waitpidSync, WNOHANG, __WALL } from '../src/sys/libc';
+import { posixSpawn, waitpidSync, WNOHANG, __WALL, syscall } from '../src/sys/libc';
+import { SYS } from '../src/sys/x86';
 import { scanTree } from '../src/ptrace/freeze';
 import { readStat, readStatus } from '../src/proc';
 import { waitpidAsync } from '../src/sys/libc';
@@ -209,5 +210,39 @@ export function assertLeftRunning(pids: number | number[]): void {
     assert.equal(readStatus(p).tracerPid, 0, `pid ${p} untraced`);
     assert.match(readStat(p).state, /^[RS]$/, `pid ${p} running`);
     assert.doesNotMatch(fs.readFileSync(`/proc/${p}/cgroup`, 'utf8'), /freezer:\/stasis|stasis-/, `pid ${p} back in its own cgroup`);
+  }
+}
+
+const PR_SET_CHILD_SUBREAPER = 36;
+
+/**
+ * Make this test process adopt the orphans of its descendants
+ * (PR_SET_CHILD_SUBREAPER): what a killed stasis or a killed tree root
+ * leaves comes to us, not to pid 1 (which reaps about once a second
+ * here), to be found and reaped at once.
+ */
+export function adoptOrphans(): void {
+  syscall(SYS.prctl, 'prctl', PR_SET_CHILD_SUBREAPER, 1);
+}
+
+/** Our children now. */
+export function ourChildren(): number[] {
+  return fs.readdirSync('/proc/self/task').flatMap((t) => {
+    try {
+      return fs.readFileSync(`/proc/self/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+    } catch {
+      return [];
+    }
+  });
+}
+
+/** Reap every child of ours that has ended (libuv waits for its own children by pid, never on those it has not reaped). */
+export function reapOrphans(): void {
+  for (const c of ourChildren()) {
+    let stat = '';
+    try { stat = fs.readFileSync(`/proc/${c}/stat`, 'utf8'); } catch { continue; }
+    if (/\) Z /.test(stat)) {
+      try { waitpidSync(c, WNOHANG | __WALL); } catch { /* not ours after all */ }
+    }
   }
 }

@@ -355,3 +355,57 @@ test('a full disk (ENOSPC on a small tmpfs): one-line error, no partial image, t
   }
   await assertUnharmed(target, 'after a checkpoint that filled the disk');
 });
+
+/**
+ * A filesystem whose device fails under it: ext4 (one block group, so all
+ * its metadata sits in the first megabyte) on a loop device whose backing
+ * file is then cut to 16 MiB and its capacity shrunk (losetup -c). Writes
+ * past that end fail in the block layer ("attempt to access beyond end of
+ * device"): a real EIO from the kernel, at fsync after buffered writes,
+ * and at write() itself when mounted -o sync.
+ */
+function withFailingDisk(dir: string, use: (mnt: string, remountSync: () => void) => Promise<void>): Promise<void> {
+  const backing = path.join(dir, 'disk');
+  const mnt = path.join(dir, 'failing');
+  fs.mkdirSync(mnt);
+  execFileSync('truncate', ['-s', '120M', backing]);
+  execFileSync('mkfs.ext4', ['-q', '-b', '4096', '-O', '^has_journal', '-N', '64', '-F', backing]);
+  const dev = execFileSync('losetup', ['-f', '--show', backing], { encoding: 'utf8' }).trim();
+  let mounted = false;
+  const cleanup = () => {
+    // The full size back first: nothing must wait on blocks it cannot reach.
+    execFileSync('truncate', ['-s', '120M', backing]);
+    execFileSync('losetup', ['-c', dev]);
+    if (mounted) execFileSync('umount', [mnt]);
+    execFileSync('losetup', ['-d', dev]);
+  };
+  try {
+    execFileSync('mount', ['-t', 'ext4', dev, mnt]);
+    mounted = true;
+    execFileSync('truncate', ['-s', '16M', backing]);
+    execFileSync('losetup', ['-c', dev]);
+  } catch (e) {
+    cleanup();
+    throw e;
+  }
+  return use(mnt, () => execFileSync('mount', ['-o', 'remount,sync', mnt])).finally(cleanup);
+}
+
+test('an I/O error of the disk (EIO, at fsync and at write): one-line error, no partial image, target unharmed', async () => {
+  const prog = build('selfcheck');
+  const dir = tmpdir('safety-eio');
+  const target = await startTarget(prog, dir);
+  await withFailingDisk(dir, async (mnt, remountSync) => {
+    for (const how of ['buffered (EIO at fsync)', 'mounted -o sync (EIO at write)']) {
+      if (how.startsWith('mounted')) remountSync();
+      const img = path.join(mnt, 'image');
+      const r = await command(['checkpoint', String(target.pid), '-o', img]).done;
+      assert.equal(r.code, 1, `${how}: ${r.stderr}`);
+      const lines = oneLine(r.stderr);
+      assert.equal(lines.length, 1, `${how}: ${r.stderr}`);
+      assert.match(lines[0], /^stasis: writing the image.*: EIO \(the device reported an I\/O error/, how);
+      assert.deepEqual(fs.readdirSync(mnt).filter((f) => f !== 'lost+found'), [], `${how}: the partial image is removed`);
+      await assertUnharmed(target, `after a checkpoint whose disk failed, ${how}`);
+    }
+  });
+});

@@ -183,7 +183,12 @@ const flag = (p: Parsed, k: string) => p.values[k] === true;
 function logger(on: boolean): ((m: string) => void) | undefined {
   if (!on) return undefined;
   const t0 = process.hrtime.bigint();
-  return (m) => process.stderr.write(`[${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms] ${m}\n`);
+  const { ptraceRequestsSoFar } = require('../sys/libc') as typeof import('../sys/libc');
+  return (m) => {
+    // Under the test hook, where each step begins in ptrace requests (test/safety-restart.test.ts aims at them).
+    const n = ptraceRequestsSoFar();
+    process.stderr.write(`[${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms] ${n === undefined ? '' : `[ptrace ${n}] `}${m}\n`);
+  };
 }
 
 async function cmdCheckpoint(p: Parsed): Promise<number> {

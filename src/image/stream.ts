@@ -53,7 +53,15 @@ export function recordTypeName(t: number): string {
   return RecordType[t] ?? `unknown(${t})`;
 }
 
-function writeAll(fd: number, buf: Buffer): void {
+/** What a failed image write means for the user. */
+export function writeHint(code: string | undefined): string {
+  if (code === 'ENOSPC' || code === 'EDQUOT') return ' (the disk is full: free space or write the image elsewhere)';
+  if (code === 'EIO') return ' (the device reported an I/O error: check it, or write the image elsewhere)';
+  if (code === 'EPIPE') return ' (the reader of the image went away)';
+  return '';
+}
+
+function writeAll(fd: number, buf: Buffer, dest: string): void {
   let off = 0;
   while (off < buf.length) {
     try {
@@ -65,18 +73,21 @@ function writeAll(fd: number, buf: Buffer): void {
         sleepSync(1);
         continue;
       }
-      throw new StasisError(`writing the image: ${code ?? (e as Error).message}`);
+      throw new StasisError(`writing the image${dest}: ${code ?? (e as Error).message}${writeHint(code)}`);
     }
   }
 }
 
 export class ImageWriter {
   private readonly fd: number;
+  /** " to FILE" for error messages, when the image goes to a named file */
+  private readonly dest: string;
   records = 0;
   bytes = 0;
 
-  constructor(fd: number) {
+  constructor(fd: number, file?: string) {
     this.fd = fd;
+    this.dest = file === undefined ? '' : ` to ${file}`;
     const h = Buffer.alloc(HEADER_SIZE);
     MAGIC.copy(h, 0);
     h.writeUInt32LE(FORMAT_VERSION, 8);
@@ -85,7 +96,7 @@ export class ImageWriter {
   }
 
   private put(b: Buffer): void {
-    writeAll(this.fd, b);
+    writeAll(this.fd, b, this.dest);
     this.bytes += b.length;
   }
 
@@ -115,7 +126,7 @@ export class ImageWriter {
       if (n < total) {
         // Short or failed (a full pipe, an error): finish here, where
         // errors can be named.
-        writeAll(this.fd, Buffer.concat(all).subarray(Math.max(n, 0)));
+        writeAll(this.fd, Buffer.concat(all).subarray(Math.max(n, 0)), this.dest);
       }
       this.bytes += total;
     });

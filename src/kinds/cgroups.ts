@@ -88,13 +88,23 @@ export function checkCgroups(pid: number, saved: CgroupMembership[]): void {
   }
 }
 
-/** Move a restored process (all its threads) into its saved cgroups. */
-export function restoreCgroups(hostPid: number, imagePid: number, saved: CgroupMembership[]): void {
+/**
+ * Move a restored process (all its threads) into its saved cgroups; in
+ * the v2 hierarchy only when the restart does not hold the tree there
+ * (see ptrace/hold.ts: then `unifiedHome` says where it goes at the end).
+ */
+export function restoreCgroups(hostPid: number, imagePid: number, saved: CgroupMembership[], held = false): void {
   for (const { file, c } of moves(saved)) {
+    if (held && c.controllers === '') continue;
     try {
       fs.writeFileSync(file, String(hostPid));
     } catch (e) {
       throw new StasisError(`pid ${imagePid}: cannot join ${c.controllers || 'unified'} cgroup ${c.path} (${(e as NodeJS.ErrnoException).code}); restart as a user allowed to`);
     }
   }
+}
+
+/** The v2 cgroup a held process goes to once the restart is complete: its saved one, or the restarter's. */
+export function unifiedHome(saved: CgroupMembership[]): string {
+  return saved.find((c) => c.controllers === '')?.path ?? readCgroups('self').find((c) => c.controllers === '')?.path ?? '/';
 }

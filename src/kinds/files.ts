@@ -27,9 +27,35 @@ function describeLink(target: string): string {
   return target;
 }
 
-/** The same open file description: compared by the kernel (kcmp). */
-function sameFile(pidA: number, fdA: number, pidB: number, fdB: number): boolean {
-  return syscall(SYS.kcmp, 'kcmp', pidA, pidB, KCMP_FILE, fdA, fdB) === 0;
+/**
+ * The open file descriptions met so far in a tree (processes in order,
+ * fds in increasing order), to tell which fd shares one with an earlier
+ * fd. kcmp(KCMP_FILE) orders open files (by their obfuscated address), so
+ * the first fd of each description is kept sorted, per sharing key, and a
+ * new fd is looked up by binary search: a few kcmp calls per fd rather
+ * than one per earlier fd of its kind (thousands of fds on /dev/null made
+ * it quadratic).
+ */
+export class OpenFiles {
+  private readonly byKey = new Map<string, Array<{ pid: number; fd: number }>>();
+
+  /** The first fd met on the same open file description as `fd` of `pid`, or null (it is the first). */
+  firstOf(key: string, pid: number, fd: number): { pid: number; fd: number } | null {
+    let list = this.byKey.get(key);
+    if (!list) this.byKey.set(key, list = []);
+    let lo = 0, hi = list.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      // 0: the same; 1: list[mid] orders first; 2: after.
+      const order = syscall(SYS.kcmp, 'kcmp', list[mid].pid, pid, KCMP_FILE, list[mid].fd, fd);
+      if (order === 0) return list[mid];
+      if (order === 1) lo = mid + 1;
+      else if (order === 2) hi = mid;
+      else throw new StasisError(`kcmp(KCMP_FILE) gave no order for fd ${fd} of pid ${pid} (${order})`);
+    }
+    list.splice(lo, 0, { pid, fd });
+    return null;
+  }
 }
 
 /** Only fds with equal keys may share an open file description (then kcmp decides). */
@@ -39,11 +65,11 @@ function key(f: ImageFd): string {
 }
 
 /**
- * The fds of one process. `earlier` holds the fds of processes already
- * dumped (parents first): an fd inherited through fork is recorded as
- * shared with theirs.
+ * The fds of one process. `files` holds the open files of processes
+ * already dumped (parents first): an fd inherited through fork is recorded
+ * as shared with theirs.
  */
-export function dumpFds(pid: number, ctx: DumpContext, earlier: Array<{ pid: number; fds: ImageFd[] }> = [], locks?: LockTable, filesSharers?: Set<number>): ImageFd[] {
+export function dumpFds(pid: number, ctx: DumpContext, files: OpenFiles = new OpenFiles(), locks?: LockTable, filesSharers?: Set<number>): ImageFd[] {
   const out: ImageFd[] = [];
   for (const { fd, target } of listFds(pid)) {
     const found = new FoundFd(pid, fd, target);
@@ -51,27 +77,18 @@ export function dumpFds(pid: number, ctx: DumpContext, earlier: Array<{ pid: num
     if (!kind) throw new UnsupportedError(`${found.where}: ${describeLink(target)} is not supported yet`);
     const info = found.info();
     const entry = { fd, path: target, flags: found.flags, pos: 0, cloexec: (info.flags & O_CLOEXEC) !== 0, ...kind.dump(found, ctx) } as ImageFd;
-    const e = withSharing(entry, pid, out, earlier);
+    const e = withSharing(entry, pid, files);
     const held = locks?.note(pid, e.fd, e.path, info.lines, e.sameAs === undefined && !e.sharedWith, filesSharers);
     out.push(held ? { ...e, locks: held } : e);
   }
   return out;
 }
 
-/** One open file description behind several fds must stay one. */
-function withSharing(entry: ImageFd, pid: number, mine: ImageFd[], earlier: Array<{ pid: number; fds: ImageFd[] }>): ImageFd {
-  const k = key(entry);
-  for (const prev of mine) {
-    if (key(prev) !== k || prev.sameAs !== undefined || prev.sharedWith) continue;
-    if (sameFile(pid, prev.fd, pid, entry.fd)) return { ...entry, sameAs: prev.fd };
-  }
-  for (const other of earlier) {
-    for (const prev of other.fds) {
-      if (key(prev) !== k || prev.sameAs !== undefined || prev.sharedWith) continue;
-      if (sameFile(other.pid, prev.fd, pid, entry.fd)) return { ...entry, sharedWith: { pid: other.pid, fd: prev.fd } };
-    }
-  }
-  return entry;
+/** An fd on an open file description met before: the same as an earlier fd of its process, or shared with one of an earlier process. */
+function withSharing(entry: ImageFd, pid: number, files: OpenFiles): ImageFd {
+  const first = files.firstOf(key(entry), pid, entry.fd);
+  if (!first) return entry;
+  return first.pid === pid ? { ...entry, sameAs: first.fd } : { ...entry, sharedWith: { pid: first.pid, fd: first.fd } };
 }
 
 /** Move the fd `got` to number `want`. */

@@ -465,12 +465,24 @@ function readBatch(remote: Remote, b: PageBatch, into: Buffer): Buffer {
   return data;
 }
 
+/**
+ * The buffers pages are read into, made once per checkpoint and reused for
+ * every process (three for the pipeline): allocated per process, a tree of
+ * 1,000 processes made and faulted in 48 GB of buffers.
+ */
+export class PageBuffers {
+  private readonly buffers: Buffer[] = [];
+
+  get(slot: number): Buffer {
+    return this.buffers[slot] ??= Buffer.allocUnsafe(RECORD_BYTES);
+  }
+}
+
 /** The same as dumpPages, all on this thread, for synchronous callers. */
-export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: ReadRun[][], writer: ImageWriter): number {
-  const buffer = Buffer.allocUnsafe(RECORD_BYTES);
+export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: ReadRun[][], writer: ImageWriter, buffers = new PageBuffers()): number {
   let total = 0;
   for (const b of batchRuns(vmas, runsByVma)) {
-    writer.record(RecordType.Pages, [encodePagesHeader(b.runs, remote.task.tgid), readBatch(remote, b, buffer)]);
+    writer.record(RecordType.Pages, [encodePagesHeader(b.runs, remote.task.tgid), readBatch(remote, b, buffers.get(0))]);
     total += b.bytes;
   }
   return total;
@@ -483,9 +495,8 @@ export function dumpPagesSync(remote: Remote, vmas: ImageVma[], runsByVma: ReadR
  * after their first record (process_vm_readv runs several times faster
  * into touched memory).
  */
-export async function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: ReadRun[][], writer: ImageWriter): Promise<number> {
+export async function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: ReadRun[][], writer: ImageWriter, buffers = new PageBuffers()): Promise<number> {
   const pid = remote.task.tgid;
-  const buffers: Buffer[] = [];
   const busy: Array<Promise<void>> = [];
   let last: Promise<void> = Promise.resolve();
   let total = 0;
@@ -494,7 +505,7 @@ export async function dumpPages(remote: Remote, vmas: ImageVma[], runsByVma: Rea
     for (const b of batchRuns(vmas, runsByVma)) {
       const slot = i++ % 3;
       await busy[slot]; // the record that used this buffer is written
-      const data = readBatch(remote, b, buffers[slot] ??= Buffer.allocUnsafe(RECORD_BYTES));
+      const data = readBatch(remote, b, buffers.get(slot));
       last = busy[slot] = writer.recordAsync(RecordType.Pages, [encodePagesHeader(b.runs, pid), data], last);
       total += b.bytes;
     }
@@ -667,6 +678,15 @@ export function writePages(remote: Remote, vmas: ImageVma[], runs: PageRun[], da
 
 /** Final protections and guard pages once the contents are in place. */
 export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
+  // The kernel keeps VM_ACCOUNT through mprotect only on anonymous memory
+  // that was ever faulted (has an anon_vma): one that receives no page
+  // (a PROT_NONE page split off written memory) gets a page touched and
+  // dropped again first, or it would lose the flag.
+  const touch = vmas.filter((v) => v.kind === 'anon' && !v.shared && v.vmFlags.includes('ac') && v.prot[1] !== 'w' && !receivesPages(v));
+  if (touch.length) {
+    remote.task.writev(Buffer.alloc(touch.length), 0, touch.map((v) => ({ addr: v.start, len: 1 })));
+    remote.batch(touch.map((v) => ({ name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_DONTNEED], where: `${vmaLabel(v, v.name)}: the page touched for VM_ACCOUNT` })));
+  }
   const calls: BatchCall[] = [];
   for (const v of vmas) {
     if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;

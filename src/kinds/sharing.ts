@@ -27,11 +27,19 @@ function same(a: number, b: number, type: number): boolean {
   return syscall(SYS.kcmp, 'kcmp', a, b, type, 0, 0) === 0;
 }
 
+/** What the processes of a tree share with their parents, and which of them use one fd table. */
+export interface TreeSharing {
+  /** per pid, what it shares with its parent */
+  byPid: Map<number, Sharing>;
+  /** per pid, every process of the tree on the same fd table (itself included) */
+  fdTables: Map<number, number[]>;
+}
+
 /**
  * `procs`: the live processes of the tree, parents first; `outsideParent`
  * is the root's parent. Returns, per pid, what it shares with its parent.
  */
-export function dumpSharing(procs: Array<{ pid: number; ppid: number }>, root: number): Map<number, Sharing> {
+export function dumpSharing(procs: Array<{ pid: number; ppid: number }>, root: number): TreeSharing {
   const parentOf = new Map(procs.map((p) => [p.pid, p.ppid]));
   const out = new Map<number, Sharing>();
   refuseSemUndo(procs.map((p) => p.pid));
@@ -53,19 +61,69 @@ export function dumpSharing(procs: Array<{ pid: number; ppid: number }>, root: n
     }
     out.set(p.pid, { files: parentOf.has(parent) && viaParent(KCMP_FILES), fs: parentOf.has(parent) && viaParent(KCMP_FS) });
   }
-  // Any other pair sharing something must be explained by parent links.
+  // Any other sharing must be explained by parent links.
   const klass = (pid: number, kind: 'files' | 'fs'): number => {
     let p = pid;
     while (out.get(p)?.[kind] && parentOf.has(parentOf.get(p)!)) p = parentOf.get(p)!;
     return p;
   };
+  const pids = procs.map((p) => p.pid);
   const noIo = new NoIoContext();
+  let files: number[][];
   try {
-    refusePairs(procs, klass, noIo);
+    files = refuseSharing(pids, klass, noIo);
   } finally {
     noIo.close();
   }
-  return out;
+  const fdTables = new Map<number, number[]>();
+  for (const c of files) for (const pid of c) fdTables.set(pid, c);
+  return { byPid: out, fdTables };
+}
+
+/**
+ * The processes that share one kernel object of `type`, in groups of two
+ * or more (tree order within a group). kcmp orders objects, so sorting by
+ * it puts equal ones side by side: n log n comparisons, not one per pair
+ * (a tree of 1,000 processes).
+ */
+function sharers(pids: number[], type: number): number[][] {
+  const order = new Map(pids.map((p, i) => [p, i]));
+  const sorted = [...pids].sort((a, b) => {
+    if (a === b) return 0;
+    const c = syscall(SYS.kcmp, 'kcmp', a, b, type, 0, 0);
+    return c === 0 ? order.get(a)! - order.get(b)! : c === 1 ? -1 : 1;
+  });
+  const groups: number[][] = [];
+  for (let i = 0; i < sorted.length; ) {
+    let j = i + 1;
+    while (j < sorted.length && same(sorted[i], sorted[j], type)) j++;
+    if (j - i > 1) groups.push(sorted.slice(i, j).sort((a, b) => order.get(a)! - order.get(b)!));
+    i = j;
+  }
+  return groups;
+}
+
+/** Refuse sharing not through parents; returns the groups on one fd table. */
+function refuseSharing(pids: number[], klass: (pid: number, kind: 'files' | 'fs') => number, noIo: NoIoContext): number[][] {
+  for (const [a, b] of sharers(pids, KCMP_SIGHAND)) {
+    throw new UnsupportedError(`pids ${a} and ${b}: share one signal handler table as separate processes (CLONE_SIGHAND); not supported`);
+  }
+  for (const [a, b] of sharers(pids, KCMP_VM)) {
+    throw new UnsupportedError(`pids ${a} and ${b}: share one address space as separate processes (CLONE_VM without CLONE_THREAD, vfork); not supported`);
+  }
+  const files = sharers(pids, KCMP_FILES);
+  for (const g of files) {
+    const b = g.find((p) => klass(p, 'files') !== klass(g[0], 'files'));
+    if (b !== undefined) throw new UnsupportedError(`pids ${g[0]} and ${b}: share one fd table (CLONE_FILES) but not through their parents; not supported`);
+  }
+  for (const g of sharers(pids, KCMP_FS)) {
+    const b = g.find((p) => klass(p, 'fs') !== klass(g[0], 'fs'));
+    if (b !== undefined) throw new UnsupportedError(`pids ${g[0]} and ${b}: share cwd, root and umask (CLONE_FS) but not through their parents; not supported`);
+  }
+  for (const [a, b] of sharers(pids, KCMP_IO)) {
+    if (noIo.has(a)) throw new UnsupportedError(`pids ${a} and ${b}: share one I/O context (CLONE_IO: I/O priority and scheduling state); not supported`);
+  }
+  return files;
 }
 
 /**
@@ -84,25 +142,6 @@ class NoIoContext {
     if (!this.blank) return;
     process.kill(this.blank, 'SIGKILL');
     waitpidSync(this.blank, 0);
-  }
-}
-
-function refusePairs(procs: Array<{ pid: number }>, klass: (pid: number, kind: 'files' | 'fs') => number, noIo: NoIoContext): void {
-  for (let i = 0; i < procs.length; i++) {
-    for (let j = i + 1; j < procs.length; j++) {
-      const a = procs[i].pid, b = procs[j].pid;
-      if (same(a, b, KCMP_SIGHAND)) throw new UnsupportedError(`pids ${a} and ${b}: share one signal handler table as separate processes (CLONE_SIGHAND); not supported`);
-      if (same(a, b, KCMP_VM)) throw new UnsupportedError(`pids ${a} and ${b}: share one address space as separate processes (CLONE_VM without CLONE_THREAD, vfork); not supported`);
-      if (same(a, b, KCMP_FILES) && klass(a, 'files') !== klass(b, 'files')) {
-        throw new UnsupportedError(`pids ${a} and ${b}: share one fd table (CLONE_FILES) but not through their parents; not supported`);
-      }
-      if (same(a, b, KCMP_FS) && klass(a, 'fs') !== klass(b, 'fs')) {
-        throw new UnsupportedError(`pids ${a} and ${b}: share cwd, root and umask (CLONE_FS) but not through their parents; not supported`);
-      }
-      if (same(a, b, KCMP_IO) && noIo.has(a)) {
-        throw new UnsupportedError(`pids ${a} and ${b}: share one I/O context (CLONE_IO: I/O priority and scheduling state); not supported`);
-      }
-    }
   }
 }
 
@@ -136,6 +175,6 @@ export function sharingFlags(s: Sharing | undefined): number {
 }
 
 /** The other processes of the tree using the fd table of `pid`. */
-export function fdTableSharers(sharing: Map<number, Sharing>, pid: number): Set<number> {
-  return new Set([...sharing.keys()].filter((q) => q !== pid && same(pid, q, KCMP_FILES)));
+export function fdTableSharers(sharing: TreeSharing, pid: number): Set<number> {
+  return new Set((sharing.fdTables.get(pid) ?? []).filter((q) => q !== pid));
 }

@@ -3,6 +3,7 @@
 // against captured fixtures; readers only do the I/O.
 
 import * as fs from "fs";
+import { StringDecoder } from "string_decoder";
 
 export type Pid = number | "self";
 
@@ -100,35 +101,66 @@ export function parseMaps(input: string | Buffer): Vma[] {
 }
 
 export function parseSmaps(input: string | Buffer): Vma[] {
-  const out: Vma[] = [];
+  const p = new SmapsParser();
+  p.lines(toText(input));
+  return p.out;
+}
+
+/** smaps, fed in pieces of whole lines: only headers, VmFlags and ProtectionKey are kept. */
+class SmapsParser {
+  readonly out: Vma[] = [];
   // Non-null while inside a VMA block we keep; "skip" while inside a dropped one.
-  let cur: Vma | "skip" | null = null;
-  for (const line of splitLines(toText(input))) {
-    if (line === "") continue;
-    // Key lines ("Rss:   4 kB") never match the header pattern: keys have no '-'.
-    const v = parseMapsLine(line);
-    if (v !== null) {
-      cur = v;
-      if (v !== "skip") out.push(v);
-      continue;
-    }
-    if (cur === null) throw new Error(`smaps data before first header: ${JSON.stringify(line)}`);
-    if (cur !== "skip" && line.startsWith("VmFlags:")) {
-      cur.vmFlags = line.slice("VmFlags:".length).trim().split(/\s+/).filter((s) => s !== "");
-    } else if (cur !== "skip" && line.startsWith("ProtectionKey:")) {
-      cur.protectionKey = Number(line.slice("ProtectionKey:".length).trim());
+  private cur: Vma | "skip" | null = null;
+
+  lines(text: string): void {
+    for (const line of splitLines(text)) {
+      if (line === "") continue;
+      // Key lines ("Rss:   4 kB") never match the header pattern: keys have no '-'.
+      const v = parseMapsLine(line);
+      if (v !== null) {
+        this.cur = v;
+        if (v !== "skip") this.out.push(v);
+        continue;
+      }
+      const cur = this.cur;
+      if (cur === null) throw new Error(`smaps data before first header: ${JSON.stringify(line)}`);
+      if (cur !== "skip" && line.startsWith("VmFlags:")) {
+        cur.vmFlags = line.slice("VmFlags:".length).trim().split(/\s+/).filter((s) => s !== "");
+      } else if (cur !== "skip" && line.startsWith("ProtectionKey:")) {
+        cur.protectionKey = Number(line.slice("ProtectionKey:".length).trim());
+      }
     }
   }
-  return out;
 }
 
 export function readMaps(pid: Pid): Vma[] {
   return parseMaps(fs.readFileSync(procPath(pid, "maps")));
 }
 
-/** VMAs with VmFlags, read from /proc/pid/smaps. */
+/**
+ * VMAs with VmFlags, read from /proc/pid/smaps a megabyte at a time: the
+ * whole text of 60,000 VMAs is some 45 MB, of which a few fields are kept.
+ */
 export function readVmas(pid: Pid): Vma[] {
-  return parseSmaps(fs.readFileSync(procPath(pid, "smaps")));
+  const fd = fs.openSync(procPath(pid, "smaps"), "r");
+  try {
+    const parser = new SmapsParser();
+    const decoder = new StringDecoder("utf8");
+    const buf = Buffer.allocUnsafe(1 << 20);
+    let carry = "";
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      const text = carry + decoder.write(buf.subarray(0, n));
+      const cut = text.lastIndexOf("\n") + 1;
+      parser.lines(text.slice(0, cut));
+      carry = text.slice(cut);
+    }
+    parser.lines(carry + decoder.end());
+    return parser.out;
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 // ---------------------------------------------------------------- stat

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { readStat, readStatus, listThreads, listChildren } from '../proc';
 import { Tracee } from './tracee';
 import { FreezeWatchdog } from './watchdog';
+import { hasVdso } from './gadget';
 import { waitpidSync, sleepSync, __WALL } from '../sys/libc';
 import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
 
@@ -274,10 +275,11 @@ export class FrozenTree {
     }
     tids.sort((a, b) => (a === fp.pid ? -1 : b === fp.pid ? 1 : a - b));
     let added = 0;
+    const vdso = hasVdso(fp.pid); // once per process: maps of 1,000 threads' stacks, read 1,000 times, add up
     for (const tid of tids) {
       const t = new Tracee(tid, fp.pid);
       try {
-        t.seizeOnly();
+        t.seizeOnly({ vdso });
       } catch (e) {
         // Exited meanwhile (an exiting task answers EPERM, a reaped one ESRCH).
         if (e instanceof SyscallError && (e.code === 'ESRCH' || e.code === 'EPERM') && tid !== this.root && exited(fp.pid, tid)) continue;

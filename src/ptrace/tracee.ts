@@ -21,6 +21,8 @@ const XSTATE_MAX = 64 * 1024;
 export interface SeizeOptions {
   /** Kill the task if this process dies (restore stubs only, never targets). */
   exitKill?: boolean;
+  /** whether its process maps a vDSO, when the caller knows (read once per process, not per thread) */
+  vdso?: boolean;
 }
 
 export class TaskGoneError extends StasisError {}
@@ -72,12 +74,23 @@ export class Tracee {
     this.afterStop();
   }
 
+  /**
+   * A task created traced (clone with CLONE_PTRACE by a task we seized):
+   * it inherited our options (EXITKILL among them) and starts with a
+   * trap stop pending. Never untraced, it cannot outlive us by a moment.
+   */
+  adoptCloned(): void {
+    this.attached = true;
+    this.waitStop('the first stop of a task created traced');
+    this.afterStop();
+  }
+
   /** Attach and ask for a stop, without waiting for it (freezing a tree). */
   seizeOnly(opts: SeizeOptions = {}): void {
     // TRACESYSGOOD: a syscall stop the tracer never answers ends without a
     // signal (a plain SIGTRAP would be delivered to the task).
     const options = (opts.exitKill ? PTRACE_O_EXITKILL : 0) | PTRACE_O_TRACESYSGOOD;
-    this.safe = !opts.exitKill && hasVdso(this.tgid);
+    this.safe = !opts.exitKill && (opts.vdso ?? hasVdso(this.tgid));
     try {
       ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
     } catch (e) {

@@ -107,12 +107,17 @@ export const PTRACE_EVENT_STOP = 128;
 export const NT_PRSTATUS = 1;
 export const NT_X86_XSTATE = 0x202;
 
-// Test hook (test/safety.test.ts): SIGKILL ourselves just before the Nth
+// Test hook (test/safety*.test.ts): SIGKILL ourselves just before the Nth
 // ptrace request, so a test can end stasis between any two of them; the
-// count of requests made is printed at exit.
+// count of requests made is printed at exit (and, with -v, in each log line).
 const dieAtPtrace = Number(process.env.STASIS_TEST_DIE_AT_PTRACE ?? 0);
 let ptraceRequests = 0;
 if (dieAtPtrace) process.on('exit', () => process.stderr.write(`ptrace requests: ${ptraceRequests}\n`));
+
+/** Under the test hook, how many ptrace requests were made so far; else undefined. */
+export function ptraceRequestsSoFar(): number | undefined {
+  return dieAtPtrace ? ptraceRequests : undefined;
+}
 
 export function ptrace(req: number, pid: number, addr: number | bigint, data: Buffer | number | bigint | null, what: string): number {
   if (dieAtPtrace && ++ptraceRequests === dieAtPtrace) process.kill(process.pid, 'SIGKILL');

@@ -127,6 +127,10 @@ int main(int argc, char **argv)
     if (madvise(reg[UNGUARDED] + 2 * PG, PG, MADV_GUARD_INSTALL) || madvise(reg[UNGUARDED] + 2 * PG, PG, MADV_GUARD_REMOVE)) fail("guard remove", strerror(errno));
     reg[UNGUARDED][2 * PG] = 1;
     if (syscall(462, reg[SEALED], RS, 0)) fail("mseal", strerror(errno));
+    // VM_ACCOUNT ("ac") on a PROT_NONE page split off memory that was written.
+    unsigned char *acc = map(2 * PG, MAP_PRIVATE | MAP_ANONYMOUS);
+    acc[PG] = 1;
+    if (mprotect(acc, PG, PROT_NONE)) fail("mprotect", strerror(errno));
     for (int r = 0; r < NREG; r++) sums[r] = fnv(reg[r], lens[r], guard_lo(r), guard_hi(r));
     if (future && mlockall(MCL_FUTURE | MCL_ONFAULT)) fail("mlockall", strerror(errno));
     say(failed ? "FAIL: setup\n" : "ready\n");

@@ -5,6 +5,10 @@
 // restart_syscall when interrupted) and one blocked in read() (restarted
 // as -ERESTARTSYS). Any mismatch prints a FAIL line. Progress counters
 // are written to the file given as argv[1]: "MEMROUNDS REGROUNDS SLEEPS".
+// With argv[2] = N, N child processes are forked first: each checks the
+// first MiB of the memory it still shares copy-on-write with its parent
+// every 2 ms and counts its rounds in a shared anonymous page, and the
+// progress line ends with their counters.
 // build: -pthread
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -107,6 +111,26 @@ static void *sleeper(void *arg) {
 
 static int blockedPipe[2];
 
+#define MAX_CHILDREN 16
+#define CHILD_CHECKED (1u << 20)
+static volatile uint64_t *childRounds;
+
+static uint64_t checksumFirst(size_t bytes) {
+  uint64_t s = 0;
+  for (size_t i = 0; i < bytes / 8; i++) s = (s ^ mem[i]) * 0x100000001b3ull + i;
+  return s;
+}
+
+static void child(int i) {
+  uint64_t want = checksumFirst(CHILD_CHECKED);
+  for (;;) {
+    uint64_t s = checksumFirst(CHILD_CHECKED);
+    if (s != want) fail("child memory checksum", s, want);
+    childRounds[i]++;
+    usleep(2000);
+  }
+}
+
 static void *reader(void *arg) {
   (void)arg;
   char c;
@@ -125,6 +149,15 @@ int main(int argc, char **argv) {
     mem[i] = x;
   }
   expected = checksum();
+  int children = argc > 2 ? atoi(argv[2]) : 0;
+  if (children < 0 || children > MAX_CHILDREN) return 6;
+  childRounds = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (childRounds == MAP_FAILED) return 7;
+  for (int i = 0; i < children; i++) {
+    pid_t c = fork();
+    if (c < 0) return 8;
+    if (c == 0) child(i);
+  }
   if (pipe(blockedPipe) != 0) return 4;
   int progress = open(argv[1], O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (progress < 0) return 5;
@@ -136,9 +169,11 @@ int main(int argc, char **argv) {
   printf("ready\n");
   fflush(stdout);
   for (;;) {
-    char line[96];
-    int n = snprintf(line, sizeof line, "%020llu %020llu %020llu\n", (unsigned long long)memRounds,
+    char line[96 + 21 * MAX_CHILDREN];
+    int n = snprintf(line, sizeof line, "%020llu %020llu %020llu", (unsigned long long)memRounds,
                      (unsigned long long)regRounds, (unsigned long long)sleeps);
+    for (int i = 0; i < children; i++) n += snprintf(line + n, sizeof line - n, " %020llu", (unsigned long long)childRounds[i]);
+    line[n++] = '\n';
     if (pwrite(progress, line, n, 0) != n) fail("progress write", n, errno);
     usleep(2000);
   }
