@@ -3,18 +3,22 @@
 // inside a MULTI across the checkpoint (--tcp-established) gets the right
 // answer to EXEC on the same connection; a snapshot left running does not
 // disturb its clients; an IPv6 TCP connection with bytes queued both ways
-// loses and doubles nothing; a port taken at restart is refused by name;
+// loses and doubles nothing, and so does a UDP pair with datagrams queued
+// both ways (senders outside the tree refused); a port taken at restart is refused by name;
 // socket options come back, state that does not is refused by name; stasis
 // dying with connections in repair mode leaves them working.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
+import dgram from 'node:dgram';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { build, Procs, waitFor, waitGone, tmpdir, restartVerified, assertLeftRunning, alive, cli } from './harness';
 import { checkpointSync } from '../src';
 import { listFds } from '../src/proc';
+import { loadImage } from '../src/image/load';
+import { readImageBuffer, ImageWriter, RecordType } from '../src/image/stream';
 
 const procs = new Procs();
 after(() => procs.cleanup());
@@ -228,7 +232,7 @@ test('an IPv6 TCP connection with bytes queued both ways loses and doubles nothi
   assert.match(text, /^ok$/m);
 });
 
-test('a bound and a connected UDP socket (IPv6) come back bound and connected; datagrams queued are refused by name', async () => {
+test('a bound and a connected UDP socket (IPv6) come back bound and connected', async () => {
   const dir = tmpdir('inet-udp');
   const out = path.join(dir, 'out');
   const fifo = path.join(dir, 'go');
@@ -242,19 +246,93 @@ test('a bound and a connected UDP socket (IPv6) come back bound and connected; d
   procs.addTree(r.pid);
   fs.writeFileSync(fifo, 'g');
   assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
+});
 
-  const dir2 = tmpdir('inet-udp-queued');
+test('a UDP request/response pair (IPv6) with datagrams queued both ways loses, doubles and reorders nothing (--kill)', async () => {
+  const dir = tmpdir('inet-udp-queued');
+  const out = path.join(dir, 'out');
+  const fifo = path.join(dir, 'go');
+  execFileSync('mkfifo', [fifo]);
+  const pid = procs.start(build('inet_pair'), [fifo, 'udp'], out, { cwd: dir });
+  await waitFor(out, /^ready /m);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
+  await waitGone(pid, procs);
+  // The image holds the 20 datagrams of each direction, in order, each with its sender.
+  const udp = loadImage(img).processes[0].fds.flatMap((f) => (f.kind === 'inet' && f.inet.queued ? [f.inet] : []));
+  assert.equal(udp.length, 2);
+  for (const s of udp) {
+    const dir = s.state === 'connected' ? 1 : 0;
+    assert.deepEqual(s.queued!.map((d) => Buffer.from(d.data, 'base64').toString()), Array.from({ length: 20 }, (_, i) => `datagram ${i} of ${dir}`));
+    const sender = udp.find((o) => o !== s)!;
+    for (const d of s.queued!) assert.deepEqual(d.from, sender.local);
+  }
+  // A crafted image whose datagram names a sender no socket of the image is bound to: one line, before any process exists.
+  const crafted = path.join(dir, 'crafted');
+  editImage(img, crafted, (p) => {
+    const f = p.fds.find((x: { inet?: { queued?: unknown } }) => x.inet?.queued);
+    f.inet.queued[0].from.port = f.inet.queued[0].from.port === 1 ? 2 : 1;
+  });
+  assert.throws(() => loadImage(crafted), /field fds\[\d+\]\.inet\.queued\[0\]\.from: no inet6 UDP socket of the image is bound to ::1 port \d+ to send it again$/);
+  const r = restartVerified(img);
+  procs.addTree(r.pid);
+  // Each side reads exactly its queued datagrams, from the right sender, then one more each way.
+  fs.writeFileSync(fifo, 'g');
+  assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
+});
+
+test('a datagram queued from a sender outside the tree, or of zero length, is refused by name; the program finds every datagram still queued', async () => {
+  const dir = tmpdir('inet-udp-outside');
+  const out = path.join(dir, 'out');
+  const fifo = path.join(dir, 'go');
+  execFileSync('mkfifo', [fifo]);
+  const pid = procs.start(build('inet_pair'), [fifo, 'udp'], out, { cwd: dir });
+  const port = Number(/^udp (\d+) \d+$/m.exec(await waitFor(out, /^ready /m))![1]);
+  const outsider = dgram.createSocket('udp6');
+  try {
+    await new Promise<void>((res, rej) => outsider.send('from outside', port, '::1', (e) => (e ? rej(e) : res())));
+    const from = (outsider.address() as net.AddressInfo).port;
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image'), { kill: true, tcpEstablished: true }), new RegExp(`: udp \\[::1\\]:${port} has a datagram queued from \\[::1\\]:${from}, which is no inet6 UDP socket of the tree .*; not supported yet`));
+  } finally {
+    outsider.close();
+  }
+  assertLeftRunning(pid);
+  // Nothing consumed: the program reads its 20 datagrams, then finds the outsider's one more.
+  fs.writeFileSync(fifo, 'g');
+  assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^FAIL: udp 0: more than 20 datagrams$/m);
+
+  // A zero-length datagram queued (a peek marks it, and no later peek sees it): refused.
+  const dir2 = tmpdir('inet-udp-empty');
   const out2 = path.join(dir2, 'out');
   const fifo2 = path.join(dir2, 'go');
   execFileSync('mkfifo', [fifo2]);
-  const queued = procs.start(build('inet_pair'), [fifo2, 'udp'], out2, { cwd: dir2 });
+  const pid2 = procs.start(build('inet_pair'), [fifo2, 'udp-empty'], out2, { cwd: dir2 });
   await waitFor(out2, /^ready /m);
-  assert.throws(() => checkpointSync(queued, path.join(dir2, 'image'), { kill: true, tcpEstablished: true }), /: udp \[::1\]:\d+ has datagrams queued for the program to read; not supported yet/);
-  assertLeftRunning(queued);
-  // Left as it was: the program still finds every byte and datagram.
+  assert.throws(() => checkpointSync(pid2, path.join(dir2, 'image'), { kill: true, tcpEstablished: true }), /: udp \[::1\]:\d+: a zero-length datagram is queued for the program to read; not supported yet/);
+  assertLeftRunning(pid2);
   fs.writeFileSync(fifo2, 'g');
   assert.match(await waitFor(out2, /^(ok|FAIL.*)$/m), /^ok$/m);
 });
+
+/** Rewrite an image with its Process records edited; checksums recomputed by the writer. */
+function editImage(from: string, to: string, edit: (p: Record<string, any>) => void): void {
+  const fd = fs.openSync(to, 'w', 0o644);
+  try {
+    const w = new ImageWriter(fd);
+    for (const r of readImageBuffer(fs.readFileSync(from), from)) {
+      if (r.type === RecordType.Process) {
+        const p = JSON.parse(r.payload.toString('utf8'));
+        edit(p);
+        w.json(RecordType.Process, p);
+      } else {
+        w.record(r.type, [r.payload]);
+      }
+    }
+    w.end();
+  } finally {
+    fs.closeSync(fd);
+  }
+}
 
 /** inet_opts with `mode`, ready and waiting on its fifo. */
 async function startOpts(tag: string, mode?: string): Promise<{ pid: number; dir: string; out: string; fifo: string }> {

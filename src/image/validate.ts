@@ -12,6 +12,7 @@ import { ImageError } from '../sys/errno';
 import { savesPages, vmaAt } from './vma';
 import { GHOST_LIMIT_MAX } from '../kinds/ghost';
 import { isCanonical, queuedLineBytes } from '../kinds/tty';
+import { udpSenderOf } from '../kinds/inet';
 
 export { savesPages, vmaAt };
 
@@ -96,6 +97,7 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
   for (const list of runsOf.values()) list.sort((a, b) => a.addr - b.addr);
 
   checkMqueues(img, fail);
+  checkUdpQueues(img, fail);
 
   const isAncestor = ancestry(img.processes);
   const fdsOf = new Map<number, Set<number>>();
@@ -121,6 +123,19 @@ export function validateImage(img: LoadedImage, pagesRecord: number[]): void {
 }
 
 type Fail = (pid: number, field: string, why: string) => never;
+
+/** A datagram queued on a UDP socket is sent again by its sender: a UDP socket of the image. */
+function checkUdpQueues(img: LoadedImage, fail: Fail): void {
+  const udp = img.processes.flatMap((p) => p.fds.flatMap((f) => (f.kind === 'inet' && f.inet.proto === 'udp' ? [f.inet] : [])));
+  for (const p of img.processes) {
+    p.fds.forEach((f, j) => {
+      if (f.kind !== 'inet') return;
+      (f.inet.queued ?? []).forEach((d, k) => {
+        if (!udpSenderOf(udp, f.inet.family, d.from)) fail(p.pid, `fds[${j}].inet.queued[${k}].from`, `no ${f.inet.family} UDP socket of the image is bound to ${d.from.addr} port ${d.from.port} to send it again`);
+      });
+    });
+  }
+}
 
 /** System V segments: ids unique, data inside. Message queues: ids unique, messages within the queue's attributes, every fd's queue in the table. */
 function checkMqueues(img: LoadedImage, fail: Fail): void {

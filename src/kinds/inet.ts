@@ -6,10 +6,12 @@
 // window, MSS, window scaling, timestamps) with --tcp-established; it stays
 // in repair mode, its incoming segments dropped unacknowledged by a socket
 // filter, until the tree is let go: killed, it closes silently (no FIN, no
-// RST); left running, it leaves repair mode and drops the filter.
+// RST); left running, it leaves repair mode and drops the filter. Datagrams
+// queued on a UDP socket are peeked one by one (SO_PEEK_OFF) with senders.
 // Restored by system calls injected into the task: socket, setsockopt,
 // bind, listen, or repair-mode connect and queue writes; connections leave
-// repair mode once every process of the tree is rebuilt (InetKeeper).
+// repair mode once every process of the tree is rebuilt (InetKeeper), which
+// then sends queued datagrams again from their senders' restored sockets.
 import fs from 'node:fs';
 import net from 'node:net';
 import { z } from 'zod';
@@ -43,6 +45,9 @@ const F_SETFL = 4;
 const TCP_ESTABLISHED = 1, TCP_CLOSE = 7, TCP_LISTEN = 10;
 /** Largest socket queue saved: well above net.core.{r,w}mem_max and tcp_{r,w}mem. */
 const QUEUE_MAX = 64 << 20;
+/** Largest UDP payload (IPv6 without jumbograms), and most datagrams saved per socket. */
+const DATAGRAM_MAX = 65527, DATAGRAMS_MAX = 1 << 16;
+const UDP_CORK = 1, SO_PEEK_OFF = 42, MSG_PEEK = 2, MSG_DONTWAIT = 0x40, MSG_TRUNC = 0x20;
 
 /**
  * Int options, read with getsockopt and set back with setsockopt (same
@@ -236,11 +241,15 @@ export const InetState = z.object({
   /** TCP_CONGESTION: the congestion control algorithm's name */
   congestion: z.string().min(1).max(15).regex(/^[A-Za-z0-9_-]+$/, 'not an algorithm name').optional(),
   tcp: TcpRepair.optional(),
+  /** UDP: datagrams received, not read by the program, oldest first, each with its sender */
+  queued: z.array(z.object({ data: base64Max(DATAGRAM_MAX), from: Endpoint })).min(1).max(DATAGRAMS_MAX).optional(),
 }).refine((s) => s.proto === 'udp' || s.state !== 'connected', 'connected is a UDP state (TCP: established)')
   .refine((s) => s.proto === 'tcp' || (s.state !== 'listen' && s.state !== 'established'), 'a UDP socket neither listens nor is established')
   .refine((s) => (s.state === 'established') === (s.tcp !== undefined), 'established connections, and only they, carry tcp repair state')
   .refine((s) => (s.state === 'listen') === (s.backlog !== undefined), 'listening sockets, and only they, carry a backlog')
   .refine((s) => (s.state === 'established' || s.state === 'connected') === (s.remote !== undefined), 'only a connected socket has a remote end')
+  .refine((s) => s.queued === undefined || (s.proto === 'udp' && s.state !== 'unbound'), 'only a bound UDP socket has datagrams queued')
+  .refine((s) => (s.queued ?? []).every((d) => net.isIP(d.from.addr) === (s.family === 'inet' ? 4 : 6)), 'a datagram from an address of the other family')
   .refine((s) => [s.local, ...(s.remote ? [s.remote] : [])].every((e) => net.isIP(e.addr) === (s.family === 'inet' ? 4 : 6)), 'an address of the other family');
 export type InetState = z.infer<typeof InetState>;
 export const InetFd = z.object({ kind: z.literal('inet'), inet: InetState });
@@ -266,6 +275,23 @@ export class InetTable implements ObjectTable {
   private readonly held: Array<{ fd: number; where: string; reuse: number }> = [];
   /** should stasis die while connections are held, these take them out of repair mode */
   readonly guards = new RepairGuards();
+
+  private readonly udp: Array<{ where: string; family: InetState['family']; local: Endpoint; from: Endpoint[] }> = [];
+
+  /** A bound UDP socket of the tree, and the senders of the datagrams queued on it. */
+  noteUdp(where: string, family: InetState['family'], local: Endpoint, from: Endpoint[]): void {
+    this.udp.push({ where, family, local, from });
+  }
+
+  /** Queued datagrams are sent again at restart by their sender: it must be a UDP socket of the tree. */
+  refuseOutsiders(): void {
+    for (const u of this.udp) {
+      for (const from of u.from) {
+        if (udpSenderOf(this.udp.map((o) => ({ ...o, proto: 'udp', state: 'bound' })), u.family, from)) continue;
+        throw new UnsupportedError(`${u.where}: ${endpointText('udp', u.local)} has a datagram queued from ${endpointText('udp', from).slice(4)}, which is no ${u.family} UDP socket of the tree (it is sent again from its sender at restart); not supported yet: checkpoint once the program has read it`);
+      }
+    }
+  }
 
   /** `reuse`: its SO_REUSEADDR, which leaving repair mode clears */
   hold(fd: number, where: string, reuse: number): void {
@@ -583,6 +609,51 @@ function dumpRepair(fd: number, where: string): TcpRepair {
   };
 }
 
+/**
+ * The datagrams waiting on a UDP socket, oldest first, nothing consumed:
+ * peeked one after the other with a peek offset (SO_PEEK_OFF steps over
+ * whole datagrams), which is put back as it was. Also how a restart
+ * checks that the queue holds what it re-sent.
+ */
+export function peekDatagrams(fd: number, where: string): Array<{ data: Buffer; from: Endpoint }> {
+  const saved = getsockoptInt(fd, SOL_SOCKET, SO_PEEK_OFF, 'SO_PEEK_OFF');
+  setsockoptInt(fd, SOL_SOCKET, SO_PEEK_OFF, 0, 'SO_PEEK_OFF');
+  const out: Array<{ data: Buffer; from: Endpoint }> = [];
+  try {
+    const buf = Buffer.alloc(DATAGRAM_MAX + 1), from = Buffer.alloc(28), fromLen = Buffer.alloc(4);
+    for (;;) {
+      fromLen.writeUInt32LE(28);
+      let n: number;
+      try {
+        n = syscall(SOCK.recvfrom, `recvfrom(MSG_PEEK) (${where})`, fd, buf, buf.length, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC, from, fromLen);
+      } catch (e) {
+        if (e instanceof SyscallError && e.code === 'EAGAIN') break;
+        throw e;
+      }
+      // A peek marks a zero-length datagram peeked, and peeks step over
+      // marked ones for good: one peeked before is not seen, and one seen
+      // here could not be read back by verify or a later checkpoint.
+      if (n === 0) throw new UnsupportedError(`${where}: a zero-length datagram is queued for the program to read; not supported yet: checkpoint once the program has read it`);
+      if (n > DATAGRAM_MAX) throw new StasisError(`${where}: a queued datagram of ${n} bytes, more than ${DATAGRAM_MAX}`);
+      if (out.length >= DATAGRAMS_MAX) throw new UnsupportedError(`${where}: more than ${DATAGRAMS_MAX} datagrams queued for the program to read; not supported`);
+      out.push({ data: Buffer.from(buf.subarray(0, n)), from: sockaddrText(from) });
+    }
+  } finally {
+    setsockoptInt(fd, SOL_SOCKET, SO_PEEK_OFF, saved, 'SO_PEEK_OFF');
+  }
+  return out;
+}
+
+/** Whether a datagram from `from` can be sent again by the socket bound to `local` (the wildcard sends from any local address). */
+function sendsFrom(local: Endpoint, from: Endpoint): boolean {
+  return local.port === from.port && (local.addr === from.addr || local.addr === '::' || local.addr === '0.0.0.0');
+}
+
+/** The first socket of `sockets` that can send again a datagram of `family` from `from`. */
+export function udpSenderOf<T extends Pick<InetState, 'family' | 'proto' | 'state' | 'local'>>(sockets: T[], family: string, from: Endpoint): T | undefined {
+  return sockets.find((o) => o.proto === 'udp' && o.state !== 'unbound' && o.family === family && sendsFrom(o.local, from));
+}
+
 function dumpInet(f: FoundFd, ctx: { table<T extends ObjectTable>(c: new () => T): T; tcpEstablished?: boolean }): InetState {
   const t = taken.get(f);
   if (!t) throw new StasisError(`${f.where}: socket not claimed before its dump`);
@@ -606,8 +677,11 @@ function dumpInet(f: FoundFd, ctx: { table<T extends ObjectTable>(c: new () => T
     refuseUnsaved(fd, `${f.where}: ${endpointText(proto, local)}`, domain, proto, diag);
     const base = { family, proto, local, ...dumpOptions(fd, domain, type, protocol, tcpState === TCP_ESTABLISHED) } as const;
     if (proto === 'udp') {
-      if (diag && diag.rqueue > 0) throw new UnsupportedError(`${f.where}: ${endpointText(proto, local)} has datagrams queued for the program to read; not supported yet`);
-      return remote ? { ...base, state: 'connected', remote } : { ...base, state: local.port ? 'bound' : 'unbound' };
+      const queued = !diag || diag.rqueue > 0 ? peekDatagrams(fd, `${f.where}: ${endpointText(proto, local)}`) : [];
+      const q = queued.length ? { queued: queued.map((d) => ({ data: d.data.toString('base64'), from: d.from })) } : {};
+      if (queued.length) ctx.table(InetTable).noteUdp(f.where, base.family, local, queued.map((d) => d.from));
+      else if (local.port) ctx.table(InetTable).noteUdp(f.where, base.family, local, []);
+      return remote ? { ...base, state: 'connected', remote, ...q } : { ...base, state: local.port ? 'bound' : 'unbound', ...q };
     }
     if (tcpState === TCP_LISTEN) {
       if (!diag) throw new StasisError(`${f.where}: listening ${endpointText(proto, local)} not found by sock_diag`);
@@ -678,8 +752,56 @@ export class InetKeeper {
     this.pending.push({ remote, fd, unsent, nonblock, reuse, where, bufLock });
   }
 
-  /** Every connection out of repair mode; the bytes that were not sent yet are sent now. */
+  private readonly udp: Array<{ pid: number; fd: number; s: InetState; where: string }> = [];
+
+  /** A bound UDP socket restored as fd `fd` of `pid` (a host pid): a sender, or a receiver with datagrams queued. */
+  noteUdp(pid: number, fd: number, s: InetState, where: string): void {
+    this.udp.push({ pid, fd, s, where });
+  }
+
+  /**
+   * Every connection out of repair mode; the bytes that were not sent yet
+   * are sent now. Then each queued datagram is sent again, in order, by its
+   * sender (a copy of that socket of the tree: the same source address, so
+   * a connected receiver takes it), and each receive queue is read back.
+   */
   finish(): void {
+    this.finishTcp();
+    for (const u of this.udp) {
+      if (!u.s.queued) continue;
+      const dests: Array<{ data: Buffer; from: Endpoint }> = [];
+      for (const d of u.s.queued) {
+        const sender = udpSenderOf(this.udp.map((o) => ({ ...o.s, o })), u.s.family, d.from);
+        if (!sender) throw new StasisError(`${u.where}: no UDP socket of the tree sends from ${endpointText('udp', d.from).slice(4)}`);
+        const data = Buffer.from(d.data, 'base64');
+        const wild = u.s.local.addr === '::' || u.s.local.addr === '0.0.0.0';
+        const to = sockaddr(u.s.family, { addr: wild ? d.from.addr : u.s.local.addr, port: u.s.local.port });
+        const fd = takeFd(sender.o.pid, sender.o.fd, sender.o.where);
+        try {
+          // A corked sender would hold the datagram back: uncorked for the send.
+          if (sender.opts.udpCork) setsockoptInt(fd, SOL_UDP, UDP_CORK, 0, 'UDP_CORK');
+          const n = syscall(SOCK.sendto, `sendto (${u.where}: a queued datagram from ${endpointText('udp', d.from).slice(4)})`, fd, data, data.length, MSG_DONTWAIT, to, to.length);
+          if (n !== data.length) throw new StasisError(`${u.where}: sent ${n} of a queued datagram's ${data.length} bytes`);
+          if (sender.opts.udpCork) setsockoptInt(fd, SOL_UDP, UDP_CORK, sender.opts.udpCork, 'UDP_CORK');
+        } finally {
+          closeFd(fd);
+        }
+        dests.push({ data, from: d.from });
+      }
+      // Loopback delivers in sendto; a full receive buffer drops silently: read back.
+      const fd = takeFd(u.pid, u.fd, u.where);
+      let got: Array<{ data: Buffer; from: Endpoint }>;
+      try {
+        got = peekDatagrams(fd, u.where);
+      } finally {
+        closeFd(fd);
+      }
+      const missing = dests.findIndex((d, i) => !got[i] || !got[i].data.equals(d.data) || got[i].from.port !== d.from.port || got[i].from.addr !== d.from.addr);
+      if (missing >= 0) throw new StasisError(`${u.where}: ${endpointText('udp', u.s.local)}: queued datagram ${missing} of ${dests.length} did not arrive as saved (${got.length} in its receive queue): the receive buffer may be too small or a firewall in the way`);
+    }
+  }
+
+  private finishTcp(): void {
     for (const p of this.pending.splice(0)) {
       const { remote, fd, where } = p;
       remote.reset();
@@ -846,6 +968,8 @@ function openInet(remote: Remote, r: InetFd & CommonFd, ctx: RestoreContext, whe
     remote.call('connect', SOCK.connect, [fd, remote.putBytes(peer), peer.length], `${where}: connect to ${endpointText(s.proto, s.remote!)}`);
   }
   if (!nonblock) remote.call('fcntl', SYS.fcntl, [fd, F_SETFL, 0], `${where}: blocking`);
+  if (s.queued && !ctx.inet) throw new StasisError(`${where}: no keeper for queued datagrams in this restart`);
+  if (s.proto === 'udp' && s.state !== 'unbound') ctx.inet?.noteUdp(remote.pid, r.fd, s, where);
   return fd;
 }
 

@@ -8,7 +8,11 @@
 // doubled or out of order. Prints `ok` and exits 0, or `FAIL: why`.
 // argv[2]: "udp" also makes the UDP pair with datagrams queued before
 // `ready`; "udp-after" makes the pair but sends the datagrams only after
-// the go (the restored sockets must still be bound and connected).
+// the go (the restored sockets must still be bound and connected). Each
+// datagram is checked for its sender's address; then one more request and
+// reply go each way. "udp-empty": as "udp", datagram 5 of direction 0
+// has no bytes. Prints `udp PORT1 PORT2` (the bound, then the
+// connected socket's port) before `ready`.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,6 +27,9 @@
 #include <unistd.h>
 
 #define UDP_COUNT 20
+/** With "udp-empty", datagram EMPTY_AT of direction 0 is empty. */
+#define EMPTY_AT 5
+static int empty;
 
 static void die(const char *what) {
   printf("FAIL: %s: %s\n", what, strerror(errno));
@@ -87,13 +94,21 @@ static int udp_socket(struct sockaddr_in6 *addr) {
   return s;
 }
 
-static void udp_check(int s, int dir, int count) {
+/** Read `count` datagrams of direction `dir`, each from `from`, then no more. */
+static void udp_check(int s, int dir, int count, struct sockaddr_in6 *from) {
   char buf[64], want[64];
   for (int i = 0; i < count; i++) {
-    ssize_t r = recv(s, buf, sizeof buf - 1, 0);
+    struct sockaddr_in6 src;
+    socklen_t slen = sizeof src;
+    ssize_t r = recvfrom(s, buf, sizeof buf - 1, 0, (struct sockaddr *)&src, &slen);
     if (r < 0) { printf("FAIL: udp %d: datagram %d missing: %s\n", dir, i, strerror(errno)); exit(1); }
+    if (src.sin6_port != from->sin6_port || memcmp(&src.sin6_addr, &from->sin6_addr, sizeof src.sin6_addr)) {
+      printf("FAIL: udp %d: datagram %d from port %d, not %d\n", dir, i, ntohs(src.sin6_port), ntohs(from->sin6_port));
+      exit(1);
+    }
     buf[r] = 0;
     snprintf(want, sizeof want, "datagram %d of %d", i, dir);
+    if (empty && i == EMPTY_AT && dir == 0) want[0] = 0;
     if (strcmp(buf, want)) { printf("FAIL: udp %d: got '%s', want '%s'\n", dir, buf, want); exit(1); }
   }
   if (recv(s, buf, sizeof buf, 0) >= 0 || errno != EAGAIN) { printf("FAIL: udp %d: more than %d datagrams\n", dir, count); exit(1); }
@@ -103,6 +118,7 @@ static void send_datagrams(int u1, int u2, struct sockaddr_in6 *ub) {
   char msg[64];
   for (int i = 0; i < UDP_COUNT; i++) {
     snprintf(msg, sizeof msg, "datagram %d of %d", i, 0);
+    if (empty && i == EMPTY_AT) msg[0] = 0;
     if (send(u2, msg, strlen(msg), 0) < 0) die("send udp");
     snprintf(msg, sizeof msg, "datagram %d of %d", i, 1);
     if (sendto(u1, msg, strlen(msg), 0, (struct sockaddr *)ub, sizeof *ub) < 0) die("sendto udp");
@@ -111,7 +127,8 @@ static void send_datagrams(int u1, int u2, struct sockaddr_in6 *ub) {
 
 int main(int argc, char **argv) {
   int after = argc > 2 && !strcmp(argv[2], "udp-after");
-  int udp = after || (argc > 2 && !strcmp(argv[2], "udp"));
+  empty = argc > 2 && !strcmp(argv[2], "udp-empty");
+  int udp = after || empty || (argc > 2 && !strcmp(argv[2], "udp"));
   struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
   int l = socket(AF_INET6, SOCK_STREAM, 0);
   if (l < 0) die("socket");
@@ -137,6 +154,7 @@ int main(int argc, char **argv) {
     if (connect(u2, (struct sockaddr *)&ua, sizeof ua)) die("connect udp");
   }
   if (udp && !after) send_datagrams(u1, u2, &ub);
+  if (udp) printf("udp %d %d\n", ntohs(ua.sin6_port), ntohs(ub.sin6_port));
   printf("ready %ld %ld\n", toServer, toClient);
   fflush(stdout);
   // Wait for the go: a line on the fifo.
@@ -148,8 +166,16 @@ int main(int argc, char **argv) {
   drain(s, toServer, 0);
   drain(c, toClient, 1);
   if (udp) {
-    udp_check(u1, 0, UDP_COUNT);
-    udp_check(u2, 1, UDP_COUNT);
+    udp_check(u1, 0, UDP_COUNT, &ub);
+    udp_check(u2, 1, UDP_COUNT, &ua);
+    // The exchange carries on: a request and its reply.
+    char msg[64];
+    snprintf(msg, sizeof msg, "datagram %d of %d", 0, 0);
+    if (send(u2, msg, strlen(msg), 0) < 0) die("send udp request");
+    udp_check(u1, 0, 1, &ub);
+    snprintf(msg, sizeof msg, "datagram %d of %d", 0, 1);
+    if (sendto(u1, msg, strlen(msg), 0, (struct sockaddr *)&ub, sizeof ub) < 0) die("sendto udp reply");
+    udp_check(u2, 1, 1, &ua);
   }
   printf("ok\n");
   return 0;
