@@ -248,38 +248,40 @@ test('a bound and a connected UDP socket (IPv6) come back bound and connected', 
   assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
 });
 
-test('a UDP request/response pair (IPv6) with datagrams queued both ways loses, doubles and reorders nothing (--kill)', async () => {
-  const dir = tmpdir('inet-udp-queued');
-  const out = path.join(dir, 'out');
-  const fifo = path.join(dir, 'go');
-  execFileSync('mkfifo', [fifo]);
-  const pid = procs.start(build('inet_pair'), [fifo, 'udp'], out, { cwd: dir });
-  await waitFor(out, /^ready /m);
-  const img = path.join(dir, 'image');
-  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
-  await waitGone(pid, procs);
-  // The image holds the 20 datagrams of each direction, in order, each with its sender.
-  const udp = loadImage(img).processes[0].fds.flatMap((f) => (f.kind === 'inet' && f.inet.queued ? [f.inet] : []));
-  assert.equal(udp.length, 2);
-  for (const s of udp) {
-    const dir = s.state === 'connected' ? 1 : 0;
-    assert.deepEqual(s.queued!.map((d) => Buffer.from(d.data, 'base64').toString()), Array.from({ length: 20 }, (_, i) => `datagram ${i} of ${dir}`));
-    const sender = udp.find((o) => o !== s)!;
-    for (const d of s.queued!) assert.deepEqual(d.from, sender.local);
-  }
-  // A crafted image whose datagram names a sender no socket of the image is bound to: one line, before any process exists.
-  const crafted = path.join(dir, 'crafted');
-  editImage(img, crafted, (p) => {
-    const f = p.fds.find((x: { inet?: { queued?: unknown } }) => x.inet?.queued);
-    f.inet.queued[0].from.port = f.inet.queued[0].from.port === 1 ? 2 : 1;
+for (const [family, mode] of [['IPv6', 'udp'], ['IPv4', 'udp4']] as const) {
+  test(`a UDP request/response pair (${family}) with datagrams queued both ways loses, doubles and reorders nothing (--kill)`, async () => {
+    const dir = tmpdir(`inet-${mode}-queued`);
+    const out = path.join(dir, 'out');
+    const fifo = path.join(dir, 'go');
+    execFileSync('mkfifo', [fifo]);
+    const pid = procs.start(build('inet_pair'), [fifo, mode], out, { cwd: dir });
+    await waitFor(out, /^ready /m);
+    const img = path.join(dir, 'image');
+    checkpointSync(pid, img, { kill: true, tcpEstablished: true });
+    await waitGone(pid, procs);
+    // The image holds the 20 datagrams of each direction, in order, each with its sender.
+    const udp = loadImage(img).processes[0].fds.flatMap((f) => (f.kind === 'inet' && f.inet.queued ? [f.inet] : []));
+    assert.equal(udp.length, 2);
+    for (const s of udp) {
+      const dir = s.state === 'connected' ? 1 : 0;
+      assert.deepEqual(s.queued!.map((d) => Buffer.from(d.data, 'base64').toString()), Array.from({ length: 20 }, (_, i) => `datagram ${i} of ${dir}`));
+      const sender = udp.find((o) => o !== s)!;
+      for (const d of s.queued!) assert.deepEqual(d.from, sender.local);
+    }
+    // A crafted image whose datagram names a sender no socket of the image is bound to: one line, before any process exists.
+    const crafted = path.join(dir, 'crafted');
+    editImage(img, crafted, (p) => {
+      const f = p.fds.find((x: { inet?: { queued?: unknown } }) => x.inet?.queued);
+      f.inet.queued[0].from.port = f.inet.queued[0].from.port === 1 ? 2 : 1;
+    });
+    assert.throws(() => loadImage(crafted), /field fds\[\d+\]\.inet\.queued\[0\]\.from: no inet6? UDP socket of the image is bound to (::1|127\.0\.0\.1) port \d+ to send it again$/);
+    const r = restartVerified(img);
+    procs.addTree(r.pid);
+    // Each side reads exactly its queued datagrams, from the right sender, then one more each way.
+    fs.writeFileSync(fifo, 'g');
+    assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
   });
-  assert.throws(() => loadImage(crafted), /field fds\[\d+\]\.inet\.queued\[0\]\.from: no inet6 UDP socket of the image is bound to ::1 port \d+ to send it again$/);
-  const r = restartVerified(img);
-  procs.addTree(r.pid);
-  // Each side reads exactly its queued datagrams, from the right sender, then one more each way.
-  fs.writeFileSync(fifo, 'g');
-  assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
-});
+}
 
 test('a datagram queued from a sender outside the tree, or of zero length, is refused by name; the program finds every datagram still queued', async () => {
   const dir = tmpdir('inet-udp-outside');

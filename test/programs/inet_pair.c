@@ -1,4 +1,4 @@
-// An IPv6 TCP connection and a UDP pair over ::1, both ends in this
+// An IPv6 TCP connection and a UDP pair over ::1 (or 127.0.0.1), both ends in this
 // process, with bytes queued in both directions: each TCP end writes a
 // numbered byte stream (nonblocking, until the peer's window and its own
 // send buffer are full) and neither reads; each UDP end sends numbered
@@ -11,7 +11,7 @@
 // the go (the restored sockets must still be bound and connected). Each
 // datagram is checked for its sender's address; then one more request and
 // reply go each way. "udp-empty": as "udp", datagram 5 of direction 0
-// has no bytes. Prints `udp PORT1 PORT2` (the bound, then the
+// has no bytes; "udp4": as "udp", over 127.0.0.1. Prints `udp PORT1 PORT2` (the bound, then the
 // connected socket's port) before `ready`.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -82,14 +82,30 @@ static void drain(int fd, long total, int dir) {
   }
 }
 
+/** With "udp4", the UDP pair is IPv4 (its addresses kept in sockaddr_in6 space; the port is at the same offset). */
+static int v4;
+static socklen_t alen(void) { return v4 ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6); }
+
+static int same_addr(struct sockaddr_in6 *a, struct sockaddr_in6 *b) {
+  if (a->sin6_port != b->sin6_port) return 0;
+  if (v4) return ((struct sockaddr_in *)a)->sin_addr.s_addr == ((struct sockaddr_in *)b)->sin_addr.s_addr;
+  return !memcmp(&a->sin6_addr, &b->sin6_addr, sizeof a->sin6_addr);
+}
+
 static int udp_socket(struct sockaddr_in6 *addr) {
-  int s = socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+  int s = socket(v4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK, 0);
   if (s < 0) die("socket udp");
   memset(addr, 0, sizeof *addr);
-  addr->sin6_family = AF_INET6;
-  addr->sin6_addr = in6addr_loopback;
-  if (bind(s, (struct sockaddr *)addr, sizeof *addr)) die("bind udp");
-  socklen_t len = sizeof *addr;
+  if (v4) {
+    struct sockaddr_in *a4 = (struct sockaddr_in *)addr;
+    a4->sin_family = AF_INET;
+    a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  } else {
+    addr->sin6_family = AF_INET6;
+    addr->sin6_addr = in6addr_loopback;
+  }
+  if (bind(s, (struct sockaddr *)addr, alen())) die("bind udp");
+  socklen_t len = alen();
   getsockname(s, (struct sockaddr *)addr, &len);
   return s;
 }
@@ -102,7 +118,7 @@ static void udp_check(int s, int dir, int count, struct sockaddr_in6 *from) {
     socklen_t slen = sizeof src;
     ssize_t r = recvfrom(s, buf, sizeof buf - 1, 0, (struct sockaddr *)&src, &slen);
     if (r < 0) { printf("FAIL: udp %d: datagram %d missing: %s\n", dir, i, strerror(errno)); exit(1); }
-    if (src.sin6_port != from->sin6_port || memcmp(&src.sin6_addr, &from->sin6_addr, sizeof src.sin6_addr)) {
+    if (!same_addr(&src, from)) {
       printf("FAIL: udp %d: datagram %d from port %d, not %d\n", dir, i, ntohs(src.sin6_port), ntohs(from->sin6_port));
       exit(1);
     }
@@ -121,14 +137,15 @@ static void send_datagrams(int u1, int u2, struct sockaddr_in6 *ub) {
     if (empty && i == EMPTY_AT) msg[0] = 0;
     if (send(u2, msg, strlen(msg), 0) < 0) die("send udp");
     snprintf(msg, sizeof msg, "datagram %d of %d", i, 1);
-    if (sendto(u1, msg, strlen(msg), 0, (struct sockaddr *)ub, sizeof *ub) < 0) die("sendto udp");
+    if (sendto(u1, msg, strlen(msg), 0, (struct sockaddr *)ub, alen()) < 0) die("sendto udp");
   }
 }
 
 int main(int argc, char **argv) {
   int after = argc > 2 && !strcmp(argv[2], "udp-after");
   empty = argc > 2 && !strcmp(argv[2], "udp-empty");
-  int udp = after || empty || (argc > 2 && !strcmp(argv[2], "udp"));
+  v4 = argc > 2 && !strcmp(argv[2], "udp4");
+  int udp = after || empty || v4 || (argc > 2 && !strcmp(argv[2], "udp"));
   struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
   int l = socket(AF_INET6, SOCK_STREAM, 0);
   if (l < 0) die("socket");
@@ -151,7 +168,7 @@ int main(int argc, char **argv) {
   if (udp) {
     u1 = udp_socket(&ua);
     u2 = udp_socket(&ub);
-    if (connect(u2, (struct sockaddr *)&ua, sizeof ua)) die("connect udp");
+    if (connect(u2, (struct sockaddr *)&ua, alen())) die("connect udp");
   }
   if (udp && !after) send_datagrams(u1, u2, &ub);
   if (udp) printf("udp %d %d\n", ntohs(ua.sin6_port), ntohs(ub.sin6_port));
@@ -174,7 +191,7 @@ int main(int argc, char **argv) {
     if (send(u2, msg, strlen(msg), 0) < 0) die("send udp request");
     udp_check(u1, 0, 1, &ub);
     snprintf(msg, sizeof msg, "datagram %d of %d", 0, 1);
-    if (sendto(u1, msg, strlen(msg), 0, (struct sockaddr *)&ub, sizeof ub) < 0) die("sendto udp reply");
+    if (sendto(u1, msg, strlen(msg), 0, (struct sockaddr *)&ub, alen()) < 0) die("sendto udp reply");
     udp_check(u2, 1, 1, &ua);
   }
   printf("ok\n");
