@@ -58,7 +58,8 @@ export function sockDiag(request: Buffer, dump = true): Buffer[] {
 export function rtAttrs(msg: Buffer, from: number): Map<number, Buffer> {
   const out = new Map<number, Buffer>();
   for (let at = from; at + 4 <= msg.length;) {
-    const len = msg.readUInt16LE(at), type = msg.readUInt16LE(at + 2);
+    // The top bits of the type are flags (NLA_F_NESTED, NLA_F_NET_BYTEORDER).
+    const len = msg.readUInt16LE(at), type = msg.readUInt16LE(at + 2) & 0x3fff;
     if (len < 4 || at + len > msg.length) break;
     out.set(type, msg.subarray(at + 4, at + len));
     at += (len + 3) & ~3;

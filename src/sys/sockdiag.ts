@@ -1,64 +1,24 @@
-// sock_diag over netlink, from stasis itself: what the kernel tells of a
-// socket without touching it (state, addresses, queue lengths, backlog,
-// shutdown). Generic transport (`sockDiagDump`) plus the inet_diag request
-// and reply (`inetDiag`); other families build their own request on the
-// same transport.
-import { syscall } from './libc';
+// inet_diag over the sock_diag transport (src/sys/netlink.ts), from stasis
+// itself: what the kernel tells of a TCP or UDP socket without touching it
+// (state, addresses, queue lengths, backlog, shutdown).
 import { StasisError } from './errno';
-import { SOCK } from './sockopt';
-
-const AF_NETLINK = 16, NETLINK_SOCK_DIAG = 4, SOCK_DGRAM = 2, SOCK_CLOEXEC = 0o2000000;
-const SOCK_DIAG_BY_FAMILY = 20, NLM_F_REQUEST = 1, NLM_F_DUMP = 0x300;
-const NLMSG_ERROR = 2, NLMSG_DONE = 3;
+import { sockDiag, rtAttrs } from './netlink';
 
 /** One reply message: its fixed part and its attributes by type. */
 export interface DiagMessage { msg: Buffer; attrs: Map<number, Buffer> }
 
-const align4 = (n: number) => (n + 3) & ~3;
-
 /**
- * Send one SOCK_DIAG_BY_FAMILY dump request (`body` is the family's request
- * struct) and collect every reply message until NLMSG_DONE.
+ * One SOCK_DIAG_BY_FAMILY dump request (`body` is the family's request
+ * struct): every reply message, split into its fixed part and attributes.
  */
 export function sockDiagDump(body: Buffer, fixedLen: number, what: string): DiagMessage[] {
-  const fd = syscall(SOCK.socket, 'socket(AF_NETLINK)', AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  let answers: Buffer[];
   try {
-    const req = Buffer.alloc(16 + body.length);
-    req.writeUInt32LE(req.length, 0);
-    req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
-    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
-    req.writeUInt32LE(1, 8);
-    body.copy(req, 16);
-    syscall(SOCK.sendto, `sendto(sock_diag ${what})`, fd, req, req.length, 0, 0, 0);
-    const out: DiagMessage[] = [];
-    const buf = Buffer.alloc(1 << 16);
-    for (;;) {
-      const n = syscall(SOCK.recvfrom, `recvfrom(sock_diag ${what})`, fd, buf, buf.length, 0, 0, 0);
-      if (n === 0) throw new StasisError(`sock_diag ${what}: the kernel closed the dump early`);
-      for (let off = 0; off + 16 <= n;) {
-        const len = buf.readUInt32LE(off), type = buf.readUInt16LE(off + 4);
-        if (len < 16 || off + len > n) throw new StasisError(`sock_diag ${what}: malformed reply`);
-        if (type === NLMSG_DONE) return out;
-        if (type === NLMSG_ERROR) {
-          const err = -buf.readInt32LE(off + 16);
-          if (err === 0) return out;
-          throw new StasisError(`sock_diag ${what}: the kernel answered errno ${err}`);
-        }
-        const msg = Buffer.from(buf.subarray(off + 16, off + 16 + fixedLen));
-        const attrs = new Map<number, Buffer>();
-        for (let a = off + 16 + align4(fixedLen); a + 4 <= off + len;) {
-          const alen = buf.readUInt16LE(a), atype = buf.readUInt16LE(a + 2) & 0x3fff;
-          if (alen < 4) break;
-          attrs.set(atype, Buffer.from(buf.subarray(a + 4, a + alen)));
-          a += align4(alen);
-        }
-        out.push({ msg, attrs });
-        off += align4(len);
-      }
-    }
-  } finally {
-    syscall(3 /* close */, 'close', fd);
+    answers = sockDiag(body);
+  } catch (e) {
+    throw e instanceof StasisError ? new StasisError(`sock_diag ${what}: ${e.message}`) : e;
   }
+  return answers.map((m) => ({ msg: m.subarray(0, fixedLen), attrs: rtAttrs(m, (fixedLen + 3) & ~3) }));
 }
 
 export const AF_INET = 2, AF_INET6 = 10;
