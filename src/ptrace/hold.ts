@@ -16,10 +16,9 @@
 // the very end, and the kernel kills a namespace whose init dies.
 import fs from 'node:fs';
 import path from 'node:path';
-import { posixSpawn, syscall, waitpidSync, sleepSync } from '../sys/libc';
+import { waitpidSync, sleepSync } from '../sys/libc';
+import { spawnWatchdog } from './watchdog';
 
-const SYS_PIPE2 = 293;
-const O_CLOEXEC = 0o2000000;
 
 // $0: the hold; $1: where the v2 hierarchy is mounted. Lines: "home
 // ENCODED-PATH PID...", "commit", "done". Paths are octal-escaped (printf %b).
@@ -97,22 +96,7 @@ export class RestartHold {
     const u = unified();
     if (!u) return null;
     const dir = path.join(u.mount, u.mine, `stasis-restart-${process.pid}-${++serial}`);
-    const fds = Buffer.alloc(8);
-    // close-on-exec: no other child of ours may hold the write end open
-    syscall(SYS_PIPE2, 'pipe2', fds, O_CLOEXEC);
-    const [r, w] = [fds.readInt32LE(0), fds.readInt32LE(4)];
-    const nul = fs.openSync('/dev/null', 'r+');
-    let pid: number;
-    try {
-      // Its own session: a signal to stasis's terminal or group spares it.
-      pid = posixSpawn('/bin/sh', ['stasis-watchdog', '-c', SCRIPT, dir, u.mount], { fds: { 0: r, 1: nul, 2: nul }, setsid: true, closeFrom: 3, env: ['PATH=/usr/bin:/bin'] });
-    } catch (e) {
-      fs.closeSync(w);
-      throw e;
-    } finally {
-      fs.closeSync(r);
-      fs.closeSync(nul);
-    }
+    const { pid, fd: w } = spawnWatchdog(SCRIPT, [dir, u.mount]);
     const hold = new RestartHold(dir, u.mount, w, pid);
     try {
       fs.mkdirSync(dir);

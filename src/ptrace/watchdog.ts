@@ -28,6 +28,29 @@ for p in $(cat "$0/cgroup.procs"); do echo "$p" > "${FREEZER}/cgroup.procs"; don
 rmdir "$0"
 `;
 
+/**
+ * A shell running `script` (with `args` as $0...) in its own session, so a
+ * signal to stasis's terminal or group spares it, reading the pipe whose
+ * write end is returned: only stasis holds it (close-on-exec, so no other
+ * child of ours keeps it open), and its end tells the shell stasis is gone.
+ */
+export function spawnWatchdog(script: string, args: string[]): { pid: number; fd: number } {
+  const fds = Buffer.alloc(8);
+  syscall(SYS_PIPE2, 'pipe2', fds, O_CLOEXEC);
+  const [r, w] = [fds.readInt32LE(0), fds.readInt32LE(4)];
+  const nul = fs.openSync('/dev/null', 'r+');
+  try {
+    const pid = posixSpawn('/bin/sh', ['stasis-watchdog', '-c', script, ...args], { fds: { 0: r, 1: nul, 2: nul }, setsid: true, closeFrom: 3, env: ['PATH=/usr/bin:/bin'] });
+    return { pid, fd: w };
+  } catch (e) {
+    fs.closeSync(w);
+    throw e;
+  } finally {
+    fs.closeSync(r);
+    fs.closeSync(nul);
+  }
+}
+
 export class FreezeWatchdog {
   private fd: number;
   private readonly pid: number;
@@ -39,22 +62,8 @@ export class FreezeWatchdog {
 
   /** Start watching over `cgroupDir` (before any task is moved into it). */
   static start(cgroupDir: string): FreezeWatchdog {
-    const fds = Buffer.alloc(8);
-    // close-on-exec: no other child of ours may hold the write end open
-    syscall(SYS_PIPE2, 'pipe2', fds, O_CLOEXEC);
-    const [r, w] = [fds.readInt32LE(0), fds.readInt32LE(4)];
-    const nul = fs.openSync('/dev/null', 'r+');
-    try {
-      // Its own session: a signal to stasis's terminal or group spares it.
-      const pid = posixSpawn('/bin/sh', ['stasis-watchdog', '-c', SCRIPT, cgroupDir], { fds: { 0: r, 1: nul, 2: nul }, setsid: true, closeFrom: 3, env: ['PATH=/usr/bin:/bin'] });
-      return new FreezeWatchdog(w, pid);
-    } catch (e) {
-      fs.closeSync(w);
-      throw e;
-    } finally {
-      fs.closeSync(r);
-      fs.closeSync(nul);
-    }
+    const { pid, fd } = spawnWatchdog(SCRIPT, [cgroupDir]);
+    return new FreezeWatchdog(fd, pid);
   }
 
   /** Tell where a task goes back to, before it is moved in. */
