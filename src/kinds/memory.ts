@@ -181,10 +181,6 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, sysv?: S
     if (SPECIAL[v.path]) {
       out.push({ ...base, kind: SPECIAL[v.path], name: v.path });
     } else if (v.path.startsWith('[') || v.path === '') {
-      if (v.path.startsWith('[anon:')) {
-        // PR_SET_VMA_ANON_NAME (not configured in the kernel stasis is tested on).
-        throw new UnsupportedError(`pid ${pid}: ${label}: named anonymous memory is not supported yet; checkpoint it without the name`);
-      }
       if (v.path && v.path !== '[heap]' && v.path !== '[stack]') {
         throw new UnsupportedError(`${label}: special mapping ${v.path} is not supported yet`);
       }
@@ -195,7 +191,6 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, sysv?: S
       const size = pid ? openMapFiles(pid, v, label, (fd) => fs.fstatSync(fd).size) : v.offset + v.end - v.start;
       out.push({ ...base, kind: 'shmem', name: '', shmem: { ino: v.inode, size } });
     } else if (memfdName(v.path) !== null && memfds) {
-      if (!v.shared) throw new UnsupportedError(`${label}: private mapping of a memfd is not supported yet`);
       const range = `${v.start.toString(16)}-${v.end.toString(16)}`;
       out.push({ ...base, kind: 'shmem', name: v.path, memfd: memfds.note(v.inode, memfdName(v.path)!, `/proc/${pid}/map_files/${range}`) });
     } else if (v.path.startsWith('/SYSV') && v.deleted && v.shared && sysv) {
