@@ -12,7 +12,7 @@ import { FreezeDeadline } from './ptrace/watchdog';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
 import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, PageBuffers } from './kinds/memory';
-import { dumpLockFuture, dumpMergeAny, refuseMempolicy } from './kinds/mmpolicy';
+import { dumpLockFuture, lockedKb, dumpMergeAny, refuseMempolicy } from './kinds/mmpolicy';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
 import { dumpSigactions, dumpSharedPending, dumpThreadSignals, checkStopSignal, stopReported, dumpExitSignal } from './kinds/signals';
@@ -218,6 +218,7 @@ export function dumpProcess(s: Survey, stoppedChildren: number[] = []): ImagePro
   const insn = locateSyscall(main, vdso ? [vdso] : s.vmas.filter((v) => v.prot === 'r-x' && v.kind === 'file'));
   for (const t of s.proc.threads) t.syscallInsn = insn;
   const remote = new Remote(main);
+  const lockedBefore = lockedKb(pid);
   remote.mapScratch(4 * PAGE_SIZE, 0, 2 * PAGE_SIZE);
   try {
     const sigactions = dumpSigactions(remote);
@@ -225,7 +226,7 @@ export function dumpProcess(s: Survey, stoppedChildren: number[] = []): ImagePro
     const xcompPerm = dumpXcompPerm(remote);
     const mm = dumpMm(remote);
     const prctl = dumpProcessPrctl(remote);
-    const lockFuture = dumpLockFuture(remote);
+    const lockFuture = dumpLockFuture(remote, lockedBefore);
     refuseMempolicy(remote, s.vmas);
     const timers = dumpTimers(remote, pid, s.proc.threads.map((t) => t.pid));
     const stopsReported = stoppedChildren.filter((c) => stopReported(remote, c));

@@ -18,16 +18,25 @@ export type MergeAny = z.infer<typeof MergeAny>;
 export const LockFuture = z.enum(['off', 'on', 'onfault']);
 export type LockFuture = z.infer<typeof LockFuture>;
 
+/** VmLck of a process: the memory it has locked, in kB. */
+export function lockedKb(pid: number): number {
+  return Number(/^VmLck:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+}
+
 /**
  * mlockall(MCL_FUTURE) leaves no mark on existing VMAs; it shows on new
  * ones. The scratch area stasis mapped in the task is such a new mapping:
- * its VmFlags say whether it was locked, and whether on fault. (A probe
- * page of its own would be left behind by a stasis killed meanwhile.)
+ * VmLck grew by it (`lockedBefore` was read just before it was mapped) only
+ * if it was locked, and then its VmFlags say whether on fault. Reading
+ * smaps, all of it, is left to the programs that locked. (A probe page of
+ * its own would be left behind by a stasis killed meanwhile.)
  */
-export function dumpLockFuture(remote: Remote): LockFuture {
+export function dumpLockFuture(remote: Remote, lockedBefore: number): LockFuture {
   const at = remote.scratch;
+  if (!at) throw new StasisError(`pid ${remote.pid}: its scratch area is not mapped; cannot tell whether mlockall(MCL_FUTURE) is in force`);
+  if (lockedKb(remote.pid) === lockedBefore) return 'off';
   const vma = readVmas(remote.pid).find((v) => v.start <= at && at < v.end);
-  if (!at || !vma) throw new StasisError(`pid ${remote.pid}: its scratch area is not mapped; cannot tell whether mlockall(MCL_FUTURE) is in force`);
+  if (!vma) throw new StasisError(`pid ${remote.pid}: its scratch area is not mapped; cannot tell whether mlockall(MCL_FUTURE) is in force`);
   if (!vma.vmFlags.includes('lo')) return 'off';
   return vma.vmFlags.includes('lf') ? 'onfault' : 'on';
 }
