@@ -22,15 +22,17 @@
 static volatile sig_atomic_t go;
 static void on_usr1(int s) { (void)s; go = 1; }
 
+// One write per read shown: the root's `typed N` lines share the file.
 static void show(int i, const unsigned char *b, ssize_t n) {
-  printf("read %d: ", i);
+  char line[4 * 4096 + 64];
+  int len = snprintf(line, sizeof line, "read %d: ", i);
   for (ssize_t k = 0; k < n; k++) {
-    if (b[k] == '\n') printf("\\n");
-    else if (b[k] >= 0x20 && b[k] < 0x7f && b[k] != '\\') putchar(b[k]);
-    else printf("\\x%02x", b[k]);
+    if (b[k] == '\n') len += snprintf(line + len, sizeof line - len, "\\n");
+    else if (b[k] >= 0x20 && b[k] < 0x7f && b[k] != '\\') line[len++] = (char)b[k];
+    else len += snprintf(line + len, sizeof line - len, "\\x%02x", b[k]);
   }
-  if (n < 0) printf("error");
-  printf("\n");
+  len += snprintf(line + len, sizeof line - len, "%s\n", n < 0 ? "error" : "");
+  fwrite(line, 1, len, stdout);
 }
 
 int main(int argc, char **argv) {
