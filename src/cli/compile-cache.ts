@@ -1,6 +1,6 @@
-// V8's code cache for the command line. Compiling the ~150 CommonJS files a
-// command loads (zod alone is ~100) took 40-60 ms of every cold `stasis`
-// run; with V8's serialized bytecode for them the compile is a lookup.
+// V8's code cache for the command line. Compiling what a command loads
+// (dist/stasis.js, the bundle of stasis and zod, and koffi) took 40-60 ms of
+// every cold `stasis` run; with V8's serialized bytecode it is a lookup.
 // Node 22 does this itself (module.enableCompileCache); Node 20 does not,
 // so this hook does the same through vm.Script's cachedData, in one file.
 //
@@ -133,7 +133,6 @@ export function install(dir = CACHE_DIR, save = true): void {
   const file = cacheFile(dir);
   const state: State = installed = { table: readTable(file), fresh: new Map(), all: new Map(), file };
   M.prototype._compile = function (this: Internal, content: string, filename: string): unknown {
-    if (filename.endsWith(ZOD_LOCALES) && lazyIndex(this, content)) return undefined;
     // As Node does: a #! line is not JavaScript.
     const source = M.wrap(content.startsWith('#!') ? `//${content}` : content);
     const cachedData = state.table.get(filename);
@@ -180,34 +179,6 @@ export function learnFrom(command: string): void {
   if (installed) installed.learning = command;
 }
 
-/**
- * zod's index of its 64 translations of error messages (1.6 MB of source)
- * loads every one of them for `z.locales`, which stasis never reads; it was
- * a quarter of a command's module loading. Each translation is loaded on
- * first access instead, the same object otherwise. The index is read as
- * zod writes it (`var X = require("./NAME.cjs"); ... exports, "NAME"`);
- * in any other shape it is simply run.
- */
-const ZOD_LOCALES = `${path.sep}zod${path.sep}v4${path.sep}locales${path.sep}index.cjs`;
-
-function lazyIndex(mod: Internal, content: string): boolean {
-  const entries = [...content.matchAll(/^var (\w+) = require\("(\.\/[\w-]+\.cjs)"\);\nObject\.defineProperty\(exports, "([\w]+)", \{ enumerable: true, get: function \(\) \{ return __importDefault\(\1\)\.default; \} \}\);$/gm)];
-  const requires = content.match(/require\(/g)?.length ?? 0;
-  if (!entries.length || entries.length !== requires) return false;
-  const exports = mod.exports as Record<string, unknown>;
-  Object.defineProperty(exports, '__esModule', { value: true });
-  for (const [, , file, name] of entries) {
-    Object.defineProperty(exports, name, {
-      enumerable: true,
-      get: () => {
-        const m = mod.require(file) as { __esModule?: boolean; default?: unknown };
-        return m && m.__esModule ? m.default : m;
-      },
-    });
-  }
-  return true;
-}
-
 /** Write the cache now if modules were compiled anew (made after they ran: their used functions are in it). */
 export function saveNow(): void {
   if (!installed?.fresh.size) return;
@@ -217,11 +188,14 @@ export function saveNow(): void {
 }
 
 // `node dist/src/cli/compile-cache.js`: made by `npm run build`, so that the
-// first command run is as quick as the next. Loads what the commands load.
+// first command run is as quick as the next. Loads the bundle's top level;
+// the modules inside it run on first use, and are learned from the first
+// run of each command (above).
 if (require.main === module) {
   fs.rmSync(cacheFile(CACHE_DIR), { force: true });
   install(CACHE_DIR, false);
-  for (const m of ['./main', './show', './check', '../checkpoint', '../restart', '../verify', '../image/load']) require(m);
+  require('../../stasis.js');
+  require('koffi');
   saveNow();
   process.stdout.write(`compile cache: ${installed!.table.size} modules in ${path.relative(process.cwd(), cacheFile(CACHE_DIR))}\n`);
 }

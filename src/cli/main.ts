@@ -296,12 +296,18 @@ function reportRss(): void {
   process.on('exit', () => process.stderr.write(`stasis: peak RSS ${process.resourceUsage().maxRSS} KiB\n`));
 }
 
-async function run(argv: string[]): Promise<number> {
+/** What the launcher (bin/stasis) knows: the package's version, its code cache. */
+export interface Launcher {
+  version?(): string;
+  /** the code cache learns from the first successful run of each command (compile-cache.ts) */
+  learnFrom?(command: string): void;
+}
+
+async function run(argv: string[], launcher: Launcher): Promise<number> {
   const [first, ...rest] = argv;
   if (first === undefined) throw new UsageError('no command given');
   if (first === '--version' || first === '-V' || first === 'version') {
-    const pkg = require(require('node:path').join(__dirname, '..', '..', '..', 'package.json')) as { version: string };
-    process.stdout.write(`stasis ${pkg.version}\n`);
+    process.stdout.write(`stasis ${launcher.version?.() ?? 'unknown version'}\n`);
     return 0;
   }
   if (first === '-h' || first === '--help' || first === 'help') {
@@ -325,8 +331,7 @@ async function run(argv: string[]): Promise<number> {
     throw new UsageError(`takes ${what}${n > max ? `; extra: ${p.positionals.slice(max).join(' ')}` : ''}`, name);
   }
   reportRss();
-  // The code cache learns from the first successful run of each command (compile-cache.ts).
-  if (require.cache[require.resolve('./compile-cache')]) (require('./compile-cache') as typeof import('./compile-cache')).learnFrom(`${name}${flag(p, 'verify') ? ' --verify' : ''}`);
+  launcher.learnFrom?.(`${name}${flag(p, 'verify') ? ' --verify' : ''}`);
   if (process.env.STASIS_ZOD_JIT !== '1') {
     // One image is parsed once: zod's code generation for each object
     // schema (new Function per shape) costs more than it ever saves here.
@@ -336,10 +341,10 @@ async function run(argv: string[]): Promise<number> {
   return c.run(p);
 }
 
-export async function main(argv: string[]): Promise<void> {
+export async function main(argv: string[], launcher: Launcher = {}): Promise<void> {
   let code: number;
   try {
-    code = await run(argv);
+    code = await run(argv, launcher);
   } catch (e) {
     if (e instanceof UsageError) {
       const c = e.command;
