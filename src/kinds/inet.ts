@@ -13,7 +13,6 @@
 // repair mode once every process of the tree is rebuilt (InetKeeper), which
 // then sends queued datagrams again from their senders' restored sockets.
 import fs from 'node:fs';
-import net from 'node:net';
 import { z } from 'zod';
 import { FdKind, FoundFd, ObjectTable, CommonFd, RestoreContext } from './fdkind';
 import type { ImageCreds } from '../image/schema';
@@ -43,6 +42,13 @@ const TCPI_OPT_TIMESTAMPS = 1, TCPI_OPT_SACK = 2, TCPI_OPT_WSCALE = 4;
 const SIOCINQ = 0x541b, SIOCOUTQ = 0x5411, SIOCOUTQNSD = 0x894b;
 const F_SETFL = 4;
 const TCP_ESTABLISHED = 1, TCP_CLOSE = 7, TCP_LISTEN = 10;
+
+// node:net only for these two (its load is a few ms of every command).
+function netModule(): typeof import('node:net') {
+  return require('node:net') as typeof import('node:net');
+}
+const isIP = (s: string) => netModule().isIP(s);
+
 /** Largest socket queue saved: well above net.core.{r,w}mem_max and tcp_{r,w}mem. */
 const QUEUE_MAX = 64 << 20;
 /** Largest UDP payload (IPv6 without jumbograms), and most datagrams saved per socket. */
@@ -187,7 +193,7 @@ const OPTIONS: ReadonlyArray<{ name: string; level: number; opt: number; tcp?: b
   { name: 'priority', level: SOL_SOCKET, opt: 12 },
 ];
 
-const ipText = z.string().max(64).refine((s) => net.isIP(s) !== 0, 'not an IP address');
+const ipText = z.string().max(64).refine((s) => isIP(s) !== 0, 'not an IP address');
 export const Endpoint = z.object({ addr: ipText, port: int(0, 65535) });
 export type Endpoint = z.infer<typeof Endpoint>;
 
@@ -249,8 +255,8 @@ export const InetState = z.object({
   .refine((s) => (s.state === 'listen') === (s.backlog !== undefined), 'listening sockets, and only they, carry a backlog')
   .refine((s) => (s.state === 'established' || s.state === 'connected') === (s.remote !== undefined), 'only a connected socket has a remote end')
   .refine((s) => s.queued === undefined || (s.proto === 'udp' && s.state !== 'unbound'), 'only a bound UDP socket has datagrams queued')
-  .refine((s) => (s.queued ?? []).every((d) => net.isIP(d.from.addr) === (s.family === 'inet' ? 4 : 6)), 'a datagram from an address of the other family')
-  .refine((s) => [s.local, ...(s.remote ? [s.remote] : [])].every((e) => net.isIP(e.addr) === (s.family === 'inet' ? 4 : 6)), 'an address of the other family');
+  .refine((s) => (s.queued ?? []).every((d) => isIP(d.from.addr) === (s.family === 'inet' ? 4 : 6)), 'a datagram from an address of the other family')
+  .refine((s) => [s.local, ...(s.remote ? [s.remote] : [])].every((e) => isIP(e.addr) === (s.family === 'inet' ? 4 : 6)), 'an address of the other family');
 export type InetState = z.infer<typeof InetState>;
 export const InetFd = z.object({ kind: z.literal('inet'), inet: InetState });
 export type InetFd = z.infer<typeof InetFd>;
@@ -348,7 +354,7 @@ function sockaddrText(b: Buffer): Endpoint {
 
 /** One text per IPv6 address (the compressed form node's net module would also accept). */
 function canonicalV6(s: string): string {
-  const sock = new net.SocketAddress({ address: s, family: 'ipv6' });
+  const sock = new (netModule().SocketAddress)({ address: s, family: 'ipv6' });
   return sock.address;
 }
 

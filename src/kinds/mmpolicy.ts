@@ -72,6 +72,24 @@ const MPOL_MODE_FLAGS = 0xe000; // MPOL_F_STATIC_NODES, MPOL_F_RELATIVE_NODES, M
 const MPOL_NAMES = ['default', 'preferred', 'bind', 'interleave', 'local', 'preferred many', 'weighted interleave'];
 
 /**
+ * /proc/PID/numa_maps names each VMA's policy, or the task's where the VMA
+ * has none (the kernel keeps no VMA policy "default": mbind to it removes
+ * the policy). All "default" thus means no VMA has a policy, read without
+ * an injected call per VMA (two ptrace stops each, about 0.2 ms here).
+ * Anything else, or no file (a kernel without NUMA), asks VMA by VMA.
+ */
+function noVmaPolicy(pid: number): boolean {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/numa_maps`, 'latin1');
+  } catch {
+    return false;
+  }
+  const lines = text.split('\n').filter(Boolean);
+  return lines.length > 0 && lines.every((l) => l.split(' ', 2)[1] === 'default');
+}
+
+/**
  * NUMA memory policies of VMAs (mbind) are not saved: any policy other
  * than the default is refused by name. get_mempolicy(MPOL_F_ADDR) gives a
  * VMA's own policy (the default when it has none, whatever the task's):
@@ -80,6 +98,7 @@ const MPOL_NAMES = ['default', 'preferred', 'bind', 'interleave', 'local', 'pref
  */
 export function refuseMempolicy(remote: Remote, vmas: ImageVma[]): void {
   const pid = remote.pid;
+  if (noVmaPolicy(pid)) return;
   const targets = vmas.filter((v) => v.kind !== 'vvar' && v.kind !== 'vvar_vclock')
     .map((v) => ({ addr: v.start, what: vmaLabel(v, v.file?.path ?? v.name) }));
   for (let i = 0; i < targets.length; i += 256) {

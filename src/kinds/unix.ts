@@ -18,7 +18,6 @@
 // new pid namespace and in a user's new user namespace, where the task
 // may not reach stasis's fds with pidfd_getfd or through /proc.
 import fs from 'node:fs';
-import crypto from 'node:crypto';
 import { z } from 'zod';
 import type { ImageCreds, ImageProcess } from '../image/schema';
 import { outsideFdLinks } from '../proc';
@@ -810,7 +809,7 @@ export class UnixKeeper {
     if (ours === undefined) throw new StasisError(`${where}: the image names unix socket ${id} but carries no such socket`);
     if (!this.courier) {
       const fd = syscall(SYS_SOCKET, 'socket(AF_UNIX)', AF_UNIX, SOCKET_TYPES.stream | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-      const addr = sockaddr({ abstract: Buffer.from(`stasis-courier-${process.pid}-${crypto.randomBytes(8).toString('hex')}`).toString('base64') });
+      const addr = sockaddr({ abstract: Buffer.from(`stasis-courier-${process.pid}-${(require('node:crypto') as typeof import('node:crypto')).randomBytes(8).toString('hex')}`).toString('base64') });
       this.courier = { fd, addr };
       syscall(SYS_BIND, 'bind(courier)', fd, addr, addr.length);
       syscall(SYS_LISTEN, 'listen(courier)', fd, 16);

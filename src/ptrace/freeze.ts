@@ -3,7 +3,8 @@
 // tree until it is stable; then every thread is seized with ptrace and the
 // cgroup is thawed so each one enters its ptrace stop. Tasks go back to
 // their own freezer cgroup before anything else happens. Where the freezer
-// is not ours to write (an ordinary user), ptrace alone stops the tree.
+// is not ours to write (an ordinary user), and for a tree of one process,
+// ptrace alone stops the tree.
 import fs from 'node:fs';
 import path from 'node:path';
 import { readStat, readStatus, listThreads, listChildren } from '../proc';
@@ -152,8 +153,13 @@ export class FrozenTree {
     const freed = thawStale();
     if (freed.length) log(`thawed ${freed.length} task(s) left frozen by a stasis that was killed: ${freed.join(', ')}`);
     try {
-      if (freezerWritable()) this.freezeWithCgroup(log);
-      else this.freezeWithPtrace(log);
+      // One process needs no freezer to be stopped at one instant: its
+      // threads are stopped by ptrace, and the scans find anything it forks
+      // meanwhile. The freezer's cgroup moves wait for an RCU grace period
+      // each (cgroup_threadgroup_rwsem): 6-20 ms of every small checkpoint.
+      if (!freezerWritable()) this.freezeWithPtrace(log, 'no writable freezer cgroup');
+      else if (scanTree(this.root).length === 1) this.freezeWithPtrace(log, 'one process');
+      else this.freezeWithCgroup(log);
     } catch (e) {
       this.release(false);
       throw e;
@@ -221,7 +227,7 @@ export class FrozenTree {
    * may have forked or made a thread; done when a scan of the stopped tree
    * finds nothing new.
    */
-  private freezeWithPtrace(log: (m: string) => void): void {
+  private freezeWithPtrace(log: (m: string) => void, why: string): void {
     const t0 = process.hrtime.bigint();
     for (let round = 0; ; round++) {
       if (round > 50) throw new StasisError(`pid ${this.root}: the tree keeps changing; could not freeze it`);
@@ -247,7 +253,7 @@ export class FrozenTree {
     }
     this.holdSignals();
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
-    log(`froze ${this.processes.length} processes, ${this.tracees.length} threads with ptrace (no writable freezer cgroup)`);
+    log(`froze ${this.processes.length} processes, ${this.tracees.length} threads with ptrace (${why})`);
   }
 
   private seizeProcess(p: TreeEntry, wait: boolean): void {
