@@ -121,14 +121,14 @@ interface Query { nr: number; args: number[]; out?: boolean }
 /**
  * Run queries in the task and return their raw results (negative: -errno),
  * ints written at arg2 in place of the result. In one round trip where the
- * task has a batch area (a restart), else one by one.
+ * task has a batch area, else one by one.
  */
 function ask(remote: Remote, queries: Query[]): number[] {
   remote.reset();
   const outs = queries.map((q) => (q.out ? remote.alloc(4) : 0));
   const calls = queries.map((q, i) => ({ name: 'query', nr: q.nr, args: q.out ? [q.args[0], outs[i], ...q.args.slice(1)] : q.args }));
   let raw: number[] | undefined;
-  if (remote.batchArea) {
+  if (remote.batchArea || remote.safeBatchArea) {
     try {
       raw = remote.batch(calls);
     } catch (e) {

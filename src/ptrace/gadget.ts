@@ -250,7 +250,8 @@ export class Gadget {
   /** Every task out of the gadget, then the padding put back. */
   removeAll(t: GadgetTask): void {
     for (const h of this.holders) h?.disarm();
-    this.remove(t);
+    // A task that went home by itself keeps its block (it may be in it still).
+    if (!this.holders.some(Boolean)) this.remove(t);
   }
 
   /** After a task detached: the padding goes back once no task uses it. */

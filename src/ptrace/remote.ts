@@ -21,6 +21,11 @@ export interface BatchCall {
 
 /** Bytes of generated code per call: seven movabs, syscall, store of rax. */
 const BATCH_CALL_BYTES = 7 * 10 + 2 + 10;
+/** The end of a safe batch: done flag, a wait, jump home. */
+const SAFE_TAIL_BYTES = 5 + 9 + 7 * 10 + 2 + 10 + 2;
+/** How long a safe batch waits to be stopped before it goes home by itself (stasis gone). */
+const SAFE_BATCH_WAIT_S = 2;
+const SYS_SELECT = 23, EACCES = 13;
 const ARG_REG_MOVABS = [[0x48, 0xbf], [0x48, 0xbe], [0x48, 0xba], [0x49, 0xba], [0x49, 0xb8], [0x49, 0xb9]];
 
 export class Remote {
@@ -29,6 +34,8 @@ export class Remote {
   scratchSize = 0;
   /** executable area for batched calls (0: none, calls run one by one) */
   batchArea = 0;
+  /** the same in a target (see batch) */
+  safeBatchArea = 0;
   batchSize = 0;
   private used = 0;
 
@@ -42,42 +49,72 @@ export class Remote {
     r.scratch = this.scratch;
     r.scratchSize = this.scratchSize;
     r.batchArea = this.batchArea;
+    r.safeBatchArea = this.safeBatchArea;
     r.batchSize = this.batchSize;
     return r;
   }
 
   /**
    * Independent system calls in one go: code that makes every call and
-   * stores each result is written into the batch area and run to an int3.
-   * Each result is then checked, and the first failure thrown by name.
-   * Without a batch area they run one by one.
+   * stores each result is written into the batch area and run, one ptrace
+   * round trip for all of them instead of one (two stops in a target) each.
+   * In a restore stub the code ends in an int3; in a target's main thread
+   * in a wait that goes home by itself (Tracee.runSafely). Each result is
+   * then checked, and the first failure thrown by name. Elsewhere (another
+   * thread of a target, whose way home cannot unmap code it may still be
+   * running) the calls go one by one.
    */
   batch(calls: BatchCall[]): number[] {
-    if (!this.batchArea) return calls.map((c) => this.call(c.name, c.nr, c.args, c.where));
-    const perRun = Math.floor(this.batchSize / (BATCH_CALL_BYTES + 8)) - 1;
+    const safe = this.task.injectsSafely;
+    const area = safe ? (this.task.pid === this.task.tgid ? this.safeBatchArea : 0) : this.batchArea;
+    if (!area || calls.length < 2) return calls.map((c) => this.call(c.name, c.nr, c.args, c.where));
+    const perRun = Math.floor((this.batchSize - (safe ? SAFE_TAIL_BYTES + 32 : 1)) / (BATCH_CALL_BYTES + 8));
     const out: number[] = [];
     for (let i = 0; i < calls.length; i += perRun) {
       const part = calls.slice(i, i + perRun);
-      const results = this.batchArea + part.length * BATCH_CALL_BYTES + 8;
-      const code = Buffer.alloc(part.length * BATCH_CALL_BYTES + 1);
-      let o = 0;
+      const results = area + part.length * BATCH_CALL_BYTES + (safe ? SAFE_TAIL_BYTES : 1);
+      const at = Math.ceil(results / 8) * 8;
+      const code: number[] = [];
       const movabs = (prefix: number[], v: number | bigint) => {
-        code[o++] = prefix[0];
-        code[o++] = prefix[1];
-        code.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), o);
-        o += 8;
+        const b = Buffer.alloc(8);
+        b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)));
+        code.push(...prefix, ...b);
+      };
+      const syscall = (nr: number | bigint, args: Array<number | bigint>) => {
+        movabs([0x48, 0xb8], nr);
+        ARG_REG_MOVABS.forEach((reg, a) => movabs(reg, args[a] ?? 0));
+        code.push(0x0f, 0x05);
       };
       part.forEach((c, k) => {
-        movabs([0x48, 0xb8], c.nr);
-        ARG_REG_MOVABS.forEach((reg, a) => movabs(reg, c.args[a] ?? 0));
-        code[o++] = 0x0f;
-        code[o++] = 0x05;
-        movabs([0x48, 0xa3], results + k * 8); // mov [results + k*8], rax
+        syscall(c.nr, c.args);
+        movabs([0x48, 0xa3], at + k * 8); // mov [results + k*8], rax
       });
-      code[o] = 0xcc;
-      this.task.writeMem(this.batchArea, code);
-      this.task.runUntilTrap(this.batchArea, `a batch of ${part.length} system calls`);
-      const res = this.task.readMem(results, part.length * 8);
+      if (!safe) {
+        code.push(0xcc);
+        this.task.writeMem(area, Buffer.from(code));
+        this.task.runUntilTrap(area, `a batch of ${part.length} system calls`);
+      } else {
+        // Then: done = 1; select(0, 0, 0, 0, 2 s); jmp home. Only the
+        // registers the way home reloads are touched, and no flags. select,
+        // interrupted, returns -ERESTARTNOHAND without touching the task's
+        // restart block (a futex or nanosleep with a timeout would replace
+        // the one of the call the task was stopped in).
+        const done = at + part.length * 8;
+        const timeout = done + 8;
+        code.push(0xb8, 1, 0, 0, 0); // mov eax, 1
+        movabs([0xa3], done); // mov [done], eax
+        syscall(SYS_SELECT, [0, 0, 0, 0, timeout, 0]);
+        movabs([0x48, 0xb8], this.task.wayHome()); // mov rax, home
+        code.push(0xff, 0xe0); // jmp rax
+        const end = area + code.length;
+        const data = Buffer.alloc(done + 24 - area);
+        Buffer.from(code).copy(data);
+        data.writeBigInt64LE(BigInt(SAFE_BATCH_WAIT_S), timeout - area);
+        // The code and its data are in place before the task points at them.
+        this.task.writeMem(area, data);
+        this.task.runSafely(area, end, done, `a batch of ${part.length} system calls`);
+      }
+      const res = this.task.readMem(at, part.length * 8);
       part.forEach((c, k) => {
         const r = res.readBigInt64LE(k * 8);
         if (r < 0n && r > -4096n) throw new SyscallError(`${c.name} in pid ${this.pid}`, Number(-r), c.where);
@@ -102,7 +139,7 @@ export class Remote {
    * abandoned, so its calls go one by one.
    */
   mapScratch(size: number, hint = 0, batchSize = 0): void {
-    if (this.task.injectsSafely) return this.mapScratchSafely(size, hint);
+    if (this.task.injectsSafely) return this.mapScratchSafely(size, hint, batchSize);
     const flags = MAP_PRIVATE | MAP_ANONYMOUS | (hint ? MAP_FIXED_NOREPLACE : 0);
     const prot = PROT_READ | PROT_WRITE | (batchSize ? PROT_EXEC : 0);
     this.scratch = this.call('mmap', SYS.mmap, [hint, size + batchSize, prot, flags, -1, 0], 'scratch area');
@@ -114,9 +151,11 @@ export class Remote {
 
   unmapScratch(): void {
     if (!this.scratch) return;
-    this.call('munmap', SYS.munmap, [this.scratch, this.scratchSize + (this.batchArea ? this.batchSize : 0)], 'scratch area');
+    // A task that went home by itself unmapped it on its way (runSafely).
+    if (!this.task.wentHome) this.call('munmap', SYS.munmap, [this.scratch, this.scratchSize + (this.batchArea || this.safeBatchArea ? this.batchSize : 0)], 'scratch area');
     this.scratch = 0;
     this.batchArea = 0;
+    this.safeBatchArea = 0;
     const g = Gadget.existing(this.task.tgid);
     if (g) {
       g.setScratch(this.task.gadgetTask(), 0, 0);
@@ -130,11 +169,18 @@ export class Remote {
    * stasis dying at any point leaves no mapping behind (the way home
    * unmaps it; the gap was free, so that munmap can only hit our area).
    */
-  private mapScratchSafely(size: number, hint: number): void {
-    const addr = hint || gapFor(this.task.tgid, size);
+  private mapScratchSafely(size: number, hint: number, batchSize: number): void {
+    const whole = size + batchSize;
+    const addr = hint || gapFor(this.task.tgid, whole);
     const g = Gadget.of(this.task.gadgetTask());
-    g.setScratch(this.task.gadgetTask(), addr, size);
-    const got = this.task.injectRaw(SYS.mmap, [addr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0]);
+    g.setScratch(this.task.gadgetTask(), addr, whole);
+    const map = (len: number, prot: number) => this.task.injectRaw(SYS.mmap, [addr, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0]);
+    let got = map(whole, PROT_READ | PROT_WRITE | (batchSize ? PROT_EXEC : 0));
+    // No writable code in a process that denies it (prctl PR_SET_MDWE): its calls go one by one.
+    if (batchSize && got === -BigInt(EACCES)) {
+      got = map(size, PROT_READ | PROT_WRITE);
+      batchSize = 0;
+    }
     if (got !== BigInt(addr)) {
       g.setScratch(this.task.gadgetTask(), 0, 0);
       if (got < 0n && got > -4096n) throw new SyscallError(`mmap in pid ${this.pid}`, Number(-got), 'scratch area');
@@ -143,6 +189,8 @@ export class Remote {
     this.scratch = addr;
     this.scratchSize = size;
     this.batchArea = 0;
+    this.safeBatchArea = batchSize ? addr + size : 0;
+    this.batchSize = batchSize;
     this.used = 0;
   }
 

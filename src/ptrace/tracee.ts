@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import {
   ptrace, ptraceRegset, waitpidSync, PTRACE, NT_X86_XSTATE, PTRACE_EVENT_STOP,
   WIFSTOPPED, WSTOPSIG, WEVENT, WIFEXITED, WIFSIGNALED, WTERMSIG, WEXITSTATUS, __WALL,
-  processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD,
+  processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD, sleepSync, syscall,
 } from '../sys/libc';
 import { Gadget, resumeRegs, hasVdso } from './gadget';
 import { whoTraces } from './busy';
@@ -17,6 +17,7 @@ const SIGSTOP = 19;
 const SYSCALL_STOP = SIGTRAP | 0x80;
 const ALL_SIGNALS = (1n << 64n) - 1n;
 const XSTATE_MAX = 64 * 1024;
+const SYS_SCHED_YIELD = 24;
 
 export interface SeizeOptions {
   /** Kill the task if this process dies (restore stubs only, never targets). */
@@ -53,6 +54,8 @@ export class Tracee {
   private home?: Regs;
   /** the gadget block points home with our registers and mask */
   private armed = false;
+  /** it left injected code by its way home while still ours (see runSafely): never touch it again */
+  wentHome = false;
 
   /** thread group (process) id; equals pid for a main thread */
   readonly tgid: number;
@@ -273,6 +276,7 @@ export class Tracee {
    * Returns the raw (signed) result; use `call` to get errors thrown.
    */
   injectRaw(nr: number, args: Array<number | bigint> = []): bigint {
+    if (this.wentHome) throw new StasisError(`pid ${this.pid}: went on by itself; no more calls in it`);
     if (this.safe) return this.injectSafely(nr, args);
     if (!this.syscallInsn) throw new StasisError(`pid ${this.pid}: no syscall instruction located for injection`);
     const r = this.saved!.clone();
@@ -293,28 +297,77 @@ export class Tracee {
    * once the way home would unblock them; the task waits in syscall stops.
    */
   private injectSafely(nr: number, args: Array<number | bigint>): bigint {
+    const g = this.armGadget();
+    const r = this.home!.clone();
+    r.set('rip', g.entry(this.gadgetTask()));
+    r.set('rax', nr);
+    r.set('orig_rax', -1n);
+    SYSCALL_ARGS.forEach((name, i) => r.set(name, BigInt(args[i] ?? 0)));
+    this.setRegs(r);
+    this.holdSignals();
+    for (const stop of ['entry', 'exit']) {
+      ptrace(PTRACE.SYSCALL, this.pid, 0, 0, 'SYSCALL');
+      this.waitStop(`the ${stop} of injected syscall ${nr}`, SYSCALL_STOP, PTRACE.SYSCALL);
+    }
+    return this.getRegs().signed('rax');
+  }
+
+  /** The task's gadget block, pointing home with its registers and its own mask. */
+  private armGadget(): Gadget {
     const g = Gadget.of(this.gadgetTask());
     this.home ??= resumeRegs(this.saved!);
     if (!this.armed) {
       g.arm(this.gadgetTask(), this.home, this.savedMask ?? this.getSigmask());
       this.armed = true;
     }
-    const r = this.home.clone();
-    r.set('rip', g.entry(this.gadgetTask()));
-    r.set('rax', nr);
+    return g;
+  }
+
+  /** Every signal blocked while injected code runs (the way home unblocks them). */
+  private holdSignals(): void {
+    if (this.savedMask !== undefined) return;
+    const mask = this.getSigmask();
+    this.setSigmask(ALL_SIGNALS);
+    this.savedMask = mask;
+  }
+
+  /**
+   * Where code run by `runSafely` goes when nobody stops it: the way home
+   * of the main thread's block, just after its syscall instruction.
+   */
+  wayHome(): number {
+    if (!this.safe || this.pid !== this.tgid) throw new StasisError(`pid ${this.pid}: code runs safely in a target's main thread only`);
+    return this.armGadget().entry(this.gadgetTask()) + 2;
+  }
+
+  /**
+   * Run generated code at `rip`..`end` (a safe batch, see Remote.batch)
+   * with PTRACE_CONT until it sets the word at `done`; it then waits in
+   * select with a timeout, where we stop it. Were we gone, it would time
+   * out and go home by itself. Nobody stopping it in time (stasis itself
+   * stopped for that long) lets it go home: that is noted, the task is
+   * left to its way home at detach, and the checkpoint fails.
+   */
+  runSafely(rip: number, end: number, done: number, what: string): void {
+    this.wayHome();
+    const r = this.home!.clone();
+    r.set('rip', rip);
     r.set('orig_rax', -1n);
-    SYSCALL_ARGS.forEach((name, i) => r.set(name, BigInt(args[i] ?? 0)));
     this.setRegs(r);
-    if (this.savedMask === undefined) {
-      const mask = this.getSigmask();
-      this.setSigmask(ALL_SIGNALS);
-      this.savedMask = mask;
+    this.holdSignals();
+    ptrace(PTRACE.CONT, this.pid, 0, 0, 'CONT');
+    // The calls take microseconds: spin, yielding, then poll each millisecond.
+    for (let spins = 0; this.readMem(done, 4).readUInt32LE(0) !== 1; spins++) {
+      if (spins < 200) syscall(SYS_SCHED_YIELD, 'sched_yield');
+      else sleepSync(1);
     }
-    for (const stop of ['entry', 'exit']) {
-      ptrace(PTRACE.SYSCALL, this.pid, 0, 0, 'SYSCALL');
-      this.waitStop(`the ${stop} of injected syscall ${nr}`, SYSCALL_STOP, PTRACE.SYSCALL);
+    ptrace(PTRACE.INTERRUPT, this.pid, 0, 0, 'INTERRUPT');
+    this.waitStop(what);
+    const at = Number(this.getRegs().get('rip'));
+    if (at < rip || at > end) {
+      this.wentHome = true;
+      throw new StasisError(`pid ${this.pid}: ${what} was not stopped in time (was stasis itself stopped?) and the task went on by itself; checkpoint abandoned: try again`);
     }
-    return this.getRegs().signed('rax');
   }
 
   /** What the gadget needs of this task. */
@@ -327,7 +380,7 @@ export class Tracee {
    * mask first (the way home would set it too), then the registers.
    */
   disarm(): void {
-    if (!this.armed) return;
+    if (!this.armed || this.wentHome) return;
     if (this.savedMask !== undefined) {
       const b = Buffer.alloc(8);
       b.writeBigUInt64LE(this.savedMask);
@@ -368,7 +421,10 @@ export class Tracee {
   detach(restoreRegs = true): void {
     if (!this.attached) return;
     try {
-      if (this.safe && this.home) {
+      if (this.wentHome) {
+        // On its way home by itself (maybe still in the gadget's code, which
+        // therefore stays): its registers and mask are its own business now.
+      } else if (this.safe && this.home) {
         // It ran injected code and waits in a syscall stop, where the kernel
         // would not restart its interrupted call: resume with `home`.
         this.disarm();
