@@ -13,7 +13,7 @@ import { Remote, BatchCall, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_S
 import { SYS, PAGE_SIZE } from '../sys/x86';
 import { MemfdTable, MemfdKeeper, memfdName, dataRanges } from './memfd';
 import type { GhostTable, GhostKeeper } from './ghost';
-import { StasisError, UnsupportedError, ImageError } from '../sys/errno';
+import { StasisError, UnsupportedError, ImageError, SyscallError } from '../sys/errno';
 import { refuseMapping } from './refused';
 import { syscall } from '../sys/libc';
 import { SysvShmTable, attachSegments } from './sysvshm';
@@ -86,7 +86,7 @@ const MADV_GUARD_INSTALL = 102, MADV_GUARD_REMOVE = 103;
 const MAP_DROPPABLE = 0x08;
 const MLOCK_ONFAULT = 1;
 const SYS_MSEAL = 462;
-const MADV_UNMERGEABLE = 13, MADV_DONTNEED = 4;
+const MADV_UNMERGEABLE = 13, MADV_DONTNEED = 4, MADV_POPULATE_WRITE = 23;
 
 /** Refuse a VMA whose flags or protection key stasis cannot give back. */
 function refuseFlags(v: Vma, label: string, pid: number): void {
@@ -662,13 +662,45 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
  * whose pages would land in the file.
  */
 export function writePages(remote: Remote, vmas: ImageVma[], runs: PageRun[], data: Buffer): void {
+  checkRuns(vmas, runs);
+  remote.task.writev(data, 0, runs);
+}
+
+function checkRuns(vmas: ImageVma[], runs: PageRun[]): void {
   for (const r of runs) {
     const v = vmas[vmaAt(vmas, r.addr)] as ImageVma | undefined; // sorted: checked at load
     if (!v || r.addr + r.len > v.end || !savesPages(v)) {
       throw new ImageError(`pages at 0x${r.addr.toString(16)}-0x${(r.addr + r.len).toString(16)}: ${v ? `aimed at a ${v.shared ? 'shared' : 'private'} ${v.kind} mapping, which never has saved pages` : 'outside every mapping'}`);
     }
   }
-  remote.task.writev(data, 0, runs);
+}
+
+/** Below this many bytes of pages a process's memory is written as it faults in. */
+const POPULATE_FROM = 1 << 20;
+
+/**
+ * Fault in, in bulk, the pages about to be written (nothing else: a
+ * sparse mapping stays sparse). process_vm_writev faults fresh memory a
+ * page at a time through get_user_pages; MADV_POPULATE_WRITE first, then
+ * the copy, restored 1 GiB in 0.49-0.54 s here against 0.96-1.25 s. The
+ * pages end up exactly as the writes alone would leave them (copy-on-write
+ * broken, huge pages where the VMA's advice asks for them). Only faster:
+ * a kernel without it (before 5.14) just writes.
+ */
+export function populatePages(remote: Remote, vmas: ImageVma[], runs: PageRun[]): void {
+  if (runs.reduce((n, r) => n + r.len, 0) < POPULATE_FROM) return;
+  checkRuns(vmas, runs);
+  const merged: PageRun[] = [];
+  for (const r of [...runs].sort((a, b) => a.addr - b.addr)) {
+    const last = merged.at(-1);
+    if (last && last.addr + last.len === r.addr) last.len += r.len;
+    else merged.push({ addr: r.addr, len: r.len });
+  }
+  try {
+    remote.batch(merged.map((r) => ({ name: 'madvise', nr: SYS.madvise, args: [r.addr, r.len, MADV_POPULATE_WRITE], where: 'pages about to be written' })));
+  } catch (e) {
+    if (!(e instanceof SyscallError)) throw e;
+  }
 }
 
 /** Final protections and guard pages once the contents are in place. */
