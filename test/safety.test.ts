@@ -282,6 +282,48 @@ test('with --kill, a killed stasis leaves the target untouched or a complete ima
   assert.ok(restarts > 0, 'some kills came after the target was killed, and its image restarted');
 });
 
+// A batch of calls runs in the target's main thread by itself, then waits to
+// be stopped: a stasis that dies there leaves the target to finish the
+// wait and go home. timed_waits sleeps in restart_block calls in every
+// thread (the main one in nanosleep): any of them disturbed prints FAIL.
+test('a stasis killed while a batch of calls waits in the target: the target goes home by itself, its sleeps undisturbed', async () => {
+  const prog = build('timed_waits');
+  const dir = tmpdir('safety-batch');
+  const out = path.join(dir, 'out'), progress = path.join(dir, 'progress');
+  const pid = procs.start(prog, [progress], out);
+  await waitFor(out, /^ready$/m);
+  const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+  const counts = () => fs.readFileSync(progress, 'utf8').trim().split(/\s+/).map(Number);
+  await until('timed_waits counts', () => (counts().length === 4 ? null : 'no counts yet'));
+  const child = spawn(process.execPath, [CLI, 'checkpoint', String(pid), '-o', path.join(dir, 'image')], { stdio: 'ignore', env: { ...process.env, STASIS_TEST_DIE_IN_BATCH: '1' } });
+  const [, signal] = await new Promise<[number | null, string | null]>((r) => child.on('close', (c, s) => r([c, s])));
+  assert.equal(signal, 'SIGKILL', 'stasis died in its first batch');
+  // Within the batch's wait (2 s) the main thread is home: untraced, counting again.
+  const before = counts();
+  await until(`pid ${pid} runs by itself again`, () => {
+    const st = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    if (!/^TracerPid:\s+0$/m.test(st)) return 'still traced';
+    return counts().every((n, i) => n >= before[i] + 2) ? null : `counts ${before.join(' ')} -> ${counts().join(' ')}`;
+  });
+  assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /FAIL/);
+  assert.equal(fs.readFileSync(`/proc/${pid}/maps`, 'utf8'), maps, 'no scratch area or other mapping left');
+});
+
+test('a snapshot leaves threads in restart_block calls (nanosleep in the main thread, where batches run) waiting as they were', async () => {
+  const prog = build('timed_waits');
+  const dir = tmpdir('snapshot-waits');
+  const out = path.join(dir, 'out'), progress = path.join(dir, 'progress');
+  const pid = procs.start(prog, [progress], out);
+  await waitFor(out, /^ready$/m);
+  const counts = () => fs.readFileSync(progress, 'utf8').trim().split(/\s+/).map(Number);
+  await until('timed_waits counts', () => (counts().length === 4 ? null : 'no counts yet'));
+  const r = await checkpointCommand(pid, dir, {});
+  assert.equal(r.killed, false);
+  const before = counts();
+  await until(`pid ${pid} counts on`, () => (counts().every((n, i) => n >= before[i] + 2) ? null : `counts ${before.join(' ')} -> ${counts().join(' ')}`));
+  assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /FAIL/);
+});
+
 /** Run the command to its end; stdout to `stdout` (an fd) or ignored. */
 function command(args: string[], stdout: number | 'ignore' | 'pipe' = 'ignore'): { child: ReturnType<typeof spawn>; done: Promise<{ code: number | null; stderr: string }> } {
   const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', stdout, 'pipe'] });

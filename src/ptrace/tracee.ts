@@ -361,6 +361,8 @@ export class Tracee {
       if (spins < 200) syscall(SYS_SCHED_YIELD, 'sched_yield');
       else sleepSync(1);
     }
+    // Test hook (safety.test): stasis dies while the batch waits to be stopped.
+    if (process.env.STASIS_TEST_DIE_IN_BATCH) process.kill(process.pid, 'SIGKILL');
     ptrace(PTRACE.INTERRUPT, this.pid, 0, 0, 'INTERRUPT');
     this.waitStop(what);
     const at = Number(this.getRegs().get('rip'));
