@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import { readStat, readVmas } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Remote } from './ptrace/remote';
+import { BackgroundRead } from './sys/background-read';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
 import { refuseBusy } from './ptrace/busy';
 import { FreezeDeadline } from './ptrace/watchdog';
@@ -292,6 +293,8 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     throw e;
   }
   const frozenAt = process.hrtime.bigint();
+  // Read while the tree is surveyed (the read waits for an RCU grace period).
+  const procLocks = new BackgroundRead('/proc/locks');
   let kinds: DumpContext | undefined;
   try {
     const pipes = new PipeTable();
@@ -308,7 +311,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     kinds.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external ?? []);
-    locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)));
+    locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)), procLocks.text());
     const images = surveys.map((s) => { log(`injecting into pid ${s.proc.pid}`); return dumpProcess(s, stoppedChildrenOf(surveys, s)); });
     refuseForeignOwners(images);
     // Only a tree can share pages copy-on-write between its processes.

@@ -130,10 +130,11 @@ export class LockTable {
    * Every lock /proc/locks gives a process of the tree must be one we
    * noted, and no open file description whose flock or OFD lock we take
    * may be open in a process outside the tree (it would lose the lock, or
-   * share it with the restored tree).
+   * share it with the restored tree). `procLocks`: /proc/locks, read since
+   * the tree was frozen.
    */
-  refuseUnattributed(tree: Set<number>): void {
-    for (const line of fs.readFileSync('/proc/locks', 'utf8').split('\n')) {
+  refuseUnattributed(tree: Set<number>, procLocks = fs.readFileSync('/proc/locks', 'utf8')): void {
+    for (const line of procLocks.split('\n')) {
       const l = parseLockLine(line);
       if (!l || !tree.has(l.pid)) continue;
       if (l.waiter) throw new UnsupportedError(`pid ${l.pid}: still waits for a ${l.kind} lock on inode ${l.inode} after the freeze; retry the checkpoint`);
