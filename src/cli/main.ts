@@ -5,8 +5,28 @@
 // command requires the modules it uses when it runs, and --help and
 // --version load no stasis module at all.
 import { parseArgs } from 'node:util';
+import { writeSync } from 'node:fs';
 import type { CheckpointResult } from '../checkpoint';
 
+
+
+/**
+ * A line (or a few) to stdout or stderr, written at once: making Node's
+ * process.stdout or process.stderr stream costs ~4 ms of a command that
+ * prints one line. Waits out EAGAIN on a descriptor left non-blocking;
+ * a closed one (EPIPE, EBADF) loses the text, as Node's streams would.
+ */
+function say(fd: 1 | 2, text: string): void {
+  const b = Buffer.from(text, 'utf8');
+  for (let off = 0; off < b.length;) {
+    try {
+      off += writeSync(fd, b, off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') return; // closed (EPIPE, EBADF): nobody to tell
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+    }
+  }
+}
 
 interface Command {
   /** the first line of its usage, after "stasis " */
@@ -187,7 +207,7 @@ function logger(on: boolean): ((m: string) => void) | undefined {
   return (m) => {
     // Under the test hook, where each step begins in ptrace requests (test/safety-restart.test.ts aims at them).
     const n = ptraceRequestsSoFar();
-    process.stderr.write(`[${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms] ${n === undefined ? '' : `[ptrace ${n}] `}${m}\n`);
+    say(2, `[${(Number(process.hrtime.bigint() - t0) / 1e6).toFixed(1)} ms] ${n === undefined ? '' : `[ptrace ${n}] `}${m}\n`);
   };
 }
 
@@ -220,10 +240,10 @@ async function cmdCheckpoint(p: Parsed): Promise<number> {
     r = await checkpoint(pid, output, { kill: flag(p, 'kill'), external: list(p, 'external'), shellJob: flag(p, 'shell-job'), tcpEstablished: flag(p, 'tcp-established'), ghostLimit, freezeTimeoutMs: (timeoutS ?? DEFAULT_FREEZE_TIMEOUT_MS / 1000) * 1000, log: logger(flag(p, 'verbose')) });
   } finally {
     for (const sig of signals) process.off(sig, hold);
-    if (interrupted) process.stderr.write(`stasis: ${interrupted} arrived during the checkpoint; the checkpoint finished first and let the tree go\n`);
+    if (interrupted) say(2, `stasis: ${interrupted} arrived during the checkpoint; the checkpoint finished first and let the tree go\n`);
   }
   if (flag(p, 'verbose')) {
-    process.stderr.write(`checkpointed pid ${r.pid}: ${r.processes} process(es), ${r.threads} thread(s), ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
+    say(2, `checkpointed pid ${r.pid}: ${r.processes} process(es), ${r.threads} thread(s), ${r.imageBytes} bytes (${r.pageBytes} of pages), frozen ${r.frozenMs.toFixed(1)} ms\n`);
   }
   return interrupted ? 128 + (require('node:os') as typeof import('node:os')).constants.signals[interrupted] : 0;
 }
@@ -256,7 +276,7 @@ async function cmdRestart(p: Parsed): Promise<number> {
   const pidfile = str(p, 'pidfile');
   if (pidfile) (require('node:fs') as typeof import('node:fs')).writeFileSync(pidfile, `${r.pid}\n`);
   if (detach) {
-    process.stdout.write(`${r.pid}\n`);
+    say(1, `${r.pid}\n`);
     return 0;
   }
   // Foreground: pass our terminating signals on, then mirror its end.
@@ -265,7 +285,7 @@ async function cmdRestart(p: Parsed): Promise<number> {
   const end = await r.wait();
   for (const s of forward) process.removeAllListeners(s);
   if (end.signal !== null) {
-    process.stderr.write(`stasis: restored process ${r.pid} was killed by ${signalName(end.signal)}\n`);
+    say(2, `stasis: restored process ${r.pid} was killed by ${signalName(end.signal)}\n`);
     try { process.kill(process.pid, end.signal); } catch { /* fall through */ }
     return 128 + end.signal;
   }
@@ -293,7 +313,7 @@ function oneLine(s: string): string {
 /** STASIS_REPORT_RSS=1: the command's peak resident memory on stderr at exit (for the benchmark). */
 function reportRss(): void {
   if (!process.env.STASIS_REPORT_RSS) return;
-  process.on('exit', () => process.stderr.write(`stasis: peak RSS ${process.resourceUsage().maxRSS} KiB\n`));
+  process.on('exit', () => say(2, `stasis: peak RSS ${process.resourceUsage().maxRSS} KiB\n`));
 }
 
 /** What the launcher (bin/stasis) knows: the package's version, its code cache. */
@@ -307,7 +327,7 @@ async function run(argv: string[], launcher: Launcher): Promise<number> {
   const [first, ...rest] = argv;
   if (first === undefined) throw new UsageError('no command given');
   if (first === '--version' || first === '-V' || first === 'version') {
-    process.stdout.write(`stasis ${launcher.version?.() ?? 'unknown version'}\n`);
+    say(1, `stasis ${launcher.version?.() ?? 'unknown version'}\n`);
     return 0;
   }
   if (first === '-h' || first === '--help' || first === 'help') {
@@ -348,15 +368,15 @@ export async function main(argv: string[], launcher: Launcher = {}): Promise<voi
   } catch (e) {
     if (e instanceof UsageError) {
       const c = e.command;
-      process.stderr.write(`stasis${c ? ` ${c}` : ''}: ${e.message}\n`);
-      process.stderr.write(c ? `usage: ${synopsis(c)}\n'stasis ${c} --help' says more.\n` : usage());
+      say(2, `stasis${c ? ` ${c}` : ''}: ${e.message}\n`);
+      say(2, c ? `usage: ${synopsis(c)}\n'stasis ${c} --help' says more.\n` : usage());
       code = 2;
     } else if ((e as Error)?.name && isStasisError(e)) {
       // One line, whatever an image put into a name or path.
-      process.stderr.write(`stasis: ${oneLine((e as Error).message)}\n`);
+      say(2, `stasis: ${oneLine((e as Error).message)}\n`);
       code = 1;
     } else {
-      process.stderr.write(`stasis: internal error (a bug in stasis; please report it with this message): ${(e as Error)?.stack ?? e}\n`);
+      say(2, `stasis: internal error (a bug in stasis; please report it with this message): ${(e as Error)?.stack ?? e}\n`);
       code = 70;
     }
   }
