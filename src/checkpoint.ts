@@ -311,7 +311,6 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     kinds.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external ?? []);
-    locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)), procLocks.text());
     const images = surveys.map((s) => { log(`injecting into pid ${s.proc.pid}`); return dumpProcess(s, stoppedChildrenOf(surveys, s)); });
     refuseForeignOwners(images);
     // Only a tree can share pages copy-on-write between its processes.
@@ -327,6 +326,8 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     const pipeData = pipes.collect();
     const memfdData = memfds.collect();
     log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes, ${memfdData.length} memfds`);
+    // Last of the refusals: the read of /proc/locks has had the longest to finish.
+    locks.refuseUnattributed(new Set(tree.processes.map((p) => p.pid)), procLocks.text());
     const out = openOutput(output);
     try {
       const writer = new ImageWriter(out.fd, typeof output === 'string' ? output : undefined);

@@ -352,12 +352,6 @@ async function run(argv: string[], launcher: Launcher): Promise<number> {
   }
   reportRss();
   launcher.learnFrom?.(`${name}${flag(p, 'verify') ? ' --verify' : ''}`);
-  if (process.env.STASIS_ZOD_JIT !== '1') {
-    // One image is parsed once: zod's code generation for each object
-    // schema (new Function per shape) costs more than it ever saves here.
-    // Set before any schema exists, as zod reads it when one is made.
-    (require('zod') as typeof import('zod')).config({ jitless: true });
-  }
   return c.run(p);
 }
 

@@ -2,7 +2,7 @@
 // state schemas kind modules export. Images are untrusted input: every
 // number has a range, every string a length, every array a count.
 // This module imports nothing of stasis, so any module may use it.
-import { z } from 'zod';
+import { z, lazySchema } from './zod';
 
 export const PAGE_SIZE = 4096;
 /** End of the x86-64 user address space (4-level paging), exclusive. */
@@ -15,33 +15,33 @@ export const PATH_MAX = 4096;
 
 /** An integer in [min, max]. */
 export const int = (min: number, max: number) => z.int().min(min).max(max);
-export const u32 = int(0, 0xffffffff);
-export const i32 = int(-0x80000000, 0x7fffffff);
+export const u32 = lazySchema(() => int(0, 0xffffffff));
+export const i32 = lazySchema(() => int(-0x80000000, 0x7fffffff));
 /** A safe non-negative integer (inode numbers, sizes, offsets). */
-export const count = int(0, Number.MAX_SAFE_INTEGER);
-export const pid = int(1, PID_MAX);
+export const count = lazySchema(() => int(0, Number.MAX_SAFE_INTEGER));
+export const pid = lazySchema(() => int(1, PID_MAX));
 /** A parent, group or session id: 0 where the kernel says "none". */
-export const pidOrZero = int(0, PID_MAX);
-export const fd = int(0, FD_MAX - 1);
+export const pidOrZero = lazySchema(() => int(0, PID_MAX));
+export const fd = lazySchema(() => int(0, FD_MAX - 1));
 /** A user-space address, or the end of a range (may equal USER_END). */
-export const address = int(0, USER_END);
-export const pageAligned = address.refine((v) => v % PAGE_SIZE === 0, 'not page aligned');
+export const address = lazySchema(() => int(0, USER_END));
+export const pageAligned = lazySchema(() => address.refine((v) => v % PAGE_SIZE === 0, 'not page aligned'));
 
 /** A 64-bit value as hex: '0x' and 1 to 16 hex digits. */
-export const hex64 = z.string().regex(/^0x[0-9a-fA-F]{1,16}$/, "not '0x' and 1 to 16 hex digits");
+export const hex64 = lazySchema(() => z.string().regex(/^0x[0-9a-fA-F]{1,16}$/, "not '0x' and 1 to 16 hex digits"));
 /** A 32-bit value as hex. */
-export const hex32 = z.string().regex(/^0x[0-9a-fA-F]{1,8}$/, "not '0x' and 1 to 8 hex digits");
+export const hex32 = lazySchema(() => z.string().regex(/^0x[0-9a-fA-F]{1,8}$/, "not '0x' and 1 to 8 hex digits"));
 // zod runs every check even after one failed: refinements must be total.
 const U64_TEXT = /^\d{1,20}$/, I64_TEXT = /^-?\d{1,19}$/;
 /** An unsigned 64-bit value as a decimal string. */
-export const decimalU64 = z.string().regex(U64_TEXT, 'not a decimal number')
-  .refine((v) => !U64_TEXT.test(v) || BigInt(v) <= 0xffffffffffffffffn, 'does not fit in 64 bits');
+export const decimalU64 = lazySchema(() => z.string().regex(U64_TEXT, 'not a decimal number')
+  .refine((v) => !U64_TEXT.test(v) || BigInt(v) <= 0xffffffffffffffffn, 'does not fit in 64 bits'));
 /** A signed 64-bit value as a decimal string. */
-export const decimalI64 = z.string().regex(I64_TEXT, 'not a decimal number')
-  .refine((v) => !I64_TEXT.test(v) || (BigInt(v) >= -(1n << 63n) && BigInt(v) < 1n << 63n), 'does not fit in 64 bits');
+export const decimalI64 = lazySchema(() => z.string().regex(I64_TEXT, 'not a decimal number')
+  .refine((v) => !I64_TEXT.test(v) || (BigInt(v) >= -(1n << 63n) && BigInt(v) < 1n << 63n), 'does not fit in 64 bits'));
 
 /** A path: absolute, no NUL, at most PATH_MAX bytes. */
-export const path = z.string().max(PATH_MAX).regex(/^\/[^\0]*$/, 'not an absolute path without NUL');
+export const path = lazySchema(() => z.string().max(PATH_MAX).regex(/^\/[^\0]*$/, 'not an absolute path without NUL'));
 /** A short name (comm, labels): no NUL. */
 export const name = (max: number) => z.string().max(max).regex(/^[^\0]*$/, 'contains NUL');
 

@@ -3,7 +3,7 @@
 // Past this point nothing sees an unchecked value. Refusals are one line:
 //   IMG: record N (process P): field F: reason
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z } from './zod';
 import { readImage, readImageBuffer, RecordType, decodePages, recordTypeName, ImageRecord } from './stream';
 import {
   ImageProcess, ImageZombie, ImagePipe, ImageMemfd, PipesRecord, MemfdsRecord, PageRun, ObjectTables,

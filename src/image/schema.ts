@@ -19,7 +19,7 @@
 //  - keep it required unless absence has a meaning (then `.optional()`);
 //  - checks that span records (ids that must exist, ranges that must not
 //    overlap) go into src/image/validate.ts.
-import { z } from 'zod';
+import { z, lazySchema } from './zod';
 import {
   int, u32, count, pid, pidOrZero, fd, address, pageAligned, hex64, hex32, decimalU64, decimalI64,
   path, name, base64Exact, base64Max, PID_MAX, FD_MAX,
@@ -56,12 +56,12 @@ import { GhostFd, ImageGhost } from '../kinds/ghost';
 export { FileIdentity };
 export type FileIdentity = z.infer<typeof FileIdentity>;
 
-export const VmaKind = z.enum(['anon', 'file', 'shmem', 'vdso', 'vvar', 'vvar_vclock', 'ghost']);
+export const VmaKind = lazySchema(() => z.enum(['anon', 'file', 'shmem', 'vdso', 'vvar', 'vvar_vclock', 'ghost']));
 export type VmaKind = z.infer<typeof VmaKind>;
 
-const AddressRun = z.object({ addr: pageAligned, len: pageAligned.refine((v) => v > 0, 'empty run') });
+const AddressRun = lazySchema(() => z.object({ addr: pageAligned, len: pageAligned.refine((v) => v > 0, 'empty run') }));
 
-export const ImageVma = z.object({
+export const ImageVma = lazySchema(() => z.object({
   start: pageAligned,
   end: pageAligned,
   /** "rwx" with '-' for missing rights, as in /proc/pid/maps */
@@ -96,11 +96,11 @@ export const ImageVma = z.object({
   inherited: z.array(z.object({ from: pid, runs: z.array(AddressRun).max(1 << 20) })).max(4096).optional(),
   /** guard regions (MADV_GUARD_INSTALL) inside the VMA; absent when none */
   guards: GuardRuns.optional(),
-});
+}));
 export type ImageVma = z.infer<typeof ImageVma>;
 
 /** What every fd record has; its kind's own fields are added by the kind module (src/kinds/fdkind.ts). */
-const FdCommon = z.object({
+const FdCommon = lazySchema(() => z.object({
   fd,
   path: name(4096),
   /** open flags from fdinfo (O_CLOEXEC stripped; see cloexec) */
@@ -115,10 +115,10 @@ const FdCommon = z.object({
   locks: z.array(FileLock).max(1 << 16).optional(),
   /** F_SETOWN_EX owner and F_SETSIG signal of the open file description, when set */
   owner: FdOwner.optional(),
-});
+}));
 
 /** An fd: the common fields and one registered kind's, tagged by `kind` (one line per kind). */
-export const ImageFd = z.discriminatedUnion('kind', [
+export const ImageFd = lazySchema(() => z.discriminatedUnion('kind', [
   FdCommon.extend(FileFd.shape),
   FdCommon.extend(DirFd.shape),
   FdCommon.extend(ChrFd.shape),
@@ -137,33 +137,33 @@ export const ImageFd = z.discriminatedUnion('kind', [
   FdCommon.extend(TtyFd.shape),
   FdCommon.extend(InetFd.shape),
   FdCommon.extend(GhostFd.shape),
-]);
+]));
 export type ImageFd = z.infer<typeof ImageFd>;
 
 /** A raw siginfo_t, base64. */
-const Siginfo = base64Exact(128);
+const Siginfo = lazySchema(() => base64Exact(128));
 /** More queued signals than RLIMIT_SIGPENDING allows in practice. */
 const MAX_PENDING = 1 << 16;
 
-export const ImageSigaction = z.object({
+export const ImageSigaction = lazySchema(() => z.object({
   sig: int(1, 64),
   handler: hex64,
   flags: hex64,
   restorer: hex64,
   mask: hex64,
-});
+}));
 export type ImageSigaction = z.infer<typeof ImageSigaction>;
 
 /** Per-thread signal state. */
-export const ImageSignals = z.object({
+export const ImageSignals = lazySchema(() => z.object({
   blocked: hex64,
   /** raw siginfo_t (128 bytes), base64, pending for this thread */
   pending: z.array(Siginfo).max(MAX_PENDING),
   altstack: z.object({ sp: address, flags: u32, size: address }),
-});
+}));
 export type ImageSignals = z.infer<typeof ImageSignals>;
 
-export const ImageThread = z.object({
+export const ImageThread = lazySchema(() => z.object({
   tid: pid,
   /** thread name (/proc/pid/task/tid/comm) */
   comm: name(64),
@@ -182,21 +182,21 @@ export const ImageThread = z.object({
   prctl: ThreadPrctlState,
   /** capability sets and securebits of this thread (creds.cap* are the main thread's) */
   caps: CapsState,
-});
+}));
 export type ImageThread = z.infer<typeof ImageThread>;
 
-export const ImageMm = z.object({
+export const ImageMm = lazySchema(() => z.object({
   startCode: address, endCode: address, startData: address, endData: address,
   startBrk: address, brk: address, startStack: address,
   argStart: address, argEnd: address, envStart: address, envEnd: address,
   /** saved auxv vector, base64 (the kernel keeps at most AT_VECTOR_SIZE pairs) */
   auxv: base64Max(1024),
   exe: FileIdentity,
-});
+}));
 export type ImageMm = z.infer<typeof ImageMm>;
 
-const uid = int(0, 0xfffffffe);
-export const ImageCreds = z.object({
+const uid = lazySchema(() => int(0, 0xfffffffe));
+export const ImageCreds = lazySchema(() => z.object({
   /** real, effective, saved, filesystem */
   uid: z.array(uid).length(4),
   gid: z.array(uid).length(4),
@@ -207,12 +207,12 @@ export const ImageCreds = z.object({
   capBnd: hex64,
   capAmb: hex64,
   noNewPrivs: int(0, 1),
-});
+}));
 export type ImageCreds = z.infer<typeof ImageCreds>;
 
-export const ImageRlimit = z.object({ resource: int(0, 15), name: name(64), soft: hex64, hard: hex64 });
+export const ImageRlimit = lazySchema(() => z.object({ resource: int(0, 15), name: name(64), soft: hex64, hard: hex64 }));
 
-export const ImageProcess = z.object({
+export const ImageProcess = lazySchema(() => z.object({
   pid,
   ppid: pidOrZero,
   pgid: pidOrZero,
@@ -258,11 +258,11 @@ export const ImageProcess = z.object({
   timers: TimersState,
   /** its controlling terminal: an id in the Objects record's ttys (absent: none, or its session's, led outside the tree) */
   ctty: Ctty,
-});
+}));
 export type ImageProcess = z.infer<typeof ImageProcess>;
 
 /** A child that has exited but not been waited for. */
-export const ImageZombie = z.object({
+export const ImageZombie = lazySchema(() => z.object({
   pid,
   ppid: pid,
   pgid: pidOrZero,
@@ -271,14 +271,14 @@ export const ImageZombie = z.object({
   exitStatus: int(0, 0xffff),
   /** exit_signal: decides whether wait() needs __WCLONE to see it */
   exitSignal: ExitSignal,
-});
+}));
 export type ImageZombie = z.infer<typeof ImageZombie>;
 
 /** Largest pipe buffer the kernel allows (F_SETPIPE_SZ is an int, a power of two). */
 const PIPE_MAX = 1 << 30;
 
 /** Pipes and FIFOs of the tree, with the bytes in flight (Pipes record). */
-export const ImagePipe = z.object({
+export const ImagePipe = lazySchema(() => z.object({
   id: count,
   kind: z.enum(['pipe', 'fifo']),
   /** FIFO path */
@@ -289,11 +289,11 @@ export const ImagePipe = z.object({
   data: base64Max(PIPE_MAX),
   /** a pipe also held outside the tree, declared with --external: at restart it must be handed in with --inherit-fd */
   external: z.boolean().optional(),
-});
+}));
 export type ImagePipe = z.infer<typeof ImagePipe>;
 
 /** A memfd file with its contents (Memfds record, ImageMemfd[]). */
-export const ImageMemfd = z.object({
+export const ImageMemfd = lazySchema(() => z.object({
   /** inode number at checkpoint time */
   id: count,
   name: name(249),
@@ -302,7 +302,7 @@ export const ImageMemfd = z.object({
   seals: int(0, 0x3f),
   /** data segments (holes are not saved), base64 */
   segments: z.array(z.object({ offset: count, data: base64Max(1 << 30) })).max(1 << 20),
-});
+}));
 export type ImageMemfd = z.infer<typeof ImageMemfd>;
 
 /**
@@ -312,26 +312,26 @@ export type ImageMemfd = z.infer<typeof ImageMemfd>;
  * schema from the kind module. The Objects record is written when any
  * table has entries.
  */
-export const ObjectTables = z.object({
+export const ObjectTables = lazySchema(() => z.object({
   mqueues: z.array(MqueueObject).max(1 << 16).optional(),
   sysvShm: z.array(SysvShmObject).max(1 << 16).optional(),
   unix: z.array(UnixSocket).max(1 << 20).optional(),
   ttys: z.array(ImageTty).max(4096).optional(),
   ghosts: z.array(ImageGhost).max(1 << 16).optional(),
-});
+}));
 export type ObjectTables = z.infer<typeof ObjectTables>;
 
 /** The payload of each JSON record type. */
-export const PipesRecord = z.array(ImagePipe).max(1 << 20);
-export const MemfdsRecord = z.array(ImageMemfd).max(1 << 20);
+export const PipesRecord = lazySchema(() => z.array(ImagePipe).max(1 << 20));
+export const MemfdsRecord = lazySchema(() => z.array(ImageMemfd).max(1 << 20));
 /** End: the record count lets a reader prove it saw everything; the rest is informational. */
-export const EndRecord = z.object({ records: int(0, 1 << 30), pageBytes: count.optional() });
+export const EndRecord = lazySchema(() => z.object({ records: int(0, 1 << 30), pageBytes: count.optional() }));
 export type EndRecord = z.infer<typeof EndRecord>;
 
 /** Header of a binary Pages record: u32 runs, u32 pid, (u64 addr, u64 len)*, then the data. */
 export const PageRun = AddressRun;
 export type PageRun = z.infer<typeof PageRun>;
-export const PagesHeader = z.object({ pid, runs: z.array(PageRun).max(1 << 24) });
+export const PagesHeader = lazySchema(() => z.object({ pid, runs: z.array(PageRun).max(1 << 24) }));
 export type PagesHeader = z.infer<typeof PagesHeader>;
 
 export { PID_MAX, FD_MAX };

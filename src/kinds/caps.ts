@@ -5,7 +5,7 @@
 // with SECBIT_NO_SETUID_FIXUP so that setresuid keeps the capabilities,
 // ambient ones while permitted and inheritable allow them, the saved
 // securebits, and the saved sets last (lowering needs no privilege).
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { readStatus } from '../proc';
 import type { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
@@ -18,12 +18,12 @@ const PR_CAP_AMBIENT_RAISE = 2, PR_CAP_AMBIENT_CLEAR_ALL = 4;
 const SECBIT_NO_SETUID_FIXUP = 1 << 2, SECBIT_KEEP_CAPS = 1 << 4;
 const LINUX_CAPABILITY_VERSION_3 = 0x20080522;
 
-const hex64 = z.string().regex(/^0x[0-9a-f]{1,16}$/);
-export const CapsState = z.object({
+const hex64 = lazySchema(() => z.string().regex(/^0x[0-9a-f]{1,16}$/));
+export const CapsState = lazySchema(() => z.object({
   inh: hex64, prm: hex64, eff: hex64, bnd: hex64, amb: hex64,
   /** PR_GET_SECUREBITS (SECBIT_KEEP_CAPS is keepcaps) */
   securebits: z.number().int().min(0).max(0xffff),
-});
+}));
 export type CapsState = z.infer<typeof CapsState>;
 
 const hex = (v: bigint) => '0x' + v.toString(16);

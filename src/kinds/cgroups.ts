@@ -6,15 +6,15 @@
 // their ids, which differ between machines.
 import fs from 'node:fs';
 import path from 'node:path';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { StasisError, UnsupportedError } from '../sys/errno';
 
-export const CgroupMembership = z.object({
+export const CgroupMembership = lazySchema(() => z.object({
   /** "memory", "cpu,cpuacct", "name=systemd"; "" for the v2 unified hierarchy */
   controllers: z.string().max(256).regex(/^[\w=,.-]*$/),
   /** path inside that hierarchy, as /proc/PID/cgroup shows it */
   path: z.string().min(1).max(4096).regex(/^\/[^\0]*$/),
-});
+}));
 export type CgroupMembership = z.infer<typeof CgroupMembership>;
 
 function parseCgroups(text: string): CgroupMembership[] {

@@ -1,7 +1,7 @@
 // Character devices with no state of their own (/dev/null, /dev/zero,
 // /dev/full, /dev/random, /dev/urandom): reopened by path. Any other
 // device is refused by name (terminals are src/kinds/tty.ts's).
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { UnsupportedError, StasisError } from '../sys/errno';
 import { FdKind, FoundFd } from './fdkind';
 import { checkPath, openByPath } from './regular';
@@ -12,7 +12,7 @@ const PLAIN_DEVICES: Record<string, string> = {
 };
 
 /** The common `path` is the device's canonical one. */
-export const ChrFd = z.object({ kind: z.literal('chr') });
+export const ChrFd = lazySchema(() => z.object({ kind: z.literal('chr') }));
 type ChrFd = z.infer<typeof ChrFd>;
 
 function deviceNumber(f: FoundFd): string {

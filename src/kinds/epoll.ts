@@ -3,7 +3,7 @@
 // back. Level-triggered readiness is recomputed by the kernel; an
 // edge-triggered event that had fired but was not yet collected is lost.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { Fdinfo } from '../proc';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
@@ -14,9 +14,9 @@ import { FdKind } from './fdkind';
 const O_CLOEXEC = 0o2000000, EPOLL_CTL_ADD = 1;
 
 /** One registration: the watched fd of this process, its events mask and user data (hex). */
-export const EpollTarget = z.object({ fd, events: hex32, data: hex64 });
+export const EpollTarget = lazySchema(() => z.object({ fd, events: hex32, data: hex64 }));
 export type EpollTarget = z.infer<typeof EpollTarget>;
-export const EpollFd = z.object({ kind: z.literal('epoll'), epoll: z.array(EpollTarget).max(1 << 16) });
+export const EpollFd = lazySchema(() => z.object({ kind: z.literal('epoll'), epoll: z.array(EpollTarget).max(1 << 16) }));
 export type EpollFd = z.infer<typeof EpollFd>;
 
 export const epollKind: FdKind<EpollFd> = {

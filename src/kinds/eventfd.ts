@@ -1,6 +1,6 @@
 // eventfd: a 64-bit counter with a semaphore mode. Saved from fdinfo,
 // recreated inside the task with eventfd2 at the same count and flags.
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { Fdinfo } from '../proc';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
@@ -11,9 +11,9 @@ import { FdKind } from './fdkind';
 const EFD_SEMAPHORE = 1, O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
 
 /** The counter (decimal, 64-bit), semaphore mode and the kernel's id of the object (tells two apart). */
-export const EventfdState = z.object({ count: decimalU64, semaphore: z.boolean(), id: count });
+export const EventfdState = lazySchema(() => z.object({ count: decimalU64, semaphore: z.boolean(), id: count }));
 export type EventfdState = z.infer<typeof EventfdState>;
-export const EventfdFd = z.object({ kind: z.literal('eventfd'), eventfd: EventfdState });
+export const EventfdFd = lazySchema(() => z.object({ kind: z.literal('eventfd'), eventfd: EventfdState }));
 export type EventfdFd = z.infer<typeof EventfdFd>;
 
 export const eventfdKind: FdKind<EventfdFd> = {

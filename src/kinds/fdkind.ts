@@ -11,7 +11,7 @@
 // explains) and an FdKind object; one line in the ImageFd union; one line
 // in the registry; docs/state.md and docs/image-format.md.
 import fs from 'node:fs';
-import type { z } from 'zod';
+import type { z } from '../image/zod';
 import { Fdinfo, readFdinfo } from '../proc';
 import type { ImageCreds, ObjectTables } from '../image/schema';
 import type { LoadedImage } from '../image/load';

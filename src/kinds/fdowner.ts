@@ -3,20 +3,20 @@
 // signal sent instead of SIGIO (F_SETSIG) and O_ASYNC. Read with fcntl
 // injected into the task, set again the same way once the owner exists.
 // dnotify (F_NOTIFY) is refused: it shows only as an owner on a directory.
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import type { ImageFd, ImageProcess } from '../image/schema';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { UnsupportedError } from '../sys/errno';
 
-export const FdOwner = z.object({
+export const FdOwner = lazySchema(() => z.object({
   /** F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2 */
   type: z.number().int().min(0).max(2),
   /** 0: no owner */
   pid: z.number().int().min(0).max(4194304),
   /** F_SETSIG: 0 means SIGIO */
   sig: z.number().int().min(0).max(64),
-});
+}));
 export type FdOwner = z.infer<typeof FdOwner>;
 
 const F_SETFL = 4, F_SETSIG = 10, F_GETSIG = 11, F_SETOWN_EX = 15, F_GETOWN_EX = 16;

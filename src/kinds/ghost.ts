@@ -10,7 +10,7 @@
 // the same file, under its old name, still deleted.
 import fs from 'node:fs';
 import nodePath from 'node:path';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { outsideFdLinks, readMaps } from '../proc';
 import type { ImageCreds } from '../image/schema';
 import type { LoadedImage } from '../image/load';
@@ -28,7 +28,7 @@ export const DEFAULT_GHOST_LIMIT = 64 << 20;
 export const GHOST_LIMIT_MAX = 512 << 20;
 
 /** A deleted file with its contents (the `ghosts` table of the Objects record). */
-export const ImageGhost = z.object({
+export const ImageGhost = lazySchema(() => z.object({
   /** its id in this image: fds and mappings name it */
   id: count,
   /** where it was before it was unlinked: re-created in that directory, under that name */
@@ -43,11 +43,11 @@ export const ImageGhost = z.object({
   mtimeNs: decimalI64,
   /** data segments (holes are not saved), base64 */
   segments: z.array(z.object({ offset: count, data: base64Max(GHOST_LIMIT_MAX) })).max(1 << 20),
-});
+}));
 export type ImageGhost = z.infer<typeof ImageGhost>;
 
 /** An fd on a deleted file: its id in the ghosts table; the common `path` is the /proc link ("... (deleted)"). */
-export const GhostFd = z.object({ kind: z.literal('ghost'), ghost: count });
+export const GhostFd = lazySchema(() => z.object({ kind: z.literal('ghost'), ghost: count }));
 type GhostFd = z.infer<typeof GhostFd>;
 
 /** "/dir/name (deleted)" -> "/dir/name" for an absolute path, else null. */

@@ -13,7 +13,7 @@
 // repair mode once every process of the tree is rebuilt (InetKeeper), which
 // then sends queued datagrams again from their senders' restored sockets.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { FdKind, FoundFd, ObjectTable, CommonFd, RestoreContext } from './fdkind';
 import type { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
@@ -193,16 +193,16 @@ const OPTIONS: ReadonlyArray<{ name: string; level: number; opt: number; tcp?: b
   { name: 'priority', level: SOL_SOCKET, opt: 12 },
 ];
 
-const ipText = z.string().max(64).refine((s) => isIP(s) !== 0, 'not an IP address');
-export const Endpoint = z.object({ addr: ipText, port: int(0, 65535) });
+const ipText = lazySchema(() => z.string().max(64).refine((s) => isIP(s) !== 0, 'not an IP address'));
+export const Endpoint = lazySchema(() => z.object({ addr: ipText, port: int(0, 65535) }));
 export type Endpoint = z.infer<typeof Endpoint>;
 
 /** Each option of OPTIONS that differs from a fresh socket's, by name. */
-export const InetOptions = z.object(Object.fromEntries(OPTIONS.map((o) => [o.name, i32.optional()]))) as unknown as z.ZodType<Partial<Record<string, number>>>;
+export const InetOptions = lazySchema(() => z.object(Object.fromEntries(OPTIONS.map((o) => [o.name, i32.optional()]))) as unknown as z.ZodType<Partial<Record<string, number>>>);
 export type InetOptions = Partial<Record<string, number>>;
 
 /** An established connection as TCP repair mode reads it. */
-export const TcpRepair = z.object({
+export const TcpRepair = lazySchema(() => z.object({
   /** TCP_QUEUE_SEQ of the send queue (write_seq) and the receive queue (rcv_nxt) */
   sndSeq: u32,
   rcvSeq: u32,
@@ -222,10 +222,10 @@ export const TcpRepair = z.object({
   /** TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup */
   window: z.array(u32).length(5),
 }).refine((t) => t.unsent <= base64Bytes(t.sendQueue), 'more unsent bytes than the send queue holds')
-  .refine((t) => (t.sndWscale === undefined) === (t.rcvWscale === undefined), 'window scaling is both ways or none');
+  .refine((t) => (t.sndWscale === undefined) === (t.rcvWscale === undefined), 'window scaling is both ways or none'));
 export type TcpRepair = z.infer<typeof TcpRepair>;
 
-export const InetState = z.object({
+export const InetState = lazySchema(() => z.object({
   family: z.enum(['inet', 'inet6']),
   proto: z.enum(['tcp', 'udp']),
   /** unbound, bound to a port, listening (TCP), connected (UDP) or established (TCP) */
@@ -256,9 +256,9 @@ export const InetState = z.object({
   .refine((s) => (s.state === 'established' || s.state === 'connected') === (s.remote !== undefined), 'only a connected socket has a remote end')
   .refine((s) => s.queued === undefined || (s.proto === 'udp' && s.state !== 'unbound'), 'only a bound UDP socket has datagrams queued')
   .refine((s) => (s.queued ?? []).every((d) => isIP(d.from.addr) === (s.family === 'inet' ? 4 : 6)), 'a datagram from an address of the other family')
-  .refine((s) => [s.local, ...(s.remote ? [s.remote] : [])].every((e) => isIP(e.addr) === (s.family === 'inet' ? 4 : 6)), 'an address of the other family');
+  .refine((s) => [s.local, ...(s.remote ? [s.remote] : [])].every((e) => isIP(e.addr) === (s.family === 'inet' ? 4 : 6)), 'an address of the other family'));
 export type InetState = z.infer<typeof InetState>;
-export const InetFd = z.object({ kind: z.literal('inet'), inet: InetState });
+export const InetFd = lazySchema(() => z.object({ kind: z.literal('inet'), inet: InetState }));
 export type InetFd = z.infer<typeof InetFd>;
 
 /** "tcp 127.0.0.1:6379", "udp [::1]:53": how messages name an endpoint. */

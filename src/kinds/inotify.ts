@@ -10,7 +10,7 @@
 // read cannot be put back into a new queue: refused by name.
 import fs from 'node:fs';
 import path from 'node:path';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import type { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
@@ -32,13 +32,13 @@ const PLACEHOLDERS_PER_DRAIN = 1024;
 const SEARCH_LIMIT = 50000;
 
 /** One watch: its descriptor, mask (fdinfo's, with IN_ONESHOT and IN_EXCL_UNLINK), the inode and the path it was found at. */
-export const InotifyWatch = z.object({ wd: int(1, 0x7fffffff), mask: hex32, path: pathField, dev: count, ino: count });
+export const InotifyWatch = lazySchema(() => z.object({ wd: int(1, 0x7fffffff), mask: hex32, path: pathField, dev: count, ino: count }));
 export type InotifyWatch = z.infer<typeof InotifyWatch>;
 /** Watches in increasing wd order, reachable with at most MAX_PLACEHOLDERS placeholders. */
-export const InotifyWatches = z.array(InotifyWatch).max(1 << 20)
+export const InotifyWatches = lazySchema(() => z.array(InotifyWatch).max(1 << 20)
   .refine((ws) => ws.every((w, i) => i === 0 || typeof w?.wd !== 'number' || typeof ws[i - 1]?.wd !== 'number' || w.wd > ws[i - 1].wd), 'watch descriptors not increasing')
-  .refine((ws) => ws.length === 0 || typeof ws[ws.length - 1]?.wd !== 'number' || ws[ws.length - 1].wd - ws.length <= MAX_PLACEHOLDERS, `more than ${MAX_PLACEHOLDERS} placeholder watches needed`);
-export const InotifyFd = z.object({ kind: z.literal('inotify'), inotify: InotifyWatches });
+  .refine((ws) => ws.length === 0 || typeof ws[ws.length - 1]?.wd !== 'number' || ws[ws.length - 1].wd - ws.length <= MAX_PLACEHOLDERS, `more than ${MAX_PLACEHOLDERS} placeholder watches needed`));
+export const InotifyFd = lazySchema(() => z.object({ kind: z.literal('inotify'), inotify: InotifyWatches }));
 type InotifyFd = z.infer<typeof InotifyFd>;
 
 export const inotifyKind: FdKind<InotifyFd> = {

@@ -9,16 +9,16 @@
 // processes outside the tree are refused by name. (Mandatory locking no longer exists in Linux.)
 import fs from 'node:fs';
 import { outsideFdLinks } from '../proc';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import type { ImageFd } from '../image/schema';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { syscall } from '../sys/libc';
 import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
 
-const hex64 = z.string().regex(/^0x[0-9a-f]{1,16}$/);
+const hex64 = lazySchema(() => z.string().regex(/^0x[0-9a-f]{1,16}$/));
 
-export const FileLock = z.object({
+export const FileLock = lazySchema(() => z.object({
   kind: z.enum(['flock', 'posix', 'ofd', 'lease']),
   type: z.enum(['read', 'write']),
   /** first byte locked (flock and lease: 0) */
@@ -27,7 +27,7 @@ export const FileLock = z.object({
   len: hex64,
   /** the pid /proc/locks shows (-1 for OFD locks) */
   pid: z.number().int().min(-1).max(4194304),
-});
+}));
 export type FileLock = z.infer<typeof FileLock>;
 
 const OFFSET_MAX = (1n << 63n) - 1n;

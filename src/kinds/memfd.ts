@@ -3,7 +3,7 @@
 // at restart stasis creates each one itself and the tasks open it through
 // /proc, so every mapping and fd meets the same file again.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import type { ImageMemfd } from '../image/schema';
 import { memfdCreate, syscall } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
@@ -23,7 +23,7 @@ export function memfdName(path: string): string | null {
 }
 
 /** An fd on a memfd: its id in the Memfds record; `pos` its offset. */
-export const MemfdFd = z.object({ kind: z.literal('memfd'), memfd: count });
+export const MemfdFd = lazySchema(() => z.object({ kind: z.literal('memfd'), memfd: count }));
 export type MemfdFd = z.infer<typeof MemfdFd>;
 
 export const memfdKind: FdKind<MemfdFd> = {

@@ -3,7 +3,7 @@
 // (pagemap) and streams them; restore maps every VMA at its address and
 // writes the pages back.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { Vma, readPagemap } from '../proc';
 import type { FileIdentity, ImageVma, ImageCreds } from '../image/schema';
 import { savesPages, vmaAt } from '../image/vma';
@@ -19,14 +19,14 @@ import { syscall } from '../sys/libc';
 import { SysvShmTable, attachSegments } from './sysvshm';
 
 /** Page runs of a VMA that are guard regions (MADV_GUARD_INSTALL): nothing to read, installed again. */
-export const GuardRuns = z.array(z.object({
+export const GuardRuns = lazySchema(() => z.array(z.object({
   addr: z.number().int().min(0).max(2 ** 47).multipleOf(4096),
   len: z.number().int().min(4096).max(2 ** 47).multipleOf(4096),
-})).max(1 << 20);
+})).max(1 << 20));
 export type GuardRuns = z.infer<typeof GuardRuns>;
 
 /** Size in bytes of a shared anonymous object (absent in older images: the VMA's end). */
-export const ShmemSize = z.number().int().min(0).max(2 ** 47);
+export const ShmemSize = lazySchema(() => z.number().int().min(0).max(2 ** 47));
 export type ShmemSize = z.infer<typeof ShmemSize>;
 
 const SPECIAL: Record<string, ImageVma['kind']> = { '[vdso]': 'vdso', '[vvar]': 'vvar', '[vvar_vclock]': 'vvar_vclock' };

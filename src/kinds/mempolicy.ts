@@ -1,7 +1,7 @@
 // NUMA memory policy of each thread (set_mempolicy): mode, mode flags and
 // nodes, asked inside the thread with get_mempolicy and set again there.
 // Policies of single mappings (mbind) belong to the VMAs.
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { Remote } from '../ptrace/remote';
 import { StasisError, errnoName } from '../sys/errno';
 
@@ -9,12 +9,12 @@ const NR_set_mempolicy = 238, NR_get_mempolicy = 239;
 /** bits of node mask passed: 1024 nodes (set_mempolicy reads one bit fewer than it is told) */
 const MAXNODE = 1024, MASK_BYTES = MAXNODE / 8;
 
-export const MempolicyState = z.object({
+export const MempolicyState = lazySchema(() => z.object({
   /** MPOL_* mode with its MPOL_F_* flags, as get_mempolicy reports it */
   mode: z.number().int().min(0).max(0xffff),
   /** nodes, hex, node 0 in the lowest bit ('0x0' for default and local) */
   nodes: z.string().regex(/^0x[0-9a-f]{1,256}$/),
-});
+}));
 export type MempolicyState = z.infer<typeof MempolicyState>;
 
 export function dumpMempolicy(remote: Remote): MempolicyState {

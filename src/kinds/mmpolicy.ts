@@ -2,7 +2,7 @@
 // VMA): mlockall(MCL_FUTURE), KSM merge-any, NUMA policy, and whether the
 // address space is shared with another process of the tree.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { readVmas } from '../proc';
 import { ImageVma } from '../image/schema';
 import { Remote } from '../ptrace/remote';
@@ -11,11 +11,11 @@ import { UnsupportedError, StasisError } from '../sys/errno';
 import { vmaLabel } from './memory';
 
 /** prctl(PR_SET_MEMORY_MERGE): KSM on every eligible VMA, present and future. */
-export const MergeAny = z.boolean();
+export const MergeAny = lazySchema(() => z.boolean());
 export type MergeAny = z.infer<typeof MergeAny>;
 
 /** mlockall(MCL_FUTURE) in force: every new mapping is locked (mm->def_flags). */
-export const LockFuture = z.enum(['off', 'on', 'onfault']);
+export const LockFuture = lazySchema(() => z.enum(['off', 'on', 'onfault']));
 export type LockFuture = z.infer<typeof LockFuture>;
 
 /** VmLck of a process: the memory it has locked, in kB. */

@@ -19,7 +19,7 @@
 // again under its name (or a unique one when that is taken), filled and
 // unlinked.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import type { ImageCreds, ImageProcess } from '../image/schema';
 import { outsideFdLinks } from '../proc';
 import { syscall } from '../sys/libc';
@@ -37,9 +37,9 @@ const MSG_MAX = 65536, MSGSIZE_MAX = 16 << 20, PRIO_MAX = 32768;
 export const UNLINKED_PATH = 'mqueue:[unlinked]';
 
 /** "/NAME": one path component in the mqueue file system. */
-const mqName = z.string().max(256).regex(/^\/[^/\0]{1,255}$/, 'not "/" and a queue name without "/" or NUL');
+const mqName = lazySchema(() => z.string().max(256).regex(/^\/[^/\0]{1,255}$/, 'not "/" and a queue name without "/" or NUL'));
 
-export const MqueueObject = z.object({
+export const MqueueObject = lazySchema(() => z.object({
   /** inode number at checkpoint */
   id: count,
   name: mqName,
@@ -52,11 +52,11 @@ export const MqueueObject = z.object({
   msgsize: int(1, MSGSIZE_MAX),
   /** in receive order: highest priority first, FIFO within one priority */
   messages: z.array(z.object({ prio: int(0, PRIO_MAX - 1), data: base64Max(MSGSIZE_MAX) })).max(MSG_MAX),
-});
+}));
 export type MqueueObject = z.infer<typeof MqueueObject>;
 
 /** An fd on a message queue: its id in the Objects record's `mqueues` table. */
-export const MqueueFd = z.object({ kind: z.literal('mqueue'), mqueue: count });
+export const MqueueFd = lazySchema(() => z.object({ kind: z.literal('mqueue'), mqueue: count }));
 export type MqueueFd = z.infer<typeof MqueueFd>;
 
 function isMqueue(p: string): boolean {

@@ -8,7 +8,7 @@
 // process outside the tree is refused by name (src/kinds/procfs.ts), as is
 // a restart under other pids.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { syscall, waitpidSync, __WALL } from '../sys/libc';
@@ -23,8 +23,8 @@ const O_NONBLOCK = 0o4000, O_EXCL = 0o200, O_RDWR = 2, F_SETFD = 2, F_SETFL = 4;
 const PIDFD_FLAGS = O_NONBLOCK | O_EXCL;
 
 /** The process (pid as seen at checkpoint, 0: exited and reaped), and whether the pidfd is of one thread (PIDFD_THREAD). */
-export const PidfdState = z.object({ pid: pidOrZero, thread: z.boolean() });
-export const PidfdFd = z.object({ kind: z.literal('pidfd'), pidfd: PidfdState });
+export const PidfdState = lazySchema(() => z.object({ pid: pidOrZero, thread: z.boolean() }));
+export const PidfdFd = lazySchema(() => z.object({ kind: z.literal('pidfd'), pidfd: PidfdState }));
 type PidfdFd = z.infer<typeof PidfdFd>;
 
 export const pidfdKind: FdKind<PidfdFd> = {

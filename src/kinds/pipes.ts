@@ -5,7 +5,7 @@
 // written back before anyone reads.
 import fs from 'node:fs';
 import { outsideFdLinks } from '../proc';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import type { ImagePipe } from '../image/schema';
 import { syscall } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
@@ -20,9 +20,9 @@ const SPLICE_F_NONBLOCK = 2;
 interface Holder { pid: number; fd: number }
 
 /** A pipe end: its id in the Pipes record. */
-export const PipeFd = z.object({ kind: z.literal('pipe'), pipe: count });
+export const PipeFd = lazySchema(() => z.object({ kind: z.literal('pipe'), pipe: count }));
 /** A FIFO opened by path (the common `path`): its id in the Pipes record. */
-export const FifoFd = z.object({ kind: z.literal('fifo'), pipe: count });
+export const FifoFd = lazySchema(() => z.object({ kind: z.literal('fifo'), pipe: count }));
 type PipeOrFifoFd = z.infer<typeof PipeFd> | z.infer<typeof FifoFd>;
 
 /** Pipes, and FIFOs (found by stat once no other kind claimed the path). */

@@ -12,7 +12,7 @@
 // stack, dumpable 2 (suid_dumpable), threads with credentials of their own,
 // a core scheduling cookie.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { readStat, readStatus } from '../proc';
 import { Remote, AT_FDCWD } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
@@ -41,8 +41,8 @@ const PF_MEMALLOC_NOIO = 0x00080000, PF_LOCAL_THROTTLE = 0x00100000;
 const SPEC_FEATURES = [0, 1, 2];
 const O_WRONLY = 1, O_CLOEXEC = 0o2000000;
 
-const int = z.number().int();
-export const ProcessPrctlState = z.object({
+const int = lazySchema(() => z.number().int());
+export const ProcessPrctlState = lazySchema(() => z.object({
   childSubreaper: z.boolean(),
   /** PR_GET_THP_DISABLE: 0, 1, or 3 (PR_THP_DISABLE_EXCEPT_ADVISED) */
   thpDisable: int.min(0).max(3).refine((v) => v !== 2, 'PR_THP_DISABLE_EXCEPT_ADVISED without disable'),
@@ -57,10 +57,10 @@ export const ProcessPrctlState = z.object({
   coredumpFilter: int.min(0).max(0x1ff),
   /** nice of the session's scheduler autogroup (/proc/PID/autogroup); null without autogroups */
   autogroupNice: int.min(-20).max(19).nullable(),
-});
+}));
 export type ProcessPrctlState = z.infer<typeof ProcessPrctlState>;
 
-export const ThreadPrctlState = z.object({
+export const ThreadPrctlState = lazySchema(() => z.object({
   pdeathsig: int.min(0).max(64),
   noNewPrivs: z.boolean(),
   /** PR_GET_SPECULATION_CTRL per feature (-1: not on this kernel or CPU) */
@@ -74,7 +74,7 @@ export const ThreadPrctlState = z.object({
   /** /proc/PID/task/TID/loginuid (4294967295: unset) */
   loginuid: int.min(0).max(0xffffffff),
   personality: int.min(0).max(0xffffffff),
-});
+}));
 export type ThreadPrctlState = z.infer<typeof ThreadPrctlState>;
 
 /**

@@ -3,7 +3,7 @@
 // regular file by device and inode) and the saved process could have
 // opened it so; then put back at their offset.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import type { ImageCreds, FileIdentity as FileIdentityType } from '../image/schema';
 import { Remote, AT_FDCWD } from '../ptrace/remote';
 import { StasisError } from '../sys/errno';
@@ -19,18 +19,18 @@ const VALID_OPEN_FLAGS = 0o37777703;
 const CAP_DAC_OVERRIDE = 1n, CAP_DAC_READ_SEARCH = 2n;
 
 /** How a file is recognised again at restart. */
-export const FileIdentity = z.object({
+export const FileIdentity = lazySchema(() => z.object({
   path,
   dev: count,
   ino: count,
   size: count,
   /** mtime in nanoseconds, as a decimal string */
   mtimeNs: decimalI64,
-});
+}));
 
 /** A regular file: the common `path`, `pos`, and which file it was. */
-export const FileFd = z.object({ kind: z.literal('file'), file: FileIdentity });
-export const DirFd = z.object({ kind: z.literal('dir') });
+export const FileFd = lazySchema(() => z.object({ kind: z.literal('file'), file: FileIdentity }));
+export const DirFd = lazySchema(() => z.object({ kind: z.literal('dir') }));
 type FileFd = z.infer<typeof FileFd>;
 type DirFd = z.infer<typeof DirFd>;
 

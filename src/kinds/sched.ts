@@ -3,7 +3,7 @@
 // timer slack. Read and set from outside where the kernel takes a tid
 // (sched_getattr, sched_getaffinity, ioprio_get), last; timer slack from
 // inside.
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { readStat } from '../proc';
 import { Remote } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
@@ -19,7 +19,7 @@ const SCHED_ATTR_SIZE = 56;
 /** enough for 1024 CPUs */
 const AFFINITY_BYTES = 128;
 
-export const SchedState = z.object({
+export const SchedState = lazySchema(() => z.object({
   /** SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5, EXT 7 (DEADLINE is refused) */
   policy: z.number().int().min(0).max(7).refine((v) => v !== 4 && v !== SCHED_DEADLINE, 'not a policy a checkpoint saves'),
   resetOnFork: z.boolean(),
@@ -33,7 +33,7 @@ export const SchedState = z.object({
   ioprio: z.number().int().min(0).max(0xffff),
   /** PR_GET_TIMERSLACK, ns (0 for real-time tasks) */
   timerSlack: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-});
+}));
 export type SchedState = z.infer<typeof SchedState>;
 
 const isRealtime = (policy: number) => policy === SCHED_FIFO || policy === SCHED_RR || policy === SCHED_DEADLINE;

@@ -6,18 +6,18 @@
 // shared between processes) and System V semaphore undo lists are refused
 // by name.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { spawnBlank } from '../ptrace/blank';
 import { SYS } from '../sys/x86';
 import { syscall, waitpidSync } from '../sys/libc';
 import { UnsupportedError } from '../sys/errno';
 
-export const Sharing = z.object({
+export const Sharing = lazySchema(() => z.object({
   /** shares its parent's fd table (cloned with CLONE_FILES) */
   files: z.boolean(),
   /** shares its parent's cwd, root and umask (cloned with CLONE_FS) */
   fs: z.boolean(),
-});
+}));
 export type Sharing = z.infer<typeof Sharing>;
 
 const KCMP_VM = 1, KCMP_FILES = 2, KCMP_FS = 3, KCMP_SIGHAND = 4, KCMP_IO = 5, KCMP_SYSVSEM = 6;

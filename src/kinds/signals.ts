@@ -3,7 +3,7 @@
 // parent was told of it, and the exit signal; per thread the blocked mask,
 // its own pending queue and the alternate stack.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { Remote } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
@@ -134,7 +134,7 @@ export function restoreBlocked(threads: Tracee[], saved: ImageSignals[]): void {
 }
 
 /** The signal a process is stopped by: its group stop reports it to the tracer. */
-export const StopSignal = z.union([z.literal(SIGSTOP), z.literal(SIGTSTP), z.literal(SIGTTIN), z.literal(SIGTTOU)]);
+export const StopSignal = lazySchema(() => z.union([z.literal(SIGSTOP), z.literal(SIGTSTP), z.literal(SIGTTIN), z.literal(SIGTTOU)]));
 export type StopSignal = z.infer<typeof StopSignal>;
 
 export function checkStopSignal(sig: number, pid: number): StopSignal {
@@ -183,7 +183,7 @@ export function dumpExitSignal(pid: number): number {
   return Number(rest[38 - 3]);
 }
 
-export const ExitSignal = z.number().int().min(0).max(64);
+export const ExitSignal = lazySchema(() => z.number().int().min(0).max(64));
 
 /**
  * Restart: enter the group stop with the saved signal while still traced,

@@ -3,7 +3,7 @@
 // link, following no symlink on the way), only when the path still names
 // the same link (device and inode).
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { StasisError } from '../sys/errno';
 import { count } from '../image/fields';
 import { FdKind } from './fdkind';
@@ -12,7 +12,7 @@ import { openByPath } from './regular';
 const O_PATH = 0o10000000, O_NOFOLLOW = 0o400000;
 
 /** The link's device and inode; the common `path` is where it is. */
-export const SymlinkFd = z.object({ kind: z.literal('symlink'), symlink: z.object({ dev: count, ino: count }) });
+export const SymlinkFd = lazySchema(() => z.object({ kind: z.literal('symlink'), symlink: z.object({ dev: count, ino: count }) }));
 type SymlinkFd = z.infer<typeof SymlinkFd>;
 
 export const symlinkKind: FdKind<SymlinkFd> = {

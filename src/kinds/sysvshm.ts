@@ -15,7 +15,7 @@
 // tasks attach it at the saved addresses; a segment removed at checkpoint
 // is removed again (IPC_RMID) once every process has attached it.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import type { ImageVma } from '../image/schema';
 import { syscall } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
@@ -38,7 +38,7 @@ export function sysvKey(path: string): number | null {
   return m ? parseInt(m[1], 16) : null;
 }
 
-export const SysvShmObject = z.object({
+export const SysvShmObject = lazySchema(() => z.object({
   /** shmid, kept across the restart */
   id: int(0, 0x7fffffff),
   /** the key (0: IPC_PRIVATE, which a segment removed while attached has too) */
@@ -53,11 +53,11 @@ export const SysvShmObject = z.object({
   removed: z.boolean(),
   /** data segments (holes are not saved), base64 */
   segments: z.array(z.object({ offset: count, data: base64Max(SEGMENT_MAX) })).max(1 << 18),
-});
+}));
 export type SysvShmObject = z.infer<typeof SysvShmObject>;
 
 /** The id of the segment an attachment maps (a VMA field). */
-export const SysvId = int(0, 0x7fffffff);
+export const SysvId = lazySchema(() => int(0, 0x7fffffff));
 
 interface SegmentInfo { key: number; id: number; mode: number; size: number; uid: number; gid: number }
 

@@ -1,7 +1,7 @@
 // signalfd and timerfd: small file descriptors whose whole state is in
 // fdinfo. A signalfd is its signal mask; a timerfd is its clock, its
 // remaining time and interval, and the expirations not yet read.
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { Fdinfo } from '../proc';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
@@ -13,18 +13,18 @@ const O_NONBLOCK = 0o4000, O_CLOEXEC = 0o2000000;
 const TFD_IOC_SET_TICKS = 0x40085400;
 
 /** [seconds, nanoseconds] */
-const Timespec = z.tuple([count, int(0, 999_999_999)]);
+const Timespec = lazySchema(() => z.tuple([count, int(0, 999_999_999)]));
 
 /** The signal mask it reads (hex). */
-export const SignalfdFd = z.object({ kind: z.literal('signalfd'), signalfd: z.object({ mask: hex64 }) });
+export const SignalfdFd = lazySchema(() => z.object({ kind: z.literal('signalfd'), signalfd: z.object({ mask: hex64 }) }));
 export type SignalfdFd = z.infer<typeof SignalfdFd>;
 type SignalfdState = SignalfdFd['signalfd'];
 
 /** Clock, remaining time and interval, expirations not yet read (decimal). */
-export const TimerfdFd = z.object({
+export const TimerfdFd = lazySchema(() => z.object({
   kind: z.literal('timerfd'),
   timerfd: z.object({ clock: int(0, 11), value: Timespec, interval: Timespec, ticks: decimalU64 }),
-});
+}));
 export type TimerfdFd = z.infer<typeof TimerfdFd>;
 type TimerfdState = TimerfdFd['timerfd'];
 

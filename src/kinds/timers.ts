@@ -5,7 +5,7 @@
 // count (as in CRIU), and an absolute CLOCK_REALTIME deadline becomes the
 // same remaining time.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { Remote } from '../ptrace/remote';
 import { UnsupportedError, StasisError } from '../sys/errno';
 
@@ -16,14 +16,14 @@ const PR_TIMER_CREATE_RESTORE_IDS = 77, RESTORE_IDS_OFF = 0, RESTORE_IDS_ON = 1;
 const NOTIFY = { signal: 0, none: 1, thread: 2, thread_id: 4 } as const;
 const INT_MAX = 0x7fffffff;
 
-const Seconds = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+const Seconds = lazySchema(() => z.number().int().min(0).max(Number.MAX_SAFE_INTEGER));
 /** [seconds, nanoseconds] */
-const Timespec = z.tuple([Seconds, z.number().int().min(0).max(999_999_999)]);
+const Timespec = lazySchema(() => z.tuple([Seconds, z.number().int().min(0).max(999_999_999)]));
 /** [seconds, microseconds] */
-const Timeval = z.tuple([Seconds, z.number().int().min(0).max(999_999)]);
-const Hex64 = z.string().regex(/^0x[0-9a-f]{1,16}$/);
+const Timeval = lazySchema(() => z.tuple([Seconds, z.number().int().min(0).max(999_999)]));
+const Hex64 = lazySchema(() => z.string().regex(/^0x[0-9a-f]{1,16}$/));
 
-export const PosixTimer = z.object({
+export const PosixTimer = lazySchema(() => z.object({
   /** the id timer_create returned: programs keep it, so it comes back the same */
   id: z.number().int().min(0).max(INT_MAX),
   /** clockid as the kernel holds it (CPU clocks encoded, negative) */
@@ -37,19 +37,19 @@ export const PosixTimer = z.object({
   /** time left (volatile: it runs until the checkpoint) and reload interval; [0, 0] = disarmed */
   remaining: Timespec,
   interval: Timespec,
-});
+}));
 export type PosixTimer = z.infer<typeof PosixTimer>;
 
-export const Itimer = z.object({ remaining: Timeval, interval: Timeval });
+export const Itimer = lazySchema(() => z.object({ remaining: Timeval, interval: Timeval }));
 export type Itimer = z.infer<typeof Itimer>;
 
-export const TimersState = z.object({
+export const TimersState = lazySchema(() => z.object({
   posix: z.array(PosixTimer).max(1 << 20),
   /** ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF */
   real: Itimer,
   virtual: Itimer,
   prof: Itimer,
-});
+}));
 export type TimersState = z.infer<typeof TimersState>;
 
 interface ProcTimer { id: number; signo: number; value: string; notify: PosixTimer['notify']; target: number; clock: number }

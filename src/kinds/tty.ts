@@ -16,7 +16,7 @@
 // right after setsid, before it forks the members of its session, so
 // they inherit it as they did.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import { syscall } from '../sys/libc';
 import { SYS } from '../sys/x86';
 import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
@@ -53,19 +53,19 @@ const N_TTY_BUF = 4096, N_TTY_MAX = N_TTY_BUF - 1;
 const PTS_MAJOR_FIRST = 136, PTS_MAJOR_LAST = 143, PTMX = '5:2', DEV_TTY = '5:0';
 
 /** struct termios2, by field. */
-export const Termios = z.object({
+export const Termios = lazySchema(() => z.object({
   iflag: u32, oflag: u32, cflag: u32, lflag: u32,
   line: int(0, 255),
   cc: z.array(int(0, 255)).length(19),
   ispeed: u32, ospeed: u32,
-});
+}));
 export type Termios = z.infer<typeof Termios>;
 
 /**
  * A pty of the tree, or (external) the terminal of a --shell-job. `id` is
  * its /dev/pts number at checkpoint time.
  */
-export const ImageTty = z.object({
+export const ImageTty = lazySchema(() => z.object({
   id: count,
   /** outside the tree (--shell-job): the restarter's stdin terminal stands in; nothing else is saved */
   external: z.boolean().optional(),
@@ -91,15 +91,15 @@ export const ImageTty = z.object({
   partial: base64Max(N_TTY_BUF).optional(),
   /** written on the slave side, not yet read from the master (base64) */
   output: base64Max(1 << 20),
-});
+}));
 export type ImageTty = z.infer<typeof ImageTty>;
 
 /** An fd on a terminal: its id in the Objects record's ttys, and which end it is. */
-export const TtyFd = z.object({ kind: z.literal('tty'), tty: count, side: z.enum(['master', 'slave', 'ctty']) });
+export const TtyFd = lazySchema(() => z.object({ kind: z.literal('tty'), tty: count, side: z.enum(['master', 'slave', 'ctty']) }));
 export type TtyFd = z.infer<typeof TtyFd>;
 
 /** A process's controlling terminal: its id in the ttys table (only for sessions led inside the tree, or a --shell-job's). */
-export const Ctty = count.optional();
+export const Ctty = lazySchema(() => count.optional());
 
 function devOf(rdev: bigint): { major: number; minor: number } {
   return { major: Number(rdev >> 8n) & 0xfff, minor: Number(rdev & 0xffn) | (Number(rdev >> 12n) & 0xfff00) };

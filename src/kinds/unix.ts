@@ -18,7 +18,7 @@
 // new pid namespace and in a user's new user namespace, where the task
 // may not reach stasis's fds with pidfd_getfd or through /proc.
 import fs from 'node:fs';
-import { z } from 'zod';
+import { z, lazySchema } from '../image/zod';
 import type { ImageCreds, ImageProcess } from '../image/schema';
 import { outsideFdLinks } from '../proc';
 import { sockDiag, rtAttrs } from '../sys/netlink';
@@ -65,14 +65,14 @@ type OptionName = keyof typeof OPTIONS;
 const OPTION_NAMES = Object.keys(OPTIONS) as [OptionName, ...OptionName[]];
 
 /** A name a socket is bound to: a filesystem path, or an abstract name (base64 of its bytes after the leading NUL). */
-const SocketName = z.union([
+const SocketName = lazySchema(() => z.union([
   z.object({ path: absPath }),
   z.object({ abstract: base64Max(NAME_MAX - 1) }),
-]);
+]));
 type SocketName = z.infer<typeof SocketName>;
 
 /** One unix socket of the tree (the Objects record's `unix` table). */
-export const UnixSocket = z.object({
+export const UnixSocket = lazySchema(() => z.object({
   /** its inode at checkpoint time */
   id: count,
   type: z.enum(['stream', 'dgram', 'seqpacket']),
@@ -98,11 +98,11 @@ export const UnixSocket = z.object({
     /** the in-tree socket (its id) that sent this datagram, when it was bound to a name */
     from: count.optional(),
   })).max(1 << 20),
-});
+}));
 export type UnixSocket = z.infer<typeof UnixSocket>;
 
 /** An fd on a unix socket: its id in the `unix` table. */
-export const UnixFd = z.object({ kind: z.literal('unix'), sock: count });
+export const UnixFd = lazySchema(() => z.object({ kind: z.literal('unix'), sock: count }));
 export type UnixFd = z.infer<typeof UnixFd>;
 
 // ---- sock_diag ---------------------------------------------------------------
