@@ -11,7 +11,7 @@ import { loadImage, LoadedImage } from './image/load';
 import { ImageProcess, ImageVma, PageRun } from './image/schema';
 import { MemfdKeeper } from './kinds/memfd';
 import { GhostKeeper, checkGhosts } from './kinds/ghost';
-import { mapVmas, populatePages, writePages, finishVmas, findGap, checkFileIdentity, checkMappedFiles, PageIndex, lockVmas, keptFromParent, dropUnshared, opensSharedObject } from './kinds/memory';
+import { mapVmas, fillPages, writePages, finishVmas, findGap, checkFileIdentity, checkMappedFiles, PageIndex, lockVmas, keptFromParent, dropUnshared, opensSharedObject } from './kinds/memory';
 import { restoreMergeAny, restoreLockFuture } from './kinds/mmpolicy';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
@@ -391,8 +391,7 @@ function rebuildMemory(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: 
   mapVmas(remote, p.vmas.filter((v) => !kept.has(v)), host, keep.memfds, p.ksmMergeAny, keep.ghosts);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
   dropUnshared(remote, kept, pages.flatMap((pg) => pg.runs));
-  populatePages(remote, p.vmas, pages.flatMap((pg) => pg.runs));
-  for (const pg of pages) writePages(remote, p.vmas, pg.runs, pg.data);
+  fillPages(remote, p.vmas, pages);
   writeInheritedPages(remote, p, img, kept);
   finishVmas(remote, p.vmas);
   const shared = [...kept.values()].reduce((n, x) => n + x.size, 0);

@@ -68,60 +68,102 @@ export class Remote {
     const safe = this.task.injectsSafely;
     const area = safe ? (this.task.pid === this.task.tgid ? this.safeBatchArea : 0) : this.batchArea;
     if (!area || calls.length < 2) return calls.map((c) => this.call(c.name, c.nr, c.args, c.where));
-    const perRun = Math.floor((this.batchSize - (safe ? SAFE_TAIL_BYTES + 32 : 1)) / (BATCH_CALL_BYTES + 8));
     const out: number[] = [];
-    for (let i = 0; i < calls.length; i += perRun) {
-      const part = calls.slice(i, i + perRun);
-      const results = area + part.length * BATCH_CALL_BYTES + (safe ? SAFE_TAIL_BYTES : 1);
-      const at = Math.ceil(results / 8) * 8;
-      const code: number[] = [];
-      const movabs = (prefix: number[], v: number | bigint) => {
-        const b = Buffer.alloc(8);
-        b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)));
-        code.push(...prefix, ...b);
-      };
-      const syscall = (nr: number | bigint, args: Array<number | bigint>) => {
-        movabs([0x48, 0xb8], nr);
-        ARG_REG_MOVABS.forEach((reg, a) => movabs(reg, args[a] ?? 0));
-        code.push(0x0f, 0x05);
-      };
-      part.forEach((c, k) => {
-        syscall(c.nr, c.args);
-        movabs([0x48, 0xa3], at + k * 8); // mov [results + k*8], rax
-      });
+    for (let i = 0; i < calls.length; i += this.perRun) {
+      const part = calls.slice(i, i + this.perRun);
+      const { code, at, done, end } = this.batchCode(part, area);
       if (!safe) {
-        code.push(0xcc);
-        this.task.writeMem(area, Buffer.from(code));
+        this.task.writeMem(area, code);
         this.task.runUntilTrap(area, `a batch of ${part.length} system calls`);
       } else {
-        // Then: done = 1; select(0, 0, 0, 0, 2 s); jmp home. Only the
-        // registers the way home reloads are touched, and no flags. select,
-        // interrupted, returns -ERESTARTNOHAND without touching the task's
-        // restart block (a futex or nanosleep with a timeout would replace
-        // the one of the call the task was stopped in).
-        const done = at + part.length * 8;
-        const timeout = done + 8;
-        code.push(0xb8, 1, 0, 0, 0); // mov eax, 1
-        movabs([0xa3], done); // mov [done], eax
-        syscall(SYS_SELECT, [0, 0, 0, 0, timeout, 0]);
-        movabs([0x48, 0xb8], this.task.wayHome()); // mov rax, home
-        code.push(0xff, 0xe0); // jmp rax
-        const end = area + code.length;
-        const data = Buffer.alloc(done + 24 - area);
-        Buffer.from(code).copy(data);
-        data.writeBigInt64LE(BigInt(SAFE_BATCH_WAIT_S), timeout - area);
         // The code and its data are in place before the task points at them.
-        this.task.writeMem(area, data);
+        this.task.writeMem(area, code);
         this.task.runSafely(area, end, done, `a batch of ${part.length} system calls`);
       }
-      const res = this.task.readMem(at, part.length * 8);
-      part.forEach((c, k) => {
-        const r = res.readBigInt64LE(k * 8);
-        if (r < 0n && r > -4096n) throw new SyscallError(`${c.name} in pid ${this.pid}`, Number(-r), c.where);
-        out.push(Number(r));
-      });
+      out.push(...this.results(part, at));
     }
     return out;
+  }
+
+  /**
+   * A batch in a restore stub, started: the stub makes the calls while the
+   * caller goes on (touching neither this task nor its memory); the
+   * returned function waits for them and gives their results. Calls that
+   * do not fit in one batch area run first, before it returns.
+   */
+  startBatch(calls: BatchCall[]): () => number[] {
+    if (this.task.injectsSafely || !this.batchArea || !calls.length) {
+      const results = this.batch(calls);
+      return () => results;
+    }
+    const last = calls.length - (calls.length % this.perRun || this.perRun);
+    const first = last ? this.batch(calls.slice(0, last)) : [];
+    const part = calls.slice(last);
+    const { code, at } = this.batchCode(part, this.batchArea);
+    this.task.writeMem(this.batchArea, code);
+    const finish = this.task.startUntilTrap(this.batchArea);
+    return () => {
+      finish(`a batch of ${part.length} system calls`);
+      return [...first, ...this.results(part, at)];
+    };
+  }
+
+  private get perRun(): number {
+    return Math.floor((this.batchSize - (this.task.injectsSafely ? SAFE_TAIL_BYTES + 32 : 1)) / (BATCH_CALL_BYTES + 8));
+  }
+
+  /**
+   * The code of a batch at `area`: each call and the store of its result,
+   * then an int3 (a restore stub) or, in a target: done = 1; select(0, 0,
+   * 0, 0, 2 s); jmp home, with the select's timeout after the code. Only
+   * the registers the way home reloads are touched, and no flags. select,
+   * interrupted, returns -ERESTARTNOHAND without touching the task's
+   * restart block (a futex or nanosleep with a timeout would replace the
+   * one of the call the task was stopped in).
+   */
+  private batchCode(part: BatchCall[], area: number): { code: Buffer; at: number; done: number; end: number } {
+    const safe = this.task.injectsSafely;
+    const at = Math.ceil((area + part.length * BATCH_CALL_BYTES + (safe ? SAFE_TAIL_BYTES : 1)) / 8) * 8;
+    const done = at + part.length * 8;
+    const code: number[] = [];
+    const movabs = (prefix: number[], v: number | bigint) => {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)));
+      code.push(...prefix, ...b);
+    };
+    const syscall = (nr: number | bigint, args: Array<number | bigint>) => {
+      movabs([0x48, 0xb8], nr);
+      ARG_REG_MOVABS.forEach((reg, a) => movabs(reg, args[a] ?? 0));
+      code.push(0x0f, 0x05);
+    };
+    part.forEach((c, k) => {
+      syscall(c.nr, c.args);
+      movabs([0x48, 0xa3], at + k * 8); // mov [results + k*8], rax
+    });
+    if (!safe) {
+      code.push(0xcc);
+      return { code: Buffer.from(code), at, done, end: area + code.length };
+    }
+    const timeout = done + 8;
+    code.push(0xb8, 1, 0, 0, 0); // mov eax, 1
+    movabs([0xa3], done); // mov [done], eax
+    syscall(SYS_SELECT, [0, 0, 0, 0, timeout, 0]);
+    movabs([0x48, 0xb8], this.task.wayHome()); // mov rax, home
+    code.push(0xff, 0xe0); // jmp rax
+    const data = Buffer.alloc(timeout + 16 - area);
+    Buffer.from(code).copy(data);
+    data.writeBigInt64LE(BigInt(SAFE_BATCH_WAIT_S), timeout - area);
+    return { code: data, at, done, end: area + code.length };
+  }
+
+  /** The results a batch stored at `at`, the first failure thrown by name. */
+  private results(part: BatchCall[], at: number): number[] {
+    const res = this.task.readMem(at, part.length * 8);
+    return part.map((c, k) => {
+      const r = res.readBigInt64LE(k * 8);
+      if (r < 0n && r > -4096n) throw new SyscallError(`${c.name} in pid ${this.pid}`, Number(-r), c.where);
+      return Number(r);
+    });
   }
 
   get pid(): number {

@@ -403,13 +403,18 @@ export class Tracee {
    * many system calls for one ptrace round trip.
    */
   runUntilTrap(rip: number, what: string): void {
+    this.startUntilTrap(rip)(what);
+  }
+
+  /** The same, started: the task runs while we go on; the returned function waits for the int3. */
+  startUntilTrap(rip: number): (what: string) => void {
     if (this.safe) throw new StasisError(`pid ${this.pid}: batched calls are for restore stubs only (an int3 would kill a target left by a dying stasis)`);
     const r = this.saved!.clone();
     r.set('rip', rip);
     r.set('orig_rax', -1n);
     this.setRegs(r);
     ptrace(PTRACE.CONT, this.pid, 0, 0, 'CONT');
-    this.waitStop(what, SIGTRAP, PTRACE.CONT);
+    return (what) => { this.waitStop(what, SIGTRAP, PTRACE.CONT); };
   }
 
   /** Injected syscall that throws a SyscallError naming the call on failure. */
