@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { tmpdir } from './harness';
-import { ImageWriter, readImage, RecordType, encodePagesHeader, decodePages, HEADER_SIZE, RECORD_HEADER_SIZE, FORMAT_VERSION } from '../src/image/stream';
-import { crc32c, crc32cPortable } from '../src/image/crc32c';
+import { ImageWriter, readImage, readImageBuffer, RecordType, encodePagesHeader, decodePages, HEADER_SIZE, RECORD_HEADER_SIZE, FORMAT_VERSION } from '../src/image/stream';
+import { crc32c, crc32cPortable, crc32cMany } from '../src/image/crc32c';
 import { ImageError } from '../src/sys/errno';
 
 function writeImage(file: string, fill: (w: ImageWriter) => void): Buffer {
@@ -61,6 +61,29 @@ test('crc32c of large buffers (three interleaved chains, joined) agrees with the
   // Continuing a CRC across two large parts is the CRC of the whole.
   const a = data.subarray(0, 300000), b = data.subarray(300000, 700001);
   assert.equal(crc32c(b, crc32c(a)), crc32cPortable(data.subarray(0, 700001)));
+});
+
+test('crc32cMany (large buffers shared with a second thread) agrees with crc32c for each buffer', () => {
+  const bufs = [1 << 20, 3, 5 << 20, 12 * 1024, (7 << 20) + 13, 4096, 6 << 20, 100].map((n, k) => {
+    const b = Buffer.alloc(n);
+    for (let i = 0; i < n; i += 61) b[i] = (i * 7 + k) & 0xff;
+    return b;
+  });
+  assert.deepEqual(crc32cMany(bufs), bufs.map((b) => crc32c(b)));
+});
+
+test('a flipped byte in any of many large records is found (their checksums are taken on two threads)', () => {
+  const file = path.join(tmpdir('image-many'), 'image');
+  const sizes = [4 << 20, 4 << 20, 3 << 20, 4 << 20, (2 << 20) + 8, 4 << 20];
+  const good = writeImage(file, (w) => sizes.forEach((n, k) => w.record(RecordType.Pages, [Buffer.alloc(n, k + 1)])));
+  assert.equal(readImageBuffer(good, 'test image').length, sizes.length);
+  let at = 16;
+  sizes.forEach((n) => {
+    const bad = Buffer.from(good);
+    bad[at + RECORD_HEADER_SIZE + Math.floor(n / 2)] ^= 0x40;
+    assert.throws(() => readImageBuffer(bad, 'test image'), (e: Error) => e instanceof ImageError && e.message === `test image is corrupted: Pages record at byte ${at} (${n} bytes) fails its checksum`);
+    at += RECORD_HEADER_SIZE + n;
+  });
 });
 
 test('records round-trip in order with their payloads', () => {

@@ -3,7 +3,7 @@
 // go through a pipe. docs/image-format.md documents the layout.
 import fs from 'node:fs';
 import { ImageError, StasisError } from '../sys/errno';
-import { crc32c } from './crc32c';
+import { crc32c, crc32cMany } from './crc32c';
 import { writevAsync, sleepSync } from '../sys/libc';
 import type { EndRecord, PageRun } from './schema';
 import { issueText } from './fields';
@@ -29,6 +29,8 @@ export const FORMAT_VERSION = 2;
 const UNCONVERTIBLE_BELOW = 2;
 export const HEADER_SIZE = 16;
 export const RECORD_HEADER_SIZE = 24;
+/** Payloads this large have their checksums taken together, after the End record. */
+const CHECK_LATER = 1 << 20;
 /** Largest payload a reader accepts: guards against a corrupt length. */
 export const MAX_RECORD = 1 << 30;
 
@@ -238,6 +240,8 @@ function parseImage(src: Source, source: string): ImageRecord[] {
     throw new ImageError(`${source} has format version ${version}; this stasis reads version ${FORMAT_VERSION} (${what})`);
   }
   const records: ImageRecord[] = [];
+  // Large payloads are checked together at the end, on two threads.
+  const later: Array<{ payload: Buffer; crc: number; what: string }> = [];
   for (;;) {
     const offset = src.offset;
     const rh = src.read(RECORD_HEADER_SIZE);
@@ -250,14 +254,17 @@ function parseImage(src: Source, source: string): ImageRecord[] {
     if (len > MAX_RECORD) throw new ImageError(`${source} is corrupted: record at byte ${offset} claims ${len} bytes`);
     const payload = len ? src.read(len) : Buffer.alloc(0);
     if (!payload) throw new ImageError(`${source} is truncated: record ${recordTypeName(type)} at byte ${offset} has no payload`);
-    if (crc32c(payload) !== rh.readUInt32LE(16)) {
-      throw new ImageError(`${source} is corrupted: ${recordTypeName(type)} record at byte ${offset} (${len} bytes) fails its checksum`);
-    }
+    const what = `${source} is corrupted: ${recordTypeName(type)} record at byte ${offset} (${len} bytes) fails its checksum`;
+    if (len >= CHECK_LATER) later.push({ payload, crc: rh.readUInt32LE(16), what });
+    else if (crc32c(payload) !== rh.readUInt32LE(16)) throw new ImageError(what);
     if (type === RecordType.End) {
       const end = parseEnd(payload, `${source}: record ${records.length + 1} (End)`);
       if (end.records !== records.length) {
         throw new ImageError(`${source} is inconsistent: End record counts ${end.records} records, found ${records.length}`);
       }
+      const crcs = crc32cMany(later.map((l) => l.payload));
+      const bad = later.find((l, i) => crcs[i] !== l.crc);
+      if (bad) throw new ImageError(bad.what);
       return records;
     }
     if (!(type in RecordType)) throw new ImageError(`${source}: unknown record type ${type} at byte ${offset}`);
