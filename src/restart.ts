@@ -514,10 +514,13 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   const segments = held.add(() => new SysvShmKeeper(img.objects.sysvShm ?? []));
   let restored = false;
   // Outside a new pid namespace, the tree is held in a cgroup of its own
-  // until it is whole (see ptrace/hold.ts).
+  // until it is whole (see ptrace/hold.ts). One task alone needs none: one
+  // PTRACE_DETACH lets it go whole, and until then it dies with us
+  // (PTRACE_O_EXITKILL). The hold's cgroup moves wait for RCU grace periods.
+  const oneTask = img.processes.length === 1 && img.processes[0].threads.length === 1 && !img.zombies.length;
   let blank: Tracee;
   try {
-    keep.hold = ns ? null : RestartHold.create();
+    keep.hold = ns || oneTask ? null : RestartHold.create();
     blank = new Tracee(spawnBlank({ setsid: opts.setsid }));
   } catch (e) {
     keep.hold?.abandon();
@@ -530,7 +533,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   }
   const hold = keep.hold;
   if (hold) log(`the tree is held in cgroup ${hold.dir} until it is whole`);
-  else if (!ns) log('no cgroup v2 hierarchy to hold the tree in: a restart killed while it lets the tree go may leave part of it');
+  else if (!ns && !oneTask) log('no cgroup v2 hierarchy to hold the tree in: a restart killed while it lets the tree go may leave part of it');
   const created: Tracee[] = [blank];
   let rootTask: Tracee;
   /** the task whose end is the tree's end: the root, or the namespace's init */

@@ -350,3 +350,51 @@ test('SIGKILL of `stasis restart` at any moment leaves nothing of the image, or 
   for (const phase of ['blank', 'memory', 'process state', 'verify', 'release']) assert.ok(landed.get(phase), `no kill landed in ${phase}: ${[...landed]}`);
   for (const k of ['host gone', 'host whole', 'ns gone', 'ns whole']) assert.ok(ends.get(k), `no trial ended ${k}`);
 });
+
+// One task alone is restarted without a hold cgroup: it dies with stasis
+// (PTRACE_O_EXITKILL) until the one PTRACE_DETACH that lets it go whole.
+test('one single-threaded process restarted outside a pid namespace (no hold): a stasis killed at any ptrace request leaves nothing, or the process running', async (t) => {
+  const prog = build('blockers');
+  const dir = tmpdir('safety-restart-one');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(prog, ['pause'], out);
+  await waitFor(out, /^ready$/m);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  const mode: Mode = { detach: true, pidNs: false, verify: false };
+  const settle = async (run: Run, trial: string): Promise<'gone' | 'whole'> => {
+    const deadline = Date.now() + 15000;
+    for (;;) {
+      reapOrphans();
+      const live = leftovers(prog);
+      if (!live.length && !fs.existsSync(`/proc/${pid}`) && !holdsOf(run.stasisPid).length) return 'gone';
+      if (live.length === 1 && live[0].pid === pid) {
+        const st = read(`/proc/${pid}/status`) ?? '';
+        assert.match(st, /^TracerPid:\s+0$/m, `${trial}: left traced`);
+        assert.match(st, /^State:\s+S/m, `${trial}: not back in pause()`);
+        // Whole: it wakes on a signal as the program does.
+        process.kill(pid, 'SIGUSR1');
+        await waitFor(out, /woke\n$/);
+        await waitGone(pid, procs);
+        return 'whole';
+      }
+      if (Date.now() > deadline) throw new Error(`${trial}: neither gone nor whole: ${JSON.stringify(live)}`);
+      await sleep(5);
+    }
+  };
+  const cal = await restartCommand(img, dir, mode, { dieAtPtrace: 1e9 });
+  assert.doesNotMatch(cal.log, /held in cgroup|no cgroup v2/, 'no hold for one task');
+  assert.equal(await settle(cal, 'calibration'), 'whole');
+  const n = cal.ptraceRequests!;
+  const outcomes = new Map<string, number>();
+  // Every tenth request, and each of the last ten (the detach among them).
+  const at = [...new Set([...Array.from({ length: 10 }, (_, i) => 1 + Math.floor((i * n) / 10)), ...Array.from({ length: 10 }, (_, i) => n - i)])];
+  for (const k of at) {
+    const run = await restartCommand(img, dir, mode, { dieAtPtrace: k });
+    const end = await settle(run, `ptrace request ${k} of ${n} (${run.killed ? `killed in ${run.phase}` : 'finished'})`);
+    outcomes.set(end, (outcomes.get(end) ?? 0) + 1);
+  }
+  t.diagnostic(`${n} ptrace requests; outcomes: ${[...outcomes].map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  assert.ok(outcomes.get('gone'), 'some kills came before the detach');
+});
