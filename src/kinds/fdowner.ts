@@ -30,14 +30,27 @@ const owning = (f: ImageFd) => f.sameAs === undefined && !f.sharedWith && !(f.fl
 
 /** Owner and signal of every open file description of the process, where set. */
 export function dumpFdOwners(remote: Remote, fds: ImageFd[]): ImageFd[] {
-  remote.reset();
-  const buf = remote.alloc(8);
+  // Every owning fd's F_GETOWN_EX and F_GETSIG in batches (a struct each in scratch).
+  const asked = fds.filter(owning);
+  const answers = new Map<number, { raw: Buffer; sig: number }>();
+  for (let i = 0; i < asked.length; i += 128) {
+    const part = asked.slice(i, i + 128);
+    remote.reset();
+    const bufs = part.map(() => remote.alloc(8));
+    const got = remote.batch(part.flatMap((f, k) => {
+      const where = `fd ${f.fd} of pid ${remote.pid}`;
+      return [
+        { name: 'fcntl(F_GETOWN_EX)', nr: SYS.fcntl, args: [f.fd, F_GETOWN_EX, bufs[k]], where },
+        { name: 'fcntl(F_GETSIG)', nr: SYS.fcntl, args: [f.fd, F_GETSIG], where },
+      ];
+    }));
+    part.forEach((f, k) => answers.set(f.fd, { raw: remote.read(bufs[k], 8), sig: got[2 * k + 1] }));
+  }
   return fds.map((f) => {
-    if (!owning(f)) return f;
+    const a = answers.get(f.fd);
+    if (!a || !owning(f)) return f;
     const where = `fd ${f.fd} of pid ${remote.pid}`;
-    remote.call('fcntl(F_GETOWN_EX)', SYS.fcntl, [f.fd, F_GETOWN_EX, buf], where);
-    const raw = remote.read(buf, 8);
-    const sig = remote.call('fcntl(F_GETSIG)', SYS.fcntl, [f.fd, F_GETSIG], where);
+    const { raw, sig } = a;
     const owner = { type: raw.readInt32LE(0), pid: raw.readInt32LE(4), sig };
     // Directories raise no SIGIO: an owner there was set by F_NOTIFY, whose watch is invisible.
     if (f.kind === 'dir' && owner.pid) {

@@ -109,11 +109,12 @@ export function dumpTimers(remote: Remote, pid: number, tids: number[]): TimersS
     posix.push({ id: t.id, clock, notify: t.notify, ...(t.notify === 'thread_id' ? { tid: t.target } : {}), signo: t.signo, value: t.value, ...times });
   }
   posix.sort((a, b) => a.id - b.id);
+  // The three interval timers in one batch.
+  remote.reset();
+  const bufs = [0, 1, 2].map(() => remote.alloc(32));
+  remote.batch(bufs.map((buf, which) => ({ name: 'getitimer', nr: SYS_getitimer, args: [which, buf], where: `interval timer ${which}` })));
   const itimer = (which: number): Itimer => {
-    remote.reset();
-    const buf = remote.alloc(32);
-    remote.call('getitimer', SYS_getitimer, [which, buf], `interval timer ${which}`);
-    const b = remote.read(buf, 32);
+    const b = remote.read(bufs[which], 32);
     return { interval: [Number(b.readBigInt64LE(0)), Number(b.readBigInt64LE(8))], remaining: [Number(b.readBigInt64LE(16)), Number(b.readBigInt64LE(24))] };
   };
   return { posix, real: itimer(0), virtual: itimer(1), prof: itimer(2) };
