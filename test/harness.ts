@@ -19,10 +19,12 @@ export const PROGRAMS = path.join(ROOT, 'test', 'programs');
 const BUILD = path.join(ROOT, 'test', '.build');
 export const CLI = path.join(ROOT, 'bin', 'stasis');
 
-/** Compile test/programs/NAME.c once per content (flags from a `// build:` line). */
+/** Compile test/programs/NAME.c once per content, its own headers' included (flags from a `// build:` line). */
 export function build(name: string): string {
   const src = path.join(PROGRAMS, `${name}.c`);
-  const text = fs.readFileSync(src, 'utf8');
+  const own = fs.readFileSync(src, 'utf8');
+  const headers = [...own.matchAll(/^#include "([\w.-]+)"$/gm)].map((m) => fs.readFileSync(path.join(PROGRAMS, m[1]), 'utf8'));
+  const text = [own, ...headers].join('\n');
   const extra = /\/\/ build: (.*)/.exec(text)?.[1].trim().split(/\s+/) ?? [];
   fs.mkdirSync(BUILD, { recursive: true });
   const out = path.join(BUILD, name);

@@ -286,15 +286,20 @@ test('with --kill, a killed stasis leaves the target untouched or a complete ima
 // be stopped: a stasis that dies there leaves the target to finish the
 // wait and go home. timed_waits sleeps in restart_block calls in every
 // thread (the main one in nanosleep): any of them disturbed prints FAIL.
-test('a stasis killed while a batch of calls waits in the target: the target goes home by itself, its sleeps undisturbed', async () => {
-  const prog = build('timed_waits');
-  const dir = tmpdir('safety-batch');
+/** timed_waits running and counting; its four counters. */
+async function startTimedWaits(tag: string): Promise<{ pid: number; dir: string; out: string; counts: () => number[] }> {
+  const dir = tmpdir(tag);
   const out = path.join(dir, 'out'), progress = path.join(dir, 'progress');
-  const pid = procs.start(prog, [progress], out);
+  const pid = procs.start(build('timed_waits'), [progress], out);
   await waitFor(out, /^ready$/m);
-  const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
   const counts = () => fs.readFileSync(progress, 'utf8').trim().split(/\s+/).map(Number);
   await until('timed_waits counts', () => (counts().length === 4 ? null : 'no counts yet'));
+  return { pid, dir, out, counts };
+}
+
+test('a stasis killed while a batch of calls waits in the target: the target goes home by itself, its sleeps undisturbed', async () => {
+  const { pid, dir, out, counts } = await startTimedWaits('safety-batch');
+  const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
   const child = spawn(process.execPath, [CLI, 'checkpoint', String(pid), '-o', path.join(dir, 'image')], { stdio: 'ignore', env: { ...process.env, STASIS_TEST_DIE_IN_BATCH: '1' } });
   const [, signal] = await new Promise<[number | null, string | null]>((r) => child.on('close', (c, s) => r([c, s])));
   assert.equal(signal, 'SIGKILL', 'stasis died in its first batch');
@@ -310,13 +315,7 @@ test('a stasis killed while a batch of calls waits in the target: the target goe
 });
 
 test('a snapshot leaves threads in restart_block calls (nanosleep in the main thread, where batches run) waiting as they were', async () => {
-  const prog = build('timed_waits');
-  const dir = tmpdir('snapshot-waits');
-  const out = path.join(dir, 'out'), progress = path.join(dir, 'progress');
-  const pid = procs.start(prog, [progress], out);
-  await waitFor(out, /^ready$/m);
-  const counts = () => fs.readFileSync(progress, 'utf8').trim().split(/\s+/).map(Number);
-  await until('timed_waits counts', () => (counts().length === 4 ? null : 'no counts yet'));
+  const { pid, dir, out, counts } = await startTimedWaits('snapshot-waits');
   const r = await checkpointCommand(pid, dir, {});
   assert.equal(r.killed, false);
   const before = counts();

@@ -8,20 +8,10 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include "await_flag.h"
 
 static volatile sig_atomic_t go;
 static void on_usr1(int sig) { (void)sig; go = 1; }
-
-// SIGUSR1 is blocked between the test of go and the wait, so one sent in
-// that gap wakes the wait instead of being lost.
-static void await_go(void) {
-    sigset_t usr1, old;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, &old);
-    while (!go) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
 static void say(const char *s) { (void)!write(1, s, strlen(s)); }
 
 int main(void)
@@ -35,7 +25,7 @@ int main(void)
     uint64_t v = 1ULL << 40;
     if (sem < 0 || big < 0 || write(big, &v, 8) != 8) return 2;
     say("ready\n");
-    await_go();
+    await_flag(&go);
     for (int i = 0; i < 3; i++) {
         if (read(sem, &v, 8) != 8 || v != 1) { say("FAIL: semaphore read\n"); return 1; }
     }

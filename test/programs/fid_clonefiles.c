@@ -24,20 +24,10 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "await_flag.h"
 
 static volatile sig_atomic_t go;
 static void on_usr1(int sig) { (void)sig; go = 1; }
-
-// SIGUSR1 is blocked between the test of go and the wait, so one sent in
-// that gap wakes the wait instead of being lost.
-static void await_go(void) {
-    sigset_t usr1, old;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, &old);
-    while (!go) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
 static void say(const char *s) { (void)!write(1, s, strlen(s)); }
 static int fail(const char *why) { say("FAIL: "); say(why); say("\n"); return 1; }
 
@@ -72,7 +62,7 @@ int main(int argc, char **argv)
         char line[64];
         snprintf(line, sizeof line, "semid %d\nready\n", id);
         say(line);
-        await_go();
+        await_flag(&go);
         if (semctl(id, 0, GETVAL) != 1) return fail("semaphore value");
         say("sem ok\n");
         return 0;
@@ -85,7 +75,7 @@ int main(int argc, char **argv)
     if (plock < 0 || fcntl(plock, F_SETLK, &wr)) return 2;
     pid_t both = clone_sharing(CLONE_FILES | CLONE_FS);
     if (both == 0) {
-        await_go();
+        await_flag(&go);
         int fd = open("both", O_RDWR | O_CREAT, 0600);
         if (chdir("sub") || fd < 0) _exit(255);
         umask(077);
@@ -95,7 +85,7 @@ int main(int argc, char **argv)
     if (files == 0) {
         struct flock rd = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 20, .l_len = 10 };
         if (fcntl(plock, F_SETLK, &rd)) _exit(255);
-        await_go();
+        await_flag(&go);
         int fd = open("files", O_RDWR | O_CREAT, 0600);
         umask(070); /* not shared: the parent keeps its own */
         _exit(fd < 0 ? 255 : fd);

@@ -18,20 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "await_flag.h"
 
 static volatile sig_atomic_t go, rt_fd = -1, sigio;
 static void on_usr1(int sig) { (void)sig; go = 1; }
-
-// SIGUSR1 is blocked between the test of go and the wait, so one sent in
-// that gap wakes the wait instead of being lost.
-static void await_go(void) {
-    sigset_t usr1, old;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, &old);
-    while (!go) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
 static void on_rt(int sig, siginfo_t *si, void *uc) { (void)sig; (void)uc; rt_fd = si->si_fd; }
 static void on_io(int sig) { (void)sig; sigio = 1; }
 static void say(const char *s) { (void)!write(1, s, strlen(s)); }
@@ -43,7 +33,7 @@ static int owner_is(int fd, int type, pid_t pid)
     return fcntl(fd, F_GETOWN_EX, &o) == 0 && (int)o.type == type && o.pid == pid;
 }
 
-static void wait_usr1(void) { await_go(); }
+static void wait_usr1(void) { await_flag(&go); }
 
 int main(int argc, char **argv)
 {

@@ -17,20 +17,10 @@
 #include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "await_flag.h"
 
 static volatile sig_atomic_t go, a_fd = -1;
 static void on_usr1(int sig) { (void)sig; go = 1; }
-
-// SIGUSR1 is blocked between the test of go and the wait, so one sent in
-// that gap wakes the wait instead of being lost.
-static void await_go(void) {
-    sigset_t usr1, old;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, &old);
-    while (!go) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
 /* SIGUSR2 closes "a": its flock then lives only where its open file is held elsewhere. */
 static void on_usr2(int sig) { (void)sig; close(a_fd); a_fd = -1; }
 static void say(const char *s) { (void)!write(1, s, strlen(s)); }
@@ -96,7 +86,7 @@ int main(int argc, char **argv)
         _exit(0);
     }
     say("ready\n");
-    await_go();
+    await_flag(&go);
     pid_t me = getpid();
     if (a_fd >= 0 && !flock_busy("a", LOCK_SH)) return fail("flock a not exclusive");
     if (flock_busy("d", LOCK_SH)) return fail("flock d not shared");

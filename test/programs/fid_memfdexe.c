@@ -9,20 +9,10 @@
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "await_flag.h"
 
 static volatile sig_atomic_t go;
 static void on_usr1(int sig) { (void)sig; go = 1; }
-
-// SIGUSR1 is blocked between the test of go and the wait, so one sent in
-// that gap wakes the wait instead of being lost.
-static void await_go(void) {
-    sigset_t usr1, old;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, &old);
-    while (!go) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
 static void say(const char *s) { (void)!write(1, s, strlen(s)); }
 
 int main(int argc, char **argv)
@@ -34,7 +24,7 @@ int main(int argc, char **argv)
         sa.sa_handler = on_usr1;
         sigaction(SIGUSR1, &sa, NULL);
         say("ready\n");
-        await_go();
+        await_flag(&go);
         say("memfd exe ok\n");
         return 0;
     }

@@ -30,6 +30,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "await_flag.h"
 
 #ifndef PIDFD_NONBLOCK
 #define PIDFD_NONBLOCK O_NONBLOCK
@@ -43,17 +44,6 @@
 
 static volatile sig_atomic_t go;
 static void on_usr1(int s) { (void)s; go = 1; }
-
-// SIGUSR1 is blocked between the test of go and the wait, so one sent in
-// that gap wakes the wait instead of being lost.
-static void await_go(void) {
-    sigset_t usr1, old;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, &old);
-    while (!go) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
 static int failures;
 #define FAIL(...) do { printf("FAIL "); printf(__VA_ARGS__); printf("\n"); failures++; } while (0)
 #define MUST(x) do { if ((x) < 0) { printf("setup failed: %s: %s\n", #x, strerror(errno)); exit(2); } } while (0)
@@ -123,7 +113,7 @@ int main(int argc, char **argv)
     MUST(lk);
 
     printf("ready\nlive %d\n", live);
-    await_go();
+    await_flag(&go);
 
     ssize_t n;
     while ((n = read(in, buf, sizeof buf)) > 0) {

@@ -27,20 +27,10 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include "await_flag.h"
 
 static volatile sig_atomic_t go;
 static void on_usr1(int s) { (void)s; go = 1; }
-
-// SIGUSR1 is blocked between the test of go and the wait, so one sent in
-// that gap wakes the wait instead of being lost.
-static void await_go(void) {
-    sigset_t usr1, old;
-    sigemptyset(&usr1);
-    sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, &old);
-    while (!go) sigsuspend(&old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-}
 #define MUST(x) do { if ((long)(x) < 0) { printf("setup failed: %s: %s\n", #x, strerror(errno)); exit(2); } } while (0)
 
 int main(int argc, char **argv)
@@ -88,7 +78,7 @@ int main(int argc, char **argv)
     }
     printf("ready\n");
     for (;;) {
-        await_go();
+        await_flag(&go);
         go = 0;
         if (fd >= 0 && fcntl(fd, F_GETFD) < 0) { printf("FAIL %s: fd %d is gone\n", mode, fd); return 1; }
         if (aio && syscall(__NR_io_destroy, aio) != 0) { printf("FAIL aio: io_destroy: %s\n", strerror(errno)); return 1; }
