@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import {
   ptrace, ptraceRegset, waitpidSync, PTRACE, NT_X86_XSTATE, PTRACE_EVENT_STOP,
   WIFSTOPPED, WSTOPSIG, WEVENT, WIFEXITED, WIFSIGNALED, WTERMSIG, WEXITSTATUS, __WALL,
-  processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD, sleepSync, syscall,
+  processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD, sleepSync, syscall, WNOHANG,
 } from '../sys/libc';
 import { Gadget, resumeRegs, hasVdso } from './gadget';
 import { whoTraces } from './busy';
@@ -360,6 +360,7 @@ export class Tracee {
     for (let spins = 0; this.readMem(done, 4).readUInt32LE(0) !== 1; spins++) {
       if (spins < 200) syscall(SYS_SCHED_YIELD, 'sched_yield');
       else sleepSync(1);
+      this.passSignalStop(what);
     }
     // Test hook (safety.test): stasis dies while the batch waits to be stopped.
     if (process.env.STASIS_TEST_DIE_IN_BATCH) process.kill(process.pid, 'SIGKILL');
@@ -370,6 +371,23 @@ export class Tracee {
       this.wentHome = true;
       throw new StasisError(`pid ${this.pid}: ${what} was not stopped in time (was stasis itself stopped?) and the task went on by itself; checkpoint abandoned: try again`);
     }
+  }
+
+  /**
+   * While the task runs a batch: SIGSTOP and its kind, which no mask
+   * blocks, stop it on the way (a signal-delivery stop); the signal is kept
+   * for detach, as waitStop does, and the task goes on. Its end is an error.
+   */
+  private passSignalStop(what: string): void {
+    const { pid, status } = waitpidSync(this.pid, __WALL | WNOHANG);
+    if (pid !== this.pid) return;
+    if (WIFEXITED(status) || WIFSIGNALED(status)) {
+      this.attached = false;
+      throw new TaskGoneError(`pid ${this.pid} ${WIFEXITED(status) ? `exited with status ${WEXITSTATUS(status)}` : `was killed by signal ${WTERMSIG(status)}`} while running ${what}`);
+    }
+    if (!WIFSTOPPED(status)) return;
+    if (WEVENT(status) !== PTRACE_EVENT_STOP) this.deferSignal(WSTOPSIG(status));
+    ptrace(PTRACE.CONT, this.pid, 0, 0, 'CONT');
   }
 
   /** What the gadget needs of this task. */
