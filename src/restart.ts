@@ -117,13 +117,22 @@ function pidHolder(pid: number): string | null {
 /** Everything that can be checked before a process is created. */
 function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
   const taskIds = imageTaskIds(img.processes, img.zombies);
+  // A program and its libraries are mapped many times over in a tree: each
+  // path's privilege is looked at once (a check that fails throws).
+  const unprivileged = new Set<string>();
+  const privilege = (path: string, where: string) => {
+    if (unprivileged.has(path)) return;
+    checkFilePrivilege(path, where);
+    unprivileged.add(path);
+  };
+  const me = readStatus('self');
   for (const p of img.processes) {
-    checkCreds(p.creds, `pid ${p.pid}`, p.threads.map((t) => ({ tid: t.tid, caps: t.caps })));
+    checkCreds(p.creds, `pid ${p.pid}`, p.threads.map((t) => ({ tid: t.tid, caps: t.caps })), me);
     checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
-    checkFilePrivilege(p.mm.exe.path, `pid ${p.pid}: executable`);
+    privilege(p.mm.exe.path, `pid ${p.pid}: executable`);
     for (const v of p.vmas) {
       const where = `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`;
-      if (v.kind === 'file') checkFilePrivilege(v.file!.path, where);
+      if (v.kind === 'file') privilege(v.file!.path, where);
       if (userNs && opensSharedObject(v, p.vmas)) {
         throw new UnsupportedError(`${where}: shared anonymous memory is rebuilt through /proc/PID/map_files, which needs CAP_CHECKPOINT_RESTORE outside a user namespace: restart this image as root`);
       }

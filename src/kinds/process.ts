@@ -59,8 +59,7 @@ function capNames(mask: bigint): string {
  * in); nobody restores capabilities they lack, a larger bounding set, or
  * the absence of no_new_privs they are under. Root may become anyone.
  */
-export function checkCreds(c: ImageCreds, who: string, threadCaps: Array<{ tid: number; caps: CapsState }> = []): void {
-  const me = readStatus('self');
+export function checkCreds(c: ImageCreds, who: string, threadCaps: Array<{ tid: number; caps: CapsState }> = [], me = readStatus('self')): void {
   if (me.uid[1] !== 0) {
     const uid = me.uid[1], gid = me.gid[1];
     const mine = new Set([gid, ...me.groups]);
