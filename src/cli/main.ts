@@ -1,9 +1,10 @@
 // The `stasis` command: checkpoint, restart, show, check.
 //
 // Start-up is part of every command's time, so this file loads nothing but
-// node:util's parseArgs (already in Node's own start-up snapshot): each
-// command requires the modules it uses when it runs, and --help and
-// --version load no stasis module at all.
+// node:util's parseArgs and node:fs (both in Node's own start-up snapshot):
+// each command requires the modules it uses when it runs (inside the bundle,
+// each module still runs on first require), and --help and --version run
+// no stasis module at all.
 import { parseArgs } from 'node:util';
 import { writeSync } from 'node:fs';
 import type { CheckpointResult } from '../checkpoint';
