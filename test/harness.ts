@@ -13,6 +13,7 @@ import { readStat, readStatus } from '../src/proc';
 import { waitpidAsync } from '../src/sys/libc';
 import { checkpointSync, restartSync } from '../src';
 import type { Restarted, RestartOptions } from '../src';
+import { ImageWriter, RecordType, readImageBuffer } from '../src/image/stream';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const PROGRAMS = path.join(ROOT, 'test', 'programs');
@@ -246,5 +247,26 @@ export function reapOrphans(): void {
     if (/\) Z /.test(stat)) {
       try { waitpidSync(c, WNOHANG | __WALL); } catch { /* not ours after all */ }
     }
+  }
+}
+
+/** Rewrite an image with its Process records edited; checksums recomputed by the writer. */
+export function editImage(from: string, to: string, edit: (p: Record<string, any>) => void): void {
+  const records = readImageBuffer(fs.readFileSync(from), from);
+  const fd = fs.openSync(to, 'w', 0o644);
+  try {
+    const w = new ImageWriter(fd);
+    for (const r of records) {
+      if (r.type === RecordType.Process) {
+        const p = JSON.parse(r.payload.toString('utf8'));
+        edit(p);
+        w.json(RecordType.Process, p);
+      } else {
+        w.record(r.type, [r.payload]);
+      }
+    }
+    w.end();
+  } finally {
+    fs.closeSync(fd);
   }
 }

@@ -14,14 +14,22 @@ import net from 'node:net';
 import dgram from 'node:dgram';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, restartVerified, assertLeftRunning, alive, cli } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, restartVerified, assertLeftRunning, alive, cli, editImage } from './harness';
 import { checkpointSync } from '../src';
 import { listFds } from '../src/proc';
 import { loadImage } from '../src/image/load';
-import { readImageBuffer, ImageWriter, RecordType } from '../src/image/stream';
 
 const procs = new Procs();
 after(() => procs.cleanup());
+
+/** Checkpoint with --kill (connections taken along), restart verified, then tell the program to go on: it must say ok. */
+async function killRestartAndGo(pid: number, img: string, fifo: string, out: string): Promise<void> {
+  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
+  await waitGone(pid, procs);
+  procs.addTree(restartVerified(img).pid);
+  fs.writeFileSync(fifo, 'g');
+  assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
+}
 
 const REDIS = '/usr/bin/redis-server';
 
@@ -223,13 +231,7 @@ test('an IPv6 TCP connection with bytes queued both ways loses and doubles nothi
   const [, toServer, toClient] = /^ready (\d+) (\d+)$/m.exec(ready)!.map(Number);
   assert.ok(toServer > 0 && toClient > 0);
   const img = path.join(dir, 'image');
-  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
-  await waitGone(pid, procs);
-  const r = restartVerified(img);
-  procs.addTree(r.pid);
-  fs.writeFileSync(fifo, 'g');
-  const text = await waitFor(out, /^(ok|FAIL.*)$/m);
-  assert.match(text, /^ok$/m);
+  await killRestartAndGo(pid, img, fifo, out);
 });
 
 test('a bound and a connected UDP socket (IPv6) come back bound and connected', async () => {
@@ -240,12 +242,7 @@ test('a bound and a connected UDP socket (IPv6) come back bound and connected', 
   const pid = procs.start(build('inet_pair'), [fifo, 'udp-after'], out, { cwd: dir });
   await waitFor(out, /^ready /m);
   const img = path.join(dir, 'image');
-  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
-  await waitGone(pid, procs);
-  const r = restartVerified(img);
-  procs.addTree(r.pid);
-  fs.writeFileSync(fifo, 'g');
-  assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
+  await killRestartAndGo(pid, img, fifo, out);
 });
 
 for (const [family, mode] of [['IPv6', 'udp'], ['IPv4', 'udp4']] as const) {
@@ -316,25 +313,6 @@ test('a datagram queued from a sender outside the tree, or of zero length, is re
   assert.match(await waitFor(out2, /^(ok|FAIL.*)$/m), /^ok$/m);
 });
 
-/** Rewrite an image with its Process records edited; checksums recomputed by the writer. */
-function editImage(from: string, to: string, edit: (p: Record<string, any>) => void): void {
-  const fd = fs.openSync(to, 'w', 0o644);
-  try {
-    const w = new ImageWriter(fd);
-    for (const r of readImageBuffer(fs.readFileSync(from), from)) {
-      if (r.type === RecordType.Process) {
-        const p = JSON.parse(r.payload.toString('utf8'));
-        edit(p);
-        w.json(RecordType.Process, p);
-      } else {
-        w.record(r.type, [r.payload]);
-      }
-    }
-    w.end();
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 /** inet_opts with `mode`, ready and waiting on its fifo. */
 async function startOpts(tag: string, mode?: string): Promise<{ pid: number; dir: string; out: string; fifo: string }> {
@@ -351,12 +329,7 @@ async function startOpts(tag: string, mode?: string): Promise<{ pid: number; dir
 test('socket options (timeouts, congestion control, ancillary-data and multicast options, TCP tuning) come back as the program set them', async () => {
   const { pid, dir, out, fifo } = await startOpts('inet-opts');
   const img = path.join(dir, 'image');
-  checkpointSync(pid, img, { kill: true, tcpEstablished: true });
-  await waitGone(pid, procs);
-  const r = restartVerified(img);
-  procs.addTree(r.pid);
-  fs.writeFileSync(fifo, 'g');
-  assert.match(await waitFor(out, /^(ok|FAIL.*)$/m), /^ok$/m);
+  await killRestartAndGo(pid, img, fifo, out);
 });
 
 test('multicast memberships, TCP MD5 keys, SO_TIMESTAMPING ids and IP_OPTIONS are refused by name; the program goes on', async () => {

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawn, ChildProcess } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, CliResult, restartVerified } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, CliResult, restartVerified, editImage } from './harness';
 import { checkpointSync, loadImage } from '../src';
 import { readStat, readStatus, listThreads } from '../src/proc';
 import { scanTree } from '../src/ptrace/freeze';
@@ -141,27 +141,6 @@ function assertUntraced(pid: number, state: RegExp): void {
 function idLines(out: string, who: string): Array<{ pid: number; ppid: number; uid: number; gid: number; self: number }> {
   return [...fs.readFileSync(out, 'utf8').matchAll(new RegExp(`^${who} pid (\\d+) ppid (\\d+) uid (\\d+) gid (\\d+) self (\\d+)$`, 'gm'))]
     .map((m) => ({ pid: Number(m[1]), ppid: Number(m[2]), uid: Number(m[3]), gid: Number(m[4]), self: Number(m[5]) }));
-}
-
-/** Rewrite an image with its Process records edited; checksums recomputed by the writer. */
-function editImage(from: string, to: string, edit: (p: Record<string, any>) => void): void {
-  const records = readImageBuffer(fs.readFileSync(from), from);
-  const fd = fs.openSync(to, 'w', 0o644);
-  try {
-    const w = new ImageWriter(fd);
-    for (const r of records) {
-      if (r.type === RecordType.Process) {
-        const p = JSON.parse(r.payload.toString('utf8'));
-        edit(p);
-        w.json(RecordType.Process, p);
-      } else {
-        w.record(r.type, [r.payload]);
-      }
-    }
-    w.end();
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 test('a user checkpoints and restarts their own sleep: same pid, their own ids, no capabilities', async () => {
