@@ -346,6 +346,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     kinds?.release(false);
     try { tree.release(false); } catch { /* gone */ }
     deadline?.done();
+    procLocks.settle(); // its 1 MiB is freed once its thread is done with it
     throw e;
   }
 }

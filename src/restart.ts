@@ -528,7 +528,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   // until it is whole (see ptrace/hold.ts). One task alone needs none: one
   // PTRACE_DETACH lets it go whole, and until then it dies with us
   // (PTRACE_O_EXITKILL). The hold's cgroup moves wait for RCU grace periods.
-  const oneTask = img.processes.length === 1 && img.processes[0].threads.length === 1 && !img.zombies.length;
+  const oneTask = singleTask(img);
   let blank: Tracee;
   try {
     keep.hold = ns || oneTask ? null : RestartHold.create();

@@ -9,7 +9,7 @@
 // Without SSE4.2 a table in JS computes the same.
 import fs from 'node:fs';
 import koffi from 'koffi';
-import { executableCode, startThread, syscall, addressOf } from '../sys/libc';
+import { executableCode, startThread, addressOf, awaitDone } from '../sys/libc';
 
 // uint32_t crc32c(uint32_t crc, const void *buf, size_t len)
 const CODE = Buffer.from([
@@ -168,7 +168,6 @@ const JOBS_CODE = Buffer.from([
 let jobsCode: unknown;
 /** Below this many bytes in all, one thread does it all. */
 const PARALLEL_MIN = 16 << 20;
-const SYS_FUTEX = 202, FUTEX_WAIT_PRIVATE = 128;
 
 /**
  * CRC-32C of each buffer, the large ones shared with a second thread (a
@@ -202,11 +201,7 @@ export function crc32cMany(bufs: Buffer[]): number[] {
   const out: number[] = new Array(bufs.length);
   const theirSet = new Set(theirs);
   bufs.forEach((b, i) => { if (!theirSet.has(i)) out[i] = crc32c(b); });
-  while (block.readUInt32LE(0) === 0) {
-    try {
-      syscall(SYS_FUTEX, 'futex(FUTEX_WAIT)', block, FUTEX_WAIT_PRIVATE, 0, 0);
-    } catch { /* EAGAIN: done meanwhile; EINTR: look again */ }
-  }
+  awaitDone(block);
   theirs.forEach((i, k) => { out[i] = joinThree(bufs[i], Math.floor(bufs[i].length / 24) * 8, jobs, 32 * k); });
   return out;
 }

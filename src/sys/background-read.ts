@@ -4,7 +4,7 @@
 // here in one read(). Started as soon as the tree is frozen, the read is
 // done by the time the lock check needs it.
 import fs from 'node:fs';
-import { startThread, executableCode, syscall, addressOf } from './libc';
+import { startThread, executableCode, addressOf, awaitDone } from './libc';
 import { SyscallError } from './errno';
 
 // void read_file(struct { u32 done; u32 pad; i64 result; u64 path; u64 buf;
@@ -52,7 +52,6 @@ const READ_FILE_CODE = Buffer.from([
   0x5b, //                            pop rbx
   0xc3, //                            ret
 ]);
-const SYS_FUTEX = 202, FUTEX_WAIT_PRIVATE = 128;
 let code: unknown;
 /** Blocks a thread may still write into: never freed while it might. */
 const live = new Set<Buffer>();
@@ -77,15 +76,16 @@ export class BackgroundRead {
     startThread(code, b, `reading ${path}`);
   }
 
+  /** Wait for the thread; then its block may go (also when the text is not wanted). */
+  settle(): void {
+    awaitDone(this.block);
+    live.delete(this.block);
+  }
+
   /** The file's text: waits for the thread; read here again if it did not all fit. */
   text(): string {
     const b = this.block;
-    while (b.readUInt32LE(0) === 0) {
-      try {
-        syscall(SYS_FUTEX, 'futex(FUTEX_WAIT)', b, FUTEX_WAIT_PRIVATE, 0, 0);
-      } catch { /* EAGAIN: done meanwhile; EINTR: look again */ }
-    }
-    live.delete(b);
+    this.settle();
     const n = Number(b.readBigInt64LE(8));
     if (n < 0) throw new SyscallError(`reading ${this.path}`, -n);
     const cap = Number(b.readBigUInt64LE(32));

@@ -54,6 +54,19 @@ export function startThread(code: unknown, arg: Buffer, what: string): void {
 }
 
 /**
+ * Wait until a thread from startThread has set the u32 at the start of
+ * `block` (its done word) and woken it with FUTEX_WAKE_PRIVATE.
+ */
+export function awaitDone(block: Buffer): void {
+  const SYS_FUTEX = 202, FUTEX_WAIT_PRIVATE = 128;
+  while (block.readUInt32LE(0) === 0) {
+    try {
+      syscall(SYS_FUTEX, 'futex(FUTEX_WAIT)', block, FUTEX_WAIT_PRIVATE, 0, 0);
+    } catch { /* EAGAIN: done meanwhile; EINTR: look again */ }
+  }
+}
+
+/**
  * One writev(2) on a libuv worker thread. Resolves with the bytes written,
  * or -1 on failure (the caller finishes synchronously to learn the errno).
  * The buffers must not be touched until it settles.
