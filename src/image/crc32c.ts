@@ -115,9 +115,12 @@ function shiftFactor(bytes: number): number {
   return p;
 }
 
+/** Bytes each of the three chains covers: a multiple of 8 (the rest is done after). */
+const thirdOf = (len: number) => Math.floor(len / 24) * 8;
+
 /** CRC-32C of buf in three interleaved chains (buf.length >= X3_MIN). */
 function crcThreeWay(buf: Buffer, crc: number): number {
-  const third = Math.floor(buf.length / 24) * 8;
+  const third = thirdOf(buf.length);
   crcs.writeUInt32LE(crc >>> 0, 0);
   crcs.writeUInt32LE(0, 4);
   crcs.writeUInt32LE(0, 8);
@@ -190,7 +193,7 @@ export function crc32cMany(bufs: Buffer[]): number[] {
   const jobs = Buffer.allocUnsafeSlow(32 * theirs.length).fill(0);
   theirs.forEach((i, k) => {
     jobs.writeBigUInt64LE(BigInt(addressOf(bufs[i])), 32 * k + 16);
-    jobs.writeBigUInt64LE(BigInt(Math.floor(bufs[i].length / 24) * 8), 32 * k + 24);
+    jobs.writeBigUInt64LE(BigInt(thirdOf(bufs[i].length)), 32 * k + 24);
   });
   const block = Buffer.allocUnsafeSlow(24).fill(0);
   block.writeUInt32LE(theirs.length, 4);
@@ -202,7 +205,7 @@ export function crc32cMany(bufs: Buffer[]): number[] {
   const theirSet = new Set(theirs);
   bufs.forEach((b, i) => { if (!theirSet.has(i)) out[i] = crc32c(b); });
   awaitDone(block);
-  theirs.forEach((i, k) => { out[i] = joinThree(bufs[i], Math.floor(bufs[i].length / 24) * 8, jobs, 32 * k); });
+  theirs.forEach((i, k) => { out[i] = joinThree(bufs[i], thirdOf(bufs[i].length), jobs, 32 * k); });
   return out;
 }
 

@@ -126,11 +126,7 @@ export class Tracee {
   waitStop(what: string, want?: number, resume: number = PTRACE.SINGLESTEP): number {
     for (;;) {
       const { status } = waitpidSync(this.pid, __WALL);
-      if (WIFEXITED(status) || WIFSIGNALED(status)) {
-        this.attached = false;
-        const how = WIFEXITED(status) ? `exited with status ${WEXITSTATUS(status)}` : `was killed by signal ${WTERMSIG(status)}`;
-        throw new TaskGoneError(`pid ${this.pid} ${how} while waiting for ${what}`);
-      }
+      if (WIFEXITED(status) || WIFSIGNALED(status)) throw this.gone(status, `waiting for ${what}`);
       if (!WIFSTOPPED(status)) continue;
       const sig = WSTOPSIG(status);
       const event = WEVENT(status);
@@ -158,6 +154,13 @@ export class Tracee {
       this.deferSignal(sig);
       ptrace(resume, this.pid, 0, 0, 'resume');
     }
+  }
+
+  /** The task ended (its wait status says how) while we were `doing`: no longer ours. */
+  private gone(status: number, doing: string): TaskGoneError {
+    this.attached = false;
+    const how = WIFEXITED(status) ? `exited with status ${WEXITSTATUS(status)}` : `was killed by signal ${WTERMSIG(status)}`;
+    return new TaskGoneError(`pid ${this.pid} ${how} while ${doing}`);
   }
 
   /** The pending stop's signal came from the kernel (a fault), not from kill(). */
@@ -381,10 +384,7 @@ export class Tracee {
   private passSignalStop(what: string): void {
     const { pid, status } = waitpidSync(this.pid, __WALL | WNOHANG);
     if (pid !== this.pid) return;
-    if (WIFEXITED(status) || WIFSIGNALED(status)) {
-      this.attached = false;
-      throw new TaskGoneError(`pid ${this.pid} ${WIFEXITED(status) ? `exited with status ${WEXITSTATUS(status)}` : `was killed by signal ${WTERMSIG(status)}`} while running ${what}`);
-    }
+    if (WIFEXITED(status) || WIFSIGNALED(status)) throw this.gone(status, `running ${what}`);
     if (!WIFSTOPPED(status)) return;
     if (WEVENT(status) !== PTRACE_EVENT_STOP) this.deferSignal(WSTOPSIG(status));
     ptrace(PTRACE.CONT, this.pid, 0, 0, 'CONT');
