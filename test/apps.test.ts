@@ -45,6 +45,8 @@ test('a Node.js HTTP service on a unix socket, with timers, fs.watch, a worker a
   fs.writeFileSync(path.join(watched, 'before'), '1');
   await waitFor(out, /watch \w+ before/);
   const first = await askUntil(sock, (s) => s.hashes > 0 && s.workerCount > 0 && s.ticks > 0);
+  // One connection per request (no agent): the service has let go of ours before the checkpoint.
+  await waitFor(out, new RegExp(`^closed ${first.requests}$`, 'm'));
 
   const r = await checkpointKillRestart(procs, pid, dir);
   assert.equal(r.pid, pid);

@@ -21,7 +21,11 @@ const worker = new Worker('const { parentPort } = require("node:worker_threads")
 worker.on('message', (n) => { workerCount = n; });
 fs.watch(watched, (event, name) => console.log(`watch ${event} ${name}`));
 
+// Each connection's end is logged once its socket is closed, so a test can
+// wait until the service holds no connection from it before a checkpoint.
+let closed = 0;
 http.createServer((req, res) => {
   requests++;
   res.end(JSON.stringify({ pid: process.pid, requests, ticks, hashes, workerCount }) + '\n');
-}).listen(sock, () => console.log('listening'));
+}).on('connection', (s) => s.on('close', () => console.log(`closed ${++closed}`)))
+  .listen(sock, () => console.log('listening'));
