@@ -8,7 +8,7 @@
 // checkpoint of 1 GiB, or the check of its image, reads every byte.
 // Without SSE4.2 a table in JS computes the same.
 import fs from 'node:fs';
-import koffi from 'koffi';
+import koffi from '../sys/koffi';
 import { executableCode, startThread, addressOf, awaitDone } from '../sys/libc';
 
 // uint32_t crc32c(uint32_t crc, const void *buf, size_t len)

@@ -1,6 +1,6 @@
 // Error types shared by the whole project: every failure names what failed,
 // where, and (for system calls) the errno by name.
-import koffi from 'koffi';
+import koffi from './koffi';
 
 // Built on first use: reading koffi's errno table costs milliseconds at
 // start-up, and most runs never fail.

@@ -2,7 +2,7 @@
 // Every call here is synchronous and made from the JS main thread, which is
 // what ptrace requires (all requests for a tracee come from the thread that
 // attached it). Wrappers throw SyscallError with the errno named.
-import koffi from 'koffi';
+import koffi from './koffi';
 import { SyscallError } from './errno';
 
 const libc = koffi.load('libc.so.6');
