@@ -9,10 +9,15 @@ let real: Z | undefined;
 
 function load(): Z {
   real = (require('zod') as typeof Zod).z;
+  // Both are read when a schema is made, so set before any exists.
+  // Records are JSON.parse'd, which never makes a reference cycle: zod's
+  // support for cyclic input (its memoizer walks each schema's whole tree
+  // on first parse to learn whether it can recurse) cost a restart ~8-11
+  // ms. zod installs its own unless one is set: this one does nothing.
+  real.config({ memoizer: { attach() {}, guard() {}, alloc: (_inst, _payload, empty) => empty } });
   if (process.env.STASIS_ZOD_JIT !== '1') {
     // One image is parsed once: zod's code generation for each object
     // schema (new Function per shape) costs more than it ever saves here.
-    // Set before any schema exists, as zod reads it when one is made.
     real.config({ jitless: true });
   }
   return real;
