@@ -29,6 +29,19 @@ export type RegName = (typeof REG_NAMES)[number];
 export const USER_REGS_SIZE = REG_NAMES.length * 8;
 const REG_OFFSET = new Map<string, number>(REG_NAMES.map((n, i) => [n, i * 8]));
 
+/**
+ * `v` as 64 bits at `off` (negative values in two's complement). Non-negative
+ * safe integers, most values, are written without making a BigInt.
+ */
+export function writeU64(buf: Buffer, off: number, v: bigint | number): void {
+  if (typeof v === 'number' && v >= 0 && v <= Number.MAX_SAFE_INTEGER && Number.isInteger(v)) {
+    buf.writeUInt32LE(v % 0x100000000, off);
+    buf.writeUInt32LE(Math.floor(v / 0x100000000), off + 4);
+  } else {
+    buf.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), off);
+  }
+}
+
 /** A user_regs_struct held in the exact byte layout ptrace uses. */
 export class Regs {
   readonly buf: Buffer;
@@ -44,7 +57,7 @@ export class Regs {
     return this.buf.readBigInt64LE(REG_OFFSET.get(name)!);
   }
   set(name: RegName, v: bigint | number): void {
-    this.buf.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), REG_OFFSET.get(name)!);
+    writeU64(this.buf, REG_OFFSET.get(name)!, v);
   }
   clone(): Regs {
     return new Regs(this.buf);
