@@ -93,18 +93,37 @@ export class Procs {
     }
   }
 
+  /**
+   * End one process a test started, with its descendants, now: a target
+   * that spins, left running until the file ends, slows every later test
+   * (safety.test's self-checking targets keep two CPUs busy each).
+   */
+  end(pid: number): void {
+    this.kill(this.treeOf([pid]));
+  }
+
   cleanup(): void {
-    // Their descendants were started by them, hence by the test: end those too.
-    for (const pid of [...this.pids]) {
+    this.kill(this.treeOf([...this.pids]));
+  }
+
+  /** The given pids and their descendants (started by them, hence by the test). */
+  private treeOf(roots: number[]): Set<number> {
+    const all = new Set(roots);
+    for (const pid of roots) {
       try {
-        for (const p of scanTree(pid)) this.pids.add(p.pid);
+        for (const p of scanTree(pid)) all.add(p.pid);
       } catch { /* gone */ }
     }
-    for (const pid of this.pids) {
+    return all;
+  }
+
+  /** SIGKILL each; a child of ours not dead yet stays listed for cleanup to reap. */
+  private kill(pids: Set<number>): void {
+    for (const pid of pids) {
       try { process.kill(pid, 'SIGKILL'); } catch { /* ended */ }
-      try { waitpidSync(pid, __WALL | WNOHANG); } catch { /* not ours */ }
+      if (this.reap(pid)) this.pids.delete(pid);
+      else this.pids.add(pid);
     }
-    this.pids.clear();
   }
 }
 

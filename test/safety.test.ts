@@ -242,6 +242,7 @@ test('SIGKILL of `stasis checkpoint` at any moment leaves the target running as 
     await assertUnharmed(target, trial);
   }
   report(t, landed);
+  procs.end(target.pid);
   for (const phase of ['seize', 'injection', 'page dump', 'detach']) assert.ok(landed.get(phase), `no kill landed in ${phase}: ${[...landed]}`);
 });
 
@@ -277,6 +278,7 @@ test('with --kill, a killed stasis leaves the target untouched or a complete ima
     await waitGone(r.pid, procs);
     target = await startTarget(prog, dir);
   }
+  procs.end(target.pid);
   t.diagnostic(`${restarts} trials ended with the target gone and its image restarted`);
   report(t, landed);
   assert.ok(restarts > 0, 'some kills came after the target was killed, and its image restarted');
@@ -312,6 +314,7 @@ test('a stasis killed while a batch of calls waits in the target: the target goe
   });
   assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /FAIL/);
   assert.equal(fs.readFileSync(`/proc/${pid}/maps`, 'utf8'), maps, 'no scratch area or other mapping left');
+  procs.end(pid);
 });
 
 test('a snapshot leaves threads in restart_block calls (nanosleep in the main thread, where batches run) waiting as they were', async () => {
@@ -321,6 +324,7 @@ test('a snapshot leaves threads in restart_block calls (nanosleep in the main th
   const before = counts();
   await until(`pid ${pid} counts on`, () => (counts().every((n, i) => n >= before[i] + 2) ? null : `counts ${before.join(' ')} -> ${counts().join(' ')}`));
   assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /FAIL/);
+  procs.end(pid);
 });
 
 /** Run the command to its end; stdout to `stdout` (an fd) or ignored. */
@@ -359,6 +363,7 @@ test('a second checkpoint of a tree being checkpointed is refused by name; a sta
   assert.equal(r.code, 1, r.stderr);
   assert.match(oneLine(r.stderr).join('\n'), /^stasis: pid \d+: the tree stayed frozen 8 s while the image was written \(is its reader stalled\?\); checkpoint abandoned, the tree resumed/);
   await assertUnharmed(target, 'after the stalled checkpoint');
+  procs.end(target.pid);
 });
 
 test('a target traced by a debugger is refused by name and left to it', async () => {
@@ -377,6 +382,7 @@ test('a target traced by a debugger is refused by name and left to it', async ()
     await new Promise((r) => strace.on('close', r));
   }
   await assertUnharmed(target, 'after strace let it go');
+  procs.end(target.pid);
 });
 
 test('a full disk (ENOSPC on a small tmpfs): one-line error, no partial image, target unharmed', async () => {
@@ -398,6 +404,7 @@ test('a full disk (ENOSPC on a small tmpfs): one-line error, no partial image, t
     execFileSync('umount', [mnt]);
   }
   await assertUnharmed(target, 'after a checkpoint that filled the disk');
+  procs.end(target.pid);
 });
 
 /**
@@ -452,4 +459,5 @@ test('an I/O error of the disk (EIO, at fsync and at write): one-line error, no 
       await assertUnharmed(target, `after a checkpoint whose disk failed, ${how}`);
     }
   });
+  procs.end(target.pid);
 });
