@@ -1,7 +1,8 @@
 // One file for the command line: dist/stasis.js, made from dist/src by
-// `npm run build`, and zod beside it. Loading ~60 stasis modules and ~100 of zod's one by one
-// (resolution, a read and a compile each) was a third of a small command's
-// start-up; one script, compiled from the V8 code cache, is read once.
+// `npm run build`, and zod beside it. Loading ~60 stasis modules and ~100
+// of zod's one by one (resolution, a read and a compile each) was a third
+// of a small command's start-up; one script, compiled from the V8 code
+// cache, is read once.
 // koffi stays a module of its own (its native library is found beside it).
 'use strict';
 const path = require('node:path');

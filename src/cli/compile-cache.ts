@@ -207,9 +207,7 @@ if (require.main === module) {
   require('../../stasis.js');
   require('../../zod.js');
   saveNow();
-  // Every command's cache starts from the same top level.
-  for (const part of new Set([...Object.values(PARTS), 'other'])) {
-    if (part !== 'other') fs.copyFileSync(cacheFile(CACHE_DIR), cacheFile(CACHE_DIR, part));
-  }
+  // Every command's cache starts from the same top level as the general one.
+  for (const command of new Set(Object.values(PARTS))) fs.copyFileSync(cacheFile(CACHE_DIR), cacheFile(CACHE_DIR, command));
   process.stdout.write(`compile cache: ${installed!.table.size} modules in ${path.relative(process.cwd(), CACHE_DIR)}, one file per command\n`);
 }

@@ -1,8 +1,9 @@
 // koffi, the FFI stasis binds libc with. On linux-x64 its native module is
 // required straight from its platform package: koffi's own index finds it
 // by reading node's ELF header to tell glibc from musl, ~3 ms of every
-// command. stasis needs glibc anyway (libc.so.6); anywhere else, or if the
-// package is laid out otherwise, koffi's index decides.
+// command. stasis needs glibc anyway (libc.so.6), and koffi pins that
+// package to its own version; anywhere else, or if the package is laid out
+// otherwise, koffi's index decides.
 import type Koffi from 'koffi';
 
 function load(): typeof Koffi {
