@@ -432,15 +432,13 @@ interface CliRow { work: string; stasis: string; limit: string; target: string; 
 async function cliSection(dirs: { shm: string; disk: string; out: string }, rows: CliRow[], details: string[]): Promise<void> {
   const memhog = build('memhog');
   const many = build('many');
-  // Warm up the machine (not stasis): node, dd and the page cache of both places.
-  nodeE0();
-  ddWrite(path.join(dirs.shm, 'warm.bin'), 256 * MIB);
-  ddWrite(path.join(dirs.disk, 'warm.bin'), 256 * MIB);
+  nodeE0(); // warm up the machine (not stasis)
 
   // ---- a tiny process: `sleep`, checkpointed while it runs, restored beside it (a new pid).
-  // First: after the 1 GiB rounds the VM spends a while giving that memory
+  // First, before any large write: after the 1 GiB rounds (and even after
+  // the 256 MiB warm-up writes) the VM spends a while giving that memory
   // back, and every start-up measured then (`node -e 0` too) came out
-  // 70-110 ms instead of ~71.
+  // 70-115 ms instead of ~71.
   const tinyRows: CliRow[] = [], tinyDetails: string[] = [];
   {
     const out = path.join(dirs.out, 'cli-sleep.out');
@@ -481,6 +479,10 @@ async function cliSection(dirs: { shm: string; disk: string; out: string }, rows
     }
     tinyDetails.push(`- CLI sleep: checkpoint ms [${samples(ckpt.map((x) => x.ms))}], frozen ms [${samples(ckpt.map((x) => x.frozenMs ?? NaN))}]; restart -d ms [${samples(rst.map((x) => x.ms))}]; node -e 0 ms [${samples(node)}]`);
   }
+
+  // Warm up dd and the page cache of both places.
+  ddWrite(path.join(dirs.shm, 'warm.bin'), 256 * MIB);
+  ddWrite(path.join(dirs.disk, 'warm.bin'), 256 * MIB);
 
   if (!SMALL) {
     // ---- 1 GiB: checkpoint --kill to /dev/shm, restart -d, checkpoint --kill
