@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, alive, restartVerified } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, cli, CLI, ROOT, alive, restartVerified } from './harness';
 import { loadImage } from '../src';
 import { readStatus, listChildren } from '../src/proc';
 import { FD_KINDS } from '../src/kinds/fdkinds';
@@ -380,4 +380,19 @@ test('STASIS_REPORT_RSS=1 reports the peak resident memory of the command at exi
   assert.match(run(['show', img]).stderr, /^stasis: peak RSS \d+ KiB\n$/);
   // Without the variable, nothing extra.
   assert.equal((await cli(['show', img])).stderr, '');
+});
+
+// The code cache is code: each command keeps its own file (compile-cache.ts),
+// used only while no one else may write it.
+test('a command\'s code cache is used while only its owner may write it; one others may write is replaced, not run', async () => {
+  const file = path.join(ROOT, 'dist', '.compile-cache', `v8-${process.versions.v8}-${process.arch}-check.bin`);
+  assert.equal((await cli(['check'])).code, 0); // learns, if it had not yet
+  const before = fs.statSync(file);
+  assert.equal((await cli(['check'])).code, 0);
+  assert.equal(fs.statSync(file).ino, before.ino, 'a trusted cache that holds everything is read, not rewritten');
+  fs.chmodSync(file, 0o666);
+  assert.equal((await cli(['check'])).code, 0);
+  const after = fs.statSync(file);
+  assert.notEqual(after.ino, before.ino, 'compiled afresh and written anew');
+  assert.equal(after.mode & 0o777, 0o644);
 });
