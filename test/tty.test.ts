@@ -224,7 +224,8 @@ test('tmux with a shell in a pane: after restart keys typed into the pane reach 
     await paneShows(t, /^\$\s*$/m);
     t.run('send-keys', '-l', 'stty -a; echo "shell $$ mark-$((40+2))"');
     t.run('send-keys', 'Enter');
-    const before = await paneShows(t, /^shell \d+ mark-42$/m);
+    // The shell's next prompt too: it is idle, and the scrollback will not grow meanwhile.
+    const before = await paneShows(t, /^shell \d+ mark-42\n\$ ?$/m);
     const shell = /^shell (\d+) mark-42$/m.exec(before)![1];
     await checkpointKillRestart(procs, t.server, dir);
     assert.match(t.run('ls'), /^0: 1 windows/m);
