@@ -28,7 +28,7 @@
 // pending, are saved in the image and delivered after detach): a handler
 // never runs in the middle of a checkpoint.
 import fs from 'node:fs';
-import { Regs, SYS, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK } from '../sys/x86';
+import { Regs, SYS, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK, writeU64 } from '../sys/x86';
 import { StasisError } from '../sys/errno';
 
 /** Data slots of a block, qwords after its code. */
@@ -208,12 +208,25 @@ export class Gadget {
     return t.pid === t.tgid ? 0 : 1;
   }
 
+  /**
+   * Each run of adjacent slots given is one write: arm's 13 slots were 13
+   * writes into the task's memory, and scratch and its length, written
+   * apart, could be left half-changed by a stasis dying between the two.
+   */
   private writeSlots(t: GadgetTask, values: Partial<Record<Slot, bigint>>): void {
     const at = this.base + this.blockOf(t) * BLOCK + DATA_AT;
-    for (const [k, v] of Object.entries(values) as Array<[Slot, bigint]>) {
-      const b = Buffer.alloc(8);
-      b.writeBigUInt64LE(BigInt.asUintN(64, v));
-      fs.writeSync(t.memFd(), b, 0, 8, at + SLOTS.indexOf(k) * 8);
+    const given = SLOTS.map((s) => values[s]);
+    for (let i = 0; i < given.length;) {
+      if (given[i] === undefined) {
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < given.length && given[j] !== undefined) j++;
+      const b = Buffer.alloc((j - i) * 8);
+      for (let k = i; k < j; k++) writeU64(b, (k - i) * 8, given[k]!);
+      fs.writeSync(t.memFd(), b, 0, b.length, at + i * 8);
+      i = j;
     }
   }
 
