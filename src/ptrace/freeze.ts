@@ -10,7 +10,7 @@ import path from 'node:path';
 import { readStat, readStatus, listThreads, listChildren } from '../proc';
 import { Tracee } from './tracee';
 import { FreezeWatchdog } from './watchdog';
-import { hasVdso } from './gadget';
+import { vdsoOf, LeftBehind, Range } from './gadget';
 import { waitpidSync, sleepSync, __WALL } from '../sys/libc';
 import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
 
@@ -27,6 +27,8 @@ export interface FrozenProcess {
   stopSignal?: number;
   /** main thread first */
   threads: Tracee[];
+  /** its vDSO (null: none; undefined: maps unreadable) */
+  vdso?: Range | null;
 }
 
 /** Every process of the tree, parents before children (zombies included). */
@@ -215,6 +217,7 @@ export class FrozenTree {
     this.writeState('THAWED');
     for (const p of this.processes) p.threads.forEach((t, i) => this.noteStop(p, i, t.waitStop('the freeze')));
     for (const t of this.tracees) t.afterStop();
+    this.leaveAbandonedCode(log);
     this.holdSignals();
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
     this.goHome();
@@ -251,9 +254,29 @@ export class FrozenTree {
         break;
       }
     }
+    this.leaveAbandonedCode(log);
     this.holdSignals();
     this.freezeMs = Number(process.hrtime.bigint() - t0) / 1e6;
     log(`froze ${this.processes.length} processes, ${this.tracees.length} threads with ptrace (${why})`);
+  }
+
+  /**
+   * Tasks found in the code a checkpoint killed before left them in (its
+   * batch's wait lasts 2 s) are taken home before anything reads their
+   * registers: every thread of a process first, then its stray scratch
+   * area unmapped.
+   */
+  private leaveAbandonedCode(log: (m: string) => void): void {
+    for (const p of this.processes) {
+      const main = p.threads[0];
+      if (!main?.injectsSafely || !p.vdso) continue;
+      const left = LeftBehind.read(p.vdso, main.gadgetTask().memFd());
+      if (!left) continue;
+      for (const t of p.threads) {
+        if (t.leaveAbandoned(left)) log(`pid ${t.pid} was still in the code of an abandoned checkpoint; taken home`);
+      }
+      main.sweepStrayScratch();
+    }
   }
 
   private seizeProcess(p: TreeEntry, wait: boolean): void {
@@ -281,7 +304,13 @@ export class FrozenTree {
     }
     tids.sort((a, b) => (a === fp.pid ? -1 : b === fp.pid ? 1 : a - b));
     let added = 0;
-    const vdso = hasVdso(fp.pid); // once per process: maps of 1,000 threads' stacks, read 1,000 times, add up
+    // Once per process: maps of 1,000 threads' stacks, read 1,000 times, add up.
+    if (fp.vdso === undefined) {
+      try {
+        fp.vdso = vdsoOf(fp.pid);
+      } catch { /* gone or unreadable: the safe path reports it */ }
+    }
+    const vdso = fp.vdso !== null;
     for (const tid of tids) {
       const t = new Tracee(tid, fp.pid);
       try {

@@ -32,7 +32,11 @@ import { Regs, SYS, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTAR
 import { StasisError } from '../sys/errno';
 
 /** Data slots of a block, qwords after its code. */
-const SLOTS = ['mask', 'scratch', 'scratchLen', 'rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9', 'rcx', 'r11', 'rax', 'rip'] as const;
+// The last three are never read by the code: rip, rax and orig_rax as the
+// task was found, for a checkpoint that finds it still in the block after
+// ours was killed (LeftBehind), since the resume registers lose what the
+// kernel needs to restart a call through its restart block.
+const SLOTS = ['mask', 'scratch', 'scratchLen', 'rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9', 'rcx', 'r11', 'rax', 'rip', 'foundRip', 'foundRax', 'foundOrig'] as const;
 type Slot = typeof SLOTS[number];
 type RegName = Parameters<Regs['get']>[0];
 const RESTORED: Array<[Slot & RegName, number, boolean]> = [
@@ -122,7 +126,10 @@ export interface GadgetTask {
   disarm(): void;
 }
 
-function vdsoOf(pid: number): { start: number; end: number } | null {
+export interface Range { start: number; end: number }
+
+/** The process's vDSO, or null if it has none (throws if its maps cannot be read). */
+export function vdsoOf(pid: number): Range | null {
   const line = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').find((l) => l.endsWith(' [vdso]'));
   if (!line) return null;
   const [a, b] = line.split(' ')[0].split('-');
@@ -139,6 +146,55 @@ export function hasVdso(pid: number): boolean {
     return vdsoOf(pid) !== null;
   } catch {
     return true; // gone or unreadable: the safe path reports it
+  }
+}
+
+/** Where the way home of a block takes a task, read back from the block. */
+export interface WayHome {
+  /** its registers as the stasis that armed the block found them (the kernel's view: in a call, maybe to restart) */
+  regs: Array<[RegName, bigint]>;
+  mask: bigint;
+  /** the scratch area it unmaps (main thread's block) */
+  scratch?: { addr: number; len: number };
+}
+
+/**
+ * The blocks a killed stasis left in a process's vDSO padding, read at the
+ * next freeze. A task may still be in their code then: in a batch's wait,
+ * in an injected call, on its way home. Its registers there are not its
+ * own, so the freeze finishes that way home for it (Tracee.leaveAbandoned).
+ */
+export class LeftBehind {
+  private constructor(private readonly base: number, private readonly data: Buffer[]) {}
+
+  /** The blocks in the padding of `vdso`, or null if there are none. */
+  static read(vdso: Range, memFd: number): LeftBehind | null {
+    const base = vdso.end - 2 * BLOCK;
+    const pad = Buffer.alloc(2 * BLOCK);
+    try {
+      if (fs.readSync(memFd, pad, 0, pad.length, base) !== pad.length) return null;
+    } catch {
+      return null; // gone: the next request says so
+    }
+    const code = blockCode(DATA_AT);
+    if (!pad.subarray(0, CODE_LEN).equals(code) || !pad.subarray(BLOCK, BLOCK + CODE_LEN).equals(code)) return null;
+    const data = (b: number) => Buffer.from(pad.subarray(b * BLOCK + DATA_AT, b * BLOCK + DATA_AT + SLOTS.length * 8));
+    return new LeftBehind(base, [data(0), data(1)]);
+  }
+
+  /** Where a task stopped at `rip` goes home to, if that is in its block's code (or, main thread, in the scratch area). */
+  wayHome(t: { pid: number; tgid: number }, rip: number): WayHome | null {
+    const b = t.pid === t.tgid ? 0 : 1;
+    const slot = (s: Slot) => this.data[b].readBigUInt64LE(SLOTS.indexOf(s) * 8);
+    const start = this.base + b * BLOCK;
+    const scratch = Number(slot('scratch')), len = Number(slot('scratchLen'));
+    const inScratch = b === 0 && len > 0 && rip >= scratch && rip < scratch + len;
+    if (!inScratch && !(rip >= start && rip < start + CODE_LEN)) return null;
+    return {
+      regs: [...RESTORED.map(([s]): [RegName, bigint] => [s, slot(s)]), ['rip', slot('foundRip')], ['rax', slot('foundRax')], ['orig_rax', slot('foundOrig')]],
+      mask: slot('mask'),
+      scratch: b === 0 && len > 0 ? { addr: scratch, len } : undefined,
+    };
   }
 }
 
@@ -230,8 +286,8 @@ export class Gadget {
     }
   }
 
-  /** Point a task's block home: its resume registers and its own signal mask. */
-  arm(t: GadgetTask, home: Regs, mask: bigint): void {
+  /** Point a task's block home: its resume registers (`home`, made from `found`) and its own signal mask. */
+  arm(t: GadgetTask, home: Regs, found: Regs, mask: bigint): void {
     const b = this.blockOf(t);
     const other = this.holders[b];
     if (other && other.pid !== t.pid) other.disarm();
@@ -239,6 +295,7 @@ export class Gadget {
     const v: Partial<Record<Slot, bigint>> = { mask };
     for (const [s] of RESTORED) v[s] = home.get(s);
     v.rip = home.get('rip');
+    Object.assign(v, { foundRip: found.get('rip'), foundRax: found.get('rax'), foundOrig: found.get('orig_rax') });
     if (this.blockOf(t) === 0) Object.assign(v, { scratch: BigInt(this.scratch), scratchLen: BigInt(this.scratchLen) });
     this.writeSlots(t, v);
   }

@@ -24,7 +24,7 @@ const BATCH_CALL_BYTES = 7 * 10 + 2 + 10;
 /** The end of a safe batch: done flag, a wait, jump home. */
 const SAFE_TAIL_BYTES = 5 + 9 + 7 * 10 + 2 + 10 + 2;
 /** How long a safe batch waits to be stopped before it goes home by itself (stasis gone). */
-const SAFE_BATCH_WAIT_S = 2;
+const SAFE_BATCH_WAIT_S = Number(process.env.STASIS_TEST_BATCH_WAIT_S) || 2;
 const SYS_SELECT = 23, EACCES = 13;
 const ARG_REG_MOVABS = [[0x48, 0xbf], [0x48, 0xbe], [0x48, 0xba], [0x49, 0xba], [0x49, 0xb8], [0x49, 0xb9]];
 const MOV_RAX = [0x48, 0xb8];

@@ -6,10 +6,10 @@ import {
   WIFSTOPPED, WSTOPSIG, WEVENT, WIFEXITED, WIFSIGNALED, WTERMSIG, WEXITSTATUS, __WALL,
   processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD, sleepSync, syscall, WNOHANG,
 } from '../sys/libc';
-import { Gadget, resumeRegs, hasVdso } from './gadget';
+import { Gadget, resumeRegs, hasVdso, LeftBehind } from './gadget';
 import { whoTraces } from './busy';
 import { StasisError, SyscallError } from '../sys/errno';
-import { Regs, SYSCALL_ARGS, USER_REGS_SIZE } from '../sys/x86';
+import { Regs, SYSCALL_ARGS, USER_REGS_SIZE, SYS } from '../sys/x86';
 
 const SIGTRAP = 5;
 const SIGSTOP = 19;
@@ -54,6 +54,8 @@ export class Tracee {
   private home?: Regs;
   /** the gadget block points home with our registers and mask */
   private armed = false;
+  /** a scratch area a killed stasis left mapped (see leaveAbandoned) */
+  private strayScratch?: { addr: number; len: number };
   /** it left injected code by its way home while still ours (see runSafely): never touch it again */
   wentHome = false;
 
@@ -109,6 +111,41 @@ export class Tracee {
   afterStop(): void {
     this.saved = this.getRegs();
     if (this.memFd < 0) this.memFd = fs.openSync(`/proc/${this.pid}/mem`, 'r+');
+  }
+
+  /**
+   * Stopped in the code a killed stasis left it in (see LeftBehind): go
+   * home now, as that code would have, and take `saved` as that stasis
+   * found it (the kernel then restarts the call it was in, and the image
+   * records that call). The mask first: the task home with every signal
+   * blocked would be harmed, while its own mask in the abandoned code only
+   * lets a handler run early. Returns whether it was there.
+   */
+  leaveAbandoned(left: LeftBehind): boolean {
+    const back = left.wayHome(this, Number(this.saved!.get('rip')));
+    if (!back) return false;
+    this.setSigmask(back.mask);
+    const r = this.saved!.clone();
+    for (const [reg, v] of back.regs) r.set(reg, v);
+    this.setRegs(r);
+    this.saved = r;
+    this.strayScratch = back.scratch;
+    return true;
+  }
+
+  /**
+   * The scratch area the abandoned way home would have unmapped: unmapped
+   * now, named to the gadget first so that our own death meanwhile still
+   * unmaps it (once all threads are home: the gadget rewrites the blocks).
+   */
+  sweepStrayScratch(): void {
+    const stray = this.strayScratch;
+    if (!stray) return;
+    const g = Gadget.of(this.gadgetTask());
+    g.setScratch(this.gadgetTask(), stray.addr, stray.len);
+    this.call('munmap', SYS.munmap, [stray.addr, stray.len], 'scratch area of an abandoned checkpoint');
+    g.setScratch(this.gadgetTask(), 0, 0);
+    this.strayScratch = undefined;
   }
 
   /** The task is gone or being killed: no ptrace request will work. */
@@ -320,7 +357,7 @@ export class Tracee {
     const g = Gadget.of(this.gadgetTask());
     this.home ??= resumeRegs(this.saved!);
     if (!this.armed) {
-      g.arm(this.gadgetTask(), this.home, this.savedMask ?? this.getSigmask());
+      g.arm(this.gadgetTask(), this.home, this.saved!, this.savedMask ?? this.getSigmask());
       this.armed = true;
     }
     return g;
