@@ -387,6 +387,30 @@ test('a checkpoint that finds a task still in a killed stasis\'s batch takes it 
   procs.end(r.pid);
 });
 
+// SIGSTOP is the one signal a held mask does not keep pending: an injected
+// call meets it. It was dropped, and the target ran on where its user had
+// stopped it.
+test('a SIGSTOP sent while stasis injects calls stops the target once it is let go', async () => {
+  const { pid, dir, out, counts } = await startTimedWaits('safety-sigstop');
+  const env = { ...process.env, STASIS_TEST_SIGNAL_AT_INJECTION: '19' };
+  const child = spawn(process.execPath, [CLI, 'checkpoint', String(pid), '-o', path.join(dir, 'image')], { stdio: 'ignore', env });
+  const [code] = await new Promise<[number | null, string | null]>((r) => child.on('close', (c, s) => r([c, s])));
+  assert.equal(code, 0);
+  await until(`pid ${pid} stopped and untraced`, () => {
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      const st = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
+      if (!/^TracerPid:\s+0$/m.test(st)) return `thread ${tid} still traced`;
+      if (!/^State:\s+T \(stopped\)/m.test(st)) return `thread ${tid}: ${/^State:.*$/m.exec(st)?.[0]}`;
+    }
+    return null;
+  });
+  process.kill(pid, 'SIGCONT');
+  const before = counts();
+  await until(`pid ${pid} counts on after SIGCONT`, () => (counts().every((n, i) => n >= before[i] + 2) ? null : `counts ${before.join(' ')} -> ${counts().join(' ')}`));
+  assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /FAIL/);
+  procs.end(pid);
+});
+
 test('a snapshot leaves threads in restart_block calls (nanosleep in the main thread, where batches run) waiting as they were', async () => {
   const { pid, dir, out, counts } = await startTimedWaits('snapshot-waits');
   const r = await checkpointCommand(pid, dir, {});

@@ -28,6 +28,8 @@ export interface SeizeOptions {
 
 export class TaskGoneError extends StasisError {}
 
+let signalAtInjection = Number(process.env.STASIS_TEST_SIGNAL_AT_INJECTION ?? 0);
+
 /** Synchronous fault signals: SIGILL, SIGBUS, SIGFPE, SIGSEGV. */
 const FAULTS = new Set([4, 7, 8, 11]);
 
@@ -39,6 +41,8 @@ export class Tracee {
   saved?: Regs;
   /** Signals that arrived while we were working; re-sent at detach. */
   readonly deferredSignals: number[] = [];
+  /** a SIGSTOP arrived while we were working (see deferSignal) */
+  private stopArrived = false;
   /** Its own blocked mask while a checkpoint holds every signal blocked (see FrozenTree). */
   heldMask?: bigint;
   /** Address of a `syscall` instruction inside the task. */
@@ -207,8 +211,14 @@ export class Tracee {
     return info.readInt32LE(8) > 0; // si_code > 0: SEGV_MAPERR, BUS_ADRERR, ...
   }
 
+  /**
+   * SIGSTOP, which no mask holds back, reaches a task between our stops;
+   * it is sent again after detach (to the process: a stop is process-wide),
+   * not as the detach's signal, which a task in an event stop ignores.
+   */
   private deferSignal(sig: number): void {
-    if (sig !== SIGSTOP && sig !== SIGTRAP) this.deferredSignals.push(sig);
+    if (sig === SIGSTOP) this.stopArrived = true;
+    else if (sig !== SIGTRAP) this.deferredSignals.push(sig);
   }
 
   getRegs(): Regs {
@@ -317,6 +327,11 @@ export class Tracee {
    */
   injectRaw(nr: number, args: Array<number | bigint> = []): bigint {
     if (this.wentHome) throw new StasisError(`pid ${this.pid}: went on by itself; no more calls in it`);
+    // Test hook (safety.test): a signal sent to the target as its first injected call starts.
+    if (signalAtInjection && this.safe) {
+      process.kill(this.tgid, signalAtInjection);
+      signalAtInjection = 0;
+    }
     if (this.safe) return this.injectSafely(nr, args);
     if (!this.syscallInsn) throw new StasisError(`pid ${this.pid}: no syscall instruction located for injection`);
     const r = this.saved!.clone();
@@ -507,6 +522,10 @@ export class Tracee {
       this.attached = false;
       for (const s of this.deferredSignals.splice(0)) {
         try { process.kill(this.pid, s); } catch { /* gone */ }
+      }
+      if (this.stopArrived) {
+        try { process.kill(this.tgid, 'SIGSTOP'); } catch { /* gone */ }
+        this.stopArrived = false;
       }
       this.closeMem();
     }
