@@ -7,7 +7,8 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { build, Procs, waitFor, tmpdir, checkpointKillRestart, assertLeftRunning } from './harness';
+import { execFileSync } from 'node:child_process';
+import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, assertLeftRunning, restartVerified, CLI } from './harness';
 import { checkpointSync, loadImage } from '../src';
 import type { ImageProcess } from '../src';
 import { readStat, listThreads } from '../src/proc';
@@ -170,3 +171,26 @@ function procsOf(root: number): number[] {
   const kids = fs.readFileSync(`/proc/${root}/task/${root}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
   return [root, ...kids.sort((a, b) => a - b)];
 }
+
+// A signal dequeued as the checkpoint stops the target (between the seize
+// and its stop) came before the freeze: it is delivered then, with its own
+// siginfo, so the original runs its handler with it and the image holds
+// the task at that handler. It used to be re-sent at detach, as if by the
+// kernel (si_code SI_KERNEL, no sender), and an image made with --kill had
+// lost it.
+test('a signal that arrives as the checkpoint stops the target reaches its handler once, with its siginfo, in the original and in the image', async () => {
+  const { pid, out, dir } = await start('sigarrive');
+  const env = { ...process.env, STASIS_TEST_SIGNAL_AT_SEIZE: '10' };
+  const img = path.join(dir, 'image');
+  execFileSync(process.execPath, [CLI, 'checkpoint', String(pid), '-o', img], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+  // SI_USER (0), sent by a process.
+  await waitFor(out, /^usr1 code=0 from-a-process=yes count=1$/m);
+  execFileSync(process.execPath, [CLI, 'checkpoint', String(pid), '-o', img, '--kill'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitGone(pid, procs);
+  assert.doesNotMatch(fs.readFileSync(out, 'utf8'), /count=2/, 'the original, killed, did not run the handler again');
+  const r = restartVerified(img);
+  procs.addTree(r.pid);
+  await waitFor(out, /^usr1 code=0 from-a-process=yes count=2$/m);
+  assert.deepEqual(fs.readFileSync(out, 'utf8').split('\n').filter((l) => l.startsWith('usr1')), ['usr1 code=0 from-a-process=yes count=1', 'usr1 code=0 from-a-process=yes count=2']);
+  procs.end(r.pid);
+});

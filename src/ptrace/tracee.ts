@@ -8,11 +8,14 @@ import {
 } from '../sys/libc';
 import { Gadget, resumeRegs, hasVdso, LeftBehind } from './gadget';
 import { whoTraces } from './busy';
+import { readStat } from '../proc';
 import { StasisError, SyscallError } from '../sys/errno';
 import { Regs, SYSCALL_ARGS, USER_REGS_SIZE, SYS } from '../sys/x86';
 
 const SIGTRAP = 5;
 const SIGSTOP = 19;
+/** SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU */
+const STOP_SIGNALS = new Set([19, 20, 21, 22]);
 /** WSTOPSIG of a syscall-entry or -exit stop under PTRACE_O_TRACESYSGOOD */
 const SYSCALL_STOP = SIGTRAP | 0x80;
 const ALL_SIGNALS = (1n << 64n) - 1n;
@@ -28,7 +31,9 @@ export interface SeizeOptions {
 
 export class TaskGoneError extends StasisError {}
 
+// Test hooks: a signal sent to a target at its first injected call, or just after its seize.
 let signalAtInjection = Number(process.env.STASIS_TEST_SIGNAL_AT_INJECTION ?? 0);
+let signalAtSeize = Number(process.env.STASIS_TEST_SIGNAL_AT_SEIZE ?? 0);
 
 /** Synchronous fault signals: SIGILL, SIGBUS, SIGFPE, SIGSEGV. */
 const FAULTS = new Set([4, 7, 8, 11]);
@@ -52,6 +57,8 @@ export class Tracee {
    * the process's Gadget so the task survives our death at any instruction.
    */
   private safe = false;
+  /** a program we checkpoint, not a restore stub */
+  private target = false;
   /** the task's own signal mask, while we keep every signal blocked */
   private savedMask?: bigint;
   /** registers that resume the task by itself (see gadget.ts), once it ran injected code */
@@ -99,7 +106,8 @@ export class Tracee {
     // TRACESYSGOOD: a syscall stop the tracer never answers ends without a
     // signal (a plain SIGTRAP would be delivered to the task).
     const options = (opts.exitKill ? PTRACE_O_EXITKILL : 0) | PTRACE_O_TRACESYSGOOD;
-    this.safe = !opts.exitKill && (opts.vdso ?? hasVdso(this.tgid));
+    this.target = !opts.exitKill;
+    this.safe = this.target && (opts.vdso ?? hasVdso(this.tgid));
     try {
       ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
     } catch (e) {
@@ -108,7 +116,16 @@ export class Tracee {
       throw why ? new StasisError(why) : e;
     }
     this.attached = true;
+    if (signalAtSeize && this.target) this.signalBeforeInterrupt();
     ptrace(PTRACE.INTERRUPT, this.pid, 0, 0, 'INTERRUPT');
+  }
+
+  /** Test hook (fidelity-signals.test): a signal the task takes between our seize and our interrupt. */
+  private signalBeforeInterrupt(): void {
+    process.kill(this.pid, signalAtSeize);
+    signalAtSeize = 0;
+    // Its signal-delivery stop: state t. Bounded, a hook must not hang.
+    for (let i = 0; i < 10000 && readStat(this.pid).state !== 't'; i++) sleepSync(0.1);
   }
 
   /** Once stopped: remember the registers to put back, open its memory. */
@@ -180,10 +197,16 @@ export class Tracee {
       }
       if (want !== undefined && sig === want) return sig;
       if (want === undefined) {
-        // A signal-delivery stop before our interrupt landed: keep the signal.
-        this.deferSignal(sig);
+        // A signal-delivery stop before our interrupt landed. In a target
+        // the signal arrived before the freeze: it is delivered now, with
+        // its own siginfo, and our interrupt stops the task at its handler
+        // (or the process ends, as it would have). Re-sent at detach, it
+        // lost its siginfo, and the image never had it. A stop signal is
+        // kept for detach: the process stops once let go.
+        const deliver = this.target && !STOP_SIGNALS.has(sig) && sig !== SIGTRAP;
+        if (!deliver) this.deferSignal(sig);
         ptrace(PTRACE.INTERRUPT, this.pid, 0, 0, 'INTERRUPT');
-        ptrace(PTRACE.CONT, this.pid, 0, 0, 'CONT');
+        ptrace(PTRACE.CONT, this.pid, 0, deliver ? sig : 0, 'CONT');
         continue;
       }
       if (FAULTS.has(sig) && this.kernelSent()) {
