@@ -16,7 +16,7 @@ import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, 
 import { dumpLockFuture, lockedKb, dumpMergeAny, refuseMempolicy } from './kinds/mmpolicy';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
-import { dumpSigactions, dumpSharedPending, dumpThreadSignals, checkStopSignal, stopReported, dumpExitSignal } from './kinds/signals';
+import { dumpSigactions, dumpSharedPending, dumpThreadSignals, checkStopSignal, stopReported, continuedUnreported, dumpExitSignal } from './kinds/signals';
 import { dumpTimers, refuseLinkedTimerSignals } from './kinds/timers';
 import { OpenFiles, dumpFds } from './kinds/files';
 import { DumpContext } from './kinds/fdkind';
@@ -175,8 +175,10 @@ export function surveyProcesses(procs: FrozenProcess[], root: number, ctx: DumpC
 }
 
 /** The stopped children of a surveyed process (whether it took their stop report is part of its state). */
-export function stoppedChildrenOf(surveys: Survey[], s: Survey): number[] {
-  return surveys.filter((c) => c.proc.ppid === s.proc.pid && c.proc.stopped).map((c) => c.proc.pid);
+/** A process's live children in the tree: those stopped, and how many run. */
+export function childrenOf(surveys: Survey[], s: Survey): { stopped: number[]; running: number } {
+  const live = surveys.filter((c) => c.proc.ppid === s.proc.pid && !c.proc.zombie);
+  return { stopped: live.filter((c) => c.proc.stopped).map((c) => c.proc.pid), running: live.filter((c) => !c.proc.stopped).length };
 }
 
 export function dumpZombie(p: FrozenProcess): ImageZombie {
@@ -209,7 +211,7 @@ function refuseForeignGroups(root: number, procs: Array<{ pid: number; stat: { p
  * then each thread. Every thread must be seized and stopped, its `saved`
  * registers the ones it resumes with; they are what the image records.
  */
-export function dumpProcess(s: Survey, stoppedChildren: number[] = []): ImageProcess {
+export function dumpProcess(s: Survey, children: ReturnType<typeof childrenOf> = { stopped: [], running: 0 }): ImageProcess {
   const pid = s.proc.pid;
   const stat = readStat(pid);
   const attrs = dumpProcessAttrs(pid);
@@ -230,7 +232,11 @@ export function dumpProcess(s: Survey, stoppedChildren: number[] = []): ImagePro
     const lockFuture = dumpLockFuture(remote, lockedBefore);
     refuseMempolicy(remote, s.vmas);
     const timers = dumpTimers(remote, pid, s.proc.threads.map((t) => t.pid));
-    const stopsReported = stoppedChildren.filter((c) => stopReported(remote, c));
+    const stopsReported = children.stopped.filter((c) => stopReported(remote, c));
+    const continued = children.running ? continuedUnreported(remote) : 0;
+    if (continued) {
+      throw new UnsupportedError(`pid ${pid}: its child ${continued} was continued (SIGCONT) after a stop, and it has not taken that report (a wait with WCONTINUED): a restart cannot make it again; not supported: checkpoint once the parent has waited for it`);
+    }
     const threads: ImageThread[] = s.proc.threads.map((t) => {
       const r = remote.withTask(t);
       const cpu = dumpCpu(t);
@@ -311,7 +317,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     kinds.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external ?? []);
-    const images = surveys.map((s) => { log(`injecting into pid ${s.proc.pid}`); return dumpProcess(s, stoppedChildrenOf(surveys, s)); });
+    const images = surveys.map((s) => { log(`injecting into pid ${s.proc.pid}`); return dumpProcess(s, childrenOf(surveys, s)); });
     refuseForeignOwners(images);
     // Only a tree can share pages copy-on-write between its processes.
     const frames = surveys.length > 1 ? new SavedFrames() : undefined;

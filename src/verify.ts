@@ -7,7 +7,7 @@ import { readMaps, readStat } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Remote } from './ptrace/remote';
 import { FrozenProcess } from './ptrace/freeze';
-import { surveyProcesses, dumpProcess, dumpZombie, locateSyscall, stoppedChildrenOf } from './checkpoint';
+import { surveyProcesses, dumpProcess, dumpZombie, locateSyscall, childrenOf } from './checkpoint';
 import { PipeTable } from './kinds/pipes';
 import { pagesToSave } from './kinds/memory';
 import { LockTable } from './kinds/locks';
@@ -522,7 +522,7 @@ export function verifyTree(input: VerifyInput): void {
     if (input.objects?.ttys?.length) ttyTable.refuseOutsiders(new Set(frozen.map((p) => p.pid)));
     // Guard regions are found where pages are (pagemap), which the read-back otherwise skips.
     for (const x of surveys) for (const v of x.vmas) if (v.vmFlags.includes('gu') && !v.shmem) pagesToSave(x.proc.pid, v);
-    images = surveys.map((s) => dumpProcess(s, stoppedChildrenOf(surveys, s)));
+    images = surveys.map((s) => dumpProcess(s, childrenOf(surveys, s)));
     // Nothing of stasis's own may stay mapped: the layout must be the one just compared.
     surveys.forEach((s) => {
       const now = readMaps(s.proc.pid).map((v) => `${v.start}-${v.end}`).join(' ');

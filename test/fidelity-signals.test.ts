@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, assertLeftRunning, restartVerified, CLI } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, assertLeftRunning, restartVerified, CLI, until } from './harness';
 import { checkpointSync, loadImage } from '../src';
 import type { ImageProcess } from '../src';
 import { readStat, listThreads } from '../src/proc';
@@ -192,5 +192,29 @@ test('a signal that arrives as the checkpoint stops the target reaches its handl
   procs.addTree(r.pid);
   await waitFor(out, /^usr1 code=0 from-a-process=yes count=2$/m);
   assert.deepEqual(fs.readFileSync(out, 'utf8').split('\n').filter((l) => l.startsWith('usr1')), ['usr1 code=0 from-a-process=yes count=1', 'usr1 code=0 from-a-process=yes count=2']);
+  procs.end(r.pid);
+});
+
+// A child continued after a stop holds a report for its parent until the
+// parent waits with WCONTINUED; a restart cannot make it again (stopping
+// and continuing the child would run its SIGCONT handler once more), so
+// it is refused by name, and the same tree checkpoints once it is taken.
+test('a child continued with a report its parent has not taken is refused by name; taken, the tree restarts without it', async () => {
+  const { pid, out, dir } = await start('fid_continued');
+  const [child] = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ').map(Number);
+  const state = () => readStat(child).state;
+  process.kill(child, 'SIGSTOP');
+  await until(`child ${child} stopped`, () => (state() === 'T' ? null : state()));
+  process.kill(child, 'SIGCONT');
+  await until(`child ${child} running again`, () => (state() !== 'T' ? null : state()));
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'refused')), {
+    message: `pid ${pid}: its child ${child} was continued (SIGCONT) after a stop, and it has not taken that report (a wait with WCONTINUED): a restart cannot make it again; not supported: checkpoint once the parent has waited for it`,
+  });
+  assertLeftRunning(pid);
+  process.kill(pid, 'SIGUSR1');
+  await waitFor(out, /^continued reported$/m);
+  const r = await checkpointKillRestart(procs, pid, dir);
+  process.kill(r.pid, 'SIGUSR1');
+  await waitFor(out, /^continued reported\nnothing to report$/m);
   procs.end(r.pid);
 });

@@ -150,6 +150,17 @@ export async function waitFor(file: string, want: RegExp | ((text: string) => bo
   }
 }
 
+/** Poll `check` (a readiness condition, not a timing assertion) until it holds; `check` says why not yet. */
+export async function until(what: string, check: () => string | null, ms = 10000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const why = check();
+    if (why === null) return;
+    if (Date.now() > deadline) throw new Error(`${what}: ${why}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 /** Wait until a pid no longer exists at all (killed and reaped, by us if it is ours). */
 export async function waitGone(pid: number, procs: Procs, ms = 10000): Promise<void> {
   const until = Date.now() + ms;

@@ -19,7 +19,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
-import { build, Procs, tmpdir, waitFor, waitGone, alive, CLI, seededRandom } from './harness';
+import { build, Procs, tmpdir, waitFor, waitGone, alive, CLI, seededRandom, until } from './harness';
 import { loadImage, restartSync } from '../src';
 import { scanTree } from '../src/ptrace/freeze';
 
@@ -105,17 +105,6 @@ function checkpointCommand(pid: number, dir: string, how: Kill & { kill?: boolea
       resolve({ log, phase: phaseOf(log), killed: signal === 'SIGKILL', wallMs: performance.now() - t0, ptraceRequests: count ? Number(count) : undefined });
     });
   });
-}
-
-/** Poll `check` (a readiness condition, not a timing assertion) until it holds. */
-async function until(what: string, check: () => string | null, ms = 10000): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const why = check();
-    if (why === null) return;
-    if (Date.now() > deadline) throw new Error(`${what}: ${why}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 function counters(progress: string): number[] {

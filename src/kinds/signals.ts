@@ -14,7 +14,7 @@ import { ImageSignals, ImageSigaction } from '../image/schema';
 
 const SIGTRAP = 5, SIGKILL = 9, SIGCHLD = 17, SIGSTOP = 19, SIGTSTP = 20, SIGTTIN = 21, SIGTTOU = 22;
 const SYS_waitid = 247, SYS_rt_sigtimedwait = 128;
-const P_PID = 1, WNOHANG = 1, WSTOPPED = 2, WNOWAIT = 0x01000000, EAGAIN = 11;
+const P_ALL = 0, P_PID = 1, WNOHANG = 1, WSTOPPED = 2, WCONTINUED = 8, WNOWAIT = 0x01000000, __WALL = 0x40000000, EAGAIN = 11;
 const SIGACTION_SIZE = 32; // kernel struct sigaction on x86-64
 const SS_ONSTACK = 1, SS_DISABLE = 2;
 const hex = (v: bigint) => '0x' + v.toString(16);
@@ -154,6 +154,21 @@ export function stopReported(parent: Remote, childVpid: number): boolean {
   parent.task.writeMem(info, Buffer.alloc(128));
   parent.call('waitid', SYS_waitid, [P_PID, childVpid, info, WSTOPPED | WNOHANG | WNOWAIT, 0], `whether the stop of child ${childVpid} was reported`);
   return parent.read(info, 128).readInt32LE(16) === 0; // si_pid: 0 when nothing is left to report
+}
+
+/**
+ * A child continued (SIGCONT) after a stop holds a report for its parent
+ * until the parent waits with WCONTINUED (most never do). A restart could
+ * make it again only by stopping and continuing the child, whose SIGCONT
+ * handler would run once more. Asked with WNOWAIT, which consumes nothing:
+ * such a child (its pid as the parent sees it), or 0.
+ */
+export function continuedUnreported(parent: Remote): number {
+  parent.reset();
+  const info = parent.alloc(128);
+  parent.task.writeMem(info, Buffer.alloc(128));
+  parent.call('waitid', SYS_waitid, [P_ALL, 0, info, WCONTINUED | WNOHANG | WNOWAIT | __WALL, 0], 'whether a child was continued unreported');
+  return parent.read(info, 128).readInt32LE(16); // si_pid
 }
 
 /**
