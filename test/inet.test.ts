@@ -375,3 +375,20 @@ test('stasis killed while connections are in repair mode: its guards take them o
   assert.equal(closed, false);
   await c.close();
 });
+
+// Datagrams are queued again at restart from their senders: the bytes and
+// the sender come back, not the arrival time or the address they were sent
+// to, which a program asking for them would read wrong.
+for (const [mode, what] of [['stamp', /1 queued datagram\(s\) on a socket that asks for their arrival time \(timestamp\), which a restart cannot give them; not supported/], ['pktinfo', /1 queued datagram\(s\) on a socket bound to the wildcard that asks for their destination address \(pktinfo\), which a restart cannot give them; not supported/]] as const) {
+  test(`a UDP datagram queued on a socket asking for its ${mode === 'stamp' ? 'arrival time' : 'destination address'} is refused by name and keeps it`, async () => {
+    const dir = tmpdir(`udp-${mode}`);
+    const out = path.join(dir, 'out');
+    const pid = procs.start(build('udp_ancillary'), [mode], out);
+    await waitFor(out, /^ready$/m);
+    assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), what);
+    assertLeftRunning(pid);
+    process.kill(pid, 'SIGUSR1');
+    const text = await waitFor(out, /^(ok|FAIL.*)$/m);
+    assert.doesNotMatch(text, /FAIL/);
+  });
+}

@@ -87,6 +87,18 @@ test('an fd in flight (SCM_RIGHTS) is refused by name and stays in flight', asyn
   assert.doesNotMatch(text, /FAIL/);
 });
 
+test('queued messages on a socket with SO_TIMESTAMP are refused by name and keep their arrival time', async () => {
+  const dir = tmpdir('unix-stamped');
+  const out = path.join(dir, 'out');
+  const pid = procs.start(build('unix_sockets'), ['stamped'], out);
+  await waitFor(out, /^ready$/m);
+  assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), /1 queued message\(s\) on a socket with SO_TIMESTAMP\/SO_TIMESTAMPNS\/SO_TIMESTAMPING carry the time they arrived, which a restart cannot give them; not supported/);
+  assertLeftRunning(pid);
+  process.kill(pid, 'SIGUSR1');
+  const text = await waitFor(out, /^(ok|FAIL.*)$/m);
+  assert.doesNotMatch(text, /FAIL/);
+});
+
 test('a connection to a process outside the tree is refused by name unless --external, then handed in with --inherit-fd', async () => {
   const dir = tmpdir('unix-outside');
   const out = path.join(dir, 'out');

@@ -446,6 +446,21 @@ function dumpOptions(fd: number, domain: number, type: number, protocol: number,
 }
 
 /**
+ * Datagrams queued again at restart keep their bytes and sender, not what
+ * the program may ask of their arrival: the time (SO_TIMESTAMP and its
+ * kind), or on a socket bound to the wildcard, the address they were sent
+ * to (IP_PKTINFO and its kind: they are sent again to the sender's own
+ * address).
+ */
+function refuseLostAncillary(opts: InetOptions, local: Endpoint, where: string, n: number): void {
+  const on = (names: string[]) => names.find((k) => opts[k]);
+  const stamp = on(['timestamp', 'timestampns', 'timestampNew', 'timestampnsNew', 'timestamping']);
+  if (stamp) throw new UnsupportedError(`${where}: ${n} queued datagram(s) on a socket that asks for their arrival time (${stamp}), which a restart cannot give them; not supported: checkpoint once they are read`);
+  const dest = local.addr === '0.0.0.0' || local.addr === '::' ? on(['pktinfo', 'recvorigdstaddr', 'recvpktinfo', 'pktinfo2292', 'recvorigdstaddr6']) : undefined;
+  if (dest) throw new UnsupportedError(`${where}: ${n} queued datagram(s) on a socket bound to the wildcard that asks for their destination address (${dest}), which a restart cannot give them; not supported: checkpoint once they are read`);
+}
+
+/**
  * A classic filter's length in instructions (0: none); an eBPF filter
  * (SO_ATTACH_BPF), which has no classic program to read, is refused.
  */
@@ -684,6 +699,7 @@ function dumpInet(f: FoundFd, ctx: { table<T extends ObjectTable>(c: new () => T
     const base = { family, proto, local, ...dumpOptions(fd, domain, type, protocol, tcpState === TCP_ESTABLISHED) } as const;
     if (proto === 'udp') {
       const queued = !diag || diag.rqueue > 0 ? peekDatagrams(fd, `${f.where}: ${endpointText(proto, local)}`) : [];
+      if (queued.length) refuseLostAncillary(base.opts, local, `${f.where}: ${endpointText(proto, local)}`, queued.length);
       const q = queued.length ? { queued: queued.map((d) => ({ data: d.data.toString('base64'), from: d.from })) } : {};
       if (queued.length) ctx.table(InetTable).noteUdp(f.where, base.family, local, queued.map((d) => d.from));
       else if (local.port) ctx.table(InetTable).noteUdp(f.where, base.family, local, []);

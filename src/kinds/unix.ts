@@ -312,6 +312,10 @@ export class UnixTable implements ObjectTable {
       if (queue.length && passcred) {
         throw new UnsupportedError(`${where}: ${queue.length} queued message(s) on a socket with SO_PASSCRED/SO_PASSPIDFD carry their senders' credentials, which are not restored yet`);
       }
+      // Queued again at restart, they would carry the restart's time.
+      if (queue.length && (getInt(mine, OPTIONS.timestamp) || getInt(mine, OPTIONS.timestampns) || getInt(mine, OPTIONS.timestamping))) {
+        throw new UnsupportedError(`${where}: ${queue.length} queued message(s) on a socket with SO_TIMESTAMP/SO_TIMESTAMPNS/SO_TIMESTAMPING carry the time they arrived, which a restart cannot give them; not supported: checkpoint once they are read`);
+      }
       entry.queue = queue.map((q) => ({ data: q.data.toString('base64') }));
       this.senders.set(ino, queue.map((q) => q.from));
     } finally {

@@ -8,6 +8,7 @@
 //                     connection with data both ways, named datagram sockets
 //   pending DIR       a listening socket with a connection not yet accepted (refused)
 //   rights            a socketpair with an fd in flight (SCM_RIGHTS, refused)
+//   stamped           a datagram queued on a socket with SO_TIMESTAMP (refused)
 //   serve DIR         a listening socket at DIR/srv; accepts one connection, then waits
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -146,7 +148,8 @@ static int mode_pairs(void)
     MUST(setsockopt(dg[0], SOL_SOCKET, SO_SNDBUF, &snd, sizeof snd));
     MUST(setsockopt(st[1], SOL_SOCKET, SO_RCVLOWAT, &low, sizeof low));
     MUST(setsockopt(st[1], SOL_SOCKET, SO_PEEK_OFF, &off, sizeof off));
-    MUST(setsockopt(dg[1], SOL_SOCKET, SO_TIMESTAMP, &one, sizeof one));
+    // On a socket with nothing queued: queued messages would carry their times (refused).
+    MUST(setsockopt(sh[0], SOL_SOCKET, SO_TIMESTAMP, &one, sizeof one));
     struct timeval tv = { 7, 500 };
     MUST(setsockopt(sp[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv));
     MUST(fcntl(dg[1], F_SETFL, O_NONBLOCK));
@@ -161,7 +164,7 @@ static int mode_pairs(void)
     if (getint(dg[0], SO_SNDBUF) != sndWas) fail("SO_SNDBUF %d, expected %d", getint(dg[0], SO_SNDBUF), sndWas);
     if (getint(st[1], SO_RCVLOWAT) != 3) fail("SO_RCVLOWAT");
     if (getint(st[1], SO_PEEK_OFF) != 2) fail("SO_PEEK_OFF %d", getint(st[1], SO_PEEK_OFF));
-    if (getint(dg[1], SO_TIMESTAMP) != 1) fail("SO_TIMESTAMP");
+    if (getint(sh[0], SO_TIMESTAMP) != 1) fail("SO_TIMESTAMP");
     struct timeval got;
     socklen_t l = sizeof got;
     MUST(getsockopt(sp[1], SOL_SOCKET, SO_RCVTIMEO, &got, &l));
@@ -334,6 +337,32 @@ static int mode_rights(void)
     return 0;
 }
 
+/* A datagram queued on a socket that asks for receive timestamps: refused,
+ * and still there with its arrival time (not later than the refusal). */
+static int mode_stamped(void)
+{
+    int sv[2], on = 1;
+    MUST(socketpair(AF_UNIX, SOCK_DGRAM, 0, sv));
+    MUST(setsockopt(sv[1], SOL_SOCKET, SO_TIMESTAMP, &on, sizeof on));
+    struct timeval sent;
+    gettimeofday(&sent, NULL);
+    MUST(send(sv[0], "t", 1, 0));
+    wait_go();
+    char got, ctl[CMSG_SPACE(sizeof(struct timeval))];
+    struct msghdr r = { .msg_iov = &(struct iovec){ &got, 1 }, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof ctl };
+    if (recvmsg(sv[1], &r, MSG_DONTWAIT) != 1) fail("the stamped datagram is gone");
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&r);
+    if (!cm || cm->cmsg_type != SCM_TIMESTAMP) fail("no timestamp with the datagram");
+    else {
+        struct timeval at;
+        memcpy(&at, CMSG_DATA(cm), sizeof at);
+        if (at.tv_sec > sent.tv_sec + 1) fail("stamped %ld s after it was sent", (long)(at.tv_sec - sent.tv_sec));
+    }
+    if (failures) return 1;
+    printf("ok\n");
+    return 0;
+}
+
 static int mode_serve(const char *dir)
 {
     char srv[256];
@@ -365,6 +394,7 @@ int main(int argc, char **argv)
     if (argc >= 3 && !strcmp(argv[1], "listen")) return mode_listen(argv[2]);
     if (argc >= 3 && !strcmp(argv[1], "pending")) return mode_pending(argv[2]);
     if (argc >= 2 && !strcmp(argv[1], "rights")) return mode_rights();
+    if (argc >= 2 && !strcmp(argv[1], "stamped")) return mode_stamped();
     if (argc >= 3 && !strcmp(argv[1], "serve")) return mode_serve(argv[2]);
     fprintf(stderr, "usage: unix_sockets pairs|listen DIR|pending DIR|rights|serve DIR\n");
     return 2;
