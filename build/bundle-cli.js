@@ -44,7 +44,7 @@ Promise.all([
   }),
   esbuild.build({
     ...common,
-    entryPoints: [require.resolve('zod', { paths: [root] })],
+    entryPoints: [path.join(__dirname, 'zod-entry.mjs')],
     outfile: path.join(root, 'dist/zod.js'),
     plugins: [noLocales],
   }),

@@ -8,7 +8,9 @@ type Z = typeof Zod.z;
 let real: Z | undefined;
 
 function load(): Z {
-  real = (require('zod') as typeof Zod).z;
+  // zod's own functions by name: the bundled dist/zod.js holds only those
+  // stasis calls (build/zod-entry.mjs); zod's `z` would hold them all.
+  real = require('zod') as Z;
   // Both are read when a schema is made, so set before any exists.
   // Records are JSON.parse'd, which never makes a reference cycle: zod's
   // support for cyclic input (its memoizer walks each schema's whole tree

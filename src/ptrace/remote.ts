@@ -135,8 +135,10 @@ export class Remote {
     const op = (...b: number[]) => {
       for (const x of b) code[o++] = x;
     };
+    // No spread or iterator: run once per command, this code stays in V8's
+    // interpreter, where they cost microseconds per instruction written.
     const movabs = (prefix: readonly number[], v: number | bigint) => {
-      op(...prefix);
+      for (let i = 0; i < prefix.length; i++) code[o++] = prefix[i];
       writeU64(code, o, v);
       o += 8;
     };
