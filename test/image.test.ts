@@ -3,10 +3,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { tmpdir } from './harness';
+import { tmpdir, seededRandom } from './harness';
 import { ImageWriter, readImage, readImageBuffer, RecordType, encodePagesHeader, decodePages, HEADER_SIZE, RECORD_HEADER_SIZE, FORMAT_VERSION } from '../src/image/stream';
 import { crc32c, crc32cPortable, crc32cMany } from '../src/image/crc32c';
 import { ImageError } from '../src/sys/errno';
+import { writeU64 } from '../src/sys/x86';
 
 function writeImage(file: string, fill: (w: ImageWriter) => void): Buffer {
   const fd = fs.openSync(file, 'w');
@@ -140,4 +141,16 @@ test('a record claiming an absurd length is refused without allocating it', () =
   bad.writeBigUInt64LE(1n << 40n, HEADER_SIZE + 8);
   bad.writeUInt32LE(crc32c(bad.subarray(HEADER_SIZE, HEADER_SIZE + 20)), HEADER_SIZE + 20);
   assert.throws(() => read(path.join(dir, 'b'), bad), /claims/);
+});
+
+test('writeU64 (batch code, gadget slots, registers) writes what writeBigUInt64LE writes', () => {
+  const values: Array<number | bigint> = [0, 1, 0xff, 0x100, 0xffffffff, 0x100000000, 0x7fff_ffff_ffff, Number.MAX_SAFE_INTEGER, -1, -4096, 2n ** 64n - 1n, 2n ** 63n, 0x1234_5678_9abc_def0n];
+  const rand = seededRandom(64);
+  for (let i = 0; i < 200; i++) values.push(Math.floor(rand() * Number.MAX_SAFE_INTEGER));
+  for (const v of values) {
+    const got = Buffer.alloc(12, 0xaa), want = Buffer.alloc(12, 0xaa);
+    writeU64(got, 2, v);
+    want.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), 2);
+    assert.deepEqual(got, want, `value ${v}`);
+  }
 });
