@@ -174,8 +174,11 @@ export function surveyProcesses(procs: FrozenProcess[], root: number, ctx: DumpC
   return surveys;
 }
 
-/** The stopped children of a surveyed process (whether it took their stop report is part of its state). */
-/** A process's live children in the tree: those stopped, and how many run. */
+/**
+ * A surveyed process's live children in the tree: those stopped (whether it
+ * took their stop report is part of its state), and how many run (one of
+ * them may hold a continued report it has not taken).
+ */
 export function childrenOf(surveys: Survey[], s: Survey): { stopped: number[]; running: number } {
   const live = surveys.filter((c) => c.proc.ppid === s.proc.pid && !c.proc.zombie);
   return { stopped: live.filter((c) => c.proc.stopped).map((c) => c.proc.pid), running: live.filter((c) => !c.proc.stopped).length };

@@ -698,8 +698,9 @@ function dumpInet(f: FoundFd, ctx: { table<T extends ObjectTable>(c: new () => T
     refuseUnsaved(fd, `${f.where}: ${endpointText(proto, local)}`, domain, proto, diag);
     const base = { family, proto, local, ...dumpOptions(fd, domain, type, protocol, tcpState === TCP_ESTABLISHED) } as const;
     if (proto === 'udp') {
-      const queued = !diag || diag.rqueue > 0 ? peekDatagrams(fd, `${f.where}: ${endpointText(proto, local)}`) : [];
-      if (queued.length) refuseLostAncillary(base.opts, local, `${f.where}: ${endpointText(proto, local)}`, queued.length);
+      const where = `${f.where}: ${endpointText(proto, local)}`;
+      const queued = !diag || diag.rqueue > 0 ? peekDatagrams(fd, where) : [];
+      if (queued.length) refuseLostAncillary(base.opts, local, where, queued.length);
       const q = queued.length ? { queued: queued.map((d) => ({ data: d.data.toString('base64'), from: d.from })) } : {};
       if (queued.length) ctx.table(InetTable).noteUdp(f.where, base.family, local, queued.map((d) => d.from));
       else if (local.port) ctx.table(InetTable).noteUdp(f.where, base.family, local, []);

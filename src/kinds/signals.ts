@@ -149,11 +149,16 @@ export function checkStopSignal(sig: number, pid: number): StopSignal {
  * without consuming.
  */
 export function stopReported(parent: Remote, childVpid: number): boolean {
+  return askWaitid(parent, P_PID, childVpid, WSTOPPED, `whether the stop of child ${childVpid} was reported`) === 0;
+}
+
+/** waitid(WNOHANG | WNOWAIT) in the parent: the si_pid of a child with a report of `kind`, 0 when nothing is left to report. */
+function askWaitid(parent: Remote, idtype: number, id: number, kind: number, what: string): number {
   parent.reset();
   const info = parent.alloc(128);
   parent.task.writeMem(info, Buffer.alloc(128));
-  parent.call('waitid', SYS_waitid, [P_PID, childVpid, info, WSTOPPED | WNOHANG | WNOWAIT, 0], `whether the stop of child ${childVpid} was reported`);
-  return parent.read(info, 128).readInt32LE(16) === 0; // si_pid: 0 when nothing is left to report
+  parent.call('waitid', SYS_waitid, [idtype, id, info, kind | WNOHANG | WNOWAIT, 0], what);
+  return parent.read(info, 128).readInt32LE(16); // si_pid
 }
 
 /**
@@ -164,11 +169,7 @@ export function stopReported(parent: Remote, childVpid: number): boolean {
  * such a child (its pid as the parent sees it), or 0.
  */
 export function continuedUnreported(parent: Remote): number {
-  parent.reset();
-  const info = parent.alloc(128);
-  parent.task.writeMem(info, Buffer.alloc(128));
-  parent.call('waitid', SYS_waitid, [P_ALL, 0, info, WCONTINUED | WNOHANG | WNOWAIT | __WALL, 0], 'whether a child was continued unreported');
-  return parent.read(info, 128).readInt32LE(16); // si_pid
+  return askWaitid(parent, P_ALL, 0, WCONTINUED | __WALL, 'whether a child was continued unreported');
 }
 
 /**

@@ -28,7 +28,7 @@
 // pending, are saved in the image and delivered after detach): a handler
 // never runs in the middle of a checkpoint.
 import fs from 'node:fs';
-import { Regs, SYS, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK, writeU64 } from '../sys/x86';
+import { Regs, RegName, SYS, ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK, writeU64 } from '../sys/x86';
 import { StasisError } from '../sys/errno';
 
 /** Data slots of a block, qwords after its code. */
@@ -38,7 +38,6 @@ import { StasisError } from '../sys/errno';
 // kernel needs to restart a call through its restart block.
 const SLOTS = ['mask', 'scratch', 'scratchLen', 'rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9', 'rcx', 'r11', 'rax', 'rip', 'foundRip', 'foundRax', 'foundOrig'] as const;
 type Slot = typeof SLOTS[number];
-type RegName = Parameters<Regs['get']>[0];
 const RESTORED: Array<[Slot & RegName, number, boolean]> = [
   // register, number in ModRM reg field, needs REX.R
   ['rdi', 7, false], ['rsi', 6, false], ['rdx', 2, false], ['r10', 2, true], ['r8', 0, true],
@@ -80,6 +79,8 @@ export function blockCode(dataAt: number): Buffer {
 
 const CODE_LEN = blockCode(0).length;
 const DATA_AT = (CODE_LEN + 7) & ~7;
+/** The code of a block as placed. */
+const CODE = blockCode(DATA_AT);
 const BLOCK = (DATA_AT + SLOTS.length * 8 + 15) & ~15;
 
 /**
@@ -149,6 +150,11 @@ export function hasVdso(pid: number): boolean {
   }
 }
 
+/** Whether `pad` (the padding the two blocks take) holds our code in both: left by a stasis that was killed. */
+function holdsOurBlocks(pad: Buffer): boolean {
+  return pad.subarray(0, CODE_LEN).equals(CODE) && pad.subarray(BLOCK, BLOCK + CODE_LEN).equals(CODE);
+}
+
 /** Where the way home of a block takes a task, read back from the block. */
 export interface WayHome {
   /** its registers as the stasis that armed the block found them (the kernel's view: in a call, maybe to restart) */
@@ -176,8 +182,7 @@ export class LeftBehind {
     } catch {
       return null; // gone: the next request says so
     }
-    const code = blockCode(DATA_AT);
-    if (!pad.subarray(0, CODE_LEN).equals(code) || !pad.subarray(BLOCK, BLOCK + CODE_LEN).equals(code)) return null;
+    if (!holdsOurBlocks(pad)) return null;
     const data = (b: number) => Buffer.from(pad.subarray(b * BLOCK + DATA_AT, b * BLOCK + DATA_AT + SLOTS.length * 8));
     return new LeftBehind(base, [data(0), data(1)]);
   }
@@ -230,17 +235,16 @@ export class Gadget {
     fs.readSync(t.memFd(), img, 0, img.length, vdso.start);
     const need = 2 * BLOCK;
     const base = img.length - need;
-    const code = blockCode(DATA_AT);
     const pad = img.subarray(base);
     // A stasis killed mid-checkpoint leaves its blocks behind: they are ours to reuse and clean.
-    const leftover = pad.subarray(0, CODE_LEN).equals(code) && pad.subarray(BLOCK, BLOCK + CODE_LEN).equals(code);
+    const leftover = holdsOurBlocks(pad);
     if (vdsoContentEnd(img) > base || (!leftover && pad.some((x) => x !== 0))) {
       throw new StasisError(`pid ${t.tgid}: its vDSO has no ${need} bytes of free padding for the injection code; not supported`);
     }
     g = new Gadget(t.tgid, vdso.start + base, Buffer.alloc(need));
     const both = Buffer.alloc(need);
-    code.copy(both, 0);
-    code.copy(both, BLOCK);
+    CODE.copy(both, 0);
+    CODE.copy(both, BLOCK);
     fs.writeSync(t.memFd(), both, 0, both.length, g.base);
     Gadget.byProcess.set(t.tgid, g);
     return g;
