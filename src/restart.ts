@@ -399,14 +399,15 @@ function rebuildMemory(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: 
   restoreCgroups(remote.task.pid, p.pid, p.cgroups, !!keep.hold);
   clearAddressSpace(remote, p, log, [...kept.keys()]);
   restoreMergeAny(remote, p.ksmMergeAny);
-  mapVmas(remote, p.vmas.filter((v) => !kept.has(v)), host, keep.memfds, p.ksmMergeAny, keep.ghosts);
+  const fresh = p.vmas.filter((v) => !kept.has(v));
+  mapVmas(remote, fresh, host, keep.memfds, p.ksmMergeAny, keep.ghosts);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
   dropUnshared(remote, kept, pages.flatMap((pg) => pg.runs));
-  fillPages(remote, p.vmas, pages);
+  const copied = fillPages(remote, p.vmas, pages, fresh);
   writeInheritedPages(remote, p, img, kept);
   finishVmas(remote, p.vmas);
   const shared = [...kept.values()].reduce((n, x) => n + x.size, 0);
-  log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written${shared ? `, ${shared} pages still shared with pid ${r.forkedFrom!.pid}` : ''}`);
+  log(`pid ${p.pid}: ${p.vmas.length} VMAs mapped, ${pages.reduce((s, pg) => s + pg.data.length, 0)} bytes of pages written${copied ? ` (${copied} by UFFDIO_COPY)` : ''}${shared ? `, ${shared} pages still shared with pid ${r.forkedFrom!.pid}` : ''}`);
   r.memoryBuilt = true;
 }
 

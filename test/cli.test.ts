@@ -216,10 +216,13 @@ test('a checkpoint of many records through a pipe keeps every page', async () =>
   const pid = procs.start(prog, ['80'], out);
   await waitFor(out, /^ready$/m);
   // 80 MiB: several Pages records, written by the pipelined writer into a pipe.
-  const pipeline = spawn('sh', ['-c', `"${process.execPath}" "${CLI}" checkpoint ${pid} --kill | "${process.execPath}" "${CLI}" restart -d --verify --pidfile "${pidfile}" -`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const pipeline = spawn('sh', ['-c', `"${process.execPath}" "${CLI}" checkpoint ${pid} --kill | "${process.execPath}" "${CLI}" restart -d -v --verify --pidfile "${pidfile}" -`], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   pipeline.stderr.on('data', (d) => (stderr += d));
   assert.equal(await new Promise((res) => pipeline.on('close', res)), 0, stderr);
+  // The 80 MiB went in by UFFDIO_COPY (the rest of its few pages too, or by process_vm_writev).
+  const m = /(\d+) bytes of pages written \((\d+) by UFFDIO_COPY\)/.exec(stderr);
+  assert.ok(m && Number(m[2]) >= 80 << 20 && Number(m[2]) <= Number(m[1]), stderr);
   await waitGone(pid, procs);
   const restored = procs.add(Number(fs.readFileSync(pidfile, 'utf8')));
   process.kill(restored, 'SIGUSR1');

@@ -16,6 +16,8 @@ import type { GhostTable, GhostKeeper } from './ghost';
 import { StasisError, UnsupportedError, ImageError, SyscallError } from '../sys/errno';
 import { refuseMapping } from './refused';
 import { syscall } from '../sys/libc';
+import { takeFd, closeFd } from '../sys/sockopt';
+import { copyPages, CopyJob, COPY_PIECE } from '../sys/page-copy';
 import { SysvShmTable, attachSegments } from './sysvshm';
 
 /** Page runs of a VMA that are guard regions (MADV_GUARD_INSTALL): nothing to read, installed again. */
@@ -680,25 +682,145 @@ const POPULATE_FROM = 1 << 20;
 /** Pages the task faults in while stasis copies the ones before. */
 const FILL_GROUP = 64 << 20;
 
+type PageSet = { runs: PageRun[]; data: Buffer };
+
 /**
- * The saved pages of a process written into it. process_vm_writev faults
- * fresh memory a page at a time through get_user_pages; MADV_POPULATE_WRITE
- * on the runs about to be written (nothing else: a sparse mapping stays
- * sparse), then the copy, restored 1 GiB in 0.49-0.54 s here against
- * 0.96-1.25 s. And the two overlap: the task populates the next 64 MiB on
- * its CPU while stasis copies the last on its own. The pages end up exactly
- * as the writes alone would leave them (copy-on-write broken, huge pages
- * where the VMA's advice asks for them). Only faster: a kernel without the
- * advice (before 5.14) just writes.
+ * The saved pages of a process written into it: with UFFDIO_COPY into the
+ * private anonymous memory that can take it (copyByUffd), the rest by
+ * populateAndWrite. Small amounts are simply written. Returns the bytes
+ * UFFDIO_COPY put in.
  */
-export function fillPages(remote: Remote, vmas: ImageVma[], pages: Array<{ runs: PageRun[]; data: Buffer }>): void {
+export function fillPages(remote: Remote, vmas: ImageVma[], pages: PageSet[], fresh: ImageVma[]): number {
   for (const pg of pages) checkRuns(vmas, pg.runs);
-  const write = (pg: { runs: PageRun[]; data: Buffer }) => remote.task.writev(pg.data, 0, pg.runs);
+  const total = pages.reduce((n, pg) => n + pg.data.length, 0);
+  if (total < POPULATE_FROM) {
+    for (const pg of pages) remote.task.writev(pg.data, 0, pg.runs);
+    return 0;
+  }
+  const rest = copyByUffd(remote, fresh, pages);
+  populateAndWrite(remote, rest);
+  return total - rest.reduce((n, pg) => n + pg.data.length, 0);
+}
+
+const SYS_USERFAULTFD = 323, UFFD_USER_MODE_ONLY = 1, O_CLOEXEC = 0x80000, O_NONBLOCK = 0x800;
+const UFFD_API = 0xaa, UFFDIO_API = 0xc018aa3f, UFFDIO_REGISTER = 0xc020aa00, UFFDIO_UNREGISTER = 0x8010aa01;
+const UFFDIO_REGISTER_MODE_MISSING = 1;
+const SYS_IOCTL = 16;
+
+/**
+ * Whether the kernel backs this VMA's faults with 4 KiB pages anyway, as
+ * UFFDIO_COPY does: huge pages stay where the VMA's advice and the
+ * system's setting give them.
+ */
+function smallPagesOnly(v: ImageVma, thp: string): boolean {
+  if (v.vmFlags.includes('nh')) return true;
+  if (thp === 'always') return false;
+  return thp === 'never' || !v.vmFlags.includes('hg');
+}
+
+function thpSetting(): string {
+  try {
+    return /\[(\w+)\]/.exec(fs.readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8'))?.[1] ?? 'never';
+  } catch {
+    return 'never';
+  }
+}
+
+/**
+ * Pages copied with UFFDIO_COPY into `fresh` VMAs (just mapped, empty):
+ * a userfaultfd made in the task (user faults only: nothing of the kernel
+ * waits on it), taken here, the private anonymous VMAs registered, the
+ * copies run on two threads (page-copy.ts), then unregistered and closed,
+ * which leaves the VMAs as they were. Returns what it did not copy, for
+ * the ordinary way; everything if the kernel has no userfaultfd for us.
+ */
+function copyByUffd(remote: Remote, fresh: ImageVma[], pages: PageSet[]): PageSet[] {
+  const thp = thpSetting();
+  const eligible = fresh.filter((v) => v.kind === 'anon' && !v.shared && !v.vmFlags.includes('dp') && smallPagesOnly(v, thp));
+  if (!eligible.length) return pages;
+  let fd: number;
+  try {
+    fd = remote.call('userfaultfd', SYS_USERFAULTFD, [O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY], 'pages by UFFDIO_COPY');
+  } catch (e) {
+    if (e instanceof SyscallError) return pages; // no userfaultfd here (ENOSYS, EPERM): the ordinary way
+    throw e;
+  }
+  let uffd: number;
+  try {
+    uffd = takeFd(remote.task.pid, fd, 'its userfaultfd');
+  } finally {
+    remote.call('close', SYS.close, [fd], 'its userfaultfd');
+  }
+  const registered: ImageVma[] = [];
+  try {
+    const api = Buffer.alloc(24);
+    api.writeBigUInt64LE(BigInt(UFFD_API), 0);
+    syscall(SYS_IOCTL, 'ioctl(UFFDIO_API)', uffd, UFFDIO_API, api);
+    for (const v of eligible) {
+      const reg = Buffer.alloc(32);
+      reg.writeBigUInt64LE(BigInt(v.start), 0);
+      reg.writeBigUInt64LE(BigInt(v.end - v.start), 8);
+      reg.writeBigUInt64LE(BigInt(UFFDIO_REGISTER_MODE_MISSING), 16);
+      try {
+        syscall(SYS_IOCTL, 'ioctl(UFFDIO_REGISTER)', uffd, UFFDIO_REGISTER, reg);
+        registered.push(v);
+      } catch (e) {
+        if (!(e instanceof SyscallError)) throw e; // this VMA the ordinary way
+      }
+    }
+    const jobs: CopyJob[] = [];
+    const rest: PageSet[] = [];
+    for (const pg of pages) {
+      const other: PageRun[] = [];
+      const otherAt: number[] = [];
+      let at = 0;
+      for (const r of pg.runs) {
+        const v = registered[vmaAt(registered, r.addr)] as ImageVma | undefined;
+        if (v && r.addr + r.len <= v.end) {
+          for (let o = 0; o < r.len; o += COPY_PIECE) jobs.push({ dst: r.addr + o, src: pg.data, off: at + o, len: Math.min(COPY_PIECE, r.len - o) });
+        } else {
+          other.push(r);
+          otherAt.push(at);
+        }
+        at += r.len;
+      }
+      for (let i = 0; i < other.length; i++) rest.push({ runs: [other[i]], data: pg.data.subarray(otherAt[i], otherAt[i] + other[i].len) });
+    }
+    copyPages(uffd, jobs).forEach((done, i) => {
+      const j = jobs[i];
+      if (done < j.len) rest.push({ runs: [{ addr: j.dst + done, len: j.len - done }], data: j.src.subarray(j.off + done, j.off + j.len) });
+    });
+    return rest;
+  } finally {
+    // Before any other write: a registered range makes process_vm_writev fail (user faults only).
+    for (const v of registered) {
+      const range = Buffer.alloc(16);
+      range.writeBigUInt64LE(BigInt(v.start), 0);
+      range.writeBigUInt64LE(BigInt(v.end - v.start), 8);
+      syscall(SYS_IOCTL, 'ioctl(UFFDIO_UNREGISTER)', uffd, UFFDIO_UNREGISTER, range);
+    }
+    closeFd(uffd);
+  }
+}
+
+/**
+ * Pages written with process_vm_writev, which faults fresh memory a page
+ * at a time through get_user_pages; MADV_POPULATE_WRITE on the runs about
+ * to be written (nothing else: a sparse mapping stays sparse), then the
+ * copy, restored 1 GiB in 0.49-0.54 s here against 0.96-1.25 s. And the two
+ * overlap: the task populates the next 64 MiB on its CPU while stasis
+ * copies the last on its own. The pages end up exactly as the writes alone
+ * would leave them (copy-on-write broken, huge pages where the VMA's
+ * advice asks for them). Only faster: a kernel without the advice (before
+ * 5.14) just writes.
+ */
+function populateAndWrite(remote: Remote, pages: PageSet[]): void {
+  const write = (pg: PageSet) => remote.task.writev(pg.data, 0, pg.runs);
   if (pages.reduce((n, pg) => n + pg.data.length, 0) < POPULATE_FROM) {
     pages.forEach(write);
     return;
   }
-  const groups: Array<typeof pages> = [];
+  const groups: PageSet[][] = [];
   let bytes = FILL_GROUP;
   for (const pg of pages) {
     if (bytes >= FILL_GROUP) {
@@ -708,7 +830,7 @@ export function fillPages(remote: Remote, vmas: ImageVma[], pages: Array<{ runs:
     groups.at(-1)!.push(pg);
     bytes += pg.data.length;
   }
-  const populate = (group: typeof pages) => remote.startBatch(mergeRuns(group.flatMap((pg) => pg.runs)).map((r) =>
+  const populate = (group: PageSet[]) => remote.startBatch(mergeRuns(group.flatMap((pg) => pg.runs)).map((r) =>
     ({ name: 'madvise', nr: SYS.madvise, args: [r.addr, r.len, MADV_POPULATE_WRITE], where: 'pages about to be written' })));
   const settle = (finish: () => number[]) => {
     try {
