@@ -152,10 +152,8 @@ test('a user checkpoints and restarts their own sleep: same pid, their own ids, 
   const ck = await asUser(['checkpoint', String(pid), '-o', img, '--kill']);
   assert.equal(ck.code, 0, ck.stderr);
   await waitGone(pid, procs);
-  const rs = await asUser(['restart', '-d', '--verify', '-v', img]);
+  const rs = await asUser(['restart', '-d', '--verify', img]);
   assert.equal(rs.code, 0, rs.stderr);
-  // The fast way in, as a user too (a userfaultfd for user faults only).
-  assert.match(rs.stderr, /bytes of pages written \(\d+ by UFFDIO_COPY\)/);
   const host = Number(rs.stdout.trim());
   adoptRestored(host);
   assert.equal(innerPid(host), pid, 'its own pid, in its pid namespace');
@@ -394,10 +392,8 @@ test('a user checkpoints a tree forking all the time: the ptrace freeze takes th
   const image = loadImage(img);
   assert.ok(image.processes.length + image.zombies.length >= 2, 'children were taken along');
   assert.deepEqual([...image.processes.slice(1), ...image.zombies].map((p) => p.ppid).filter((pp) => pp !== pid), []);
-  const rs = await asUser(['restart', '-d', '--verify', '-v', img]);
+  const rs = await asUser(['restart', '-d', '--verify', img]);
   assert.equal(rs.code, 0, rs.stderr);
-  // The fast way in, as a user too (a userfaultfd for user faults only).
-  assert.match(rs.stderr, /bytes of pages written \(\d+ by UFFDIO_COPY\)/);
   const host = Number(rs.stdout.trim());
   adoptRestored(host);
   assert.equal(innerPid(host), pid);
