@@ -154,3 +154,29 @@ test('writeU64 (batch code, gadget slots, registers) writes what writeBigUInt64L
     assert.deepEqual(got, want, `value ${v}`);
   }
 });
+
+test('the validators generated from the schema are used, and agree with zod on what they accept and return', () => {
+  // Built by npm run build (build/gen-validators.js); without them every record would go through zod.
+  const gen = require('../src/image/validators') as { INVALID: symbol } & Record<string, (v: unknown) => unknown>;
+  const { EndRecord, PagesHeader } = require('../src/image/schema') as typeof import('../src/image/schema');
+  const rng = seededRandom(7);
+  const pick = <T>(xs: T[]): T => xs[Math.floor(rng() * xs.length)];
+  const numbers = [0, 1, -1, 4096, 4095, 8192, 2 ** 47, 2 ** 47 + 4096, 1.5, 2 ** 53, 1 << 30, (1 << 30) + 1, 4194304, 4194305];
+  let accepted = 0;
+  for (let i = 0; i < 2000; i++) {
+    const end: Record<string, unknown> = { records: pick(numbers), pageBytes: pick([...numbers, undefined, '1', null]) };
+    if (rng() < 0.3) end.extra = 1;
+    if (rng() < 0.2) delete end.records;
+    const pages = { pid: pick(numbers), runs: Array.from({ length: Math.floor(rng() * 3) }, () => ({ addr: pick(numbers), len: pick(numbers), ...(rng() < 0.2 ? { x: 1 } : {}) })) };
+    for (const [name, schema, value] of [['EndRecord', EndRecord, end], ['PagesHeader', PagesHeader, pages]] as const) {
+      const fast = gen[name](value);
+      const slow = schema.safeParse(value);
+      assert.equal(fast !== gen.INVALID, slow.success, `${name} ${JSON.stringify(value)}`);
+      if (slow.success) {
+        assert.deepEqual(fast, slow.data, 'the same value, unknown keys left out');
+        accepted++;
+      }
+    }
+  }
+  assert.ok(accepted > 100 && accepted < 3900, `both answers occur (${accepted} accepted)`);
+});

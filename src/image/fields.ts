@@ -3,6 +3,7 @@
 // number has a range, every string a length, every array a count.
 // This module imports nothing of stasis, so any module may use it.
 import { z, lazySchema } from './zod';
+import { check, withArgs } from './checks';
 
 export const PAGE_SIZE = 4096;
 /** End of the x86-64 user address space (4-level paging), exclusive. */
@@ -25,7 +26,8 @@ export const pidOrZero = lazySchema(() => int(0, PID_MAX));
 export const fd = lazySchema(() => int(0, FD_MAX - 1));
 /** A user-space address, or the end of a range (may equal USER_END). */
 export const address = lazySchema(() => int(0, USER_END));
-export const pageAligned = lazySchema(() => address.refine((v) => v % PAGE_SIZE === 0, 'not page aligned'));
+export const isPageAligned = check('pageAligned', (v: number) => v % PAGE_SIZE === 0);
+export const pageAligned = lazySchema(() => address.refine(isPageAligned, 'not page aligned'));
 
 /** A 64-bit value as hex: '0x' and 1 to 16 hex digits. */
 export const hex64 = lazySchema(() => z.string().regex(/^0x[0-9a-fA-F]{1,16}$/, "not '0x' and 1 to 16 hex digits"));
@@ -33,12 +35,12 @@ export const hex64 = lazySchema(() => z.string().regex(/^0x[0-9a-fA-F]{1,16}$/, 
 export const hex32 = lazySchema(() => z.string().regex(/^0x[0-9a-fA-F]{1,8}$/, "not '0x' and 1 to 8 hex digits"));
 // zod runs every check even after one failed: refinements must be total.
 const U64_TEXT = /^\d{1,20}$/, I64_TEXT = /^-?\d{1,19}$/;
+const fitsU64 = check('fitsU64', (v: string) => !U64_TEXT.test(v) || BigInt(v) <= 0xffffffffffffffffn);
+const fitsI64 = check('fitsI64', (v: string) => !I64_TEXT.test(v) || (BigInt(v) >= -(1n << 63n) && BigInt(v) < 1n << 63n));
 /** An unsigned 64-bit value as a decimal string. */
-export const decimalU64 = lazySchema(() => z.string().regex(U64_TEXT, 'not a decimal number')
-  .refine((v) => !U64_TEXT.test(v) || BigInt(v) <= 0xffffffffffffffffn, 'does not fit in 64 bits'));
+export const decimalU64 = lazySchema(() => z.string().regex(U64_TEXT, 'not a decimal number').refine(fitsU64, 'does not fit in 64 bits'));
 /** A signed 64-bit value as a decimal string. */
-export const decimalI64 = lazySchema(() => z.string().regex(I64_TEXT, 'not a decimal number')
-  .refine((v) => !I64_TEXT.test(v) || (BigInt(v) >= -(1n << 63n) && BigInt(v) < 1n << 63n), 'does not fit in 64 bits'));
+export const decimalI64 = lazySchema(() => z.string().regex(I64_TEXT, 'not a decimal number').refine(fitsI64, 'does not fit in 64 bits'));
 
 /** A path: absolute, no NUL, at most PATH_MAX bytes. */
 export const path = lazySchema(() => z.string().max(PATH_MAX).regex(/^\/[^\0]*$/, 'not an absolute path without NUL'));
@@ -48,17 +50,18 @@ export const name = (max: number) => z.string().max(max).regex(/^[^\0]*$/, 'cont
 // Whole groups of four, padding only at the end. Not one regex with a
 // repeated group: V8 runs out of stack on one over ~10 MB of text.
 const BASE64_CHARS = /^[A-Za-z0-9+/]*={0,2}$/;
-const isBase64 = (s: string) => s.length % 4 === 0 && BASE64_CHARS.test(s);
+const isBase64 = check('base64', (s: string) => s.length % 4 === 0 && BASE64_CHARS.test(s));
 
 /** Decoded size of canonical base64 text. */
 export function base64Bytes(s: string): number {
   const pad = s.endsWith('==') ? 2 : s.endsWith('=') ? 1 : 0;
   return (s.length / 4) * 3 - pad;
 }
+const decodesTo = check('base64Bytes', (s: string, bytes: number) => base64Bytes(s) === bytes);
 
 /** Base64 of exactly `bytes` bytes. */
 export const base64Exact = (bytes: number) => z.string().length(Math.ceil(bytes / 3) * 4)
-  .refine(isBase64, 'not base64').refine((s) => base64Bytes(s) === bytes, `does not decode to ${bytes} bytes`);
+  .refine(isBase64, 'not base64').refine(withArgs(decodesTo, bytes), `does not decode to ${bytes} bytes`);
 /** Base64 of at most `bytes` bytes. */
 export const base64Max = (bytes: number) => z.string().max(Math.ceil(bytes / 3) * 4).refine(isBase64, 'not base64');
 

@@ -10,7 +10,7 @@ import {
 } from './schema';
 import { validateImage } from './validate';
 import { ImageError } from '../sys/errno';
-import { issueText } from './fields';
+import { checkValue, CompiledSchema } from './record-check';
 import { mapFile } from '../sys/libc';
 
 export interface LoadedImage {
@@ -49,7 +49,7 @@ function claimedPid(v: unknown): number | undefined {
   return typeof p === 'number' && Number.isSafeInteger(p) ? p : undefined;
 }
 
-function parseRecord<S extends z.ZodType>(schema: S, r: ImageRecord, n: number, source: string): z.infer<S> {
+function parseRecord<S extends z.ZodType>(name: CompiledSchema, schema: S, r: ImageRecord, n: number, source: string): z.infer<S> {
   const limit = MAX_JSON[r.type as RecordType];
   if (limit !== undefined && r.payload.length > limit) {
     throw new ImageError(`${recordLabel(source, n, r.type)}: ${r.payload.length} bytes is more than a ${recordTypeName(r.type)} record can hold (${limit})`);
@@ -60,10 +60,8 @@ function parseRecord<S extends z.ZodType>(schema: S, r: ImageRecord, n: number, 
   } catch (e) {
     throw new ImageError(`${recordLabel(source, n, r.type)}: not valid JSON (${(e as Error).message})`);
   }
-  const got = schema.safeParse(value);
-  if (!got.success) {
-    throw new ImageError(`${recordLabel(source, n, r.type, claimedPid(value))}: ${issueText(got.error)}`);
-  }
+  const got = checkValue(name, schema, value);
+  if (!got.ok) throw new ImageError(`${recordLabel(source, n, r.type, claimedPid(value))}: ${got.why}`);
   return got.data;
 }
 
@@ -79,23 +77,23 @@ export function parseRecords(records: ImageRecord[], source: string, release: ()
     const n = i + 1;
     switch (r.type) {
       case RecordType.Process: {
-        const p = parseRecord(ImageProcess, r, n, source);
+        const p = parseRecord('ImageProcess', ImageProcess, r, n, source);
         img.processes.push(p);
         if (!img.recordOf.has(p.pid)) img.recordOf.set(p.pid, n);
         break;
       }
       case RecordType.Zombie: {
-        const z = parseRecord(ImageZombie, r, n, source);
+        const z = parseRecord('ImageZombie', ImageZombie, r, n, source);
         img.zombies.push(z);
         if (!img.recordOf.has(z.pid)) img.recordOf.set(z.pid, n);
         break;
       }
-      case RecordType.Pipes: img.pipes.push(...parseRecord(PipesRecord, r, n, source)); break;
-      case RecordType.Memfds: img.memfds.push(...parseRecord(MemfdsRecord, r, n, source)); break;
+      case RecordType.Pipes: img.pipes.push(...parseRecord('PipesRecord', PipesRecord, r, n, source)); break;
+      case RecordType.Memfds: img.memfds.push(...parseRecord('MemfdsRecord', MemfdsRecord, r, n, source)); break;
       case RecordType.Objects: {
         if (sawObjects) throw new ImageError(`${recordLabel(source, n, r.type)}: a second Objects record`);
         sawObjects = true;
-        img.objects = parseRecord(ObjectTables, r, n, source);
+        img.objects = parseRecord('ObjectTables', ObjectTables, r, n, source);
         break;
       }
       case RecordType.Pages:

@@ -20,8 +20,9 @@
 //  - checks that span records (ids that must exist, ranges that must not
 //    overlap) go into src/image/validate.ts.
 import { z, lazySchema } from './zod';
+import { check } from './checks';
 import {
-  int, u32, count, pid, pidOrZero, fd, address, pageAligned, hex64, hex32, decimalU64, decimalI64,
+  int, u32, count, pid, pidOrZero, fd, address, pageAligned, isPageAligned, hex64, hex32, decimalU64, decimalI64,
   path, name, base64Exact, base64Max, PID_MAX, FD_MAX,
 } from './fields';
 import { CgroupMembership } from '../kinds/cgroups';
@@ -59,7 +60,8 @@ export type FileIdentity = z.infer<typeof FileIdentity>;
 export const VmaKind = lazySchema(() => z.enum(['anon', 'file', 'shmem', 'vdso', 'vvar', 'vvar_vclock', 'ghost']));
 export type VmaKind = z.infer<typeof VmaKind>;
 
-const AddressRun = lazySchema(() => z.object({ addr: pageAligned, len: pageAligned.refine((v) => v > 0, 'empty run') }));
+const nonEmpty = check('positive', (v: number) => v > 0);
+const AddressRun = lazySchema(() => z.object({ addr: pageAligned, len: pageAligned.refine(nonEmpty, 'empty run') }));
 
 export const ImageVma = lazySchema(() => z.object({
   start: pageAligned,
@@ -71,7 +73,7 @@ export const ImageVma = lazySchema(() => z.object({
   /** /proc name for anonymous kinds: "[heap]", "[stack]", "" */
   name: name(4096),
   file: FileIdentity.optional(),
-  offset: count.refine((v) => v % 4096 === 0, 'not page aligned'),
+  offset: count.refine(isPageAligned, 'not page aligned'),
   /** VmFlags from smaps, restored where they carry behaviour (gd, dd, hg ...) */
   vmFlags: z.array(z.string().regex(/^[a-z0-9]{2}$/, 'not a two-letter VmFlag')).max(64),
   /**

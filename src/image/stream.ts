@@ -6,7 +6,7 @@ import { ImageError, StasisError } from '../sys/errno';
 import { crc32c, crc32cMany } from './crc32c';
 import { writevAsync, sleepSync } from '../sys/libc';
 import type { EndRecord, PageRun } from './schema';
-import { issueText } from './fields';
+import { checkValue } from './record-check';
 
 export type { PageRun };
 
@@ -281,10 +281,8 @@ function parseEnd(payload: Buffer, where: string): EndRecord {
   } catch (e) {
     throw new ImageError(`${where}: not valid JSON (${(e as Error).message})`);
   }
-  const got = schema().EndRecord.safeParse(value);
-  if (!got.success) {
-    throw new ImageError(`${where}: ${issueText(got.error)}`);
-  }
+  const got = checkValue('EndRecord', schema().EndRecord, value);
+  if (!got.ok) throw new ImageError(`${where}: ${got.why}`);
   return got.data;
 }
 
@@ -321,10 +319,8 @@ export function decodePages(payload: Buffer, where: string | ((pid?: number) => 
     runs[i] = { addr, len };
     total += len;
   }
-  const got = schema().PagesHeader.safeParse({ pid: rawPid, runs });
-  if (!got.success) {
-    throw new ImageError(`${label(rawPid)}: ${issueText(got.error)}`);
-  }
+  const got = checkValue('PagesHeader', schema().PagesHeader, { pid: rawPid, runs });
+  if (!got.ok) throw new ImageError(`${label(rawPid)}: ${got.why}`);
   const dataStart = 8 + n * 16;
   if (dataStart + total !== payload.length) {
     throw new ImageError(`${label(rawPid)}: field runs: they add up to ${total} bytes but the record carries ${payload.length - dataStart}`);

@@ -14,6 +14,7 @@
 // then sends queued datagrams again from their senders' restored sockets.
 import fs from 'node:fs';
 import { z, lazySchema } from '../image/zod';
+import { check } from '../image/checks';
 import { FdKind, FoundFd, ObjectTable, CommonFd, RestoreContext } from './fdkind';
 import type { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
@@ -193,13 +194,17 @@ const OPTIONS: ReadonlyArray<{ name: string; level: number; opt: number; tcp?: b
   { name: 'priority', level: SOL_SOCKET, opt: 12 },
 ];
 
-const ipText = lazySchema(() => z.string().max(64).refine((s) => isIP(s) !== 0, 'not an IP address'));
+const isIpText = check('ipText', (s: string) => isIP(s) !== 0);
+const ipText = lazySchema(() => z.string().max(64).refine(isIpText, 'not an IP address'));
 export const Endpoint = lazySchema(() => z.object({ addr: ipText, port: int(0, 65535) }));
 export type Endpoint = z.infer<typeof Endpoint>;
 
 /** Each option of OPTIONS that differs from a fresh socket's, by name. */
 export const InetOptions = lazySchema(() => z.object(Object.fromEntries(OPTIONS.map((o) => [o.name, i32.optional()]))) as unknown as z.ZodType<Partial<Record<string, number>>>);
 export type InetOptions = Partial<Record<string, number>>;
+
+const unsentFits = check('tcpUnsentFits', (t: { unsent: number; sendQueue: string }) => t.unsent <= base64Bytes(t.sendQueue));
+const wscaleBothWays = check('tcpWscaleBothWays', (t: { sndWscale?: number; rcvWscale?: number }) => (t.sndWscale === undefined) === (t.rcvWscale === undefined));
 
 /** An established connection as TCP repair mode reads it. */
 export const TcpRepair = lazySchema(() => z.object({
@@ -221,9 +226,24 @@ export const TcpRepair = lazySchema(() => z.object({
   timestamp: u32.optional(),
   /** TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup */
   window: z.array(u32).length(5),
-}).refine((t) => t.unsent <= base64Bytes(t.sendQueue), 'more unsent bytes than the send queue holds')
-  .refine((t) => (t.sndWscale === undefined) === (t.rcvWscale === undefined), 'window scaling is both ways or none'));
+}).refine(unsentFits, 'more unsent bytes than the send queue holds').refine(wscaleBothWays, 'window scaling is both ways or none'));
 export type TcpRepair = z.infer<typeof TcpRepair>;
+
+interface InetShape {
+  family: string; proto: string; state: string; local: { addr: string }; remote?: { addr: string };
+  backlog?: number; tcp?: unknown; queued?: Array<{ from: { addr: string } }>;
+}
+const familyOf = (s: InetShape) => (s.family === 'inet' ? 4 : 6);
+const INET_RULES = {
+  connectedIsUdp: check('inetConnectedIsUdp', (s: InetShape) => s.proto === 'udp' || s.state !== 'connected'),
+  udpNeverListens: check('inetUdpNeverListens', (s: InetShape) => s.proto === 'tcp' || (s.state !== 'listen' && s.state !== 'established')),
+  tcpStateIffEstablished: check('inetTcpStateIffEstablished', (s: InetShape) => (s.state === 'established') === (s.tcp !== undefined)),
+  backlogIffListening: check('inetBacklogIffListening', (s: InetShape) => (s.state === 'listen') === (s.backlog !== undefined)),
+  remoteIffConnected: check('inetRemoteIffConnected', (s: InetShape) => (s.state === 'established' || s.state === 'connected') === (s.remote !== undefined)),
+  queuedOnBoundUdp: check('inetQueuedOnBoundUdp', (s: InetShape) => s.queued === undefined || (s.proto === 'udp' && s.state !== 'unbound')),
+  sendersOfItsFamily: check('inetSendersOfItsFamily', (s: InetShape) => (s.queued ?? []).every((d) => isIP(d.from.addr) === familyOf(s))),
+  endsOfItsFamily: check('inetEndsOfItsFamily', (s: InetShape) => [s.local, ...(s.remote ? [s.remote] : [])].every((e) => isIP(e.addr) === familyOf(s))),
+};
 
 export const InetState = lazySchema(() => z.object({
   family: z.enum(['inet', 'inet6']),
@@ -249,14 +269,14 @@ export const InetState = lazySchema(() => z.object({
   tcp: TcpRepair.optional(),
   /** UDP: datagrams received, not read by the program, oldest first, each with its sender */
   queued: z.array(z.object({ data: base64Max(DATAGRAM_MAX), from: Endpoint })).min(1).max(DATAGRAMS_MAX).optional(),
-}).refine((s) => s.proto === 'udp' || s.state !== 'connected', 'connected is a UDP state (TCP: established)')
-  .refine((s) => s.proto === 'tcp' || (s.state !== 'listen' && s.state !== 'established'), 'a UDP socket neither listens nor is established')
-  .refine((s) => (s.state === 'established') === (s.tcp !== undefined), 'established connections, and only they, carry tcp repair state')
-  .refine((s) => (s.state === 'listen') === (s.backlog !== undefined), 'listening sockets, and only they, carry a backlog')
-  .refine((s) => (s.state === 'established' || s.state === 'connected') === (s.remote !== undefined), 'only a connected socket has a remote end')
-  .refine((s) => s.queued === undefined || (s.proto === 'udp' && s.state !== 'unbound'), 'only a bound UDP socket has datagrams queued')
-  .refine((s) => (s.queued ?? []).every((d) => isIP(d.from.addr) === (s.family === 'inet' ? 4 : 6)), 'a datagram from an address of the other family')
-  .refine((s) => [s.local, ...(s.remote ? [s.remote] : [])].every((e) => isIP(e.addr) === (s.family === 'inet' ? 4 : 6)), 'an address of the other family'));
+}).refine(INET_RULES.connectedIsUdp, 'connected is a UDP state (TCP: established)')
+  .refine(INET_RULES.udpNeverListens, 'a UDP socket neither listens nor is established')
+  .refine(INET_RULES.tcpStateIffEstablished, 'established connections, and only they, carry tcp repair state')
+  .refine(INET_RULES.backlogIffListening, 'listening sockets, and only they, carry a backlog')
+  .refine(INET_RULES.remoteIffConnected, 'only a connected socket has a remote end')
+  .refine(INET_RULES.queuedOnBoundUdp, 'only a bound UDP socket has datagrams queued')
+  .refine(INET_RULES.sendersOfItsFamily, 'a datagram from an address of the other family')
+  .refine(INET_RULES.endsOfItsFamily, 'an address of the other family'));
 export type InetState = z.infer<typeof InetState>;
 export const InetFd = lazySchema(() => z.object({ kind: z.literal('inet'), inet: InetState }));
 export type InetFd = z.infer<typeof InetFd>;

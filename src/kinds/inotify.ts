@@ -11,6 +11,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { z, lazySchema } from '../image/zod';
+import { check } from '../image/checks';
 import type { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
@@ -35,9 +36,15 @@ const SEARCH_LIMIT = 50000;
 export const InotifyWatch = lazySchema(() => z.object({ wd: int(1, 0x7fffffff), mask: hex32, path: pathField, dev: count, ino: count }));
 export type InotifyWatch = z.infer<typeof InotifyWatch>;
 /** Watches in increasing wd order, reachable with at most MAX_PLACEHOLDERS placeholders. */
+type Wds = Array<{ wd?: unknown } | undefined>;
+const wdsIncreasing = check('inotifyWdsIncreasing', (ws: Wds) => ws.every((w, i) => i === 0 || typeof w?.wd !== 'number' || typeof ws[i - 1]?.wd !== 'number' || w.wd > (ws[i - 1]!.wd as number)));
+const fewPlaceholders = check('inotifyFewPlaceholders', (ws: Wds) => {
+  const last = ws[ws.length - 1]?.wd;
+  return ws.length === 0 || typeof last !== 'number' || last - ws.length <= MAX_PLACEHOLDERS;
+});
 export const InotifyWatches = lazySchema(() => z.array(InotifyWatch).max(1 << 20)
-  .refine((ws) => ws.every((w, i) => i === 0 || typeof w?.wd !== 'number' || typeof ws[i - 1]?.wd !== 'number' || w.wd > ws[i - 1].wd), 'watch descriptors not increasing')
-  .refine((ws) => ws.length === 0 || typeof ws[ws.length - 1]?.wd !== 'number' || ws[ws.length - 1].wd - ws.length <= MAX_PLACEHOLDERS, `more than ${MAX_PLACEHOLDERS} placeholder watches needed`));
+  .refine(wdsIncreasing, 'watch descriptors not increasing')
+  .refine(fewPlaceholders, `more than ${MAX_PLACEHOLDERS} placeholder watches needed`));
 export const InotifyFd = lazySchema(() => z.object({ kind: z.literal('inotify'), inotify: InotifyWatches }));
 type InotifyFd = z.infer<typeof InotifyFd>;
 

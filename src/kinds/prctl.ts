@@ -13,6 +13,7 @@
 // a core scheduling cookie.
 import fs from 'node:fs';
 import { z, lazySchema } from '../image/zod';
+import { check } from '../image/checks';
 import { readStat, readStatus } from '../proc';
 import { Remote, AT_FDCWD } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
@@ -42,15 +43,17 @@ const SPEC_FEATURES = [0, 1, 2];
 const O_WRONLY = 1, O_CLOEXEC = 0o2000000;
 
 const int = lazySchema(() => z.number().int());
+const thpDisableKnown = check('prctlThpDisable', (v: number) => v !== 2);
+const membarrierRegistrations = check('prctlMembarrier', (v: number) => (v & ~MEMBARRIER_REGISTER_MASK) === 0);
 export const ProcessPrctlState = lazySchema(() => z.object({
   childSubreaper: z.boolean(),
   /** PR_GET_THP_DISABLE: 0, 1, or 3 (PR_THP_DISABLE_EXCEPT_ADVISED) */
-  thpDisable: int.min(0).max(3).refine((v) => v !== 2, 'PR_THP_DISABLE_EXCEPT_ADVISED without disable'),
+  thpDisable: int.min(0).max(3).refine(thpDisableKnown, 'PR_THP_DISABLE_EXCEPT_ADVISED without disable'),
   dumpable: int.min(0).max(1),
   /** PR_GET_MDWE bits (once set, never unset) */
   mdwe: int.min(0).max(3),
   /** MEMBARRIER_CMD_GET_REGISTRATIONS: the REGISTER_* commands made */
-  membarrier: int.min(0).max(MEMBARRIER_REGISTER_MASK).refine((v) => (v & ~MEMBARRIER_REGISTER_MASK) === 0, 'not a set of membarrier REGISTER_* commands'),
+  membarrier: int.min(0).max(MEMBARRIER_REGISTER_MASK).refine(membarrierRegistrations, 'not a set of membarrier REGISTER_* commands'),
   /** PR_FUTEX_HASH_GET_SLOTS (0: the global hash; -1: not on this kernel) */
   futexSlots: int.min(-1).max(1 << 24),
   oomScoreAdj: int.min(-1000).max(1000),

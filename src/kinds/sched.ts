@@ -4,6 +4,7 @@
 // (sched_getattr, sched_getaffinity, ioprio_get), last; timer slack from
 // inside.
 import { z, lazySchema } from '../image/zod';
+import { check } from '../image/checks';
 import { readStat } from '../proc';
 import { Remote } from '../ptrace/remote';
 import { Tracee } from '../ptrace/tracee';
@@ -19,9 +20,10 @@ const SCHED_ATTR_SIZE = 56;
 /** enough for 1024 CPUs */
 const AFFINITY_BYTES = 128;
 
+const savedPolicy = check('schedSavedPolicy', (v: number) => v !== 4 && v !== SCHED_DEADLINE);
 export const SchedState = lazySchema(() => z.object({
   /** SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5, EXT 7 (DEADLINE is refused) */
-  policy: z.number().int().min(0).max(7).refine((v) => v !== 4 && v !== SCHED_DEADLINE, 'not a policy a checkpoint saves'),
+  policy: z.number().int().min(0).max(7).refine(savedPolicy, 'not a policy a checkpoint saves'),
   resetOnFork: z.boolean(),
   rtPriority: z.number().int().min(0).max(99),
   nice: z.number().int().min(-20).max(19),
