@@ -137,10 +137,12 @@ export function restoreBlocked(threads: Tracee[], saved: ImageSignals[]): void {
 export const StopSignal = lazySchema(() => z.union([z.literal(SIGSTOP), z.literal(SIGTSTP), z.literal(SIGTTIN), z.literal(SIGTTOU)]));
 export type StopSignal = z.infer<typeof StopSignal>;
 
+const STOP_SIGNALS: readonly number[] = [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU];
+
+/** At checkpoint, without zod (which a checkpoint never loads otherwise). */
 export function checkStopSignal(sig: number, pid: number): StopSignal {
-  const r = StopSignal.safeParse(sig);
-  if (!r.success) throw new UnsupportedError(`pid ${pid}: stopped, but its group stop reports signal ${sig}, not a stop signal; not supported`);
-  return r.data;
+  if (!STOP_SIGNALS.includes(sig)) throw new UnsupportedError(`pid ${pid}: stopped, but its group stop reports signal ${sig}, not a stop signal; not supported`);
+  return sig as StopSignal;
 }
 
 /**
