@@ -9,7 +9,7 @@
 // Without SSE4.2 a table in JS computes the same.
 import fs from 'node:fs';
 import koffi from '../sys/koffi';
-import { executableCode, startThread, addressOf, awaitDone } from '../sys/libc';
+import { executableCode, startThread, addressOf, awaitDone, DONE_EPILOGUE } from '../sys/libc';
 
 // uint32_t crc32c(uint32_t crc, const void *buf, size_t len)
 const CODE = Buffer.from([
@@ -140,7 +140,7 @@ function joinThree(buf: Buffer, third: number, c: Buffer, at: number): number {
 // void crc_jobs(struct { u32 done; u32 count; u64 jobs; u64 fn; } *b): for
 // each 32-byte job (u32 crcs[3], u32 pad, u64 buf, u64 third), fn (the
 // three-chain code above) runs over it; then done = 1 and a futex wake.
-const JOBS_CODE = Buffer.from([
+const JOBS_CODE = Buffer.concat([Buffer.from([
   0x53, //                            push rbx
   0x41, 0x54, //                      push r12
   0x41, 0x55, //                      push r13                     (the stack aligned for the call)
@@ -156,18 +156,8 @@ const JOBS_CODE = Buffer.from([
   0x49, 0x83, 0xc4, 0x20, //          add r12, 32
   0x41, 0xff, 0xcd, //                dec r13d
   0xeb, 0xe2, //                      jmp more
-  0xc7, 0x03, 0x01, 0x00, 0x00, 0x00, // fin: mov dword [rbx], 1
-  0xb8, 0xca, 0x00, 0x00, 0x00, //    mov eax, 202                 (futex wake)
-  0x48, 0x89, 0xdf, //                mov rdi, rbx
-  0xbe, 0x81, 0x00, 0x00, 0x00, //    mov esi, FUTEX_WAKE_PRIVATE
-  0xba, 0x01, 0x00, 0x00, 0x00, //    mov edx, 1
-  0x0f, 0x05, //                      syscall
-  0x41, 0x5d, //                      pop r13
-  0x41, 0x5c, //                      pop r12
-  0x5b, //                            pop rbx
-  0x31, 0xc0, //                      xor eax, eax
-  0xc3, //                            ret
-]);
+  // fin: DONE_EPILOGUE
+]), DONE_EPILOGUE]);
 let jobsCode: unknown;
 /** Below this many bytes in all, one thread does it all. */
 const PARALLEL_MIN = 16 << 20;

@@ -54,6 +54,25 @@ export function startThread(code: unknown, arg: Buffer, what: string): void {
 }
 
 /**
+ * The end of a thread's machine code for startThread: the done word at
+ * [rbx] set to 1 and its waiter woken (awaitDone), then r13, r12 and rbx
+ * popped (pushed in the opposite order) and 0 returned.
+ */
+export const DONE_EPILOGUE = Buffer.from([
+  0xc7, 0x03, 0x01, 0x00, 0x00, 0x00, // mov dword [rbx], 1
+  0xb8, 0xca, 0x00, 0x00, 0x00, //    mov eax, 202                 (futex wake)
+  0x48, 0x89, 0xdf, //                mov rdi, rbx
+  0xbe, 0x81, 0x00, 0x00, 0x00, //    mov esi, FUTEX_WAKE_PRIVATE
+  0xba, 0x01, 0x00, 0x00, 0x00, //    mov edx, 1
+  0x0f, 0x05, //                      syscall
+  0x41, 0x5d, //                      pop r13
+  0x41, 0x5c, //                      pop r12
+  0x5b, //                            pop rbx
+  0x31, 0xc0, //                      xor eax, eax
+  0xc3, //                            ret
+]);
+
+/**
  * Wait until a thread from startThread has set the u32 at the start of
  * `block` (its done word) and woken it with FUTEX_WAKE_PRIVATE.
  */
