@@ -4,13 +4,13 @@
 // here in one read(). Started as soon as the tree is frozen, the read is
 // done by the time the lock check needs it.
 import fs from 'node:fs';
-import { startThread, executableCode, addressOf, awaitDone } from './libc';
+import { startThread, executableCode, addressOf, awaitDone, SET_DONE } from './libc';
 import { SyscallError } from './errno';
 
 // void read_file(struct { u32 done; u32 pad; i64 result; u64 path; u64 buf;
 //                         u64 cap; } *b): result is the bytes read (cap: it
 // may not all have fit) or -errno; then done = 1 and a futex wake.
-const READ_FILE_CODE = Buffer.from([
+const READ_FILE_CODE = Buffer.concat([Buffer.from([
   0x53, //                            push rbx
   0x48, 0x89, 0xfb, //                mov rbx, rdi
   0xb8, 0x02, 0x00, 0x00, 0x00, //    mov eax, 2                   (open)
@@ -42,16 +42,11 @@ const READ_FILE_CODE = Buffer.from([
   0x4c, 0x89, 0xc7, //                mov rdi, r8
   0x0f, 0x05, //                      syscall
   0x4c, 0x89, 0x53, 0x08, //          store: mov [rbx+8], r10
-  0xc7, 0x03, 0x01, 0x00, 0x00, 0x00, // mov dword [rbx], 1
-  0xb8, 0xca, 0x00, 0x00, 0x00, //    mov eax, 202                 (futex wake)
-  0x48, 0x89, 0xdf, //                mov rdi, rbx
-  0xbe, 0x81, 0x00, 0x00, 0x00, //    mov esi, FUTEX_WAKE_PRIVATE
-  0xba, 0x01, 0x00, 0x00, 0x00, //    mov edx, 1
-  0x0f, 0x05, //                      syscall
+]), SET_DONE, Buffer.from([
   0x31, 0xc0, //                      xor eax, eax
   0x5b, //                            pop rbx
   0xc3, //                            ret
-]);
+])]);
 let code: unknown;
 /** Blocks a thread may still write into: never freed while it might. */
 const live = new Set<Buffer>();

@@ -54,23 +54,26 @@ export function startThread(code: unknown, arg: Buffer, what: string): void {
 }
 
 /**
- * The end of a thread's machine code for startThread: the done word at
- * [rbx] set to 1 and its waiter woken (awaitDone), then r13, r12 and rbx
- * popped (pushed in the opposite order) and 0 returned.
+ * How a thread's machine code for startThread says it is done: the done
+ * word at [rbx] set to 1 and its waiter (awaitDone) woken.
  */
-export const DONE_EPILOGUE = Buffer.from([
+export const SET_DONE = Buffer.from([
   0xc7, 0x03, 0x01, 0x00, 0x00, 0x00, // mov dword [rbx], 1
   0xb8, 0xca, 0x00, 0x00, 0x00, //    mov eax, 202                 (futex wake)
   0x48, 0x89, 0xdf, //                mov rdi, rbx
   0xbe, 0x81, 0x00, 0x00, 0x00, //    mov esi, FUTEX_WAKE_PRIVATE
   0xba, 0x01, 0x00, 0x00, 0x00, //    mov edx, 1
   0x0f, 0x05, //                      syscall
+]);
+
+/** SET_DONE, then r13, r12 and rbx popped (pushed in the opposite order) and 0 returned. */
+export const DONE_EPILOGUE = Buffer.concat([SET_DONE, Buffer.from([
   0x41, 0x5d, //                      pop r13
   0x41, 0x5c, //                      pop r12
   0x5b, //                            pop rbx
   0x31, 0xc0, //                      xor eax, eax
   0xc3, //                            ret
-]);
+])]);
 
 /**
  * Wait until a thread from startThread has set the u32 at the start of
