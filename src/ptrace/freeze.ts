@@ -310,11 +310,10 @@ export class FrozenTree {
         fp.vdso = vdsoOf(fp.pid);
       } catch { /* gone or unreadable: the safe path reports it */ }
     }
-    const vdso = fp.vdso !== null;
     for (const tid of tids) {
       const t = new Tracee(tid, fp.pid);
       try {
-        t.seizeOnly({ vdso });
+        t.seizeOnly({ vdso: fp.vdso });
       } catch (e) {
         // Exited meanwhile (an exiting task answers EPERM, a reaped one ESRCH).
         if (e instanceof SyscallError && (e.code === 'ESRCH' || e.code === 'EPERM') && tid !== this.root && exited(fp.pid, tid)) continue;

@@ -122,6 +122,8 @@ function vdsoContentEnd(img: Buffer): number {
 export interface GadgetTask {
   pid: number;
   tgid: number;
+  /** its process's vDSO, if known (read again from its maps if not) */
+  vdso?: Range;
   memFd(): number;
   /** take the task's registers out of the gadget */
   disarm(): void;
@@ -229,7 +231,7 @@ export class Gadget {
   static of(t: GadgetTask): Gadget {
     let g = Gadget.byProcess.get(t.tgid);
     if (g) return g;
-    const vdso = vdsoOf(t.tgid);
+    const vdso = t.vdso ?? vdsoOf(t.tgid);
     if (!vdso) throw new StasisError(`pid ${t.tgid} has no vDSO: stasis runs system calls in a target through the padding of its vDSO; not supported`);
     const img = Buffer.alloc(vdso.end - vdso.start);
     fs.readSync(t.memFd(), img, 0, img.length, vdso.start);

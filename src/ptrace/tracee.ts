@@ -6,7 +6,7 @@ import {
   WIFSTOPPED, WSTOPSIG, WEVENT, WIFEXITED, WIFSIGNALED, WTERMSIG, WEXITSTATUS, __WALL,
   processVmReadv, processVmWritev, RemoteRange, addressOf, PTRACE_O_EXITKILL, PTRACE_O_TRACESYSGOOD, sleepSync, syscall, WNOHANG,
 } from '../sys/libc';
-import { Gadget, resumeRegs, hasVdso, LeftBehind } from './gadget';
+import { Gadget, resumeRegs, hasVdso, LeftBehind, Range } from './gadget';
 import { whoTraces } from './busy';
 import { readStat } from '../proc';
 import { StasisError, SyscallError } from '../sys/errno';
@@ -25,8 +25,8 @@ const SYS_SCHED_YIELD = 24;
 export interface SeizeOptions {
   /** Kill the task if this process dies (restore stubs only, never targets). */
   exitKill?: boolean;
-  /** whether its process maps a vDSO, when the caller knows (read once per process, not per thread) */
-  vdso?: boolean;
+  /** its process's vDSO (null: none), when the caller has read it (once per process, not per thread) */
+  vdso?: Range | null;
 }
 
 export class TaskGoneError extends StasisError {}
@@ -57,6 +57,8 @@ export class Tracee {
    * the process's Gadget so the task survives our death at any instruction.
    */
   private safe = false;
+  /** its process's vDSO as the freeze read it (undefined: not read) */
+  private vdso?: Range;
   /** a program we checkpoint, not a restore stub */
   private target = false;
   /** the task's own signal mask, while we keep every signal blocked */
@@ -107,7 +109,9 @@ export class Tracee {
     // signal (a plain SIGTRAP would be delivered to the task).
     const options = (opts.exitKill ? PTRACE_O_EXITKILL : 0) | PTRACE_O_TRACESYSGOOD;
     this.target = !opts.exitKill;
-    this.safe = this.target && (opts.vdso ?? hasVdso(this.tgid));
+    this.safe = this.target && (opts.vdso !== undefined ? opts.vdso !== null : hasVdso(this.tgid));
+    // A frozen target's vDSO stays where it is: the gadget need not read the maps again.
+    this.vdso = opts.vdso ?? undefined;
     try {
       ptrace(PTRACE.SEIZE, this.pid, 0, options, 'SEIZE');
     } catch (e) {
@@ -467,7 +471,7 @@ export class Tracee {
 
   /** What the gadget needs of this task. */
   gadgetTask() {
-    return { pid: this.pid, tgid: this.tgid, memFd: () => this.memFd, disarm: () => this.disarm() };
+    return { pid: this.pid, tgid: this.tgid, vdso: this.vdso, memFd: () => this.memFd, disarm: () => this.disarm() };
   }
 
   /**
