@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, restartVerified, assertLeftRunning } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, checkpointKillRestart, restartVerified, assertLeftRunning, untilTrue } from './harness';
 import { checkpointSync, restartSync } from '../src';
 import type { Restarted } from '../src';
 import { readStatus, listFds, readFdinfo, listChildren } from '../src/proc';
@@ -54,14 +54,6 @@ function getlk(file: string, at: number): { type: number; pid: number; start: nu
   }
 }
 
-async function until(what: string, cond: () => boolean): Promise<void> {
-  const end = Date.now() + 10000;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 test('flock, POSIX and OFD locks come back with their ranges, types and owners; a blocked F_SETLKW waits again', async () => {
   const dir = tmpdir('fid-locks');
   const cwd = path.join(dir, 'cwd');
@@ -71,8 +63,8 @@ test('flock, POSIX and OFD locks come back with their ranges, types and owners; 
   await waitFor(out, /^ready$/m);
   const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
   // The child is in F_SETLKW once the kernel lists it as a waiter.
-  await until('the child to wait for the lock', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
-  await until('the child to take its flock', () => locksOn(cwd).some((l) => l.startsWith(`FLOCK ADVISORY WRITE pid=${child} `)));
+  await untilTrue('the child to wait for the lock', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
+  await untilTrue('the child to take its flock', () => locksOn(cwd).some((l) => l.startsWith(`FLOCK ADVISORY WRITE pid=${child} `)));
   const before = locksOn(cwd);
   assert.equal(before.filter((l) => !l.startsWith('->')).length, 7, before.join('\n'));
   const factsBefore = fdFacts(pid);
@@ -86,7 +78,7 @@ test('flock, POSIX and OFD locks come back with their ranges, types and owners; 
   assert.deepEqual(fdFacts(pid), factsBefore);
   assert.deepEqual(getlk(path.join(cwd, 'b'), 100), outside);
   assert.deepEqual(getlk(path.join(cwd, 'c'), 5), { type: 1, pid: -1, start: 5, len: 7 });
-  await until('the restored child to wait again', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
+  await untilTrue('the restored child to wait again', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
   assert.deepEqual(locksOn(cwd), before);
 
   process.kill(pid, 'SIGUSR1');
@@ -102,7 +94,7 @@ test('in a new pid namespace the locks come back with the namespace pids of thei
   const pid = procs.start(build('fid_locks'), [], out, { cwd });
   await waitFor(out, /^ready$/m);
   const child = Number(fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim());
-  await until('the child to wait for the lock', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
+  await untilTrue('the child to wait for the lock', () => locksOn(cwd).some((l) => l.startsWith(`-> POSIX ADVISORY WRITE pid=${child} `)));
   const before = locksOn(cwd).filter((l) => !l.startsWith('->'));
   const r = await checkpointKillRestart(procs, pid, dir, { pidNs: true });
   const hostChild = Number(fs.readFileSync(`/proc/${r.pid}/task/${r.pid}/children`, 'utf8').trim());
@@ -152,7 +144,7 @@ test('a flock on an open file shared with a process outside the tree, or held on
     assertLeftRunning([pid]);
     // The tree closes its fd: the lock (listed under its pid) now lives only outside.
     process.kill(pid, 'SIGUSR2');
-    await until('fd a to close', () => !listFds(pid).some((f) => f.fd === fdA));
+    await untilTrue('fd a to close', () => !listFds(pid).some((f) => f.fd === fdA));
     assert.ok(locksOn(cwd).some((l) => l.startsWith(`FLOCK ADVISORY WRITE pid=${pid} `)));
     assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
       new RegExp(`pid ${pid}: holds a flock write lock on inode [0-9a-f]+:[0-9a-f]+:\\d+ that no fd of the tree carries`));
@@ -384,7 +376,7 @@ test('a FIFO also held open outside the tree is refused by name, or left with it
     fs.writeSync(feed, 'abc');
     // The target holds the read end and never reads.
     const pid = procs.start('/bin/sh', ['-c', 'exec sleep 1000 < f'], path.join(dir, 'out'), { cwd: dir });
-    await until('the target to open the FIFO', () => listFds(pid).some((f) => f.target === fifo));
+    await untilTrue('the target to open the FIFO', () => listFds(pid).some((f) => f.target === fifo));
     assert.throws(() => checkpointSync(pid, path.join(dir, 'image')),
       new RegExp(`fd 0 of pid ${pid}: FIFO ${fifo} is also open in pid ${process.pid} outside the tree, which keeps its unread bytes; pass --external ${fifo}`));
     assertLeftRunning([pid]);

@@ -161,6 +161,11 @@ export async function until(what: string, check: () => string | null, ms = 10000
   }
 }
 
+/** Wait until `cond` holds (at most `ms`): `until` for a plain yes or no. */
+export function untilTrue(what: string, cond: () => boolean, ms = 10000): Promise<void> {
+  return until(what, () => (cond() ? null : 'timed out'), ms);
+}
+
 /** Wait until a pid no longer exists at all (killed and reaped, by us if it is ours). */
 export async function waitGone(pid: number, procs: Procs, ms = 10000): Promise<void> {
   const until = Date.now() + ms;

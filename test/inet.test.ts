@@ -14,7 +14,7 @@ import net from 'node:net';
 import dgram from 'node:dgram';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, restartVerified, assertLeftRunning, alive, cli, editImage } from './harness';
+import { build, Procs, waitFor, waitGone, tmpdir, restartVerified, assertLeftRunning, alive, cli, editImage, untilTrue } from './harness';
 import { checkpointSync } from '../src';
 import { listFds } from '../src/proc';
 import { loadImage } from '../src/image/load';
@@ -112,14 +112,6 @@ function parse(b: Buffer, at: number): { value: unknown; end: number } | null {
   }
 }
 
-async function until(what: string, cond: () => boolean): Promise<void> {
-  const end = Date.now() + 10000;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 const sockets = (pid: number) => listFds(pid).filter((f) => f.target.startsWith('socket:')).length;
 
 /** redis-server on 127.0.0.1 at a free port, in a directory of its own, saving nothing. */
@@ -143,7 +135,7 @@ test('redis-server with 100k keys: checkpoint --kill, restart; every key is back
   }
   await c.close();
   // The server closes its end once it reads ours: then only the listener is left.
-  await until('redis to close the loading connection', () => sockets(pid) === 1);
+  await untilTrue('redis to close the loading connection', () => sockets(pid) === 1);
   const img = path.join(dir, 'image');
   checkpointSync(pid, img, { kill: true });
   await waitGone(pid, procs);
@@ -366,7 +358,7 @@ test('stasis killed while connections are in repair mode: its guards take them o
   const r = await run;
   assert.equal(r.signal, 'SIGKILL', r.stderr);
   // The freeze watchdog thaws redis; the guard has taken its connection out of repair mode.
-  await until('redis to be thawed and untraced', () => {
+  await untilTrue('redis to be thawed and untraced', () => {
     try { assertLeftRunning(pid); return true; } catch { return false; }
   });
   const answer = c.send(['GET', 'k'], ['SET', 'k', 'after'], ['GET', 'k']);
