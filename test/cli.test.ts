@@ -229,6 +229,23 @@ test('a checkpoint of many records through a pipe keeps every page', async () =>
   await waitFor(out, /^verified$/m);
 });
 
+test('without userfaultfd a restart writes large memory the ordinary way, every page intact', async () => {
+  const prog = build('memhog');
+  const dir = tmpdir('no-uffd');
+  const out = path.join(dir, 'out'), img = path.join(dir, 'img');
+  const pid = procs.start(prog, ['48'], out);
+  await waitFor(out, /^ready$/m);
+  assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
+  await waitGone(pid, procs);
+  // As where a seccomp filter or the kernel refuses userfaultfd: populated ahead, then process_vm_writev.
+  const r = await cli(['restart', '-d', '-v', '--verify', img], { env: { STASIS_TEST_NO_UFFD: '1' } });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /\d+ bytes of pages written\n/, 'no page went in by UFFDIO_COPY');
+  const restored = procs.add(Number(r.stdout.trim()));
+  process.kill(restored, 'SIGUSR1');
+  await waitFor(out, /^verified$/m);
+});
+
 test('the demo of the README runs: the restored counter carries on from 6', async () => {
   const demo = path.join(__dirname, '..', 'demo', 'demo.js');
   const r = await new Promise<{ code: number | null; out: string }>((resolve) => {

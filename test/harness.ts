@@ -180,10 +180,10 @@ export async function waitGone(pid: number, procs: Procs, ms = 10000): Promise<v
 export interface CliResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
 
 /** Run the stasis command line as a child process (libuv's, which is fine: it is not traced). */
-export function cli(args: string[], opts: { input?: Buffer; stdoutFile?: string } = {}): Promise<CliResult> {
+export function cli(args: string[], opts: { input?: Buffer; stdoutFile?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const outFd = opts.stdoutFile ? fs.openSync(opts.stdoutFile, 'w') : undefined;
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', outFd ?? 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', outFd ?? 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
     let stdout = '', stderr = '';
     child.stdout?.on('data', (d) => (stdout += d));
     child.stderr!.on('data', (d) => (stderr += d));

@@ -727,6 +727,41 @@ function thpSetting(): string {
 }
 
 /**
+ * A userfaultfd of the task's memory, held here (the task's own fd closed
+ * at once), its API agreed; null where the kernel, or a seccomp filter, or
+ * ptrace access denies any step: the pages then go the ordinary way.
+ */
+function openUffd(remote: Remote): number | null {
+  if (process.env.STASIS_TEST_NO_UFFD) return null; // cli.test: the ordinary way, for large memory
+  let fd: number;
+  try {
+    fd = remote.call('userfaultfd', SYS_USERFAULTFD, [O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY], 'pages by UFFDIO_COPY');
+  } catch (e) {
+    if (e instanceof SyscallError) return null;
+    throw e;
+  }
+  let uffd: number;
+  try {
+    uffd = takeFd(remote.task.pid, fd, 'its userfaultfd');
+  } catch (e) {
+    if (e instanceof SyscallError) return null;
+    throw e;
+  } finally {
+    remote.call('close', SYS.close, [fd], 'its userfaultfd');
+  }
+  try {
+    const api = Buffer.alloc(24);
+    api.writeBigUInt64LE(BigInt(UFFD_API), 0);
+    syscall(SYS_IOCTL, 'ioctl(UFFDIO_API)', uffd, UFFDIO_API, api);
+    return uffd;
+  } catch (e) {
+    closeFd(uffd);
+    if (e instanceof SyscallError) return null;
+    throw e;
+  }
+}
+
+/**
  * Pages copied with UFFDIO_COPY into `fresh` VMAs (just mapped, empty):
  * a userfaultfd made in the task (user faults only: nothing of the kernel
  * waits on it), taken here, the private anonymous VMAs registered, the
@@ -738,24 +773,10 @@ function copyByUffd(remote: Remote, fresh: ImageVma[], pages: PageSet[]): PageSe
   const thp = thpSetting();
   const eligible = fresh.filter((v) => v.kind === 'anon' && !v.shared && !v.vmFlags.includes('dp') && smallPagesOnly(v, thp));
   if (!eligible.length) return pages;
-  let fd: number;
-  try {
-    fd = remote.call('userfaultfd', SYS_USERFAULTFD, [O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY], 'pages by UFFDIO_COPY');
-  } catch (e) {
-    if (e instanceof SyscallError) return pages; // no userfaultfd here (ENOSYS, EPERM): the ordinary way
-    throw e;
-  }
-  let uffd: number;
-  try {
-    uffd = takeFd(remote.task.pid, fd, 'its userfaultfd');
-  } finally {
-    remote.call('close', SYS.close, [fd], 'its userfaultfd');
-  }
+  const uffd = openUffd(remote);
+  if (uffd === null) return pages;
   const registered: ImageVma[] = [];
   try {
-    const api = Buffer.alloc(24);
-    api.writeBigUInt64LE(BigInt(UFFD_API), 0);
-    syscall(SYS_IOCTL, 'ioctl(UFFDIO_API)', uffd, UFFDIO_API, api);
     for (const v of eligible) {
       const reg = Buffer.alloc(32);
       reg.writeBigUInt64LE(BigInt(v.start), 0);
