@@ -792,20 +792,25 @@ function copyByUffd(remote: Remote, fresh: ImageVma[], pages: PageSet[]): PageSe
     const jobs: CopyJob[] = [];
     const rest: PageSet[] = [];
     for (const pg of pages) {
-      const other: PageRun[] = [];
-      const otherAt: number[] = [];
-      let at = 0;
+      // Runs left to the ordinary way stay together while they follow one
+      // another in the record: one process_vm_writev for many.
+      let group: PageSet | undefined;
+      let groupAt = 0, at = 0;
       for (const r of pg.runs) {
         const v = registered[vmaAt(registered, r.addr)] as ImageVma | undefined;
         if (v && r.addr + r.len <= v.end) {
           for (let o = 0; o < r.len; o += COPY_PIECE) jobs.push({ dst: r.addr + o, src: pg.data, off: at + o, len: Math.min(COPY_PIECE, r.len - o) });
+          group = undefined;
         } else {
-          other.push(r);
-          otherAt.push(at);
+          if (!group) {
+            rest.push(group = { runs: [], data: pg.data });
+            groupAt = at;
+          }
+          group.runs.push(r);
+          group.data = pg.data.subarray(groupAt, at + r.len);
         }
         at += r.len;
       }
-      for (let i = 0; i < other.length; i++) rest.push({ runs: [other[i]], data: pg.data.subarray(otherAt[i], otherAt[i] + other[i].len) });
     }
     copyPages(uffd, jobs).forEach((done, i) => {
       const j = jobs[i];
