@@ -83,6 +83,8 @@ export interface ExitInfo {
 
 export interface Restarted {
   pid: number;
+  /** The pid the image saved, when a lone process was restored under another (that one was in use). */
+  movedFrom?: number;
   /** Resolves when the restored process ends (it is our child). */
   wait(): Promise<ExitInfo>;
 }
@@ -548,6 +550,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   else if (!ns && !oneTask) log('no cgroup v2 hierarchy to hold the tree in: a restart killed while it lets the tree go may leave part of it');
   const created: Tracee[] = [blank];
   let rootTask: Tracee;
+  let movedFrom: number | undefined;
   /** the task whose end is the tree's end: the root, or the namespace's init */
   let waitFor: Tracee;
   try {
@@ -572,6 +575,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
       refusePidfdsUnderNewPids(img.processes, `under a new pid (pid ${root.pid} is in use)`);
       log(`pid ${root.pid} is in use: restoring under a new pid`);
       rootTask = blank;
+      movedFrom = root.pid;
     } else {
       rootTask = cloneAt(blankRemote, root.pid, CLONE_PARENT, 0, 0, log);
       created.push(rootTask);
@@ -682,6 +686,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   let waited: Promise<ExitInfo> | undefined;
   return {
     pid,
+    movedFrom,
     wait: () => {
       waited ??= waitpidAsync(waitFor.pid, 0).then(({ status }) =>
         WIFEXITED(status) ? { code: WEXITSTATUS(status), signal: null } : { code: null, signal: WTERMSIG(status) });

@@ -246,6 +246,19 @@ test('without userfaultfd a restart writes large memory the ordinary way, every 
   await waitFor(out, /^verified$/m);
 });
 
+test('a lone process whose pid is in use is restored under another, and restart -d says so on stderr', async () => {
+  const dir = tmpdir('moved');
+  const out = path.join(dir, 'out'), img = path.join(dir, 'img');
+  const pid = procs.start(build('memhog'), ['1'], out);
+  await waitFor(out, /^ready$/m);
+  assert.equal((await cli(['checkpoint', String(pid), '-o', img])).code, 0);
+  const r = await cli(['restart', '-d', img]);
+  assert.equal(r.code, 0, r.stderr);
+  const moved = procs.add(Number(r.stdout.trim()));
+  assert.notEqual(moved, pid);
+  assert.equal(r.stderr, `stasis: pid ${pid} is in use: restored as pid ${moved}\n`);
+});
+
 test('the demo of the README runs: the restored counter carries on from 6', async () => {
   const demo = path.join(__dirname, '..', 'demo', 'demo.js');
   const r = await new Promise<{ code: number | null; out: string }>((resolve) => {

@@ -106,6 +106,7 @@ test('a verified restart under a new pid (original still running) passes, and le
   const r = restartVerified(img);
   procs.add(r.pid);
   assert.notEqual(r.pid, pid, 'the original holds its pid: restored under a new one');
+  assert.equal(r.movedFrom, pid, 'the result says so');
   const want = loadImage(img).process.vmas.map((v) => `${v.start.toString(16)}-${v.end.toString(16)} ${v.prot}`);
   const got = readMaps(r.pid).map((v) => `${v.start.toString(16)}-${v.end.toString(16)} ${v.prot.read ? 'r' : '-'}${v.prot.write ? 'w' : '-'}${v.prot.exec ? 'x' : '-'}`);
   assert.deepEqual(got, want);

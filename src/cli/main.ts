@@ -274,6 +274,8 @@ async function cmdRestart(p: Parsed): Promise<number> {
   const detach = flag(p, 'detach');
   const { restartSync } = require('../restart') as typeof import('../restart');
   const r = restartSync(src === '-' ? 0 : src, { setsid: detach, pidNs: flag(p, 'pid-ns'), verify: flag(p, 'verify'), shellJob: flag(p, 'shell-job'), inheritFds, log: logger(flag(p, 'verbose')) });
+  // Not in silence: the program sees another pid than the one it had.
+  if (r.movedFrom !== undefined) say(2, `stasis: pid ${r.movedFrom} is in use: restored as pid ${r.pid}\n`);
   const pidfile = str(p, 'pidfile');
   if (pidfile) (require('node:fs') as typeof import('node:fs')).writeFileSync(pidfile, `${r.pid}\n`);
   if (detach) {
