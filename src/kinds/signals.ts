@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import { z, lazySchema } from '../image/zod';
 import { Remote } from '../ptrace/remote';
-import { Tracee } from '../ptrace/tracee';
+import { Tracee, STOP_SIGNALS } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
 import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
 import { ptrace, PTRACE } from '../sys/libc';
@@ -137,11 +137,9 @@ export function restoreBlocked(threads: Tracee[], saved: ImageSignals[]): void {
 export const StopSignal = lazySchema(() => z.union([z.literal(SIGSTOP), z.literal(SIGTSTP), z.literal(SIGTTIN), z.literal(SIGTTOU)]));
 export type StopSignal = z.infer<typeof StopSignal>;
 
-const STOP_SIGNALS: readonly number[] = [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU];
-
 /** At checkpoint, without zod (which a checkpoint never loads otherwise). */
 export function checkStopSignal(sig: number, pid: number): StopSignal {
-  if (!STOP_SIGNALS.includes(sig)) throw new UnsupportedError(`pid ${pid}: stopped, but its group stop reports signal ${sig}, not a stop signal; not supported`);
+  if (!STOP_SIGNALS.has(sig)) throw new UnsupportedError(`pid ${pid}: stopped, but its group stop reports signal ${sig}, not a stop signal; not supported`);
   return sig as StopSignal;
 }
 

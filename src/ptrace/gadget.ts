@@ -152,6 +152,11 @@ export function hasVdso(pid: number): boolean {
   }
 }
 
+/** The block a task's calls go through: 0 for the main thread (its way home also unmaps the scratch area), 1 for any other. */
+function blockOf(t: { pid: number; tgid: number }): number {
+  return t.pid === t.tgid ? 0 : 1;
+}
+
 /** Whether `pad` (the padding the two blocks take) holds our code in both: left by a stasis that was killed. */
 function holdsOurBlocks(pad: Buffer): boolean {
   return pad.subarray(0, CODE_LEN).equals(CODE) && pad.subarray(BLOCK, BLOCK + CODE_LEN).equals(CODE);
@@ -191,7 +196,7 @@ export class LeftBehind {
 
   /** Where a task stopped at `rip` goes home to, if that is in its block's code (or, main thread, in the scratch area). */
   wayHome(t: { pid: number; tgid: number }, rip: number): WayHome | null {
-    const b = t.pid === t.tgid ? 0 : 1;
+    const b = blockOf(t);
     const slot = (s: Slot) => this.data[b].readBigUInt64LE(SLOTS.indexOf(s) * 8);
     const start = this.base + b * BLOCK;
     const scratch = Number(slot('scratch')), len = Number(slot('scratchLen'));
@@ -263,12 +268,9 @@ export class Gadget {
 
   /** Entry point (the syscall instruction) of a task's block. */
   entry(t: GadgetTask): number {
-    return this.base + this.blockOf(t) * BLOCK;
+    return this.base + blockOf(t) * BLOCK;
   }
 
-  private blockOf(t: GadgetTask): number {
-    return t.pid === t.tgid ? 0 : 1;
-  }
 
   /**
    * Each run of adjacent slots given is one write: arm's 13 slots were 13
@@ -276,7 +278,7 @@ export class Gadget {
    * apart, could be left half-changed by a stasis dying between the two.
    */
   private writeSlots(t: GadgetTask, values: Partial<Record<Slot, bigint>>): void {
-    const at = this.base + this.blockOf(t) * BLOCK + DATA_AT;
+    const at = this.base + blockOf(t) * BLOCK + DATA_AT;
     const given = SLOTS.map((s) => values[s]);
     for (let i = 0; i < given.length;) {
       if (given[i] === undefined) {
@@ -294,7 +296,7 @@ export class Gadget {
 
   /** Point a task's block home: its resume registers (`home`, made from `found`) and its own signal mask. */
   arm(t: GadgetTask, home: Regs, found: Regs, mask: bigint): void {
-    const b = this.blockOf(t);
+    const b = blockOf(t);
     const other = this.holders[b];
     if (other && other.pid !== t.pid) other.disarm();
     this.holders[b] = t;
@@ -302,7 +304,7 @@ export class Gadget {
     for (const [s] of RESTORED) v[s] = home.get(s);
     v.rip = home.get('rip');
     Object.assign(v, { foundRip: found.get('rip'), foundRax: found.get('rax'), foundOrig: found.get('orig_rax') });
-    if (this.blockOf(t) === 0) Object.assign(v, { scratch: BigInt(this.scratch), scratchLen: BigInt(this.scratchLen) });
+    if (blockOf(t) === 0) Object.assign(v, { scratch: BigInt(this.scratch), scratchLen: BigInt(this.scratchLen) });
     this.writeSlots(t, v);
   }
 
@@ -319,7 +321,7 @@ export class Gadget {
 
   /** The task no longer points into its block. */
   release(t: GadgetTask): void {
-    const b = this.blockOf(t);
+    const b = blockOf(t);
     if (this.holders[b]?.pid === t.pid) this.holders[b] = undefined;
   }
 

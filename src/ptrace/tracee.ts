@@ -15,7 +15,7 @@ import { Regs, SYSCALL_ARGS, USER_REGS_SIZE, SYS } from '../sys/x86';
 const SIGTRAP = 5;
 const SIGSTOP = 19;
 /** SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU */
-const STOP_SIGNALS = new Set([19, 20, 21, 22]);
+export const STOP_SIGNALS: ReadonlySet<number> = new Set([19, 20, 21, 22]);
 /** WSTOPSIG of a syscall-entry or -exit stop under PTRACE_O_TRACESYSGOOD */
 const SYSCALL_STOP = SIGTRAP | 0x80;
 const ALL_SIGNALS = (1n << 64n) - 1n;
