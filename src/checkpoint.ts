@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import { readStat, readVmas } from './proc';
 import { Tracee } from './ptrace/tracee';
+import { Queries } from './ptrace/queries';
 import { Remote } from './ptrace/remote';
 import { BackgroundRead } from './sys/background-read';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
@@ -225,48 +226,67 @@ export function dumpProcess(s: Survey, children: ReturnType<typeof childrenOf> =
   for (const t of s.proc.threads) t.syscallInsn = insn;
   const remote = new Remote(main);
   const lockedBefore = lockedKb(pid);
-  remote.mapScratch(4 * PAGE_SIZE, 0, 2 * PAGE_SIZE);
+  remote.mapScratch(4 * PAGE_SIZE, 0, 4 * PAGE_SIZE);
   try {
-    const sigactions = dumpSigactions(remote);
-    const sharedPending = dumpSharedPending(remote);
-    const xcompPerm = dumpXcompPerm(remote);
-    const mm = dumpMm(remote);
-    const prctl = dumpProcessPrctl(remote);
     const lockFuture = dumpLockFuture(remote, lockedBefore);
     refuseMempolicy(remote, s.vmas);
-    const timers = dumpTimers(remote, pid, s.proc.threads.map((t) => t.pid));
-    const stopsReported = children.stopped.filter((c) => stopReported(remote, c));
-    const continued = children.running ? continuedUnreported(remote) : 0;
-    if (continued) {
-      throw new UnsupportedError(`pid ${pid}: its child ${continued} was continued (SIGCONT) after a stop, and it has not taken that report (a wait with WCONTINUED): a restart cannot make it again; not supported: checkpoint once the parent has waited for it`);
+    // Every kind's questions to the main thread in one run (Queries).
+    const q = new Queries(remote);
+    const sigactions = dumpSigactions(q);
+    const xcompPerm = dumpXcompPerm(q);
+    const mm = dumpMm(q);
+    const prctl = dumpProcessPrctl(q);
+    const timers = dumpTimers(q, pid, s.proc.threads.map((t) => t.pid));
+    const stops = children.stopped.map((c) => [c, stopReported(q, c)] as const);
+    const continued = children.running ? continuedUnreported(q) : () => 0;
+    const fds = dumpFdOwners(q, s.fds);
+    const mainThread = dumpThread(q, pid);
+    q.run();
+    if (continued()) {
+      throw new UnsupportedError(`pid ${pid}: its child ${continued()} was continued (SIGCONT) after a stop, and it has not taken that report (a wait with WCONTINUED): a restart cannot make it again; not supported: checkpoint once the parent has waited for it`);
     }
+    // Other threads are asked one call at a time (Remote.batch says why).
     const threads: ImageThread[] = s.proc.threads.map((t) => {
-      const r = remote.withTask(t);
-      const cpu = dumpCpu(t);
-      return {
-        tid: t.pid,
-        comm: fs.readFileSync(`/proc/${pid}/task/${t.pid}/comm`, 'utf8').replace(/\n$/, ''),
-        regs: cpu.regs.buf.toString('base64'),
-        xstate: cpu.xstate.toString('base64'),
-        signals: dumpThreadSignals(r),
-        ...dumpThreadAttrs(r),
-        sched: dumpSched(r),
-        mempolicy: dumpMempolicy(r),
-        prctl: dumpThreadPrctl(r),
-        caps: dumpCaps(r),
-        inSyscall: cpu.inSyscall,
-      };
+      if (t === main) return mainThread();
+      const tq = new Queries(remote.withTask(t));
+      const thread = dumpThread(tq, pid);
+      tq.run();
+      return thread();
     });
-    refuseLinkedTimerSignals(timers, [...sharedPending, ...threads.flatMap((t) => t.signals.pending)].map((b) => Buffer.from(b, 'base64')), `pid ${pid}`);
+    const sharedPending = dumpSharedPending(remote);
+    const timerState = timers();
+    refuseLinkedTimerSignals(timerState, [...sharedPending, ...threads.flatMap((t) => t.signals.pending)].map((b) => Buffer.from(b, 'base64')), `pid ${pid}`);
     return {
-      pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions, sharedPending,
-      xcompPerm: '0x' + xcompPerm.toString(16), mm, prctl, lockFuture, ksmMergeAny: dumpMergeAny(pid), vmas: s.vmas, fds: dumpFdOwners(remote, s.fds), sharing: s.sharing, threads, cgroups,
+      pid, ppid: stat.ppid, pgid: stat.pgrp, sid: stat.session, ...attrs, sigactions: sigactions(), sharedPending,
+      xcompPerm: '0x' + xcompPerm().toString(16), mm: mm(), prctl: prctl(), lockFuture, ksmMergeAny: dumpMergeAny(pid), vmas: s.vmas, fds: fds(), sharing: s.sharing, threads, cgroups,
       ...(s.proc.stopped ? { stopped: true, stopSignal: checkStopSignal(s.proc.stopSignal ?? 19, pid) } : {}),
-      stopsReported, exitSignal: dumpExitSignal(pid), timers, ...(s.ctty !== undefined ? { ctty: s.ctty } : {}),
+      stopsReported: stops.filter(([, reported]) => reported()).map(([c]) => c), exitSignal: dumpExitSignal(pid), timers: timerState, ...(s.ctty !== undefined ? { ctty: s.ctty } : {}),
     };
   } finally {
     remote.unmapScratch();
   }
+}
+
+/** One thread's state, its questions planned on `q` (asked of that thread). */
+function dumpThread(q: Queries, pid: number): () => ImageThread {
+  const t = q.remote.task;
+  const signals = dumpThreadSignals(q), attrs = dumpThreadAttrs(q), sched = dumpSched(q), mempolicy = dumpMempolicy(q), prctl = dumpThreadPrctl(q), caps = dumpCaps(q);
+  return () => {
+    const cpu = dumpCpu(t);
+    return {
+      tid: t.pid,
+      comm: fs.readFileSync(`/proc/${pid}/task/${t.pid}/comm`, 'utf8').replace(/\n$/, ''),
+      regs: cpu.regs.buf.toString('base64'),
+      xstate: cpu.xstate.toString('base64'),
+      signals: signals(),
+      ...attrs(),
+      sched: sched(),
+      mempolicy: mempolicy(),
+      prctl: prctl(),
+      caps: caps(),
+      inSyscall: cpu.inSyscall,
+    };
+  };
 }
 
 /** A checkpoint between its metadata and its pages. */

@@ -9,6 +9,7 @@ import { z, lazySchema } from '../image/zod';
 import { readStatus } from '../proc';
 import type { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
+import { Queries } from '../ptrace/queries';
 import { SYS } from '../sys/x86';
 import { StasisError, SyscallError } from '../sys/errno';
 
@@ -29,11 +30,15 @@ export type CapsState = z.infer<typeof CapsState>;
 const hex = (v: bigint) => '0x' + v.toString(16);
 
 /** One thread's capability sets (from /proc) and securebits (asked inside it). */
-export function dumpCaps(remote: Remote): CapsState {
-  const st = readStatus(remote.task.pid);
-  return {
-    inh: hex(st.capInh), prm: hex(st.capPrm), eff: hex(st.capEff), bnd: hex(st.capBnd), amb: hex(st.capAmb),
-    securebits: remote.call('prctl', SYS.prctl, [PR_GET_SECUREBITS], 'securebits'),
+export function dumpCaps(q: Queries): () => CapsState {
+  const tid = q.remote.task.pid;
+  const bits = q.ask('prctl', SYS.prctl, [PR_GET_SECUREBITS], { where: 'securebits' });
+  return () => {
+    const st = readStatus(tid);
+    return {
+      inh: hex(st.capInh), prm: hex(st.capPrm), eff: hex(st.capEff), bnd: hex(st.capBnd), amb: hex(st.capAmb),
+      securebits: bits.value,
+    };
   };
 }
 

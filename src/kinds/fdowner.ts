@@ -6,6 +6,7 @@
 import { z, lazySchema } from '../image/zod';
 import type { ImageFd, ImageProcess } from '../image/schema';
 import { Remote } from '../ptrace/remote';
+import { Queries } from '../ptrace/queries';
 import { SYS } from '../sys/x86';
 import { UnsupportedError } from '../sys/errno';
 
@@ -29,29 +30,21 @@ const OWNER_NAMES = ['thread', 'process', 'process group'];
 const owning = (f: ImageFd) => f.sameAs === undefined && !f.sharedWith && !(f.flags & O_PATH);
 
 /** Owner and signal of every open file description of the process, where set. */
-export function dumpFdOwners(remote: Remote, fds: ImageFd[]): ImageFd[] {
-  // Every owning fd's F_GETOWN_EX and F_GETSIG in batches (a struct each in scratch).
-  const asked = fds.filter(owning);
-  const answers = new Map<number, { raw: Buffer; sig: number }>();
-  for (let i = 0; i < asked.length; i += 128) {
-    const part = asked.slice(i, i + 128);
-    remote.reset();
-    const bufs = part.map(() => remote.alloc(8));
-    const got = remote.batch(part.flatMap((f, k) => {
-      const where = `fd ${f.fd} of pid ${remote.pid}`;
-      return [
-        { name: 'fcntl(F_GETOWN_EX)', nr: SYS.fcntl, args: [f.fd, F_GETOWN_EX, bufs[k]], where },
-        { name: 'fcntl(F_GETSIG)', nr: SYS.fcntl, args: [f.fd, F_GETSIG], where },
-      ];
-    }));
-    part.forEach((f, k) => answers.set(f.fd, { raw: remote.read(bufs[k], 8), sig: got[2 * k + 1] }));
-  }
-  return fds.map((f) => {
+export function dumpFdOwners(q: Queries, fds: ImageFd[]): () => ImageFd[] {
+  // Every owning fd's F_GETOWN_EX (a struct in scratch) and F_GETSIG.
+  const answers = new Map(fds.filter(owning).map((f) => {
+    const where = `fd ${f.fd} of pid ${q.pid}`;
+    return [f.fd, {
+      owner: q.ask('fcntl(F_GETOWN_EX)', SYS.fcntl, (out) => [f.fd, F_GETOWN_EX, out], { out: 8, where }),
+      sig: q.ask('fcntl(F_GETSIG)', SYS.fcntl, [f.fd, F_GETSIG], { where }),
+    }];
+  }));
+  return () => fds.map((f) => {
     const a = answers.get(f.fd);
-    if (!a || !owning(f)) return f;
-    const where = `fd ${f.fd} of pid ${remote.pid}`;
-    const { raw, sig } = a;
-    const owner = { type: raw.readInt32LE(0), pid: raw.readInt32LE(4), sig };
+    if (!a) return f;
+    const where = `fd ${f.fd} of pid ${q.pid}`;
+    const raw = a.owner.bytes;
+    const owner = { type: raw.readInt32LE(0), pid: raw.readInt32LE(4), sig: a.sig.value };
     // Directories raise no SIGIO: an owner there was set by F_NOTIFY, whose watch is invisible.
     if (f.kind === 'dir' && owner.pid) {
       throw new UnsupportedError(`${where} (${f.path}): the directory has a signal owner, set by F_NOTIFY (dnotify), which stasis cannot restore; use inotify, or cancel it with F_NOTIFY 0 before the checkpoint`);

@@ -3,6 +3,7 @@
 // Policies of single mappings (mbind) belong to the VMAs.
 import { z, lazySchema } from '../image/zod';
 import { Remote } from '../ptrace/remote';
+import { Queries, askNow } from '../ptrace/queries';
 import { StasisError, errnoName } from '../sys/errno';
 
 const NR_set_mempolicy = 238, NR_get_mempolicy = 239;
@@ -17,18 +18,19 @@ export const MempolicyState = lazySchema(() => z.object({
 }));
 export type MempolicyState = z.infer<typeof MempolicyState>;
 
-export function dumpMempolicy(remote: Remote): MempolicyState {
-  remote.reset();
-  const mode = remote.alloc(4), mask = remote.alloc(MASK_BYTES);
-  remote.call('get_mempolicy', NR_get_mempolicy, [mode, mask, MAXNODE, 0, 0], 'memory policy');
-  const m = remote.read(mask, MASK_BYTES);
-  let nodes = 0n;
-  for (let i = MASK_BYTES - 1; i >= 0; i--) nodes = (nodes << 8n) | BigInt(m[i]);
-  return { mode: remote.read(mode, 4).readInt32LE(0), nodes: '0x' + nodes.toString(16) };
+export function dumpMempolicy(q: Queries): () => MempolicyState {
+  // One out: the mode's int, then the node mask.
+  const got = q.ask('get_mempolicy', NR_get_mempolicy, (out) => [out, out + 8, MAXNODE, 0, 0], { out: 8 + MASK_BYTES, where: 'memory policy' });
+  return () => {
+    const m = got.bytes.subarray(8);
+    let nodes = 0n;
+    for (let i = MASK_BYTES - 1; i >= 0; i--) nodes = (nodes << 8n) | BigInt(m[i]);
+    return { mode: got.bytes.readInt32LE(0), nodes: '0x' + nodes.toString(16) };
+  };
 }
 
 export function restoreMempolicy(remote: Remote, s: MempolicyState): void {
-  const now = dumpMempolicy(remote);
+  const now = askNow(remote, dumpMempolicy);
   if (now.mode === s.mode && now.nodes === s.nodes) return;
   remote.reset();
   const m = Buffer.alloc(MASK_BYTES);

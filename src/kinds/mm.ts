@@ -5,23 +5,26 @@ import { readStat, readAuxv } from '../proc';
 import fs from 'node:fs';
 import { ImageMm } from '../image/schema';
 import { Remote } from '../ptrace/remote';
+import { Queries } from '../ptrace/queries';
 import { SYS } from '../sys/x86';
 import { fileIdentity } from './memory';
 import { openNoSymlinks } from './regular';
 
 const PR_SET_MM = 35, PR_SET_MM_MAP = 14;
 
-export function dumpMm(remote: Remote): ImageMm {
-  const pid = remote.pid;
-  const st = readStat(pid);
-  const brk = remote.call('brk', SYS.brk, [0]);
-  const exePath = fs.readlinkSync(`/proc/${pid}/exe`);
-  return {
-    startCode: st.startCode, endCode: st.endCode, startData: st.startData, endData: st.endData,
-    startBrk: st.startBrk, brk, startStack: st.startStack,
-    argStart: st.argStart, argEnd: st.argEnd, envStart: st.envStart, envEnd: st.envEnd,
-    auxv: readAuxv(pid).toString('base64'),
-    exe: fileIdentity(exePath),
+export function dumpMm(q: Queries): () => ImageMm {
+  const pid = q.pid;
+  const brk = q.ask('brk', SYS.brk, [0]);
+  return () => {
+    const st = readStat(pid);
+    const exePath = fs.readlinkSync(`/proc/${pid}/exe`);
+    return {
+      startCode: st.startCode, endCode: st.endCode, startData: st.startData, endData: st.endData,
+      startBrk: st.startBrk, brk: brk.value, startStack: st.startStack,
+      argStart: st.argStart, argEnd: st.argEnd, envStart: st.envStart, envEnd: st.envEnd,
+      auxv: readAuxv(pid).toString('base64'),
+      exe: fileIdentity(exePath),
+    };
   };
 }
 

@@ -16,6 +16,7 @@ import { z, lazySchema } from '../image/zod';
 import { check } from '../image/checks';
 import { readStat, readStatus } from '../proc';
 import { Remote, AT_FDCWD } from '../ptrace/remote';
+import { Queries, askNow } from '../ptrace/queries';
 import { Tracee } from '../ptrace/tracee';
 import { ptrace, syscall } from '../sys/libc';
 import { SYS } from '../sys/x86';
@@ -122,24 +123,12 @@ export function refuseUnrestorableAttrs(pid: number, threads: Tracee[]): void {
 interface Query { nr: number; args: number[]; out?: boolean }
 
 /**
- * Run queries in the task and return their raw results (negative: -errno),
- * ints written at arg2 in place of the result. In one round trip where the
- * task has a batch area, else one by one.
+ * Queries planned on `q`; once run, their raw results (negative: -errno),
+ * ints written at arg2 in place of the result.
  */
-function ask(remote: Remote, queries: Query[]): number[] {
-  remote.reset();
-  const outs = queries.map((q) => (q.out ? remote.alloc(4) : 0));
-  const calls = queries.map((q, i) => ({ name: 'query', nr: q.nr, args: q.out ? [q.args[0], outs[i], ...q.args.slice(1)] : q.args }));
-  let raw: number[] | undefined;
-  if (remote.batchArea || remote.safeBatchArea) {
-    try {
-      raw = remote.batch(calls);
-    } catch (e) {
-      if (!(e instanceof SyscallError)) throw e; // a query this kernel lacks: ask one by one
-    }
-  }
-  raw ??= calls.map((c) => Number(remote.task.injectRaw(c.nr, c.args)));
-  return raw.map((r, i) => (outs[i] && r >= 0 ? remote.read(outs[i], 4).readInt32LE(0) : r));
+function ask(q: Queries, queries: Query[]): () => number[] {
+  const answers = queries.map((x) => (x.out ? q.ask('query', x.nr, (o) => [x.args[0], o, ...x.args.slice(1)], { out: 4 }) : q.ask('query', x.nr, x.args)));
+  return () => answers.map((a, i) => (queries[i].out && a.raw >= 0 ? a.rawBytes.readInt32LE(0) : a.raw));
 }
 
 function must(r: number, what: string, pid: number): number {
@@ -149,13 +138,17 @@ function must(r: number, what: string, pid: number): number {
 
 const prctlQuery = (option: number, ...rest: number[]): Query => ({ nr: SYS.prctl, args: [option, ...rest] });
 
-export function dumpProcessPrctl(remote: Remote): ProcessPrctlState {
-  const pid = remote.pid;
-  const [subreaper, thp, dumpable, mdwe, membarrier, futex] = ask(remote, [
+export function dumpProcessPrctl(q: Queries): () => ProcessPrctlState {
+  const pid = q.pid;
+  const answers = ask(q, [
     { ...prctlQuery(PR.GET_CHILD_SUBREAPER), out: true }, prctlQuery(PR.GET_THP_DISABLE), prctlQuery(PR.GET_DUMPABLE),
     prctlQuery(PR.GET_MDWE),
     { nr: NR_membarrier, args: [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0] }, prctlQuery(PR.FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS),
   ]);
+  return () => processPrctl(pid, answers());
+}
+
+function processPrctl(pid: number, [subreaper, thp, dumpable, mdwe, membarrier, futex]: number[]): ProcessPrctlState {
   if (dumpable > 1) {
     throw new UnsupportedError(`pid ${pid}: dumpable is ${dumpable} (set by fs.suid_dumpable on a credential change); prctl cannot set it back: call prctl(PR_SET_DUMPABLE, 1 or 0) in it first`);
   }
@@ -189,7 +182,7 @@ function autogroupNice(pid: number): number | null {
  */
 export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState): void {
   const pid = remote.pid;
-  const now = dumpProcessPrctl(remote);
+  const now = askNow(remote, dumpProcessPrctl);
   const prctl = (what: string, ...args: number[]) => remote.call('prctl', SYS.prctl, args, `pid ${pid}: ${what}`);
   if (now.childSubreaper !== s.childSubreaper) prctl('child subreaper', PR.SET_CHILD_SUBREAPER, s.childSubreaper ? 1 : 0);
   if (now.thpDisable !== s.thpDisable) prctl('THP disable', PR.SET_THP_DISABLE, s.thpDisable ? 1 : 0, s.thpDisable & 2);
@@ -221,13 +214,17 @@ export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState): void 
   }
 }
 
-export function dumpThreadPrctl(remote: Remote): ThreadPrctlState {
-  const tid = remote.task.pid;
-  const [pdeathsig, nnp, tsc, cpuid, mce, ...speculation] = ask(remote, [
+export function dumpThreadPrctl(q: Queries): () => ThreadPrctlState {
+  const tid = q.remote.task.pid;
+  const answers = ask(q, [
     { ...prctlQuery(PR.GET_PDEATHSIG), out: true }, prctlQuery(PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0), { ...prctlQuery(PR.GET_TSC), out: true },
     { nr: SYS.arch_prctl, args: [ARCH_GET_CPUID, 0] }, prctlQuery(PR.MCE_KILL_GET, 0, 0, 0, 0),
     ...SPEC_FEATURES.map((f) => prctlQuery(PR.GET_SPECULATION_CTRL, f, 0, 0, 0)),
   ]);
+  return () => threadPrctl(tid, answers());
+}
+
+function threadPrctl(tid: number, [pdeathsig, nnp, tsc, cpuid, mce, ...speculation]: number[]): ThreadPrctlState {
   return {
     pdeathsig: must(pdeathsig, 'PR_GET_PDEATHSIG', tid),
     noNewPrivs: must(nnp, 'PR_GET_NO_NEW_PRIVS', tid) !== 0,
@@ -243,7 +240,7 @@ export function dumpThreadPrctl(remote: Remote): ThreadPrctlState {
 /** Before credentials: a loginuid already set can only be changed with CAP_AUDIT_CONTROL. */
 export function restoreThreadPrctl(remote: Remote, s: ThreadPrctlState): void {
   const who = `pid ${remote.task.tgid} thread ${remote.task.pid}`;
-  const now = dumpThreadPrctl(remote);
+  const now = askNow(remote, dumpThreadPrctl);
   if (now.personality !== s.personality) remote.call('personality', SYS.personality, [s.personality], `${who}: personality`);
   if (now.loginuid !== s.loginuid) {
     remote.reset();

@@ -7,6 +7,7 @@ import { readStatus, readLimits, RLIM_INFINITY } from '../proc';
 import type { ImageCreds, ImageProcess, ImageThread } from '../image/schema';
 import type { CapsState } from './caps';
 import { Remote } from '../ptrace/remote';
+import { Queries } from '../ptrace/queries';
 import { Tracee } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
 import { syscall } from '../sys/libc';
@@ -142,18 +143,18 @@ export function restoreProcessAttrs(remote: Remote, p: ImageProcess): void {
 
 export type ThreadAttrs = Pick<ImageThread, 'rseq' | 'tidAddress' | 'robustList'>;
 
-export function dumpThreadAttrs(remote: Remote): ThreadAttrs {
-  const t: Tracee = remote.task;
-  const rseq = t.getRseq();
-  const out = remote.alloc(8);
-  remote.call('prctl', SYS.prctl, [PR_GET_TID_ADDRESS, out]);
-  const tidAddress = remote.read(out, 8).readBigUInt64LE(0);
-  const head = Buffer.alloc(8), len = Buffer.alloc(8);
-  syscall(SYS.get_robust_list, 'get_robust_list', t.pid, head, len);
-  return {
-    rseq: rseq && { addr: hex(rseq.addr), len: rseq.len, sig: rseq.sig, flags: rseq.flags },
-    tidAddress: hex(tidAddress),
-    robustList: { head: hex(head.readBigUInt64LE(0)), len: Number(len.readBigUInt64LE(0)) },
+export function dumpThreadAttrs(q: Queries): () => ThreadAttrs {
+  const t: Tracee = q.remote.task;
+  const tidAddress = q.ask('prctl', SYS.prctl, (out) => [PR_GET_TID_ADDRESS, out], { out: 8 });
+  return () => {
+    const rseq = t.getRseq();
+    const head = Buffer.alloc(8), len = Buffer.alloc(8);
+    syscall(SYS.get_robust_list, 'get_robust_list', t.pid, head, len);
+    return {
+      rseq: rseq && { addr: hex(rseq.addr), len: rseq.len, sig: rseq.sig, flags: rseq.flags },
+      tidAddress: hex(tidAddress.bytes.readBigUInt64LE(0)),
+      robustList: { head: hex(head.readBigUInt64LE(0)), len: Number(len.readBigUInt64LE(0)) },
+    };
   };
 }
 

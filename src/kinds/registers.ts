@@ -3,6 +3,7 @@
 // a system call must resume in its new process.
 import { Tracee } from '../ptrace/tracee';
 import { Remote } from '../ptrace/remote';
+import { Queries } from '../ptrace/queries';
 import { Regs, SYS, ERESTART_RESTARTBLOCK, EINTR } from '../sys/x86';
 
 const ARCH_GET_XCOMP_PERM = 0x1022;
@@ -22,10 +23,9 @@ export function dumpCpu(t: Tracee): CpuState {
 }
 
 /** Which extended state components the process was granted (AMX). */
-export function dumpXcompPerm(remote: Remote): bigint {
-  const out = remote.alloc(8);
-  remote.call('arch_prctl', SYS.arch_prctl, [ARCH_GET_XCOMP_PERM, out]);
-  return remote.read(out, 8).readBigUInt64LE(0);
+export function dumpXcompPerm(q: Queries): () => bigint {
+  const perm = q.ask('arch_prctl', SYS.arch_prctl, (out) => [ARCH_GET_XCOMP_PERM, out], { out: 8 });
+  return () => perm.bytes.readBigUInt64LE(0);
 }
 
 export function restoreXcompPerm(remote: Remote, perm: bigint): void {

@@ -7,6 +7,7 @@ import { z, lazySchema } from '../image/zod';
 import { check } from '../image/checks';
 import { readStat } from '../proc';
 import { Remote } from '../ptrace/remote';
+import { Queries } from '../ptrace/queries';
 import { Tracee } from '../ptrace/tracee';
 import { syscall } from '../sys/libc';
 import { SyscallError, UnsupportedError, StasisError } from '../sys/errno';
@@ -80,8 +81,10 @@ function schedOf(tid: number, tgid: number): Omit<SchedState, 'timerSlack'> {
 }
 
 /** The scheduling state of one thread (`remote` runs in it, for the timer slack). */
-export function dumpSched(remote: Remote): SchedState {
-  return { ...schedOf(remote.task.pid, remote.task.tgid), timerSlack: remote.call('prctl', NR.prctl, [PR_GET_TIMERSLACK], 'timer slack') };
+export function dumpSched(q: Queries): () => SchedState {
+  const { task } = q.remote;
+  const slack = q.ask('prctl', NR.prctl, [PR_GET_TIMERSLACK], { where: 'timer slack' });
+  return () => ({ ...schedOf(task.pid, task.tgid), timerSlack: slack.value });
 }
 
 /**

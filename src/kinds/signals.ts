@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import { z, lazySchema } from '../image/zod';
 import { Remote } from '../ptrace/remote';
+import { Queries, Answer } from '../ptrace/queries';
 import { Tracee, STOP_SIGNALS } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
 import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
@@ -23,43 +24,32 @@ function settable(sig: number): boolean {
   return sig !== SIGKILL && sig !== SIGSTOP;
 }
 
-export function dumpSigactions(remote: Remote): ImageSigaction[] {
-  const acts = remote.alloc(64 * SIGACTION_SIZE);
-  const calls = [];
+export function dumpSigactions(q: Queries): () => ImageSigaction[] {
+  const asked: Array<[number, Answer]> = [];
   for (let sig = 1; sig <= 64; sig++) {
-    if (settable(sig)) calls.push({ name: 'rt_sigaction', nr: SYS.rt_sigaction, args: [sig, 0, acts + (sig - 1) * SIGACTION_SIZE, 8], where: `signal ${sig}` });
+    if (settable(sig)) asked.push([sig, q.ask('rt_sigaction', SYS.rt_sigaction, (act) => [sig, 0, act, 8], { out: SIGACTION_SIZE, where: `signal ${sig}` })]);
   }
-  remote.batch(calls); // one round trip instead of 62
-  const raw = remote.read(acts, 64 * SIGACTION_SIZE);
-  const actions: ImageSigaction[] = [];
-  for (let sig = 1; sig <= 64; sig++) {
-    if (!settable(sig)) continue;
-    const o = (sig - 1) * SIGACTION_SIZE;
-    actions.push({
-      sig,
-      handler: hex(raw.readBigUInt64LE(o)),
-      flags: hex(raw.readBigUInt64LE(o + 8)),
-      restorer: hex(raw.readBigUInt64LE(o + 16)),
-      mask: hex(raw.readBigUInt64LE(o + 24)),
-    });
-  }
-  return actions;
+  return () => asked.map(([sig, a]) => {
+    const b = a.bytes;
+    return { sig, handler: hex(b.readBigUInt64LE(0)), flags: hex(b.readBigUInt64LE(8)), restorer: hex(b.readBigUInt64LE(16)), mask: hex(b.readBigUInt64LE(24)) };
+  });
 }
 
 export function dumpSharedPending(remote: Remote): string[] {
   return remote.task.peekSiginfo(true).map((b) => b.toString('base64'));
 }
 
-/** Per-thread signal state; `remote` injects into that very thread. */
-export function dumpThreadSignals(remote: Remote): ImageSignals {
-  const t = remote.task;
-  const ss = remote.alloc(24);
-  remote.call('sigaltstack', SYS.sigaltstack, [0, ss]);
-  const ssb = remote.read(ss, 24);
-  return {
-    blocked: hex(t.heldMask ?? t.getSigmask()),
-    pending: t.peekSiginfo(false).map((b) => b.toString('base64')),
-    altstack: { sp: Number(ssb.readBigUInt64LE(0)), flags: ssb.readInt32LE(8), size: Number(ssb.readBigUInt64LE(16)) },
+/** Per-thread signal state; `q` asks that very thread. */
+export function dumpThreadSignals(q: Queries): () => ImageSignals {
+  const t = q.remote.task;
+  const ss = q.ask('sigaltstack', SYS.sigaltstack, (out) => [0, out], { out: 24 });
+  return () => {
+    const b = ss.bytes;
+    return {
+      blocked: hex(t.heldMask ?? t.getSigmask()),
+      pending: t.peekSiginfo(false).map((x) => x.toString('base64')),
+      altstack: { sp: Number(b.readBigUInt64LE(0)), flags: b.readInt32LE(8), size: Number(b.readBigUInt64LE(16)) },
+    };
   };
 }
 
@@ -148,17 +138,17 @@ export function checkStopSignal(sig: number, pid: number): StopSignal {
  * WUNTRACED, that `child` stopped: asked with WNOWAIT, which reports
  * without consuming.
  */
-export function stopReported(parent: Remote, childVpid: number): boolean {
-  return askWaitid(parent, P_PID, childVpid, WSTOPPED, `whether the stop of child ${childVpid} was reported`) === 0;
+export function stopReported(parent: Queries, childVpid: number): () => boolean {
+  const si = askWaitid(parent, P_PID, childVpid, WSTOPPED, `whether the stop of child ${childVpid} was reported`);
+  return () => si() === 0;
 }
 
 /** waitid(WNOHANG | WNOWAIT) in the parent: the si_pid of a child with a report of `kind`, 0 when nothing is left to report. */
-function askWaitid(parent: Remote, idtype: number, id: number, kind: number, what: string): number {
-  parent.reset();
-  const info = parent.alloc(128);
-  parent.task.writeMem(info, Buffer.alloc(128));
-  parent.call('waitid', SYS_waitid, [idtype, id, info, kind | WNOHANG | WNOWAIT, 0], what);
-  return parent.read(info, 128).readInt32LE(16); // si_pid
+function askWaitid(parent: Queries, idtype: number, id: number, kind: number, what: string): () => number {
+  const a = parent.ask('waitid', SYS_waitid, (info) => [idtype, id, info, kind | WNOHANG | WNOWAIT, 0], { out: 128, where: what });
+  return () => {
+    return a.bytes.readInt32LE(16); // si_pid
+  };
 }
 
 /**
@@ -168,7 +158,7 @@ function askWaitid(parent: Remote, idtype: number, id: number, kind: number, wha
  * handler would run once more. Asked with WNOWAIT, which consumes nothing:
  * such a child (its pid as the parent sees it), or 0.
  */
-export function continuedUnreported(parent: Remote): number {
+export function continuedUnreported(parent: Queries): () => number {
   return askWaitid(parent, P_ALL, 0, WCONTINUED | __WALL, 'whether a child was continued unreported');
 }
 

@@ -7,6 +7,7 @@
 import fs from 'node:fs';
 import { z, lazySchema } from '../image/zod';
 import { Remote } from '../ptrace/remote';
+import { Queries } from '../ptrace/queries';
 import { UnsupportedError, StasisError } from '../sys/errno';
 
 const SYS_timer_create = 222, SYS_timer_settime = 223, SYS_timer_gettime = 224, SYS_timer_getoverrun = 225;
@@ -93,31 +94,26 @@ function checkClock(clock: number, id: number, pid: number, tids: number[], wher
 }
 
 /** Every POSIX timer and interval timer, read through the main thread. */
-export function dumpTimers(remote: Remote, pid: number, tids: number[]): TimersState {
+export function dumpTimers(q: Queries, pid: number, tids: number[]): () => TimersState {
   const where = `pid ${pid}`;
-  const posix: PosixTimer[] = [];
-  for (const t of parseProcTimers(fs.readFileSync(`/proc/${pid}/timers`, 'utf8'), where)) {
+  const posix = parseProcTimers(fs.readFileSync(`/proc/${pid}/timers`, 'utf8'), where).map((t) => {
     const clock = checkClock(t.clock, t.id, pid, tids, where);
     if (t.notify === 'thread_id' && !tids.includes(t.target)) throw new UnsupportedError(`${where}: POSIX timer ${t.id} signals task ${t.target}, not one of its threads; not supported`);
-    remote.reset();
-    const spec = remote.alloc(32);
-    remote.call('timer_gettime', SYS_timer_gettime, [t.id, spec], `POSIX timer ${t.id}`);
-    const times = timespecs(remote.read(spec, 32));
-    // The overrun count of the last expiry is kernel state no call can set.
-    const overrun = remote.call('timer_getoverrun', SYS_timer_getoverrun, [t.id], `POSIX timer ${t.id}`);
-    if (overrun !== 0) throw new UnsupportedError(`${where}: POSIX timer ${t.id} reports ${overrun} overruns of its last expiry, which cannot be restored; checkpoint once the program has handled that expiry`);
-    posix.push({ id: t.id, clock, notify: t.notify, ...(t.notify === 'thread_id' ? { tid: t.target } : {}), signo: t.signo, value: t.value, ...times });
-  }
-  posix.sort((a, b) => a.id - b.id);
-  // The three interval timers in one batch.
-  remote.reset();
-  const bufs = [0, 1, 2].map(() => remote.alloc(32));
-  remote.batch(bufs.map((buf, which) => ({ name: 'getitimer', nr: SYS_getitimer, args: [which, buf], where: `interval timer ${which}` })));
+    const spec = q.ask('timer_gettime', SYS_timer_gettime, (out) => [t.id, out], { out: 32, where: `POSIX timer ${t.id}` });
+    const overrun = q.ask('timer_getoverrun', SYS_timer_getoverrun, [t.id], { where: `POSIX timer ${t.id}` });
+    return (): PosixTimer => {
+      const times = timespecs(spec.bytes);
+      // The overrun count of the last expiry is kernel state no call can set.
+      if (overrun.value !== 0) throw new UnsupportedError(`${where}: POSIX timer ${t.id} reports ${overrun.value} overruns of its last expiry, which cannot be restored; checkpoint once the program has handled that expiry`);
+      return { id: t.id, clock, notify: t.notify, ...(t.notify === 'thread_id' ? { tid: t.target } : {}), signo: t.signo, value: t.value, ...times };
+    };
+  });
+  const itimers = [0, 1, 2].map((which) => q.ask('getitimer', SYS_getitimer, (out) => [which, out], { out: 32, where: `interval timer ${which}` }));
   const itimer = (which: number): Itimer => {
-    const b = remote.read(bufs[which], 32);
+    const b = itimers[which].bytes;
     return { interval: [Number(b.readBigInt64LE(0)), Number(b.readBigInt64LE(8))], remaining: [Number(b.readBigInt64LE(16)), Number(b.readBigInt64LE(24))] };
   };
-  return { posix, real: itimer(0), virtual: itimer(1), prof: itimer(2) };
+  return () => ({ posix: posix.map((p) => p()).sort((a, b) => a.id - b.id), real: itimer(0), virtual: itimer(1), prof: itimer(2) });
 }
 
 const armed = (t: [number, number]) => t[0] !== 0 || t[1] !== 0;

@@ -66,24 +66,45 @@ export class Remote {
    * running) the calls go one by one.
    */
   batch(calls: BatchCall[]): number[] {
+    return this.checked(calls, this.batchRaw(calls));
+  }
+
+  /**
+   * The same, every call made whatever the others gave: each raw result
+   * (negative: -errno) for the caller to judge (Queries).
+   */
+  batchRaw(calls: BatchCall[]): number[] {
     const safe = this.task.injectsSafely;
     const area = safe ? (this.task.pid === this.task.tgid ? this.safeBatchArea : 0) : this.batchArea;
-    if (!area || calls.length < 2) return calls.map((c) => this.call(c.name, c.nr, c.args, c.where));
+    if (!area || calls.length < 2) return calls.map((c) => Number(this.task.injectRaw(c.nr, c.args)));
     const out: number[] = [];
     for (let i = 0; i < calls.length; i += this.perRun) {
       const part = calls.slice(i, i + this.perRun);
       const { code, at, done, end } = this.batchCode(part, area);
-      if (!safe) {
-        this.task.writeMem(area, code);
-        this.task.runUntilTrap(area, `a batch of ${part.length} system calls`);
-      } else {
-        // The code and its data are in place before the task points at them.
-        this.task.writeMem(area, code);
-        this.task.runSafely(area, end, done, `a batch of ${part.length} system calls`);
-      }
-      out.push(...this.results(part, at));
+      // The code and its data are in place before the task points at them.
+      this.task.writeMem(area, code);
+      if (!safe) this.task.runUntilTrap(area, `a batch of ${part.length} system calls`);
+      else this.task.runSafely(area, end, done, `a batch of ${part.length} system calls`);
+      out.push(...this.stored(part.length, at));
     }
     return out;
+  }
+
+  /** The `n` results a batch stored at `at`. */
+  private stored(n: number, at: number): number[] {
+    const res = this.task.readMem(at, n * 8);
+    const out: number[] = [];
+    for (let k = 0; k < n; k++) out.push(Number(res.readBigInt64LE(k * 8)));
+    return out;
+  }
+
+  /** Raw results, the first failure thrown by name. */
+  private checked(calls: BatchCall[], raw: number[]): number[] {
+    return calls.map((c, k) => {
+      const r = raw[k];
+      if (r < 0 && r > -4096) throw new SyscallError(`${c.name} in pid ${this.pid}`, -r, c.where);
+      return r;
+    });
   }
 
   /**
@@ -105,7 +126,7 @@ export class Remote {
     const finish = this.task.startUntilTrap(this.batchArea);
     return () => {
       finish(`a batch of ${part.length} system calls`);
-      return [...first, ...this.results(part, at)];
+      return [...first, ...this.checked(part, this.stored(part.length, at))];
     };
   }
 
@@ -162,16 +183,6 @@ export class Remote {
     op(0xff, 0xe0); // jmp rax
     writeU64(code, timeout - area, SAFE_BATCH_WAIT_S);
     return { code, at, done, end: area + o };
-  }
-
-  /** The results a batch stored at `at`, the first failure thrown by name. */
-  private results(part: BatchCall[], at: number): number[] {
-    const res = this.task.readMem(at, part.length * 8);
-    return part.map((c, k) => {
-      const r = res.readBigInt64LE(k * 8);
-      if (r < 0n && r > -4096n) throw new SyscallError(`${c.name} in pid ${this.pid}`, Number(-r), c.where);
-      return Number(r);
-    });
   }
 
   get pid(): number {
@@ -242,6 +253,11 @@ export class Remote {
     this.safeBatchArea = batchSize ? addr + size : 0;
     this.batchSize = batchSize;
     this.used = 0;
+  }
+
+  /** Bytes of the scratch area handed out since the last reset. */
+  get scratchUsed(): number {
+    return this.used;
   }
 
   /** Forget everything placed in scratch (between independent calls). */
