@@ -226,11 +226,12 @@ export function dumpProcess(s: Survey, children: ReturnType<typeof childrenOf> =
   for (const t of s.proc.threads) t.syscallInsn = insn;
   const remote = new Remote(main);
   const lockedBefore = lockedKb(pid);
-  remote.mapScratch(4 * PAGE_SIZE, 0, 4 * PAGE_SIZE);
+  // Room for every thread's answers too (~230 bytes each), so that one run asks them all.
+  remote.mapScratch(4 * PAGE_SIZE + Math.ceil(s.proc.threads.length * 256 / PAGE_SIZE) * PAGE_SIZE, 0, 4 * PAGE_SIZE);
   try {
     const lockFuture = dumpLockFuture(remote, lockedBefore);
     refuseMempolicy(remote, s.vmas);
-    // Every kind's questions to the main thread in one run (Queries).
+    // Every kind's questions to the process and its threads in one run (Queries).
     const q = new Queries(remote);
     const sigactions = dumpSigactions(q);
     const xcompPerm = dumpXcompPerm(q);
@@ -240,19 +241,12 @@ export function dumpProcess(s: Survey, children: ReturnType<typeof childrenOf> =
     const stops = children.stopped.map((c) => [c, stopReported(q, c)] as const);
     const continued = children.running ? continuedUnreported(q) : () => 0;
     const fds = dumpFdOwners(q, s.fds);
-    const mainThread = dumpThread(q, pid);
+    const threadsLater = s.proc.threads.map((t) => dumpThread(t === main ? q : q.of(t), pid));
     q.run();
     if (continued()) {
       throw new UnsupportedError(`pid ${pid}: its child ${continued()} was continued (SIGCONT) after a stop, and it has not taken that report (a wait with WCONTINUED): a restart cannot make it again; not supported: checkpoint once the parent has waited for it`);
     }
-    // Other threads are asked one call at a time (Remote.batch says why).
-    const threads: ImageThread[] = s.proc.threads.map((t) => {
-      if (t === main) return mainThread();
-      const tq = new Queries(remote.withTask(t));
-      const thread = dumpThread(tq, pid);
-      tq.run();
-      return thread();
-    });
+    const threads: ImageThread[] = threadsLater.map((thread) => thread());
     const sharedPending = dumpSharedPending(remote);
     const timerState = timers();
     refuseLinkedTimerSignals(timerState, [...sharedPending, ...threads.flatMap((t) => t.signals.pending)].map((b) => Buffer.from(b, 'base64')), `pid ${pid}`);

@@ -4,6 +4,7 @@
 // all, in a target's main thread one round trip (two to four ptrace stops)
 // where each kind's own calls took one or two each.
 import { Remote } from './remote';
+import type { Tracee } from './tracee';
 import { StasisError, SyscallError } from '../sys/errno';
 
 type Args = Array<number | bigint>;
@@ -46,16 +47,34 @@ export class Answer {
   }
 }
 
-export class Queries {
-  private calls: Array<{ name: string; nr: number; args: Args; where?: string }> = [];
-  private answers: Array<{ answer: Answer; at: number; len: number }> = [];
+interface Planned {
+  remote: Remote;
+  name: string;
+  nr: number;
+  args: Args;
+  where?: string;
+  answer: Answer;
+  at: number;
+  len: number;
+}
 
-  constructor(readonly remote: Remote) {
-    remote.reset();
+export class Queries {
+  /** the queries of the whole process (the main thread's), whose scratch area and run these share */
+  private readonly root: Queries;
+  private planned: Planned[] = [];
+
+  constructor(readonly remote: Remote, root?: Queries) {
+    this.root = root ?? this;
+    if (!root) remote.reset();
   }
 
   get pid(): number {
     return this.remote.pid;
+  }
+
+  /** The same, asked of another thread of the process, run with these. */
+  of(task: Tracee): Queries {
+    return new Queries(this.root.remote.withTask(task), this.root);
   }
 
   /**
@@ -63,27 +82,44 @@ export class Queries {
    * zero when it runs, and `args` is given their address.
    */
   ask(name: string, nr: number, args: Args | ((out: number) => Args), opts: { out?: number; where?: string } = {}): Answer {
+    const { root } = this;
+    const scratch = root.remote;
     const len = opts.out ?? 0;
     // A full scratch area: what is planned so far runs now, and it starts over.
-    if (len && this.remote.scratchUsed + len + 16 > this.remote.scratchSize) this.run();
-    const at = len ? this.remote.alloc(len) : 0;
-    const answer = new Answer(name, this.pid, opts.where);
-    this.calls.push({ name, nr, args: typeof args === 'function' ? args(at) : args, where: opts.where });
-    this.answers.push({ answer, at, len });
+    if (len && scratch.scratchUsed + len + 16 > scratch.scratchSize) root.run();
+    const at = len ? scratch.alloc(len) : 0;
+    const answer = new Answer(name, this.remote.task.pid, opts.where);
+    root.planned.push({ remote: this.remote, name, nr, args: typeof args === 'function' ? args(at) : args, where: opts.where, answer, at, len });
     return answer;
   }
 
-  /** Make every planned call (in as few round trips as the task allows), then hand each its answer. */
+  /**
+   * Make every planned call, then hand each its answer: the main thread's
+   * in one batch; other threads', which cannot run batches (Remote.batch),
+   * call by call.
+   */
   run(): void {
-    if (!this.calls.length) return;
-    const { remote } = this;
+    const { remote, planned } = this.root;
+    if (!planned.length) return;
     const used = remote.scratchUsed;
     if (used) remote.task.writeMem(remote.scratch, Buffer.alloc(used));
-    const raw = remote.batchRaw(this.calls);
+    const raw = new Map<Planned, number>();
+    const byTask = new Map<Remote, Planned[]>();
+    for (const p of planned) {
+      const list = byTask.get(p.remote);
+      if (list) list.push(p);
+      else byTask.set(p.remote, [p]);
+    }
+    const mine = byTask.get(remote) ?? [];
+    byTask.delete(remote);
+    remote.batchRaw(mine).forEach((r, k) => raw.set(mine[k], r));
+    // Another thread's block in the gadget serves one thread at a time (gadget.ts).
+    for (const calls of byTask.values()) {
+      for (const p of calls) raw.set(p, Number(p.remote.task.injectRaw(p.nr, p.args)));
+    }
     const mem = used ? remote.read(remote.scratch, used) : Buffer.alloc(0);
-    this.answers.forEach(({ answer, at, len }, k) => answer.set(raw[k], len ? mem.subarray(at - remote.scratch, at - remote.scratch + len) : mem.subarray(0, 0)));
-    this.calls = [];
-    this.answers = [];
+    for (const p of planned) p.answer.set(raw.get(p)!, p.len ? mem.subarray(p.at - remote.scratch, p.at - remote.scratch + p.len) : Buffer.alloc(0));
+    this.root.planned = [];
     remote.reset();
   }
 }
