@@ -118,13 +118,15 @@ export function checkFilePrivilege(path: string, what: string): void {
 
 export function restoreProcessAttrs(remote: Remote, p: ImageProcess): void {
   remote.reset();
-  remote.call('personality', SYS.personality, [p.personality]);
-  remote.call('umask', SYS.umask, [p.umask]);
-  // Both paths are as seen from our root: cwd first, then chroot (which
-  // leaves cwd alone, inside the new root or not, as the program had it).
-  remote.call('chdir', SYS.chdir, [remote.putString(p.cwd)], `cwd ${p.cwd}`);
-  if (p.root !== '/') remote.call('chroot', SYS.chroot, [remote.putString(p.root)], p.root);
-  remote.call('prctl', SYS.prctl, [PR_SET_NAME, remote.putString(p.comm)], 'comm');
+  // One batch. Both paths are as seen from our root: cwd first, then chroot
+  // (which leaves cwd alone, inside the new root or not, as the program had it).
+  remote.batch([
+    { name: 'personality', nr: SYS.personality, args: [p.personality] },
+    { name: 'umask', nr: SYS.umask, args: [p.umask] },
+    { name: 'chdir', nr: SYS.chdir, args: [remote.putString(p.cwd)], where: `cwd ${p.cwd}` },
+    ...(p.root !== '/' ? [{ name: 'chroot', nr: SYS.chroot, args: [remote.putString(p.root)], where: p.root }] : []),
+    { name: 'prctl', nr: SYS.prctl, args: [PR_SET_NAME, remote.putString(p.comm)], where: 'comm' },
+  ]);
   const current = new Map(readLimits(remote.pid).map((l) => [l.resource, l]));
   for (const l of p.rlimits) {
     const soft = BigInt(l.soft), hard = BigInt(l.hard);
@@ -159,9 +161,9 @@ export function dumpThreadAttrs(q: Queries): () => ThreadAttrs {
 }
 
 export function restoreThreadAttrs(remote: Remote, th: ThreadAttrs): void {
-  if (th.rseq) remote.call('rseq', SYS.rseq, [BigInt(th.rseq.addr), th.rseq.len, 0, th.rseq.sig], 'rseq registration');
-  remote.call('set_tid_address', SYS.set_tid_address, [BigInt(th.tidAddress)]);
-  if (BigInt(th.robustList.head) !== 0n) {
-    remote.call('set_robust_list', SYS.set_robust_list, [BigInt(th.robustList.head), th.robustList.len], 'robust futex list');
-  }
+  remote.batch([
+    ...(th.rseq ? [{ name: 'rseq', nr: SYS.rseq, args: [BigInt(th.rseq.addr), th.rseq.len, 0, th.rseq.sig], where: 'rseq registration' }] : []),
+    { name: 'set_tid_address', nr: SYS.set_tid_address, args: [BigInt(th.tidAddress)] },
+    ...(BigInt(th.robustList.head) !== 0n ? [{ name: 'set_robust_list', nr: SYS.set_robust_list, args: [BigInt(th.robustList.head), th.robustList.len], where: 'robust futex list' }] : []),
+  ]);
 }

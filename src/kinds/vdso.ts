@@ -7,7 +7,7 @@
 // forbids splitting them, so each is whole or absent.)
 import { Vma } from '../proc';
 import { ImageVma } from '../image/schema';
-import { Remote } from '../ptrace/remote';
+import { Remote, BatchCall } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { UnsupportedError } from '../sys/errno';
 
@@ -43,19 +43,23 @@ export function moveVdso(remote: Remote, image: ImageVma[], live: Vma[], park: n
   }
   const names = NAMES.filter((n) => have.has(n));
   if (names.every((n) => have.get(n)!.start === want.get(n)!.start)) return;
-  // Through a parking area, so no move lands on a mapping not yet moved.
+  // Through a parking area, so no move lands on a mapping not yet moved;
+  // all moves in one batch (a failure fails the restart: what the later
+  // moves did then does not matter).
   let off = 0;
   const parked = new Map<string, number>();
+  const moves: BatchCall[] = [];
   for (const n of names) {
     const h = have.get(n)!;
     const len = h.end - h.start;
-    remote.call('mremap', SYS.mremap, [h.start, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, park + off], `${n} to parking`);
+    moves.push({ name: 'mremap', nr: SYS.mremap, args: [h.start, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, park + off], where: `${n} to parking` });
     parked.set(n, park + off);
     off += len;
   }
   for (const n of names) {
     const w = want.get(n)!;
     const len = w.end - w.start;
-    remote.call('mremap', SYS.mremap, [parked.get(n)!, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, w.start], `${n} to 0x${w.start.toString(16)}`);
+    moves.push({ name: 'mremap', nr: SYS.mremap, args: [parked.get(n)!, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, w.start], where: `${n} to 0x${w.start.toString(16)}` });
   }
+  remote.batch(moves);
 }
