@@ -33,7 +33,7 @@ export class Answer {
     return this.filled;
   }
 
-  /** The bytes as they are whatever the call gave (zero where it wrote nothing). */
+  /** The bytes whatever the call gave (for a caller that reads them only where it succeeded). */
   get rawBytes(): Buffer {
     void this.raw;
     return this.filled;
@@ -56,6 +56,7 @@ interface Planned {
   answer: Answer;
   at: number;
   len: number;
+  zero: boolean;
 }
 
 export class Queries {
@@ -78,10 +79,11 @@ export class Queries {
   }
 
   /**
-   * Plan a call. With `out`, it gets that many bytes of the scratch area,
-   * zero when it runs, and `args` is given their address.
+   * Plan a call. With `out`, it gets that many bytes of the scratch area
+   * (zero when it runs if `zero`: for a call that may leave them as they
+   * were), and `args` is given their address.
    */
-  ask(name: string, nr: number, args: Args | ((out: number) => Args), opts: { out?: number; where?: string } = {}): Answer {
+  ask(name: string, nr: number, args: Args | ((out: number) => Args), opts: { out?: number; zero?: boolean; where?: string } = {}): Answer {
     const { root } = this;
     const scratch = root.remote;
     const len = opts.out ?? 0;
@@ -89,7 +91,7 @@ export class Queries {
     if (len && scratch.scratchUsed + len + 16 > scratch.scratchSize) root.run();
     const at = len ? scratch.alloc(len) : 0;
     const answer = new Answer(name, this.remote.task.pid, opts.where);
-    root.planned.push({ remote: this.remote, name, nr, args: typeof args === 'function' ? args(at) : args, where: opts.where, answer, at, len });
+    root.planned.push({ remote: this.remote, name, nr, args: typeof args === 'function' ? args(at) : args, where: opts.where, answer, at, len, zero: !!opts.zero });
     return answer;
   }
 
@@ -102,7 +104,7 @@ export class Queries {
     const { remote, planned } = this.root;
     if (!planned.length) return;
     const used = remote.scratchUsed;
-    if (used) remote.task.writeMem(remote.scratch, Buffer.alloc(used));
+    if (planned.some((p) => p.zero)) remote.task.writeMem(remote.scratch, Buffer.alloc(used));
     const raw = new Map<Planned, number>();
     const byTask = new Map<Remote, Planned[]>();
     for (const p of planned) {
