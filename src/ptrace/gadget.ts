@@ -152,14 +152,23 @@ export function hasVdso(pid: number): boolean {
   }
 }
 
-/** The block a task's calls go through: 0 for the main thread (its way home also unmaps the scratch area), 1 for any other. */
-function blockOf(t: { pid: number; tgid: number }): number {
-  return t.pid === t.tgid ? 0 : 1;
+/**
+ * Blocks placed at most: block 0 is the main thread's (its way home also
+ * unmaps the scratch area); each other block serves one other thread at a
+ * time, so that up to four threads may be in injected calls at once.
+ */
+const MAX_BLOCKS = 5;
+
+/** How many blocks the padding at the end of a vDSO image holds (at most MAX_BLOCKS; two at least, or 0). */
+function blocksIn(img: Buffer): number {
+  const n = Math.min(MAX_BLOCKS, Math.floor((img.length - vdsoContentEnd(img)) / BLOCK));
+  return n >= 2 ? n : 0;
 }
 
-/** Whether `pad` (the padding the two blocks take) holds our code in both: left by a stasis that was killed. */
-function holdsOurBlocks(pad: Buffer): boolean {
-  return pad.subarray(0, CODE_LEN).equals(CODE) && pad.subarray(BLOCK, BLOCK + CODE_LEN).equals(CODE);
+/** Whether `pad` (the padding `n` blocks take) holds our code in each: left by a stasis that was killed. */
+function holdsOurBlocks(pad: Buffer, n: number): boolean {
+  for (let b = 0; b < n; b++) if (!pad.subarray(b * BLOCK, b * BLOCK + CODE_LEN).equals(CODE)) return false;
+  return true;
 }
 
 /** Where the way home of a block takes a task, read back from the block. */
@@ -182,38 +191,46 @@ export class LeftBehind {
 
   /** The blocks in the padding of `vdso`, or null if there are none. */
   static read(vdso: Range, memFd: number): LeftBehind | null {
-    const base = vdso.end - 2 * BLOCK;
-    const pad = Buffer.alloc(2 * BLOCK);
+    const img = Buffer.alloc(vdso.end - vdso.start);
     try {
-      if (fs.readSync(memFd, pad, 0, pad.length, base) !== pad.length) return null;
+      if (fs.readSync(memFd, img, 0, img.length, vdso.start) !== img.length) return null;
     } catch {
       return null; // gone: the next request says so
     }
-    if (!holdsOurBlocks(pad)) return null;
-    const data = (b: number) => Buffer.from(pad.subarray(b * BLOCK + DATA_AT, b * BLOCK + DATA_AT + SLOTS.length * 8));
-    return new LeftBehind(base, [data(0), data(1)]);
+    const n = blocksIn(img);
+    const pad = img.subarray(img.length - n * BLOCK);
+    if (!n || !holdsOurBlocks(pad, n)) return null;
+    const data = Array.from({ length: n }, (_, b) => Buffer.from(pad.subarray(b * BLOCK + DATA_AT, b * BLOCK + DATA_AT + SLOTS.length * 8)));
+    return new LeftBehind(vdso.end - n * BLOCK, data);
   }
 
-  /** Where a task stopped at `rip` goes home to, if that is in its block's code (or, main thread, in the scratch area). */
+  /**
+   * Where a task stopped at `rip` goes home to, if that is in the code of
+   * a block it may hold (block 0 for the main thread, which may also be in
+   * the scratch area; another for any other thread).
+   */
   wayHome(t: { pid: number; tgid: number }, rip: number): WayHome | null {
-    const b = blockOf(t);
+    const main = t.pid === t.tgid;
+    const b = main ? 0 : this.data.findIndex((_, k) => k > 0 && rip >= this.base + k * BLOCK && rip < this.base + k * BLOCK + CODE_LEN);
+    if (b < 0) return null;
     const slot = (s: Slot) => this.data[b].readBigUInt64LE(SLOTS.indexOf(s) * 8);
     const start = this.base + b * BLOCK;
     const scratch = Number(slot('scratch')), len = Number(slot('scratchLen'));
-    const inScratch = b === 0 && len > 0 && rip >= scratch && rip < scratch + len;
+    const inScratch = main && len > 0 && rip >= scratch && rip < scratch + len;
     if (!inScratch && !(rip >= start && rip < start + CODE_LEN)) return null;
     return {
       regs: [...RESTORED.map(([s]): [RegName, bigint] => [s, slot(s)]), ['rip', slot('foundRip')], ['rax', slot('foundRax')], ['orig_rax', slot('foundOrig')]],
       mask: slot('mask'),
-      scratch: b === 0 && len > 0 ? { addr: scratch, len } : undefined,
+      scratch: main && len > 0 ? { addr: scratch, len } : undefined,
     };
   }
 }
 
 /**
  * The injection blocks of one process. Block 0 belongs to the main thread
- * (its way home also unmaps the scratch area); block 1 to whichever other
- * thread is being worked on, one at a time.
+ * (its way home also unmaps the scratch area); each other block to one
+ * other thread at a time, the one armed longest ago giving its block up
+ * (disarmed, so stopped) when a thread needs one and none is free.
  */
 export class Gadget {
   readonly tgid: number;
@@ -222,12 +239,30 @@ export class Gadget {
   private scratch = 0;
   private scratchLen = 0;
   /** the task each block currently points home for */
-  private readonly holders: Array<GadgetTask | undefined> = [undefined, undefined];
+  private readonly holders: Array<GadgetTask | undefined>;
+  /** when each block was last armed (a count), to give up the oldest */
+  private readonly armedAt: number[];
+  private arms = 0;
 
-  private constructor(tgid: number, base: number, original: Buffer) {
+  private constructor(tgid: number, base: number, blocks: number) {
     this.tgid = tgid;
     this.base = base;
-    this.original = original;
+    this.original = Buffer.alloc(blocks * BLOCK);
+    this.holders = new Array<GadgetTask | undefined>(blocks).fill(undefined);
+    this.armedAt = new Array<number>(blocks).fill(0);
+  }
+
+  /** How many threads other than the main one may be in injected calls at once. */
+  get otherBlocks(): number {
+    return this.holders.length - 1;
+  }
+
+  /** The block `t` holds (the main thread: always 0). */
+  private blockOf(t: { pid: number; tgid: number }): number {
+    if (t.pid === t.tgid) return 0;
+    const b = this.holders.findIndex((h, k) => k > 0 && h?.pid === t.pid);
+    if (b < 0) throw new StasisError(`pid ${t.tgid} thread ${t.pid}: holds no injection block (a bug in stasis)`);
+    return b;
   }
 
   private static readonly byProcess = new Map<number, Gadget>();
@@ -240,19 +275,18 @@ export class Gadget {
     if (!vdso) throw new StasisError(`pid ${t.tgid} has no vDSO: stasis runs system calls in a target through the padding of its vDSO; not supported`);
     const img = Buffer.alloc(vdso.end - vdso.start);
     fs.readSync(t.memFd(), img, 0, img.length, vdso.start);
-    const need = 2 * BLOCK;
-    const base = img.length - need;
+    const n = blocksIn(img);
+    const base = img.length - n * BLOCK;
     const pad = img.subarray(base);
     // A stasis killed mid-checkpoint leaves its blocks behind: they are ours to reuse and clean.
-    const leftover = holdsOurBlocks(pad);
-    if (vdsoContentEnd(img) > base || (!leftover && pad.some((x) => x !== 0))) {
-      throw new StasisError(`pid ${t.tgid}: its vDSO has no ${need} bytes of free padding for the injection code; not supported`);
+    const leftover = n > 0 && holdsOurBlocks(pad, n);
+    if (!n || (!leftover && pad.some((x) => x !== 0))) {
+      throw new StasisError(`pid ${t.tgid}: its vDSO has no ${2 * BLOCK} bytes of free padding for the injection code; not supported`);
     }
-    g = new Gadget(t.tgid, vdso.start + base, Buffer.alloc(need));
-    const both = Buffer.alloc(need);
-    CODE.copy(both, 0);
-    CODE.copy(both, BLOCK);
-    fs.writeSync(t.memFd(), both, 0, both.length, g.base);
+    g = new Gadget(t.tgid, vdso.start + base, n);
+    const all = Buffer.alloc(n * BLOCK);
+    for (let b = 0; b < n; b++) CODE.copy(all, b * BLOCK);
+    fs.writeSync(t.memFd(), all, 0, all.length, g.base);
     Gadget.byProcess.set(t.tgid, g);
     return g;
   }
@@ -268,7 +302,7 @@ export class Gadget {
 
   /** Entry point (the syscall instruction) of a task's block. */
   entry(t: GadgetTask): number {
-    return this.base + blockOf(t) * BLOCK;
+    return this.base + this.blockOf(t) * BLOCK;
   }
 
 
@@ -278,7 +312,7 @@ export class Gadget {
    * apart, could be left half-changed by a stasis dying between the two.
    */
   private writeSlots(t: GadgetTask, values: Partial<Record<Slot, bigint>>): void {
-    const at = this.base + blockOf(t) * BLOCK + DATA_AT;
+    const at = this.base + this.blockOf(t) * BLOCK + DATA_AT;
     const given = SLOTS.map((s) => values[s]);
     for (let i = 0; i < given.length;) {
       if (given[i] === undefined) {
@@ -296,15 +330,18 @@ export class Gadget {
 
   /** Point a task's block home: its resume registers (`home`, made from `found`) and its own signal mask. */
   arm(t: GadgetTask, home: Regs, found: Regs, mask: bigint): void {
-    const b = blockOf(t);
+    let b = t.pid === t.tgid ? 0 : this.holders.findIndex((h, k) => k > 0 && h?.pid === t.pid);
+    if (b < 0) b = this.holders.findIndex((h, k) => k > 0 && !h);
+    if (b < 0) b = this.armedAt.reduce((old, at, k) => (k > 0 && at < this.armedAt[old] ? k : old), 1);
     const other = this.holders[b];
     if (other && other.pid !== t.pid) other.disarm();
     this.holders[b] = t;
+    this.armedAt[b] = ++this.arms;
     const v: Partial<Record<Slot, bigint>> = { mask };
     for (const [s] of RESTORED) v[s] = home.get(s);
     v.rip = home.get('rip');
     Object.assign(v, { foundRip: found.get('rip'), foundRax: found.get('rax'), foundOrig: found.get('orig_rax') });
-    if (blockOf(t) === 0) Object.assign(v, { scratch: BigInt(this.scratch), scratchLen: BigInt(this.scratchLen) });
+    if (b === 0) Object.assign(v, { scratch: BigInt(this.scratch), scratchLen: BigInt(this.scratchLen) });
     this.writeSlots(t, v);
   }
 
@@ -321,8 +358,8 @@ export class Gadget {
 
   /** The task no longer points into its block. */
   release(t: GadgetTask): void {
-    const b = blockOf(t);
-    if (this.holders[b]?.pid === t.pid) this.holders[b] = undefined;
+    const b = this.holders.findIndex((h) => h?.pid === t.pid);
+    if (b >= 0) this.holders[b] = undefined;
   }
 
   /** Every task out of the gadget, then the padding put back. */

@@ -4,7 +4,8 @@
 // all, in a target's main thread one round trip (two to four ptrace stops)
 // where each kind's own calls took one or two each.
 import { Remote } from './remote';
-import type { Tracee } from './tracee';
+import { Tracee } from './tracee';
+import { Gadget } from './gadget';
 import { StasisError, SyscallError } from '../sys/errno';
 
 type Args = Array<number | bigint>;
@@ -98,7 +99,7 @@ export class Queries {
   /**
    * Make every planned call, then hand each its answer: the main thread's
    * in one batch; other threads', which cannot run batches (Remote.batch),
-   * call by call.
+   * call by call, a few threads' k-th calls at once (Tracee.injectTogether).
    */
   run(): void {
     const { remote, planned } = this.root;
@@ -115,9 +116,15 @@ export class Queries {
     const mine = byTask.get(remote) ?? [];
     byTask.delete(remote);
     remote.batchRaw(mine).forEach((r, k) => raw.set(mine[k], r));
-    // Another thread's block in the gadget serves one thread at a time (gadget.ts).
-    for (const calls of byTask.values()) {
-      for (const p of calls) raw.set(p, Number(p.remote.task.injectRaw(p.nr, p.args)));
+    // Other threads call by call, as many at once as the gadget has blocks for them.
+    const others = [...byTask.values()];
+    const together = others.length > 1 && remote.task.injectsSafely ? Math.max(1, Gadget.existing(remote.task.tgid)?.otherBlocks ?? 1) : 1;
+    for (let g = 0; g < others.length; g += together) {
+      const group = others.slice(g, g + together);
+      for (let k = 0; group.some((calls) => k < calls.length); k++) {
+        const now = group.filter((calls) => k < calls.length).map((calls) => calls[k]);
+        Tracee.injectTogether(now.map((p) => ({ task: p.remote.task, nr: p.nr, args: p.args }))).forEach((r, i) => raw.set(now[i], Number(r)));
+      }
     }
     const mem = used ? remote.read(remote.scratch, used) : Buffer.alloc(0);
     for (const p of planned) p.answer.set(raw.get(p)!, p.len ? mem.subarray(p.at - remote.scratch, p.at - remote.scratch + p.len) : Buffer.alloc(0));

@@ -379,6 +379,17 @@ export class Tracee {
    * once the way home would unblock them; the task waits in syscall stops.
    */
   private injectSafely(nr: number, args: Array<number | bigint>): bigint {
+    this.startSafely(nr, args);
+    this.passEntry(nr);
+    return this.finishSafely(nr);
+  }
+
+  /**
+   * injectSafely in three steps, for calls in several threads at once
+   * (injectTogether): the call set up and let go to its syscall-entry
+   * stop; that stop taken and the call let run; its exit stop and result.
+   */
+  private startSafely(nr: number, args: Array<number | bigint>): void {
     const g = this.armGadget();
     const r = this.home!.clone();
     r.set('rip', g.entry(this.gadgetTask()));
@@ -387,11 +398,56 @@ export class Tracee {
     SYSCALL_ARGS.forEach((name, i) => r.set(name, BigInt(args[i] ?? 0)));
     this.setRegs(r);
     this.holdSignals();
-    for (const stop of ['entry', 'exit']) {
-      ptrace(PTRACE.SYSCALL, this.pid, 0, 0, 'SYSCALL');
-      this.waitStop(`the ${stop} of injected syscall ${nr}`, SYSCALL_STOP, PTRACE.SYSCALL);
-    }
+    ptrace(PTRACE.SYSCALL, this.pid, 0, 0, 'SYSCALL');
+  }
+
+  private passEntry(nr: number): void {
+    this.waitStop(`the entry of injected syscall ${nr}`, SYSCALL_STOP, PTRACE.SYSCALL);
+    ptrace(PTRACE.SYSCALL, this.pid, 0, 0, 'SYSCALL');
+  }
+
+  private finishSafely(nr: number): bigint {
+    this.waitStop(`the exit of injected syscall ${nr}`, SYSCALL_STOP, PTRACE.SYSCALL);
     return this.getRegs().signed('rax');
+  }
+
+  /**
+   * One system call in each of several threads (other than the main one)
+   * of one target, their round trips overlapping: each thread's two stops
+   * and wake-ups come while stasis sets up the next thread's call, not one
+   * after another. Each thread holds a gadget block of its own meanwhile,
+   * so at most Gadget.otherBlocks threads at once (the caller's share).
+   * Raw results, in order. On a failure every other thread let go is
+   * waited for before it is thrown (the one that failed is left to detach).
+   */
+  static injectTogether(calls: Array<{ task: Tracee; nr: number; args: Array<number | bigint> }>): bigint[] {
+    if (calls.length < 2 || calls.some((c) => !c.task.safe || c.task.wentHome || c.task.pid === c.task.tgid) || signalAtInjection) {
+      return calls.map((c) => c.task.injectRaw(c.nr, c.args));
+    }
+    // How far each call got: 1 let go to its entry stop, 2 let go from it to its exit stop.
+    const phase = calls.map(() => 0);
+    let at = -1;
+    const step = (done: number, f: (c: (typeof calls)[number]) => void) => calls.forEach((c, i) => {
+      at = i;
+      f(c);
+      phase[i] = done;
+    });
+    try {
+      step(1, (c) => c.task.startSafely(c.nr, c.args));
+      step(2, (c) => c.task.passEntry(c.nr));
+      const out: bigint[] = [];
+      step(3, (c) => out.push(c.task.finishSafely(c.nr)));
+      return out;
+    } catch (e) {
+      calls.forEach((c, i) => {
+        if (i === at) return;
+        try {
+          if (phase[i] === 1) c.task.passEntry(c.nr);
+          if (phase[i] === 1 || phase[i] === 2) c.task.finishSafely(c.nr);
+        } catch { /* gone or failed: detach sees to it */ }
+      });
+      throw e;
+    }
   }
 
   /** The task's gadget block, pointing home with its registers and its own mask. */
