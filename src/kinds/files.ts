@@ -114,9 +114,12 @@ export function restoreFds(remote: Remote, fds: ImageFd[], ctx: RestoreContext):
       continue;
     }
     if (f.sharedWith) {
-      const pidfd = remote.call('pidfd_open', SYS.pidfd_open, [f.sharedWith.pid, 0], where);
-      const got = remote.call('pidfd_getfd', SYS.pidfd_getfd, [pidfd, f.sharedWith.fd, 0], `${where} from pid ${f.sharedWith.pid}`);
-      remote.call('close', SYS.close, [pidfd]);
+      // One batch: the pidfd, the fd taken through it, the pidfd closed.
+      const [, got] = remote.batch([
+        { name: 'pidfd_open', nr: SYS.pidfd_open, args: [f.sharedWith.pid, 0], where },
+        { name: 'pidfd_getfd', nr: SYS.pidfd_getfd, args: [{ result: 0 }, f.sharedWith.fd, 0], where: `${where} from pid ${f.sharedWith.pid}` },
+        { name: 'close', nr: SYS.close, args: [{ result: 0 }], where },
+      ]);
       place(remote, got, f.fd, f.cloexec, where);
       continue;
     }

@@ -11,11 +11,16 @@ export const MAP_SHARED = 1, MAP_PRIVATE = 2, MAP_FIXED = 0x10, MAP_ANONYMOUS = 
 export const MAP_GROWSDOWN = 0x100, MAP_NORESERVE = 0x4000, MAP_FIXED_NOREPLACE = 0x100000;
 export const AT_FDCWD = -100;
 
+/** An argument that is the result of an earlier call of the same batch (say, the fd it opened). */
+export interface ResultOf {
+  result: number;
+}
+
 /** One system call of a batch, with what it is about (for errors). */
 export interface BatchCall {
   name: string;
   nr: number;
-  args: Array<number | bigint>;
+  args: Array<number | bigint | ResultOf>;
   where?: string;
 }
 
@@ -27,6 +32,9 @@ const SAFE_TAIL_BYTES = 5 + 9 + 7 * 10 + 2 + 10 + 2;
 const SAFE_BATCH_WAIT_S = Number(process.env.STASIS_TEST_BATCH_WAIT_S) || 2;
 const SYS_SELECT = 23, EACCES = 13;
 const ARG_REG_MOVABS = [[0x48, 0xbf], [0x48, 0xbe], [0x48, 0xba], [0x49, 0xba], [0x49, 0xb8], [0x49, 0xb9]];
+/** mov reg, [reg] for each argument register: an earlier result loaded through its address. */
+const ARG_REG_LOAD = [[0x48, 0x8b, 0x3f], [0x48, 0x8b, 0x36], [0x48, 0x8b, 0x12], [0x4d, 0x8b, 0x12], [0x4d, 0x8b, 0x00], [0x4d, 0x8b, 0x09]];
+const isRef = (a: number | bigint | ResultOf | undefined): a is ResultOf => typeof a === 'object';
 const MOV_RAX = [0x48, 0xb8];
 
 export class Remote {
@@ -76,11 +84,15 @@ export class Remote {
   batchRaw(calls: BatchCall[]): number[] {
     const safe = this.task.injectsSafely;
     const area = safe ? (this.task.pid === this.task.tgid ? this.safeBatchArea : 0) : this.batchArea;
-    if (!area || calls.length < 2) return calls.map((c) => Number(this.task.injectRaw(c.nr, c.args)));
+    if (!area || calls.length < 2) {
+      const out: number[] = [];
+      for (const c of calls) out.push(Number(this.task.injectRaw(c.nr, c.args.map((a) => (isRef(a) ? out[a.result] : a)))));
+      return out;
+    }
     const out: number[] = [];
     for (let i = 0; i < calls.length; i += this.perRun) {
       const part = calls.slice(i, i + this.perRun);
-      const { code, at, done, end } = this.batchCode(part, area);
+      const { code, at, done, end } = this.batchCode(part, area, i);
       // The code and its data are in place before the task points at them.
       this.task.writeMem(area, code);
       if (!safe) this.task.runUntilTrap(area, `a batch of ${part.length} system calls`);
@@ -121,7 +133,7 @@ export class Remote {
     const last = calls.length - (calls.length % this.perRun || this.perRun);
     const first = last ? this.batch(calls.slice(0, last)) : [];
     const part = calls.slice(last);
-    const { code, at } = this.batchCode(part, this.batchArea);
+    const { code, at } = this.batchCode(part, this.batchArea, last);
     this.task.writeMem(this.batchArea, code);
     const finish = this.task.startUntilTrap(this.batchArea);
     return () => {
@@ -143,9 +155,11 @@ export class Remote {
    * restart block (a futex or nanosleep with a timeout would replace the
    * one of the call the task was stopped in).
    */
-  private batchCode(part: BatchCall[], area: number): { code: Buffer; at: number; done: number; end: number } {
+  private batchCode(part: BatchCall[], area: number, first: number): { code: Buffer; at: number; done: number; end: number } {
     const safe = this.task.injectsSafely;
-    const length = part.length * BATCH_CALL_BYTES + (safe ? SAFE_TAIL_BYTES : 1);
+    let refs = 0;
+    for (const c of part) for (const a of c.args) if (isRef(a)) refs++;
+    const length = part.length * BATCH_CALL_BYTES + refs * ARG_REG_LOAD[0].length + (safe ? SAFE_TAIL_BYTES : 1);
     const at = Math.ceil((area + length) / 8) * 8;
     const done = at + part.length * 8;
     const timeout = done + 8;
@@ -163,13 +177,24 @@ export class Remote {
       writeU64(code, o, v);
       o += 8;
     };
-    const syscall = (nr: number | bigint, args: ReadonlyArray<number | bigint>) => {
+    const syscall = (nr: number | bigint, args: ReadonlyArray<number | bigint | ResultOf>, index: number) => {
       movabs(MOV_RAX, nr);
-      for (let a = 0; a < ARG_REG_MOVABS.length; a++) movabs(ARG_REG_MOVABS[a], args[a] ?? 0);
+      for (let a = 0; a < ARG_REG_MOVABS.length; a++) {
+        const v = args[a];
+        if (!isRef(v)) {
+          movabs(ARG_REG_MOVABS[a], v ?? 0);
+          continue;
+        }
+        // The address of that call's result slot, then the result itself.
+        const k = v.result - first;
+        if (k < 0 || k >= index) throw new StasisError(`pid ${this.pid}: a batched call refers to the result of call ${v.result}, not an earlier one of its run (a bug in stasis)`);
+        movabs(ARG_REG_MOVABS[a], at + k * 8);
+        for (const b of ARG_REG_LOAD[a]) code[o++] = b;
+      }
       op(0x0f, 0x05);
     };
     part.forEach((c, k) => {
-      syscall(c.nr, c.args);
+      syscall(c.nr, c.args, k);
       movabs([0x48, 0xa3], at + k * 8); // mov [results + k*8], rax
     });
     if (!safe) {
@@ -178,7 +203,7 @@ export class Remote {
     }
     op(0xb8, 1, 0, 0, 0); // mov eax, 1
     movabs([0xa3], done); // mov [done], eax
-    syscall(SYS_SELECT, [0, 0, 0, 0, timeout, 0]);
+    syscall(SYS_SELECT, [0, 0, 0, 0, timeout, 0], part.length);
     movabs(MOV_RAX, this.task.wayHome()); // mov rax, home
     op(0xff, 0xe0); // jmp rax
     writeU64(code, timeout - area, SAFE_BATCH_WAIT_S);
