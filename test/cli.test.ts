@@ -429,3 +429,27 @@ test('a command\'s code cache is used while only its owner may write it; one oth
   assert.notEqual(after.ino, before.ino, 'compiled afresh and written anew');
   assert.equal(after.mode & 0o777, 0o644);
 });
+
+// A restart with --verify also runs the checkpoint's code: learned into the
+// plain restart's cache it would make every later restart read more.
+test('a restart with --verify learns into a code cache of its own, not the plain restart\'s', async () => {
+  const prog = build('counter');
+  const dir = tmpdir('cache-verify');
+  const out = path.join(dir, 'out'), img = path.join(dir, 'image');
+  const pid = procs.start(prog, [], out);
+  await waitFor(out, /^counter: 2$/m);
+  const r = await cli(['checkpoint', String(pid), '-o', img]);
+  assert.equal(r.code, 0, r.stderr);
+  const cacheOf = (part: string) => path.join(ROOT, 'dist', '.compile-cache', `v8-${process.versions.v8}-${process.arch}-${part}.bin`);
+  const restart = async (extra: string[]) => {
+    const res = await cli(['restart', '-d', ...extra, img]);
+    assert.equal(res.code, 0, res.stderr);
+    procs.add(Number(res.stdout.trim()));
+  };
+  await restart([]); // learns, if it had not yet
+  const plain = fs.statSync(cacheOf('restart'));
+  await restart(['--verify']);
+  await restart(['--verify']);
+  assert.equal(fs.statSync(cacheOf('restart')).ino, plain.ino, 'the plain restart\'s cache is left as it was');
+  assert.ok(fs.statSync(cacheOf('restart-verify')).size > plain.size, 'the verifying restart\'s cache holds more than the plain one');
+});
