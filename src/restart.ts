@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import { readMaps, readStat, readStatus } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, AT_FDCWD } from './ptrace/remote';
+import { Queries } from './ptrace/queries';
 import { spawnBlank, BLANK_SYSCALL } from './ptrace/blank';
 import { nsInitCode } from './ptrace/nsinit';
 import { loadImage, LoadedImage } from './image/load';
@@ -15,7 +16,7 @@ import { mapVmas, fillPages, writePages, finishVmas, findGap, checkFileIdentity,
 import { restoreMergeAny, restoreLockFuture } from './kinds/mmpolicy';
 import { moveVdso, specialVmas } from './kinds/vdso';
 import { restoreCpu, restoreXcompPerm } from './kinds/registers';
-import { restoreSigactions, restoreSignalState, restoreAltstack, blockAllSignals, restoreBlocked, consumeStopNotice, enterGroupStop, releaseStopped } from './kinds/signals';
+import { restoreSigactions, restoreSignalState, altstackCalls, blockAllSignals, restoreBlocked, consumeStopNotice, enterGroupStop, releaseStopped } from './kinds/signals';
 import { restoreTimers } from './kinds/timers';
 import { PipeKeeper } from './kinds/pipes';
 import { MqueueKeeper } from './kinds/mqueue';
@@ -30,12 +31,12 @@ import { restoreFdOwners } from './kinds/fdowner';
 import { sharingFlags } from './kinds/sharing';
 import { imageTaskIds, refuseProcFilesUnderNewPids, refusePidfdsUnderNewPids, refuseDeadPidfdsInNewPidNs } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
-import { restoreProcessAttrs, restoreThreadAttrs, checkCreds, checkFilePrivilege } from './kinds/process';
+import { restoreProcessAttrs, threadAttrCalls, checkCreds, checkFilePrivilege } from './kinds/process';
 import { verifyTree } from './verify';
 import { restoreCredsAndCaps } from './kinds/caps';
-import { restoreSched, restoreTimerSlack } from './kinds/sched';
-import { restoreMempolicy } from './kinds/mempolicy';
-import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds } from './kinds/prctl';
+import { restoreSched, timerSlackCalls } from './kinds/sched';
+import { restoreMempolicy, dumpMempolicy } from './kinds/mempolicy';
+import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds, dumpThreadPrctl } from './kinds/prctl';
 import { checkCgroups, restoreCgroups, unifiedHome } from './kinds/cgroups';
 import { RestartHold } from './ptrace/hold';
 import { TtyKeeper, acquireTerminal, restoreForeground } from './kinds/tty';
@@ -349,15 +350,19 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   blockAllSignals(r.threads);
   p.threads.forEach((th, i) => {
     const tr = remote.withTask(r.threads[i]);
-    restoreThreadAttrs(tr, th);
-    if (i > 0) {
-      tr.reset();
-      tr.call('prctl', SYS.prctl, [PR_SET_NAME, tr.putString(th.comm)], 'thread name');
-    }
-    restoreAltstack(tr, th.signals);
-    restoreTimerSlack(tr, th.sched);
-    restoreMempolicy(tr, th.mempolicy);
-    restoreThreadPrctl(tr, th.prctl);
+    // What is only set, in one batch; then what is set where it differs, asked in one run.
+    tr.reset();
+    tr.batch([
+      ...threadAttrCalls(th),
+      ...(i > 0 ? [{ name: 'prctl', nr: SYS.prctl, args: [PR_SET_NAME, tr.putString(th.comm)], where: 'thread name' }] : []),
+      ...altstackCalls(tr, th.signals),
+      ...timerSlackCalls(tr, th.sched),
+    ]);
+    const q = new Queries(tr);
+    const policyNow = dumpMempolicy(q), prctlNow = dumpThreadPrctl(q);
+    q.run();
+    restoreMempolicy(tr, th.mempolicy, policyNow());
+    restoreThreadPrctl(tr, th.prctl, prctlNow());
     restoreCredsAndCaps(tr, p.creds, th.caps);
     restoreThreadPrctlAfterCreds(tr, th.prctl);
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);

@@ -29,8 +29,8 @@ export function dumpMempolicy(q: Queries): () => MempolicyState {
   };
 }
 
-export function restoreMempolicy(remote: Remote, s: MempolicyState): void {
-  const now = askNow(remote, dumpMempolicy);
+/** `now`: the thread's policy as it is (asked here if not given). */
+export function restoreMempolicy(remote: Remote, s: MempolicyState, now = askNow(remote, dumpMempolicy)): void {
   if (now.mode === s.mode && now.nodes === s.nodes) return;
   remote.reset();
   const m = Buffer.alloc(MASK_BYTES);

@@ -238,9 +238,9 @@ function threadPrctl(tid: number, [pdeathsig, nnp, tsc, cpuid, mce, ...speculati
 }
 
 /** Before credentials: a loginuid already set can only be changed with CAP_AUDIT_CONTROL. */
-export function restoreThreadPrctl(remote: Remote, s: ThreadPrctlState): void {
+/** `now`: the thread's state as it is (asked here if not given). */
+export function restoreThreadPrctl(remote: Remote, s: ThreadPrctlState, now = askNow(remote, dumpThreadPrctl)): void {
   const who = `pid ${remote.task.tgid} thread ${remote.task.pid}`;
-  const now = askNow(remote, dumpThreadPrctl);
   if (now.personality !== s.personality) remote.call('personality', SYS.personality, [s.personality], `${who}: personality`);
   if (now.loginuid !== s.loginuid) {
     remote.reset();

@@ -6,7 +6,7 @@ import os from 'node:os';
 import { readStatus, readLimits, RLIM_INFINITY } from '../proc';
 import type { ImageCreds, ImageProcess, ImageThread } from '../image/schema';
 import type { CapsState } from './caps';
-import { Remote } from '../ptrace/remote';
+import { Remote, BatchCall } from '../ptrace/remote';
 import { Queries } from '../ptrace/queries';
 import { Tracee } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
@@ -160,10 +160,11 @@ export function dumpThreadAttrs(q: Queries): () => ThreadAttrs {
   };
 }
 
-export function restoreThreadAttrs(remote: Remote, th: ThreadAttrs): void {
-  remote.batch([
+/** The calls that set a thread's rseq, tid address and robust list again (for the thread's setup batch). */
+export function threadAttrCalls(th: ThreadAttrs): BatchCall[] {
+  return [
     ...(th.rseq ? [{ name: 'rseq', nr: SYS.rseq, args: [BigInt(th.rseq.addr), th.rseq.len, 0, th.rseq.sig], where: 'rseq registration' }] : []),
     { name: 'set_tid_address', nr: SYS.set_tid_address, args: [BigInt(th.tidAddress)] },
     ...(BigInt(th.robustList.head) !== 0n ? [{ name: 'set_robust_list', nr: SYS.set_robust_list, args: [BigInt(th.robustList.head), th.robustList.len], where: 'robust futex list' }] : []),
-  ]);
+  ];
 }

@@ -6,7 +6,7 @@
 import { z, lazySchema } from '../image/zod';
 import { check } from '../image/checks';
 import { readStat } from '../proc';
-import { Remote } from '../ptrace/remote';
+import { Remote, BatchCall } from '../ptrace/remote';
 import { Queries } from '../ptrace/queries';
 import { Tracee } from '../ptrace/tracee';
 import { syscall } from '../sys/libc';
@@ -92,10 +92,10 @@ export function dumpSched(q: Queries): () => SchedState {
  * the policy (restoreSched), which keeps it between fair policies and
  * makes it 0 for real-time ones, as the saved value then is.
  */
-export function restoreTimerSlack(remote: Remote, s: SchedState): void {
+export function timerSlackCalls(remote: Remote, s: SchedState): BatchCall[] {
   // Real-time tasks have no slack and ignore PR_SET_TIMERSLACK. Set, not
   // compared: as cheap as asking.
-  if (!isRealtime(s.policy)) remote.call('prctl', NR.prctl, [PR_SET_TIMERSLACK, s.timerSlack], `pid ${remote.task.tgid} thread ${remote.task.pid}: timer slack`);
+  return isRealtime(s.policy) ? [] : [{ name: 'prctl', nr: NR.prctl, args: [PR_SET_TIMERSLACK, s.timerSlack], where: `pid ${remote.task.tgid} thread ${remote.task.pid}: timer slack` }];
 }
 
 /**

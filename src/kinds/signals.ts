@@ -4,7 +4,7 @@
 // its own pending queue and the alternate stack.
 import fs from 'node:fs';
 import { z, lazySchema } from '../image/zod';
-import { Remote } from '../ptrace/remote';
+import { Remote, BatchCall } from '../ptrace/remote';
 import { Queries, Answer } from '../ptrace/queries';
 import { Tracee, STOP_SIGNALS } from '../ptrace/tracee';
 import { SYS } from '../sys/x86';
@@ -75,15 +75,15 @@ export function restoreSigactions(remote: Remote, actions: ImageSigaction[]): vo
   remote.batch(calls);
 }
 
-export function restoreAltstack(remote: Remote, s: ImageSignals): void {
+/** The call that sets the alternate signal stack again, if it had one (its struct put in scratch now). */
+export function altstackCalls(remote: Remote, s: ImageSignals): BatchCall[] {
   const as = s.altstack;
-  if (as.flags & SS_DISABLE) return;
-  remote.reset();
+  if (as.flags & SS_DISABLE) return [];
   const ss = Buffer.alloc(24);
   ss.writeBigUInt64LE(BigInt(as.sp), 0);
   ss.writeInt32LE(as.flags & ~SS_ONSTACK, 8);
   ss.writeBigUInt64LE(BigInt(as.size), 16);
-  remote.call('sigaltstack', SYS.sigaltstack, [remote.putBytes(ss), 0], 'alternate signal stack');
+  return [{ name: 'sigaltstack', nr: SYS.sigaltstack, args: [remote.putBytes(ss), 0], where: 'alternate signal stack' }];
 }
 
 /**
