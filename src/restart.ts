@@ -32,7 +32,6 @@ import { sharingFlags } from './kinds/sharing';
 import { imageTaskIds, refuseProcFilesUnderNewPids, refusePidfdsUnderNewPids, refuseDeadPidfdsInNewPidNs } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, threadAttrCalls, checkCreds, checkFilePrivilege } from './kinds/process';
-import { verifyTree } from './verify';
 import { restoreCredsAndCaps } from './kinds/caps';
 import { restoreSched, timerSlackCalls } from './kinds/sched';
 import { restoreMempolicy, dumpMempolicy } from './kinds/mempolicy';
@@ -664,7 +663,8 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     const running = live.filter((r) => !r.image.stopped);
     if (opts.verify && !running.length) log('verify: every process was restored stopped; nothing read back');
     else if (opts.verify) log('verify: reading the restored tree back');
-    if (opts.verify && running.length) verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, objects: img.objects, startedAt, log });
+    // Required here: a restart without --verify loads none of the checkpoint's code.
+    if (opts.verify && running.length) (require('./verify') as typeof import('./verify')).verifyTree({ processes: running, zombies: img.zombies.map((z) => ({ image: z, pid: host(z.pid) })), pipes: img.pipes, memfds: img.memfds, objects: img.objects, startedAt, log });
     // Let go: detached tasks stay frozen in the hold (or die with the
     // namespace's init, still ours) until one step makes the restart whole.
     log('letting the tree go');
