@@ -14,6 +14,15 @@ import { VmaKind } from '../src/image/schema';
 const procs = new Procs();
 after(() => procs.cleanup());
 
+/** A `counter` started in a fresh directory, once it has counted to `upTo`: its pid, and paths for its output and an image. */
+async function startCounter(tag: string, args: string[] = [], upTo = 1): Promise<{ dir: string; out: string; img: string; pid: number }> {
+  const dir = tmpdir(tag);
+  const out = path.join(dir, 'out'), img = path.join(dir, 'image');
+  const pid = procs.start(build('counter'), args, out);
+  await waitFor(out, new RegExp(`^counter: ${upTo}$`, 'm'));
+  return { dir, out, img, pid };
+}
+
 test('stasis checkpoint PID | stasis restart -d - carries the process over a pipe', async () => {
   const prog = build('counter');
   const dir = tmpdir('pipe');
@@ -35,11 +44,7 @@ test('stasis checkpoint PID | stasis restart -d - carries the process over a pip
 });
 
 test('an image round-trips through stasis show --json', async () => {
-  const prog = build('counter');
-  const dir = tmpdir('show');
-  const out = path.join(dir, 'out'), img = path.join(dir, 'image');
-  const pid = procs.start(prog, [], out);
-  await waitFor(out, /^counter: 1$/m);
+  const { img, pid } = await startCounter('show');
   const ck = await cli(['checkpoint', String(pid), '-o', img]);
   assert.equal(ck.code, 0, ck.stderr);
   const shown = await cli(['show', '--json', img]);
@@ -100,11 +105,7 @@ test('an unsupported fd is refused by name and the target keeps running untraced
 });
 
 test('a truncated or corrupted image is refused before any process exists', async () => {
-  const prog = build('counter');
-  const dir = tmpdir('broken');
-  const out = path.join(dir, 'out'), img = path.join(dir, 'image');
-  const pid = procs.start(prog, [], out);
-  await waitFor(out, /^counter: 1$/m);
+  const { dir, img, pid } = await startCounter('broken');
   assert.equal((await cli(['checkpoint', String(pid), '-o', img])).code, 0);
   const good = fs.readFileSync(img);
   const cases: Array<[string, Buffer, RegExp]> = [
@@ -144,12 +145,8 @@ test('restart refuses an image whose mapped file changed, leaving nothing behind
 });
 
 test('restart in the foreground returns the exit status of the restored process', async () => {
-  const prog = build('counter');
-  const dir = tmpdir('fg');
-  const out = path.join(dir, 'out'), img = path.join(dir, 'image');
   // Room for a slow CLI start (loading zod alone takes 0.1-0.2 s under load) before the counter ends.
-  const pid = procs.start(prog, ['10'], out);
-  await waitFor(out, /^counter: 1$/m);
+  const { out, img, pid } = await startCounter('fg', ['10']);
   const c = await cli(['checkpoint', String(pid), '-o', img, '--kill']);
   assert.equal(c.code, 0, c.stderr);
   await waitGone(pid, procs);
@@ -192,11 +189,8 @@ test('checkpoint refuses to write an image to a terminal and bad arguments', asy
 });
 
 test('restart in the foreground ends with the fatal signal of the restored process', async () => {
-  const prog = build('counter');
-  const dir = tmpdir('fgsig');
-  const out = path.join(dir, 'out'), img = path.join(dir, 'image'), pidfile = path.join(dir, 'pid');
-  const pid = procs.start(prog, [], out);
-  await waitFor(out, /^counter: 1$/m);
+  const { dir, out, img, pid } = await startCounter('fgsig');
+  const pidfile = path.join(dir, 'pid');
   assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
   await waitGone(pid, procs);
   const running = cli(['restart', '--verify', img, '--pidfile', pidfile]);
@@ -380,11 +374,8 @@ test('a missing, unreadable or non-image file is refused in one line, exit 1', a
 });
 
 test('the long forms of every flag work: --output=, --verbose, --detach, --pidfile', async () => {
-  const prog = build('counter');
-  const dir = tmpdir('longflags');
-  const out = path.join(dir, 'out'), img = path.join(dir, 'image'), pidfile = path.join(dir, 'pid');
-  const pid = procs.start(prog, [], out);
-  await waitFor(out, /^counter: 1$/m);
+  const { dir, out, img, pid } = await startCounter('longflags');
+  const pidfile = path.join(dir, 'pid');
   const c = await cli(['checkpoint', `--output=${img}`, '--kill', '--freeze-timeout=30', '--verbose', String(pid)]);
   assert.equal(c.code, 0, c.stderr);
   assert.match(c.stderr, /^\[[\d.]+ ms\] freezing$/m);
@@ -433,11 +424,7 @@ test('a command\'s code cache is used while only its owner may write it; one oth
 // A restart with --verify also runs the checkpoint's code: learned into the
 // plain restart's cache it would make every later restart read more.
 test('a restart with --verify learns into a code cache of its own, not the plain restart\'s', async () => {
-  const prog = build('counter');
-  const dir = tmpdir('cache-verify');
-  const out = path.join(dir, 'out'), img = path.join(dir, 'image');
-  const pid = procs.start(prog, [], out);
-  await waitFor(out, /^counter: 2$/m);
+  const { img, pid } = await startCounter('cache-verify', [], 2);
   const r = await cli(['checkpoint', String(pid), '-o', img]);
   assert.equal(r.code, 0, r.stderr);
   const cacheOf = (part: string) => path.join(ROOT, 'dist', '.compile-cache', `v8-${process.versions.v8}-${process.arch}-${part}.bin`);
