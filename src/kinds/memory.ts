@@ -133,11 +133,16 @@ export function checkFileIdentity(id: FileIdentity, what: string): void {
  * and write for a shared mapping that may become writable).
  */
 export function checkMappedFiles(vmas: ImageVma[], creds: ImageCreds, pid: number): void {
+  // A library is mapped four or five times: each file and way of opening it checked once.
+  const checked = new Set<string>();
   for (const v of vmas) {
     if (v.kind !== 'file') continue;
     const what = `pid ${pid}: mapping at 0x${v.start.toString(16)}`;
-    checkFileIdentity(v.file!, what);
     const mode = v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY;
+    const key = JSON.stringify([v.file, mode]);
+    if (checked.has(key)) continue;
+    checked.add(key);
+    checkFileIdentity(v.file!, what);
     const st = fs.statSync(v.file!.path);
     // A private mapping of a program the process may only execute came from exec(): fine.
     const execOnly = mode === O_RDONLY && (st.mode & (st.uid === creds.uid[3] ? 0o100 : st.gid === creds.gid[3] || creds.groups.includes(st.gid) ? 0o010 : 0o001)) !== 0;
@@ -174,6 +179,7 @@ export function vmaLabel(v: { start: number; end: number }, path: string): strin
 /** Turn /proc VMAs into image VMAs, refusing what cannot be restored. */
 export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, sysv?: SysvShmTable, ghosts?: GhostTable): ImageVma[] {
   const out: ImageVma[] = [];
+  const identities = new Map<string, FileIdentity>();
   for (const v of vmas) {
     const label = vmaLabel(v, v.path);
     refuseMapping({ path: v.path, label, pid, shared: v.shared });
@@ -210,14 +216,16 @@ export function classifyVmas(vmas: Vma[], pid = 0, memfds?: MemfdTable, sysv?: S
       // the same directory stays (glibc's sem_open maps its temporary name):
       // mapped again by that name.
       const at = v.deleted ? ghosts!.linkedName(v)! : v.path;
-      let file: FileIdentity;
+      // A library is mapped four or five times: stat it once.
+      let file = identities.get(at);
       try {
-        file = fileIdentity(at);
+        file ??= fileIdentity(at);
       } catch (e) {
         throw new StasisError(`${label}: cannot stat the mapped file (${(e as NodeJS.ErrnoException).code})`);
       }
+      identities.set(at, file);
       if (file.ino !== v.inode) throw new StasisError(`${label}: the file at ${at} is no longer the mapped one (inode ${v.inode} vs ${file.ino})`);
-      out.push({ ...base, kind: 'file', name: '', file });
+      out.push({ ...base, kind: 'file', name: '', file: { ...file } });
     }
   }
   sysv?.note(pid, out, (v) => vmaLabel(v, v.name));
