@@ -14,14 +14,17 @@ import { VmaKind } from '../src/image/schema';
 const procs = new Procs();
 after(() => procs.cleanup());
 
-/** A `counter` started in a fresh directory, once it has counted to `upTo`: its pid, and paths for its output and an image. */
-async function startCounter(tag: string, args: string[] = [], upTo = 1): Promise<{ dir: string; out: string; img: string; pid: number }> {
+/** test/programs/NAME started in a fresh directory, once its output says `ready`: its pid, and paths for its output and an image. */
+async function startProgram(name: string, tag: string, args: string[], ready: RegExp): Promise<{ dir: string; out: string; img: string; pid: number }> {
   const dir = tmpdir(tag);
   const out = path.join(dir, 'out'), img = path.join(dir, 'image');
-  const pid = procs.start(build('counter'), args, out);
-  await waitFor(out, new RegExp(`^counter: ${upTo}$`, 'm'));
+  const pid = procs.start(build(name), args, out);
+  await waitFor(out, ready);
   return { dir, out, img, pid };
 }
+
+/** A `counter`, once it has counted to `upTo`. */
+const startCounter = (tag: string, args: string[] = [], upTo = 1) => startProgram('counter', tag, args, new RegExp(`^counter: ${upTo}$`, 'm'));
 
 test('stasis checkpoint PID | stasis restart -d - carries the process over a pipe', async () => {
   const prog = build('counter');
@@ -204,11 +207,8 @@ test('restart in the foreground ends with the fatal signal of the restored proce
 });
 
 test('a checkpoint of many records through a pipe keeps every page', async () => {
-  const prog = build('memhog');
-  const dir = tmpdir('bigpipe');
-  const out = path.join(dir, 'out'), pidfile = path.join(dir, 'pid');
-  const pid = procs.start(prog, ['80'], out);
-  await waitFor(out, /^ready$/m);
+  const { dir, out, pid } = await startProgram('memhog', 'bigpipe', ['80'], /^ready$/m);
+  const pidfile = path.join(dir, 'pid');
   // 80 MiB: several Pages records, written by the pipelined writer into a pipe.
   const pipeline = spawn('sh', ['-c', `"${process.execPath}" "${CLI}" checkpoint ${pid} --kill | "${process.execPath}" "${CLI}" restart -d -v --verify --pidfile "${pidfile}" -`], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
@@ -224,11 +224,7 @@ test('a checkpoint of many records through a pipe keeps every page', async () =>
 });
 
 test('without userfaultfd a restart writes large memory the ordinary way, every page intact', async () => {
-  const prog = build('memhog');
-  const dir = tmpdir('no-uffd');
-  const out = path.join(dir, 'out'), img = path.join(dir, 'img');
-  const pid = procs.start(prog, ['48'], out);
-  await waitFor(out, /^ready$/m);
+  const { out, img, pid } = await startProgram('memhog', 'no-uffd', ['48'], /^ready$/m);
   assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
   await waitGone(pid, procs);
   // As where a seccomp filter or the kernel refuses userfaultfd: populated ahead, then process_vm_writev.
@@ -241,10 +237,7 @@ test('without userfaultfd a restart writes large memory the ordinary way, every 
 });
 
 test('a lone process whose pid is in use is restored under another, and restart -d says so on stderr', async () => {
-  const dir = tmpdir('moved');
-  const out = path.join(dir, 'out'), img = path.join(dir, 'img');
-  const pid = procs.start(build('memhog'), ['1'], out);
-  await waitFor(out, /^ready$/m);
+  const { img, pid } = await startProgram('memhog', 'moved', ['1'], /^ready$/m);
   assert.equal((await cli(['checkpoint', String(pid), '-o', img])).code, 0);
   const r = await cli(['restart', '-d', img]);
   assert.equal(r.code, 0, r.stderr);
