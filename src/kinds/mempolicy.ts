@@ -3,7 +3,7 @@
 // Policies of single mappings (mbind) belong to the VMAs.
 import { z, lazySchema } from '../image/zod';
 import { Remote } from '../ptrace/remote';
-import { Queries, askNow } from '../ptrace/queries';
+import { Queries } from '../ptrace/queries';
 import { StasisError, errnoName } from '../sys/errno';
 
 const NR_set_mempolicy = 238, NR_get_mempolicy = 239;
@@ -29,8 +29,8 @@ export function dumpMempolicy(q: Queries): () => MempolicyState {
   };
 }
 
-/** `now`: the thread's policy as it is (asked here if not given). */
-export function restoreMempolicy(remote: Remote, s: MempolicyState, now = askNow(remote, dumpMempolicy)): void {
+/** `now`: the thread's policy as it is (dumpMempolicy, asked with the thread's other questions). */
+export function restoreMempolicy(remote: Remote, s: MempolicyState, now: MempolicyState): void {
   if (now.mode === s.mode && now.nodes === s.nodes) return;
   remote.reset();
   const m = Buffer.alloc(MASK_BYTES);
