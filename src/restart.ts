@@ -409,7 +409,7 @@ function rebuildMemory(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: 
   mapVmas(remote, fresh, host, keep.memfds, p.ksmMergeAny, keep.ghosts);
   const pages = img.pages.filter((pg) => pg.pid === p.pid);
   dropUnshared(remote, kept, pages.flatMap((pg) => pg.runs));
-  const copied = fillPages(remote, p.vmas, pages, fresh);
+  const copied = fillPages(remote, p.vmas, pages, fresh, img.fileMapped);
   writeInheritedPages(remote, p, img, kept);
   finishVmas(remote, p.vmas);
   const shared = [...kept.values()].reduce((n, x) => n + x.size, 0);

@@ -236,6 +236,24 @@ test('without userfaultfd a restart writes large memory the ordinary way, every 
   await waitFor(out, /^verified$/m);
 });
 
+// A restart from an image file drops each copied page from its mapping of
+// the file (page-copy.ts): read again, a page comes back from the file.
+test('a restart from an image file leaves the file intact: restarted twice, every page of both is right', async () => {
+  const { out, img, pid } = await startProgram('memhog', 'dropped', ['48'], /^ready$/m);
+  assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
+  await waitGone(pid, procs);
+  for (const round of [1, 2]) {
+    const r = await cli(['restart', '-d', '-v', '--verify', img]);
+    assert.equal(r.code, 0, r.stderr);
+    const m = /(\d+) bytes of pages written \((\d+) by UFFDIO_COPY\)/.exec(r.stderr);
+    assert.ok(m && Number(m[2]) >= 48 << 20, r.stderr);
+    const restored = procs.add(Number(r.stdout.trim()));
+    process.kill(restored, 'SIGUSR1');
+    await waitFor(out, (text) => text.split('\n').filter((l) => l === 'verified').length === round);
+    await waitGone(restored, procs);
+  }
+});
+
 test('a lone process whose pid is in use is restored under another, and restart -d says so on stderr', async () => {
   const { img, pid } = await startProgram('memhog', 'moved', ['1'], /^ready$/m);
   assert.equal((await cli(['checkpoint', String(pid), '-o', img])).code, 0);

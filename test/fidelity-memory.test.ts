@@ -128,6 +128,34 @@ async function vmflagsRoundTrip(args: string[]): Promise<void> {
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
 }
 
+// Large memory goes in by UFFDIO_COPY, which drops each copied page from a
+// mapped image file (read again, it comes back from the file), never from
+// an image read into memory (dropped there, it would read back as zeros).
+test('one loaded image restarts twice, mapped from its file and read from an fd: every page right each time', async () => {
+  const { pid, dir, out } = await startReady('memhog', ['8']);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  let verified = 0;
+  for (const how of ['mapped', 'read'] as const) {
+    const fd = how === 'read' ? fs.openSync(img, 'r') : undefined;
+    const loaded = loadImage(fd ?? img);
+    try {
+      for (let round = 0; round < 2; round++) {
+        const r = restartSync(loaded);
+        procs.add(r.pid);
+        process.kill(r.pid, 'SIGUSR1');
+        assert.deepEqual(await r.wait(), { code: 0, signal: null }, `${how}, restart ${round + 1}`);
+        verified++;
+        assert.equal(fs.readFileSync(out, 'utf8').split('\n').filter((l) => l === 'verified').length, verified);
+      }
+    } finally {
+      loaded.release();
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+  }
+});
+
 test('VMA flags from madvise, mlock, mmap flags, guard pages and mseal come back identical', async () => {
   await vmflagsRoundTrip([]);
 });

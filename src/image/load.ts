@@ -30,6 +30,11 @@ export interface LoadedImage {
   recordOf: Map<number, number>;
   /** Let go of the mapped image file, once nothing reads the page buffers any more. */
   release(): void;
+  /**
+   * The page buffers are views of a read-only mapping of the image file:
+   * a page dropped from it (MADV_DONTNEED) reads back from the file.
+   */
+  fileMapped: boolean;
 }
 
 /** JSON records larger than this are refused before parsing (Pipes and Memfds carry data). */
@@ -66,10 +71,10 @@ function parseRecord<S extends z.ZodType>(name: CompiledSchema, schema: S, r: Im
 }
 
 /** Parse verified records into a LoadedImage (the records' buffers are not copied). */
-export function parseRecords(records: ImageRecord[], source: string, release: () => void = () => {}): LoadedImage {
+export function parseRecords(records: ImageRecord[], source: string, release?: () => void): LoadedImage {
   const img: LoadedImage = {
     source, processes: [], zombies: [], pipes: [], memfds: [], objects: {}, pages: [], process: undefined as unknown as ImageProcess,
-    recordOf: new Map(), release,
+    recordOf: new Map(), release: release ?? (() => {}), fileMapped: release !== undefined,
   };
   const pagesRecord: number[] = [];
   let sawObjects = false;
@@ -119,7 +124,7 @@ export function loadImage(input: string | number): LoadedImage {
     throw new ImageError(`${source}: cannot open (${(e as NodeJS.ErrnoException).code})`);
   }
   let records: ImageRecord[];
-  let release = () => {};
+  let release: (() => void) | undefined;
   try {
     // A file is mapped rather than read: no copy of the pages, no fresh memory.
     const st = fs.fstatSync(fd);
@@ -141,7 +146,7 @@ export function loadImage(input: string | number): LoadedImage {
   try {
     return parseRecords(records, source, release);
   } catch (e) {
-    release();
+    release?.();
     throw e;
   }
 }

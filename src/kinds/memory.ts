@@ -696,16 +696,17 @@ type PageSet = { runs: PageRun[]; data: Buffer };
  * The saved pages of a process written into it: with UFFDIO_COPY into the
  * private anonymous memory that can take it (copyByUffd), the rest by
  * populateAndWrite. Small amounts are simply written. Returns the bytes
- * UFFDIO_COPY put in.
+ * UFFDIO_COPY put in. `fileMapped`: the page buffers map the image file
+ * (LoadedImage.fileMapped), and may be dropped once copied.
  */
-export function fillPages(remote: Remote, vmas: ImageVma[], pages: PageSet[], fresh: ImageVma[]): number {
+export function fillPages(remote: Remote, vmas: ImageVma[], pages: PageSet[], fresh: ImageVma[], fileMapped = false): number {
   for (const pg of pages) checkRuns(vmas, pg.runs);
   const total = pages.reduce((n, pg) => n + pg.data.length, 0);
   if (total < POPULATE_FROM) {
     for (const pg of pages) remote.task.writev(pg.data, 0, pg.runs);
     return 0;
   }
-  const rest = copyByUffd(remote, fresh, pages);
+  const rest = copyByUffd(remote, fresh, pages, fileMapped);
   populateAndWrite(remote, rest);
   return total - rest.reduce((n, pg) => n + pg.data.length, 0);
 }
@@ -777,7 +778,7 @@ function openUffd(remote: Remote): number | null {
  * which leaves the VMAs as they were. Returns what it did not copy, for
  * the ordinary way; everything if the kernel has no userfaultfd for us.
  */
-function copyByUffd(remote: Remote, fresh: ImageVma[], pages: PageSet[]): PageSet[] {
+function copyByUffd(remote: Remote, fresh: ImageVma[], pages: PageSet[], fileMapped: boolean): PageSet[] {
   const thp = thpSetting();
   const eligible = fresh.filter((v) => v.kind === 'anon' && !v.shared && !v.vmFlags.includes('dp') && smallPagesOnly(v, thp));
   if (!eligible.length) return pages;
@@ -820,7 +821,7 @@ function copyByUffd(remote: Remote, fresh: ImageVma[], pages: PageSet[]): PageSe
         at += r.len;
       }
     }
-    copyPages(uffd, jobs).forEach((done, i) => {
+    copyPages(uffd, jobs, fileMapped).forEach((done, i) => {
       const j = jobs[i];
       if (done < j.len) rest.push({ runs: [{ addr: j.dst + done, len: j.len - done }], data: j.src.subarray(j.off + done, j.off + j.len) });
     });
