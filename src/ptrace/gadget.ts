@@ -77,11 +77,22 @@ export function blockCode(dataAt: number): Buffer {
   return Buffer.from(out);
 }
 
-const CODE_LEN = blockCode(0).length;
-const DATA_AT = (CODE_LEN + 7) & ~7;
-/** The code of a block as placed. */
-const CODE = blockCode(DATA_AT);
-const BLOCK = (DATA_AT + SLOTS.length * 8 + 15) & ~15;
+interface Layout {
+  CODE_LEN: number;
+  DATA_AT: number;
+  /** The code of a block as placed. */
+  CODE: Buffer;
+  BLOCK: number;
+}
+let layoutMemo: Layout | undefined;
+
+/** Made on first use: a restart, which never injects through the gadget, does not pay for it. */
+function layout(): Layout {
+  if (layoutMemo) return layoutMemo;
+  const CODE_LEN = blockCode(0).length;
+  const DATA_AT = (CODE_LEN + 7) & ~7;
+  return layoutMemo = { CODE_LEN, DATA_AT, CODE: blockCode(DATA_AT), BLOCK: (DATA_AT + SLOTS.length * 8 + 15) & ~15 };
+}
 
 /**
  * Registers that resume the task by themselves, as the kernel would have
@@ -161,12 +172,14 @@ const MAX_BLOCKS = 5;
 
 /** How many blocks the padding at the end of a vDSO image holds (at most MAX_BLOCKS; two at least, or 0). */
 function blocksIn(img: Buffer): number {
+  const { BLOCK } = layout();
   const n = Math.min(MAX_BLOCKS, Math.floor((img.length - vdsoContentEnd(img)) / BLOCK));
   return n >= 2 ? n : 0;
 }
 
 /** Whether `pad` (the padding `n` blocks take) holds our code in each: left by a stasis that was killed. */
 function holdsOurBlocks(pad: Buffer, n: number): boolean {
+  const { CODE_LEN, CODE, BLOCK } = layout();
   for (let b = 0; b < n; b++) if (!pad.subarray(b * BLOCK, b * BLOCK + CODE_LEN).equals(CODE)) return false;
   return true;
 }
@@ -191,6 +204,7 @@ export class LeftBehind {
 
   /** The blocks in the padding of `vdso`, or null if there are none. */
   static read(vdso: Range, memFd: number): LeftBehind | null {
+    const { BLOCK, DATA_AT } = layout();
     const img = Buffer.alloc(vdso.end - vdso.start);
     try {
       if (fs.readSync(memFd, img, 0, img.length, vdso.start) !== img.length) return null;
@@ -210,6 +224,7 @@ export class LeftBehind {
    * the scratch area; another for any other thread).
    */
   wayHome(t: { pid: number; tgid: number }, rip: number): WayHome | null {
+    const { BLOCK, CODE_LEN } = layout();
     const main = t.pid === t.tgid;
     const b = main ? 0 : this.data.findIndex((_, k) => k > 0 && rip >= this.base + k * BLOCK && rip < this.base + k * BLOCK + CODE_LEN);
     if (b < 0) return null;
@@ -245,6 +260,7 @@ export class Gadget {
   private arms = 0;
 
   private constructor(tgid: number, base: number, blocks: number) {
+    const { BLOCK } = layout();
     this.tgid = tgid;
     this.base = base;
     this.original = Buffer.alloc(blocks * BLOCK);
@@ -269,6 +285,7 @@ export class Gadget {
 
   /** The process's gadget, placed on first use. */
   static of(t: GadgetTask): Gadget {
+    const { BLOCK, CODE } = layout();
     let g = Gadget.byProcess.get(t.tgid);
     if (g) return g;
     const vdso = t.vdso ?? vdsoOf(t.tgid);
@@ -302,6 +319,7 @@ export class Gadget {
 
   /** Entry point (the syscall instruction) of a task's block. */
   entry(t: GadgetTask): number {
+    const { BLOCK } = layout();
     return this.base + this.blockOf(t) * BLOCK;
   }
 
@@ -312,6 +330,7 @@ export class Gadget {
    * apart, could be left half-changed by a stasis dying between the two.
    */
   private writeSlots(t: GadgetTask, values: Partial<Record<Slot, bigint>>): void {
+    const { BLOCK, DATA_AT } = layout();
     const at = this.base + this.blockOf(t) * BLOCK + DATA_AT;
     const given = SLOTS.map((s) => values[s]);
     for (let i = 0; i < given.length;) {
