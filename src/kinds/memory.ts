@@ -315,11 +315,17 @@ function zeroPfn(): number {
 /** A run of pages to read; `slow` ones go through /proc/pid/mem (see readBatch). */
 export interface ReadRun extends PageRun { slow?: boolean }
 
-function addRun(runs: ReadRun[], addr: number, slow = false): void {
+function addRun(runs: ReadRun[], addr: number, slow = false, len = PAGE_SIZE): void {
   const last = runs[runs.length - 1];
-  if (last && last.addr + last.len === addr && !!last.slow === slow) last.len += PAGE_SIZE;
-  else runs.push(slow ? { addr, len: PAGE_SIZE, slow } : { addr, len: PAGE_SIZE });
+  if (last && last.addr + last.len === addr && !!last.slow === slow) last.len += len;
+  else runs.push(slow ? { addr, len, slow } : { addr, len });
 }
+
+// A page of this process alone, the common case: present (bit 63), not
+// swapped (62), not a file page (61), mapped once (56). No ancestor can
+// share it and it is not the zero page (never mapped "exclusively").
+// Both as int32, as `&` gives them.
+const OWN_MASK = 0xe1000000 | 0, OWN_PAGE = 0x81000000 | 0;
 
 /**
  * Pages that exist only in this process's memory, as address runs. With
@@ -351,6 +357,15 @@ export function pagesToSave(pid: number, v: ImageVma, frames?: SavedFrames, ance
   const zero = zeroPfn();
   for (let i = 0; i < pm.length; i++) {
     const hi = halves[2 * i + 1];
+    if ((hi & OWN_MASK) === OWN_PAGE) {
+      // A whole stretch at once: a per-page pass, run by the interpreter
+      // in a fresh command, took ~13 ms for 1 GiB.
+      let j = i + 1;
+      while (j < pm.length && (halves[2 * j + 1] & OWN_MASK) === OWN_PAGE) j++;
+      addRun(runs, v.start + i * PAGE_SIZE, false, (j - i) * PAGE_SIZE);
+      i = j - 1;
+      continue;
+    }
     const present = hi >>> 31;
     const swapped = (hi >>> 30) & 1;
     const filePage = (hi >>> 29) & 1;
