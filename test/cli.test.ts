@@ -282,6 +282,34 @@ function exitLines(help: string): string[] {
   return help.slice(help.indexOf('exit status:')).split('\n').filter((l) => /^  (\d+|128\+N) /.test(l)).map((l) => l.trim());
 }
 
+// bin/stasis run as users run it, through its #! line (cli() runs it with
+// node): it starts node without NODE_EXTRA_CA_CERTS, whose certificates
+// node would otherwise read at start-up. A file that is not there makes
+// node warn on stderr, so the warning shows whether it was read.
+test('bin/stasis, run through its #! line, starts node without NODE_EXTRA_CA_CERTS and passes every argument', async () => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8'));
+  const run = (args: string[]) => new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+    const child = spawn(CLI, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_EXTRA_CA_CERTS: '/nonexistent/ca.pem' } });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+  assert.deepEqual(await run(['--version']), { code: 0, stdout: `stasis ${pkg.version}\n`, stderr: '' });
+  // An argument with a space and one that looks like an option of sh's stay as given.
+  const r = await run(['show', '/nonexistent/an image', '-c']);
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /^stasis show: unknown option -c\n/);
+  const node = await new Promise<string>((resolve) => {
+    const child = spawn(process.execPath, ['-e', '0'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, NODE_EXTRA_CA_CERTS: '/nonexistent/ca.pem' } });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', () => resolve(stderr));
+  });
+  assert.match(node, /extra certs/, 'node itself reads NODE_EXTRA_CA_CERTS (else this test shows nothing)');
+});
+
 test('stasis --version and --help; COMMAND --help for every command and alias', async () => {
   const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8'));
   for (const v of ['--version', '-V']) {
