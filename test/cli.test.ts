@@ -23,6 +23,12 @@ async function startProgram(name: string, tag: string, args: string[], ready: Re
   return { dir, out, img, pid };
 }
 
+/** `stasis checkpoint PID -o IMG --kill`, which must succeed, and PID gone. */
+async function checkpointKilled(pid: number, img: string): Promise<void> {
+  assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
+  await waitGone(pid, procs);
+}
+
 /** A `counter`, once it has counted to `upTo`. */
 const startCounter = (tag: string, args: string[] = [], upTo = 1) => startProgram('counter', tag, args, new RegExp(`^counter: ${upTo}$`, 'm'));
 
@@ -139,8 +145,7 @@ test('restart refuses an image whose mapped file changed, leaving nothing behind
   const out = path.join(dir, 'out'), img = path.join(dir, 'image');
   const pid = procs.start(prog, [], out);
   await waitFor(out, /^counter: 1$/m);
-  assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
-  await waitGone(pid, procs);
+  await checkpointKilled(pid, img);
   fs.appendFileSync(prog, 'x');
   const children = listChildren(process.pid);
   assert.throws(() => restartVerified(img), new RegExp(`${prog} changed since the checkpoint`));
@@ -194,8 +199,7 @@ test('checkpoint refuses to write an image to a terminal and bad arguments', asy
 test('restart in the foreground ends with the fatal signal of the restored process', async () => {
   const { dir, out, img, pid } = await startCounter('fgsig');
   const pidfile = path.join(dir, 'pid');
-  assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
-  await waitGone(pid, procs);
+  await checkpointKilled(pid, img);
   const running = cli(['restart', '--verify', img, '--pidfile', pidfile]);
   await waitFor(pidfile, /^\d+\n$/);
   const restored = procs.add(Number(fs.readFileSync(pidfile, 'utf8')));
@@ -225,8 +229,7 @@ test('a checkpoint of many records through a pipe keeps every page', async () =>
 
 test('without userfaultfd a restart writes large memory the ordinary way, every page intact', async () => {
   const { out, img, pid } = await startProgram('memhog', 'no-uffd', ['48'], /^ready$/m);
-  assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
-  await waitGone(pid, procs);
+  await checkpointKilled(pid, img);
   // As where a seccomp filter or the kernel refuses userfaultfd: populated ahead, then process_vm_writev.
   const r = await cli(['restart', '-d', '-v', '--verify', img], { env: { STASIS_TEST_NO_UFFD: '1' } });
   assert.equal(r.code, 0, r.stderr);
@@ -240,8 +243,7 @@ test('without userfaultfd a restart writes large memory the ordinary way, every 
 // the file (page-copy.ts): read again, a page comes back from the file.
 test('a restart from an image file leaves the file intact: restarted twice, every page of both is right', async () => {
   const { out, img, pid } = await startProgram('memhog', 'dropped', ['48'], /^ready$/m);
-  assert.equal((await cli(['checkpoint', String(pid), '-o', img, '--kill'])).code, 0);
-  await waitGone(pid, procs);
+  await checkpointKilled(pid, img);
   for (const round of [1, 2]) {
     const r = await cli(['restart', '-d', '-v', '--verify', img]);
     assert.equal(r.code, 0, r.stderr);
