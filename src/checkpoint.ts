@@ -230,9 +230,9 @@ export function dumpProcess(s: Survey, children: ReturnType<typeof childrenOf> =
   remote.mapScratch(4 * PAGE_SIZE + Math.ceil(s.proc.threads.length * 256 / PAGE_SIZE) * PAGE_SIZE, 0, 4 * PAGE_SIZE);
   try {
     const lockFuture = dumpLockFuture(remote, lockedBefore);
-    refuseMempolicy(remote, s.vmas);
     // Every kind's questions to the process and its threads in one run (Queries).
     const q = new Queries(remote);
+    const mempolicies = refuseMempolicy(q, s.vmas);
     const sigactions = dumpSigactions(q);
     const xcompPerm = dumpXcompPerm(q);
     const mm = dumpMm(q);
@@ -243,6 +243,7 @@ export function dumpProcess(s: Survey, children: ReturnType<typeof childrenOf> =
     const fds = dumpFdOwners(q, s.fds);
     const threadsLater = s.proc.threads.map((t) => dumpThread(t === main ? q : q.of(t), pid));
     q.run();
+    mempolicies();
     if (continued()) {
       throw new UnsupportedError(`pid ${pid}: its child ${continued()} was continued (SIGCONT) after a stop, and it has not taken that report (a wait with WCONTINUED): a restart cannot make it again; not supported: checkpoint once the parent has waited for it`);
     }

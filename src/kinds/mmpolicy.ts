@@ -6,6 +6,7 @@ import { z, lazySchema } from '../image/zod';
 import { readVmas } from '../proc';
 import { ImageVma } from '../image/schema';
 import { Remote } from '../ptrace/remote';
+import { Queries } from '../ptrace/queries';
 import { SYS } from '../sys/x86';
 import { UnsupportedError, StasisError } from '../sys/errno';
 import { vmaLabel } from './memory';
@@ -74,9 +75,7 @@ const MPOL_NAMES = ['default', 'preferred', 'bind', 'interleave', 'local', 'pref
 /**
  * /proc/PID/numa_maps names each VMA's policy, or the task's where the VMA
  * has none (the kernel keeps no VMA policy "default": mbind to it removes
- * the policy). All "default" thus means no VMA has a policy, read without
- * an injected call per VMA (two ptrace stops each, about 0.2 ms here).
- * Anything else, or no file (a kernel without NUMA), asks VMA by VMA.
+ * the policy). All "default" thus means no VMA has a policy.
  */
 function noVmaPolicy(pid: number): boolean {
   let text: string;
@@ -90,31 +89,41 @@ function noVmaPolicy(pid: number): boolean {
 }
 
 /**
+ * Whether asking each VMA's policy costs less than reading numa_maps,
+ * which walks every page table the process has filled (~5 ms per GiB
+ * resident); a call planned in the batch costs ~10 µs, mostly writing its
+ * code in V8's interpreter. So: a few VMAs, or up to 512 per GiB resident.
+ */
+function askEach(pid: number, vmas: number): boolean {
+  if (vmas <= 64) return true;
+  let rssPages = 0;
+  try {
+    rssPages = Number(fs.readFileSync(`/proc/${pid}/statm`, 'latin1').split(' ')[1]) || 0;
+  } catch { /* numa_maps then tells */ }
+  return vmas <= rssPages / 512;
+}
+
+/**
  * NUMA memory policies of VMAs (mbind) are not saved: any policy other
  * than the default is refused by name. get_mempolicy(MPOL_F_ADDR) gives a
- * VMA's own policy (the default when it has none, whatever the task's):
- * one batch of calls for every VMA. Task policies (set_mempolicy) are
+ * VMA's own policy (the default when it has none, whatever the task's),
+ * planned on `q` for every VMA (unless numa_maps says none has one); the
+ * returned check refuses once they ran. Task policies (set_mempolicy) are
  * saved per thread by kinds/mempolicy.
  */
-export function refuseMempolicy(remote: Remote, vmas: ImageVma[]): void {
-  const pid = remote.pid;
-  if (noVmaPolicy(pid)) return;
-  const targets = vmas.filter((v) => v.kind !== 'vvar' && v.kind !== 'vvar_vclock')
-    .map((v) => ({ addr: v.start, what: vmaLabel(v, v.file?.path ?? v.name) }));
-  for (let i = 0; i < targets.length; i += 256) {
-    const part = targets.slice(i, i + 256);
-    remote.reset();
-    const modes = remote.alloc(4 * part.length);
-    remote.batch(part.map((t, k) => ({
-      name: 'get_mempolicy', nr: SYS_GET_MEMPOLICY,
-      args: [modes + 4 * k, 0, 0, t.addr, MPOL_F_ADDR], where: `NUMA policy of ${t.what}`,
-    })));
-    const got = remote.task.readMem(modes, 4 * part.length);
-    part.forEach((t, k) => {
-      const mode = got.readInt32LE(4 * k) & ~MPOL_MODE_FLAGS;
+export function refuseMempolicy(q: Queries, vmas: ImageVma[]): () => void {
+  const targets = vmas.filter((v) => v.kind !== 'vvar' && v.kind !== 'vvar_vclock');
+  if (!askEach(q.pid, targets.length) && noVmaPolicy(q.pid)) return () => {};
+  const asked = targets.map((v) => {
+    const what = vmaLabel(v, v.file?.path ?? v.name);
+    return { what, mode: q.ask('get_mempolicy', SYS_GET_MEMPOLICY, (out) => [out, 0, 0, v.start, MPOL_F_ADDR], { out: 4, where: `NUMA policy of ${what}` }) };
+  });
+  return () => {
+    for (const a of asked) {
+      const mode = a.mode.bytes.readInt32LE(0) & ~MPOL_MODE_FLAGS;
       if (mode !== 0) {
-        throw new UnsupportedError(`pid ${pid}: ${t.what} has NUMA memory policy "${MPOL_NAMES[mode] ?? mode}" (set_mempolicy or mbind): not supported; checkpoint it with the default policy`);
+        throw new UnsupportedError(`pid ${q.pid}: ${a.what} has NUMA memory policy "${MPOL_NAMES[mode] ?? mode}" (set_mempolicy or mbind): not supported; checkpoint it with the default policy`);
       }
-    });
-  }
+    }
+  };
 }

@@ -3,6 +3,8 @@
 //   uffd     a range registered with userfaultfd (missing-page mode)
 //   clonevm  a child process made with clone(CLONE_VM): one mm, two processes
 //   mbind    a range with NUMA policy MPOL_BIND to node 0 (mbind)
+//   mbind-many  the same among 100 more small mappings (then numa_maps
+//            is read first, not each VMA asked)
 //   mempolicy  the task's NUMA policy MPOL_PREFERRED node 0 (set_mempolicy)
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,8 +43,13 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "clonevm")) {
         char *stack = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (clone(sleeper, stack + (1 << 16), CLONE_VM | SIGCHLD, NULL) < 0) { say("FAIL: clone\n"); return 2; }
-    } else if (!strcmp(mode, "mbind")) {
+    } else if (!strcmp(mode, "mbind") || !strcmp(mode, "mbind-many")) {
         unsigned long node0 = 1;
+        // Alternating protections: 100 VMAs that cannot merge.
+        for (int i = 0; mode[5] && i < 100; i++) {
+            char *q = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (q == MAP_FAILED || mprotect(q + 4096, 4096, PROT_READ)) { say("FAIL: mmap\n"); return 2; }
+        }
         void *p = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (syscall(SYS_mbind, p, 1 << 16, 2 /* MPOL_BIND */, &node0, 2, 0)) { say("FAIL: mbind\n"); return 2; }
     } else if (!strcmp(mode, "mempolicy")) {
