@@ -7,13 +7,13 @@ import { readStat, readVmas } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Queries } from './ptrace/queries';
 import { Remote } from './ptrace/remote';
-import { BackgroundRead } from './sys/background-read';
+import { BackgroundRead, PagemapRead } from './sys/background-read';
 import { FrozenTree, FrozenProcess } from './ptrace/freeze';
 import { refuseBusy } from './ptrace/busy';
 import { FreezeDeadline } from './ptrace/watchdog';
 import { ImageWriter, RecordType, PageRun } from './image/stream';
 import { ImageProcess, ImageThread, ImageVma, ImageFd, ImageZombie } from './image/schema';
-import { classifyVmas, pagesToSave, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, PageBuffers } from './kinds/memory';
+import { classifyVmas, pagesToSave, readPagemapsAhead, dumpPages, dumpPagesSync, linkSharedMemory, SavedFrames, ShmemPages, PageBuffers } from './kinds/memory';
 import { dumpLockFuture, lockedKb, dumpMergeAny, refuseMempolicy } from './kinds/mmpolicy';
 import { specialVmas } from './kinds/vdso';
 import { dumpCpu, dumpXcompPerm } from './kinds/registers';
@@ -320,6 +320,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
   // Read while the tree is surveyed (the read waits for an RCU grace period).
   const procLocks = new BackgroundRead('/proc/locks');
   let kinds: DumpContext | undefined;
+  let ahead = new Map<ImageVma, PagemapRead>();
   try {
     const pipes = new PipeTable();
     const memfds = new MemfdTable();
@@ -335,6 +336,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     refuseForeignProcFiles(surveys.map((x) => ({ pid: x.proc.pid, fds: x.fds })), new Set([...tree.processes.map((p) => p.pid), ...tree.tracees.map((t) => t.pid)]));
     pipes.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external);
     kinds.refuseOutsiders(new Set(tree.processes.map((p) => p.pid)), opts.external ?? []);
+    ahead = readPagemapsAhead(surveys.map((s) => ({ pid: s.proc.pid, vmas: s.vmas })));
     const images = surveys.map((s) => { log(`injecting into pid ${s.proc.pid}`); return dumpProcess(s, childrenOf(surveys, s)); });
     refuseForeignOwners(images);
     // Only a tree can share pages copy-on-write between its processes.
@@ -346,7 +348,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       return set;
     };
     const shmem = new ShmemPages();
-    const runs = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v, frames, ancestorsOf(s.proc.pid), shmem)));
+    const runs = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v, frames, ancestorsOf(s.proc.pid), shmem, ahead.get(v))));
     const pipeData = pipes.collect();
     const memfdData = memfds.collect();
     log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes, ${memfdData.length} memfds`);
@@ -371,6 +373,7 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
     try { tree.release(false); } catch { /* gone */ }
     deadline?.done();
     procLocks.settle(); // its 1 MiB is freed once its thread is done with it
+    for (const read of ahead.values()) read.settle();
     throw e;
   }
 }

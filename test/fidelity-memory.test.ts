@@ -230,6 +230,26 @@ test('mappings that cannot be read (past the end of a file, truncated memfd, PRO
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
 });
 
+test('16 MiB mappings mixing every kind of page (their pagemaps read ahead on a thread): only data pages saved, every page right, alone and shared copy-on-write with a child', async () => {
+  const PAGES = 4096, LEN = PAGES * 4096;
+  for (const mode of [[], ['fork']]) {
+    const { pid, dir, out } = await startReady('fid_large_mix', ['data', ...mode]);
+    const r = await killRestart(pid, dir);
+    if (!mode.length) {
+      // Written pages only: not the untouched, zero-page or file pages, nor the guards.
+      const p = loadImage(path.join(dir, 'image')).process;
+      const anon = p.vmas.find((v) => v.kind === 'anon' && v.end - v.start === LEN)!;
+      const file = p.vmas.find((v) => v.kind === 'file' && v.end - v.start === LEN)!;
+      assert.equal(anon.savedPages, 500 + 544 + 683, 'anon pages saved');
+      assert.deepEqual(anon.guards, [{ addr: anon.start + 1500 * 4096, len: 4 * 4096 }]);
+      assert.equal(file.savedPages, PAGES / 4, 'private copies of file pages saved');
+    }
+    process.kill(r.pid, 'SIGUSR1');
+    assert.deepEqual(await r.wait(), { code: 0, signal: null });
+    assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n', `fid_large_mix ${mode.join(' ')}`);
+  }
+});
+
 test('/proc files of tree members, held open, name the same processes after restart', async () => {
   const { pid, dir, out } = await startReady('fid_procfiles');
   const live = path.join(dir, 'live');
