@@ -53,26 +53,27 @@ export function dumpThreadSignals(q: Queries): () => ImageSignals {
   };
 }
 
-/** Every disposition, 1..64: a fresh process inherits ignored signals. */
+/**
+ * The dispositions that differ from the default. Every task of a restart
+ * is the blank (spawned with every signal set to default, then exec'd:
+ * SIG_DFL, no flags, no mask, no restorer) or a clone of a task not yet
+ * rebuilt, so default is what each has here; setting 62 of them took ~60
+ * calls, mostly of code written in V8's interpreter, per process.
+ */
 export function restoreSigactions(remote: Remote, actions: ImageSigaction[]): void {
   remote.reset();
-  const byNumber = new Map(actions.map((a) => [a.sig, a]));
-  const buf = Buffer.alloc(64 * SIGACTION_SIZE);
-  for (let sig = 1; sig <= 64; sig++) {
-    const a = byNumber.get(sig);
-    if (!a) continue;
-    const o = (sig - 1) * SIGACTION_SIZE;
+  const set = actions.filter((a) => settable(a.sig) && (BigInt(a.handler) | BigInt(a.flags) | BigInt(a.restorer) | BigInt(a.mask)) !== 0n);
+  if (!set.length) return;
+  const buf = Buffer.alloc(set.length * SIGACTION_SIZE);
+  set.forEach((a, k) => {
+    const o = k * SIGACTION_SIZE;
     buf.writeBigUInt64LE(BigInt(a.handler), o);
     buf.writeBigUInt64LE(BigInt(a.flags), o + 8);
     buf.writeBigUInt64LE(BigInt(a.restorer), o + 16);
     buf.writeBigUInt64LE(BigInt(a.mask), o + 24);
-  }
+  });
   const base = remote.putBytes(buf);
-  const calls = [];
-  for (let sig = 1; sig <= 64; sig++) {
-    if (settable(sig)) calls.push({ name: 'rt_sigaction', nr: SYS.rt_sigaction, args: [sig, base + (sig - 1) * SIGACTION_SIZE, 0, 8], where: `signal ${sig}` });
-  }
-  remote.batch(calls);
+  remote.batch(set.map((a, k) => ({ name: 'rt_sigaction', nr: SYS.rt_sigaction, args: [a.sig, base + k * SIGACTION_SIZE, 0, 8], where: `signal ${a.sig}` })));
 }
 
 /** The call that sets the alternate signal stack again, if it had one (its struct put in scratch now). */
