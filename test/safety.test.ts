@@ -22,6 +22,8 @@ import { spawn, execFileSync } from 'node:child_process';
 import { build, Procs, tmpdir, waitFor, waitGone, alive, CLI, seededRandom, until } from './harness';
 import { loadImage, restartSync } from '../src';
 import { scanTree } from '../src/ptrace/freeze';
+import { Remote, BatchCall } from '../src/ptrace/remote';
+import type { Tracee } from '../src/ptrace/tracee';
 
 const procs = new Procs();
 after(() => procs.cleanup());
@@ -324,6 +326,45 @@ async function startTimedWaits(tag: string): Promise<{ pid: number; dir: string;
   await until('timed_waits counts', () => (counts().length === 4 ? null : 'no counts yet'));
   return { pid, dir, out, counts };
 }
+
+test('unit: a batch\'s code holds each argument as its 64-bit immediate (negative, past 2^32, BigInt), before and after a call that loads an earlier result', () => {
+  const values: Array<number | bigint> = [0, 1, -1, -100, 0xffffffff, 0x100000000, 2 ** 53 - 1, -(2 ** 53 - 1), 0x7fffffffffffffffn, 0xffffffffffffffffn, -1n, 1n << 63n, 123n, 0xdead_beef_cafen];
+  const calls: BatchCall[] = [
+    { name: 'a', nr: 1, args: values.slice(0, 6) },
+    { name: 'b', nr: 2, args: values.slice(6, 12) },
+    { name: 'c', nr: 3, args: [values[12]] },
+    { name: 'd', nr: 4, args: [{ result: 0 }, values[13], -5] },
+    { name: 'e', nr: 5, args: values.slice(3, 9) },
+  ];
+  const area = 0x7f0000001000;
+  const task = { injectsSafely: false, pid: 1, tgid: 1 } as unknown as Tracee;
+  const { code, at } = (new Remote(task) as unknown as { batchCode(p: BatchCall[], area: number, first: number): { code: Buffer; at: number } }).batchCode(calls, area, 0);
+  const u64 = (v: number | bigint) => BigInt.asUintN(64, BigInt(v));
+  let o = 0;
+  const movabs = (prefix: number[]): bigint => {
+    assert.deepEqual([...code.subarray(o, o + prefix.length)], prefix, `opcode at ${o}`);
+    o += prefix.length + 8;
+    return code.readBigUInt64LE(o - 8);
+  };
+  const regs = [[0x48, 0xbf], [0x48, 0xbe], [0x48, 0xba], [0x49, 0xba], [0x49, 0xb8], [0x49, 0xb9]];
+  calls.forEach((c, k) => {
+    assert.equal(movabs([0x48, 0xb8]), u64(c.nr), `call ${k}: rax`);
+    regs.forEach((r, a) => {
+      const v = c.args[a] ?? 0;
+      if (typeof v === 'object') {
+        assert.equal(movabs(r), BigInt(at + v.result * 8), `call ${k}: argument ${a}, the result's address`);
+        assert.equal(code[o + 1], 0x8b, `call ${k}: argument ${a} loaded through it`);
+        o += 3;
+      } else {
+        assert.equal(movabs(r), u64(v), `call ${k}: argument ${a}`);
+      }
+    });
+    assert.deepEqual([...code.subarray(o, o + 2)], [0x0f, 0x05]);
+    o += 2;
+    assert.equal(movabs([0x48, 0xa3]), BigInt(at + k * 8), `call ${k}: its result's slot`);
+  });
+  assert.equal(code[o], 0xcc, 'int3 after the last call');
+});
 
 test('a stasis killed while a batch of calls waits in the target: the target goes home by itself, its sleeps undisturbed', async () => {
   const { pid, dir, out, counts } = await startTimedWaits('safety-batch');
