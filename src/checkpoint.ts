@@ -3,7 +3,7 @@
 // on (or end it with --kill once the image is safe). Any failure detaches
 // every task exactly as it was.
 import fs from 'node:fs';
-import { readStat, readVmas } from './proc';
+import { readStat, readVmas, withPagemap } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Queries } from './ptrace/queries';
 import { Remote } from './ptrace/remote';
@@ -348,7 +348,10 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
       return set;
     };
     const shmem = new ShmemPages();
-    const runs = surveys.map((s) => s.vmas.map((v) => pagesToSave(s.proc.pid, v, frames, ancestorsOf(s.proc.pid), shmem, ahead.get(v))));
+    const runs = surveys.map((s) => {
+      const ancestors = ancestorsOf(s.proc.pid);
+      return withPagemap(s.proc.pid, (pagemapFd) => s.vmas.map((v) => pagesToSave(s.proc.pid, v, { frames, ancestors, shmem, ahead: ahead.get(v), pagemapFd })));
+    });
     const pipeData = pipes.collect();
     const memfdData = memfds.collect();
     log(`${images.length} processes, ${zombies.length} zombies, ${pipeData.length} pipes, ${memfdData.length} memfds`);

@@ -230,7 +230,7 @@ test('mappings that cannot be read (past the end of a file, truncated memfd, PRO
   assert.equal(fs.readFileSync(out, 'utf8'), 'ready\nok\n');
 });
 
-test('16 MiB mappings mixing every kind of page (their pagemaps read ahead on a thread): only data pages saved, every page right, alone and shared copy-on-write with a child', async () => {
+test('16 MiB mappings mixing every kind of page (their pagemaps read ahead on a thread), and a 6 MiB one: only data pages saved, every page right, alone and shared copy-on-write with a child', async () => {
   const PAGES = 4096, LEN = PAGES * 4096;
   for (const mode of [[], ['fork']]) {
     const { pid, dir, out } = await startReady('fid_large_mix', ['data', ...mode]);
@@ -243,6 +243,8 @@ test('16 MiB mappings mixing every kind of page (their pagemaps read ahead on a 
       assert.equal(anon.savedPages, 500 + 544 + 683, 'anon pages saved');
       assert.deepEqual(anon.guards, [{ addr: anon.start + 1500 * 4096, len: 4 * 4096 }]);
       assert.equal(file.savedPages, PAGES / 4, 'private copies of file pages saved');
+      const small = p.vmas.find((v) => v.kind === 'anon' && v.end - v.start === 1536 * 4096)!;
+      assert.equal(small.savedPages, 256 + 103, 'pages saved of the 6 MiB mapping');
     }
     process.kill(r.pid, 'SIGUSR1');
     assert.deepEqual(await r.wait(), { code: 0, signal: null });

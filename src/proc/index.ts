@@ -553,8 +553,18 @@ export function parsePagemapEntry(v: bigint): PagemapEntry {
 // One read(2) is capped by the kernel at 0x7ffff000 bytes.
 const MAX_READ = 0x7ffff000;
 
-/** One u64 per page of [start, end); both must be page aligned. */
-export function readPagemap(pid: Pid, start: number, end: number): BigUint64Array {
+/** `use` given the pagemap of `pid` open (one open for all of a process's VMAs). */
+export function withPagemap<T>(pid: Pid, use: (fd: number) => T): T {
+  const fd = fs.openSync(procPath(pid, "pagemap"), "r");
+  try {
+    return use(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** One u64 per page of [start, end); both must be page aligned. From `fd` if given (withPagemap). */
+export function readPagemap(pid: Pid, start: number, end: number, fd?: number): BigUint64Array {
   if (start % PAGE_SIZE !== 0 || end % PAGE_SIZE !== 0 || end < start) {
     throw new RangeError(`readPagemap: bad range ${start.toString(16)}-${end.toString(16)}`);
   }
@@ -565,17 +575,16 @@ export function readPagemap(pid: Pid, start: number, end: number): BigUint64Arra
   // little-endian like the kernel's u64s.
   const buf = Buffer.from(entries.buffer, entries.byteOffset, entries.byteLength);
   const basePos = (start / PAGE_SIZE) * 8;
-  const fd = fs.openSync(procPath(pid, "pagemap"), "r");
-  try {
+  const read = (from: number) => {
     let done = 0;
     while (done < buf.length) {
-      const n = fs.readSync(fd, buf, done, Math.min(buf.length - done, MAX_READ), basePos + done);
+      const n = fs.readSync(from, buf, done, Math.min(buf.length - done, MAX_READ), basePos + done);
       if (n === 0) throw new Error(`readPagemap: unexpected EOF at ${basePos + done}`);
       done += n;
     }
-  } finally {
-    fs.closeSync(fd);
-  }
+  };
+  if (fd !== undefined) read(fd);
+  else withPagemap(pid, read);
   return entries;
 }
 

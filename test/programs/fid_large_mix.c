@@ -7,6 +7,9 @@
 //         among untouched ones (stretches of one page)
 //   file  a private mapping of FILE: pages only read (file pages), pages
 //         written (private copies), pages untouched
+//   small 6 MiB (its pagemap read in the checkpoint's own thread): written
+//         pages, 768 untouched ones (a whole 512-entry stretch of nothing
+//         among them), then every fifth page written, the last one too
 // With "fork", a child then shares the anon pages copy-on-write and the
 // parent rewrites some of them: pages mapped twice, and pages that became
 // each one's own. The parent passes SIGUSR1 on and reports for both.
@@ -22,6 +25,7 @@
 
 #define PG 4096UL
 #define NP 4096UL
+#define SP 1536UL
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
 #endif
@@ -74,8 +78,14 @@ static int anonSeed(unsigned long i, int parent)
     return i % 3 == 0 ? A : 0;
 }
 
-static void check(unsigned char *anon, unsigned char *file, int parent, int forked)
+/** Whether page i of the small mapping was written. */
+static int smallWritten(unsigned long i) { return i < 256 || (i >= 1024 && (i % 5 == 0 || i == SP - 1)); }
+
+static void check(unsigned char *anon, unsigned char *file, unsigned char *small, int parent, int forked)
 {
+    for (unsigned long i = 0; i < SP; i++) {
+        if (!holds(small, i, smallWritten(i) ? val(i, A) : 0)) fail("small", i);
+    }
     for (unsigned long i = 0; i < NP; i++) {
         int s = anonSeed(i, parent && forked);
         if (s < 0) {
@@ -108,7 +118,14 @@ int main(int argc, char **argv)
     unsigned char *file = mmap(NULL, NP * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     close(fd);
     unsigned char *anon = mmap(NULL, NP * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (file == MAP_FAILED || anon == MAP_FAILED) { say("FAIL: mmap\n"); return 2; }
+    // Read-only pages on both sides: a VMA of its own, merged with nothing.
+    unsigned char *small = mmap(NULL, (SP + 2) * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (file == MAP_FAILED || anon == MAP_FAILED || small == MAP_FAILED) { say("FAIL: mmap\n"); return 2; }
+    mprotect(small, PG, PROT_READ);
+    mprotect(small + (SP + 1) * PG, PG, PROT_READ);
+    small += PG;
+    madvise(small, SP * PG, MADV_NOHUGEPAGE);
+    for (unsigned long i = 0; i < SP; i++) if (smallWritten(i)) fill(small, i, A);
     // No huge pages: the kinds of page must sit side by side.
     madvise(anon, NP * PG, MADV_NOHUGEPAGE);
     volatile unsigned char sink = 0;
@@ -126,14 +143,14 @@ int main(int argc, char **argv)
         child = fork();
         if (child == 0) {
             while (!go) sigsuspend(&none);
-            check(anon, file, 0, 1);
+            check(anon, file, small, 0, 1);
             _exit(failed);
         }
         for (unsigned long i = 0; i < NP; i++) if (anonSeed(i, 1) == B) fill(anon, i, B);
     }
     say("ready\n");
     while (!go) sigsuspend(&none);
-    check(anon, file, 1, forked);
+    check(anon, file, small, 1, forked);
     if (child) {
         int st;
         kill(child, SIGUSR1);
