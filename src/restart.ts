@@ -2,7 +2,7 @@
 // the saved one with system calls injected into it, and let it run. A
 // failure kills the half-made process: nothing is left behind.
 import fs from 'node:fs';
-import { readMaps, readStat, readStatus } from './proc';
+import { readMaps, readStat, readStatus, Status } from './proc';
 import { Tracee } from './ptrace/tracee';
 import { Remote, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, AT_FDCWD } from './ptrace/remote';
 import { Queries } from './ptrace/queries';
@@ -117,7 +117,8 @@ function pidHolder(pid: number): string | null {
 }
 
 /** Everything that can be checked before a process is created. */
-function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
+/** `me`: this process's status (its credentials and capabilities). */
+function preflight(img: LoadedImage, ns: boolean, userNs: boolean, me: Status): void {
   const taskIds = imageTaskIds(img.processes, img.zombies);
   // A program and its libraries are mapped many times over in a tree: each
   // path's privilege is looked at once (a check that fails throws).
@@ -127,7 +128,6 @@ function preflight(img: LoadedImage, ns: boolean, userNs: boolean): void {
     checkFilePrivilege(path, where);
     unprivileged.add(path);
   };
-  const me = readStatus('self');
   for (const p of img.processes) {
     checkCreds(p.creds, `pid ${p.pid}`, p.threads.map((t) => ({ tid: t.tid, caps: t.caps })), me);
     checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
@@ -510,10 +510,11 @@ export function restartSync(input: string | number | LoadedImage, opts: RestartO
 function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) => void): Restarted {
   const startedAt = process.hrtime.bigint();
   const root = img.processes[0];
-  const userNs = opts.userNs ?? !mayCheckpointRestore();
+  const me = readStatus('self');
+  const userNs = opts.userNs ?? !mayCheckpointRestore(me);
   const ns = !!opts.pidNs || userNs;
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
-  preflight(img, ns, userNs);
+  preflight(img, ns, userNs, me);
   // Tasks of a user namespace could not take a pty master from us (pidfd_getfd).
   if (userNs && img.objects.ttys?.length) throw new UnsupportedError('terminals of an image are restored by root only (a pty master is handed over with pidfd_getfd, which tasks in a new user namespace may not do to stasis): restart as root');
   const slaveUsed = new Set(img.processes.flatMap((p) => [...p.fds.filter((f) => f.kind === 'tty' && f.side !== 'master').map((f) => (f as { tty: number }).tty), ...(p.ctty !== undefined ? [p.ctty] : [])]));
@@ -705,8 +706,8 @@ const CAP_CHECKPOINT_RESTORE = 40n;
 const O_RDWR = 2;
 
 /** clone3 set_tid and PR_SET_MM's exe need CAP_CHECKPOINT_RESTORE (root here has it). */
-function mayCheckpointRestore(): boolean {
-  return (readStatus('self').capEff & (1n << CAP_CHECKPOINT_RESTORE)) !== 0n;
+function mayCheckpointRestore(me: Status): boolean {
+  return (me.capEff & (1n << CAP_CHECKPOINT_RESTORE)) !== 0n;
 }
 
 interface FdKeeper { heldFds(): number[]; fdPath: (fd: number) => string }
