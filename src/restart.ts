@@ -116,8 +116,7 @@ function pidHolder(pid: number): string | null {
   }
 }
 
-/** Everything that can be checked before a process is created. */
-/** `me`: this process's status (its credentials and capabilities). */
+/** Everything that can be checked before a process is created; `me`: this process's status (its credentials and capabilities). */
 function preflight(img: LoadedImage, ns: boolean, userNs: boolean, me: Status): void {
   const taskIds = imageTaskIds(img.processes, img.zombies);
   // A program and its libraries are mapped many times over in a tree: each

@@ -381,14 +381,12 @@ export function pagesToSave(pid: number, v: ImageVma, opts: PagesToSaveOptions =
       i += ZERO_RUN - 1;
       continue;
     }
-    if (stretches) {
-      if (next < stretches.length && (stretches[next] & 0x7fffffff) === i) {
-        const end = stretches[next + 1];
-        if (!(stretches[next] & 0x80000000)) addRun(runs, v.start + i * PAGE_SIZE, false, (end - i) * PAGE_SIZE);
-        next += 2;
-        i = end - 1;
-        continue;
-      }
+    if (stretches && next < stretches.length && (stretches[next] & 0x7fffffff) === i) {
+      const end = stretches[next + 1];
+      if (!(stretches[next] & 0x80000000)) addRun(runs, v.start + i * PAGE_SIZE, false, (end - i) * PAGE_SIZE);
+      next += 2;
+      i = end - 1;
+      continue;
     }
     const hi = halves[2 * i + 1];
     if (hi === 0) continue; // nothing there (bits 63..32 clear: not present, not swapped, no marker)
@@ -463,8 +461,8 @@ export function readPagemapsAhead(procs: Array<{ pid: number; vmas: ImageVma[] }
   const ahead = new Map<ImageVma, PagemapRead>();
   let bytes = 0;
   for (const { pid, v } of large) {
-    const entries = (v.end - v.start) / PAGE_SIZE * 8;
     if (ahead.size === AHEAD_MAX) break;
+    const entries = (v.end - v.start) / PAGE_SIZE * 8;
     if (bytes + entries > AHEAD_BYTES) continue; // read when its turn comes, as a small one
     bytes += entries;
     ahead.set(v, new PagemapRead(pid, v.start, v.end));

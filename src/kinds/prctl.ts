@@ -237,8 +237,11 @@ function threadPrctl(tid: number, [pdeathsig, nnp, tsc, cpuid, mce, ...speculati
   };
 }
 
-/** Before credentials: a loginuid already set can only be changed with CAP_AUDIT_CONTROL. */
-/** `now`: the thread's state as it is (dumpThreadPrctl, asked with the thread's other questions). */
+/**
+ * Before credentials: a loginuid already set can only be changed with
+ * CAP_AUDIT_CONTROL. `now`: the thread's state as it is (dumpThreadPrctl,
+ * asked with the thread's other questions).
+ */
 export function restoreThreadPrctl(remote: Remote, s: ThreadPrctlState, now: ThreadPrctlState): void {
   const who = `pid ${remote.task.tgid} thread ${remote.task.pid}`;
   if (now.personality !== s.personality) remote.call('personality', SYS.personality, [s.personality], `${who}: personality`);

@@ -147,9 +147,7 @@ export function stopReported(parent: Queries, childVpid: number): () => boolean 
 /** waitid(WNOHANG | WNOWAIT) in the parent: the si_pid of a child with a report of `kind`, 0 when nothing is left to report. */
 function askWaitid(parent: Queries, idtype: number, id: number, kind: number, what: string): () => number {
   const a = parent.ask('waitid', SYS_waitid, (info) => [idtype, id, info, kind | WNOHANG | WNOWAIT, 0], { out: 128, zero: true, where: what });
-  return () => {
-    return a.bytes.readInt32LE(16); // si_pid
-  };
+  return () => a.bytes.readInt32LE(16); // si_pid
 }
 
 /**

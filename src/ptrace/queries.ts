@@ -6,7 +6,7 @@
 import { Remote } from './remote';
 import { Tracee } from './tracee';
 import { Gadget } from './gadget';
-import { StasisError, SyscallError } from '../sys/errno';
+import { StasisError, injectedResult } from '../sys/errno';
 
 type Args = Array<number | bigint>;
 
@@ -42,9 +42,7 @@ export class Answer {
 
   /** The return value, a failure thrown by name. */
   get value(): number {
-    const r = this.raw;
-    if (r < 0 && r > -4096) throw new SyscallError(`${this.name} in pid ${this.pid}`, -r, this.where);
-    return r;
+    return injectedResult(this.raw, this.name, this.pid, this.where);
   }
 }
 

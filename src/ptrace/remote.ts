@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import { Tracee } from './tracee';
 import { Gadget } from './gadget';
 import { SYS, writeU64 } from '../sys/x86';
-import { StasisError, SyscallError } from '../sys/errno';
+import { StasisError, injectedResult } from '../sys/errno';
 
 export const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4;
 export const MAP_SHARED = 1, MAP_PRIVATE = 2, MAP_FIXED = 0x10, MAP_ANONYMOUS = 0x20;
@@ -146,11 +146,7 @@ export class Remote {
 
   /** Raw results, the first failure thrown by name. */
   private checked(calls: BatchCall[], raw: number[]): number[] {
-    return calls.map((c, k) => {
-      const r = raw[k];
-      if (r < 0 && r > -4096) throw new SyscallError(`${c.name} in pid ${this.pid}`, -r, c.where);
-      return r;
-    });
+    return calls.map((c, k) => injectedResult(raw[k], c.name, this.pid, c.where));
   }
 
   /**
@@ -319,7 +315,7 @@ export class Remote {
     }
     if (got !== BigInt(addr)) {
       g.setScratch(this.task.gadgetTask(), 0, 0);
-      if (got < 0n && got > -4096n) throw new SyscallError(`mmap in pid ${this.pid}`, Number(-got), 'scratch area');
+      injectedResult(got, 'mmap', this.pid, 'scratch area');
       throw new StasisError(`pid ${this.pid}: the scratch area landed at 0x${got.toString(16)}, not 0x${addr.toString(16)}`);
     }
     this.scratch = addr;

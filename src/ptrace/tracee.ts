@@ -9,7 +9,7 @@ import {
 import { Gadget, resumeRegs, hasVdso, LeftBehind, Range } from './gadget';
 import { whoTraces } from './busy';
 import { readStat } from '../proc';
-import { StasisError, SyscallError } from '../sys/errno';
+import { StasisError, SyscallError, injectedResult } from '../sys/errno';
 import { Regs, SYSCALL_ARGS, USER_REGS_SIZE, SYS } from '../sys/x86';
 
 const SIGTRAP = 5;
@@ -572,9 +572,7 @@ export class Tracee {
 
   /** Injected syscall that throws a SyscallError naming the call on failure. */
   call(name: string, nr: number, args: Array<number | bigint> = [], where?: string): number {
-    const r = this.injectRaw(nr, args);
-    if (r < 0n && r > -4096n) throw new SyscallError(`${name} in pid ${this.pid}`, Number(-r), where);
-    return Number(r);
+    return injectedResult(this.injectRaw(nr, args), name, this.pid, where);
   }
 
   /** Put the saved registers back and let the task go. */

@@ -37,6 +37,16 @@ export class SyscallError extends StasisError {
   }
 }
 
+/**
+ * A system call's raw result, as the kernel returns it (-4095..-1: -errno),
+ * of a call made in task `pid`: its value, or its failure thrown by name.
+ */
+export function injectedResult(raw: number | bigint, call: string, pid: number, where?: string): number {
+  const r = Number(raw);
+  if (r < 0 && r > -4096) throw new SyscallError(`${call} in pid ${pid}`, -r, where);
+  return r;
+}
+
 /** State the tool cannot save or restore yet: refused by name. */
 export class UnsupportedError extends StasisError {
   constructor(message: string) {
