@@ -15,13 +15,14 @@
 // each one's own. The parent passes SIGUSR1 on and reports for both.
 #define _GNU_SOURCE
 #include <fcntl.h>
-#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "await_flag.h"
+#include "touch_fault.h"
 
 #define PG 4096UL
 #define NP 4096UL
@@ -31,10 +32,8 @@
 #endif
 
 static volatile sig_atomic_t go;
-static sigjmp_buf jb;
 static int failed;
 static void onusr1(int s) { (void)s; go = 1; }
-static void onfault(int s) { siglongjmp(jb, s); }
 static void say(const char *s) { (void)!write(1, s, strlen(s)); }
 
 static void fail(const char *what, unsigned long page)
@@ -54,15 +53,6 @@ static int holds(const unsigned char *p, unsigned long i, unsigned char v)
 {
     for (unsigned long k = 0; k < PG; k++) if (p[i * PG + k] != v) return 0;
     return 1;
-}
-
-/** The signal touching p raises (0 if none). */
-static int touch(volatile unsigned char *p)
-{
-    int sig = sigsetjmp(jb, 1);
-    if (sig) return sig;
-    (void)*p;
-    return 0;
 }
 
 enum { A = 1, B = 2, C = 3 };
@@ -101,11 +91,6 @@ int main(int argc, char **argv)
 {
     const char *path = argc > 1 ? argv[1] : "data";
     int forked = argc > 2 && strcmp(argv[2], "fork") == 0;
-    sigset_t usr1, none;
-    sigemptyset(&usr1);
-    sigemptyset(&none);
-    sigaddset(&usr1, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &usr1, NULL);
     signal(SIGUSR1, onusr1);
     signal(SIGSEGV, onfault);
 
@@ -142,14 +127,14 @@ int main(int argc, char **argv)
     if (forked) {
         child = fork();
         if (child == 0) {
-            while (!go) sigsuspend(&none);
+            await_flag(&go);
             check(anon, file, small, 0, 1);
             _exit(failed);
         }
         for (unsigned long i = 0; i < NP; i++) if (anonSeed(i, 1) == B) fill(anon, i, B);
     }
     say("ready\n");
-    while (!go) sigsuspend(&none);
+    await_flag(&go);
     check(anon, file, small, 1, forked);
     if (child) {
         int st;

@@ -13,13 +13,13 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include "touch_fault.h"
 
 #define PG 4096UL
 #ifndef MADV_GUARD_INSTALL
@@ -27,21 +27,10 @@
 #endif
 
 static volatile sig_atomic_t go;
-static sigjmp_buf jb;
 static int failed;
 static void onusr1(int s) { (void)s; go = 1; }
-static void onfault(int s) { siglongjmp(jb, s); }
 static void say(const char *s) { (void)!write(1, s, strlen(s)); }
 static void fail(const char *what) { say("FAIL: "); say(what); say("\n"); failed = 1; }
-
-/** The signal touching p raises (0 if none). */
-static int touch(volatile unsigned char *p)
-{
-    int sig = sigsetjmp(jb, 1);
-    if (sig) return sig;
-    (void)*p;
-    return 0;
-}
 
 static void pattern(unsigned char *p, size_t n, int seed)
 {
