@@ -381,6 +381,13 @@ function begin(pid: number, output: string | number, opts: CheckpointOptions): S
   }
 }
 
+/** The process with the most pages of its own, if 8 MiB or more: worth freeing from here as it is killed. */
+function largestProcess(s: Session): number | undefined {
+  const bytes = s.runs.map((runs) => runs.reduce((n, rs) => rs.reduce((m, r) => m + r.len, n), 0));
+  const i = bytes.indexOf(Math.max(...bytes));
+  return bytes[i] >= 8 << 20 ? s.surveys[i].proc.pid : undefined;
+}
+
 /** Close the stream safely, then let the tree go (or end it). */
 function finish(s: Session, pageBytes: number, opts: CheckpointOptions): CheckpointResult {
   s.writer.end({ pageBytes });
@@ -395,13 +402,15 @@ function finish(s: Session, pageBytes: number, opts: CheckpointOptions): Checkpo
   // with stalled connections (dying in the few calls after, the guards
   // close connections the image holds: their peers see a FIN).
   if (opts.kill) {
-    s.tree.release(true);
+    const largest = largestProcess(s);
+    const released = s.tree.release(true, largest);
     s.kinds.release(true);
+    s.log(`tree killed${released ? ` (the memory of pid ${largest} released from here: process_mrelease)` : ''}`);
   } else {
     s.kinds.release(false);
     s.tree.release(false);
+    s.log('tree resumed');
   }
-  s.log(opts.kill ? 'tree killed' : 'tree resumed');
   return {
     pid: s.pid, processes: s.tree.processes.length, threads: s.tree.tracees.length, imageBytes: s.writer.bytes, pageBytes,
     vmas: s.surveys.reduce((n, x) => n + x.vmas.length, 0), fds: s.surveys.reduce((n, x) => n + x.fds.length, 0),

@@ -11,7 +11,8 @@ import { readStat, readStatus, listThreads, listChildren } from '../proc';
 import { Tracee } from './tracee';
 import { FreezeWatchdog } from './watchdog';
 import { vdsoOf, LeftBehind, Range } from './gadget';
-import { waitpidSync, sleepSync, __WALL } from '../sys/libc';
+import { waitpidSync, sleepSync, syscall, killReleasing, __WALL } from '../sys/libc';
+import { SYS } from '../sys/x86';
 import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
 
 const FREEZER = '/sys/fs/cgroup/freezer';
@@ -376,13 +377,23 @@ export class FrozenTree {
 
   /**
    * Let the tree go: detached with their registers as found (or killed when
-   * `kill`), thawed and back in their own cgroups.
+   * `kill`), thawed and back in their own cgroups. Killed, the memory of
+   * `largest` (a pid) is freed from here as it dies: true if it was.
    */
-  release(kill: boolean): void {
+  release(kill: boolean, largest?: number): boolean {
+    let released = false;
     if (kill) {
+      // A dying process frees its memory on its own CPU, tens of ms a GiB,
+      // and is reported dead only then: this thread takes a share of it.
+      // One process only, killed last, right after the others, which all
+      // die at once as before (stasis killed in between, the kernel would
+      // let the ones still alive run).
+      const last = this.processes.find((p) => p.pid === largest);
+      const pidfd = last && readyToRelease(last);
       for (const p of this.processes) {
-        try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+        if (p !== last) try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
       }
+      if (last) released = killFreeing(last.pid, pidfd);
       // As their tracer we hear of each death first: take that notice so
       // the real parent can reap them at once.
       // A group leader is reported only after its other threads: those first.
@@ -425,8 +436,59 @@ export class FrozenTree {
       try { this.writeState('THAWED'); } catch { /* removed */ }
       this.goHome();
     }
+    return released;
   }
 }
+
+/**
+ * Before killFreeing: the process's pidfd, and its threads kept off this
+ * CPU (woken here, the dying process would take the CPU from us and be done
+ * before the release, half the time). Undefined if it has no pidfd.
+ */
+function readyToRelease(p: FrozenProcess): number | undefined {
+  let pidfd: number;
+  try {
+    pidfd = syscall(SYS.pidfd_open, 'pidfd_open', p.pid, 0);
+  } catch {
+    return undefined;
+  }
+  const cpu = Buffer.alloc(4);
+  try {
+    syscall(SYS.getcpu, 'getcpu', cpu, 0, 0);
+  } catch {
+    return pidfd;
+  }
+  const others = Buffer.alloc(AFFINITY_BYTES, 0xff);
+  others[cpu.readUInt32LE(0) >> 3] &= ~(1 << (cpu.readUInt32LE(0) & 7));
+  for (const t of p.threads) {
+    try { syscall(SYS.sched_setaffinity, 'sched_setaffinity', t.pid, AFFINITY_BYTES, others); } catch { /* one CPU, or a cpuset of ours alone */ }
+  }
+  return pidfd;
+}
+
+/**
+ * SIGKILL, and at once process_mrelease (killReleasing) through `pidfd`
+ * (closed here). Only ever a help: what the release cannot do (memory
+ * shared with a process that lives on, an older kernel, the process done
+ * first) the exit does as usual. True if it was done.
+ */
+function killFreeing(pid: number, pidfd: number | undefined): boolean {
+  if (pidfd === undefined) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    return false;
+  }
+  try {
+    if (killReleasing(pid, pidfd) === 0) return true;
+    // Killed or not (kill's failure looks the same): killing again is harmless.
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    return false;
+  } finally {
+    fs.closeSync(pidfd);
+  }
+}
+
+/** A CPU mask as the kernel takes it: 1024 CPUs. */
+const AFFINITY_BYTES = 128;
 
 /** Wait (5 s at most) until every task is in a group stop again (state T), after a detach. */
 export function waitStoppedAgain(tids: number[], what: string): void {

@@ -10,7 +10,7 @@ export const SYS = {
   gettid: 186, tkill: 200, set_tid_address: 218, exit_group: 231, tgkill: 234, openat: 257, openat2: 437,
   set_robust_list: 273, get_robust_list: 274, dup3: 292, rt_tgsigqueueinfo: 297,
   rt_sigqueueinfo: 129, prlimit64: 302, kcmp: 312, mlock2: 325, rseq: 334, close_range: 436,
-  clone3: 435, pidfd_open: 434, pidfd_getfd: 438, wait4: 61, unshare: 272, eventfd2: 290, signalfd4: 289, timerfd_create: 283, timerfd_settime: 286, epoll_create1: 291, epoll_ctl: 233, pipe2: 293, tee: 276, setsid: 112, setpgid: 109, mount: 165, memfd_create: 319, restart_syscall: 219,
+  clone3: 435, pidfd_open: 434, process_mrelease: 448, getcpu: 309, sched_setaffinity: 203, pidfd_getfd: 438, wait4: 61, unshare: 272, eventfd2: 290, signalfd4: 289, timerfd_create: 283, timerfd_settime: 286, epoll_create1: 291, epoll_ctl: 233, pipe2: 293, tee: 276, setsid: 112, setpgid: 109, mount: 165, memfd_create: 319, restart_syscall: 219,
 } as const;
 
 export const ERESTARTSYS = 512;
