@@ -32,7 +32,7 @@ import { sharingFlags } from './kinds/sharing';
 import { imageTaskIds, refuseProcFilesUnderNewPids, refusePidfdsUnderNewPids, refuseDeadPidfdsInNewPidNs } from './kinds/procfs';
 import { restoreMm } from './kinds/mm';
 import { restoreProcessAttrs, threadAttrCalls, checkCreds, checkFilePrivilege } from './kinds/process';
-import { restoreCredsAndCaps } from './kinds/caps';
+import { restoreCredsAndCaps, credsNow } from './kinds/caps';
 import { restoreSched, timerSlackCalls } from './kinds/sched';
 import { restoreMempolicy, dumpMempolicy } from './kinds/mempolicy';
 import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds, dumpThreadPrctl } from './kinds/prctl';
@@ -357,12 +357,13 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
       ...timerSlackCalls(tr, th.sched),
     ]);
     const q = new Queries(tr);
-    const policyNow = dumpMempolicy(q), prctlNow = dumpThreadPrctl(q);
+    const policyNow = dumpMempolicy(q), prctlNow = dumpThreadPrctl(q), creds = credsNow(q);
     q.run();
     restoreMempolicy(tr, th.mempolicy, policyNow());
-    restoreThreadPrctl(tr, th.prctl, prctlNow());
-    restoreCredsAndCaps(tr, p.creds, th.caps);
-    restoreThreadPrctlAfterCreds(tr, th.prctl);
+    const prctl = prctlNow();
+    restoreThreadPrctl(tr, th.prctl, prctl);
+    const changed = restoreCredsAndCaps(tr, p.creds, th.caps, creds());
+    restoreThreadPrctlAfterCreds(tr, th.prctl, prctl, changed);
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
   restoreProcessPrctl(remote, p.prctl);

@@ -503,10 +503,10 @@ test('a memfd reachable only through its mapping: a user checkpoint is refused b
   await waitFor(out, (t) => t.length > size);
 });
 
-test("root restores a user's process with its capabilities, ambient and bounding sets and no_new_privs as they were", async () => {
+test("root restores a user's process with its capabilities, ambient and bounding sets, no_new_privs and parent-death signal as they were", async () => {
   const dir = userDir('user-caps');
   const pid = procs.start(SETPRIV, ['--reuid', String(user.uid), '--regid', String(user.gid), '--init-groups',
-    '--inh-caps=+net_raw', '--ambient-caps=+net_raw', '--bounding-set=-sys_admin', '--no-new-privs', '--', '/bin/sleep', '1000'], userFile(dir, 'out'));
+    '--inh-caps=+net_raw', '--ambient-caps=+net_raw', '--bounding-set=-sys_admin', '--no-new-privs', '--pdeathsig=SIGKILL', '--', '/bin/sleep', '1000'], userFile(dir, 'out'));
   await waitState(pid, () => fs.readFileSync(`/proc/${pid}/comm`, 'utf8') === 'sleep\n');
   const fields = (p: number) => {
     const s = readStatus(p);
@@ -518,6 +518,8 @@ test("root restores a user's process with its capabilities, ambient and bounding
   const img = path.join(dir, 'image');
   checkpointSync(pid, img, { kill: true });
   await waitGone(pid, procs);
+  // Set after the uid change; a restart's uid change would clear it (--verify compares it).
+  assert.equal(loadImage(img).processes[0].threads[0].prctl.pdeathsig, 9);
   const r = restartVerified(img);
   procs.addTree(r.pid);
   assert.equal(r.pid, pid);

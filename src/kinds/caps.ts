@@ -6,7 +6,7 @@
 // ambient ones while permitted and inheritable allow them, the saved
 // securebits, and the saved sets last (lowering needs no privilege).
 import { z, lazySchema } from '../image/zod';
-import { readStatus } from '../proc';
+import { readStatus, type Status } from '../proc';
 import type { ImageCreds } from '../image/schema';
 import { Remote } from '../ptrace/remote';
 import { Queries } from '../ptrace/queries';
@@ -52,21 +52,31 @@ function capset(remote: Remote, eff: bigint, prm: bigint, inh: bigint, where: st
 
 const same = (a: number[], b: number[]) => a.length === b.length && a.every((v, i) => v === b[i]);
 
-/** Credentials and capabilities of one thread: the last thing set in it but its signals. */
-export function restoreCredsAndCaps(remote: Remote, c: ImageCreds, caps: CapsState): void {
+/** A thread's credentials as they are, for restoreCredsAndCaps: its securebits asked with its other questions. */
+export function credsNow(q: Queries): () => { status: Status; securebits: number } {
+  const tid = q.remote.task.pid;
+  const bits = q.ask('prctl', SYS.prctl, [PR_GET_SECUREBITS], { where: 'securebits' });
+  return () => ({ status: readStatus(tid), securebits: bits.value });
+}
+
+/**
+ * Credentials and capabilities of one thread: the last thing set in it but
+ * its signals. `current`: credsNow's. Whether the credentials were changed
+ * (which clears the parent-death signal).
+ */
+export function restoreCredsAndCaps(remote: Remote, c: ImageCreds, caps: CapsState, current: { status: Status; securebits: number }): boolean {
   const tid = remote.task.pid;
   const who = `pid ${remote.task.tgid} thread ${tid}`;
-  const now = readStatus(tid);
+  const { status: now, securebits: bits } = current;
   const want = { inh: BigInt(caps.inh), prm: BigInt(caps.prm), eff: BigInt(caps.eff), bnd: BigInt(caps.bnd), amb: BigInt(caps.amb) };
   const idsDiffer = !same(now.uid, c.uid) || !same(now.gid, c.gid) || !same(now.groups, c.groups);
   remote.reset();
-  const bits = remote.call('prctl', SYS.prctl, [PR_GET_SECUREBITS], 'securebits');
   const capsDiffer = now.capInh !== want.inh || now.capPrm !== want.prm || now.capEff !== want.eff || now.capBnd !== want.bnd || now.capAmb !== want.amb;
-  if (!idsDiffer && !capsDiffer && bits === caps.securebits) return;
+  if (!idsDiffer && !capsDiffer && bits === caps.securebits) return false;
   if (!idsDiffer && !capsDiffer && (bits ^ caps.securebits) === SECBIT_KEEP_CAPS) {
-    // keepcaps alone needs no privilege
+    // keepcaps alone needs no privilege, and changes no id or set
     remote.call('prctl', SYS.prctl, [PR_SET_KEEPCAPS, caps.securebits & SECBIT_KEEP_CAPS ? 1 : 0], `${who}: keepcaps`);
-    return;
+    return false;
   }
   try {
     if (now.capInh !== want.inh) capset(remote, now.capEff, now.capPrm, want.inh, 'inheritable set');
@@ -89,6 +99,7 @@ export function restoreCredsAndCaps(remote: Remote, c: ImageCreds, caps: CapsSta
     const bitsNow = remote.call('prctl', SYS.prctl, [PR_GET_SECUREBITS], 'securebits');
     if (bitsNow !== caps.securebits) remote.call('prctl', SYS.prctl, [PR_SET_SECUREBITS, caps.securebits], 'securebits');
     capset(remote, want.eff, want.prm, want.inh, 'capability sets');
+    return true;
   } catch (e) {
     if (e instanceof SyscallError) {
       throw new StasisError(`${who}: cannot give it uid ${c.uid.join('/')} with capabilities eff ${caps.eff} prm ${caps.prm} inh ${caps.inh} bnd ${caps.bnd} amb ${caps.amb} securebits 0x${caps.securebits.toString(16)}: ${e.message}; restart as root`);

@@ -268,12 +268,14 @@ export function restoreThreadPrctl(remote: Remote, s: ThreadPrctlState, now: Thr
   });
 }
 
-/** After credentials: a uid change clears the parent-death signal. */
-export function restoreThreadPrctlAfterCreds(remote: Remote, s: ThreadPrctlState): void {
+/**
+ * After credentials: changed (`credsChanged`), they cleared the parent-death
+ * signal. `now`: as asked before them (dumpThreadPrctl), no_new_privs too,
+ * which nothing since changed.
+ */
+export function restoreThreadPrctlAfterCreds(remote: Remote, s: ThreadPrctlState, now: ThreadPrctlState, credsChanged: boolean): void {
   const who = `pid ${remote.task.tgid} thread ${remote.task.pid}`;
-  // Set whatever it is now: as cheap as asking.
-  remote.call('prctl', SYS.prctl, [PR.SET_PDEATHSIG, s.pdeathsig], `${who}: parent-death signal`);
-  const nnp = readStatus(remote.task.pid).noNewPrivs !== 0;
-  if (s.noNewPrivs && !nnp) remote.call('prctl', SYS.prctl, [PR.SET_NO_NEW_PRIVS, 1, 0, 0, 0], `${who}: no_new_privs`);
-  if (!s.noNewPrivs && nnp) throw new StasisError(`${who}: no_new_privs is set in the new task and cannot be cleared: restart from a process without it`);
+  if (credsChanged || now.pdeathsig !== s.pdeathsig) remote.call('prctl', SYS.prctl, [PR.SET_PDEATHSIG, s.pdeathsig], `${who}: parent-death signal`);
+  if (s.noNewPrivs && !now.noNewPrivs) remote.call('prctl', SYS.prctl, [PR.SET_NO_NEW_PRIVS, 1, 0, 0, 0], `${who}: no_new_privs`);
+  if (!s.noNewPrivs && now.noNewPrivs) throw new StasisError(`${who}: no_new_privs is set in the new task and cannot be cleared: restart from a process without it`);
 }
