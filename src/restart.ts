@@ -36,7 +36,7 @@ import { restoreCredsAndCaps, credsNow } from './kinds/caps';
 import { restoreSched, timerSlackCalls } from './kinds/sched';
 import { restoreMempolicy, dumpMempolicy } from './kinds/mempolicy';
 import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds, dumpThreadPrctl } from './kinds/prctl';
-import { checkCgroups, restoreCgroups, unifiedHome } from './kinds/cgroups';
+import { checkCgroups, restoreCgroups, unifiedHome, CgroupsHere } from './kinds/cgroups';
 import { RestartHold } from './ptrace/hold';
 import { TtyKeeper, acquireTerminal, restoreForeground } from './kinds/tty';
 import { StasisError, UnsupportedError, errnoName } from './sys/errno';
@@ -117,11 +117,11 @@ function pidHolder(pid: number): string | null {
 }
 
 /** Everything that can be checked before a process is created; `me`: this process's status (its credentials and capabilities). */
-function preflight(img: LoadedImage, ns: boolean, userNs: boolean, me: Status): void {
+function preflight(img: LoadedImage, ns: boolean, userNs: boolean, me: Status, cgroups: CgroupsHere): void {
   const taskIds = imageTaskIds(img.processes, img.zombies);
   // A program and its libraries are mapped many times over in a tree: each
   // path's privilege is looked at once (a check that fails throws).
-  const unprivileged = new Set<string>();
+  const unprivileged = new Set<string>(), mapped = new Set<string>(), exes = new Set<string>();
   const privilege = (path: string, where: string) => {
     if (unprivileged.has(path)) return;
     checkFilePrivilege(path, where);
@@ -129,7 +129,9 @@ function preflight(img: LoadedImage, ns: boolean, userNs: boolean, me: Status): 
   };
   for (const p of img.processes) {
     checkCreds(p.creds, `pid ${p.pid}`, p.threads.map((t) => ({ tid: t.tid, caps: t.caps })), me);
-    checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
+    const exe = JSON.stringify(p.mm.exe);
+    if (!exes.has(exe)) checkFileIdentity(p.mm.exe, `pid ${p.pid}: executable`);
+    exes.add(exe);
     privilege(p.mm.exe.path, `pid ${p.pid}: executable`);
     for (const v of p.vmas) {
       const where = `pid ${p.pid}: mapping at 0x${v.start.toString(16)}`;
@@ -138,9 +140,9 @@ function preflight(img: LoadedImage, ns: boolean, userNs: boolean, me: Status): 
         throw new UnsupportedError(`${where}: shared anonymous memory is rebuilt through /proc/PID/map_files, which needs CAP_CHECKPOINT_RESTORE outside a user namespace: restart this image as root`);
       }
     }
-    checkMappedFiles(p.vmas, p.creds, p.pid);
+    checkMappedFiles(p.vmas, p.creds, p.pid, mapped);
     checkFds(p.fds, p.creds, p.pid, taskIds);
-    checkCgroups(p.pid, p.cgroups);
+    checkCgroups(p.pid, p.cgroups, cgroups);
   }
   checkGhosts(img);
   if (ns || singleTask(img)) return; // pids are free in a new namespace; one task may take a new pid
@@ -297,7 +299,7 @@ interface Rebuilding {
 }
 
 /** What stasis holds for the tasks to open while they are rebuilt. */
-interface Keepers extends RestoreContext { memfds: MemfdKeeper; ttys: TtyKeeper; inet: InetKeeper; ghosts: GhostKeeper; hold: RestartHold | null }
+interface Keepers extends RestoreContext { memfds: MemfdKeeper; ttys: TtyKeeper; inet: InetKeeper; ghosts: GhostKeeper; hold: RestartHold | null; cgroups: CgroupsHere }
 
 /**
  * What stasis makes and holds for the tasks while the tree is rebuilt
@@ -402,7 +404,7 @@ function rebuildMemory(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m: 
   const p = r.image;
   const remote = r.remote;
   const kept = r.forkedFrom ? keptFromParent(p.vmas, r.forkedFrom.vmas, r.forkedFrom.pid) : new Map<ImageVma, Set<number>>();
-  restoreCgroups(remote.task.pid, p.pid, p.cgroups, !!keep.hold);
+  restoreCgroups(remote.task.pid, p.pid, p.cgroups, keep.cgroups, !!keep.hold);
   clearAddressSpace(remote, p, log, [...kept.keys()]);
   restoreMergeAny(remote, p.ksmMergeAny);
   const fresh = p.vmas.filter((v) => !kept.has(v));
@@ -514,7 +516,8 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
   const userNs = opts.userNs ?? !mayCheckpointRestore(me);
   const ns = !!opts.pidNs || userNs;
   log(`image of pid ${root.pid} (${root.comm}): ${img.processes.length} processes, ${img.zombies.length} zombies verified`);
-  preflight(img, ns, userNs, me);
+  const cgroups = new CgroupsHere();
+  preflight(img, ns, userNs, me, cgroups);
   // Tasks of a user namespace could not take a pty master from us (pidfd_getfd).
   if (userNs && img.objects.ttys?.length) throw new UnsupportedError('terminals of an image are restored by root only (a pty master is handed over with pidfd_getfd, which tasks in a new user namespace may not do to stasis): restart as root');
   const slaveUsed = new Set(img.processes.flatMap((p) => [...p.fds.filter((f) => f.kind === 'tty' && f.side !== 'master').map((f) => (f as { tty: number }).tty), ...(p.ctty !== undefined ? [p.ctty] : [])]));
@@ -529,6 +532,7 @@ function rebuildTree(img: LoadedImage, opts: RestartOptions, log: (m: string) =>
     inet: new InetKeeper(),
     ghosts: held.add(() => new GhostKeeper(img.objects.ghosts ?? [], log)),
     hold: null,
+    cgroups,
   };
   const segments = held.add(() => new SysvShmKeeper(img.objects.sysvShm ?? []));
   let restored = false;

@@ -62,27 +62,36 @@ function mountPoints(): Map<string, string> {
   return out;
 }
 
-/** Hierarchies where the saved path differs from the restarter's: where to write the pid. */
-function moves(saved: CgroupMembership[]): Array<{ file: string; c: CgroupMembership }> {
-  const mine = new Map(readCgroups('self').map((c) => [c.controllers, c.path]));
-  const mounts = mountPoints();
-  const out: Array<{ file: string; c: CgroupMembership }> = [];
-  for (const c of saved) {
-    if (mine.get(c.controllers) === c.path) continue;
-    const mount = mounts.get(c.controllers);
-    const label = c.controllers || 'unified (v2)';
-    if (mount === undefined) throw new StasisError(`the ${label} cgroup hierarchy is not mounted here; restart where it is`);
-    const dir = path.join(mount, path.normalize('/' + c.path));
-    if (!fs.existsSync(path.join(dir, 'cgroup.procs'))) throw new StasisError(`${label} cgroup ${c.path} does not exist here; create it (mkdir ${dir}) and retry`);
-    out.push({ file: path.join(dir, 'cgroup.procs'), c });
+/**
+ * The restarter's own cgroups and where each hierarchy is mounted, read
+ * once a restart (neither changes during one; read per process, a tree of
+ * 100 parsed mountinfo 200 times).
+ */
+export class CgroupsHere {
+  private mine?: Map<string, string>;
+  private mounts?: Map<string, string>;
+
+  /** Hierarchies where the saved path differs from the restarter's: where to write the pid. */
+  moves(saved: CgroupMembership[]): Array<{ file: string; c: CgroupMembership }> {
+    const mine = this.mine ??= new Map(readCgroups('self').map((c) => [c.controllers, c.path]));
+    const out: Array<{ file: string; c: CgroupMembership }> = [];
+    for (const c of saved) {
+      if (mine.get(c.controllers) === c.path) continue;
+      const mount = (this.mounts ??= mountPoints()).get(c.controllers);
+      const label = c.controllers || 'unified (v2)';
+      if (mount === undefined) throw new StasisError(`the ${label} cgroup hierarchy is not mounted here; restart where it is`);
+      const dir = path.join(mount, path.normalize('/' + c.path));
+      if (!fs.existsSync(path.join(dir, 'cgroup.procs'))) throw new StasisError(`${label} cgroup ${c.path} does not exist here; create it (mkdir ${dir}) and retry`);
+      out.push({ file: path.join(dir, 'cgroup.procs'), c });
+    }
+    return out;
   }
-  return out;
 }
 
 /** Before any process exists: every saved cgroup must be there. */
-export function checkCgroups(pid: number, saved: CgroupMembership[]): void {
+export function checkCgroups(pid: number, saved: CgroupMembership[], here: CgroupsHere): void {
   try {
-    moves(saved);
+    here.moves(saved);
   } catch (e) {
     throw new StasisError(`pid ${pid}: ${(e as Error).message}`);
   }
@@ -93,8 +102,8 @@ export function checkCgroups(pid: number, saved: CgroupMembership[]): void {
  * the v2 hierarchy only when the restart does not hold the tree there
  * (see ptrace/hold.ts: then `unifiedHome` says where it goes at the end).
  */
-export function restoreCgroups(hostPid: number, imagePid: number, saved: CgroupMembership[], held = false): void {
-  for (const { file, c } of moves(saved)) {
+export function restoreCgroups(hostPid: number, imagePid: number, saved: CgroupMembership[], here: CgroupsHere, held = false): void {
+  for (const { file, c } of here.moves(saved)) {
     if (held && c.controllers === '') continue;
     try {
       fs.writeFileSync(file, String(hostPid));

@@ -94,8 +94,11 @@ function withSharing(entry: ImageFd, pid: number, files: OpenFiles): ImageFd {
 /** Move the fd `got` to number `want`. */
 function place(remote: Remote, got: number, want: number, cloexec: boolean, where: string): void {
   if (got === want) return;
-  remote.call('dup3', SYS.dup3, [got, want, cloexec ? O_CLOEXEC : 0], where);
-  remote.call('close', SYS.close, [got], where);
+  // One batch: each call into the task is a round trip.
+  remote.batch([
+    { name: 'dup3', nr: SYS.dup3, args: [got, want, cloexec ? O_CLOEXEC : 0], where },
+    { name: 'close', nr: SYS.close, args: [got], where },
+  ]);
 }
 
 /**

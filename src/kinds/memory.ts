@@ -133,14 +133,15 @@ export function checkFileIdentity(id: FileIdentity, what: string): void {
  * and the saved process could have opened it the way mapVmas will (read
  * and write for a shared mapping that may become writable).
  */
-export function checkMappedFiles(vmas: ImageVma[], creds: ImageCreds, pid: number): void {
-  // A library is mapped four or five times: each file and way of opening it checked once.
-  const checked = new Set<string>();
+export function checkMappedFiles(vmas: ImageVma[], creds: ImageCreds, pid: number, checked = new Set<string>()): void {
+  // A library is mapped four or five times, by every process of a tree:
+  // each file, way of opening it and credentials checked once (`checked`).
+  const who = JSON.stringify([creds.uid[3], creds.gid[3], creds.groups]);
   for (const v of vmas) {
     if (v.kind !== 'file') continue;
     const what = `pid ${pid}: mapping at 0x${v.start.toString(16)}`;
     const mode = v.shared && v.vmFlags.includes('mw') ? O_RDWR : O_RDONLY;
-    const key = JSON.stringify([v.file, mode]);
+    const key = JSON.stringify([v.file, mode]) + who;
     if (checked.has(key)) continue;
     checked.add(key);
     checkFileIdentity(v.file!, what);

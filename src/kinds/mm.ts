@@ -7,6 +7,7 @@ import { ImageMm } from '../image/schema';
 import { Remote } from '../ptrace/remote';
 import { Queries } from '../ptrace/queries';
 import { SYS } from '../sys/x86';
+import { injectedResult } from '../sys/errno';
 import { fileIdentity } from './memory';
 import { openNoSymlinks } from './regular';
 
@@ -38,9 +39,10 @@ export function restoreMm(remote: Remote, mm: ImageMm): void {
     mm.argStart, mm.argEnd, mm.envStart, mm.envEnd, auxvAddr].forEach((v, i) => map.writeBigUInt64LE(BigInt(v), i * 8));
   map.writeUInt32LE(auxv.length, 96);
   map.writeUInt32LE(exeFd, 100);
-  try {
-    remote.call('prctl', SYS.prctl, [PR_SET_MM, PR_SET_MM_MAP, remote.putBytes(map), map.length, 0], 'PR_SET_MM_MAP');
-  } finally {
-    remote.call('close', SYS.close, [exeFd]);
-  }
+  // One batch (each call is a round trip into the task): the fd is closed whatever PR_SET_MM_MAP gave.
+  const [set] = remote.batchRaw([
+    { name: 'prctl', nr: SYS.prctl, args: [PR_SET_MM, PR_SET_MM_MAP, remote.putBytes(map), map.length, 0], where: 'PR_SET_MM_MAP' },
+    { name: 'close', nr: SYS.close, args: [exeFd] },
+  ]);
+  injectedResult(set, 'prctl', remote.pid, 'PR_SET_MM_MAP');
 }
