@@ -35,7 +35,7 @@ import { restoreProcessAttrs, threadAttrCalls, checkCreds, checkFilePrivilege } 
 import { restoreCredsAndCaps, credsNow } from './kinds/caps';
 import { restoreSched, timerSlackCalls } from './kinds/sched';
 import { restoreMempolicy, dumpMempolicy } from './kinds/mempolicy';
-import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds, dumpThreadPrctl } from './kinds/prctl';
+import { restoreProcessPrctl, restoreThreadPrctl, restoreThreadPrctlAfterCreds, dumpThreadPrctl, dumpProcessPrctl, type ProcessPrctlState } from './kinds/prctl';
 import { checkCgroups, restoreCgroups, unifiedHome, CgroupsHere } from './kinds/cgroups';
 import { RestartHold } from './ptrace/hold';
 import { TtyKeeper, acquireTerminal, restoreForeground } from './kinds/tty';
@@ -348,27 +348,32 @@ function rebuildProcess(r: Rebuilding, img: LoadedImage, keep: Keepers, log: (m:
   const cloneFlags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
   for (const th of p.threads.slice(1)) r.threads.push(cloneAt(remote, th.tid, cloneFlags, 0, p.pid, log, ns));
   blockAllSignals(r.threads);
+  // The process's prctl state is asked with the main thread's questions, before any credentials.
+  let processPrctl: ProcessPrctlState | undefined, credsChanged = false;
   p.threads.forEach((th, i) => {
     const tr = remote.withTask(r.threads[i]);
-    // What is only set, in one batch; then what is set where it differs, asked in one run.
-    tr.reset();
-    tr.batch([
+    // One run: what is only set, and the questions for what is set where it differs.
+    const q = new Queries(tr);
+    const setOk = q.setting([
       ...threadAttrCalls(th),
       ...(i > 0 ? [{ name: 'prctl', nr: SYS.prctl, args: [PR_SET_NAME, tr.putString(th.comm)], where: 'thread name' }] : []),
       ...altstackCalls(tr, th.signals),
       ...timerSlackCalls(tr, th.sched),
     ]);
-    const q = new Queries(tr);
     const policyNow = dumpMempolicy(q), prctlNow = dumpThreadPrctl(q), creds = credsNow(q);
+    const processNow = i === 0 ? dumpProcessPrctl(q) : undefined;
     q.run();
+    setOk();
+    processPrctl ??= processNow?.();
     restoreMempolicy(tr, th.mempolicy, policyNow());
     const prctl = prctlNow();
     restoreThreadPrctl(tr, th.prctl, prctl);
     const changed = restoreCredsAndCaps(tr, p.creds, th.caps, creds());
+    credsChanged ||= changed;
     restoreThreadPrctlAfterCreds(tr, th.prctl, prctl, changed);
     restoreSignalState(tr, th.signals, i === 0 ? p.sharedPending : []);
   });
-  restoreProcessPrctl(remote, p.prctl);
+  restoreProcessPrctl(remote, p.prctl, processPrctl!, credsChanged);
   restoreFdOwners(remote, p.fds);
 }
 

@@ -16,7 +16,7 @@ import { z, lazySchema } from '../image/zod';
 import { check } from '../image/checks';
 import { readStat, readStatus } from '../proc';
 import { Remote, AT_FDCWD } from '../ptrace/remote';
-import { Queries, askNow } from '../ptrace/queries';
+import { Queries } from '../ptrace/queries';
 import { Tracee } from '../ptrace/tracee';
 import { ptrace, syscall } from '../sys/libc';
 import { SYS } from '../sys/x86';
@@ -177,12 +177,13 @@ function autogroupNice(pid: number): number | null {
 }
 
 /**
- * After every thread has its credentials (a uid change resets dumpable)
- * and every VMA is mapped (MDWE acts on mappings).
+ * Set where it differs from `now`, asked in the main thread's run before
+ * credentials (dumpProcessPrctl): set after every VMA is mapped (MDWE acts
+ * on mappings) and every thread has its credentials, whose change
+ * (`credsChanged`) resets dumpable (to fs.suid_dumpable).
  */
-export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState): void {
+export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState, now: ProcessPrctlState, credsChanged: boolean): void {
   const pid = remote.pid;
-  const now = askNow(remote, dumpProcessPrctl);
   const prctl = (what: string, ...args: number[]) => remote.call('prctl', SYS.prctl, args, `pid ${pid}: ${what}`);
   if (now.childSubreaper !== s.childSubreaper) prctl('child subreaper', PR.SET_CHILD_SUBREAPER, s.childSubreaper ? 1 : 0);
   if (now.thpDisable !== s.thpDisable) prctl('THP disable', PR.SET_THP_DISABLE, s.thpDisable ? 1 : 0, s.thpDisable & 2);
@@ -190,7 +191,7 @@ export function restoreProcessPrctl(remote: Remote, s: ProcessPrctlState): void 
     if (s.membarrier & bit & ~now.membarrier) remote.call('membarrier', NR_membarrier, [bit, 0, 0], `pid ${pid}: membarrier registration 0x${bit.toString(16)}`);
   }
   if (s.futexSlots >= 0 && now.futexSlots !== s.futexSlots) prctl('private futex hash size', PR.FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, s.futexSlots);
-  if (now.dumpable !== s.dumpable) prctl('dumpable', PR.SET_DUMPABLE, s.dumpable);
+  if (credsChanged || now.dumpable !== s.dumpable) prctl('dumpable', PR.SET_DUMPABLE, s.dumpable);
   if (now.mdwe !== s.mdwe) {
     if (now.mdwe & ~s.mdwe) throw new StasisError(`pid ${pid}: MDWE is 0x${now.mdwe.toString(16)} in the new process and cannot be cleared`);
     prctl('MDWE', PR.SET_MDWE, s.mdwe);

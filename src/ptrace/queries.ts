@@ -1,9 +1,10 @@
-// Read-only system calls asked of a stopped task by several kinds at once.
+// Read-only system calls asked of a stopped task by several kinds at once
+// (and, at restore, calls that only set, made in the same run).
 // Each kind plans its calls (and the bytes each fills in the task's scratch
 // area) and gets back a function that reads its answers; one run makes them
 // all, in a target's main thread one round trip (two to four ptrace stops)
 // where each kind's own calls took one or two each.
-import { Remote } from './remote';
+import { Remote, BatchCall } from './remote';
 import { Tracee } from './tracee';
 import { Gadget } from './gadget';
 import { StasisError, injectedResult } from '../sys/errno';
@@ -95,6 +96,20 @@ export class Queries {
   }
 
   /**
+   * Calls that only set something, made in the same run as the questions
+   * (each call into a task is a round trip), in their order and before
+   * those planned after them; the returned check throws the first that
+   * failed, by name.
+   */
+  setting(calls: BatchCall[]): () => void {
+    const answers = calls.map((c) => this.ask(c.name, c.nr, c.args.map((a) => {
+      if (typeof a === 'object') throw new StasisError(`${c.name}: a result of another call cannot be an argument in a run of queries (a bug in stasis)`);
+      return a;
+    }), { where: c.where }));
+    return () => { for (const a of answers) void a.value; };
+  }
+
+  /**
    * Make every planned call, then hand each its answer: the main thread's
    * in one batch; other threads', which cannot run batches (Remote.batch),
    * call by call, a few threads' k-th calls at once (Tracee.injectTogether).
@@ -103,7 +118,8 @@ export class Queries {
     const { remote, planned } = this.root;
     if (!planned.length) return;
     const used = remote.scratchUsed;
-    if (planned.some((p) => p.zero)) remote.task.writeMem(remote.scratch, Buffer.alloc(used));
+    // Only what asked for it: the area may hold what set calls point at.
+    for (const p of planned) if (p.zero) remote.task.writeMem(p.at, Buffer.alloc(p.len));
     const raw = new Map<Planned, number>();
     const byTask = new Map<Remote, Planned[]>();
     for (const p of planned) {
@@ -131,10 +147,3 @@ export class Queries {
   }
 }
 
-/** One kind's queries run at once, for its answer now (at restore, where nothing is gathered). */
-export function askNow<T>(remote: Remote, plan: (q: Queries) => () => T): T {
-  const q = new Queries(remote);
-  const answer = plan(q);
-  q.run();
-  return answer();
-}
