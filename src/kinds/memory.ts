@@ -698,7 +698,9 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
     const path = v.shmem && objectPath.get(v.shmem.ino);
     return path ? { path, mode: O_RDWR, what: `${labels[i]}: shared memory` } : source(v, labels[i]);
   });
-  // Three batches: open every backing file once, map everything, close.
+  // Two batches (each is a round trip into the task): open every backing
+  // file once; then drop the objects' scratch mappings, map everything,
+  // advise, and close the files.
   const keys = [...new Set(sources.filter((x) => x).map((x) => `${x!.mode}:${x!.path}`))];
   const opens = keys.map((k) => {
     const x = sources.find((y) => y && `${y.mode}:${y.path}` === k)!;
@@ -707,45 +709,52 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
       ? { name: 'openat2', nr: SYS.openat2, args: openNoSymlinks(remote, x.path, x.mode), where: x.what }
       : { name: 'openat', nr: SYS.openat, args: [AT_FDCWD, remote.putString(x.path), x.mode, 0], where: x.what };
   });
+  const unmapTemps = inos.map((_, i) => ({ name: 'munmap', nr: SYS.munmap, args: [temps[i], sizes[i]], where: 'shared memory object' }));
   let fdList: number[];
   try {
     fdList = remote.batch(opens);
-  } finally {
-    remote.batch(inos.map((_, i) => ({ name: 'munmap', nr: SYS.munmap, args: [temps[i], sizes[i]], where: 'shared memory object' })));
+  } catch (e) {
+    remote.batch(unmapTemps);
+    throw e;
   }
   const fds = new Map(keys.map((k, i) => [k, fdList[i]]));
-  try {
-    const maps = wanted.map((v, i) => {
-      let prot = protBits(v.prot);
-      if (mappedWritable(v)) prot |= PROT_WRITE;
-      const src = sources[i];
-      const type = v.vmFlags.includes('dp') ? MAP_DROPPABLE : v.shared ? MAP_SHARED : MAP_PRIVATE;
-      let flags = MAP_FIXED | type | (src ? 0 : MAP_ANONYMOUS);
-      if (v.vmFlags.includes('gd')) flags |= MAP_GROWSDOWN;
-      if (v.vmFlags.includes('nr')) flags |= MAP_NORESERVE; // glibc's thread arenas: no commit charge
-      const fd = src ? fds.get(`${src.mode}:${src.path}`)! : -1;
-      return { name: 'mmap', nr: SYS.mmap, args: [v.start, v.end - v.start, prot, flags, fd, src ? v.offset : 0], where: labels[i] };
-    });
-    remote.batch(maps).forEach((got, i) => {
-      if (got !== wanted[i].start) throw new StasisError(`${labels[i]}: mmap placed it at 0x${got.toString(16)}`);
-    });
+  const maps = wanted.map((v, i) => {
+    let prot = protBits(v.prot);
+    if (mappedWritable(v)) prot |= PROT_WRITE;
+    const src = sources[i];
+    const type = v.vmFlags.includes('dp') ? MAP_DROPPABLE : v.shared ? MAP_SHARED : MAP_PRIVATE;
+    let flags = MAP_FIXED | type | (src ? 0 : MAP_ANONYMOUS);
+    if (v.vmFlags.includes('gd')) flags |= MAP_GROWSDOWN;
+    if (v.vmFlags.includes('nr')) flags |= MAP_NORESERVE; // glibc's thread arenas: no commit charge
+    const fd = src ? fds.get(`${src.mode}:${src.path}`)! : -1;
+    return { name: 'mmap', nr: SYS.mmap, args: [v.start, v.end - v.start, prot, flags, fd, src ? v.offset : 0], where: labels[i] };
+  });
+  // Advice before any page is written: a huge page policy decides how the
+  // writes below are backed.
+  const advice = advised.flatMap((v) => v.vmFlags.filter((f) => MADVISE_FOR_FLAG[f] !== undefined).map((f) =>
+    ({ name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADVISE_FOR_FLAG[f]], where: `${label(v)}, flag ${f}` })));
+  if (mergeAny) {
+    advice.push(...advised.flatMap((v) => v.vmFlags.includes('mg') ? [] : [
+      { name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADV_UNMERGEABLE], where: `${label(v)}, not mergeable` }]));
+  }
+  // "gu" stays on a VMA whose guard regions were all removed: one page
+  // guarded and unguarded again, before any page is written.
+  advice.push(...advised.flatMap((v) => v.vmFlags.includes('gu') && !v.guards?.length ? [
+    { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_INSTALL], where: `${label(v)}, flag gu` },
+    { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_REMOVE], where: `${label(v)}, flag gu` },
+  ] : []));
+  const closes = [...fds.values()].map((fd) => ({ name: 'close', nr: SYS.close, args: [fd] }));
+  // System V segments are attached after the mappings, and advised with them.
+  const later = sysv.length ? advice : [];
+  // Every call is made whatever the others gave (the files are closed); the first failure is thrown.
+  const got = remote.batch([...unmapTemps, ...maps, ...(later.length ? [] : advice), ...closes]);
+  maps.forEach((m, i) => {
+    const at = got[unmapTemps.length + i];
+    if (at !== wanted[i].start) throw new StasisError(`${labels[i]}: mmap placed it at 0x${at.toString(16)}`);
+  });
+  if (sysv.length) {
     attachSegments(remote, sysv, label);
-    // Advice before any page is written: a huge page policy decides how the
-    // writes below are backed.
-    remote.batch(advised.flatMap((v) => v.vmFlags.filter((f) => MADVISE_FOR_FLAG[f] !== undefined).map((f) =>
-      ({ name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADVISE_FOR_FLAG[f]], where: `${label(v)}, flag ${f}` }))));
-    if (mergeAny) {
-      remote.batch(advised.flatMap((v) => v.vmFlags.includes('mg') ? [] : [
-        { name: 'madvise', nr: SYS.madvise, args: [v.start, v.end - v.start, MADV_UNMERGEABLE], where: `${label(v)}, not mergeable` }]));
-    }
-    // "gu" stays on a VMA whose guard regions were all removed: one page
-    // guarded and unguarded again, before any page is written.
-    remote.batch(advised.flatMap((v) => v.vmFlags.includes('gu') && !v.guards?.length ? [
-      { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_INSTALL], where: `${label(v)}, flag gu` },
-      { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_REMOVE], where: `${label(v)}, flag gu` },
-    ] : []));
-  } finally {
-    remote.batch([...fds.values()].map((fd) => ({ name: 'close', nr: SYS.close, args: [fd] })));
+    remote.batch(later);
   }
 }
 
