@@ -268,8 +268,6 @@ function clearAddressSpace(remote: Remote, p: ImageProcess, log: (m: string) => 
   const t = remote.task;
   const gadget = t.syscallInsn;
   const live = readMaps(t.pid);
-  // An fd table shared with the parent holds the parent's restored fds already.
-  if (!p.sharing?.files) remote.call('close_range', SYS.close_range, [0, 0xffffffff, 0], 'inherited fds');
   const specials = specialVmas(live);
   const ranges = live.filter((v) => !specials.has(v.path) && v.start !== gadget).flatMap((v) => {
     // What is left of a mapping once the kept ranges are cut out of it.
@@ -280,7 +278,11 @@ function clearAddressSpace(remote: Remote, p: ImageProcess, log: (m: string) => 
     }
     return pieces;
   });
-  remote.batch(ranges.map((v) => ({ name: 'munmap', nr: SYS.munmap, args: [v.start, v.end - v.start], where: `blank mapping ${v.path}` })));
+  // One batch. An fd table shared with the parent holds the parent's restored fds already.
+  remote.batch([
+    ...(p.sharing?.files ? [] : [{ name: 'close_range', nr: SYS.close_range, args: [0, 0xffffffff, 0], where: 'inherited fds' }]),
+    ...ranges.map((v) => ({ name: 'munmap', nr: SYS.munmap, args: [v.start, v.end - v.start], where: `blank mapping ${v.path}` })),
+  ]);
   const taken = [...p.vmas, { start: gadget, end: gadget + GADGET_SIZE }, ...specials.values()];
   moveVdso(remote, p.vmas, live, findGap(64 * PAGE_SIZE, taken));
   log(`pid ${p.pid}: address space cleared, vDSO in place`);
