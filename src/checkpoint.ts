@@ -218,9 +218,9 @@ function refuseForeignGroups(root: number, procs: Array<{ pid: number; stat: { p
 export function dumpProcess(s: Survey, children: ReturnType<typeof childrenOf> = { stopped: [], running: 0 }): ImageProcess {
   const pid = s.proc.pid;
   const stat = readStat(pid);
-  const attrs = dumpProcessAttrs(pid);
-  const cgroups = dumpCgroups(pid);
   const main = s.proc.threads[0];
+  const attrs = dumpProcessAttrs(pid, main.statusSeen);
+  const cgroups = dumpCgroups(pid);
   const vdso = specialVmas(s.vmas).get('[vdso]');
   const insn = locateSyscall(main, vdso ? [vdso] : s.vmas.filter((v) => v.prot === 'r-x' && v.kind === 'file'));
   for (const t of s.proc.threads) t.syscallInsn = insn;

@@ -33,8 +33,9 @@ const hex = (v: bigint) => '0x' + v.toString(16);
 export function dumpCaps(q: Queries): () => CapsState {
   const tid = q.remote.task.pid;
   const bits = q.ask('prctl', SYS.prctl, [PR_GET_SECUREBITS], { where: 'securebits' });
+  const seen = q.remote.task.statusSeen;
   return () => {
-    const st = readStatus(tid);
+    const st = seen ?? readStatus(tid);
     return {
       inh: hex(st.capInh), prm: hex(st.capPrm), eff: hex(st.capEff), bnd: hex(st.capBnd), amb: hex(st.capAmb),
       securebits: bits.value,

@@ -89,7 +89,7 @@ export function refuseUnrestorableAttrs(pid: number, threads: Tracee[]): void {
   let ids = '';
   for (const t of threads) {
     const who = `pid ${pid}${t.pid !== pid ? ` thread ${t.pid}` : ''}`;
-    const st = readStatus(t.pid);
+    const st = t.statusSeen = readStatus(t.pid);
     if (st.seccomp !== 0) {
       throw new UnsupportedError(`${who}: seccomp ${st.seccomp === 1 ? 'strict mode' : 'filter'} is not supported (filters cannot be read back); run it without seccomp to checkpoint it`);
     }

@@ -3,7 +3,7 @@
 // robust futex list.
 import fs from 'node:fs';
 import os from 'node:os';
-import { readStatus, readLimits, RLIM_INFINITY } from '../proc';
+import { readStatus, readLimits, RLIM_INFINITY, type Status } from '../proc';
 import type { ImageCreds, ImageProcess, ImageThread } from '../image/schema';
 import type { CapsState } from './caps';
 import { Remote, BatchCall } from '../ptrace/remote';
@@ -18,8 +18,9 @@ const hex = (v: bigint) => '0x' + v.toString(16);
 
 export type ProcessAttrs = Pick<ImageProcess, 'comm' | 'personality' | 'umask' | 'cwd' | 'root' | 'rlimits' | 'creds' | 'kernel'>;
 
-export function dumpProcessAttrs(pid: number): ProcessAttrs {
-  const status = readStatus(pid);
+/** `seen`: its main thread's status as the survey read it (Tracee.statusSeen). */
+export function dumpProcessAttrs(pid: number, seen?: Status): ProcessAttrs {
+  const status = seen ?? readStatus(pid);
   const creds: ImageCreds = {
     uid: status.uid, gid: status.gid, groups: status.groups,
     capEff: hex(status.capEff), capPrm: hex(status.capPrm), capInh: hex(status.capInh),

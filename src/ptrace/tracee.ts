@@ -8,7 +8,7 @@ import {
 } from '../sys/libc';
 import { Gadget, resumeRegs, hasVdso, LeftBehind, Range } from './gadget';
 import { whoTraces } from './busy';
-import { readStat } from '../proc';
+import { readStat, type Status } from '../proc';
 import { StasisError, SyscallError, injectedResult } from '../sys/errno';
 import { Regs, SYSCALL_ARGS, USER_REGS_SIZE, SYS } from '../sys/x86';
 
@@ -46,6 +46,11 @@ export class Tracee {
   saved?: Regs;
   /** Signals that arrived while we were working; re-sent at detach. */
   readonly deferredSignals: number[] = [];
+  /**
+   * Its /proc status as a checkpoint's survey read it, the tree frozen: for
+   * what nothing injected changes (ids, capabilities, umask), read once.
+   */
+  statusSeen?: Status;
   /** a SIGSTOP arrived while we were working (see deferSignal) */
   private stopArrived = false;
   /** Its own blocked mask while a checkpoint holds every signal blocked (see FrozenTree). */
