@@ -4,8 +4,8 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
-import { build, Procs, waitFor, waitGone, tmpdir, PROGRAMS, checkpointKillRestart as restartAfterKill, referenceRun as runToEnd, restartVerified, assertLeftRunning } from './harness';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { build, Procs, waitFor, waitGone, tmpdir, CLI, PROGRAMS, checkpointKillRestart as restartAfterKill, referenceRun as runToEnd, restartVerified, assertLeftRunning } from './harness';
 import { checkpointSync, loadImage } from '../src';
 import type { RestartOptions } from '../src';
 import { readStat, readStatus, listChildren, listThreads } from '../src/proc';
@@ -13,6 +13,7 @@ import { scanTree } from '../src/ptrace/freeze';
 import { waitpidAsync, syscall } from '../src/sys/libc';
 
 const procs = new Procs();
+const KCMP = 312, KCMP_FILE = 0;
 after(() => procs.cleanup());
 
 interface PsFacts { pid: number; ppid: number; pgid: number; sid: number; state: string }
@@ -330,6 +331,30 @@ test('a process in a group led from outside the tree is refused by name, and the
   assert.throws(() => checkpointSync(pid, path.join(dir, 'image')), new RegExp(`pid ${b}: its process group ${group} is led by a process outside the tree`));
   for (const p of tree) assert.equal(readStatus(p.pid).tracerPid, 0);
   assert.match(readStat(pid).state, /^[RS]$/);
+});
+
+test("a child sharing its parent's fds shares them again, the last fd the restarter's RLIMIT_NOFILE allows among them", async () => {
+  const dir = tmpdir('shared-fds');
+  const out = path.join(dir, 'out');
+  // fd 63, stdout and stderr: one open file description each in the shell
+  // and its child (dash takes only fds 0-9), which may have fds 0-63
+  // (prlimit execs bash).
+  const pid = procs.start('/usr/bin/prlimit', ['--nofile=64:64', '--', '/bin/bash', '-c', 'exec 63</dev/null; sleep 1000 & echo ready; wait'], out);
+  await waitFor(out, /^ready$/m);
+  const img = path.join(dir, 'image');
+  checkpointSync(pid, img, { kill: true });
+  await waitGone(pid, procs);
+  const child = loadImage(img).processes[1];
+  assert.equal(child.fds.find((f) => f.fd === 63)?.sharedWith?.pid, pid);
+  // A restarter allowed fds 0-63: fd 63 is taken from the parent at its own number.
+  const r = spawnSync('prlimit', ['--nofile=64:64', '--', process.execPath, CLI, 'restart', '-d', '--verify', img], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  procs.addTree(Number(r.stdout.trim()));
+  // (The background job's stdin is its own /dev/null.)
+  for (const fd of [1, 2, 63]) {
+    assert.equal(syscall(KCMP, 'kcmp', pid, child.pid, KCMP_FILE, fd, fd), 0, `fd ${fd}: one open file in parent and child`);
+  }
+  assert.equal(fs.readlinkSync(`/proc/${child.pid}/fd/63`), '/dev/null');
 });
 
 test('a restart failing half way through a tree leaves no process behind', async () => {

@@ -7,7 +7,7 @@
 import { listFds, readLimits } from '../proc';
 import { LockTable } from './locks';
 import type { ImageFd, ImageCreds } from '../image/schema';
-import { Remote } from '../ptrace/remote';
+import { Remote, BatchCall } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { syscall } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
@@ -15,6 +15,7 @@ import { FoundFd, DumpContext, RestoreContext, O_CLOEXEC } from './fdkind';
 import { FD_KINDS, kindOf } from './fdkinds';
 
 const KCMP_FILE = 0;
+const F_DUPFD = 0;
 const RLIMIT_NOFILE = 7;
 
 /** Name the kind of an fd no kind claims, from its /proc link. */
@@ -109,6 +110,7 @@ function place(remote: Remote, got: number, want: number, cloexec: boolean, wher
  */
 export function restoreFds(remote: Remote, fds: ImageFd[], ctx: RestoreContext): void {
   const late = (f: ImageFd) => !!kindOf(f.kind).late;
+  let limit: number | undefined; // the task's RLIMIT_NOFILE, which is ours
   for (const f of [...fds.filter((x) => !late(x)), ...fds.filter(late)]) {
     const where = `fd ${f.fd} (${f.path})`;
     remote.reset();
@@ -117,13 +119,26 @@ export function restoreFds(remote: Remote, fds: ImageFd[], ctx: RestoreContext):
       continue;
     }
     if (f.sharedWith) {
-      // One batch: the pidfd, the fd taken through it, the pidfd closed.
-      const [, got] = remote.batch([
+      // The pidfd, the fd taken through it, the pidfd closed.
+      const take: BatchCall[] = [
         { name: 'pidfd_open', nr: SYS.pidfd_open, args: [f.sharedWith.pid, 0], where },
         { name: 'pidfd_getfd', nr: SYS.pidfd_getfd, args: [{ result: 0 }, f.sharedWith.fd, 0], where: `${where} from pid ${f.sharedWith.pid}` },
         { name: 'close', nr: SYS.close, args: [{ result: 0 }], where },
-      ]);
-      place(remote, got, f.fd, f.cloexec, where);
+      ];
+      if (f.fd + 1 < (limit ??= openFileLimit())) {
+        // In the same batch, moved above f.fd first (it may have come at
+        // f.fd itself), then into place.
+        remote.batch([
+          ...take,
+          { name: 'fcntl', nr: SYS.fcntl, args: [{ result: 1 }, F_DUPFD, f.fd + 1], where },
+          { name: 'close', nr: SYS.close, args: [{ result: 1 }], where },
+          { name: 'dup3', nr: SYS.dup3, args: [{ result: 3 }, f.fd, f.cloexec ? O_CLOEXEC : 0], where },
+          { name: 'close', nr: SYS.close, args: [{ result: 3 }], where },
+        ]);
+      } else {
+        // The last fd the limit allows: nothing above it to move it through.
+        place(remote, remote.batch(take)[1], f.fd, f.cloexec, where);
+      }
       continue;
     }
     const kind = kindOf(f.kind);
