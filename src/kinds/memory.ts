@@ -985,8 +985,11 @@ function mergeRuns(runs: PageRun[]): PageRun[] {
   return merged;
 }
 
-/** Final protections and guard pages once the contents are in place. */
-export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
+/**
+ * Final protections and guard pages once the contents are in place, in one
+ * batch with `first` (unsharedDrops).
+ */
+export function finishVmas(remote: Remote, vmas: ImageVma[], first: BatchCall[] = []): void {
   // The kernel keeps VM_ACCOUNT through mprotect only on anonymous memory
   // that was ever faulted (has an anon_vma): one that receives no page
   // (a PROT_NONE page split off written memory) gets a page touched and
@@ -996,7 +999,7 @@ export function finishVmas(remote: Remote, vmas: ImageVma[]): void {
     remote.task.writev(Buffer.alloc(touch.length), 0, touch.map((v) => ({ addr: v.start, len: 1 })));
     remote.batch(touch.map((v) => ({ name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_DONTNEED], where: `${vmaLabel(v, v.name)}: the page touched for VM_ACCOUNT` })));
   }
-  const calls: BatchCall[] = [];
+  const calls: BatchCall[] = [...first];
   for (const v of vmas) {
     if (v.kind === 'vdso' || v.kind === 'vvar' || v.kind === 'vvar_vclock') continue;
     const label = vmaLabel(v, v.file?.path ?? v.name);
@@ -1089,11 +1092,12 @@ export function keptFromParent(child: ImageVma[], parent: ImageVma[], parentPid:
 
 /**
  * In a VMA kept as forked, the pages the child did not have at checkpoint
- * (never touched, dropped) are dropped; its own pages are written after.
+ * (never touched, dropped): the calls that drop them, for finishVmas's
+ * batch (its own and inherited pages, written before, are left alone).
  */
-export function dropUnshared(remote: Remote, kept: Map<ImageVma, Set<number>>, ownRuns: PageRun[]): void {
+export function unsharedDrops(kept: Map<ImageVma, Set<number>>, ownRuns: PageRun[]): BatchCall[] {
   // Nothing kept as forked (every lone process): no set of every saved page (~80 ms for 1 GiB, cold).
-  if (!kept.size) return;
+  if (!kept.size) return [];
   const own = new Set<number>();
   for (const r of ownRuns) for (let a = r.addr; a < r.addr + r.len; a += PAGE_SIZE) own.add(a);
   const calls: BatchCall[] = [];
@@ -1110,5 +1114,5 @@ export function dropUnshared(remote: Remote, kept: Map<ImageVma, Set<number>>, o
       }
     }
   }
-  remote.batch(calls);
+  return calls;
 }
