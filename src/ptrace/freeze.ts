@@ -387,13 +387,12 @@ export class FrozenTree {
       // and is reported dead only then: this thread takes a share of it.
       // One process only, killed last, right after the others, which all
       // die at once as before (stasis killed in between, the kernel would
-      // let the ones still alive run).
+      // let the ones still alive run; that one with its new CPU mask).
       const last = this.processes.find((p) => p.pid === largest);
-      const pidfd = last && readyToRelease(last);
       for (const p of this.processes) {
         if (p !== last) try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
       }
-      if (last) released = killFreeing(last.pid, pidfd);
+      if (last) released = killFreeing(last.pid, readyToRelease(last));
       // As their tracer we hear of each death first: take that notice so
       // the real parent can reap them at once.
       // A group leader is reported only after its other threads: those first.
