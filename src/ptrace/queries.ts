@@ -118,8 +118,16 @@ export class Queries {
     const { remote, planned } = this.root;
     if (!planned.length) return;
     const used = remote.scratchUsed;
-    // Only what asked for it: the area may hold what set calls point at.
-    for (const p of planned) if (p.zero) remote.task.writeMem(p.at, Buffer.alloc(p.len));
+    // Only what asked for it (the area may hold what set calls point at),
+    // neighbours in one write (a waitid for each child of a tree).
+    const zeros: Array<{ at: number; end: number }> = [];
+    for (const p of planned) {
+      if (!p.zero) continue;
+      const last = zeros.at(-1);
+      if (last && p.at >= last.end && p.at - last.end < 16) last.end = p.at + p.len; // only alignment padding between
+      else zeros.push({ at: p.at, end: p.at + p.len });
+    }
+    for (const z of zeros) remote.task.writeMem(z.at, Buffer.alloc(z.end - z.at));
     const raw = new Map<Planned, number>();
     const byTask = new Map<Remote, Planned[]>();
     for (const p of planned) {
