@@ -4,7 +4,7 @@
 import { z, lazySchema } from '../image/zod';
 import { UnsupportedError, StasisError } from '../sys/errno';
 import { FdKind, FoundFd } from './fdkind';
-import { checkPath, openByPath } from './regular';
+import { checkPath, openByPath, openByPathCall } from './regular';
 
 /** major:minor -> the path it is reopened by */
 const PLAIN_DEVICES: Record<string, string> = {
@@ -30,6 +30,7 @@ export const chrKind: FdKind<ChrFd> = {
     throw new UnsupportedError(`${f.where}: character device ${f.target} (${dev}) is not supported yet`);
   },
   open: (remote, r, _ctx, where) => openByPath(remote, r, where),
+  openCall: openByPathCall,
   check(r, creds, where, ownTasks) {
     if (!Object.values(PLAIN_DEVICES).includes(r.path)) throw new StasisError(`${where}: ${r.path} is not one of the devices a checkpoint saves`);
     checkPath(r, creds, where, ownTasks, 'character device', (s) => s.isCharacterDevice());

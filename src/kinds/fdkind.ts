@@ -15,7 +15,7 @@ import type { z } from '../image/zod';
 import { Fdinfo, readFdinfo } from '../proc';
 import type { ImageCreds, ObjectTables } from '../image/schema';
 import type { LoadedImage } from '../image/load';
-import { Remote, AT_FDCWD } from '../ptrace/remote';
+import { Remote, AT_FDCWD, BatchCall } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { StasisError } from '../sys/errno';
 import type { PipeTable, PipeKeeper } from './pipes';
@@ -138,6 +138,12 @@ export interface FdKind<R extends KindRecord = KindRecord> {
   sharingKey?(r: R & { path: string }): string;
   /** Make the object inside the task at any fd number; returns that fd. */
   open(remote: Remote, r: R & CommonFd, ctx: RestoreContext, where: string): number;
+  /**
+   * The same as one call whose result is the fd, where `open` is only
+   * that: restoreFds then opens, places and settles it in a batch with
+   * other fds (and no `settle` but the offset, seekCalls).
+   */
+  openCall?(remote: Remote, r: R & CommonFd, where: string): BatchCall;
   /** After the fd is at its number (its offset, say). */
   settle?(remote: Remote, r: R & CommonFd, where: string): void;
   /** Restored after every fd of other kinds (an epoll watches them). */
@@ -174,5 +180,10 @@ export function openHeld(remote: Remote, procPath: string, r: CommonFd, where: s
 
 /** A file's offset, for kinds whose open file descriptions have one. */
 export function seekTo(remote: Remote, r: CommonFd, where: string): void {
-  if (!(r.flags & O_PATH) && r.pos) remote.call('lseek', SYS.lseek, [r.fd, r.pos, SEEK_SET], where);
+  for (const c of seekCalls(r, where)) remote.call(c.name, c.nr, c.args as number[], where);
+}
+
+/** seekTo's call, if it makes one, for a batch. */
+export function seekCalls(r: CommonFd, where: string): BatchCall[] {
+  return !(r.flags & O_PATH) && r.pos ? [{ name: 'lseek', nr: SYS.lseek, args: [r.fd, r.pos, SEEK_SET], where }] : [];
 }

@@ -11,7 +11,7 @@ import { Remote, BatchCall } from '../ptrace/remote';
 import { SYS } from '../sys/x86';
 import { syscall } from '../sys/libc';
 import { StasisError, UnsupportedError } from '../sys/errno';
-import { FoundFd, DumpContext, RestoreContext, O_CLOEXEC } from './fdkind';
+import { FoundFd, DumpContext, RestoreContext, O_CLOEXEC, seekCalls } from './fdkind';
 import { FD_KINDS, kindOf } from './fdkinds';
 
 const KCMP_FILE = 0;
@@ -106,45 +106,68 @@ function place(remote: Remote, got: number, want: number, cloexec: boolean, wher
  * Restore fds in increasing order (every fd of the fresh task is closed),
  * kinds marked late (epoll) after all others. An fd shared with an earlier
  * process is fetched from it with pidfd_getfd, so both hold one open file
- * description again.
+ * description again. Every call into the task is a round trip: fds made by
+ * one call each (a dup, pidfd_getfd, a file opened: FdKind.openCall) are
+ * made, placed and settled together, in as few batches as hold them.
  */
 export function restoreFds(remote: Remote, fds: ImageFd[], ctx: RestoreContext): void {
   const late = (f: ImageFd) => !!kindOf(f.kind).late;
   let limit: number | undefined; // the task's RLIMIT_NOFILE, which is ours
+  let pending: BatchCall[] = [];
+  const run = () => {
+    if (pending.length) remote.batch(pending);
+    pending = [];
+  };
+  // The scratch area emptied once what points into it has run.
+  const fresh = () => {
+    run();
+    remote.reset();
+  };
+  // One fd's calls, their references to each other's results numbered from 0.
+  const add = (calls: BatchCall[]) => {
+    if (pending.length + calls.length > remote.callsPerRun) run();
+    const base = pending.length;
+    pending.push(...calls.map((c) => ({ ...c, args: c.args.map((a) => (typeof a === 'object' ? { result: a.result + base } : a)) })));
+  };
+  remote.reset();
   for (const f of [...fds.filter((x) => !late(x)), ...fds.filter(late)]) {
     const where = `fd ${f.fd} (${f.path})`;
-    remote.reset();
     if (f.sameAs !== undefined) {
-      remote.call('dup3', SYS.dup3, [f.sameAs, f.fd, f.cloexec ? O_CLOEXEC : 0], where);
-      continue;
-    }
-    if (f.sharedWith) {
-      // The pidfd, the fd taken through it, the pidfd closed.
-      const take: BatchCall[] = [
-        { name: 'pidfd_open', nr: SYS.pidfd_open, args: [f.sharedWith.pid, 0], where },
-        { name: 'pidfd_getfd', nr: SYS.pidfd_getfd, args: [{ result: 0 }, f.sharedWith.fd, 0], where: `${where} from pid ${f.sharedWith.pid}` },
-        { name: 'close', nr: SYS.close, args: [{ result: 0 }], where },
-      ];
-      if (f.fd + 1 < (limit ??= openFileLimit())) {
-        // In the same batch, moved above f.fd first (it may have come at
-        // f.fd itself), then into place.
-        remote.batch([
-          ...take,
-          { name: 'fcntl', nr: SYS.fcntl, args: [{ result: 1 }, F_DUPFD, f.fd + 1], where },
-          { name: 'close', nr: SYS.close, args: [{ result: 1 }], where },
-          { name: 'dup3', nr: SYS.dup3, args: [{ result: 3 }, f.fd, f.cloexec ? O_CLOEXEC : 0], where },
-          { name: 'close', nr: SYS.close, args: [{ result: 3 }], where },
-        ]);
-      } else {
-        // The last fd the limit allows: nothing above it to move it through.
-        place(remote, remote.batch(take)[1], f.fd, f.cloexec, where);
-      }
+      add([{ name: 'dup3', nr: SYS.dup3, args: [f.sameAs, f.fd, f.cloexec ? O_CLOEXEC : 0], where }]);
       continue;
     }
     const kind = kindOf(f.kind);
-    place(remote, kind.open(remote, f, ctx, where), f.fd, f.cloexec, where);
-    kind.settle?.(remote, f, where);
+    // Moved above f.fd first (it may have come at f.fd itself), then into
+    // place: impossible only for the last fd the limit allows.
+    const movable = f.fd + 1 < (limit ??= openFileLimit());
+    // `got`: the call whose result is the fd; `at`: where these calls start.
+    const into = (got: number, at: number): BatchCall[] => [
+      { name: 'fcntl', nr: SYS.fcntl, args: [{ result: got }, F_DUPFD, f.fd + 1], where },
+      { name: 'close', nr: SYS.close, args: [{ result: got }], where },
+      { name: 'dup3', nr: SYS.dup3, args: [{ result: at }, f.fd, f.cloexec ? O_CLOEXEC : 0], where },
+      { name: 'close', nr: SYS.close, args: [{ result: at }], where },
+    ];
+    // The pidfd, the fd taken through it, the pidfd closed.
+    const take = (s: { pid: number; fd: number }): BatchCall[] => [
+      { name: 'pidfd_open', nr: SYS.pidfd_open, args: [s.pid, 0], where },
+      { name: 'pidfd_getfd', nr: SYS.pidfd_getfd, args: [{ result: 0 }, s.fd, 0], where: `${where} from pid ${s.pid}` },
+      { name: 'close', nr: SYS.close, args: [{ result: 0 }], where },
+    ];
+    // A path and its open_how in the scratch area: room for them, or the batch so far goes first.
+    if (kind.openCall && remote.scratchUsed + Buffer.byteLength(f.path) + 64 > remote.scratchSize) fresh();
+    if (f.sharedWith && movable) add([...take(f.sharedWith), ...into(1, 3)]);
+    else if (kind.openCall && movable) add([kind.openCall(remote, f, where), ...into(0, 1), ...seekCalls(f, where)]);
+    else {
+      fresh();
+      if (f.sharedWith) place(remote, remote.batch(take(f.sharedWith))[1], f.fd, f.cloexec, where);
+      else {
+        place(remote, kind.open(remote, f, ctx, where), f.fd, f.cloexec, where);
+        kind.settle?.(remote, f, where);
+      }
+      remote.reset();
+    }
   }
+  run();
 }
 
 /** The restarter's RLIMIT_NOFILE: the blank tasks inherit it while their fds are made. */

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import { z, lazySchema } from '../image/zod';
 import type { ImageCreds, FileIdentity as FileIdentityType } from '../image/schema';
-import { Remote, AT_FDCWD } from '../ptrace/remote';
+import { Remote, AT_FDCWD, BatchCall } from '../ptrace/remote';
 import { StasisError } from '../sys/errno';
 import { count, decimalI64, path } from '../image/fields';
 import { FdKind, CommonFd, reopenFlags, seekTo } from './fdkind';
@@ -94,7 +94,13 @@ export function checkPath(r: CommonFd, creds: ImageCreds, where: string, ownTask
 
 /** Open the record's path in the task, following no symlink. */
 export function openByPath(remote: Remote, r: CommonFd, where: string): number {
-  return remote.call('openat2', SYS.openat2, openNoSymlinks(remote, r.path, reopenFlags(r)), where);
+  const c = openByPathCall(remote, r, where);
+  return remote.call(c.name, c.nr, c.args as number[], where);
+}
+
+/** openByPath as a call for a batch (FdKind.openCall). */
+export function openByPathCall(remote: Remote, r: CommonFd, where: string): BatchCall {
+  return { name: 'openat2', nr: SYS.openat2, args: openNoSymlinks(remote, r.path, reopenFlags(r)), where };
 }
 
 export const fileKind: FdKind<FileFd> = {
@@ -106,6 +112,7 @@ export const fileKind: FdKind<FileFd> = {
     return { kind: 'file', pos: f.info().pos, file };
   },
   open: (remote, r, _ctx, where) => openByPath(remote, r, where),
+  openCall: openByPathCall,
   settle: seekTo,
   check(r, creds, where, ownTasks) {
     const st = checkPath(r, creds, where, ownTasks, 'regular file', (s) => s.isFile());
@@ -120,6 +127,7 @@ export const dirKind: FdKind<DirFd> = {
   claims: (f) => f.target.startsWith('/') && !f.target.endsWith(' (deleted)') && f.stat().isDirectory(),
   dump: (f) => ({ kind: 'dir', pos: f.info().pos }),
   open: (remote, r, _ctx, where) => openByPath(remote, r, where),
+  openCall: openByPathCall,
   settle: seekTo,
   check(r, creds, where, ownTasks) {
     checkPath(r, creds, where, ownTasks, 'directory', (s) => s.isDirectory());

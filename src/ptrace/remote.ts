@@ -172,6 +172,11 @@ export class Remote {
     };
   }
 
+  /** How many calls one run of a batch holds: a call may use the result of another only within one. */
+  get callsPerRun(): number {
+    return this.perRun;
+  }
+
   private get perRun(): number {
     return Math.floor((this.batchSize - (this.task.injectsSafely ? SAFE_TAIL_BYTES + 32 : 1)) / (BATCH_CALL_BYTES + 8));
   }
