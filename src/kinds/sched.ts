@@ -10,16 +10,15 @@ import { Remote, BatchCall } from '../ptrace/remote';
 import { Queries } from '../ptrace/queries';
 import { Tracee } from '../ptrace/tracee';
 import { syscall } from '../sys/libc';
+import { SYS, AFFINITY_BYTES } from '../sys/x86';
 import { SyscallError, UnsupportedError, StasisError } from '../sys/errno';
 
-const NR = { sched_setattr: 314, sched_getattr: 315, sched_setaffinity: 203, sched_getaffinity: 204, ioprio_set: 251, ioprio_get: 252, setpriority: 141, prctl: 157 } as const;
+const NR = { sched_setattr: 314, sched_getattr: 315, sched_getaffinity: 204, ioprio_set: 251, ioprio_get: 252, setpriority: 141, prctl: 157 } as const;
 const PR_SET_TIMERSLACK = 29, PR_GET_TIMERSLACK = 30;
 const SCHED_FIFO = 1, SCHED_RR = 2, SCHED_DEADLINE = 6;
 const SCHED_FLAG_RESET_ON_FORK = 1;
 const IOPRIO_WHO_PROCESS = 1, PRIO_PROCESS = 0;
 const SCHED_ATTR_SIZE = 56;
-/** enough for 1024 CPUs */
-const AFFINITY_BYTES = 128;
 
 const savedPolicy = check('schedSavedPolicy', (v: number) => v !== 4 && v !== SCHED_DEADLINE);
 export const SchedState = lazySchema(() => z.object({
@@ -125,7 +124,7 @@ export function restoreSched(t: Tracee, s: SchedState): void {
       const b = Buffer.alloc(AFFINITY_BYTES);
       let v = BigInt(s.affinity);
       for (let i = 0; i < AFFINITY_BYTES && v; i++, v >>= 8n) b[i] = Number(v & 0xffn);
-      syscall(NR.sched_setaffinity, 'sched_setaffinity', tid, AFFINITY_BYTES, b);
+      syscall(SYS.sched_setaffinity, 'sched_setaffinity', tid, AFFINITY_BYTES, b);
     }
     if (now.ioprio !== s.ioprio) syscall(NR.ioprio_set, 'ioprio_set', IOPRIO_WHO_PROCESS, tid, s.ioprio);
   } catch (e) {

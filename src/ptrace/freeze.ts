@@ -12,7 +12,7 @@ import { Tracee } from './tracee';
 import { FreezeWatchdog } from './watchdog';
 import { vdsoOf, LeftBehind, Range } from './gadget';
 import { waitpidSync, sleepSync, syscall, killReleasing, __WALL } from '../sys/libc';
-import { SYS } from '../sys/x86';
+import { SYS, AFFINITY_BYTES } from '../sys/x86';
 import { StasisError, UnsupportedError, SyscallError } from '../sys/errno';
 
 const FREEZER = '/sys/fs/cgroup/freezer';
@@ -485,9 +485,6 @@ function killFreeing(pid: number, pidfd: number | undefined): boolean {
     fs.closeSync(pidfd);
   }
 }
-
-/** A CPU mask as the kernel takes it: 1024 CPUs. */
-const AFFINITY_BYTES = 128;
 
 /** Wait (5 s at most) until every task is in a group stop again (state T), after a detach. */
 export function waitStoppedAgain(tids: number[], what: string): void {

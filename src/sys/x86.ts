@@ -80,3 +80,5 @@ export class Regs {
 export const SYSCALL_ARGS: RegName[] = ['rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9'];
 
 export const PAGE_SIZE = 4096;
+/** A CPU mask as sched_{get,set}affinity take it here: 1024 CPUs. */
+export const AFFINITY_BYTES = 128;
