@@ -29,10 +29,12 @@ export type CapsState = z.infer<typeof CapsState>;
 
 const hex = (v: bigint) => '0x' + v.toString(16);
 
+const askSecurebits = (q: Queries) => q.ask('prctl', SYS.prctl, [PR_GET_SECUREBITS], { where: 'securebits' });
+
 /** One thread's capability sets (from /proc) and securebits (asked inside it). */
 export function dumpCaps(q: Queries): () => CapsState {
   const tid = q.remote.task.pid;
-  const bits = q.ask('prctl', SYS.prctl, [PR_GET_SECUREBITS], { where: 'securebits' });
+  const bits = askSecurebits(q);
   const seen = q.remote.task.statusSeen;
   return () => {
     const st = seen ?? readStatus(tid);
@@ -56,7 +58,7 @@ const same = (a: number[], b: number[]) => a.length === b.length && a.every((v, 
 /** A thread's credentials as they are, for restoreCredsAndCaps: its securebits asked with its other questions. */
 export function credsNow(q: Queries): () => { status: Status; securebits: number } {
   const tid = q.remote.task.pid;
-  const bits = q.ask('prctl', SYS.prctl, [PR_GET_SECUREBITS], { where: 'securebits' });
+  const bits = askSecurebits(q);
   return () => ({ status: readStatus(tid), securebits: bits.value });
 }
 

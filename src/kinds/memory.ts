@@ -744,17 +744,16 @@ export function mapVmas(remote: Remote, vmas: ImageVma[], hostPid: (pid: number)
     { name: 'madvise', nr: SYS.madvise, args: [v.start, PAGE_SIZE, MADV_GUARD_REMOVE], where: `${label(v)}, flag gu` },
   ] : []));
   const closes = [...fds.values()].map((fd) => ({ name: 'close', nr: SYS.close, args: [fd] }));
-  // System V segments are attached after the mappings, and advised with them.
-  const later = sysv.length ? advice : [];
   // Every call is made whatever the others gave (the files are closed); the first failure is thrown.
-  const got = remote.batch([...unmapTemps, ...maps, ...(later.length ? [] : advice), ...closes]);
+  // System V segments are attached after the mappings, and advised with them.
+  const got = remote.batch([...unmapTemps, ...maps, ...(sysv.length ? [] : advice), ...closes]);
   maps.forEach((m, i) => {
     const at = got[unmapTemps.length + i];
     if (at !== wanted[i].start) throw new StasisError(`${labels[i]}: mmap placed it at 0x${at.toString(16)}`);
   });
   if (sysv.length) {
     attachSegments(remote, sysv, label);
-    remote.batch(later);
+    remote.batch(advice);
   }
 }
 
